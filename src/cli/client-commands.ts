@@ -1,0 +1,115 @@
+import { randomUUID } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { once } from 'node:events';
+import { mintLocalToken } from '../auth/local-key.js';
+import { connectPrivacyService, type PrivacyClient } from '../client/privacy-client.js';
+import { receiveExport } from '../client/export-receiver.js';
+import { loadClientConfig } from '../config/client-config.js';
+import { ConfigError } from '../errors.js';
+import { type PrivacyRequest, RequestState, RequestType } from '../gen/lethe/privacy/v1/privacy.js';
+
+interface ClientFlags {
+  as?: string;
+  server?: string;
+  dataDir?: string;
+}
+
+const TOKEN_TTL_SECONDS = 300;
+
+async function withClient<T>(flags: ClientFlags, defaultActor: string | undefined, fn: (client: PrivacyClient) => Promise<T>): Promise<T> {
+  const config = loadClientConfig(process.env, flags);
+  const actor = flags.as ?? (config.token === undefined ? defaultActor : undefined);
+  let token: string;
+  if (actor !== undefined) token = await mintLocalToken(config.dataDir, actor, TOKEN_TTL_SECONDS);
+  else if (config.token !== undefined) token = config.token;
+  else throw new ConfigError('no identity: pass --as <user-id> (mints a token with the local key) or set LETHE_TOKEN', '--as');
+  const { client, close } = connectPrivacyService(config.server, token);
+  try {
+    return await fn(client);
+  } finally {
+    close();
+  }
+}
+
+export async function exportCommand(userId: string, flags: ClientFlags & { output?: string; reason?: string }): Promise<void> {
+  // With neither --as nor LETHE_TOKEN, a user exports their own data.
+  await withClient(flags, userId, async (client) => {
+    const target = flags.output;
+    const partial = target === undefined ? undefined : `${target}.partial`;
+    const out = partial === undefined ? process.stdout : createWriteStream(partial, { mode: 0o600 });
+    const write = async (chunk: string) => {
+      if (!out.write(chunk)) await once(out, 'drain');
+    };
+    const progress = process.stderr.isTTY
+      ? (n: number, total: number) => process.stderr.write(`\rexported ${n} of ${total} records`)
+      : undefined;
+    try {
+      const result = await receiveExport(client.exportUser({ userId, reason: flags.reason ?? '' }), write, progress);
+      // A file holds exactly the canonical document, so `sha256sum` matches the trailer.
+      if (partial === undefined) await write('\n');
+      if (progress) process.stderr.write('\n');
+      if (partial !== undefined && target !== undefined) {
+        out.end();
+        await once(out, 'finish');
+        await rename(partial, target);
+        console.error(`wrote ${target}: ${result.records} records, sha256 ${result.trailer.sha256} (verified), request ${result.header.requestId}`);
+      }
+    } catch (err) {
+      if (partial !== undefined) {
+        out.destroy();
+        await rm(partial, { force: true });
+      }
+      throw err;
+    }
+  });
+}
+
+export async function forgetCommand(userId: string, flags: ClientFlags & { reason: string; idempotencyKey?: string }): Promise<void> {
+  await withClient(flags, undefined, async (client) => {
+    const r = await client.forgetUser({ userId, reason: flags.reason, idempotencyKey: flags.idempotencyKey ?? randomUUID() });
+    console.log(JSON.stringify({ success: r.success, message: r.message, user_id: r.userId, request_id: r.requestId, replayed: r.replayed, rows_affected: r.rowsAffected }, null, 2));
+  });
+}
+
+export async function requestsListCommand(flags: ClientFlags & { subject?: string; state?: string; overdue?: boolean; limit: number }): Promise<void> {
+  await withClient(flags, undefined, async (client) => {
+    const state = flags.state === undefined ? RequestState.REQUEST_STATE_UNSPECIFIED : RequestState[`REQUEST_STATE_${flags.state.toUpperCase()}` as keyof typeof RequestState];
+    const r = await client.listPrivacyRequests({ subjectId: flags.subject ?? '', state, overdueOnly: flags.overdue === true, pageSize: Math.min(flags.limit, 500), pageToken: '' });
+    const rows = r.requests.map((q) => [q.id, typeName(q.type), q.subjectId, stateName(q.state) + (q.overdue ? ' (overdue)' : ''), iso(q.receivedAt), iso(q.dueAt)]);
+    printTable(['ID', 'TYPE', 'SUBJECT', 'STATE', 'RECEIVED', 'DUE'], rows);
+  });
+}
+
+export async function requestsGetCommand(id: string, flags: ClientFlags): Promise<void> {
+  await withClient(flags, undefined, async (client) => {
+    const { request } = await client.getPrivacyRequest({ id });
+    if (request !== undefined) console.log(JSON.stringify(toJson(request), null, 2));
+  });
+}
+
+function toJson(q: PrivacyRequest) {
+  return {
+    id: q.id,
+    type: typeName(q.type),
+    subject_id: q.subjectId,
+    requester: q.requester,
+    reason: q.reason,
+    state: stateName(q.state),
+    overdue: q.overdue,
+    received_at: iso(q.receivedAt),
+    due_at: iso(q.dueAt),
+    completed_at: q.completedAt === undefined ? null : iso(q.completedAt),
+    error: q.error === '' ? null : q.error,
+    rows_affected: q.rowsAffected,
+  };
+}
+
+const typeName = (t: RequestType) => (t === RequestType.REQUEST_TYPE_EXPORT ? 'export' : t === RequestType.REQUEST_TYPE_FORGET ? 'forget' : 'unknown');
+const stateName = (s: RequestState) => RequestState[s].replace('REQUEST_STATE_', '').toLowerCase();
+const iso = (d: Date | undefined) => (d === undefined ? '' : d.toISOString().replace('.000Z', 'Z'));
+
+function printTable(head: string[], rows: string[][]): void {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  for (const r of [head, ...rows]) console.log(r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
+}

@@ -1,0 +1,94 @@
+import { Command, InvalidArgumentError as CommanderArgError, Option } from 'commander';
+import { ClientError, Status } from 'nice-grpc';
+import { ConfigError, LetheError } from '../errors.js';
+import { IncompleteExportError } from '../client/export-receiver.js';
+import { exportCommand, forgetCommand, requestsGetCommand, requestsListCommand } from './client-commands.js';
+import { serveCommand } from './serve-command.js';
+import { tokenCommand } from './token-command.js';
+
+const program = new Command('lethe')
+  .description('GDPR export and erasure for microservice platforms')
+  .showHelpAfterError()
+  .configureOutput({ outputError: (str, write) => write(str) });
+
+const positiveInt = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new CommanderArgError('must be a positive integer');
+  return n;
+};
+
+program
+  .command('serve')
+  .description('run the PrivacyService (embedded PGlite unless DATABASE_URL is set)')
+  .option('--demo', 'load the demo data (idempotent)')
+  .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:50051, or LETHE_LISTEN)')
+  .option('--data-dir <dir>', 'where the embedded database and the local signing key live (default ~/.lethe, or LETHE_DATA_DIR)')
+  .action(serveCommand);
+
+program
+  .command('token')
+  .description("mint a short-lived token with the local signing key of `lethe serve`'s data directory")
+  .requiredOption('--as <user-id>', 'the user (token subject) to act as')
+  .addOption(new Option('--ttl <seconds>', 'lifetime in seconds').default(900).argParser(positiveInt))
+  .option('--data-dir <dir>', 'the data directory of `lethe serve`')
+  .action(tokenCommand);
+
+const clientOptions = (c: Command) =>
+  c
+    .option('--as <user-id>', 'act as this user, with a token minted from the local signing key (otherwise LETHE_TOKEN)')
+    .option('--server <host:port>', 'the PrivacyService address (default 127.0.0.1:50051, or LETHE_SERVER)')
+    .option('--data-dir <dir>', 'the data directory of `lethe serve`, for --as');
+
+clientOptions(
+  program
+    .command('export <user-id>')
+    .description("write everything held about a user as one JSON document, verified against the stream's digest")
+    .option('-o, --output <file>', 'write to this file (default: standard output)')
+    .option('--reason <text>', 'why, recorded in the ledger and the audit log'),
+).action(exportCommand);
+
+clientOptions(
+  program
+    .command('forget <user-id>')
+    .description('anonymize a user, preserving audit logs')
+    .requiredOption('--reason <text>', 'why, recorded in the audit log (e.g. "GDPR Right to be Forgotten")')
+    .option('--idempotency-key <key>', 'retrying with the same key returns the first result (default: a new UUID)'),
+).action(forgetCommand);
+
+const requests = program.command('requests').description('read the privacy request ledger');
+clientOptions(
+  requests
+    .command('list', { isDefault: true })
+    .description('list privacy requests, newest first')
+    .option('--subject <user-id>', 'only requests about this user')
+    .addOption(new Option('--state <state>', 'only requests in this state').choices(['running', 'anonymized', 'completed', 'failed']))
+    .option('--overdue', 'only requests past their due date')
+    .addOption(new Option('--limit <n>', 'at most this many').default(50).argParser(positiveInt)),
+).action(requestsListCommand);
+clientOptions(requests.command('get <id>').description('show one privacy request')).action(requestsGetCommand);
+
+/** One clear line and a non-zero exit for every failure a user can cause or fix. */
+function report(err: unknown): number {
+  // The reader of our output went away (`lethe export … | head`): nothing to say.
+  if ((err as { code?: unknown }).code === 'EPIPE') return 0;
+  if (err instanceof ClientError) {
+    console.error(`lethe: ${Status[err.code]}: ${err.details}`);
+    return 1;
+  }
+  if (err instanceof LetheError || err instanceof IncompleteExportError) {
+    console.error(`lethe: ${err.message}`);
+    return 1;
+  }
+  if (err instanceof ConfigError) {
+    console.error(`lethe: configuration: ${err.message}`);
+    return 2;
+  }
+  console.error(`lethe: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  return 70;
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  process.exitCode = report(err);
+}

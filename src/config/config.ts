@@ -1,0 +1,134 @@
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
+import type { DatabaseTarget } from '../store/database.js';
+
+/**
+ * Configuration is read here, once, from the environment and command-line flags, and checked
+ * before anything starts. Nothing else in Lethe reads process.env.
+ */
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export type AuthConfig =
+  /** `lethe serve` keeps a signing key in its data directory; `lethe token` mints with it. */
+  | { readonly mode: 'local'; readonly issuer: string; readonly audience: string }
+  | { readonly mode: 'jwks'; readonly jwksUrl: URL; readonly issuer: string; readonly audience: string }
+  | { readonly mode: 'public-key'; readonly publicKeyFile: string; readonly issuer: string; readonly audience: string };
+
+export interface ServerConfig {
+  readonly listen: ListenAddress;
+  readonly dataDir: string;
+  readonly database: DatabaseTarget;
+  readonly dataMapPath: string;
+  readonly auth: AuthConfig;
+  /** Token subjects trusted with platform-owner rights, e.g. the operator's service account. */
+  readonly platformPrincipals: ReadonlySet<string>;
+  /** Key for the data map's `hash` action. Generated in the data directory when unset. */
+  readonly hashKey: Buffer | undefined;
+  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  readonly demo: boolean;
+  /** Create the sample identity schema (embedded database, --demo, or asked for). */
+  readonly migrateIdentitySchema: boolean;
+}
+
+export interface ServeFlags {
+  readonly listen?: string | undefined;
+  readonly dataDir?: string | undefined;
+  readonly demo?: boolean | undefined;
+}
+
+export const LOCAL_ISSUER = 'lethe-local';
+export const LOCAL_AUDIENCE = 'lethe';
+export const DEFAULT_LISTEN = '127.0.0.1:50051';
+
+export function defaultDataDir(env: Env): string {
+  return env.LETHE_DATA_DIR ?? join(env.HOME ?? homedir(), '.lethe');
+}
+
+export function parseListen(value: string, source: string): ListenAddress {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) throw new ConfigError(`'${value}' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)`, source);
+  return { host: m[1] ?? '', port };
+}
+
+const bool = (name: string) =>
+  z
+    .enum(['true', 'false', '1', '0', ''], { message: `${name} must be true or false` })
+    .optional()
+    .transform((v) => v === 'true' || v === '1');
+
+const envSchema = z.object({
+  DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, 'DATABASE_URL must be a postgres:// or postgresql:// URL')
+    .optional(),
+  LETHE_LISTEN: z.string().optional(),
+  LETHE_DATA_MAP: z.string().min(1).optional(),
+  LETHE_JWKS_URL: z.url({ message: 'LETHE_JWKS_URL must be an http(s) URL' }).optional(),
+  LETHE_JWT_PUBLIC_KEY_FILE: z.string().min(1).optional(),
+  LETHE_JWT_ISSUER: z.string().min(1).optional(),
+  LETHE_JWT_AUDIENCE: z.string().min(1).optional(),
+  LETHE_PLATFORM_PRINCIPALS: z.string().optional(),
+  LETHE_HASH_KEY: z
+    .string()
+    .regex(/^[0-9a-fA-F]{64,}$/, 'LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)')
+    .optional(),
+  LETHE_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], { message: 'LETHE_LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent' }).default('info'),
+  LETHE_MIGRATE_IDENTITY_SCHEMA: bool('LETHE_MIGRATE_IDENTITY_SCHEMA'),
+});
+
+export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<ServerConfig> {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const name = String(issue?.path[0] ?? 'environment');
+    throw new ConfigError(issue?.message ?? 'invalid', name);
+  }
+  const e = parsed.data;
+  const listen = flags.listen !== undefined ? parseListen(flags.listen, '--listen') : parseListen(e.LETHE_LISTEN ?? DEFAULT_LISTEN, 'LETHE_LISTEN');
+  const dataDir = resolve(flags.dataDir ?? defaultDataDir(env));
+  const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
+
+  let auth: AuthConfig;
+  if (e.LETHE_JWKS_URL !== undefined || e.LETHE_JWT_PUBLIC_KEY_FILE !== undefined) {
+    if (e.LETHE_JWKS_URL !== undefined && e.LETHE_JWT_PUBLIC_KEY_FILE !== undefined) {
+      throw new ConfigError('set either LETHE_JWKS_URL or LETHE_JWT_PUBLIC_KEY_FILE, not both', 'LETHE_JWKS_URL');
+    }
+    if (e.LETHE_JWT_ISSUER === undefined) throw new ConfigError('required with a JWKS URL or public key: the issuer (iss) tokens must carry', 'LETHE_JWT_ISSUER');
+    if (e.LETHE_JWT_AUDIENCE === undefined) throw new ConfigError('required with a JWKS URL or public key: the audience (aud) tokens must carry', 'LETHE_JWT_AUDIENCE');
+    auth =
+      e.LETHE_JWKS_URL !== undefined
+        ? { mode: 'jwks', jwksUrl: new URL(e.LETHE_JWKS_URL), issuer: e.LETHE_JWT_ISSUER, audience: e.LETHE_JWT_AUDIENCE }
+        : { mode: 'public-key', publicKeyFile: resolve(e.LETHE_JWT_PUBLIC_KEY_FILE ?? ''), issuer: e.LETHE_JWT_ISSUER, audience: e.LETHE_JWT_AUDIENCE };
+  } else {
+    auth = { mode: 'local', issuer: LOCAL_ISSUER, audience: LOCAL_AUDIENCE };
+  }
+
+  const principals = (e.LETHE_PLATFORM_PRINCIPALS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+
+  const demo = flags.demo === true;
+  return Object.freeze({
+    listen,
+    dataDir,
+    database,
+    dataMapPath: resolve(e.LETHE_DATA_MAP ?? DEFAULT_DATA_MAP_PATH),
+    auth,
+    platformPrincipals: new Set(principals),
+    hashKey: e.LETHE_HASH_KEY === undefined ? undefined : Buffer.from(e.LETHE_HASH_KEY, 'hex'),
+    logLevel: e.LETHE_LOG_LEVEL,
+    demo,
+    migrateIdentitySchema: database.kind === 'pglite' || demo || e.LETHE_MIGRATE_IDENTITY_SCHEMA,
+  });
+}

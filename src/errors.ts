@@ -1,0 +1,67 @@
+/**
+ * Domain errors. The engine throws these; each front end maps them once (the gRPC error
+ * middleware to status codes, the CLI to one line and an exit code). Messages never carry
+ * personal data other than a subject id.
+ */
+
+export type ErrorCode =
+  | 'INVALID_ARGUMENT'
+  | 'UNAUTHENTICATED'
+  | 'PERMISSION_DENIED'
+  | 'NOT_FOUND'
+  | 'FAILED_PRECONDITION'
+  | 'UNAVAILABLE'
+  | 'CANCELLED';
+
+export abstract class LetheError extends Error {
+  abstract readonly code: ErrorCode;
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+export class InvalidArgumentError extends LetheError {
+  readonly code = 'INVALID_ARGUMENT';
+}
+
+export class UnauthenticatedError extends LetheError {
+  readonly code = 'UNAUTHENTICATED';
+}
+
+export class PermissionDeniedError extends LetheError {
+  readonly code = 'PERMISSION_DENIED';
+}
+
+export class NotFoundError extends LetheError {
+  readonly code = 'NOT_FOUND';
+}
+
+export class FailedPreconditionError extends LetheError {
+  readonly code = 'FAILED_PRECONDITION';
+}
+
+/** The database (or another dependency) cannot be reached; the caller may retry. */
+export class UnavailableError extends LetheError {
+  readonly code = 'UNAVAILABLE';
+}
+
+export class CancelledError extends LetheError {
+  readonly code = 'CANCELLED';
+}
+
+/** A configuration or data map problem found at start-up. `source` names the file or variable. */
+export class ConfigError extends Error {
+  constructor(
+    message: string,
+    readonly source: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`${source}: ${message}`, options);
+    this.name = 'ConfigError';
+  }
+}
+
+export const USER_NOT_FOUND = 'User not found';
+

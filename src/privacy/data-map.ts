@@ -1,0 +1,228 @@
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { ConfigError } from '../errors.js';
+
+/**
+ * The data map: where personal data lives and what forget does to it. Loaded from YAML and
+ * validated once at start-up; every table and column name in it is a checked identifier, so
+ * the SQL built from it never contains anything that came from a request.
+ */
+
+const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+const identifier = z.string().regex(IDENTIFIER, 'must be an SQL identifier: a letter or _ then letters, digits or _ (at most 63)');
+const tableName = z
+  .string()
+  .regex(/^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'must be a table name, optionally schema-qualified (schema.table)');
+/** A column of the category's table, or `joined_table.column` for a column of a join. */
+const columnRef = z
+  .string()
+  .regex(/^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'must be a column name, or join_table.column');
+const documentKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be a letter or _ then letters, digits or _');
+
+const subjectRelation = z.union([
+  z.strictObject({ column: identifier }),
+  z.strictObject({ columns: z.array(identifier).min(1) }),
+  z.strictObject({
+    via: z.strictObject({
+      table: tableName,
+      column: identifier.describe('the column of this category that references the via table'),
+      references: identifier,
+      subject_column: identifier,
+    }),
+  }),
+]);
+
+const join = z.strictObject({
+  table: tableName,
+  as: identifier.optional(),
+  column: identifier,
+  references: identifier,
+});
+
+const field = z.strictObject({ name: documentKey, column: columnRef });
+
+const columnAction = z.union([
+  z.literal('keep'),
+  z.literal('null'),
+  z.null().transform(() => 'null' as const),
+  z.literal('hash'),
+  z.strictObject({ set: z.union([z.string(), z.number(), z.boolean()]) }),
+  z.strictObject({ template: z.string().min(1) }),
+]);
+
+const category = z
+  .strictObject({
+    name: identifier,
+    description: z.string().optional(),
+    table: tableName,
+    subject: subjectRelation,
+    joins: z.array(join).default([]),
+    /** Columns never exported (password hashes, secrets, tokens). */
+    secret: z.array(identifier).default([]),
+    export: z
+      .strictObject({
+        shape: z.enum(['object', 'list']).default('list'),
+        key: documentKey.optional(),
+        fields: z.array(field).min(1),
+        order_by: z
+          .array(z.strictObject({ column: columnRef, direction: z.enum(['asc', 'desc']).default('asc') }))
+          .default([]),
+        limit: z.number().int().positive().optional(),
+        count_key: documentKey.optional(),
+      })
+      .optional(),
+    forget: z.union([
+      z.literal('delete'),
+      z.literal('keep'),
+      z.strictObject({ columns: z.record(identifier, columnAction) }),
+    ]),
+  });
+
+const dataMapSchema = z.strictObject({
+  /** The table whose row is the subject: a missing row means "User not found". */
+  subject: z.strictObject({ table: tableName, column: identifier }).optional(),
+  categories: z.array(category).min(1),
+  authorization: z
+    .strictObject({
+      platform_owner: z.strictObject({ table: tableName, subject_column: identifier, flag_column: identifier }),
+      memberships: z.strictObject({
+        table: tableName,
+        subject_column: identifier,
+        organization_column: identifier,
+        role_column: identifier,
+        owner_roles: z.array(z.string().min(1)).min(1),
+        organization_label: z.strictObject({ table: tableName, column: identifier, references: identifier }),
+      }),
+    })
+    .optional(),
+  audit: z
+    .strictObject({
+      table: tableName,
+      event_type_column: identifier,
+      actor_column: identifier,
+      target_column: identifier,
+      details_column: identifier,
+      timestamp_column: identifier,
+    })
+    .optional(),
+});
+
+export type DataMap = z.infer<typeof dataMapSchema>;
+export type Category = DataMap['categories'][number];
+export type SubjectRelation = Category['subject'];
+export type ColumnAction = z.infer<typeof columnAction>;
+export type ExportSpec = NonNullable<Category['export']>;
+
+export const DEFAULT_DATA_MAP_PATH = fileURLToPath(new URL('../../datamaps/identity.yaml', import.meta.url));
+
+export async function loadDataMap(path: string): Promise<DataMap> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read the data map (${(err as NodeJS.ErrnoException).code ?? String(err)}); set LETHE_DATA_MAP to a readable YAML file`, path, { cause: err });
+  }
+  return parseDataMap(text, path);
+}
+
+export function parseDataMap(text: string, source: string): DataMap {
+  const doc = parseDocument(text, { prettyErrors: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(`not valid YAML: ${doc.errors[0]?.message ?? 'parse error'}`, source);
+  }
+  const parsed = dataMapSchema.safeParse(doc.toJS());
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue ? formatPath(issue.path) : '(root)';
+    throw new ConfigError(`${where}: ${issue?.message ?? 'invalid'}`, source);
+  }
+  checkConsistency(parsed.data, source);
+  return parsed.data;
+}
+
+function formatPath(path: readonly PropertyKey[]): string {
+  if (path.length === 0) return '(root)';
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join('');
+}
+
+/** Rules that span keys, which the schema alone cannot express. */
+function checkConsistency(map: DataMap, source: string): void {
+  const fail = (where: string, message: string): never => {
+    throw new ConfigError(`${where}: ${message}`, source);
+  };
+  const names = new Set<string>();
+  const keys = new Set<string>();
+  map.categories.forEach((c, i) => {
+    const at = `categories[${i}] (${c.name})`;
+    if (names.has(c.name)) fail(at, `duplicate category name '${c.name}'`);
+    names.add(c.name);
+    const joinNames = new Set(c.joins.map(joinAlias));
+    const checkRef = (ref: string, where: string) => {
+      const [qualifier] = splitColumnRef(ref);
+      if (qualifier !== undefined && !joinNames.has(qualifier)) {
+        fail(where, `'${ref}' names '${qualifier}', which is not one of this category's joins`);
+      }
+    };
+    if (c.export) {
+      const e = c.export;
+      e.fields.forEach((f, j) => {
+        checkRef(f.column, `${at}.export.fields[${j}]`);
+        const [q, col] = splitColumnRef(f.column);
+        if (q === undefined && c.secret.includes(col)) {
+          fail(`${at}.export.fields[${j}]`, `column '${col}' is marked secret and is never exported`);
+        }
+      });
+      const fieldNames = new Set<string>();
+      for (const f of e.fields) {
+        if (fieldNames.has(f.name)) fail(`${at}.export.fields`, `duplicate field name '${f.name}'`);
+        fieldNames.add(f.name);
+      }
+      e.order_by.forEach((o, j) => checkRef(o.column, `${at}.export.order_by[${j}]`));
+      if (e.shape === 'object') {
+        if (e.limit !== undefined || e.count_key !== undefined || e.key !== undefined) {
+          fail(`${at}.export`, "an 'object' category is merged into the top level: it takes no key, limit or count_key");
+        }
+        for (const f of e.fields) {
+          if (keys.has(f.name)) fail(`${at}.export.fields`, `document key '${f.name}' is used twice`);
+          keys.add(f.name);
+        }
+      } else {
+        for (const k of [e.key ?? c.name, e.count_key]) {
+          if (k === undefined) continue;
+          if (keys.has(k)) fail(`${at}.export`, `document key '${k}' is used twice`);
+          keys.add(k);
+        }
+      }
+    }
+    if (typeof c.forget === 'object') {
+      for (const [col, action] of Object.entries(c.forget.columns)) {
+        if (typeof action === 'object' && 'template' in action) {
+          for (const m of action.template.matchAll(/\{([^}]*)\}/g)) {
+            if (m[1] !== 'timestamp' && m[1] !== 'request_id') {
+              fail(`${at}.forget.columns.${col}.template`, `unknown placeholder {${m[1] ?? ''}}: use {timestamp} or {request_id}`);
+            }
+          }
+        }
+        if (c.secret.includes(col) && action === 'keep') {
+          fail(`${at}.forget.columns.${col}`, 'a secret column cannot be kept by forget: use null, set, hash or delete the rows');
+        }
+      }
+    }
+  });
+}
+
+export function joinAlias(j: { table: string; as?: string | undefined }): string {
+  return j.as ?? j.table.split('.').at(-1) ?? j.table;
+}
+
+/** `slug` → [undefined, 'slug']; `organizations.slug` → ['organizations', 'slug']. */
+export function splitColumnRef(ref: string): [string | undefined, string] {
+  const dot = ref.indexOf('.');
+  return dot < 0 ? [undefined, ref] : [ref.slice(0, dot), ref.slice(dot + 1)];
+}
+
+export function documentKeyOf(c: Category): string {
+  return c.export?.key ?? c.name;
+}

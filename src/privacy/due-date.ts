@@ -1,0 +1,16 @@
+/**
+ * GDPR Art. 12(3): answer "within one month of receipt". One calendar month later, on the same
+ * day of the month at the same UTC time, or the month's last day when it has no such day
+ * (31 January → 28 or 29 February).
+ */
+export function dueDate(receivedAt: Date): Date {
+  const y = receivedAt.getUTCFullYear();
+  const m = receivedAt.getUTCMonth();
+  const d = receivedAt.getUTCDate();
+  const lastDayOfNextMonth = new Date(Date.UTC(y, m + 2, 0)).getUTCDate();
+  const due = new Date(receivedAt.getTime());
+  due.setUTCDate(1);
+  due.setUTCMonth(m + 1);
+  due.setUTCDate(Math.min(d, lastDayOfNextMonth));
+  return due;
+}

@@ -1,0 +1,274 @@
+import { randomUUID } from 'node:crypto';
+import type { Knex } from 'knex';
+import type { Logger } from 'pino';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, USER_NOT_FOUND } from '../errors.js';
+import { translateDatabaseError } from '../store/errors.js';
+import { type ListFilter, type PrivacyRequestRecord, type RequestState, type TableRows, ledger } from '../store/ledger.js';
+import { writeAudit } from './audit.js';
+import { authorizeExport, authorizeForget } from './authorization.js';
+import { type DataMap, documentKeyOf } from './data-map.js';
+import { type DocumentCategory, ExportDocumentAssembler } from './export-document.js';
+import { FactsReader } from './facts.js';
+import { applyForget } from './forget.js';
+import type { Principal } from './principal.js';
+import { readJsonRows } from './row-cursor.js';
+import { type ColumnTypes, countQuery, exportQuery } from './sql.js';
+import { checkReason, requireId } from './validation.js';
+
+export const FORGET_MESSAGE = 'User data has been anonymized. PII has been removed while preserving audit logs.';
+export const REQUEST_NOT_FOUND = 'Privacy request not found';
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export interface ExportCategoryInfo extends DocumentCategory {
+  readonly limit: number;
+}
+
+export type ExportEvent =
+  | { readonly kind: 'header'; readonly userId: string; readonly requestId: string; readonly generatedAt: Date; readonly categories: readonly ExportCategoryInfo[] }
+  | { readonly kind: 'batch'; readonly category: string; readonly records: string[] }
+  | { readonly kind: 'trailer'; readonly counts: ReadonlyMap<string, number>; readonly sha256: string; readonly totalRecords: number };
+
+export interface ForgetResult {
+  readonly userId: string;
+  readonly requestId: string;
+  readonly message: string;
+  readonly rowsAffected: readonly TableRows[];
+  readonly replayed: boolean;
+}
+
+export interface EngineOptions {
+  readonly knex: Knex;
+  readonly dataMap: DataMap;
+  readonly columnTypes: ColumnTypes;
+  /** Key of the data map's `hash` action; required when the map uses it. */
+  readonly hashKey?: Buffer | undefined;
+  readonly logger: Logger;
+  /** Rows per cursor fetch during an export. */
+  readonly exportFetchRows?: number;
+  /** Upper bound on the characters of records in one batch message. */
+  readonly exportBatchChars?: number;
+  readonly now?: () => Date;
+}
+
+/** The privacy engine: export, forget and the ledger over one data map. Front ends call only this. */
+export class PrivacyEngine {
+  private readonly knex: Knex;
+  private readonly map: DataMap;
+  private readonly facts: FactsReader;
+  private readonly now: () => Date;
+  private readonly fetchRows: number;
+  private readonly batchChars: number;
+
+  constructor(private readonly opts: EngineOptions) {
+    this.knex = opts.knex;
+    this.map = opts.dataMap;
+    this.facts = new FactsReader(opts.dataMap);
+    this.now = opts.now ?? (() => new Date());
+    this.fetchRows = opts.exportFetchRows ?? 2000;
+    this.batchChars = opts.exportBatchChars ?? 512 * 1024;
+  }
+
+  /**
+   * Streams the subject's data: a header, batches, a trailer. Everything is read in one
+   * REPEATABLE READ snapshot, so a forget committing meanwhile is either wholly visible or not
+   * at all. Stopping the iteration (a cancelled call) rolls the snapshot back.
+   */
+  async *exportUser(actor: Principal, input: { userId: string; reason: string }, signal: AbortSignal): AsyncGenerator<ExportEvent> {
+    const userId = requireId(input.userId, 'user_id');
+    const reason = checkReason(input.reason, { required: false }) || 'Data subject access request (GDPR Art. 15)';
+    const receivedAt = this.now();
+
+    const request = await this.db(async () => {
+      if (!(await this.facts.subjectExists(this.knex, userId))) throw new NotFoundError(USER_NOT_FOUND);
+      authorizeExport(actor, userId, await this.facts.subject(this.knex, userId), await this.facts.actor(this.knex, actor.id));
+      return this.knex.transaction(async (trx) => {
+        const r = await ledger.insert(trx, { type: 'export', subjectId: userId, requester: actor.id, reason, state: 'running', receivedAt });
+        await writeAudit(trx, this.map, { eventType: 'user_data_exported', actorId: actor.id, targetId: userId, details: { reason, request_id: r.id }, timestamp: receivedAt });
+        return r;
+      });
+    });
+
+    let outcome: { state: 'completed' | 'failed'; error?: string } = { state: 'failed', error: 'The export was interrupted before it finished' };
+    try {
+      yield* this.streamSnapshot(userId, request.id, signal);
+      outcome = { state: 'completed' };
+    } catch (err) {
+      const e = translateDatabaseError(err);
+      outcome = { state: 'failed', error: e instanceof Error && 'code' in e ? e.message : 'The export failed' };
+      throw e;
+    } finally {
+      await ledger.finish(this.knex, request.id, outcome.state, this.now(), outcome.error).catch((err: unknown) => {
+        this.opts.logger.warn({ requestId: request.id, err: errorSummary(err) }, 'could not record the outcome of an export');
+      });
+    }
+  }
+
+  private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
+    const exported = this.map.categories.filter((c) => c.export !== undefined);
+    const trx = await this.knex.transaction();
+    try {
+      await trx.raw('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
+      const categories: ExportCategoryInfo[] = [];
+      for (const c of exported) {
+        const q = countQuery(c, userId);
+        const res = (await trx.raw(q.sql, q.bindings)) as { rows: Array<{ n: number | string }> };
+        const spec = c.export;
+        categories.push({
+          name: c.name,
+          documentKey: spec?.shape === 'object' ? '' : documentKeyOf(c),
+          shape: spec?.shape ?? 'list',
+          countKey: spec?.count_key,
+          totalCount: Number(res.rows[0]?.n ?? 0),
+          limit: spec?.limit ?? 0,
+        });
+      }
+      const generatedAt = this.now();
+      yield { kind: 'header', userId, requestId, generatedAt, categories };
+
+      const doc = new ExportDocumentAssembler(categories);
+      let total = 0;
+      for (const c of exported) {
+        for await (const rows of readJsonRows(trx, exportQuery(c, this.opts.columnTypes, userId), this.fetchRows, signal)) {
+          for (const records of this.splitBySize(rows)) {
+            doc.add(c.name, records);
+            total += records.length;
+            yield { kind: 'batch', category: c.name, records };
+          }
+        }
+      }
+      const { sha256, counts } = doc.finish();
+      await trx.commit();
+      yield { kind: 'trailer', counts, sha256, totalRecords: total };
+    } finally {
+      if (!trx.isCompleted()) await trx.rollback().catch(() => undefined);
+    }
+  }
+
+  /** Keeps each message well below gRPC's 4 MB default while carrying many rows. */
+  private *splitBySize(rows: string[]): Generator<string[]> {
+    let start = 0;
+    let chars = 0;
+    for (let i = 0; i < rows.length; i++) {
+      chars += rows[i]?.length ?? 0;
+      if (chars >= this.batchChars) {
+        yield rows.slice(start, i + 1);
+        start = i + 1;
+        chars = 0;
+      }
+    }
+    if (start < rows.length) yield start === 0 ? rows : rows.slice(start);
+  }
+
+  /**
+   * Anonymizes the subject in one transaction. Calls with the same idempotency key, and
+   * forgets of the same subject, are serialized by advisory locks; a repeated key replays the
+   * first result, and a subject already erased is left as it is.
+   */
+  async forgetUser(actor: Principal, input: { userId: string; reason: string; idempotencyKey: string }): Promise<ForgetResult> {
+    const userId = requireId(input.userId, 'user_id');
+    const reason = checkReason(input.reason, { required: true });
+    const key = requireId(input.idempotencyKey, 'idempotency_key');
+
+    return this.db(() =>
+      this.knex.transaction(async (trx) => {
+        await lock(trx, `lethe:idempotency:${key}`);
+        const prior = await ledger.byIdempotencyKey(trx, key);
+        if (prior !== undefined) return replay(prior, actor, userId);
+
+        await lock(trx, `lethe:subject:${userId}`);
+        if (!(await this.facts.subjectExists(trx, userId))) throw new NotFoundError(USER_NOT_FOUND);
+        authorizeForget(actor, await this.facts.subject(trx, userId), await this.facts.actor(trx, actor.id));
+
+        const at = this.now();
+        const requestId = randomUUID();
+        const erased: unknown = await trx('lethe_erasures').where({ subject_id: userId }).first();
+        let rowsAffected: TableRows[] = [];
+        if (erased === undefined) {
+          rowsAffected = await applyForget(trx, this.map, userId, { timestamp: at.getTime(), requestId }, this.opts.hashKey);
+          await trx('lethe_erasures').insert({ subject_id: userId, request_id: requestId, anonymized_at: at });
+          await writeAudit(trx, this.map, { eventType: 'user_anonymized', actorId: actor.id, targetId: userId, details: { reason }, timestamp: at });
+        }
+        await ledger.insert(trx, {
+          id: requestId,
+          type: 'forget',
+          subjectId: userId,
+          requester: actor.id,
+          reason,
+          state: 'completed',
+          idempotencyKey: key,
+          receivedAt: at,
+          completedAt: at,
+          rowsAffected,
+        });
+        this.opts.logger.info({ requestId, subjectId: userId, actor: actor.id, alreadyErased: erased !== undefined }, 'user anonymized');
+        return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false };
+      }),
+    );
+  }
+
+  async getRequest(actor: Principal, id: string): Promise<PrivacyRequestRecord & { overdue: boolean }> {
+    if (!UUID.test(id)) throw new InvalidArgumentError('id must be a privacy request id (a UUID)');
+    const r = await this.db(() => ledger.get(this.knex, id));
+    if (r === undefined || !(await this.mayRead(actor, r))) throw new NotFoundError(REQUEST_NOT_FOUND);
+    return { ...r, overdue: isOverdueAt(r, this.now()) };
+  }
+
+  async listRequests(
+    actor: Principal,
+    input: { subjectId?: string | undefined; state?: RequestState | undefined; overdueOnly: boolean; pageSize: number; after?: { receivedAt: Date; id: string } | undefined },
+  ): Promise<Array<PrivacyRequestRecord & { overdue: boolean }>> {
+    const now = this.now();
+    const filter: ListFilter = {
+      subjectId: input.subjectId === undefined ? undefined : requireId(input.subjectId, 'subject_id'),
+      state: input.state,
+      overdueOnly: input.overdueOnly,
+      visibleTo: (await this.isPlatform(actor)) ? undefined : actor.id,
+      limit: input.pageSize,
+      after: input.after,
+      now,
+    };
+    const rows = await this.db(() => ledger.list(this.knex, filter));
+    return rows.map((r) => ({ ...r, overdue: isOverdueAt(r, now) }));
+  }
+
+  /** Platform principals and platform owners read the whole ledger; others what they made or are the subject of. */
+  private async mayRead(actor: Principal, r: PrivacyRequestRecord): Promise<boolean> {
+    return r.requester === actor.id || r.subjectId === actor.id || (await this.isPlatform(actor));
+  }
+
+  private async isPlatform(actor: Principal): Promise<boolean> {
+    return actor.role === 'platform' || (await this.db(() => this.facts.actor(this.knex, actor.id))).isPlatformOwner;
+  }
+
+  private async db<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw translateDatabaseError(err);
+    }
+  }
+}
+
+async function lock(trx: Knex.Transaction, key: string): Promise<void> {
+  await trx.raw('SELECT pg_advisory_xact_lock(hashtextextended(?, 0))', [key]);
+}
+
+function replay(prior: PrivacyRequestRecord, actor: Principal, userId: string): ForgetResult {
+  if (prior.type !== 'forget' || prior.subjectId !== userId || prior.requester !== actor.id) {
+    throw new FailedPreconditionError('idempotency_key was already used for a different request; use a new key');
+  }
+  return { userId, requestId: prior.id, message: FORGET_MESSAGE, rowsAffected: prior.rowsAffected, replayed: true };
+}
+
+function isOverdueAt(r: PrivacyRequestRecord, now: Date): boolean {
+  return r.state !== 'completed' && r.state !== 'failed' && r.dueAt.getTime() < now.getTime();
+}
+
+/** An error's class and code, never its message (which may quote data). */
+export function errorSummary(err: unknown): { type: string; code?: string } {
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return typeof code === 'string' ? { type: err.name, code } : { type: err.name };
+  }
+  return { type: typeof err };
+}

@@ -1,0 +1,138 @@
+import type { Knex } from 'knex';
+import type { Category, SubjectRelation } from './data-map.js';
+import { joinAlias, splitColumnRef } from './data-map.js';
+
+/**
+ * SQL fragments built from a validated data map. Identifiers come only from the data map,
+ * whose schema admits nothing but [A-Za-z_][A-Za-z0-9_]* names, and are quoted here; every
+ * value (the subject id, replacement values, limits) is a bound parameter.
+ */
+
+export interface Fragment {
+  readonly sql: string;
+  readonly bindings: readonly Knex.RawBinding[];
+}
+
+export function quoteIdent(name: string): string {
+  return name
+    .split('.')
+    .map((part) => `"${part}"`)
+    .join('.');
+}
+
+export function qualified(qualifier: string, column: string): string {
+  return `${quoteIdent(qualifier)}.${quoteIdent(column)}`;
+}
+
+/** The rows of `qualifier` (an alias or the table itself) that belong to the subject. */
+export function subjectPredicate(relation: SubjectRelation, qualifier: string, subjectId: string): Fragment {
+  if ('column' in relation) {
+    return { sql: `${qualified(qualifier, relation.column)} = ?`, bindings: [subjectId] };
+  }
+  if ('columns' in relation) {
+    const parts = relation.columns.map((c) => `${qualified(qualifier, c)} = ?`);
+    return { sql: `(${parts.join(' OR ')})`, bindings: relation.columns.map(() => subjectId) };
+  }
+  const v = relation.via;
+  return {
+    sql: `${qualified(qualifier, v.column)} IN (SELECT ${qualified('lethe_via', v.references)} FROM ${quoteIdent(v.table)} AS "lethe_via" WHERE ${qualified('lethe_via', v.subject_column)} = ?)`,
+    bindings: [subjectId],
+  };
+}
+
+/** Column types as information_schema.columns reports them, per table then column. */
+export type ColumnTypes = ReadonlyMap<string, ReadonlyMap<string, string>>;
+
+const ROOT = 't';
+
+/** Resolves a field's column reference to its SQL qualifier and the table it lives in. */
+function resolveRef(category: Category, ref: string): { qualifier: string; table: string; column: string } {
+  const [q, column] = splitColumnRef(ref);
+  if (q === undefined) return { qualifier: ROOT, table: category.table, column };
+  const j = category.joins.find((x) => joinAlias(x) === q);
+  // The data map loader has already checked that every qualifier names a join.
+  return { qualifier: q, table: j?.table ?? q, column };
+}
+
+/** Timestamps are exported in UTC as 2024-06-15T10:00:00Z (microseconds only when present). */
+function exportExpression(sqlRef: string, dataType: string | undefined): string {
+  if (dataType === 'timestamp with time zone' || dataType === 'timestamp without time zone') {
+    const utc = dataType === 'timestamp with time zone' ? `${sqlRef} AT TIME ZONE 'UTC'` : sqlRef;
+    return `CASE WHEN date_trunc('second', ${sqlRef}) = ${sqlRef} THEN to_char(${utc}, 'YYYY-MM-DD"T"HH24:MI:SS"Z"') ELSE to_char(${utc}, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END`;
+  }
+  return sqlRef;
+}
+
+function fromClause(category: Category): string {
+  const joins = category.joins
+    .map((j) => ` LEFT JOIN ${quoteIdent(j.table)} AS ${quoteIdent(joinAlias(j))} ON ${qualified(joinAlias(j), j.references)} = ${qualified(ROOT, j.column)}`)
+    .join('');
+  return `${quoteIdent(category.table)} AS "${ROOT}"${joins}`;
+}
+
+/**
+ * One JSON text per row, rendered by PostgreSQL: row_to_json over a LATERAL projection keeps
+ * the data map's field order and no insignificant whitespace, and lets ORDER BY use columns
+ * that are not exported.
+ */
+export function exportQuery(category: Category, types: ColumnTypes, subjectId: string): Fragment {
+  const spec = category.export;
+  if (spec === undefined) throw new Error(`category ${category.name} is not exported`);
+  const projection = spec.fields
+    .map((f) => {
+      const r = resolveRef(category, f.column);
+      const expr = exportExpression(qualified(r.qualifier, r.column), types.get(r.table)?.get(r.column));
+      return `${expr} AS ${quoteIdent(f.name)}`;
+    })
+    .join(', ');
+  const where = subjectPredicate(category.subject, ROOT, subjectId);
+  const order = spec.order_by.map((o) => {
+    const r = resolveRef(category, o.column);
+    return `${qualified(r.qualifier, r.column)} ${o.direction === 'desc' ? 'DESC' : 'ASC'}`;
+  });
+  const limit = spec.limit === undefined ? '' : ` LIMIT ${spec.limit}`;
+  return {
+    sql:
+      `SELECT row_to_json("x")::text AS "j" FROM ${fromClause(category)}, LATERAL (SELECT ${projection}) AS "x"` +
+      ` WHERE ${where.sql}${order.length > 0 ? ` ORDER BY ${order.join(', ')}` : ''}${limit}`,
+    bindings: where.bindings,
+  };
+}
+
+export function countQuery(category: Category, subjectId: string): Fragment {
+  const where = subjectPredicate(category.subject, ROOT, subjectId);
+  return { sql: `SELECT count(*)::bigint AS "n" FROM ${quoteIdent(category.table)} AS "${ROOT}" WHERE ${where.sql}`, bindings: where.bindings };
+}
+
+/** Every table and column the category's SQL touches, for checking against the database. */
+export function referencedColumns(category: Category): Array<{ table: string; column: string; where: string }> {
+  const out: Array<{ table: string; column: string; where: string }> = [];
+  const at = `categories.${category.name}`;
+  const rel = category.subject;
+  if ('column' in rel) out.push({ table: category.table, column: rel.column, where: `${at}.subject.column` });
+  else if ('columns' in rel) rel.columns.forEach((c) => out.push({ table: category.table, column: c, where: `${at}.subject.columns` }));
+  else {
+    out.push({ table: category.table, column: rel.via.column, where: `${at}.subject.via.column` });
+    out.push({ table: rel.via.table, column: rel.via.references, where: `${at}.subject.via.references` });
+    out.push({ table: rel.via.table, column: rel.via.subject_column, where: `${at}.subject.via.subject_column` });
+  }
+  for (const j of category.joins) {
+    out.push({ table: category.table, column: j.column, where: `${at}.joins.${joinAlias(j)}.column` });
+    out.push({ table: j.table, column: j.references, where: `${at}.joins.${joinAlias(j)}.references` });
+  }
+  for (const s of category.secret) out.push({ table: category.table, column: s, where: `${at}.secret` });
+  if (category.export) {
+    for (const f of category.export.fields) {
+      const r = resolveRef(category, f.column);
+      out.push({ table: r.table, column: r.column, where: `${at}.export.fields.${f.name}` });
+    }
+    for (const o of category.export.order_by) {
+      const r = resolveRef(category, o.column);
+      out.push({ table: r.table, column: r.column, where: `${at}.export.order_by` });
+    }
+  }
+  if (typeof category.forget === 'object') {
+    for (const c of Object.keys(category.forget.columns)) out.push({ table: category.table, column: c, where: `${at}.forget.columns.${c}` });
+  }
+  return out;
+}

@@ -1,0 +1,73 @@
+import { randomUUID } from 'node:crypto';
+import { isAbortError } from 'abort-controller-x';
+import { type CallContext, type ServerMiddlewareCall, ServerError, Status } from 'nice-grpc';
+import type { Logger } from 'pino';
+import type { Verifier } from '../auth/verifier.js';
+import { LetheError } from '../errors.js';
+import { errorSummary } from '../privacy/engine.js';
+import type { Principal } from '../privacy/principal.js';
+
+/** The call context that PrivacyService handlers see once the caller is authenticated. */
+export interface AuthContext {
+  readonly principal: Principal;
+}
+
+const STATUS_OF: Record<LetheError['code'], Status> = {
+  INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
+  UNAUTHENTICATED: Status.UNAUTHENTICATED,
+  PERMISSION_DENIED: Status.PERMISSION_DENIED,
+  NOT_FOUND: Status.NOT_FOUND,
+  FAILED_PRECONDITION: Status.FAILED_PRECONDITION,
+  UNAVAILABLE: Status.UNAVAILABLE,
+  CANCELLED: Status.CANCELLED,
+};
+
+/**
+ * Maps domain errors to status codes, once for every service, and logs each call's outcome.
+ * An error that is not a domain error is a bug: it is logged by type (not message, which may
+ * quote data) and answered INTERNAL with an id to find the log line.
+ */
+export function errorsAndLogging(logger: Logger) {
+  return async function* <Req, Res>(call: ServerMiddlewareCall<Req, Res>, context: CallContext) {
+    const started = performance.now();
+    let code: Status = Status.OK;
+    try {
+      return yield* call.next(call.request, context);
+    } catch (err) {
+      if (err instanceof ServerError) {
+        code = err.code;
+        throw err;
+      }
+      if (err instanceof LetheError) {
+        code = STATUS_OF[err.code];
+        throw new ServerError(code, err.message);
+      }
+      if (isAbortError(err)) {
+        code = Status.CANCELLED;
+        throw err;
+      }
+      code = Status.INTERNAL;
+      const incident = randomUUID();
+      logger.error({ incident, method: call.method.path, err: errorSummary(err), stack: stackWithoutMessage(err) }, 'internal error');
+      throw new ServerError(Status.INTERNAL, `Internal error (incident ${incident}); see the server log`);
+    } finally {
+      logger.info({ method: call.method.path, code: Status[code], ms: Math.round(performance.now() - started) }, 'call');
+    }
+  };
+}
+
+function stackWithoutMessage(err: unknown): string | undefined {
+  if (!(err instanceof Error) || err.stack === undefined) return undefined;
+  return err.stack
+    .split('\n')
+    .filter((l) => l.trimStart().startsWith('at '))
+    .join('\n');
+}
+
+/** Verifies the bearer token and adds the caller to the context. */
+export function authentication(verify: Verifier) {
+  return async function* <Req, Res>(call: ServerMiddlewareCall<Req, Res, AuthContext>, context: CallContext) {
+    const principal = await verify(context.metadata.get('authorization'));
+    return yield* call.next(call.request, { ...context, principal });
+  };
+}

@@ -1,0 +1,141 @@
+import type { CallContext } from 'nice-grpc';
+import { InvalidArgumentError } from '../errors.js';
+import {
+  CategoryShape,
+  type DeepPartial,
+  type ExportUserRequest,
+  type ExportUserResponse,
+  type ForgetUserRequest,
+  type ForgetUserResponse,
+  type GetPrivacyRequestRequest,
+  type GetPrivacyRequestResponse,
+  type ListPrivacyRequestsRequest,
+  type ListPrivacyRequestsResponse,
+  type PrivacyRequest,
+  type PrivacyServiceImplementation,
+  RequestState,
+  RequestType,
+} from '../gen/lethe/privacy/v1/privacy.js';
+import { type ExportEvent, type PrivacyEngine, UUID } from '../privacy/engine.js';
+import type { PrivacyRequestRecord, RequestState as LedgerState } from '../store/ledger.js';
+import type { AuthContext } from './middleware.js';
+
+/** The gRPC front end: translates messages to engine calls and back, nothing more. */
+export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementation<AuthContext> {
+  return {
+    async *exportUser(request: ExportUserRequest, context: CallContext & AuthContext): AsyncGenerator<DeepPartial<ExportUserResponse>> {
+      const events = engine.exportUser(context.principal, { userId: request.userId, reason: request.reason }, context.signal);
+      for await (const event of events) yield toExportMessage(event);
+    },
+
+    async forgetUser(request: ForgetUserRequest, context: CallContext & AuthContext): Promise<DeepPartial<ForgetUserResponse>> {
+      const r = await engine.forgetUser(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey });
+      return { success: true, message: r.message, userId: r.userId, requestId: r.requestId, rowsAffected: [...r.rowsAffected], replayed: r.replayed };
+    },
+
+    async getPrivacyRequest(request: GetPrivacyRequestRequest, context: CallContext & AuthContext): Promise<DeepPartial<GetPrivacyRequestResponse>> {
+      return { request: toMessage(await engine.getRequest(context.principal, request.id)) };
+    },
+
+    async listPrivacyRequests(request: ListPrivacyRequestsRequest, context: CallContext & AuthContext): Promise<DeepPartial<ListPrivacyRequestsResponse>> {
+      const pageSize = request.pageSize === 0 ? 50 : request.pageSize;
+      if (pageSize > 500) throw new InvalidArgumentError('page_size must be at most 500');
+      const rows = await engine.listRequests(context.principal, {
+        subjectId: request.subjectId === '' ? undefined : request.subjectId,
+        state: fromStateMessage(request.state),
+        overdueOnly: request.overdueOnly,
+        pageSize: pageSize + 1,
+        after: request.pageToken === '' ? undefined : decodePageToken(request.pageToken),
+      });
+      const page = rows.slice(0, pageSize);
+      const last = page.at(-1);
+      return {
+        requests: page.map(toMessage),
+        nextPageToken: rows.length > pageSize && last !== undefined ? encodePageToken(last) : '',
+      };
+    },
+  };
+}
+
+function toExportMessage(event: ExportEvent): DeepPartial<ExportUserResponse> {
+  switch (event.kind) {
+    case 'header':
+      return {
+        part: {
+          $case: 'header',
+          value: {
+            userId: event.userId,
+            requestId: event.requestId,
+            generatedAt: event.generatedAt,
+            categories: event.categories.map((c) => ({
+              name: c.name,
+              documentKey: c.documentKey,
+              shape: c.shape === 'object' ? CategoryShape.CATEGORY_SHAPE_OBJECT : CategoryShape.CATEGORY_SHAPE_LIST,
+              countKey: c.countKey ?? '',
+              totalCount: c.totalCount,
+              limit: c.limit,
+            })),
+          },
+        },
+      };
+    case 'batch':
+      return { part: { $case: 'batch', value: { category: event.category, records: event.records } } };
+    case 'trailer':
+      return {
+        part: {
+          $case: 'trailer',
+          value: {
+            counts: [...event.counts].map(([category, exported]) => ({ category, exported })),
+            sha256: event.sha256,
+            totalRecords: event.totalRecords,
+          },
+        },
+      };
+  }
+}
+
+const STATE_TO_MESSAGE: Record<LedgerState, RequestState> = {
+  running: RequestState.REQUEST_STATE_RUNNING,
+  anonymized: RequestState.REQUEST_STATE_ANONYMIZED,
+  completed: RequestState.REQUEST_STATE_COMPLETED,
+  failed: RequestState.REQUEST_STATE_FAILED,
+};
+
+function fromStateMessage(state: RequestState): LedgerState | undefined {
+  if (state === RequestState.REQUEST_STATE_UNSPECIFIED) return undefined;
+  const found = (Object.entries(STATE_TO_MESSAGE) as Array<[LedgerState, RequestState]>).find(([, v]) => v === state);
+  if (found === undefined) throw new InvalidArgumentError('state is not a known RequestState');
+  return found[0];
+}
+
+function toMessage(r: PrivacyRequestRecord & { overdue: boolean }): DeepPartial<PrivacyRequest> {
+  return {
+    id: r.id,
+    type: r.type === 'export' ? RequestType.REQUEST_TYPE_EXPORT : RequestType.REQUEST_TYPE_FORGET,
+    subjectId: r.subjectId,
+    requester: r.requester,
+    reason: r.reason,
+    state: STATE_TO_MESSAGE[r.state],
+    receivedAt: r.receivedAt,
+    dueAt: r.dueAt,
+    completedAt: r.completedAt ?? undefined,
+    overdue: r.overdue,
+    error: r.error ?? '',
+    rowsAffected: [...r.rowsAffected],
+  };
+}
+
+function encodePageToken(r: PrivacyRequestRecord): string {
+  return Buffer.from(JSON.stringify([r.receivedAt.toISOString(), r.id])).toString('base64url');
+}
+
+function decodePageToken(token: string): { receivedAt: Date; id: string } {
+  try {
+    const [at, id] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [unknown, unknown];
+    const receivedAt = new Date(String(at));
+    if (typeof id !== 'string' || !UUID.test(id) || Number.isNaN(receivedAt.getTime())) throw new Error('bad token');
+    return { receivedAt, id };
+  } catch {
+    throw new InvalidArgumentError('page_token is not a token this server issued');
+  }
+}

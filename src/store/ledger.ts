@@ -1,0 +1,141 @@
+import { randomUUID } from 'node:crypto';
+import type { Knex } from 'knex';
+import { dueDate } from '../privacy/due-date.js';
+
+/** The request ledger: every export and forget, its dates and its outcome. */
+
+export type RequestType = 'export' | 'forget';
+export type RequestState = 'running' | 'anonymized' | 'completed' | 'failed';
+
+export interface TableRows {
+  readonly table: string;
+  readonly action: 'update' | 'delete';
+  readonly rows: number;
+}
+
+export interface PrivacyRequestRecord {
+  readonly id: string;
+  readonly type: RequestType;
+  readonly subjectId: string;
+  readonly requester: string;
+  readonly reason: string;
+  readonly state: RequestState;
+  readonly idempotencyKey: string | null;
+  readonly receivedAt: Date;
+  readonly dueAt: Date;
+  readonly completedAt: Date | null;
+  readonly error: string | null;
+  readonly rowsAffected: readonly TableRows[];
+}
+
+interface Row {
+  id: string;
+  type: RequestType;
+  subject_id: string;
+  requester: string;
+  reason: string;
+  state: RequestState;
+  idempotency_key: string | null;
+  received_at: Date | string;
+  due_at: Date | string;
+  completed_at: Date | string | null;
+  error: string | null;
+  result: { rows_affected?: TableRows[] } | string | null;
+}
+
+const TABLE = 'lethe_privacy_requests';
+
+function toRecord(r: Row): PrivacyRequestRecord {
+  const result = typeof r.result === 'string' ? (JSON.parse(r.result) as { rows_affected?: TableRows[] }) : r.result;
+  return {
+    id: r.id,
+    type: r.type,
+    subjectId: r.subject_id,
+    requester: r.requester,
+    reason: r.reason,
+    state: r.state,
+    idempotencyKey: r.idempotency_key,
+    receivedAt: new Date(r.received_at),
+    dueAt: new Date(r.due_at),
+    completedAt: r.completed_at === null ? null : new Date(r.completed_at),
+    error: r.error,
+    rowsAffected: result?.rows_affected ?? [],
+  };
+}
+
+export interface NewRequest {
+  readonly id?: string | undefined;
+  readonly type: RequestType;
+  readonly subjectId: string;
+  readonly requester: string;
+  readonly reason: string;
+  readonly state: RequestState;
+  readonly idempotencyKey?: string | undefined;
+  readonly receivedAt: Date;
+  readonly completedAt?: Date | undefined;
+  readonly rowsAffected?: readonly TableRows[] | undefined;
+}
+
+export interface ListFilter {
+  readonly subjectId?: string | undefined;
+  readonly state?: RequestState | undefined;
+  readonly overdueOnly?: boolean | undefined;
+  /** Only requests this principal made or is the subject of. */
+  readonly visibleTo?: string | undefined;
+  readonly limit: number;
+  /** Continue after this (received_at, id) position. */
+  readonly after?: { receivedAt: Date; id: string } | undefined;
+  readonly now: Date;
+}
+
+export const ledger = {
+  async insert(db: Knex | Knex.Transaction, req: NewRequest): Promise<PrivacyRequestRecord> {
+    const row = {
+      id: req.id ?? randomUUID(),
+      type: req.type,
+      subject_id: req.subjectId,
+      requester: req.requester,
+      reason: req.reason,
+      state: req.state,
+      idempotency_key: req.idempotencyKey ?? null,
+      received_at: req.receivedAt,
+      due_at: dueDate(req.receivedAt),
+      completed_at: req.completedAt ?? null,
+      error: null,
+      result: JSON.stringify({ rows_affected: req.rowsAffected ?? [] }),
+    };
+    await db(TABLE).insert(row);
+    return toRecord({ ...row, result: { rows_affected: [...(req.rowsAffected ?? [])] } });
+  },
+
+  async finish(db: Knex | Knex.Transaction, id: string, state: 'completed' | 'failed', at: Date, error?: string): Promise<void> {
+    await db(TABLE).where({ id }).update({ state, completed_at: state === 'completed' ? at : null, error: error ?? null });
+  },
+
+  async get(db: Knex | Knex.Transaction, id: string): Promise<PrivacyRequestRecord | undefined> {
+    const row = (await db(TABLE).where({ id }).first()) as Row | undefined;
+    return row === undefined ? undefined : toRecord(row);
+  },
+
+  async byIdempotencyKey(db: Knex | Knex.Transaction, key: string): Promise<PrivacyRequestRecord | undefined> {
+    const row = (await db(TABLE).where({ idempotency_key: key }).first()) as Row | undefined;
+    return row === undefined ? undefined : toRecord(row);
+  },
+
+  async list(db: Knex | Knex.Transaction, f: ListFilter): Promise<PrivacyRequestRecord[]> {
+    const q = db(TABLE).select('*');
+    if (f.subjectId !== undefined) q.where('subject_id', f.subjectId);
+    if (f.state !== undefined) q.where('state', f.state);
+    if (f.overdueOnly === true) q.whereNotIn('state', ['completed', 'failed']).where('due_at', '<', f.now);
+    if (f.visibleTo !== undefined) {
+      const who = f.visibleTo;
+      q.where((w) => w.where('requester', who).orWhere('subject_id', who));
+    }
+    if (f.after !== undefined) {
+      const a = f.after;
+      q.where((w) => w.where('received_at', '<', a.receivedAt).orWhere((w2) => w2.where('received_at', a.receivedAt).andWhere('id', '<', a.id)));
+    }
+    const rows = (await q.orderBy([{ column: 'received_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(f.limit)) as Row[];
+    return rows.map(toRecord);
+  },
+};

@@ -1,0 +1,37 @@
+import type { Knex } from 'knex';
+import * as identity001 from './migrations/identity/001-identity-schema.js';
+import * as lethe001 from './migrations/lethe/001-ledger.js';
+
+interface Migration {
+  up(knex: Knex): Promise<void>;
+  down(knex: Knex): Promise<void>;
+}
+
+/** Migrations are listed here rather than found on disk, so they work the same from src/ and dist/. */
+class StaticMigrationSource implements Knex.MigrationSource<string> {
+  constructor(private readonly migrations: Readonly<Record<string, Migration>>) {}
+  getMigrations(): Promise<string[]> {
+    return Promise.resolve(Object.keys(this.migrations).sort());
+  }
+  getMigrationName(name: string): string {
+    return name;
+  }
+  getMigration(name: string): Promise<Migration> {
+    const m = this.migrations[name];
+    if (m === undefined) return Promise.reject(new Error(`unknown migration ${name}`));
+    return Promise.resolve(m);
+  }
+}
+
+const LETHE = new StaticMigrationSource({ '001-ledger': lethe001 });
+const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
+
+/** Lethe's own tables (the ledger). knex takes a lock, so concurrent replicas migrate once. */
+export async function migrateLethe(knex: Knex): Promise<void> {
+  await knex.migrate.latest({ migrationSource: LETHE, tableName: 'lethe_migrations' });
+}
+
+/** The sample SSO identity schema that the default data map describes. */
+export async function migrateIdentitySchema(knex: Knex): Promise<void> {
+  await knex.migrate.latest({ migrationSource: IDENTITY, tableName: 'lethe_identity_migrations' });
+}
