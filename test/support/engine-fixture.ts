@@ -1,0 +1,35 @@
+import { pino } from 'pino';
+import { DEFAULT_DATA_MAP_PATH, type DataMap, loadDataMap } from '../../src/privacy/data-map.js';
+import { type ExportEvent, PrivacyEngine } from '../../src/privacy/engine.js';
+import { ExportDocumentAssembler } from '../../src/privacy/export-document.js';
+import { checkDataMapAgainstDatabase } from '../../src/privacy/schema-check.js';
+import type { Database } from '../../src/store/database.js';
+import { loadDemoData } from '../../src/store/demo-data.js';
+import { migrateIdentitySchema, migrateLethe } from '../../src/store/migrations.js';
+
+export const silentLogger = pino({ level: 'silent' });
+
+/** Migrates, loads the demo data and builds an engine over the default data map. */
+export async function demoEngine(db: Database, options: { dataMap?: DataMap; hashKey?: Buffer } = {}): Promise<PrivacyEngine> {
+  await migrateLethe(db.knex);
+  await migrateIdentitySchema(db.knex);
+  await loadDemoData(db.knex);
+  const dataMap = options.dataMap ?? (await loadDataMap(DEFAULT_DATA_MAP_PATH));
+  const columnTypes = await checkDataMapAgainstDatabase(db.knex, dataMap, 'test');
+  return new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, hashKey: options.hashKey, logger: silentLogger });
+}
+
+/** Runs an export to the end and returns the document text, the parsed document and the trailer. */
+export async function collectExport(events: AsyncIterable<ExportEvent>): Promise<{ text: string; doc: Record<string, unknown>; events: ExportEvent[] }> {
+  let assembler: ExportDocumentAssembler | undefined;
+  const chunks: string[] = [];
+  const seen: ExportEvent[] = [];
+  for await (const e of events) {
+    seen.push(e.kind === 'batch' ? { ...e, records: [...e.records] } : e);
+    if (e.kind === 'header') assembler = new ExportDocumentAssembler(e.categories, (c) => chunks.push(c));
+    else if (e.kind === 'batch') assembler?.add(e.category, e.records);
+  }
+  assembler?.finish();
+  const text = chunks.join('');
+  return { text, doc: JSON.parse(text) as Record<string, unknown>, events: seen };
+}

@@ -1,0 +1,136 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+
+/**
+ * A throwaway PostgreSQL cluster from the machine's own binaries, on a free loopback port,
+ * for integration tests. Found through LETHE_PG_BIN, `pg_config --bindir` or
+ * /usr/lib/postgresql/<version>/bin. When none is found the suite is skipped, except under
+ * CI=true, where it fails: CI must never pass without having tested against PostgreSQL.
+ */
+
+export function findPostgresBin(): string | undefined {
+  const candidates: string[] = [];
+  if (process.env.LETHE_PG_BIN) candidates.push(process.env.LETHE_PG_BIN);
+  try {
+    candidates.push(execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
+  } catch {
+    // not on PATH
+  }
+  if (existsSync('/usr/lib/postgresql')) {
+    for (const v of readdirSync('/usr/lib/postgresql').sort((a, b) => Number(b) - Number(a))) candidates.push(`/usr/lib/postgresql/${v}/bin`);
+  }
+  return candidates.find((dir) => existsSync(join(dir, 'initdb')) && existsSync(join(dir, 'postgres')));
+}
+
+export function requirePostgres(): string | undefined {
+  const bin = findPostgresBin();
+  if (bin === undefined && process.env.CI === 'true') {
+    throw new Error('PostgreSQL binaries not found (CI=true forbids skipping): apt-get install -y postgresql, or set LETHE_PG_BIN');
+  }
+  return bin;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface PostgresCluster {
+  readonly port: number;
+  readonly dataDir: string;
+  /** A URL for a fresh, empty database on this cluster. */
+  createDatabase(name?: string): Promise<string>;
+  /** Stops the server, keeping its data (for "the database went away" tests). */
+  stop(): Promise<void>;
+  /** Starts it again on the same port. */
+  start(): Promise<void>;
+  destroy(): Promise<void>;
+}
+
+let dbSeq = 0;
+
+export async function startPostgres(bin: string): Promise<PostgresCluster> {
+  const root = process.getuid?.() === 0;
+  const dataDir = mkdtempSync(join(tmpdir(), 'lethe-pg-'));
+  // initdb refuses to run as root: run the server as the postgres user then.
+  const asPg = (cmd: string, args: string[]): [string, string[]] => (root ? ['runuser', ['-u', 'postgres', '--', cmd, ...args]] : [cmd, args]);
+  if (root) chownSync(dataDir, uidOf('postgres'), gidOf('postgres'));
+  const [initCmd, initArgs] = asPg(join(bin, 'initdb'), ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8', '--locale=C']);
+  execFileSync(initCmd, initArgs, { stdio: 'ignore' });
+  const port = await freePort();
+  let child: ChildProcess | undefined;
+
+  const start = async () => {
+    const [cmd, args] = asPg(join(bin, 'postgres'), [
+      '-D', dataDir, '-p', String(port), '-h', '127.0.0.1', '-k', dataDir,
+      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200',
+    ]);
+    child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr?.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000);
+    });
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const c = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' });
+      try {
+        await c.connect();
+        await c.end();
+        return;
+      } catch {
+        await c.end().catch(() => undefined);
+        if (child.exitCode !== null || Date.now() > deadline) throw new Error(`PostgreSQL did not start: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  };
+
+  const stop = async () => {
+    const c = child;
+    if (c === undefined || c.exitCode !== null) return;
+    const exited = new Promise((r) => c.once('exit', r));
+    // Signal the postmaster itself (runuser does not forward signals): SIGINT is a fast shutdown.
+    const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    process.kill(Number.isInteger(pid) && pid > 0 ? pid : (c.pid ?? 0), 'SIGINT');
+    await exited;
+    child = undefined;
+  };
+
+  await start();
+  return {
+    port,
+    dataDir,
+    async createDatabase(name) {
+      const db = name ?? `lethe_test_${process.pid}_${++dbSeq}`;
+      const c = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' });
+      await c.connect();
+      await c.query(`CREATE DATABASE "${db}"`);
+      await c.end();
+      return `postgresql://postgres@127.0.0.1:${port}/${db}`;
+    },
+    stop,
+    start,
+    async destroy() {
+      await stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+function uidOf(user: string): number {
+  return Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim());
+}
+function gidOf(user: string): number {
+  return Number(execFileSync('id', ['-g', user], { encoding: 'utf8' }).trim());
+}
