@@ -73,14 +73,14 @@ const envSchema = z.object({
     .optional(),
   LETHE_LISTEN: z.string().optional(),
   LETHE_DATA_MAP: z.string().min(1).optional(),
-  LETHE_JWKS_URL: z.url({ message: 'LETHE_JWKS_URL must be an http(s) URL' }).optional(),
+  LETHE_JWKS_URL: z.url({ protocol: /^https?$/, message: 'LETHE_JWKS_URL must be an http(s) URL' }).optional(),
   LETHE_JWT_PUBLIC_KEY_FILE: z.string().min(1).optional(),
   LETHE_JWT_ISSUER: z.string().min(1).optional(),
   LETHE_JWT_AUDIENCE: z.string().min(1).optional(),
   LETHE_PLATFORM_PRINCIPALS: z.string().optional(),
   LETHE_HASH_KEY: z
     .string()
-    .regex(/^[0-9a-fA-F]{64,}$/, 'LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)')
+    .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)')
     .optional(),
   LETHE_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], { message: 'LETHE_LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent' }).default('info'),
   LETHE_MIGRATE_IDENTITY_SCHEMA: bool('LETHE_MIGRATE_IDENTITY_SCHEMA'),

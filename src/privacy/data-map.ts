@@ -135,11 +135,33 @@ export function parseDataMap(text: string, source: string): DataMap {
   const parsed = dataMapSchema.safeParse(doc.toJS());
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    const where = issue ? formatPath(issue.path) : '(root)';
-    throw new ConfigError(`${where}: ${issue?.message ?? 'invalid'}`, source);
+    const deepest = issue === undefined ? undefined : deepestIssue(issue);
+    const where = deepest ? formatPath(deepest.path) : '(root)';
+    throw new ConfigError(`${where}: ${deepest?.message ?? 'invalid'}`, source);
   }
   checkConsistency(parsed.data, source);
   return parsed.data;
+}
+
+/**
+ * For a value that matches no alternative of a union (a forget action, a subject relation),
+ * zod reports "Invalid input" at the union; the alternative that got furthest names the key.
+ */
+function deepestIssue(issue: z.core.$ZodIssue): { path: PropertyKey[]; message: string } {
+  if (issue.code !== 'invalid_union' || issue.errors.length === 0) return { path: issue.path, message: issue.message };
+  let best: { path: PropertyKey[]; message: string } = { path: issue.path, message: issue.message };
+  let bestDepth = -1;
+  for (const branch of issue.errors) {
+    for (const inner of branch) {
+      const d = deepestIssue(inner);
+      const depth = d.path.length + (inner.code === 'invalid_type' || inner.code === 'invalid_value' ? 0 : 1);
+      if (depth > bestDepth) {
+        bestDepth = depth;
+        best = { path: [...issue.path, ...d.path], message: d.message };
+      }
+    }
+  }
+  return best;
 }
 
 function formatPath(path: readonly PropertyKey[]): string {

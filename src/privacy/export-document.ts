@@ -25,7 +25,7 @@ export class ExportDocumentAssembler {
   private openList = false;
   private firstInCategory = true;
   private needComma = false;
-  private finished = false;
+  private result: { sha256: string; counts: ReadonlyMap<string, number> } | undefined;
   private readonly exported = new Map<string, number>();
 
   constructor(
@@ -38,7 +38,7 @@ export class ExportDocumentAssembler {
 
   /** Appends a batch; batches of one category must be contiguous and in header order. */
   add(category: string, records: readonly string[]): void {
-    if (this.finished) throw new Error('export document already finished');
+    if (this.result !== undefined) throw new Error('export document already finished');
     this.advanceTo(category);
     const c = this.categories[this.index];
     if (c === undefined) throw new Error(`unknown category ${category}`);
@@ -57,12 +57,12 @@ export class ExportDocumentAssembler {
 
   /** Closes the document; returns the hex SHA-256 and the records per category. */
   finish(): { sha256: string; counts: ReadonlyMap<string, number> } {
-    if (!this.finished) {
+    if (this.result === undefined) {
       this.advanceTo(undefined);
       this.emit('}');
-      this.finished = true;
+      this.result = { sha256: this.hash.digest('hex'), counts: this.exported };
     }
-    return { sha256: this.hash.digest('hex'), counts: this.exported };
+    return this.result;
   }
 
   private advanceTo(category: string | undefined): void {

@@ -77,6 +77,8 @@ export async function startPostgres(bin: string): Promise<PostgresCluster> {
       '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200',
     ]);
     child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    // A test run that dies must not leave a server behind.
+    process.once('exit', killPostmaster);
     let stderr = '';
     child.stderr?.on('data', (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-4000);
@@ -95,6 +97,15 @@ export async function startPostgres(bin: string): Promise<PostgresCluster> {
       }
     }
   };
+
+  function killPostmaster() {
+    try {
+      const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      if (Number.isInteger(pid) && pid > 0) process.kill(pid, 'SIGQUIT');
+    } catch {
+      // already gone
+    }
+  }
 
   const stop = async () => {
     const c = child;

@@ -1,0 +1,175 @@
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_LISTEN, type Env, LOCAL_AUDIENCE, LOCAL_ISSUER, loadServerConfig, parseListen } from '../../src/config/config.js';
+import { ConfigError } from '../../src/errors.js';
+import { DEFAULT_DATA_MAP_PATH } from '../../src/privacy/data-map.js';
+
+const HOME = '/home/lethe-test';
+const HASH_KEY = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff';
+
+function configErrorOf(env: Env, flags = {}): ConfigError {
+  try {
+    loadServerConfig(env, flags);
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error('expected loadServerConfig to throw a ConfigError');
+}
+
+describe('loadServerConfig: defaults', () => {
+  const config = loadServerConfig({ HOME });
+
+  it('listens on loopback port 50051', () => {
+    expect(DEFAULT_LISTEN).toBe('127.0.0.1:50051');
+    expect(config.listen).toEqual({ host: '127.0.0.1', port: 50051 });
+  });
+
+  it('keeps an embedded PGlite database under the data directory', () => {
+    expect(config.dataDir).toBe(join(HOME, '.lethe'));
+    expect(config.database).toEqual({ kind: 'pglite', dataDir: join(HOME, '.lethe', 'pgdata') });
+  });
+
+  it('uses local authentication, the default data map and migrates the identity schema for PGlite', () => {
+    expect(config.auth).toEqual({ mode: 'local', issuer: LOCAL_ISSUER, audience: LOCAL_AUDIENCE });
+    expect(config.auth).toEqual({ mode: 'local', issuer: 'lethe-local', audience: 'lethe' });
+    expect(config.dataMapPath).toBe(DEFAULT_DATA_MAP_PATH);
+    expect(config.migrateIdentitySchema).toBe(true);
+    expect(config.platformPrincipals.size).toBe(0);
+    expect(config.hashKey).toBeUndefined();
+    expect(config.logLevel).toBe('info');
+    expect(config.demo).toBe(false);
+    expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  it('takes the data directory from LETHE_DATA_DIR, then --data-dir', () => {
+    expect(loadServerConfig({ HOME, LETHE_DATA_DIR: '/var/lib/lethe' }).dataDir).toBe('/var/lib/lethe');
+    const flagged = loadServerConfig({ HOME, LETHE_DATA_DIR: '/var/lib/lethe' }, { dataDir: '/srv/lethe' });
+    expect(flagged.dataDir).toBe('/srv/lethe');
+    expect(flagged.database).toEqual({ kind: 'pglite', dataDir: '/srv/lethe/pgdata' });
+  });
+
+  it('takes the listen address from LETHE_LISTEN, then --listen', () => {
+    expect(loadServerConfig({ HOME, LETHE_LISTEN: '0.0.0.0:6000' }).listen).toEqual({ host: '0.0.0.0', port: 6000 });
+    expect(loadServerConfig({ HOME, LETHE_LISTEN: '0.0.0.0:6000' }, { listen: '[::1]:7000' }).listen).toEqual({ host: '[::1]', port: 7000 });
+  });
+
+  it('resolves LETHE_DATA_MAP and reads the other settings', () => {
+    const c = loadServerConfig({ HOME, LETHE_DATA_MAP: 'maps/billing.yaml', LETHE_LOG_LEVEL: 'debug', LETHE_HASH_KEY: HASH_KEY }, { demo: true });
+    expect(c.dataMapPath).toBe(resolve('maps/billing.yaml'));
+    expect(c.logLevel).toBe('debug');
+    expect(c.hashKey).toEqual(Buffer.from(HASH_KEY, 'hex'));
+    expect(c.hashKey?.length).toBe(32);
+    expect(c.demo).toBe(true);
+  });
+});
+
+describe('loadServerConfig: PostgreSQL', () => {
+  it.each(['postgres://lethe@db:5432/lethe', 'postgresql://lethe:pw@db/lethe?sslmode=require'])('DATABASE_URL %s switches to postgres', (url) => {
+    const c = loadServerConfig({ HOME, DATABASE_URL: url });
+    expect(c.database).toEqual({ kind: 'postgres', url });
+    expect(c.migrateIdentitySchema).toBe(false);
+  });
+
+  it.each([
+    ['LETHE_MIGRATE_IDENTITY_SCHEMA=true', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'true' }, {}, true],
+    ['LETHE_MIGRATE_IDENTITY_SCHEMA=1', { LETHE_MIGRATE_IDENTITY_SCHEMA: '1' }, {}, true],
+    ['LETHE_MIGRATE_IDENTITY_SCHEMA=false', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'false' }, {}, false],
+    ['--demo', {}, { demo: true }, true],
+  ])('migrates the identity schema on postgres with %s: %s', (_label, extra, flags, migrate) => {
+    expect(loadServerConfig({ HOME, DATABASE_URL: 'postgres://db/lethe', ...extra }, flags).migrateIdentitySchema).toBe(migrate);
+  });
+});
+
+describe('loadServerConfig: authentication', () => {
+  it('verifies with a JWKS URL, issuer and audience', () => {
+    const c = loadServerConfig({ HOME, LETHE_JWKS_URL: 'https://idp.example.com/.well-known/jwks.json', LETHE_JWT_ISSUER: 'https://idp.example.com', LETHE_JWT_AUDIENCE: 'lethe' });
+    expect(c.auth).toEqual({ mode: 'jwks', jwksUrl: new URL('https://idp.example.com/.well-known/jwks.json'), issuer: 'https://idp.example.com', audience: 'lethe' });
+  });
+
+  it('verifies with a public key file, resolved', () => {
+    const c = loadServerConfig({ HOME, LETHE_JWT_PUBLIC_KEY_FILE: 'keys/jwt.pem', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' });
+    expect(c.auth).toEqual({ mode: 'public-key', publicKeyFile: resolve('keys/jwt.pem'), issuer: 'iss', audience: 'aud' });
+  });
+
+  it.each([
+    ['a JWKS URL without issuer', { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_AUDIENCE: 'aud' }, 'LETHE_JWT_ISSUER', 'LETHE_JWT_ISSUER: required with a JWKS URL or public key: the issuer (iss) tokens must carry'],
+    ['a JWKS URL without audience', { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_ISSUER: 'iss' }, 'LETHE_JWT_AUDIENCE', 'LETHE_JWT_AUDIENCE: required with a JWKS URL or public key: the audience (aud) tokens must carry'],
+    ['a public key without issuer', { LETHE_JWT_PUBLIC_KEY_FILE: '/k.pem', LETHE_JWT_AUDIENCE: 'aud' }, 'LETHE_JWT_ISSUER', 'LETHE_JWT_ISSUER: required with a JWKS URL or public key: the issuer (iss) tokens must carry'],
+    [
+      'both a JWKS URL and a public key',
+      { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_PUBLIC_KEY_FILE: '/k.pem', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' },
+      'LETHE_JWKS_URL',
+      'LETHE_JWKS_URL: set either LETHE_JWKS_URL or LETHE_JWT_PUBLIC_KEY_FILE, not both',
+    ],
+    ['a JWKS URL that is not a URL', { LETHE_JWKS_URL: 'not a url', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' }, 'LETHE_JWKS_URL', 'LETHE_JWKS_URL: LETHE_JWKS_URL must be an http(s) URL'],
+  ])('refuses %s', (_label, env, source, message) => {
+    const err = configErrorOf({ HOME, ...env });
+    expect(err.source).toBe(source);
+    expect(err.message).toBe(message);
+  });
+
+  it('refuses a JWKS URL that is not http(s), as its message promises', () => {
+    const err = configErrorOf({ HOME, LETHE_JWKS_URL: 'ftp://idp.example.com/jwks.json', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' });
+    expect(err.message).toBe('LETHE_JWKS_URL: LETHE_JWKS_URL must be an http(s) URL');
+  });
+});
+
+describe('loadServerConfig: bad values name the variable', () => {
+  it.each([
+    ['DATABASE_URL', { DATABASE_URL: 'mysql://db/lethe' }, 'DATABASE_URL: DATABASE_URL must be a postgres:// or postgresql:// URL'],
+    ['DATABASE_URL', { DATABASE_URL: 'db:5432' }, 'DATABASE_URL: DATABASE_URL must be a postgres:// or postgresql:// URL'],
+    ['LETHE_LISTEN', { LETHE_LISTEN: 'localhost' }, "LETHE_LISTEN: 'localhost' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
+    ['LETHE_LISTEN', { LETHE_LISTEN: '0.0.0.0:70000' }, "LETHE_LISTEN: '0.0.0.0:70000' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
+    ['LETHE_LISTEN', { LETHE_LISTEN: ':50051' }, "LETHE_LISTEN: ':50051' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
+    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: 'abc' }, 'LETHE_HASH_KEY: LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)'],
+    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: HASH_KEY.slice(2) }, 'LETHE_HASH_KEY: LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)'],
+    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: `${HASH_KEY.slice(1)}g` }, 'LETHE_HASH_KEY: LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)'],
+    ['LETHE_LOG_LEVEL', { LETHE_LOG_LEVEL: 'verbose' }, 'LETHE_LOG_LEVEL: LETHE_LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent'],
+    ['LETHE_MIGRATE_IDENTITY_SCHEMA', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'yes' }, 'LETHE_MIGRATE_IDENTITY_SCHEMA: LETHE_MIGRATE_IDENTITY_SCHEMA must be true or false'],
+  ])('%s: %j', (variable, env, message) => {
+    const err = configErrorOf({ HOME, ...env });
+    expect(err.name).toBe('ConfigError');
+    expect(err.source).toBe(variable);
+    expect(err.message).toBe(message);
+  });
+
+  it('names --listen when the flag is bad', () => {
+    const err = configErrorOf({ HOME }, { listen: 'nope' });
+    expect(err.source).toBe('--listen');
+    expect(err.message).toBe("--listen: 'nope' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)");
+  });
+
+  it('refuses a hash key with an odd number of hex digits instead of silently dropping the last one', () => {
+    const err = configErrorOf({ HOME, LETHE_HASH_KEY: `${HASH_KEY}a` });
+    expect(err.source).toBe('LETHE_HASH_KEY');
+  });
+});
+
+describe('loadServerConfig: LETHE_PLATFORM_PRINCIPALS', () => {
+  it.each([
+    ['lethe-operator', ['lethe-operator']],
+    [' lethe-operator , billing-service ,,billing-service, ', ['lethe-operator', 'billing-service']],
+    ['', []],
+    [' , ', []],
+  ])('%j is the set %j', (value, principals) => {
+    const c = loadServerConfig({ HOME, LETHE_PLATFORM_PRINCIPALS: value });
+    expect(c.platformPrincipals).toBeInstanceOf(Set);
+    expect([...c.platformPrincipals]).toEqual(principals);
+  });
+});
+
+describe('parseListen', () => {
+  it.each([
+    ['127.0.0.1:50051', { host: '127.0.0.1', port: 50051 }],
+    ['[::]:443', { host: '[::]', port: 443 }],
+    ['lethe.svc.cluster.local:8080', { host: 'lethe.svc.cluster.local', port: 8080 }],
+    ['0.0.0.0:65535', { host: '0.0.0.0', port: 65535 }],
+  ])('%s', (value, address) => {
+    expect(parseListen(value, 'LETHE_LISTEN')).toEqual(address);
+  });
+
+  it.each(['127.0.0.1', '127.0.0.1:65536', '::1:50051', 'host:port', 'a b:1'])('refuses %s', (value) => {
+    expect(() => parseListen(value, 'LETHE_LISTEN')).toThrow(new ConfigError(`'${value}' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)`, 'LETHE_LISTEN'));
+  });
+});
