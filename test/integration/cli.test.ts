@@ -1,0 +1,110 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../support/postgres.js';
+
+/**
+ * The `lethe` command as a newcomer runs it: `lethe serve --demo` on the embedded database,
+ * then the client commands against it. Runs the built bin/lethe.js (npm test builds first).
+ */
+
+const LETHE = join(process.cwd(), 'bin', 'lethe.js');
+const run = promisify(execFile);
+
+describe('the lethe command on the embedded default', () => {
+  let dataDir: string;
+  let server: ChildProcess;
+  let address: string;
+  let log = '';
+
+  const lethe = async (...args: string[]) => {
+    try {
+      const { stdout, stderr } = await run('node', [LETHE, ...args, '--server', address, '--data-dir', dataDir], { encoding: 'utf8' });
+      return { code: 0, stdout, stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  };
+
+  beforeAll(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'lethe-cli-'));
+    address = `127.0.0.1:${await freePort()}`;
+    server = spawn('node', [LETHE, 'serve', '--demo', '--listen', address, '--data-dir', dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    server.stdout?.on('data', (d: Buffer) => (log += d.toString()));
+    server.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+    const deadline = Date.now() + 60_000;
+    while (!log.includes('lethe PrivacyService listening')) {
+      if (server.exitCode !== null || Date.now() > deadline) throw new Error(`lethe serve did not start:\n${log}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+
+  afterAll(() => {
+    if (server.exitCode === null) server.kill('SIGKILL');
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('logs where it listens, which database and which data map, and no personal data', () => {
+    const line = JSON.parse(log.split('\n').find((l) => l.includes('lethe PrivacyService listening')) ?? '{}') as Record<string, string>;
+    expect(line.listen).toBe(address);
+    expect(line.database).toBe(`embedded PGlite in ${join(dataDir, 'pgdata')}`);
+    expect(line.dataMap).toMatch(/datamaps\/identity\.yaml$/);
+  });
+
+  it('exports user-id-123 to a file whose SHA-256 is the verified trailer digest', async () => {
+    const out = join(dataDir, 'user-id-123.json');
+    const r = await lethe('export', 'user-id-123', '-o', out);
+    expect(r.code).toBe(0);
+    const digest = /sha256 ([0-9a-f]{64}) \(verified\)/.exec(r.stderr)?.[1];
+    const bytes = readFileSync(out);
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(digest);
+    const doc = JSON.parse(bytes.toString('utf8')) as { user_id: string; login_events_count: number; login_events: unknown[] };
+    expect(doc).toMatchObject({ user_id: 'user-id-123', login_events_count: 247 });
+    expect(doc.login_events).toHaveLength(50);
+  });
+
+  it('mints tokens with the local key and enforces the rules', async () => {
+    const token = await run('node', [LETHE, 'token', '--as', 'owner-user-id-1', '--data-dir', dataDir], { encoding: 'utf8' });
+    const claims = JSON.parse(Buffer.from(token.stdout.trim().split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+    expect(claims).toMatchObject({ sub: 'owner-user-id-1', iss: 'lethe-local', aud: 'lethe' });
+    expect(Number(claims.exp) - Number(claims.iat)).toBe(900);
+    const refused = await lethe('forget', 'user-id-123', '--reason', 'GDPR Right to be Forgotten', '--as', 'owner-user-id-1');
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toBe("lethe: PERMISSION_DENIED: You must be an owner of organization 'dev-team' to anonymize this user");
+    const missing = await lethe('export', 'nobody', '--as', 'platform-owner-id');
+    expect(missing).toMatchObject({ code: 1, stderr: 'lethe: NOT_FOUND: User not found\n' });
+  });
+
+  it('forgets, then lists and shows the request', async () => {
+    const r = await lethe('forget', 'user-id-123', '--reason', 'GDPR Right to be Forgotten', '--as', 'owner-user-id-2');
+    expect(r.code).toBe(0);
+    const result = JSON.parse(r.stdout) as { success: boolean; message: string; request_id: string };
+    expect(result).toMatchObject({ success: true, message: 'User data has been anonymized. PII has been removed while preserving audit logs.' });
+    const list = await lethe('requests', 'list', '--as', 'platform-owner-id', '--subject', 'user-id-123');
+    expect(list.stdout).toContain(result.request_id);
+    const get = await lethe('requests', 'get', result.request_id, '--as', 'owner-user-id-2');
+    expect(JSON.parse(get.stdout)).toMatchObject({ id: result.request_id, type: 'forget', state: 'completed', subject_id: 'user-id-123', requester: 'owner-user-id-2' });
+  });
+
+  it('prints one clear line for a server that is not there', async () => {
+    const port = await freePort();
+    const { code, stderr } = await run('node', [LETHE, 'export', 'user-id-123', '--server', `127.0.0.1:${port}`, '--data-dir', dataDir]).catch((e: { code: number; stderr: string }) => e);
+    expect(code).toBe(1);
+    expect(stderr.trim().split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(/^lethe: UNAVAILABLE: /);
+  });
+
+  it('shuts down in order on SIGTERM', async () => {
+    const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
+    server.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(log).toContain('"msg":"shutting down"');
+    expect(log).toContain('"msg":"stopped"');
+    expect(log).not.toMatch(/@example\.com|203\.0\.113/);
+  });
+});
