@@ -4,12 +4,14 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { createVerifier } from '../auth/verifier.js';
 import type { ServerConfig } from '../config/config.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, UnavailableError } from '../errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
 import { PrivacyEngine } from '../privacy/engine.js';
 import { usesHash } from '../privacy/forget.js';
 import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
 import { openDatabase } from '../store/database.js';
+import { lockDataDir } from '../store/data-dir-lock.js';
+import { translateDatabaseError } from '../store/errors.js';
 import { loadDemoData } from '../store/demo-data.js';
 import { migrateIdentitySchema, migrateLethe } from '../store/migrations.js';
 import { startGrpcServer } from './grpc-server.js';
@@ -29,14 +31,23 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   const hashKey = usesHash(dataMap) ? await resolveHashKey(config) : undefined;
   const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals);
 
+  const unlock = config.database.kind === 'pglite' ? await lockDataDir(config.dataDir) : async () => undefined;
   const db = await openDatabase(config.database);
   try {
-    await migrateLethe(db.knex);
+    await migrateLethe(db.knex).catch((err: unknown) => {
+      const e = translateDatabaseError(err);
+      if (e instanceof UnavailableError) {
+        throw new UnavailableError(`cannot reach the database (${db.description}); check DATABASE_URL and that the server is up`, { cause: err });
+      }
+      throw e;
+    });
     if (config.migrateIdentitySchema) await migrateIdentitySchema(db.knex);
     if (config.demo) logger.info({ demo: await loadDemoData(db.knex) }, 'demo data');
     const columnTypes = await checkDataMapAgainstDatabase(db.knex, dataMap, config.dataMapPath);
     const engine = new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, hashKey, logger });
-    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port });
+    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port }).catch((err: unknown) => {
+      throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
+    });
     logger.info(
       {
         listen: `${config.listen.host}:${grpc.port}`,
@@ -51,10 +62,12 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       async stop(graceMs = 10_000) {
         await grpc.shutdown(graceMs);
         await db.close();
+        await unlock();
       },
     };
   } catch (err) {
     await db.close();
+    await unlock();
     throw err;
   }
 }

@@ -93,7 +93,10 @@ describe('the lethe command on the embedded default', () => {
 
   it('prints one clear line for a server that is not there', async () => {
     const port = await freePort();
-    const { code, stderr } = await run('node', [LETHE, 'export', 'user-id-123', '--server', `127.0.0.1:${port}`, '--data-dir', dataDir]).catch((e: { code: number; stderr: string }) => e);
+    const { code, stderr } = await run('node', [LETHE, 'export', 'user-id-123', '--server', `127.0.0.1:${port}`, '--data-dir', dataDir]).then(
+      () => ({ code: 0, stderr: '' }),
+      (e: { code: number; stderr: string }) => e,
+    );
     expect(code).toBe(1);
     expect(stderr.trim().split('\n')).toHaveLength(1);
     expect(stderr).toMatch(/^lethe: UNAVAILABLE: /);
