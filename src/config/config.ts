@@ -2,6 +2,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
 import type { DatabaseTarget } from '../store/database.js';
 
@@ -37,6 +38,28 @@ export interface ServerConfig {
   readonly demo: boolean;
   /** Create the sample identity schema (embedded database, --demo, or asked for). */
   readonly migrateIdentitySchema: boolean;
+  readonly events: EventsConfig;
+}
+
+export interface EventsConfig {
+  /** Unset: anonymization events wait in the outbox. */
+  readonly natsUrl: string | undefined;
+  readonly stream: { readonly name: string; readonly replicas: number; readonly duplicateWindowMs: number };
+  /** Downstream services that must confirm their purge before a forget is completed. */
+  readonly expectedServices: readonly string[];
+  readonly confirmationTimeoutMs: number;
+  /** The CloudEvents `source` attribute. */
+  readonly source: string;
+}
+
+const DURATION = /^(\d+)(ms|s|m|h|d)$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `90s`, `2m`, `24h`, `7d` → milliseconds. */
+export function parseDuration(value: string, source: string): number {
+  const m = DURATION.exec(value.trim());
+  if (m === null) throw new ConfigError(`'${value}' is not a duration such as 90s, 2m, 24h or 7d`, source);
+  return Number(m[1]) * (UNIT_MS[m[2] ?? 's'] ?? 1_000);
 }
 
 export interface ServeFlags {
@@ -84,6 +107,16 @@ const envSchema = z.object({
     .optional(),
   LETHE_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], { message: 'LETHE_LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent' }).default('info'),
   LETHE_MIGRATE_IDENTITY_SCHEMA: bool('LETHE_MIGRATE_IDENTITY_SCHEMA'),
+  LETHE_NATS_URL: z
+    .string()
+    .regex(/^(nats|tls):\/\/[^\s]+$/, 'LETHE_NATS_URL must be a nats:// or tls:// URL (comma-separate several servers)')
+    .optional(),
+  LETHE_NATS_STREAM: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'LETHE_NATS_STREAM must be letters, digits, _ or - (at most 64)').default('LETHE_PRIVACY'),
+  LETHE_NATS_STREAM_REPLICAS: z.enum(['1', '3', '5'], { message: 'LETHE_NATS_STREAM_REPLICAS must be 1, 3 or 5' }).default('1'),
+  LETHE_NATS_DUPLICATE_WINDOW: z.string().default('2m'),
+  LETHE_DOWNSTREAM_SERVICES: z.string().default(''),
+  LETHE_CONFIRMATION_TIMEOUT: z.string().default('24h'),
+  LETHE_EVENT_SOURCE: z.string().min(1).max(256).default('lethe'),
 });
 
 export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<ServerConfig> {
@@ -118,6 +151,24 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     .map((s) => s.trim())
     .filter((s) => s.length > 0);
 
+  const services = e.LETHE_DOWNSTREAM_SERVICES.split(',')
+    .map((x) => x.trim())
+    .filter((x) => x.length > 0);
+  for (const svc of services) {
+    if (!SERVICE_NAME.test(svc)) throw new ConfigError(`'${svc}' is not a service name: ${SERVICE_NAME_RULE}`, 'LETHE_DOWNSTREAM_SERVICES');
+  }
+  const events: EventsConfig = {
+    natsUrl: e.LETHE_NATS_URL,
+    stream: {
+      name: e.LETHE_NATS_STREAM,
+      replicas: Number(e.LETHE_NATS_STREAM_REPLICAS),
+      duplicateWindowMs: parseDuration(e.LETHE_NATS_DUPLICATE_WINDOW, 'LETHE_NATS_DUPLICATE_WINDOW'),
+    },
+    expectedServices: [...new Set(services)],
+    confirmationTimeoutMs: parseDuration(e.LETHE_CONFIRMATION_TIMEOUT, 'LETHE_CONFIRMATION_TIMEOUT'),
+    source: e.LETHE_EVENT_SOURCE,
+  };
+
   const demo = flags.demo === true;
   return Object.freeze({
     listen,
@@ -130,5 +181,6 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     logLevel: e.LETHE_LOG_LEVEL,
     demo,
     migrateIdentitySchema: database.kind === 'pglite' || demo || e.LETHE_MIGRATE_IDENTITY_SCHEMA,
+    events,
   });
 }

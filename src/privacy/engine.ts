@@ -2,7 +2,10 @@ import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, USER_NOT_FOUND } from '../errors.js';
+import { anonymizedEventFor } from '../events/cloudevents.js';
+import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
 import { translateDatabaseError } from '../store/errors.js';
+import { enqueueEvent } from '../store/outbox.js';
 import { type ListFilter, type PrivacyRequestRecord, type RequestState, type TableRows, ledger } from '../store/ledger.js';
 import { writeAudit } from './audit.js';
 import { authorizeExport, authorizeForget } from './authorization.js';
@@ -10,6 +13,7 @@ import { type DataMap, documentKeyOf } from './data-map.js';
 import { type DocumentCategory, ExportDocumentAssembler } from './export-document.js';
 import { FactsReader } from './facts.js';
 import { applyForget } from './forget.js';
+import { lockKey, subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 import { readJsonRows } from './row-cursor.js';
 import { type ColumnTypes, countQuery, exportQuery } from './sql.js';
@@ -48,7 +52,18 @@ export interface EngineOptions {
   /** Upper bound on the characters of records in one batch message. */
   readonly exportBatchChars?: number;
   readonly now?: () => Date;
+  /** The CloudEvents `source` of anonymization events. */
+  readonly eventSource?: string;
+  /** Downstream services that must confirm their purge before a forget is completed. */
+  readonly expectedServices?: readonly string[];
+  /** A forget waiting for confirmations longer than this is overdue (default 7 days). */
+  readonly confirmationTimeoutMs?: number;
+  /** Called after a forget committed its outbox event, so the relay publishes it at once. */
+  readonly onEventEnqueued?: () => void;
 }
+
+/** A ledger entry as callers see it: with `overdue`, and a pending entry for every expected service not yet heard from. */
+export type PrivacyRequestView = PrivacyRequestRecord & { readonly overdue: boolean; readonly pending: readonly string[] };
 
 /** The privacy engine: export, forget and the ledger over one data map. Front ends call only this. */
 export class PrivacyEngine {
@@ -58,6 +73,8 @@ export class PrivacyEngine {
   private readonly now: () => Date;
   private readonly fetchRows: number;
   private readonly batchChars: number;
+  private readonly expected: readonly string[];
+  private readonly confirmationTimeoutMs: number;
 
   constructor(private readonly opts: EngineOptions) {
     this.knex = opts.knex;
@@ -66,6 +83,8 @@ export class PrivacyEngine {
     this.now = opts.now ?? (() => new Date());
     this.fetchRows = opts.exportFetchRows ?? 2000;
     this.batchChars = opts.exportBatchChars ?? 512 * 1024;
+    this.expected = opts.expectedServices ?? [];
+    this.confirmationTimeoutMs = opts.confirmationTimeoutMs ?? 7 * 86_400_000;
   }
 
   /**
@@ -169,13 +188,13 @@ export class PrivacyEngine {
     const reason = checkReason(input.reason, { required: true });
     const key = requireId(input.idempotencyKey, 'idempotency_key');
 
-    return this.db(() =>
+    const result = await this.db(() =>
       this.knex.transaction(async (trx) => {
-        await lock(trx, `lethe:idempotency:${key}`);
+        await lockKey(trx, `lethe:idempotency:${key}`);
         const prior = await ledger.byIdempotencyKey(trx, key);
         if (prior !== undefined) return replay(prior, actor, userId);
 
-        await lock(trx, `lethe:subject:${userId}`);
+        await lockKey(trx, subjectLockKey(userId));
         if (!(await this.facts.subjectExists(trx, userId))) throw new NotFoundError(USER_NOT_FOUND);
         authorizeForget(actor, await this.facts.subject(trx, userId), await this.facts.actor(trx, actor.id));
 
@@ -188,35 +207,41 @@ export class PrivacyEngine {
           await trx('lethe_erasures').insert({ subject_id: userId, request_id: requestId, anonymized_at: at });
           await writeAudit(trx, this.map, { eventType: 'user_anonymized', actorId: actor.id, targetId: userId, details: { reason }, timestamp: at });
         }
+        const waiting = this.expected.length > 0;
         await ledger.insert(trx, {
           id: requestId,
           type: 'forget',
           subjectId: userId,
           requester: actor.id,
           reason,
-          state: 'completed',
+          state: waiting ? 'anonymized' : 'completed',
           idempotencyKey: key,
           receivedAt: at,
-          completedAt: at,
+          completedAt: waiting ? undefined : at,
           rowsAffected,
         });
+        // Even for a subject erased before: downstream copies may have come back since.
+        const event = anonymizedEventFor({ source: this.opts.eventSource ?? 'lethe', userId, requestId, anonymizedAt: at });
+        await enqueueEvent(trx, { id: event.id, subject: ANONYMIZED_SUBJECT, payload: JSON.stringify(event) }, at);
         this.opts.logger.info({ requestId, subjectId: userId, actor: actor.id, alreadyErased: erased !== undefined }, 'user anonymized');
         return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false };
       }),
     );
+    if (!result.replayed) this.opts.onEventEnqueued?.();
+    return result;
   }
 
-  async getRequest(actor: Principal, id: string): Promise<PrivacyRequestRecord & { overdue: boolean }> {
+  async getRequest(actor: Principal, id: string): Promise<PrivacyRequestView> {
     if (!UUID.test(id)) throw new InvalidArgumentError('id must be a privacy request id (a UUID)');
     const r = await this.db(() => ledger.get(this.knex, id));
     if (r === undefined || !(await this.mayRead(actor, r))) throw new NotFoundError(REQUEST_NOT_FOUND);
-    return { ...r, overdue: isOverdueAt(r, this.now()) };
+    return this.view(r, this.now());
   }
 
   async listRequests(
     actor: Principal,
     input: { subjectId?: string | undefined; state?: RequestState | undefined; overdueOnly: boolean; pageSize: number; after?: { receivedAt: Date; id: string } | undefined },
-  ): Promise<Array<PrivacyRequestRecord & { overdue: boolean }>> {
+  ): Promise<PrivacyRequestView[]> {
     const now = this.now();
     const filter: ListFilter = {
       subjectId: input.subjectId === undefined ? undefined : requireId(input.subjectId, 'subject_id'),
@@ -226,9 +251,18 @@ export class PrivacyEngine {
       limit: input.pageSize,
       after: input.after,
       now,
+      confirmationTimeoutMs: this.confirmationTimeoutMs,
     };
     const rows = await this.db(() => ledger.list(this.knex, filter));
-    return rows.map((r) => ({ ...r, overdue: isOverdueAt(r, now) }));
+    return rows.map((r) => this.view(r, now));
+  }
+
+  private view(r: PrivacyRequestRecord, now: Date): PrivacyRequestView {
+    const open = r.state !== 'completed' && r.state !== 'failed';
+    const overdue = open && (r.dueAt.getTime() < now.getTime() || (r.state === 'anonymized' && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
+    const heard = new Set(r.confirmations.map((c) => c.service));
+    const pending = r.type === 'forget' && r.state === 'anonymized' ? this.expected.filter((s) => !heard.has(s)) : [];
+    return { ...r, overdue, pending };
   }
 
   /** Platform principals and platform owners read the whole ledger; others what they made or are the subject of. */
@@ -249,19 +283,11 @@ export class PrivacyEngine {
   }
 }
 
-async function lock(trx: Knex.Transaction, key: string): Promise<void> {
-  await trx.raw('SELECT pg_advisory_xact_lock(hashtextextended(?, 0))', [key]);
-}
-
 function replay(prior: PrivacyRequestRecord, actor: Principal, userId: string): ForgetResult {
   if (prior.type !== 'forget' || prior.subjectId !== userId || prior.requester !== actor.id) {
     throw new FailedPreconditionError('idempotency_key was already used for a different request; use a new key');
   }
   return { userId, requestId: prior.id, message: FORGET_MESSAGE, rowsAffected: prior.rowsAffected, replayed: true };
-}
-
-function isOverdueAt(r: PrivacyRequestRecord, now: Date): boolean {
-  return r.state !== 'completed' && r.state !== 'failed' && r.dueAt.getTime() < now.getTime();
 }
 
 /** An error's class and code, never its message (which may quote data). */

@@ -15,6 +15,8 @@ import { translateDatabaseError } from '../store/errors.js';
 import { loadDemoData } from '../store/demo-data.js';
 import { migrateIdentitySchema, migrateLethe } from '../store/migrations.js';
 import { startGrpcServer } from './grpc-server.js';
+import { ServerEvents } from '../events/server-events.js';
+import { countPending } from '../store/outbox.js';
 
 export interface RunningServer {
   readonly port: number;
@@ -44,8 +46,26 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     if (config.migrateIdentitySchema) await migrateIdentitySchema(db.knex);
     if (config.demo) logger.info({ demo: await loadDemoData(db.knex) }, 'demo data');
     const columnTypes = await checkDataMapAgainstDatabase(db.knex, dataMap, config.dataMapPath);
-    const engine = new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, hashKey, logger });
-    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port }).catch((err: unknown) => {
+    const ev = config.events;
+    const events = ev.natsUrl === undefined ? undefined : new ServerEvents(db.knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices }, logger);
+    const engine = new PrivacyEngine({
+      knex: db.knex,
+      dataMap,
+      columnTypes,
+      hashKey,
+      logger,
+      eventSource: ev.source,
+      expectedServices: ev.expectedServices,
+      confirmationTimeoutMs: ev.confirmationTimeoutMs,
+      onEventEnqueued: () => events?.notify(),
+    });
+    if (events === undefined) {
+      logger.warn({ pendingEvents: await countPending(db.knex) }, 'no LETHE_NATS_URL: anonymization events wait in the outbox until NATS is configured');
+    } else {
+      events.start();
+    }
+    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port }).catch(async (err: unknown) => {
+      await events?.stop();
       throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
     });
     logger.info(
@@ -61,6 +81,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       port: grpc.port,
       async stop(graceMs = 10_000) {
         await grpc.shutdown(graceMs);
+        await events?.stop();
         await db.close();
         await unlock();
       },

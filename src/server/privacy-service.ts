@@ -2,6 +2,7 @@ import type { CallContext } from 'nice-grpc';
 import { InvalidArgumentError } from '../errors.js';
 import {
   CategoryShape,
+  ConfirmationState,
   type DeepPartial,
   type ExportUserRequest,
   type ExportUserResponse,
@@ -16,7 +17,7 @@ import {
   RequestState,
   RequestType,
 } from '../gen/lethe/privacy/v1/privacy.js';
-import { type ExportEvent, type PrivacyEngine, UUID } from '../privacy/engine.js';
+import { type ExportEvent, type PrivacyEngine, type PrivacyRequestView, UUID } from '../privacy/engine.js';
 import type { PrivacyRequestRecord, RequestState as LedgerState } from '../store/ledger.js';
 import type { AuthContext } from './middleware.js';
 
@@ -108,7 +109,7 @@ function fromStateMessage(state: RequestState): LedgerState | undefined {
   return found[0];
 }
 
-function toMessage(r: PrivacyRequestRecord & { overdue: boolean }): DeepPartial<PrivacyRequest> {
+function toMessage(r: PrivacyRequestView): DeepPartial<PrivacyRequest> {
   return {
     id: r.id,
     type: r.type === 'export' ? RequestType.REQUEST_TYPE_EXPORT : RequestType.REQUEST_TYPE_FORGET,
@@ -122,6 +123,16 @@ function toMessage(r: PrivacyRequestRecord & { overdue: boolean }): DeepPartial<
     overdue: r.overdue,
     error: r.error ?? '',
     rowsAffected: [...r.rowsAffected],
+    confirmations: [
+      ...r.confirmations.map((c) => ({
+        service: c.service,
+        state: c.status === 'purged' ? ConfirmationState.CONFIRMATION_STATE_PURGED : ConfirmationState.CONFIRMATION_STATE_FAILED,
+        purgedAt: c.purgedAt,
+        rowsAffected: [...c.rowsAffected],
+        error: c.error ?? '',
+      })),
+      ...r.pending.map((service) => ({ service, state: ConfirmationState.CONFIRMATION_STATE_PENDING })),
+    ],
   };
 }
 

@@ -13,6 +13,14 @@ export interface TableRows {
   readonly rows: number;
 }
 
+export interface Confirmation {
+  readonly service: string;
+  readonly status: 'purged' | 'failed';
+  readonly rowsAffected: readonly TableRows[];
+  readonly purgedAt: Date;
+  readonly error: string | null;
+}
+
 export interface PrivacyRequestRecord {
   readonly id: string;
   readonly type: RequestType;
@@ -26,6 +34,7 @@ export interface PrivacyRequestRecord {
   readonly completedAt: Date | null;
   readonly error: string | null;
   readonly rowsAffected: readonly TableRows[];
+  readonly confirmations: readonly Confirmation[];
 }
 
 interface Row {
@@ -60,7 +69,35 @@ function toRecord(r: Row): PrivacyRequestRecord {
     completedAt: r.completed_at === null ? null : new Date(r.completed_at),
     error: r.error,
     rowsAffected: result?.rows_affected ?? [],
+    confirmations: [],
   };
+}
+
+interface ConfirmationRow {
+  request_id: string;
+  service: string;
+  status: 'purged' | 'failed';
+  rows_affected: TableRows[] | string;
+  purged_at: Date | string;
+  error: string | null;
+}
+
+async function withConfirmations(db: Knex | Knex.Transaction, records: PrivacyRequestRecord[]): Promise<PrivacyRequestRecord[]> {
+  const forgets = records.filter((r) => r.type === 'forget').map((r) => r.id);
+  if (forgets.length === 0) return records;
+  const rows = (await db('lethe_confirmations').whereIn('request_id', forgets).orderBy('service')) as ConfirmationRow[];
+  return records.map((r) => ({
+    ...r,
+    confirmations: rows
+      .filter((c) => c.request_id === r.id)
+      .map((c) => ({
+        service: c.service,
+        status: c.status,
+        rowsAffected: typeof c.rows_affected === 'string' ? (JSON.parse(c.rows_affected) as TableRows[]) : c.rows_affected,
+        purgedAt: new Date(c.purged_at),
+        error: c.error,
+      })),
+  }));
 }
 
 export interface NewRequest {
@@ -86,6 +123,8 @@ export interface ListFilter {
   /** Continue after this (received_at, id) position. */
   readonly after?: { receivedAt: Date; id: string } | undefined;
   readonly now: Date;
+  /** A forget still waiting for downstream confirmations this long after receipt is overdue. */
+  readonly confirmationTimeoutMs: number;
 }
 
 export const ledger = {
@@ -114,7 +153,7 @@ export const ledger = {
 
   async get(db: Knex | Knex.Transaction, id: string): Promise<PrivacyRequestRecord | undefined> {
     const row = (await db(TABLE).where({ id }).first()) as Row | undefined;
-    return row === undefined ? undefined : toRecord(row);
+    return row === undefined ? undefined : (await withConfirmations(db, [toRecord(row)]))[0];
   },
 
   async byIdempotencyKey(db: Knex | Knex.Transaction, key: string): Promise<PrivacyRequestRecord | undefined> {
@@ -126,7 +165,14 @@ export const ledger = {
     const q = db(TABLE).select('*');
     if (f.subjectId !== undefined) q.where('subject_id', f.subjectId);
     if (f.state !== undefined) q.where('state', f.state);
-    if (f.overdueOnly === true) q.whereNotIn('state', ['completed', 'failed']).where('due_at', '<', f.now);
+    if (f.overdueOnly === true) {
+      const confirmBy = new Date(f.now.getTime() - f.confirmationTimeoutMs);
+      q.where((w) =>
+        w
+          .where((w2) => w2.whereNotIn('state', ['completed', 'failed']).andWhere('due_at', '<', f.now))
+          .orWhere((w2) => w2.where('state', 'anonymized').andWhere('received_at', '<', confirmBy)),
+      );
+    }
     if (f.visibleTo !== undefined) {
       const who = f.visibleTo;
       q.where((w) => w.where('requester', who).orWhere('subject_id', who));
@@ -136,6 +182,40 @@ export const ledger = {
       q.where((w) => w.where('received_at', '<', a.receivedAt).orWhere((w2) => w2.where('received_at', a.receivedAt).andWhere('id', '<', a.id)));
     }
     const rows = (await q.orderBy([{ column: 'received_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(f.limit)) as Row[];
-    return rows.map(toRecord);
+    return withConfirmations(db, rows.map(toRecord));
+  },
+
+  /**
+   * Records a downstream service's receipt. A forget in state `anonymized` becomes `completed`
+   * once every expected service has confirmed a purge. Unknown requests are ignored (another
+   * Lethe installation may share the stream); returns what happened, for logging.
+   */
+  async recordConfirmation(
+    knex: Knex,
+    c: { requestId: string; service: string; status: 'purged' | 'failed'; rowsAffected: readonly TableRows[]; purgedAt: Date; error?: string | undefined },
+    expectedServices: readonly string[],
+    now: Date,
+  ): Promise<'unknown-request' | 'recorded' | 'completed'> {
+    return knex.transaction(async (trx) => {
+      const request = (await trx(TABLE).where({ id: c.requestId }).forUpdate().first()) as Row | undefined;
+      if (request === undefined || request.type !== 'forget') return 'unknown-request';
+      await trx('lethe_confirmations')
+        .insert({
+          request_id: c.requestId,
+          service: c.service,
+          status: c.status,
+          rows_affected: JSON.stringify(c.rowsAffected),
+          purged_at: c.purgedAt,
+          received_at: now,
+          error: c.error ?? null,
+        })
+        .onConflict(['request_id', 'service'])
+        .merge(['status', 'rows_affected', 'purged_at', 'received_at', 'error']);
+      if (request.state !== 'anonymized') return 'recorded';
+      const purged = new Set((await trx('lethe_confirmations').where({ request_id: c.requestId, status: 'purged' }).pluck('service')) as string[]);
+      if (!expectedServices.every((s) => purged.has(s))) return 'recorded';
+      await trx(TABLE).where({ id: c.requestId }).update({ state: 'completed', completed_at: now });
+      return 'completed';
+    });
   },
 };

@@ -1,6 +1,8 @@
 import type { Knex } from 'knex';
 import * as identity001 from './migrations/identity/001-identity-schema.js';
 import * as lethe001 from './migrations/lethe/001-ledger.js';
+import * as lethe002 from './migrations/lethe/002-events.js';
+import * as sidecar001 from './migrations/sidecar/001-purges.js';
 
 interface Migration {
   up(knex: Knex): Promise<void>;
@@ -23,7 +25,8 @@ class StaticMigrationSource implements Knex.MigrationSource<string> {
   }
 }
 
-const LETHE = new StaticMigrationSource({ '001-ledger': lethe001 });
+const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002 });
+const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001 });
 const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
 
 /** Lethe's own tables (the ledger). knex takes a lock, so concurrent replicas migrate once. */
@@ -34,4 +37,9 @@ export async function migrateLethe(knex: Knex): Promise<void> {
 /** The sample SSO identity schema that the default data map describes. */
 export async function migrateIdentitySchema(knex: Knex): Promise<void> {
   await knex.migrate.latest({ migrationSource: IDENTITY, tableName: 'lethe_identity_migrations' });
+}
+
+/** The sidecar's one table in a downstream service's own database. */
+export async function migrateSidecar(knex: Knex): Promise<void> {
+  await knex.migrate.latest({ migrationSource: SIDECAR, tableName: 'lethe_sidecar_migrations' });
 }

@@ -149,6 +149,54 @@ export function requestStateToJSON(object: RequestState): string {
   }
 }
 
+export enum ConfirmationState {
+  CONFIRMATION_STATE_UNSPECIFIED = 0,
+  /** CONFIRMATION_STATE_PENDING - No receipt from the service yet. */
+  CONFIRMATION_STATE_PENDING = 1,
+  /** CONFIRMATION_STATE_PURGED - The service purged its copy. */
+  CONFIRMATION_STATE_PURGED = 2,
+  /** CONFIRMATION_STATE_FAILED - The service gave up after its bounded retries; `error` says why (never personal data). */
+  CONFIRMATION_STATE_FAILED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function confirmationStateFromJSON(object: any): ConfirmationState {
+  switch (object) {
+    case 0:
+    case "CONFIRMATION_STATE_UNSPECIFIED":
+      return ConfirmationState.CONFIRMATION_STATE_UNSPECIFIED;
+    case 1:
+    case "CONFIRMATION_STATE_PENDING":
+      return ConfirmationState.CONFIRMATION_STATE_PENDING;
+    case 2:
+    case "CONFIRMATION_STATE_PURGED":
+      return ConfirmationState.CONFIRMATION_STATE_PURGED;
+    case 3:
+    case "CONFIRMATION_STATE_FAILED":
+      return ConfirmationState.CONFIRMATION_STATE_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ConfirmationState.UNRECOGNIZED;
+  }
+}
+
+export function confirmationStateToJSON(object: ConfirmationState): string {
+  switch (object) {
+    case ConfirmationState.CONFIRMATION_STATE_UNSPECIFIED:
+      return "CONFIRMATION_STATE_UNSPECIFIED";
+    case ConfirmationState.CONFIRMATION_STATE_PENDING:
+      return "CONFIRMATION_STATE_PENDING";
+    case ConfirmationState.CONFIRMATION_STATE_PURGED:
+      return "CONFIRMATION_STATE_PURGED";
+    case ConfirmationState.CONFIRMATION_STATE_FAILED:
+      return "CONFIRMATION_STATE_FAILED";
+    case ConfirmationState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface ExportUserRequest {
   /** The subject whose data is exported. 1 to 256 printable ASCII characters. */
   userId: string;
@@ -268,6 +316,16 @@ export interface PrivacyRequest {
   /** Why the request failed, when it did. Never carries personal data. */
   error: string;
   rowsAffected: TableRowsAffected[];
+  /** Forget: each downstream service expected to purge its copy, and whether it has confirmed. */
+  confirmations: DownstreamConfirmation[];
+}
+
+export interface DownstreamConfirmation {
+  service: string;
+  state: ConfirmationState;
+  purgedAt: Date | undefined;
+  rowsAffected: TableRowsAffected[];
+  error: string;
 }
 
 export interface GetPrivacyRequestRequest {
@@ -1459,6 +1517,7 @@ function createBasePrivacyRequest(): PrivacyRequest {
     overdue: false,
     error: "",
     rowsAffected: [],
+    confirmations: [],
   };
 }
 
@@ -1499,6 +1558,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     }
     for (const v of message.rowsAffected) {
       TableRowsAffected.encode(v!, writer.uint32(98).fork()).join();
+    }
+    for (const v of message.confirmations) {
+      DownstreamConfirmation.encode(v!, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -1612,6 +1674,14 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
             message.rowsAffected.push(TableRowsAffected.decode(reader, reader.uint32()));
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.confirmations.push(DownstreamConfirmation.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1658,6 +1728,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
         : globalThis.Array.isArray(object?.rows_affected)
         ? object.rows_affected.map((e: any) => TableRowsAffected.fromJSON(e))
         : [],
+      confirmations: globalThis.Array.isArray(object?.confirmations)
+        ? object.confirmations.map((e: any) => DownstreamConfirmation.fromJSON(e))
+        : [],
     };
   },
 
@@ -1699,6 +1772,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     if (message.rowsAffected?.length) {
       obj.rowsAffected = message.rowsAffected.map((e) => TableRowsAffected.toJSON(e));
     }
+    if (message.confirmations?.length) {
+      obj.confirmations = message.confirmations.map((e) => DownstreamConfirmation.toJSON(e));
+    }
     return obj;
   },
 
@@ -1719,6 +1795,148 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     message.overdue = object.overdue ?? false;
     message.error = object.error ?? "";
     message.rowsAffected = object.rowsAffected?.map((e) => TableRowsAffected.fromPartial(e)) || [];
+    message.confirmations = object.confirmations?.map((e) => DownstreamConfirmation.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDownstreamConfirmation(): DownstreamConfirmation {
+  return { service: "", state: 0, purgedAt: undefined, rowsAffected: [], error: "" };
+}
+
+export const DownstreamConfirmation: MessageFns<DownstreamConfirmation> = {
+  encode(message: DownstreamConfirmation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.state !== 0) {
+      writer.uint32(16).int32(message.state);
+    }
+    if (message.purgedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.purgedAt), writer.uint32(26).fork()).join();
+    }
+    for (const v of message.rowsAffected) {
+      TableRowsAffected.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.error !== "") {
+      writer.uint32(42).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DownstreamConfirmation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDownstreamConfirmation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.purgedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rowsAffected.push(TableRowsAffected.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DownstreamConfirmation {
+    return {
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+      state: isSet(object.state) ? confirmationStateFromJSON(object.state) : 0,
+      purgedAt: isSet(object.purgedAt)
+        ? fromJsonTimestamp(object.purgedAt)
+        : isSet(object.purged_at)
+        ? fromJsonTimestamp(object.purged_at)
+        : undefined,
+      rowsAffected: globalThis.Array.isArray(object?.rowsAffected)
+        ? object.rowsAffected.map((e: any) => TableRowsAffected.fromJSON(e))
+        : globalThis.Array.isArray(object?.rows_affected)
+        ? object.rows_affected.map((e: any) => TableRowsAffected.fromJSON(e))
+        : [],
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: DownstreamConfirmation): unknown {
+    const obj: any = {};
+    if (message.service !== "") {
+      obj.service = message.service;
+    }
+    if (message.state !== 0) {
+      obj.state = confirmationStateToJSON(message.state);
+    }
+    if (message.purgedAt !== undefined) {
+      obj.purgedAt = message.purgedAt.toISOString();
+    }
+    if (message.rowsAffected?.length) {
+      obj.rowsAffected = message.rowsAffected.map((e) => TableRowsAffected.toJSON(e));
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DownstreamConfirmation>): DownstreamConfirmation {
+    return DownstreamConfirmation.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DownstreamConfirmation>): DownstreamConfirmation {
+    const message = createBaseDownstreamConfirmation();
+    message.service = object.service ?? "";
+    message.state = object.state ?? 0;
+    message.purgedAt = object.purgedAt ?? undefined;
+    message.rowsAffected = object.rowsAffected?.map((e) => TableRowsAffected.fromPartial(e)) || [];
+    message.error = object.error ?? "";
     return message;
   },
 };

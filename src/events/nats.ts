@@ -1,0 +1,50 @@
+import { type JetStreamManager, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { connect } from '@nats-io/transport-node';
+import type { Logger } from 'pino';
+import { STREAM_SUBJECTS } from './subjects.js';
+
+export interface StreamSettings {
+  readonly name: string;
+  readonly replicas: number;
+  readonly duplicateWindowMs: number;
+}
+
+/**
+ * Connects to NATS and keeps reconnecting for ever: a NATS that is away delays events, it
+ * never stops Lethe. The promise resolves on the first successful connection.
+ */
+export async function connectNats(url: string, name: string, logger: Logger): Promise<NatsConnection> {
+  const nc = await connect({
+    servers: url,
+    name,
+    waitOnFirstConnect: true,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 1_000,
+    pingInterval: 10_000,
+  });
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect' || s.type === 'reconnect') logger.info({ nats: s.type }, 'nats connection');
+    }
+  })();
+  return nc;
+}
+
+/** Creates the privacy stream when absent; an existing stream is left as its owner configured it. */
+export async function ensureStream(nc: NatsConnection, s: StreamSettings): Promise<JetStreamManager> {
+  const jsm = await jetstreamManager(nc);
+  try {
+    await jsm.streams.info(s.name);
+  } catch (err) {
+    // 404: no such stream.
+    if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+    await jsm.streams.add({
+      name: s.name,
+      subjects: [STREAM_SUBJECTS],
+      num_replicas: s.replicas,
+      duplicate_window: s.duplicateWindowMs * 1_000_000,
+    });
+  }
+  return jsm;
+}

@@ -1,0 +1,73 @@
+import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
+import type { Knex } from 'knex';
+import type { Logger } from 'pino';
+import { errorSummary } from '../privacy/engine.js';
+import { ledger } from '../store/ledger.js';
+import { backoffDelay } from './backoff.js';
+import { parsePurgedEvent } from './cloudevents.js';
+import { RECEIPTS_FILTER } from './subjects.js';
+
+export const LEDGER_CONSUMER = 'lethe-ledger';
+
+/**
+ * Records downstream receipts in the ledger through a durable consumer shared by every server
+ * replica (each receipt is handled by one of them). Invalid receipts are terminated and
+ * logged; a database error is retried with `nak(delay)`.
+ */
+export class ReceiptConsumer {
+  private messages: ConsumerMessages | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly knex: Knex,
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+    private readonly stream: string,
+    private readonly expectedServices: readonly string[],
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    await this.jsm.consumers.add(this.stream, {
+      durable_name: LEDGER_CONSUMER,
+      filter_subject: RECEIPTS_FILTER,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: 30_000_000_000,
+    });
+    const consumer = await this.js.consumers.get(this.stream, LEDGER_CONSUMER);
+    const messages = await consumer.consume({ max_messages: 64 });
+    this.messages = messages;
+    this.loop = (async () => {
+      for await (const m of messages) await this.handle(m);
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.messages?.stop();
+    await this.loop;
+  }
+
+  private async handle(m: JsMsg): Promise<void> {
+    const event = parsePurgedEvent(m.data);
+    if (event === undefined) {
+      this.logger.warn({ subject: m.subject, seq: m.seq }, 'ignoring a receipt that is not a valid purge CloudEvent');
+      m.term('invalid receipt');
+      return;
+    }
+    const r = event.data;
+    try {
+      const outcome = await ledger.recordConfirmation(
+        this.knex,
+        { requestId: r.request_id, service: r.service, status: r.status, rowsAffected: r.rows_affected, purgedAt: new Date(r.purged_at), error: r.error },
+        this.expectedServices,
+        new Date(),
+      );
+      this.logger.info({ requestId: r.request_id, service: r.service, status: r.status, outcome }, 'downstream receipt');
+      m.ack();
+    } catch (err) {
+      this.logger.warn({ requestId: r.request_id, service: r.service, err: errorSummary(err) }, 'cannot record a receipt; will retry');
+      m.nak(backoffDelay(m.info.deliveryCount, 500, 30_000));
+    }
+  }
+}

@@ -1,0 +1,80 @@
+import { type JetStreamClient, jetstream } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { Knex } from 'knex';
+import type { Logger } from 'pino';
+import { errorSummary } from '../privacy/engine.js';
+import { backoffDelay, sleep } from './backoff.js';
+import { type StreamSettings, connectNats, ensureStream } from './nats.js';
+import { OutboxRelay } from './outbox-relay.js';
+import { ReceiptConsumer } from './receipt-consumer.js';
+
+export interface ServerEventsOptions {
+  readonly natsUrl: string;
+  readonly stream: StreamSettings;
+  readonly expectedServices: readonly string[];
+}
+
+/**
+ * The server's side of NATS: the outbox relay and the receipt consumer. Started in the
+ * background so that a NATS that is away never keeps the PrivacyService from serving; until
+ * it comes, events wait in the outbox.
+ */
+export class ServerEvents {
+  private readonly stopping = new AbortController();
+  private nc: NatsConnection | undefined;
+  private relay: OutboxRelay | undefined;
+  private receipts: ReceiptConsumer | undefined;
+  private starting: Promise<void> | undefined;
+
+  constructor(
+    private readonly knex: Knex,
+    private readonly opts: ServerEventsOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  start(): void {
+    this.starting ??= this.connectAndRun();
+  }
+
+  notify(): void {
+    this.relay?.notify();
+  }
+
+  async stop(): Promise<void> {
+    this.stopping.abort();
+    await this.relay?.stop();
+    await this.receipts?.stop();
+    await this.nc?.drain().catch(() => undefined);
+    // A connect still waiting for a first NATS is abandoned.
+    await Promise.race([this.starting, sleep(100)]);
+  }
+
+  private async connectAndRun(): Promise<void> {
+    const nc = await connectNats(this.opts.natsUrl, 'lethe-server', this.logger);
+    if (this.stopping.signal.aborted) {
+      await nc.close();
+      return;
+    }
+    this.nc = nc;
+    this.logger.info({ nats: this.opts.natsUrl.replace(/\/\/[^@/]*@/, '//'), stream: this.opts.stream.name }, 'connected to NATS');
+    let attempt = 0;
+    while (!this.stopping.signal.aborted) {
+      try {
+        const jsm = await ensureStream(nc, this.opts.stream);
+        const js: JetStreamClient = jetstream(nc);
+        this.relay = new OutboxRelay(this.knex, js, this.logger);
+        this.relay.start();
+        this.receipts = new ReceiptConsumer(this.knex, js, jsm, this.opts.stream.name, this.opts.expectedServices, this.logger);
+        await this.receipts.start();
+        return;
+      } catch (err) {
+        attempt += 1;
+        const delay = backoffDelay(attempt, 500, 30_000);
+        this.logger.warn({ err: errorSummary(err), retryInMs: delay }, 'cannot set up the JetStream stream or consumer; retrying');
+        await this.relay?.stop();
+        this.relay = undefined;
+        await sleep(delay, this.stopping.signal);
+      }
+    }
+  }
+}

@@ -1,0 +1,13 @@
+/** The NATS subjects and names of Lethe's event contract (README, "Events"). */
+
+export const STREAM_SUBJECTS = 'privacy.v1.>';
+export const ANONYMIZED_SUBJECT = 'privacy.v1.user.anonymized';
+export const RECEIPTS_FILTER = 'privacy.v1.user.purged.>';
+export const receiptSubject = (service: string): string => `privacy.v1.user.purged.${service}`;
+
+/** A downstream service's name: a DNS label, since it is a subject token and a consumer name. */
+export const SERVICE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+export const SERVICE_NAME_RULE = 'lowercase letters, digits and -, starting and ending with a letter or digit (at most 63)';
+
+export const ANONYMIZED_TYPE = 'dev.lethe.privacy.user.anonymized.v1';
+export const PURGED_TYPE = 'dev.lethe.privacy.user.purged.v1';

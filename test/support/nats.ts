@@ -1,0 +1,93 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from './postgres.js';
+
+/**
+ * A throwaway nats-server with JetStream on a free loopback port, from the machine's binary
+ * (Debian's nats-server, or LETHE_NATS_SERVER). Missing: skipped locally, a failure under CI=true.
+ */
+
+export function findNatsServer(): string | undefined {
+  const candidates = [process.env.LETHE_NATS_SERVER, '/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server'];
+  try {
+    candidates.push(execFileSync('sh', ['-c', 'command -v nats-server'], { encoding: 'utf8' }).trim());
+  } catch {
+    // not on PATH
+  }
+  return candidates.find((c): c is string => c !== undefined && c !== '' && existsSync(c));
+}
+
+export function requireNatsServer(): string | undefined {
+  const bin = findNatsServer();
+  if (bin === undefined) {
+    if (process.env.CI === 'true') throw new Error('nats-server not found (CI=true forbids skipping): apt-get install -y nats-server, or set LETHE_NATS_SERVER');
+    console.warn('nats-server not found: skipping the NATS suites (apt-get install -y nats-server, or set LETHE_NATS_SERVER)');
+  }
+  return bin;
+}
+
+export interface NatsServer {
+  readonly url: string;
+  readonly port: number;
+  /** Stops the server, keeping its JetStream store. */
+  stop(): Promise<void>;
+  /** Starts it again on the same port and store. */
+  start(): Promise<void>;
+  destroy(): Promise<void>;
+}
+
+export async function startNatsServer(bin: string): Promise<NatsServer> {
+  const storeDir = mkdtempSync(join(tmpdir(), 'lethe-nats-'));
+  const port = await freePort();
+  let child: ChildProcess | undefined;
+  const kill = () => child?.kill('SIGKILL');
+
+  const start = async () => {
+    const c = spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    child = c;
+    process.once('exit', kill);
+    let stderr = '';
+    c.stderr?.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000);
+    });
+    const deadline = Date.now() + 15_000;
+    while (!(await accepts(port))) {
+      if (c.exitCode !== null || Date.now() > deadline) throw new Error(`nats-server did not start: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const stop = async () => {
+    const c = child;
+    if (c === undefined || c.exitCode !== null) return;
+    const exited = new Promise((r) => c.once('exit', r));
+    c.kill('SIGTERM');
+    await exited;
+    child = undefined;
+  };
+
+  await start();
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    port,
+    stop,
+    start,
+    async destroy() {
+      await stop();
+      rmSync(storeDir, { recursive: true, force: true });
+    },
+  };
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
