@@ -7,7 +7,7 @@ import { connectPrivacyService, type PrivacyClient } from '../client/privacy-cli
 import { receiveExport } from '../client/export-receiver.js';
 import { loadClientConfig } from '../config/client-config.js';
 import { ConfigError } from '../errors.js';
-import { type PrivacyRequest, RequestState, RequestType } from '../gen/lethe/privacy/v1/privacy.js';
+import { ConfirmationState, type PrivacyRequest, RequestState, RequestType } from '../gen/lethe/privacy/v1/privacy.js';
 
 interface ClientFlags {
   as?: string;
@@ -102,6 +102,13 @@ function toJson(q: PrivacyRequest) {
     completed_at: q.completedAt === undefined ? null : iso(q.completedAt),
     error: q.error === '' ? null : q.error,
     rows_affected: q.rowsAffected,
+    confirmations: q.confirmations.map((c) => ({
+      service: c.service,
+      state: ConfirmationState[c.state].replace('CONFIRMATION_STATE_', '').toLowerCase(),
+      purged_at: c.purgedAt === undefined ? null : iso(c.purgedAt),
+      rows_affected: c.rowsAffected,
+      error: c.error === '' ? null : c.error,
+    })),
   };
 }
 
