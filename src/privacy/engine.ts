@@ -9,14 +9,14 @@ import { enqueueEvent } from '../store/outbox.js';
 import { type ListFilter, type PrivacyRequestRecord, type RequestState, type TableRows, ledger } from '../store/ledger.js';
 import { writeAudit } from './audit.js';
 import { authorizeExport, authorizeForget } from './authorization.js';
-import { type DataMap, documentKeyOf } from './data-map.js';
+import { type Category, type DataMap, documentKeyOf } from './data-map.js';
 import { type DocumentCategory, ExportDocumentAssembler } from './export-document.js';
 import { FactsReader } from './facts.js';
 import { applyForget } from './forget.js';
 import { lockKey, subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 import { readJsonRows } from './row-cursor.js';
-import { type ColumnTypes, countQuery, exportQuery } from './sql.js';
+import { type ColumnTypes, type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';
 import { checkReason, requireId } from './validation.js';
 
 export const FORGET_MESSAGE = 'User data has been anonymized. PII has been removed while preserving audit logs.';
@@ -82,7 +82,7 @@ export class PrivacyEngine {
     this.facts = new FactsReader(opts.dataMap);
     this.now = opts.now ?? (() => new Date());
     this.fetchRows = opts.exportFetchRows ?? 2000;
-    this.batchChars = opts.exportBatchChars ?? 512 * 1024;
+    this.batchChars = opts.exportBatchChars ?? 128 * 1024;
     this.expected = opts.expectedServices ?? [];
     this.confirmationTimeoutMs = opts.confirmationTimeoutMs ?? 7 * 86_400_000;
   }
@@ -147,7 +147,7 @@ export class PrivacyEngine {
       const doc = new ExportDocumentAssembler(categories);
       let total = 0;
       for (const c of exported) {
-        for await (const rows of readJsonRows(trx, exportQuery(c, this.opts.columnTypes, userId), this.fetchRows, signal)) {
+        for await (const rows of readJsonRows(trx, this.exportQueryFor(c, userId), this.fetchRows, signal)) {
           for (const records of this.splitBySize(rows)) {
             doc.add(c.name, records);
             total += records.length;
@@ -161,6 +161,11 @@ export class PrivacyEngine {
     } finally {
       if (!trx.isCompleted()) await trx.rollback().catch(() => undefined);
     }
+  }
+
+  private exportQueryFor(c: Category, userId: string): Fragment {
+    const types = this.opts.columnTypes;
+    return exportQuery(c, types, userId, { subjectFromSetting: subjectColumnsAreText(c, types) });
   }
 
   /** Keeps each message well below gRPC's 4 MB default while carrying many rows. */

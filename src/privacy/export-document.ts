@@ -42,17 +42,17 @@ export class ExportDocumentAssembler {
     this.advanceTo(category);
     const c = this.categories[this.index];
     if (c === undefined) throw new Error(`unknown category ${category}`);
-    for (const record of records) {
-      if (c.shape === 'object') {
-        if (this.exported.get(c.name) !== 0) throw new Error(`category ${c.name} has shape object but more than one record`);
-        const members = record.trim().slice(1, -1);
-        if (members.length > 0) this.member(members);
-      } else {
-        this.emit(this.firstInCategory ? record : `,${record}`);
-        this.firstInCategory = false;
-      }
-      this.exported.set(c.name, (this.exported.get(c.name) ?? 0) + 1);
+    if (records.length === 0) return;
+    if (c.shape === 'list') {
+      // One hash update per batch, not per record: this runs for every exported row.
+      this.emit(this.firstInCategory ? records.join(',') : `,${records.join(',')}`);
+      this.firstInCategory = false;
+    } else {
+      if (this.exported.get(c.name) !== 0 || records.length > 1) throw new Error(`category ${c.name} has shape object but more than one record`);
+      const members = (records[0] ?? '').trim().slice(1, -1);
+      if (members.length > 0) this.member(members);
     }
+    this.exported.set(c.name, (this.exported.get(c.name) ?? 0) + records.length);
   }
 
   /** Closes the document; returns the hex SHA-256 and the records per category. */

@@ -11,7 +11,16 @@ import { joinAlias, splitColumnRef } from './data-map.js';
 export interface Fragment {
   readonly sql: string;
   readonly bindings: readonly Knex.RawBinding[];
+  /**
+   * A transaction-local setting the SQL reads with current_setting() instead of a bound
+   * parameter: COPY takes no parameters, and values are never spliced into SQL text.
+   */
+  readonly setting?: { readonly name: string; readonly value: string };
 }
+
+/** Where the subject id comes from in generated SQL: a bound parameter, or the setting below. */
+export const SUBJECT_SETTING = 'lethe.subject';
+const SUBJECT_FROM_SETTING = `current_setting('${SUBJECT_SETTING}')`;
 
 export function quoteIdent(name: string): string {
   return name
@@ -24,20 +33,35 @@ export function qualified(qualifier: string, column: string): string {
   return `${quoteIdent(qualifier)}.${quoteIdent(column)}`;
 }
 
-/** The rows of `qualifier` (an alias or the table itself) that belong to the subject. */
-export function subjectPredicate(relation: SubjectRelation, qualifier: string, subjectId: string): Fragment {
+/**
+ * The rows of `qualifier` (an alias or the table itself) that belong to the subject. With
+ * `fromSetting`, the subject id is read from SUBJECT_SETTING (text columns only).
+ */
+export function subjectPredicate(relation: SubjectRelation, qualifier: string, subjectId: string, fromSetting = false): Fragment {
+  const value = fromSetting ? SUBJECT_FROM_SETTING : '?';
+  const bind = (n: number) => (fromSetting ? [] : Array.from({ length: n }, () => subjectId));
   if ('column' in relation) {
-    return { sql: `${qualified(qualifier, relation.column)} = ?`, bindings: [subjectId] };
+    return { sql: `${qualified(qualifier, relation.column)} = ${value}`, bindings: bind(1) };
   }
   if ('columns' in relation) {
-    const parts = relation.columns.map((c) => `${qualified(qualifier, c)} = ?`);
-    return { sql: `(${parts.join(' OR ')})`, bindings: relation.columns.map(() => subjectId) };
+    const parts = relation.columns.map((c) => `${qualified(qualifier, c)} = ${value}`);
+    return { sql: `(${parts.join(' OR ')})`, bindings: bind(relation.columns.length) };
   }
   const v = relation.via;
   return {
-    sql: `${qualified(qualifier, v.column)} IN (SELECT ${qualified('lethe_via', v.references)} FROM ${quoteIdent(v.table)} AS "lethe_via" WHERE ${qualified('lethe_via', v.subject_column)} = ?)`,
-    bindings: [subjectId],
+    sql: `${qualified(qualifier, v.column)} IN (SELECT ${qualified('lethe_via', v.references)} FROM ${quoteIdent(v.table)} AS "lethe_via" WHERE ${qualified('lethe_via', v.subject_column)} = ${value})`,
+    bindings: bind(1),
   };
+}
+
+const TEXT_TYPES = new Set(['text', 'character varying', 'character', 'citext']);
+
+/** Whether every column compared with the subject id is text, so current_setting() can stand in for a parameter. */
+export function subjectColumnsAreText(category: Category, types: ColumnTypes): boolean {
+  const rel = category.subject;
+  const cols: Array<[string, string]> =
+    'column' in rel ? [[category.table, rel.column]] : 'columns' in rel ? rel.columns.map((c) => [category.table, c]) : [[rel.via.table, rel.via.subject_column]];
+  return cols.every(([table, column]) => TEXT_TYPES.has(types.get(table)?.get(column) ?? ''));
 }
 
 /** Column types as information_schema.columns reports them, per table then column. */
@@ -75,7 +99,7 @@ function fromClause(category: Category): string {
  * the data map's field order and no insignificant whitespace, and lets ORDER BY use columns
  * that are not exported.
  */
-export function exportQuery(category: Category, types: ColumnTypes, subjectId: string): Fragment {
+export function exportQuery(category: Category, types: ColumnTypes, subjectId: string, options: { subjectFromSetting?: boolean } = {}): Fragment {
   const spec = category.export;
   if (spec === undefined) throw new Error(`category ${category.name} is not exported`);
   const projection = spec.fields
@@ -85,7 +109,8 @@ export function exportQuery(category: Category, types: ColumnTypes, subjectId: s
       return `${expr} AS ${quoteIdent(f.name)}`;
     })
     .join(', ');
-  const where = subjectPredicate(category.subject, ROOT, subjectId);
+  const fromSetting = options.subjectFromSetting === true;
+  const where = subjectPredicate(category.subject, ROOT, subjectId, fromSetting);
   const order = spec.order_by.map((o) => {
     const r = resolveRef(category, o.column);
     return `${qualified(r.qualifier, r.column)} ${o.direction === 'desc' ? 'DESC' : 'ASC'}`;
@@ -96,6 +121,7 @@ export function exportQuery(category: Category, types: ColumnTypes, subjectId: s
       `SELECT row_to_json("x")::text AS "j" FROM ${fromClause(category)}, LATERAL (SELECT ${projection}) AS "x"` +
       ` WHERE ${where.sql}${order.length > 0 ? ` ORDER BY ${order.join(', ')}` : ''}${limit}`,
     bindings: where.bindings,
+    ...(fromSetting ? { setting: { name: SUBJECT_SETTING, value: subjectId } } : {}),
   };
 }
 
