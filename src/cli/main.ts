@@ -4,6 +4,7 @@ import { ConfigError, LetheError } from '../errors.js';
 import { IncompleteExportError } from '../client/export-receiver.js';
 import { exportCommand, forgetCommand, requestsGetCommand, requestsListCommand } from './client-commands.js';
 import { serveCommand } from './serve-command.js';
+import { sidecarCommand } from './sidecar-command.js';
 import { tokenCommand } from './token-command.js';
 
 const program = new Command('lethe')
@@ -24,6 +25,14 @@ program
   .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:50051, or LETHE_LISTEN)')
   .option('--data-dir <dir>', 'where the embedded database and the local signing key live (default ~/.lethe, or LETHE_DATA_DIR)')
   .action(serveCommand);
+
+program
+  .command('sidecar')
+  .description("purge anonymized users from this service's own database (the downstream agent; DATABASE_URL and LETHE_NATS_URL)")
+  .requiredOption('--service <name>', 'this service: the durable consumer and the receipt subject privacy.v1.user.purged.<name>')
+  .requiredOption('--data-map <file>', "this service's data map (its forget half is applied)")
+  .option('--health-listen <host:port>', 'address of /healthz and /readyz (default 127.0.0.1:8081)')
+  .action(sidecarCommand);
 
 program
   .command('token')

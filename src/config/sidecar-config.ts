@@ -1,0 +1,163 @@
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import type { StreamSettings } from '../events/nats.js';
+import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
+import type { DataMap } from '../privacy/data-map.js';
+import { usesHash } from '../privacy/forget.js';
+import { type Failpoint, FAILPOINTS, isFailpoint } from '../sidecar/failpoints.js';
+import { type Env, type ListenAddress, parseListen } from './config.js';
+
+/**
+ * The configuration of `lethe sidecar`, the purge agent a downstream service runs beside
+ * itself: read once from the environment and the flags, checked before anything starts.
+ */
+
+export interface SidecarConfig {
+  /** The downstream service: the durable consumer's name and the receipt subject's last token. */
+  readonly service: string;
+  readonly dataMapPath: string;
+  /** The service's own database (a secret: log `describePostgresUrl(databaseUrl)` only). */
+  readonly databaseUrl: string;
+  readonly natsUrl: string;
+  /** The privacy stream; created with these settings only when it does not exist yet. */
+  readonly stream: StreamSettings;
+  /** Events purged at the same time, at most. */
+  readonly concurrency: number;
+  /** Deliveries of one event before it is terminated with a failure receipt. */
+  readonly maxDeliveries: number;
+  /** How long an event may stay unacknowledged before JetStream delivers it again. */
+  readonly ackWaitMs: number;
+  /** The first retry's delay; each further delivery doubles it, up to a minute. */
+  readonly retryBaseMs: number;
+  readonly healthListen: ListenAddress;
+  /** Key for the data map's `hash` action (required only when the map uses it). */
+  readonly hashKey: Buffer | undefined;
+  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  /** Test only: where to crash on purpose (see src/sidecar/failpoints.ts). */
+  readonly failpoints: ReadonlySet<Failpoint>;
+}
+
+export interface SidecarFlags {
+  readonly service?: string | undefined;
+  readonly dataMap?: string | undefined;
+  readonly healthListen?: string | undefined;
+}
+
+export const DEFAULT_HEALTH_LISTEN = '127.0.0.1:8081';
+export const DEFAULT_STREAM = 'LETHE_PRIVACY';
+/** NATS's own default duplicate window, for a stream the sidecar has to create. */
+const STREAM_DUPLICATE_WINDOW_MS = 120_000;
+
+const wholeNumber = (min: number, max: number, fallback: number, unit = '') =>
+  z
+    .string()
+    .regex(/^\d+$/, `must be a whole number from ${min} to ${max}${unit}`)
+    .transform(Number)
+    .refine((n) => n >= min && n <= max, `must be a whole number from ${min} to ${max}${unit}`)
+    .optional()
+    .transform((n) => n ?? fallback);
+
+function isNatsUrl(value: string): boolean {
+  try {
+    const u = new URL(value);
+    return (u.protocol === 'nats:' || u.protocol === 'tls:') && u.hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
+const envSchema = z.object({
+  DATABASE_URL: z
+    .string({ message: "required: the downstream service's own PostgreSQL database (postgres://…)" })
+    .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL'),
+  LETHE_NATS_URL: z
+    .string({ message: 'required: the NATS server carrying the privacy events (nats://host:4222)' })
+    .refine(isNatsUrl, 'must be a nats:// (or tls://) URL, for example nats://nats:4222'),
+  LETHE_NATS_STREAM: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,255}$/, 'must be a JetStream stream name: letters, digits, _ and -')
+    .default(DEFAULT_STREAM),
+  LETHE_SIDECAR_CONCURRENCY: wholeNumber(1, 64, 4),
+  LETHE_SIDECAR_MAX_DELIVERIES: wholeNumber(1, 1000, 5),
+  LETHE_SIDECAR_ACK_WAIT: wholeNumber(1, 3600, 30, ' (seconds)'),
+  LETHE_SIDECAR_RETRY_BASE_MS: wholeNumber(1, 60_000, 1000, ' (milliseconds)'),
+  LETHE_HASH_KEY: z
+    .string()
+    .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'must be at least 32 bytes written as hex (openssl rand -hex 32)')
+    .optional(),
+  LETHE_LOG_LEVEL: z
+    .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], { message: 'must be one of trace, debug, info, warn, error, fatal, silent' })
+    .default('info'),
+  LETHE_FAILPOINTS: z.string().optional(),
+});
+
+export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<SidecarConfig> {
+  // Flags first: they are what the operator typed on the command line.
+  if (flags.service === undefined || flags.service === '') {
+    throw new ConfigError('required: the name of this downstream service (e.g. --service orders)', '--service');
+  }
+  if (!SERVICE_NAME.test(flags.service)) {
+    throw new ConfigError(`'${flags.service}' is not a service name: ${SERVICE_NAME_RULE}`, '--service');
+  }
+  if (flags.dataMap === undefined || flags.dataMap === '') {
+    throw new ConfigError("required: the service's data map (a YAML file)", '--data-map');
+  }
+  const healthListen = parseListen(flags.healthListen ?? DEFAULT_HEALTH_LISTEN, '--health-listen');
+
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const name = String(issue?.path[0] ?? 'environment');
+    throw new ConfigError(issue?.message ?? 'invalid', name);
+  }
+  const e = parsed.data;
+
+  return Object.freeze({
+    service: flags.service,
+    dataMapPath: resolve(flags.dataMap),
+    databaseUrl: e.DATABASE_URL,
+    natsUrl: e.LETHE_NATS_URL,
+    stream: Object.freeze({ name: e.LETHE_NATS_STREAM, replicas: 1, duplicateWindowMs: STREAM_DUPLICATE_WINDOW_MS }),
+    concurrency: e.LETHE_SIDECAR_CONCURRENCY,
+    maxDeliveries: e.LETHE_SIDECAR_MAX_DELIVERIES,
+    ackWaitMs: e.LETHE_SIDECAR_ACK_WAIT * 1000,
+    retryBaseMs: e.LETHE_SIDECAR_RETRY_BASE_MS,
+    healthListen,
+    hashKey: e.LETHE_HASH_KEY === undefined ? undefined : Buffer.from(e.LETHE_HASH_KEY, 'hex'),
+    logLevel: e.LETHE_LOG_LEVEL,
+    failpoints: parseFailpoints(e.LETHE_FAILPOINTS),
+  });
+}
+
+function parseFailpoints(value: string | undefined): ReadonlySet<Failpoint> {
+  const out = new Set<Failpoint>();
+  for (const raw of (value ?? '').split(',')) {
+    const name = raw.trim();
+    if (name === '') continue;
+    if (!isFailpoint(name)) throw new ConfigError(`unknown failpoint '${name}' (known: ${FAILPOINTS.join(', ')})`, 'LETHE_FAILPOINTS');
+    out.add(name);
+  }
+  return out;
+}
+
+/**
+ * The hash key for this data map: a map that hashes a column cannot run without one (a
+ * sidecar has no data directory to keep a generated key in, and every replica must agree).
+ */
+export function hashKeyFor(config: Pick<SidecarConfig, 'hashKey' | 'dataMapPath'>, map: DataMap): Buffer | undefined {
+  if (usesHash(map) && config.hashKey === undefined) {
+    throw new ConfigError(`required: the data map ${config.dataMapPath} uses the hash action (openssl rand -hex 32)`, 'LETHE_HASH_KEY');
+  }
+  return config.hashKey;
+}
+
+/** nats://user:secret@host:4222 → nats://host:4222 (safe to log). */
+export function describeNatsUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}`;
+  } catch {
+    return 'nats (unparseable URL)';
+  }
+}

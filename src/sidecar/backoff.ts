@@ -1,0 +1,22 @@
+/** The longest a failed event waits before its next delivery. */
+export const MAX_RETRY_DELAY_MS = 60_000;
+
+/**
+ * The delay before the next delivery of an event whose handling failed on delivery number
+ * `deliveries` (1 for the first): base · 2^(deliveries − 1), capped at one minute.
+ */
+export function retryDelayMs(deliveries: number, baseMs: number, capMs: number = MAX_RETRY_DELAY_MS): number {
+  const exponent = Math.max(0, Math.floor(deliveries) - 1);
+  // 2^exponent overflows to Infinity for large exponents; the cap still applies.
+  return Math.min(capMs, baseMs * 2 ** exponent);
+}
+
+export type FailureDecision =
+  | { readonly kind: 'retry'; readonly delayMs: number }
+  /** The last allowed delivery failed: publish a failure receipt and terminate the event. */
+  | { readonly kind: 'give-up' };
+
+/** What to do with an event whose purge or receipt failed on its `deliveries`-th delivery. */
+export function decideOnFailure(deliveries: number, maxDeliveries: number, retryBaseMs: number): FailureDecision {
+  return deliveries < maxDeliveries ? { kind: 'retry', delayMs: retryDelayMs(deliveries, retryBaseMs) } : { kind: 'give-up' };
+}

@@ -1,0 +1,21 @@
+/**
+ * Failpoints, after etcd's gofail: named places where a test can make the sidecar crash, to
+ * prove what a crash at that exact point leaves behind. Off unless LETHE_FAILPOINTS names
+ * them (tests only); the configuration rejects unknown names.
+ */
+
+export const FAILPOINTS = [
+  /** The receipt is published (PubAck received) and the event is not acked yet. */
+  'sidecar-before-ack',
+] as const;
+
+export type Failpoint = (typeof FAILPOINTS)[number];
+
+export function isFailpoint(name: string): name is Failpoint {
+  return (FAILPOINTS as readonly string[]).includes(name);
+}
+
+/** Dies on the spot, as a killed pod would: no cleanup, no ack, no drain. */
+export function hitFailpoint(active: ReadonlySet<Failpoint>, name: Failpoint): void {
+  if (active.has(name)) process.kill(process.pid, 'SIGKILL');
+}
