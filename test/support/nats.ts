@@ -65,6 +65,7 @@ export async function startNatsServer(bin: string): Promise<NatsServer> {
     const exited = new Promise((r) => c.once('exit', r));
     c.kill('SIGTERM');
     await exited;
+    process.removeListener('exit', kill);
     child = undefined;
   };
 

@@ -118,6 +118,7 @@ export async function startPostgres(bin: string): Promise<PostgresCluster> {
     const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
     process.kill(Number.isInteger(pid) && pid > 0 ? pid : (c.pid ?? 0), 'SIGINT');
     await exited;
+    process.removeListener('exit', killPostmaster);
     child = undefined;
   };
 
