@@ -65,3 +65,12 @@ export class ConfigError extends Error {
 
 export const USER_NOT_FOUND = 'User not found';
 
+
+/** An error's class and code, never its message (which may quote data): safe to log. */
+export function errorSummary(err: unknown): { type: string; code?: string } {
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return typeof code === 'string' ? { type: err.name, code } : { type: err.name };
+  }
+  return { type: typeof err };
+}

@@ -2,6 +2,7 @@ import { pino } from 'pino';
 import { describeNatsUrl, loadSidecarConfig } from '../config/sidecar-config.js';
 import { PurgeSidecar } from '../sidecar/purge-sidecar.js';
 import { describePostgresUrl } from '../store/database.js';
+import { stopOnSignals } from './shutdown.js';
 
 export async function sidecarCommand(flags: { service?: string; dataMap?: string; healthListen?: string }): Promise<void> {
   const config = loadSidecarConfig(process.env, flags);
@@ -9,26 +10,7 @@ export async function sidecarCommand(flags: { service?: string; dataMap?: string
   const sidecar = new PurgeSidecar(config, logger);
 
   let started = false;
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) return;
-    stopping = true;
-    if (!started) {
-      // Still waiting for the database or NATS: nothing received, nothing to drain.
-      logger.info({ signal }, 'stopped before start-up completed');
-      process.exit(0);
-    }
-    logger.info({ signal }, 'shutting down: draining');
-    sidecar.stop().then(
-      () => logger.info('stopped'),
-      (err: unknown) => {
-        logger.error({ err: err instanceof Error ? err.name : String(err) }, 'shutdown failed');
-        process.exitCode = 1;
-      },
-    );
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  stopOnSignals(logger, () => sidecar.stop(), () => started);
 
   if (config.failpoints.size > 0) logger.warn({ failpoints: [...config.failpoints] }, 'failpoints are armed: for tests only');
   await sidecar.start();

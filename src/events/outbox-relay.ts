@@ -1,7 +1,7 @@
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
-import { errorSummary } from '../privacy/engine.js';
+import { errorSummary } from '../errors.js';
 import { type OutboxEvent, relayPending } from '../store/outbox.js';
 import { backoffDelay, sleep } from './backoff.js';
 

@@ -1,7 +1,7 @@
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
-import { errorSummary } from '../privacy/engine.js';
+import { errorSummary } from '../errors.js';
 import { ledger } from '../store/ledger.js';
 import { backoffDelay } from './backoff.js';
 import { parsePurgedEvent } from './cloudevents.js';

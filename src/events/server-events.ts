@@ -2,7 +2,7 @@ import { type JetStreamClient, jetstream } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
-import { errorSummary } from '../privacy/engine.js';
+import { errorSummary } from '../errors.js';
 import { backoffDelay, sleep } from './backoff.js';
 import { type StreamSettings, connectNats, ensureStream } from './nats.js';
 import { OutboxRelay } from './outbox-relay.js';

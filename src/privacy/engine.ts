@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError, USER_NOT_FOUND } from '../errors.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
 import { translateDatabaseError } from '../store/errors.js';
@@ -293,13 +293,4 @@ function replay(prior: PrivacyRequestRecord, actor: Principal, userId: string): 
     throw new FailedPreconditionError('idempotency_key was already used for a different request; use a new key');
   }
   return { userId, requestId: prior.id, message: FORGET_MESSAGE, rowsAffected: prior.rowsAffected, replayed: true };
-}
-
-/** An error's class and code, never its message (which may quote data). */
-export function errorSummary(err: unknown): { type: string; code?: string } {
-  if (err instanceof Error) {
-    const code = (err as { code?: unknown }).code;
-    return typeof code === 'string' ? { type: err.name, code } : { type: err.name };
-  }
-  return { type: typeof err };
 }

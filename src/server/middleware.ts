@@ -3,8 +3,7 @@ import { isAbortError } from 'abort-controller-x';
 import { type CallContext, type ServerMiddlewareCall, ServerError, Status } from 'nice-grpc';
 import type { Logger } from 'pino';
 import type { Verifier } from '../auth/verifier.js';
-import { LetheError } from '../errors.js';
-import { errorSummary } from '../privacy/engine.js';
+import { LetheError, errorSummary } from '../errors.js';
 import type { Principal } from '../privacy/principal.js';
 
 /** The call context that PrivacyService handlers see once the caller is authenticated. */

@@ -2,7 +2,7 @@ import type { JetStreamClient, PubAck } from '@nats-io/jetstream';
 import { type PurgeReceipt, purgedEventFor } from '../events/cloudevents.js';
 import { receiptSubject } from '../events/subjects.js';
 import { UnavailableError } from '../errors.js';
-import { errorSummary } from '../privacy/engine.js';
+import { errorSummary } from '../errors.js';
 import type { TableRows } from '../store/ledger.js';
 import { translateDatabaseError } from '../store/errors.js';
 
