@@ -8,6 +8,8 @@ import { parsePurgedEvent } from './cloudevents.js';
 import { RECEIPTS_FILTER } from './subjects.js';
 
 export const LEDGER_CONSUMER = 'lethe-ledger';
+/** Receipts recorded at once; receipts of one request serialize on its ledger row. */
+const CONCURRENCY = 16;
 
 /**
  * Records downstream receipts in the ledger through a durable consumer shared by every server
@@ -17,6 +19,7 @@ export const LEDGER_CONSUMER = 'lethe-ledger';
 export class ReceiptConsumer {
   private messages: ConsumerMessages | undefined;
   private loop: Promise<void> | undefined;
+  private readonly inFlight = new Set<Promise<void>>();
 
   constructor(
     private readonly knex: Knex,
@@ -36,16 +39,21 @@ export class ReceiptConsumer {
       ack_wait: 30_000_000_000,
     });
     const consumer = await this.js.consumers.get(this.stream, LEDGER_CONSUMER);
-    const messages = await consumer.consume({ max_messages: 64 });
+    const messages = await consumer.consume({ max_messages: 2 * CONCURRENCY });
     this.messages = messages;
     this.loop = (async () => {
-      for await (const m of messages) await this.handle(m);
+      for await (const m of messages) {
+        if (this.inFlight.size >= CONCURRENCY) await Promise.race(this.inFlight);
+        const p = this.handle(m).finally(() => this.inFlight.delete(p));
+        this.inFlight.add(p);
+      }
     })();
   }
 
   async stop(): Promise<void> {
     this.messages?.stop();
     await this.loop;
+    await Promise.allSettled([...this.inFlight]);
   }
 
   private async handle(m: JsMsg): Promise<void> {

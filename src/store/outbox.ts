@@ -15,28 +15,25 @@ export async function enqueueEvent(trx: Knex.Transaction, event: OutboxEvent, no
 }
 
 /**
- * Publishes up to `limit` pending events, oldest first, marking each sent only after `publish`
- * resolved for it (the PubAck). Rows are locked with SKIP LOCKED, so several replicas never
- * publish the same row at once; a failure stops the batch, keeps what was sent, and is rethrown.
+ * Publishes up to `limit` pending events, oldest first, all at once (JetStream acknowledges
+ * each), then marks those acknowledged as sent in one statement. Rows are locked with SKIP
+ * LOCKED, so several replicas never publish the same row at once. Events are independent, so
+ * their order on the stream does not matter. A failure leaves its row pending and is rethrown
+ * once the rest are marked.
  */
 export async function relayPending(knex: Knex, limit: number, publish: (e: OutboxEvent) => Promise<void>): Promise<number> {
   let failure: unknown;
   let sent = 0;
   await knex.transaction(async (trx) => {
-    const rows = (await trx(TABLE).select('id', 'subject', 'payload', 'attempts').whereNull('sent_at').orderBy('created_at').limit(limit).forUpdate().skipLocked()) as Array<
-      OutboxEvent & { attempts: number }
-    >;
-    for (const row of rows) {
-      try {
-        await publish(row);
-      } catch (err) {
-        failure = err;
-        await trx(TABLE).where({ id: row.id }).update({ attempts: row.attempts + 1 });
-        break;
-      }
-      await trx(TABLE).where({ id: row.id }).update({ sent_at: new Date(), attempts: row.attempts + 1 });
-      sent += 1;
-    }
+    const rows = (await trx(TABLE).select('id', 'subject', 'payload').whereNull('sent_at').orderBy('created_at').limit(limit).forUpdate().skipLocked()) as OutboxEvent[];
+    if (rows.length === 0) return;
+    const results = await Promise.allSettled(rows.map((row) => publish(row)));
+    const ok = rows.filter((_, i) => results[i]?.status === 'fulfilled').map((r) => r.id);
+    failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason;
+    const ids = rows.map((r) => r.id);
+    await trx(TABLE).whereIn('id', ids).increment('attempts', 1);
+    if (ok.length > 0) await trx(TABLE).whereIn('id', ok).update({ sent_at: new Date() });
+    sent = ok.length;
   });
   if (failure !== undefined) throw failure;
   return sent;
