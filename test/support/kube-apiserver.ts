@@ -1,0 +1,443 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { accessSync, constants, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
+import { homedir, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort } from './postgres.js';
+
+/**
+ * An envtest-style control plane for integration tests: a real etcd and kube-apiserver on free
+ * loopback ports, with a throwaway CA, an admin client certificate (group system:masters), RBAC
+ * authorization and service-account token signing (TokenRequest, /openid/v1/jwks). There is no
+ * controller-manager or scheduler: nothing reconciles (no default ServiceAccount per namespace,
+ * namespaces deleted stay Terminating, pods stay Pending).
+ *
+ * The binaries come from scripts/setup-kube-assets.sh (built from the Go module proxy and cached
+ * outside the repository); KUBEBUILDER_ASSETS, the ecosystem's variable, overrides the cache.
+ */
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const SETUP_KUBE_ASSETS = 'scripts/setup-kube-assets.sh';
+
+/** The Kubernetes version scripts/setup-kube-assets.sh pins (read from it: one source of truth). */
+export const KUBE_VERSION: string = (() => {
+  const script = readFileSync(join(repoRoot, SETUP_KUBE_ASSETS), 'utf8');
+  const m = /^KUBE_VERSION=(\d+\.\d+\.\d+)\s*$/m.exec(script);
+  if (m?.[1] === undefined) throw new Error(`no KUBE_VERSION=x.y.z line in ${SETUP_KUBE_ASSETS}`);
+  return m[1];
+})();
+
+/** Where scripts/setup-kube-assets.sh caches the pinned version's binaries. */
+export function kubeAssetsCacheDir(): string {
+  const root =
+    nonEmpty(process.env.LETHE_KUBE_ASSETS_CACHE) ??
+    join(nonEmpty(process.env.XDG_CACHE_HOME) ?? join(homedir(), '.cache'), 'lethe', 'kube-assets');
+  return join(root, KUBE_VERSION);
+}
+
+/** KUBEBUILDER_ASSETS when it holds kube-apiserver and etcd, else the cache for the pinned version. */
+export function findKubeAssets(): string | undefined {
+  const candidates = [nonEmpty(process.env.KUBEBUILDER_ASSETS), kubeAssetsCacheDir()];
+  return candidates.find((d): d is string => d !== undefined && isExecutable(join(d, 'kube-apiserver')) && isExecutable(join(d, 'etcd')));
+}
+
+/** findKubeAssets(), or: undefined with a warning locally, an error under CI=true. */
+export function requireKubeAssets(): string | undefined {
+  const dir = findKubeAssets();
+  if (dir === undefined) {
+    const how = `export KUBEBUILDER_ASSETS="$(${SETUP_KUBE_ASSETS})"  (builds kube-apiserver, etcd and kubectl v${KUBE_VERSION} with Go into ${kubeAssetsCacheDir()})`;
+    if (process.env.CI === 'true') throw new Error(`kube-apiserver/etcd not found (CI=true forbids skipping): ${how}`);
+    console.warn(`kube-apiserver/etcd not found: skipping the Kubernetes API suites. To run them: ${how}`);
+  }
+  return dir;
+}
+
+export interface KubeResponse {
+  readonly status: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly body: string;
+}
+
+export interface KubeRequestOptions {
+  /** JSON-encoded unless a string. */
+  readonly body?: unknown;
+  readonly contentType?: string;
+  /** No client certificate: the request is system:anonymous (or whatever `headers` authenticate). */
+  readonly anonymous?: boolean;
+  readonly headers?: Record<string, string>;
+  readonly timeoutMs?: number;
+}
+
+export interface KubeApiServer {
+  /** https://127.0.0.1:<port> */
+  readonly url: string;
+  readonly port: number;
+  readonly etcdUrl: string;
+  /** A kubeconfig file for the admin (client certificate, group system:masters), data inlined. */
+  readonly kubeconfigPath: string;
+  readonly kubeconfig: string;
+  /** --service-account-issuer (the API server's own URL); tokens carry it as `iss`. */
+  readonly serviceAccountIssuer: string;
+  /** PEM: the CA that signed the serving and client certificates; the admin's certificate and key. */
+  readonly tls: { readonly ca: string; readonly cert: string; readonly key: string };
+  /** Milliseconds from spawn to ready, each. */
+  readonly startup: { readonly etcdMs: number; readonly apiServerMs: number };
+  /** One HTTPS request as the admin (or anonymously), with node:https (fetch cannot present a client certificate). */
+  request(method: string, path: string, options?: KubeRequestOptions): Promise<KubeResponse>;
+  /** Stops kube-apiserver then etcd (SIGTERM, SIGKILL after a grace period). Idempotent. */
+  stop(): Promise<void>;
+  /** stop() and remove the temporary directory (certificates, keys, etcd data). */
+  destroy(): Promise<void>;
+}
+
+export interface StartKubeApiServerOptions {
+  /** Appended to kube-apiserver's arguments (a later --flag=value wins over the default). */
+  readonly extraArgs?: readonly string[];
+  readonly readyTimeoutMs?: number;
+}
+
+const STDERR_TAIL = 16_000;
+
+export async function startKubeApiServer(assetsDir: string, options: StartKubeApiServerOptions = {}): Promise<KubeApiServer> {
+  const dir = mkdtempSync(join(tmpdir(), 'lethe-kube-'));
+  const children: ChildProcess[] = [];
+  // A test run that dies must not leave etcd or kube-apiserver (or their files) behind.
+  const killAll = () => {
+    for (const c of children) if (!hasExited(c)) c.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', killAll);
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    // kube-apiserver first: etcd going away under it only produces noise.
+    for (const c of [...children].reverse()) await terminate(c, 10_000);
+    process.removeListener('exit', killAll);
+  };
+
+  try {
+    const pki = makePki(join(dir, 'pki'));
+
+    // etcd
+    const clientPort = await freePortExcept([]);
+    const peerPort = await freePortExcept([clientPort]);
+    const etcdUrl = `http://127.0.0.1:${clientPort}`;
+    const peerUrl = `http://127.0.0.1:${peerPort}`;
+    const etcdStarted = Date.now();
+    const etcd = spawnLogged(join(assetsDir, 'etcd'), [
+      '--name=lethe',
+      `--data-dir=${join(dir, 'etcd')}`,
+      `--listen-client-urls=${etcdUrl}`,
+      `--advertise-client-urls=${etcdUrl}`,
+      `--listen-peer-urls=${peerUrl}`,
+      `--initial-advertise-peer-urls=${peerUrl}`,
+      `--initial-cluster=lethe=${peerUrl}`,
+      '--initial-cluster-state=new',
+      '--unsafe-no-fsync=true',
+      '--log-level=warn',
+    ]);
+    children.push(etcd.child);
+    await waitUntil('etcd', etcd, 20_000, async () => {
+      const res = await fetch(`${etcdUrl}/health`, { signal: AbortSignal.timeout(2_000) });
+      return res.ok && ((await res.json()) as { health?: string }).health === 'true';
+    });
+    const etcdMs = Date.now() - etcdStarted;
+
+    // kube-apiserver
+    const port = await freePortExcept([clientPort, peerPort]);
+    const url = `https://127.0.0.1:${port}`;
+    const serviceAccountIssuer = url;
+    const apiStarted = Date.now();
+    const api = spawnLogged(join(assetsDir, 'kube-apiserver'), [
+      `--etcd-servers=${etcdUrl}`,
+      '--bind-address=127.0.0.1',
+      '--advertise-address=127.0.0.1',
+      // 1.37 refuses a loopback advertise address with the default (lease) endpoint reconciler;
+      // with none, the `kubernetes` Service simply has no endpoints, which no test here needs.
+      '--endpoint-reconciler-type=none',
+      `--secure-port=${port}`,
+      `--cert-dir=${join(dir, 'apiserver')}`,
+      `--tls-cert-file=${pki.serverCertPath}`,
+      `--tls-private-key-file=${pki.serverKeyPath}`,
+      `--client-ca-file=${pki.caCertPath}`,
+      '--service-cluster-ip-range=10.0.0.0/24',
+      `--service-account-issuer=${serviceAccountIssuer}`,
+      `--service-account-key-file=${pki.saPublicKeyPath}`,
+      `--service-account-signing-key-file=${pki.saPrivateKeyPath}`,
+      '--authorization-mode=RBAC',
+      // Without a controller-manager no namespace gets its `default` ServiceAccount, and this
+      // plugin would then reject every pod; envtest disables it for the same reason.
+      '--disable-admission-plugins=ServiceAccount',
+      '--allow-privileged=true',
+      '--profiling=false',
+      ...(options.extraArgs ?? []),
+    ]);
+    children.push(api.child);
+    const tls = { ca: pki.caCert, cert: pki.adminCert, key: pki.adminKey };
+    await waitUntil('kube-apiserver', api, options.readyTimeoutMs ?? 90_000, async () => {
+      const res = await httpsCall(url, tls, 'GET', '/readyz', { timeoutMs: 2_000 });
+      return res.status === 200;
+    });
+    const apiServerMs = Date.now() - apiStarted;
+
+    const kubeconfig = renderKubeconfig(url, tls);
+    const kubeconfigPath = join(dir, 'kubeconfig');
+    writeFileSync(kubeconfigPath, kubeconfig, { mode: 0o600 });
+
+    return {
+      url,
+      port,
+      etcdUrl,
+      kubeconfigPath,
+      kubeconfig,
+      serviceAccountIssuer,
+      tls,
+      startup: { etcdMs, apiServerMs },
+      request: (method, path, opts) => httpsCall(url, tls, method, path, opts),
+      stop,
+      async destroy() {
+        await stop();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await stop();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+// --- processes ---
+
+interface Logged {
+  readonly child: ChildProcess;
+  stderr(): string;
+  /** Set when the process could not be spawned (no 'exit' event follows). */
+  spawnError(): Error | undefined;
+}
+
+function spawnLogged(bin: string, args: string[]): Logged {
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let tail = '';
+  let failed: Error | undefined;
+  const keep = (d: Buffer) => {
+    tail = (tail + d.toString()).slice(-STDERR_TAIL);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  child.on('error', (e) => {
+    failed = e;
+  });
+  return { child, stderr: () => tail, spawnError: () => failed };
+}
+
+function hasExited(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+async function waitUntil(name: string, proc: Logged, timeoutMs: number, ready: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const spawnError = proc.spawnError();
+    if (spawnError !== undefined) throw new Error(`${name} could not be started: ${spawnError.message}`);
+    if (hasExited(proc.child)) {
+      throw new Error(`${name} exited (${proc.child.exitCode ?? proc.child.signalCode}) before it was ready:\n${proc.stderr()}`);
+    }
+    try {
+      if (await ready()) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`${name} was not ready within ${timeoutMs} ms:\n${proc.stderr()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** SIGTERM, SIGKILL after graceMs, and gives up waiting 5 s after that. */
+async function terminate(child: ChildProcess, graceMs: number): Promise<void> {
+  if (child.pid === undefined || hasExited(child)) return;
+  let timer: NodeJS.Timeout | undefined;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const gaveUp = new Promise<void>((resolve) => {
+    timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      timer = setTimeout(resolve, 5_000);
+    }, graceMs);
+  });
+  child.kill('SIGTERM');
+  await Promise.race([exited, gaveUp]);
+  clearTimeout(timer);
+}
+
+async function freePortExcept(taken: readonly number[]): Promise<number> {
+  for (let tries = 0; tries < 50; tries++) {
+    const p = await freePort();
+    if (!taken.includes(p)) return p;
+  }
+  throw new Error('no free loopback port');
+}
+
+// --- HTTPS ---
+
+function httpsCall(
+  baseUrl: string,
+  tls: { ca: string; cert: string; key: string },
+  method: string,
+  path: string,
+  options: KubeRequestOptions = {},
+): Promise<KubeResponse> {
+  const payload =
+    options.body === undefined ? undefined : typeof options.body === 'string' ? options.body : JSON.stringify(options.body);
+  // `*/*` too: some endpoints answer 406 to a bare application/json (/openid/v1/jwks is application/jwk-set+json).
+  const headers: Record<string, string> = { accept: 'application/json, */*;q=0.5', ...options.headers };
+  if (payload !== undefined) {
+    headers['content-type'] = options.contentType ?? 'application/json';
+    headers['content-length'] = String(Buffer.byteLength(payload));
+  }
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      new URL(path, baseUrl),
+      {
+        method,
+        headers,
+        ca: tls.ca,
+        ...(options.anonymous === true ? {} : { cert: tls.cert, key: tls.key }),
+        agent: false,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+      },
+    );
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+// --- PKI (openssl: node:crypto cannot issue X.509 certificates) ---
+
+interface Pki {
+  readonly caCertPath: string;
+  readonly caCert: string;
+  readonly serverCertPath: string;
+  readonly serverKeyPath: string;
+  readonly adminCert: string;
+  readonly adminKey: string;
+  readonly saPrivateKeyPath: string;
+  readonly saPublicKeyPath: string;
+}
+
+function makePki(pkiDir: string): Pki {
+  mkdirSync(pkiDir, { recursive: true, mode: 0o700 });
+  const p = (f: string) => join(pkiDir, f);
+  const openssl = (args: string[]) => {
+    try {
+      execFileSync('openssl', args, { cwd: pkiDir, stdio: ['ignore', 'ignore', 'pipe'], timeout: 20_000 });
+    } catch (err) {
+      const e = err as { code?: string; stderr?: Buffer };
+      if (e.code === 'ENOENT') throw new Error('openssl not found: the Kubernetes harness issues its certificates with it (apt-get install -y openssl)');
+      throw new Error(`openssl ${args.join(' ')}: ${e.stderr?.toString() ?? String(err)}`);
+    }
+  };
+  const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+
+  writeFileSync(
+    p('openssl.cnf'),
+    [
+      '[req]',
+      'distinguished_name = dn',
+      'prompt = no',
+      '[dn]',
+      'CN = lethe-test',
+      '[ca]',
+      'basicConstraints = critical,CA:TRUE',
+      'keyUsage = critical,keyCertSign,cRLSign,digitalSignature',
+      'subjectKeyIdentifier = hash',
+      '[server]',
+      'basicConstraints = critical,CA:FALSE',
+      'keyUsage = critical,digitalSignature,keyEncipherment',
+      'extendedKeyUsage = serverAuth',
+      'authorityKeyIdentifier = keyid',
+      'subjectAltName = IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1',
+      '[client]',
+      'basicConstraints = critical,CA:FALSE',
+      'keyUsage = critical,digitalSignature,keyEncipherment',
+      'extendedKeyUsage = clientAuth',
+      'authorityKeyIdentifier = keyid',
+      '',
+    ].join('\n'),
+  );
+  openssl(['req', '-x509', ...ecKey, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '7', '-config', 'openssl.cnf', '-extensions', 'ca', '-subj', '/CN=lethe-test-ca']);
+  const issue = (name: string, subject: string, extensions: string) => {
+    openssl(['req', '-new', ...ecKey, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-config', 'openssl.cnf', '-subj', subject]);
+    openssl([
+      'x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', `0x${randomBytes(8).toString('hex')}`,
+      '-days', '7', '-extfile', 'openssl.cnf', '-extensions', extensions, '-out', `${name}.crt`,
+    ]);
+  };
+  issue('server', '/CN=kube-apiserver', 'server');
+  issue('admin', '/O=system:masters/CN=lethe-admin', 'client');
+
+  // RS256, the algorithm clusters usually sign service-account tokens with.
+  const sa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  writeFileSync(p('sa.key'), sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  writeFileSync(p('sa.pub'), sa.publicKey.export({ type: 'spki', format: 'pem' }));
+
+  return {
+    caCertPath: p('ca.crt'),
+    caCert: readFileSync(p('ca.crt'), 'utf8'),
+    serverCertPath: p('server.crt'),
+    serverKeyPath: p('server.key'),
+    adminCert: readFileSync(p('admin.crt'), 'utf8'),
+    adminKey: readFileSync(p('admin.key'), 'utf8'),
+    saPrivateKeyPath: p('sa.key'),
+    saPublicKeyPath: p('sa.pub'),
+  };
+}
+
+function renderKubeconfig(url: string, tls: { ca: string; cert: string; key: string }): string {
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  return [
+    'apiVersion: v1',
+    'kind: Config',
+    'clusters:',
+    '- name: lethe-test',
+    '  cluster:',
+    `    server: ${url}`,
+    `    certificate-authority-data: ${b64(tls.ca)}`,
+    'users:',
+    '- name: lethe-admin',
+    '  user:',
+    `    client-certificate-data: ${b64(tls.cert)}`,
+    `    client-key-data: ${b64(tls.key)}`,
+    'contexts:',
+    '- name: lethe-test',
+    '  context:',
+    '    cluster: lethe-test',
+    '    user: lethe-admin',
+    'current-context: lethe-test',
+    '',
+  ].join('\n');
+}
+
+// --- helpers ---
+
+function nonEmpty(s: string | undefined): string | undefined {
+  return s === undefined || s === '' ? undefined : s;
+}
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
