@@ -9,7 +9,7 @@ import { loadDataMap } from '../privacy/data-map.js';
 import { PrivacyEngine } from '../privacy/engine.js';
 import { usesHash } from '../privacy/forget.js';
 import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
-import { openDatabase } from '../store/database.js';
+import { type Database, openDatabase } from '../store/database.js';
 import { lockDataDir } from '../store/data-dir-lock.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { loadDemoData } from '../store/demo-data.js';
@@ -35,6 +35,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
 
   const unlock = config.database.kind === 'pglite' ? await lockDataDir(config.dataDir) : async () => undefined;
   const db = await openDatabase(config.database);
+  let eventsDb: Database | undefined;
   try {
     await migrateLethe(db.knex).catch((err: unknown) => {
       const e = translateDatabaseError(err);
@@ -47,7 +48,11 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     if (config.demo) logger.info({ demo: await loadDemoData(db.knex) }, 'demo data');
     const columnTypes = await checkDataMapAgainstDatabase(db.knex, dataMap, config.dataMapPath);
     const ev = config.events;
-    const events = ev.natsUrl === undefined ? undefined : new ServerEvents(db.knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices }, logger);
+    // The relay and the receipt consumer get a small pool of their own, so that a queue of
+    // ForgetUser calls never starves them (PGlite has a single connection to share).
+    eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }) : undefined;
+    const events =
+      ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices }, logger);
     const engine = new PrivacyEngine({
       knex: db.knex,
       dataMap,
@@ -82,11 +87,13 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       async stop(graceMs = 10_000) {
         await grpc.shutdown(graceMs);
         await events?.stop();
+        await eventsDb?.close();
         await db.close();
         await unlock();
       },
     };
   } catch (err) {
+    await eventsDb?.close();
     await db.close();
     await unlock();
     throw err;
