@@ -1,5 +1,6 @@
 import { pino } from 'pino';
-import { describeNatsUrl, loadSidecarConfig } from '../config/sidecar-config.js';
+import { loadSidecarConfig } from '../config/sidecar-config.js';
+import { describeNatsUrl } from '../events/nats.js';
 import { PurgeSidecar } from '../sidecar/purge-sidecar.js';
 import { describePostgresUrl } from '../store/database.js';
 import { stopOnSignals } from './shutdown.js';

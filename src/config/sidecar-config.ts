@@ -151,13 +151,3 @@ export function hashKeyFor(config: Pick<SidecarConfig, 'hashKey' | 'dataMapPath'
   }
   return config.hashKey;
 }
-
-/** nats://user:secret@host:4222 → nats://host:4222 (safe to log). */
-export function describeNatsUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    return `${u.protocol}//${u.host}`;
-  } catch {
-    return 'nats (unparseable URL)';
-  }
-}

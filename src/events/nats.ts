@@ -48,3 +48,18 @@ export async function ensureStream(nc: NatsConnection, s: StreamSettings): Promi
   }
   return jsm;
 }
+
+/** nats://user:secret@host:4222 → nats://host:4222 (safe to log); each of a comma-separated list. */
+export function describeNatsUrl(url: string): string {
+  return url
+    .split(',')
+    .map((one) => {
+      try {
+        const u = new URL(one.trim());
+        return `${u.protocol}//${u.host}`;
+      } catch {
+        return 'nats (unparseable URL)';
+      }
+    })
+    .join(',');
+}

@@ -3,8 +3,8 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
-import { backoffDelay, sleep } from './backoff.js';
-import { type StreamSettings, connectNats, ensureStream } from './nats.js';
+import { backoffDelay, sleep } from '../backoff.js';
+import { type StreamSettings, connectNats, describeNatsUrl, ensureStream } from './nats.js';
 import { OutboxRelay } from './outbox-relay.js';
 import { ReceiptConsumer } from './receipt-consumer.js';
 
@@ -56,7 +56,7 @@ export class ServerEvents {
       return;
     }
     this.nc = nc;
-    this.logger.info({ nats: this.opts.natsUrl.replace(/\/\/[^@/]*@/, '//'), stream: this.opts.stream.name }, 'connected to NATS');
+    this.logger.info({ nats: describeNatsUrl(this.opts.natsUrl), stream: this.opts.stream.name }, 'connected to NATS');
     let attempt = 0;
     while (!this.stopping.signal.aborted) {
       try {

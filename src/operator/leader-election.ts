@@ -1,7 +1,7 @@
 import type { CoordinationV1Api, V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
-import { sleep } from '../events/backoff.js';
+import { sleep } from '../backoff.js';
 
 /**
  * Lease-based leader election, as client-go's: a candidate takes the Lease when it is free or

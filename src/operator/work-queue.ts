@@ -1,3 +1,5 @@
+import { exponentialDelay } from '../backoff.js';
+
 /**
  * A per-key deduplicated work queue, as controller-runtime's: a key added many times while it
  * waits is processed once; a key is never processed by two workers at once (one added while it
@@ -61,7 +63,7 @@ export class WorkQueue {
   addRateLimited(key: string): number {
     const n = this.failures.get(key) ?? 0;
     this.failures.set(key, n + 1);
-    const delay = Math.min(this.maxMs, this.baseMs * 2 ** Math.min(n, 40));
+    const delay = exponentialDelay(n, this.baseMs, this.maxMs);
     this.addAfter(key, delay);
     return delay;
   }

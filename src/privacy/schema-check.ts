@@ -1,9 +1,7 @@
 import type { Knex } from 'knex';
 import { ConfigError } from '../errors.js';
 import type { DataMap } from './data-map.js';
-import { type ColumnTypes, referencedColumns } from './sql.js';
-
-const TEXT_TYPES = new Set(['text', 'character varying', 'character', 'citext']);
+import { type ColumnTypes, isTextType, referencedColumns } from './sql.js';
 
 /**
  * Checks the data map against the live database once at start-up: every table and column it
@@ -58,7 +56,7 @@ export async function checkDataMapAgainstDatabase(knex: Knex, map: DataMap, sour
     for (const [column, action] of Object.entries(c.forget.columns)) {
       const needsText = action === 'hash' || (typeof action === 'object' && action !== null && 'template' in action);
       const type = types.get(c.table)?.get(column);
-      if (needsText && type !== undefined && !TEXT_TYPES.has(type)) {
+      if (needsText && type !== undefined && !isTextType(type)) {
         throw new ConfigError(`categories.${c.name}.forget.columns.${column}: hash and template need a text column, but '${column}' is ${type}`, source);
       }
     }

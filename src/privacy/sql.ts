@@ -56,12 +56,15 @@ export function subjectPredicate(relation: SubjectRelation, qualifier: string, s
 
 const TEXT_TYPES = new Set(['text', 'character varying', 'character', 'citext']);
 
+/** Whether information_schema's data_type is a text type. */
+export const isTextType = (dataType: string | undefined): boolean => TEXT_TYPES.has(dataType ?? '');
+
 /** Whether every column compared with the subject id is text, so current_setting() can stand in for a parameter. */
 export function subjectColumnsAreText(category: Category, types: ColumnTypes): boolean {
   const rel = category.subject;
   const cols: Array<[string, string]> =
     'column' in rel ? [[category.table, rel.column]] : 'columns' in rel ? rel.columns.map((c) => [category.table, c]) : [[rel.via.table, rel.via.subject_column]];
-  return cols.every(([table, column]) => TEXT_TYPES.has(types.get(table)?.get(column) ?? ''));
+  return cols.every(([table, column]) => isTextType(types.get(table)?.get(column)));
 }
 
 /** Column types as information_schema.columns reports them, per table then column. */

@@ -1,3 +1,5 @@
+import { exponentialDelay } from '../backoff.js';
+
 /** The longest a failed event waits before its next delivery. */
 export const MAX_RETRY_DELAY_MS = 60_000;
 
@@ -6,9 +8,7 @@ export const MAX_RETRY_DELAY_MS = 60_000;
  * `deliveries` (1 for the first): base · 2^(deliveries − 1), capped at one minute.
  */
 export function retryDelayMs(deliveries: number, baseMs: number, capMs: number = MAX_RETRY_DELAY_MS): number {
-  const exponent = Math.max(0, Math.floor(deliveries) - 1);
-  // 2^exponent overflows to Infinity for large exponents; the cap still applies.
-  return Math.min(capMs, baseMs * 2 ** exponent);
+  return exponentialDelay(deliveries - 1, baseMs, capMs);
 }
 
 export type FailureDecision =

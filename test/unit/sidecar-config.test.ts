@@ -1,7 +1,8 @@
 import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Env } from '../../src/config/config.js';
-import { DEFAULT_HEALTH_LISTEN, DEFAULT_STREAM, type SidecarFlags, describeNatsUrl, hashKeyFor, loadSidecarConfig } from '../../src/config/sidecar-config.js';
+import { DEFAULT_HEALTH_LISTEN, DEFAULT_STREAM, type SidecarFlags, hashKeyFor, loadSidecarConfig } from '../../src/config/sidecar-config.js';
+import { describeNatsUrl } from '../../src/events/nats.js';
 import { ConfigError } from '../../src/errors.js';
 import { parseDataMap } from '../../src/privacy/data-map.js';
 

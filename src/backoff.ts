@@ -1,7 +1,13 @@
+/** Retry delays and waits shared by the relay, the consumers, the sidecar and the operator. */
+
+/** base · 2^attempt, capped (attempt 0 gives the base); large attempts cannot overflow past the cap. */
+export function exponentialDelay(attempt: number, baseMs: number, capMs: number): number {
+  return Math.min(capMs, baseMs * 2 ** Math.min(Math.max(0, Math.floor(attempt)), 40));
+}
+
 /** Exponential backoff with full jitter: a random delay up to base·2^attempt, capped. */
 export function backoffDelay(attempt: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
-  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
-  return Math.max(baseMs, Math.floor(random() * ceiling));
+  return Math.max(baseMs, Math.floor(random() * exponentialDelay(attempt, baseMs, capMs)));
 }
 
 /** Sleeps, waking early when `signal` aborts (then resolves). */
