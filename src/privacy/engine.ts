@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError, USER_NOT_FOUND, errorSummary } from '../errors.js';
+import { FailedPreconditionError, InvalidArgumentError, LetheError, NotFoundError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
 import { translateDatabaseError } from '../store/errors.js';
@@ -113,7 +113,8 @@ export class PrivacyEngine {
       outcome = { state: 'completed' };
     } catch (err) {
       const e = translateDatabaseError(err);
-      outcome = { state: 'failed', error: e instanceof Error && 'code' in e ? e.message : 'The export failed' };
+      // Only domain messages go into the ledger: a driver's message may quote data.
+      outcome = { state: 'failed', error: e instanceof LetheError ? e.message : 'The export failed' };
       throw e;
     } finally {
       await ledger.finish(this.knex, request.id, outcome.state, this.now(), outcome.error).catch((err: unknown) => {
