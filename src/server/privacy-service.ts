@@ -1,4 +1,4 @@
-import type { CallContext } from 'nice-grpc';
+import { type CallContext, ServerError, Status } from 'nice-grpc';
 import { InvalidArgumentError } from '../errors.js';
 import {
   CategoryShape,
@@ -8,6 +8,8 @@ import {
   type ExportUserResponse,
   type ForgetUserRequest,
   type ForgetUserResponse,
+  type GetExportArtifactResponse,
+  type StoreExportResponse,
   type GetPrivacyRequestRequest,
   type GetPrivacyRequestResponse,
   type ListPrivacyRequestsRequest,
@@ -54,6 +56,15 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
         requests: page.map(toMessage),
         nextPageToken: rows.length > pageSize && last !== undefined ? encodePageToken(last) : '',
       };
+    },
+
+    storeExport(): Promise<DeepPartial<StoreExportResponse>> {
+      return Promise.reject(new ServerError(Status.UNIMPLEMENTED, 'StoreExport is not implemented yet'));
+    },
+
+    // eslint-disable-next-line require-yield
+    async *getExportArtifact(): AsyncGenerator<DeepPartial<GetExportArtifactResponse>> {
+      throw new ServerError(Status.UNIMPLEMENTED, 'GetExportArtifact is not implemented yet');
     },
   };
 }

@@ -197,6 +197,47 @@ export function confirmationStateToJSON(object: ConfirmationState): string {
   }
 }
 
+export enum ArtifactState {
+  ARTIFACT_STATE_UNSPECIFIED = 0,
+  /** ARTIFACT_STATE_AVAILABLE - Stored, encrypted, and can be fetched with GetExportArtifact until expires_at. */
+  ARTIFACT_STATE_AVAILABLE = 1,
+  /** ARTIFACT_STATE_EXPIRED - Past expires_at: the encrypted bytes were deleted; the description remains. */
+  ARTIFACT_STATE_EXPIRED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function artifactStateFromJSON(object: any): ArtifactState {
+  switch (object) {
+    case 0:
+    case "ARTIFACT_STATE_UNSPECIFIED":
+      return ArtifactState.ARTIFACT_STATE_UNSPECIFIED;
+    case 1:
+    case "ARTIFACT_STATE_AVAILABLE":
+      return ArtifactState.ARTIFACT_STATE_AVAILABLE;
+    case 2:
+    case "ARTIFACT_STATE_EXPIRED":
+      return ArtifactState.ARTIFACT_STATE_EXPIRED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ArtifactState.UNRECOGNIZED;
+  }
+}
+
+export function artifactStateToJSON(object: ArtifactState): string {
+  switch (object) {
+    case ArtifactState.ARTIFACT_STATE_UNSPECIFIED:
+      return "ARTIFACT_STATE_UNSPECIFIED";
+    case ArtifactState.ARTIFACT_STATE_AVAILABLE:
+      return "ARTIFACT_STATE_AVAILABLE";
+    case ArtifactState.ARTIFACT_STATE_EXPIRED:
+      return "ARTIFACT_STATE_EXPIRED";
+    case ArtifactState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface ExportUserRequest {
   /** The subject whose data is exported. 1 to 256 printable ASCII characters. */
   userId: string;
@@ -318,6 +359,8 @@ export interface PrivacyRequest {
   rowsAffected: TableRowsAffected[];
   /** Forget: each downstream service expected to purge its copy, and whether it has confirmed. */
   confirmations: DownstreamConfirmation[];
+  /** Export requests made with StoreExport: the stored artifact. */
+  artifact: ExportArtifact | undefined;
 }
 
 export interface DownstreamConfirmation {
@@ -352,6 +395,55 @@ export interface ListPrivacyRequestsRequest {
 export interface ListPrivacyRequestsResponse {
   requests: PrivacyRequest[];
   nextPageToken: string;
+}
+
+export interface StoreExportRequest {
+  /** The subject whose data is exported. 1 to 256 printable ASCII characters. */
+  userId: string;
+  /** Why the export is made. Optional, at most 256 bytes. */
+  reason: string;
+  /** Required: 1 to 256 printable ASCII characters (the operator sends the resource's UID). */
+  idempotencyKey: string;
+}
+
+export interface StoreExportResponse {
+  requestId: string;
+  artifact:
+    | ExportArtifact
+    | undefined;
+  /** True when this response describes the artifact of an earlier call with the same key. */
+  replayed: boolean;
+}
+
+/**
+ * A stored export: the canonical export document (see README, "The export document"),
+ * encrypted at rest with AES-256-GCM. Describes the document, never its content.
+ */
+export interface ExportArtifact {
+  /** The export's ledger entry. */
+  requestId: string;
+  /** Hex SHA-256 of the document: equals ExportTrailer.sha256 for the same snapshot. */
+  sha256: string;
+  /** The document's length in bytes (before encryption). */
+  sizeBytes: number;
+  counts: CategoryCount[];
+  totalRecords: number;
+  createdAt: Date | undefined;
+  expiresAt: Date | undefined;
+  state: ArtifactState;
+}
+
+export interface GetExportArtifactRequest {
+  /** The export's privacy request id (a UUID). */
+  requestId: string;
+}
+
+/**
+ * One message of an artifact stream: exactly one artifact description first, then the
+ * document's bytes in chunks.
+ */
+export interface GetExportArtifactResponse {
+  part: { $case: "artifact"; value: ExportArtifact } | { $case: "chunk"; value: Buffer } | undefined;
 }
 
 function createBaseExportUserRequest(): ExportUserRequest {
@@ -1518,6 +1610,7 @@ function createBasePrivacyRequest(): PrivacyRequest {
     error: "",
     rowsAffected: [],
     confirmations: [],
+    artifact: undefined,
   };
 }
 
@@ -1561,6 +1654,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     }
     for (const v of message.confirmations) {
       DownstreamConfirmation.encode(v!, writer.uint32(106).fork()).join();
+    }
+    if (message.artifact !== undefined) {
+      ExportArtifact.encode(message.artifact, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -1682,6 +1778,14 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
             message.confirmations.push(DownstreamConfirmation.decode(reader, reader.uint32()));
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.artifact = ExportArtifact.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1731,6 +1835,7 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
       confirmations: globalThis.Array.isArray(object?.confirmations)
         ? object.confirmations.map((e: any) => DownstreamConfirmation.fromJSON(e))
         : [],
+      artifact: isSet(object.artifact) ? ExportArtifact.fromJSON(object.artifact) : undefined,
     };
   },
 
@@ -1775,6 +1880,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     if (message.confirmations?.length) {
       obj.confirmations = message.confirmations.map((e) => DownstreamConfirmation.toJSON(e));
     }
+    if (message.artifact !== undefined) {
+      obj.artifact = ExportArtifact.toJSON(message.artifact);
+    }
     return obj;
   },
 
@@ -1796,6 +1904,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     message.error = object.error ?? "";
     message.rowsAffected = object.rowsAffected?.map((e) => TableRowsAffected.fromPartial(e)) || [];
     message.confirmations = object.confirmations?.map((e) => DownstreamConfirmation.fromPartial(e)) || [];
+    message.artifact = (object.artifact !== undefined && object.artifact !== null)
+      ? ExportArtifact.fromPartial(object.artifact)
+      : undefined;
     return message;
   },
 };
@@ -2317,6 +2428,606 @@ export const ListPrivacyRequestsResponse: MessageFns<ListPrivacyRequestsResponse
   },
 };
 
+function createBaseStoreExportRequest(): StoreExportRequest {
+  return { userId: "", reason: "", idempotencyKey: "" };
+}
+
+export const StoreExportRequest: MessageFns<StoreExportRequest> = {
+  encode(message: StoreExportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.userId !== "") {
+      writer.uint32(10).string(message.userId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    if (message.idempotencyKey !== "") {
+      writer.uint32(26).string(message.idempotencyKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoreExportRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoreExportRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.idempotencyKey = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StoreExportRequest {
+    return {
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      idempotencyKey: isSet(object.idempotencyKey)
+        ? globalThis.String(object.idempotencyKey)
+        : isSet(object.idempotency_key)
+        ? globalThis.String(object.idempotency_key)
+        : "",
+    };
+  },
+
+  toJSON(message: StoreExportRequest): unknown {
+    const obj: any = {};
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.idempotencyKey !== "") {
+      obj.idempotencyKey = message.idempotencyKey;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StoreExportRequest>): StoreExportRequest {
+    return StoreExportRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StoreExportRequest>): StoreExportRequest {
+    const message = createBaseStoreExportRequest();
+    message.userId = object.userId ?? "";
+    message.reason = object.reason ?? "";
+    message.idempotencyKey = object.idempotencyKey ?? "";
+    return message;
+  },
+};
+
+function createBaseStoreExportResponse(): StoreExportResponse {
+  return { requestId: "", artifact: undefined, replayed: false };
+}
+
+export const StoreExportResponse: MessageFns<StoreExportResponse> = {
+  encode(message: StoreExportResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.artifact !== undefined) {
+      ExportArtifact.encode(message.artifact, writer.uint32(18).fork()).join();
+    }
+    if (message.replayed !== false) {
+      writer.uint32(24).bool(message.replayed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoreExportResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoreExportResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.artifact = ExportArtifact.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.replayed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StoreExportResponse {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      artifact: isSet(object.artifact) ? ExportArtifact.fromJSON(object.artifact) : undefined,
+      replayed: isSet(object.replayed) ? globalThis.Boolean(object.replayed) : false,
+    };
+  },
+
+  toJSON(message: StoreExportResponse): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.artifact !== undefined) {
+      obj.artifact = ExportArtifact.toJSON(message.artifact);
+    }
+    if (message.replayed !== false) {
+      obj.replayed = message.replayed;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StoreExportResponse>): StoreExportResponse {
+    return StoreExportResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StoreExportResponse>): StoreExportResponse {
+    const message = createBaseStoreExportResponse();
+    message.requestId = object.requestId ?? "";
+    message.artifact = (object.artifact !== undefined && object.artifact !== null)
+      ? ExportArtifact.fromPartial(object.artifact)
+      : undefined;
+    message.replayed = object.replayed ?? false;
+    return message;
+  },
+};
+
+function createBaseExportArtifact(): ExportArtifact {
+  return {
+    requestId: "",
+    sha256: "",
+    sizeBytes: 0,
+    counts: [],
+    totalRecords: 0,
+    createdAt: undefined,
+    expiresAt: undefined,
+    state: 0,
+  };
+}
+
+export const ExportArtifact: MessageFns<ExportArtifact> = {
+  encode(message: ExportArtifact, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(18).string(message.sha256);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(24).uint64(message.sizeBytes);
+    }
+    for (const v of message.counts) {
+      CategoryCount.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.totalRecords !== 0) {
+      writer.uint32(40).uint64(message.totalRecords);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(50).fork()).join();
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(58).fork()).join();
+    }
+    if (message.state !== 0) {
+      writer.uint32(64).int32(message.state);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportArtifact {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportArtifact();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.counts.push(CategoryCount.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.totalRecords = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportArtifact {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+      counts: globalThis.Array.isArray(object?.counts) ? object.counts.map((e: any) => CategoryCount.fromJSON(e)) : [],
+      totalRecords: isSet(object.totalRecords)
+        ? globalThis.Number(object.totalRecords)
+        : isSet(object.total_records)
+        ? globalThis.Number(object.total_records)
+        : 0,
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+      state: isSet(object.state) ? artifactStateFromJSON(object.state) : 0,
+    };
+  },
+
+  toJSON(message: ExportArtifact): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.sha256 !== "") {
+      obj.sha256 = message.sha256;
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.counts?.length) {
+      obj.counts = message.counts.map((e) => CategoryCount.toJSON(e));
+    }
+    if (message.totalRecords !== 0) {
+      obj.totalRecords = Math.round(message.totalRecords);
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    if (message.state !== 0) {
+      obj.state = artifactStateToJSON(message.state);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExportArtifact>): ExportArtifact {
+    return ExportArtifact.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExportArtifact>): ExportArtifact {
+    const message = createBaseExportArtifact();
+    message.requestId = object.requestId ?? "";
+    message.sha256 = object.sha256 ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.counts = object.counts?.map((e) => CategoryCount.fromPartial(e)) || [];
+    message.totalRecords = object.totalRecords ?? 0;
+    message.createdAt = object.createdAt ?? undefined;
+    message.expiresAt = object.expiresAt ?? undefined;
+    message.state = object.state ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetExportArtifactRequest(): GetExportArtifactRequest {
+  return { requestId: "" };
+}
+
+export const GetExportArtifactRequest: MessageFns<GetExportArtifactRequest> = {
+  encode(message: GetExportArtifactRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetExportArtifactRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetExportArtifactRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetExportArtifactRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetExportArtifactRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetExportArtifactRequest>): GetExportArtifactRequest {
+    return GetExportArtifactRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetExportArtifactRequest>): GetExportArtifactRequest {
+    const message = createBaseGetExportArtifactRequest();
+    message.requestId = object.requestId ?? "";
+    return message;
+  },
+};
+
+function createBaseGetExportArtifactResponse(): GetExportArtifactResponse {
+  return { part: undefined };
+}
+
+export const GetExportArtifactResponse: MessageFns<GetExportArtifactResponse> = {
+  encode(message: GetExportArtifactResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.part?.$case) {
+      case "artifact":
+        ExportArtifact.encode(message.part.value, writer.uint32(10).fork()).join();
+        break;
+      case "chunk":
+        writer.uint32(18).bytes(message.part.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetExportArtifactResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetExportArtifactResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.part = { $case: "artifact", value: ExportArtifact.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.part = { $case: "chunk", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetExportArtifactResponse {
+    return {
+      part: isSet(object.artifact)
+        ? { $case: "artifact", value: ExportArtifact.fromJSON(object.artifact) }
+        : isSet(object.chunk)
+        ? { $case: "chunk", value: Buffer.from(bytesFromBase64(object.chunk)) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: GetExportArtifactResponse): unknown {
+    const obj: any = {};
+    if (message.part?.$case === "artifact") {
+      obj.artifact = ExportArtifact.toJSON(message.part.value);
+    } else if (message.part?.$case === "chunk") {
+      obj.chunk = base64FromBytes(message.part.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetExportArtifactResponse>): GetExportArtifactResponse {
+    return GetExportArtifactResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetExportArtifactResponse>): GetExportArtifactResponse {
+    const message = createBaseGetExportArtifactResponse();
+    switch (object.part?.$case) {
+      case "artifact": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "artifact", value: ExportArtifact.fromPartial(object.part.value) };
+        }
+        break;
+      }
+      case "chunk": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "chunk", value: object.part.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
 /**
  * PrivacyService answers the data subject requests of GDPR: access and portability
  * (Art. 15 and 20) through ExportUser, erasure (Art. 17) through ForgetUser. Every call
@@ -2367,6 +3078,31 @@ export const PrivacyServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * StoreExport runs an export on the server and keeps the document as an artifact encrypted
+     * at rest, for callers that cannot hold a stream open (the operator). Retried calls with the
+     * same idempotency key return the stored artifact; an attempt that never finished runs again.
+     */
+    storeExport: {
+      name: "StoreExport",
+      requestType: StoreExportRequest as typeof StoreExportRequest,
+      requestStream: false,
+      responseType: StoreExportResponse as typeof StoreExportResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * GetExportArtifact streams a stored export back: the artifact's description first, then the
+     * document's bytes in order. Allowed to the requester, the subject and platform principals.
+     */
+    getExportArtifact: {
+      name: "GetExportArtifact",
+      requestType: GetExportArtifactRequest as typeof GetExportArtifactRequest,
+      requestStream: false,
+      responseType: GetExportArtifactResponse as typeof GetExportArtifactResponse,
+      responseStream: true,
+      options: {},
+    },
   },
 } as const;
 
@@ -2394,6 +3130,23 @@ export interface PrivacyServiceImplementation<CallContextExt = {}> {
     request: ListPrivacyRequestsRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<ListPrivacyRequestsResponse>>;
+  /**
+   * StoreExport runs an export on the server and keeps the document as an artifact encrypted
+   * at rest, for callers that cannot hold a stream open (the operator). Retried calls with the
+   * same idempotency key return the stored artifact; an attempt that never finished runs again.
+   */
+  storeExport(
+    request: StoreExportRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<StoreExportResponse>>;
+  /**
+   * GetExportArtifact streams a stored export back: the artifact's description first, then the
+   * document's bytes in order. Allowed to the requester, the subject and platform principals.
+   */
+  getExportArtifact(
+    request: GetExportArtifactRequest,
+    context: CallContext & CallContextExt,
+  ): ServerStreamingMethodResult<DeepPartial<GetExportArtifactResponse>>;
 }
 
 export interface PrivacyServiceClient<CallOptionsExt = {}> {
@@ -2420,6 +3173,31 @@ export interface PrivacyServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ListPrivacyRequestsRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<ListPrivacyRequestsResponse>;
+  /**
+   * StoreExport runs an export on the server and keeps the document as an artifact encrypted
+   * at rest, for callers that cannot hold a stream open (the operator). Retried calls with the
+   * same idempotency key return the stored artifact; an attempt that never finished runs again.
+   */
+  storeExport(
+    request: DeepPartial<StoreExportRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<StoreExportResponse>;
+  /**
+   * GetExportArtifact streams a stored export back: the artifact's description first, then the
+   * document's bytes in order. Allowed to the requester, the subject and platform principals.
+   */
+  getExportArtifact(
+    request: DeepPartial<GetExportArtifactRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): AsyncIterable<GetExportArtifactResponse>;
+}
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
