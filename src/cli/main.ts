@@ -3,6 +3,7 @@ import { ClientError, Status } from 'nice-grpc';
 import { ConfigError, LetheError } from '../errors.js';
 import { IncompleteExportError } from '../client/export-receiver.js';
 import { exportCommand, forgetCommand, requestsGetCommand, requestsListCommand } from './client-commands.js';
+import { operatorCommand } from './operator-command.js';
 import { serveCommand } from './serve-command.js';
 import { sidecarCommand } from './sidecar-command.js';
 import { tokenCommand } from './token-command.js';
@@ -25,6 +26,11 @@ program
   .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:50051, or LETHE_LISTEN)')
   .option('--data-dir <dir>', 'where the embedded database and the local signing key live (default ~/.lethe, or LETHE_DATA_DIR)')
   .action(serveCommand);
+
+program
+  .command('operator')
+  .description('carry out PrivacyRequest resources through the PrivacyService (KUBECONFIG or in-cluster; LETHE_SERVER, LETHE_TOKEN_FILE)')
+  .action(operatorCommand);
 
 program
   .command('sidecar')

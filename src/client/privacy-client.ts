@@ -1,13 +1,20 @@
-import { type Client, Metadata, createChannel, createClient } from 'nice-grpc';
+import { type CallOptions, type Client, type ClientMiddlewareCall, Metadata, createChannel, createClientFactory } from 'nice-grpc';
 import { PrivacyServiceDefinition } from '../gen/lethe/privacy/v1/privacy.js';
 
 export type PrivacyClient = Client<typeof PrivacyServiceDefinition>;
 
-/** A PrivacyService client that sends `token` as a bearer token on every call. */
-export function connectPrivacyService(address: string, token: string): { client: PrivacyClient; close(): void } {
+/** A bearer token, or a function giving the current one (a projected token the kubelet rotates). */
+export type TokenSource = string | (() => Promise<string>);
+
+/** A PrivacyService client that sends the token as `authorization: Bearer …` on every call. */
+export function connectPrivacyService(address: string, token: TokenSource): { client: PrivacyClient; close(): void } {
   const channel = createChannel(address, undefined, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
-  const client = createClient(PrivacyServiceDefinition, channel, {
-    '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) },
-  });
+  const current = typeof token === 'string' ? () => Promise.resolve(token) : token;
+  const client = createClientFactory()
+    .use(async function* bearer<Req, Res>(call: ClientMiddlewareCall<Req, Res>, options: CallOptions) {
+      const metadata = Metadata(options.metadata).set('authorization', `Bearer ${await current()}`);
+      return yield* call.next(call.request, { ...options, metadata });
+    })
+    .create(PrivacyServiceDefinition, channel);
   return { client, close: () => channel.close() };
 }

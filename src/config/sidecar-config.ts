@@ -5,7 +5,7 @@ import type { StreamSettings } from '../events/nats.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import type { DataMap } from '../privacy/data-map.js';
 import { usesHash } from '../privacy/forget.js';
-import { type Failpoint, FAILPOINTS, isFailpoint } from '../sidecar/failpoints.js';
+import { type Failpoint, parseFailpoints } from '../failpoints.js';
 import { type Env, type ListenAddress, parseListen } from './config.js';
 
 /**
@@ -34,7 +34,7 @@ export interface SidecarConfig {
   /** Key for the data map's `hash` action (required only when the map uses it). */
   readonly hashKey: Buffer | undefined;
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
-  /** Test only: where to crash on purpose (see src/sidecar/failpoints.ts). */
+  /** Test only: where to crash on purpose (see src/failpoints.ts). */
   readonly failpoints: ReadonlySet<Failpoint>;
 }
 
@@ -128,17 +128,6 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
     logLevel: e.LETHE_LOG_LEVEL,
     failpoints: parseFailpoints(e.LETHE_FAILPOINTS),
   });
-}
-
-function parseFailpoints(value: string | undefined): ReadonlySet<Failpoint> {
-  const out = new Set<Failpoint>();
-  for (const raw of (value ?? '').split(',')) {
-    const name = raw.trim();
-    if (name === '') continue;
-    if (!isFailpoint(name)) throw new ConfigError(`unknown failpoint '${name}' (known: ${FAILPOINTS.join(', ')})`, 'LETHE_FAILPOINTS');
-    out.add(name);
-  }
-  return out;
 }
 
 /**

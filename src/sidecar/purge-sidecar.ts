@@ -15,8 +15,8 @@ import { translateDatabaseError } from '../store/errors.js';
 import { migrateSidecar } from '../store/migrations.js';
 import { decideOnFailure, retryDelayMs } from './backoff.js';
 import { ensureDurableConsumer } from './durable-consumer.js';
-import { hitFailpoint } from './failpoints.js';
-import { type HealthServer, startHealthServer } from './health-server.js';
+import { hitFailpoint } from '../failpoints.js';
+import { type HealthServer, startHealthServer } from '../health-server.js';
 import { failedReceipt, publishReceipt, purgedReceipt, safeErrorSummary } from './receipts.js';
 import { Slots } from './slots.js';
 

@@ -86,6 +86,10 @@ export interface KubeApiServer {
   readonly startup: { readonly etcdMs: number; readonly apiServerMs: number };
   /** One HTTPS request as the admin (or anonymously), with node:https (fetch cannot present a client certificate). */
   request(method: string, path: string, options?: KubeRequestOptions): Promise<KubeResponse>;
+  /** Stops kube-apiserver only; etcd keeps the data (clients see the API server restart). */
+  stopApiServer(): Promise<void>;
+  /** Starts kube-apiserver again on the same port, etcd and certificates; resolves when it is ready. */
+  startApiServer(): Promise<void>;
   /** Stops kube-apiserver then etcd (SIGTERM, SIGKILL after a grace period). Idempotent. */
   stop(): Promise<void>;
   /** stop() and remove the temporary directory (certificates, keys, etcd data). */
@@ -150,8 +154,7 @@ export async function startKubeApiServer(assetsDir: string, options: StartKubeAp
     const port = await freePortExcept([clientPort, peerPort]);
     const url = `https://127.0.0.1:${port}`;
     const serviceAccountIssuer = url;
-    const apiStarted = Date.now();
-    const api = spawnLogged(join(assetsDir, 'kube-apiserver'), [
+    const apiArgs = [
       `--etcd-servers=${etcdUrl}`,
       '--bind-address=127.0.0.1',
       '--advertise-address=127.0.0.1',
@@ -174,14 +177,21 @@ export async function startKubeApiServer(assetsDir: string, options: StartKubeAp
       '--allow-privileged=true',
       '--profiling=false',
       ...(options.extraArgs ?? []),
-    ]);
-    children.push(api.child);
+    ];
     const tls = { ca: pki.caCert, cert: pki.adminCert, key: pki.adminKey };
-    await waitUntil('kube-apiserver', api, options.readyTimeoutMs ?? 90_000, async () => {
-      const res = await httpsCall(url, tls, 'GET', '/readyz', { timeoutMs: 2_000 });
-      return res.status === 200;
-    });
-    const apiServerMs = Date.now() - apiStarted;
+    let api: Logged | undefined;
+    const startApiServer = async (): Promise<number> => {
+      const started = Date.now();
+      const proc = spawnLogged(join(assetsDir, 'kube-apiserver'), apiArgs);
+      api = proc;
+      children.push(proc.child);
+      await waitUntil('kube-apiserver', proc, options.readyTimeoutMs ?? 90_000, async () => {
+        const res = await httpsCall(url, tls, 'GET', '/readyz', { timeoutMs: 2_000 });
+        return res.status === 200;
+      });
+      return Date.now() - started;
+    };
+    const apiServerMs = await startApiServer();
 
     const kubeconfig = renderKubeconfig(url, tls);
     const kubeconfigPath = join(dir, 'kubeconfig');
@@ -197,6 +207,13 @@ export async function startKubeApiServer(assetsDir: string, options: StartKubeAp
       tls,
       startup: { etcdMs, apiServerMs },
       request: (method, path, opts) => httpsCall(url, tls, method, path, opts),
+      async stopApiServer() {
+        if (api !== undefined) await terminate(api.child, 10_000);
+      },
+      async startApiServer() {
+        if (api !== undefined && !hasExited(api.child)) return;
+        await startApiServer();
+      },
       stop,
       async destroy() {
         await stop();

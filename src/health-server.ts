@@ -1,6 +1,6 @@
 import { type Server, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { ListenAddress } from '../config/config.js';
+import type { ListenAddress } from './config/config.js';
 
 /**
  * Kubernetes probes over plain HTTP: `GET /healthz` answers 200 while the process runs

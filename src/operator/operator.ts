@@ -1,0 +1,109 @@
+import { readFile } from 'node:fs/promises';
+import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { sleep } from '../backoff.js';
+import { connectPrivacyService, type TokenSource } from '../client/privacy-client.js';
+import type { OperatorConfig, OperatorToken } from '../config/operator-config.js';
+import { ConfigError, errorSummary } from '../errors.js';
+import { type HealthServer, startHealthServer } from '../health-server.js';
+import { EventRecorder } from './event-recorder.js';
+import { LeaderElector } from './leader-election.js';
+import { PrivacyRequestReconciler } from './reconciler.js';
+import { PrivacyRequestCache } from './watch-cache.js';
+import { WorkQueue, runWorkers } from './work-queue.js';
+
+/**
+ * `lethe operator`: the watch cache runs on every replica (readiness means it has synced); the
+ * work queue and its workers run only on the replica holding the Lease.
+ */
+
+export interface RunningOperator {
+  readonly healthAddress: { readonly host: string; readonly port: number };
+  isReady(): boolean;
+  isLeader(): boolean;
+  /** Ordered shutdown: stop leading (releasing the Lease), finish reconciles in flight, stop watching. */
+  stop(): Promise<void>;
+}
+
+export async function startOperator(config: OperatorConfig, logger: Logger): Promise<RunningOperator> {
+  const kc = new KubeConfig();
+  if (config.kubeconfigPath !== undefined) kc.loadFromFile(config.kubeconfigPath);
+  else {
+    try {
+      kc.loadFromCluster();
+    } catch (err) {
+      throw new ConfigError('not running in a pod: point KUBECONFIG at a kubeconfig file', 'KUBECONFIG', { cause: err });
+    }
+  }
+
+  const { client: privacy, close: closePrivacy } = connectPrivacyService(config.server, tokenSource(config.token));
+  let queue: WorkQueue | undefined;
+  const cache = new PrivacyRequestCache(kc, { namespaces: config.namespaces, onChange: (key) => queue?.add(key), logger });
+  const reconciler = new PrivacyRequestReconciler({
+    cache,
+    privacy,
+    customObjects: kc.makeApiClient(CustomObjectsApi),
+    events: new EventRecorder(kc.makeApiClient(CoreV1Api), config.leaderElection.identity, logger),
+    logger,
+    pollIntervalMs: config.pollIntervalMs,
+    callTimeoutMs: config.callTimeoutMs,
+    failpoints: config.failpoints,
+  });
+
+  const stopping = new AbortController();
+  const elector = config.leaderElection.enabled ? new LeaderElector(kc.makeApiClient(CoordinationV1Api), { ...config.leaderElection, releaseOnStop: true, logger }) : undefined;
+
+  const lead = async (leadership: AbortSignal): Promise<void> => {
+    while (!cache.hasSynced() && !leadership.aborted) await sleep(100, leadership);
+    if (leadership.aborted) return;
+    const q = new WorkQueue();
+    queue = q;
+    for (const key of cache.keys()) q.add(key);
+    leadership.addEventListener('abort', () => q.shutDown(), { once: true });
+    logger.info({ concurrency: config.concurrency, resources: q.length }, 'reconciling PrivacyRequests');
+    await runWorkers(q, reconciler.reconcile, config.concurrency, (key, err, retryInMs) => {
+      const level = retryInMs === undefined ? 'error' : (err as { code?: unknown }).code === 409 ? 'debug' : 'warn';
+      logger[level]({ resource: key, err: errorSummary(err), retryInMs }, 'reconcile failed');
+    });
+    if (queue === q) queue = undefined;
+  };
+
+  let health: HealthServer | undefined;
+  try {
+    health = await startHealthServer(config.healthListen, () => cache.hasSynced());
+    await cache.start();
+  } catch (err) {
+    await health?.close();
+    closePrivacy();
+    throw err;
+  }
+  const running = (elector !== undefined ? elector.run(stopping.signal, lead) : lead(stopping.signal)).catch((err: unknown) =>
+    logger.error({ err: errorSummary(err) }, 'the operator stopped working'),
+  );
+  logger.info({ server: config.server, namespaces: config.namespaces.length === 0 ? 'all' : config.namespaces, leaderElection: config.leaderElection.enabled }, 'operator started');
+
+  const healthAddress = health.address;
+  return {
+    healthAddress,
+    isReady: () => cache.hasSynced(),
+    isLeader: () => (elector === undefined ? true : elector.isLeader()),
+    async stop() {
+      stopping.abort();
+      await running;
+      await cache.stop();
+      await health?.close();
+      closePrivacy();
+    },
+  };
+}
+
+function tokenSource(token: OperatorToken): TokenSource {
+  if (token.kind === 'static') return token.token;
+  return async () => {
+    try {
+      return (await readFile(token.path, 'utf8')).trim();
+    } catch (err) {
+      throw new ConfigError(`cannot read the token file (${(err as NodeJS.ErrnoException).code ?? 'error'}); is the projected ServiceAccount token mounted?`, 'LETHE_TOKEN_FILE', { cause: err });
+    }
+  };
+}

@@ -1,0 +1,145 @@
+import { isDeepStrictEqual } from 'node:util';
+import type { CustomObjectsApi } from '@kubernetes/client-node';
+import { ClientError, Status } from 'nice-grpc';
+import type { Logger } from 'pino';
+import type { PrivacyClient } from '../client/privacy-client.js';
+import { errorSummary } from '../errors.js';
+import { type Failpoint, hitFailpoint } from '../failpoints.js';
+import type { PrivacyRequest as LedgerEntry } from '../gen/lethe/privacy/v1/privacy.js';
+import { setCondition } from './conditions.js';
+import type { EventRecorder } from './event-recorder.js';
+import { GROUP, PLURAL, type PrivacyRequestResource, type PrivacyRequestStatus, VERSION, splitKey } from './privacy-request.js';
+import { READY, ledgerStatus, refusedStatus, runningStatus, transitions } from './status.js';
+import type { ReconcileResult } from './work-queue.js';
+
+/**
+ * Level-based reconciliation of one PrivacyRequest: read it from the cache, ask the
+ * PrivacyService where its request stands, write the status through `/status`, record Events
+ * for what changed. The resource's UID is the idempotency key, so a reconcile repeated after a
+ * crash replays the first forget or export rather than running it again.
+ */
+
+export interface ReconcilerOptions {
+  readonly cache: { get(namespace: string, name: string): PrivacyRequestResource | undefined };
+  readonly privacy: PrivacyClient;
+  readonly customObjects: CustomObjectsApi;
+  readonly events: EventRecorder;
+  readonly logger: Logger;
+  readonly pollIntervalMs: number;
+  readonly callTimeoutMs: number;
+  readonly now?: () => Date;
+  readonly failpoints?: ReadonlySet<Failpoint>;
+}
+
+/** Refusals that retrying cannot change: the request fails for good. */
+const TERMINAL: ReadonlyMap<Status, string> = new Map([
+  [Status.PERMISSION_DENIED, 'PermissionDenied'],
+  [Status.NOT_FOUND, 'SubjectNotFound'],
+  [Status.INVALID_ARGUMENT, 'InvalidRequest'],
+  [Status.FAILED_PRECONDITION, 'FailedPrecondition'],
+]);
+
+/** Artifacts are looked at again this long after they expire, when the server has deleted them. */
+const EXPIRY_GRACE_MS = 60_000;
+
+export class PrivacyRequestReconciler {
+  private readonly now: () => Date;
+
+  constructor(private readonly opts: ReconcilerOptions) {
+    this.now = opts.now ?? (() => new Date());
+  }
+
+  readonly reconcile = async (key: string): Promise<ReconcileResult | undefined> => {
+    const { namespace, name } = splitKey(key);
+    const obj = this.opts.cache.get(namespace, name);
+    // Gone, or going: nothing to converge. The ledger keeps the request either way.
+    if (obj === undefined || obj.metadata.deletionTimestamp !== undefined) return undefined;
+
+    const phase = obj.status?.phase;
+    if (phase === 'Failed') return undefined;
+    if (phase === 'Succeeded') return obj.spec.type === 'Export' ? this.watchExpiry(obj) : undefined;
+    if (phase === 'WaitingForDownstream' && obj.status?.requestId !== undefined) return this.follow(obj, obj.status.requestId);
+    return this.carryOut(obj);
+  };
+
+  /** Pending or Running: (re)issue the call. A replay after a crash returns the first result. */
+  private async carryOut(obj: PrivacyRequestResource): Promise<ReconcileResult | undefined> {
+    let current = obj;
+    if (current.status?.phase !== 'Running') current = await this.writeStatus(current, runningStatus(current, this.now()));
+
+    const idempotencyKey = current.metadata.uid ?? '';
+    const { subjectId, reason } = current.spec;
+    let requestId: string;
+    try {
+      const signal = AbortSignal.timeout(this.opts.callTimeoutMs);
+      if (current.spec.type === 'Forget') {
+        const r = await this.opts.privacy.forgetUser({ userId: subjectId, reason: reason ?? 'GDPR Art. 17 erasure request (PrivacyRequest)', idempotencyKey }, { signal });
+        requestId = r.requestId;
+      } else {
+        const r = await this.opts.privacy.storeExport({ userId: subjectId, reason: reason ?? '', idempotencyKey }, { signal });
+        requestId = r.requestId;
+      }
+    } catch (err) {
+      return this.onCallFailed(current, err);
+    }
+    hitFailpoint(this.opts.failpoints ?? new Set(), 'operator-after-call');
+    return this.follow(current, requestId);
+  }
+
+  /** Mirrors the ledger entry into the status; keeps polling while downstream confirmations are due. */
+  private async follow(obj: PrivacyRequestResource, requestId: string): Promise<ReconcileResult | undefined> {
+    let entry: LedgerEntry | undefined;
+    try {
+      entry = (await this.opts.privacy.getPrivacyRequest({ id: requestId }, { signal: AbortSignal.timeout(this.opts.callTimeoutMs) })).request;
+    } catch (err) {
+      return this.onCallFailed(obj, err);
+    }
+    if (entry === undefined) throw new Error('GetPrivacyRequest answered without a request');
+    const updated = await this.writeStatus(obj, ledgerStatus(obj, entry, this.now()));
+    if (updated.status?.phase === 'WaitingForDownstream' || updated.status?.phase === 'Running') return { requeueAfterMs: this.opts.pollIntervalMs };
+    if (updated.status?.phase === 'Succeeded' && obj.spec.type === 'Export') return this.watchExpiry(updated);
+    return undefined;
+  }
+
+  /** A stored export: look again once it has expired, so the status says it was deleted. */
+  private async watchExpiry(obj: PrivacyRequestResource): Promise<ReconcileResult | undefined> {
+    const artifact = obj.status?.artifact;
+    if (artifact === undefined || artifact.state === 'Expired' || artifact.expiresAt === undefined || obj.status?.requestId === undefined) return undefined;
+    const wait = new Date(artifact.expiresAt).getTime() + EXPIRY_GRACE_MS - this.now().getTime();
+    if (wait > 0) return { requeueAfterMs: Math.min(wait, 2 ** 31 - 1) };
+    return this.follow(obj, obj.status.requestId);
+  }
+
+  private async onCallFailed(obj: PrivacyRequestResource, err: unknown): Promise<ReconcileResult | undefined> {
+    if (err instanceof ClientError) {
+      const reason = TERMINAL.get(err.code);
+      // The server's messages never carry personal data beyond the subject id: safe for status and Events.
+      if (reason !== undefined) {
+        await this.writeStatus(obj, refusedStatus(obj, reason, err.details, this.now()));
+        return undefined;
+      }
+      const message = `The PrivacyService answered ${Status[err.code]}: ${err.details}; retrying with backoff`;
+      const generation = obj.metadata.generation ?? 0;
+      const status = { ...obj.status, conditions: setCondition(obj.status?.conditions, { type: READY, status: 'False', reason: 'Retrying', message, observedGeneration: generation }, this.now()) };
+      await this.writeStatus(obj, status).catch((e: unknown) => this.opts.logger.debug({ err: errorSummary(e) }, 'could not record the retry'));
+    }
+    throw err;
+  }
+
+  /** Writes `status` through the status subresource (optimistic: a conflict requeues) and records its Events. */
+  private async writeStatus(obj: PrivacyRequestResource, status: PrivacyRequestStatus): Promise<PrivacyRequestResource> {
+    if (isDeepStrictEqual(obj.status ?? {}, status)) return obj;
+    const { namespace = '', name = '' } = obj.metadata;
+    const updated = (await this.opts.customObjects.replaceNamespacedCustomObjectStatus({
+      group: GROUP,
+      version: VERSION,
+      plural: PLURAL,
+      namespace,
+      name,
+      body: { ...obj, status },
+    })) as PrivacyRequestResource;
+    for (const t of transitions(obj.status, status, obj.spec.type)) await this.opts.events.record(updated, t.type, t.reason, t.message);
+    this.opts.logger.info({ resource: `${namespace}/${name}`, phase: status.phase, requestId: status.requestId }, 'status updated');
+    return updated;
+  }
+}

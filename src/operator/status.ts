@@ -1,0 +1,188 @@
+import {
+  ArtifactState,
+  ConfirmationState,
+  type ExportArtifact,
+  type PrivacyRequest as LedgerEntry,
+  RequestState,
+} from '../gen/lethe/privacy/v1/privacy.js';
+import { setCondition } from './conditions.js';
+import type { ArtifactStatus, Condition, DownstreamStatus, Phase, PrivacyRequestResource, PrivacyRequestStatus } from './privacy-request.js';
+
+/**
+ * Pure status derivation: from the resource's current status and what the PrivacyService says,
+ * the status the operator should write. The reconciler only decides when to ask and writes.
+ */
+
+export const READY = 'Ready';
+export const DOWNSTREAM_PURGED = 'DownstreamPurged';
+
+/** What a status change means for a person reading `kubectl describe`. */
+export interface Transition {
+  readonly type: 'Normal' | 'Warning';
+  readonly reason: string;
+  readonly message: string;
+}
+
+export function runningStatus(obj: PrivacyRequestResource, now: Date): PrivacyRequestStatus {
+  const generation = obj.metadata.generation ?? 0;
+  const verb = obj.spec.type === 'Forget' ? 'Anonymizing the subject' : 'Exporting the subject to an encrypted artifact';
+  return clean({
+    ...obj.status,
+    phase: 'Running',
+    observedGeneration: generation,
+    startedAt: obj.status?.startedAt ?? now.toISOString(),
+    conditions: setCondition(obj.status?.conditions, { type: READY, status: 'False', reason: 'Running', message: `${verb} through the PrivacyService`, observedGeneration: generation }, now),
+  });
+}
+
+/** The request was refused for good (policy, unknown subject, invalid input): Failed, not retried. */
+export function refusedStatus(obj: PrivacyRequestResource, reason: string, message: string, now: Date): PrivacyRequestStatus {
+  const generation = obj.metadata.generation ?? 0;
+  return clean({
+    ...obj.status,
+    phase: 'Failed',
+    observedGeneration: generation,
+    startedAt: obj.status?.startedAt ?? now.toISOString(),
+    completedAt: now.toISOString(),
+    conditions: setCondition(obj.status?.conditions, { type: READY, status: 'False', reason, message, observedGeneration: generation }, now),
+  });
+}
+
+/** The status mirroring the ledger entry (and, for exports, the stored artifact). */
+export function ledgerStatus(obj: PrivacyRequestResource, entry: LedgerEntry, now: Date): PrivacyRequestStatus {
+  const generation = obj.metadata.generation ?? 0;
+  const downstream = entry.confirmations.map(toDownstream);
+  const artifact = entry.artifact === undefined ? undefined : toArtifact(entry.artifact);
+  const phase = phaseOf(entry);
+  let conditions = obj.status?.conditions;
+  const ready = readyCondition(obj, entry, phase, downstream, artifact);
+  conditions = setCondition(conditions, { ...ready, observedGeneration: generation }, now);
+  if (obj.spec.type === 'Forget' && downstream.length > 0) {
+    const failed = downstream.filter((d) => d.state === 'Failed').map((d) => d.service);
+    const pending = downstream.filter((d) => d.state === 'Pending').map((d) => d.service);
+    const purged = failed.length === 0 && pending.length === 0;
+    conditions = setCondition(
+      conditions,
+      {
+        type: DOWNSTREAM_PURGED,
+        status: purged ? 'True' : 'False',
+        reason: purged ? 'AllConfirmed' : failed.length > 0 ? 'PurgeFailed' : 'Waiting',
+        message: purged ? `All ${downstream.length} downstream services confirmed their purge` : failed.length > 0 ? `Purge failed in: ${failed.join(', ')}` : `Waiting for: ${pending.join(', ')}`,
+        observedGeneration: generation,
+      },
+      now,
+    );
+  }
+  return clean({
+    ...obj.status,
+    phase,
+    observedGeneration: generation,
+    requestId: entry.id,
+    receivedAt: iso(entry.receivedAt),
+    dueAt: iso(entry.dueAt),
+    startedAt: obj.status?.startedAt ?? now.toISOString(),
+    completedAt: phase === 'Succeeded' || phase === 'Failed' ? (iso(entry.completedAt) ?? now.toISOString()) : undefined,
+    conditions,
+    downstream: downstream.length > 0 ? downstream : undefined,
+    artifact,
+  });
+}
+
+function phaseOf(entry: LedgerEntry): Phase {
+  switch (entry.state) {
+    case RequestState.REQUEST_STATE_ANONYMIZED:
+      return 'WaitingForDownstream';
+    case RequestState.REQUEST_STATE_COMPLETED:
+      return 'Succeeded';
+    case RequestState.REQUEST_STATE_FAILED:
+      return 'Failed';
+    default:
+      return 'Running';
+  }
+}
+
+function readyCondition(obj: PrivacyRequestResource, entry: LedgerEntry, phase: Phase, downstream: readonly DownstreamStatus[], artifact: ArtifactStatus | undefined): Omit<Condition, 'lastTransitionTime'> {
+  switch (phase) {
+    case 'Succeeded':
+      if (obj.spec.type === 'Export') {
+        return artifact?.state === 'Expired'
+          ? { type: READY, status: 'True', reason: 'ArtifactExpired', message: `The export artifact expired at ${artifact.expiresAt ?? 'its expiry'} and was deleted; create a new Export request to export again` }
+          : { type: READY, status: 'True', reason: 'ArtifactStored', message: `Fetch the export with: lethe export --request ${entry.id} -o export.json` };
+      }
+      return {
+        type: READY,
+        status: 'True',
+        reason: 'Erased',
+        message: downstream.length > 0 ? `Anonymized, and ${downstream.length} downstream services confirmed their purge` : 'Anonymized; no downstream services are configured to confirm',
+      };
+    case 'WaitingForDownstream':
+      return { type: READY, status: 'False', reason: 'WaitingForDownstream', message: `Anonymized in the primary database; ${downstream.filter((d) => d.state !== 'Purged').length} of ${downstream.length} downstream services have not confirmed` };
+    case 'Failed':
+      return { type: READY, status: 'False', reason: 'Failed', message: entry.error === '' ? 'The PrivacyService could not carry out the request' : entry.error };
+    default:
+      return { type: READY, status: 'False', reason: 'Running', message: 'The PrivacyService is carrying out the request' };
+  }
+}
+
+/** Events for what changed between two statuses, in the order a person would read them. */
+export function transitions(before: PrivacyRequestStatus | undefined, after: PrivacyRequestStatus, kind: 'Export' | 'Forget'): Transition[] {
+  const out: Transition[] = [];
+  const ready = after.conditions?.find((c) => c.type === READY);
+  if (before?.phase !== after.phase) {
+    switch (after.phase) {
+      case 'Running':
+        out.push({ type: 'Normal', reason: 'Started', message: kind === 'Forget' ? 'Anonymizing the subject through the PrivacyService' : 'Exporting the subject to an encrypted artifact' });
+        break;
+      case 'WaitingForDownstream':
+        out.push({ type: 'Normal', reason: 'Anonymized', message: `Anonymized in the primary database (request ${after.requestId ?? ''}); waiting for downstream services to confirm their purge` });
+        break;
+      case 'Succeeded':
+        out.push({ type: 'Normal', reason: kind === 'Forget' ? 'Erased' : 'ArtifactStored', message: ready?.message ?? 'Succeeded' });
+        break;
+      case 'Failed':
+        out.push({ type: 'Warning', reason: ready?.reason ?? 'Failed', message: ready?.message ?? 'Failed' });
+        break;
+      default:
+        break;
+    }
+  }
+  for (const d of after.downstream ?? []) {
+    const was = before?.downstream?.find((b) => b.service === d.service)?.state;
+    if (was === d.state || d.state === 'Pending') continue;
+    out.push(d.state === 'Purged' ? { type: 'Normal', reason: 'DownstreamPurged', message: `${d.service} confirmed its purge` } : { type: 'Warning', reason: 'DownstreamPurgeFailed', message: `${d.service} could not purge: ${d.error ?? 'no reason given'}` });
+  }
+  if (before?.artifact?.state === 'Available' && after.artifact?.state === 'Expired') {
+    out.push({ type: 'Normal', reason: 'ArtifactExpired', message: 'The export artifact expired and was deleted' });
+  }
+  return out;
+}
+
+function toDownstream(c: LedgerEntry['confirmations'][number]): DownstreamStatus {
+  switch (c.state) {
+    case ConfirmationState.CONFIRMATION_STATE_PURGED:
+      return clean({ service: c.service, state: 'Purged', purgedAt: iso(c.purgedAt) });
+    case ConfirmationState.CONFIRMATION_STATE_FAILED:
+      return clean({ service: c.service, state: 'Failed', error: c.error === '' ? undefined : c.error });
+    default:
+      return { service: c.service, state: 'Pending' };
+  }
+}
+
+export function toArtifact(a: ExportArtifact): ArtifactStatus {
+  return clean({
+    sha256: a.sha256,
+    sizeBytes: a.sizeBytes,
+    totalRecords: a.totalRecords,
+    counts: Object.fromEntries(a.counts.map((c) => [c.category, c.exported])),
+    createdAt: iso(a.createdAt),
+    expiresAt: iso(a.expiresAt),
+    state: a.state === ArtifactState.ARTIFACT_STATE_EXPIRED ? 'Expired' : 'Available',
+  });
+}
+
+const iso = (d: Date | undefined): string | undefined => (d === undefined ? undefined : d.toISOString());
+
+/** Drops undefined members, so a status compares equal to the same status read back from the API server. */
+function clean<T extends object>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
+}

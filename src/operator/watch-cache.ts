@@ -1,0 +1,106 @@
+import { CustomObjectsApi, type KubeConfig, type KubernetesListObject, type ListWatch, makeInformer } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { backoffDelay } from '../backoff.js';
+import { errorSummary } from '../errors.js';
+import { GROUP, PLURAL, type PrivacyRequestResource, VERSION, keyOf } from './privacy-request.js';
+
+/**
+ * The operator's view of PrivacyRequests: one list-and-watch per watched namespace (or one for
+ * all), built on client-node's informer, which re-lists after `410 Gone`. A watch that fails
+ * (the API server restarted or is unreachable) is restarted here with jittered exponential
+ * backoff; the process never exits over it.
+ */
+
+export interface WatchCacheOptions {
+  /** Namespaces to watch; empty: all. */
+  readonly namespaces: readonly string[];
+  /** Called with `namespace/name` for every add, update and delete. */
+  readonly onChange: (key: string) => void;
+  readonly logger: Logger;
+  readonly restartBaseMs?: number;
+  readonly restartMaxMs?: number;
+}
+
+interface Watched {
+  readonly scope: string;
+  readonly informer: ListWatch<PrivacyRequestResource>;
+  listed: boolean;
+  failures: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export class PrivacyRequestCache {
+  private readonly watched: Watched[];
+  private stopped = false;
+
+  constructor(
+    kc: KubeConfig,
+    private readonly opts: WatchCacheOptions,
+  ) {
+    const api = kc.makeApiClient(CustomObjectsApi);
+    const scopes = opts.namespaces.length === 0 ? [undefined] : opts.namespaces;
+    this.watched = scopes.map((namespace) => {
+      const path = namespace === undefined ? `/apis/${GROUP}/${VERSION}/${PLURAL}` : `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/${PLURAL}`;
+      const entry: Partial<Watched> & { listed: boolean; failures: number } = { scope: namespace ?? '*', listed: false, failures: 0 };
+      const list = async (): Promise<KubernetesListObject<PrivacyRequestResource>> => {
+        const res = (await (namespace === undefined
+          ? api.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL })
+          : api.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: PLURAL }))) as KubernetesListObject<PrivacyRequestResource>;
+        entry.listed = true;
+        entry.failures = 0;
+        opts.logger.debug({ scope: entry.scope, count: res.items.length }, 'listed PrivacyRequests');
+        return res;
+      };
+      const informer = makeInformer<PrivacyRequestResource>(kc, path, list);
+      const w = Object.assign(entry, { informer, timer: undefined }) as Watched;
+      const changed = (obj: PrivacyRequestResource) => opts.onChange(keyOf(obj));
+      informer.on('add', changed);
+      informer.on('update', changed);
+      informer.on('delete', changed);
+      informer.on('error', (err: unknown) => this.restartLater(w, err));
+      return w;
+    });
+  }
+
+  /** Starts every watch; resolves once each has tried its first list (see hasSynced). */
+  async start(): Promise<void> {
+    this.stopped = false;
+    await Promise.all(this.watched.map((w) => w.informer.start()));
+  }
+
+  /** True once every watched scope has been listed: the cache may be trusted. */
+  hasSynced(): boolean {
+    return this.watched.every((w) => w.listed);
+  }
+
+  get(namespace: string, name: string): PrivacyRequestResource | undefined {
+    for (const w of this.watched) {
+      const obj = w.informer.get(name, namespace);
+      if (obj !== undefined) return obj;
+    }
+    return undefined;
+  }
+
+  keys(): string[] {
+    return this.watched.flatMap((w) => w.informer.list().map(keyOf));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const w of this.watched) {
+      if (w.timer !== undefined) clearTimeout(w.timer);
+      await w.informer.stop();
+    }
+  }
+
+  private restartLater(w: Watched, err: unknown): void {
+    if (this.stopped || w.timer !== undefined) return;
+    const delay = backoffDelay(w.failures++, this.opts.restartBaseMs ?? 500, this.opts.restartMaxMs ?? 30_000);
+    this.opts.logger.warn({ scope: w.scope, err: errorSummary(err), retryInMs: delay }, 'PrivacyRequest watch failed; restarting it');
+    w.timer = setTimeout(() => {
+      w.timer = undefined;
+      if (!this.stopped) void w.informer.start();
+    }, delay);
+    w.timer.unref();
+  }
+}
