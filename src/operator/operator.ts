@@ -9,7 +9,7 @@ import { type HealthServer, startHealthServer } from '../health-server.js';
 import { EventRecorder } from './event-recorder.js';
 import { LeaderElector } from './leader-election.js';
 import { PrivacyRequestReconciler } from './reconciler.js';
-import { PrivacyRequestCache } from './watch-cache.js';
+import { PrivacyRequestCache, describeKubeError } from './watch-cache.js';
 import { WorkQueue, runWorkers } from './work-queue.js';
 
 /**
@@ -63,7 +63,7 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
     logger.info({ concurrency: config.concurrency, resources: q.length }, 'reconciling PrivacyRequests');
     await runWorkers(q, reconciler.reconcile, config.concurrency, (key, err, retryInMs) => {
       const level = retryInMs === undefined ? 'error' : (err as { code?: unknown }).code === 409 ? 'debug' : 'warn';
-      logger[level]({ resource: key, err: errorSummary(err), retryInMs }, 'reconcile failed');
+      logger[level]({ resource: key, ...describeKubeError(err), retryInMs }, 'reconcile failed');
     });
     if (queue === q) queue = undefined;
   };

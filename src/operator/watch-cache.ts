@@ -25,7 +25,10 @@ interface Watched {
   readonly scope: string;
   readonly informer: ListWatch<PrivacyRequestResource>;
   listed: boolean;
+  /** Consecutive failed (re)starts: the backoff exponent. */
   failures: number;
+  /** Errors seen in all: a restart that saw none succeeded. */
+  errors: number;
   timer: NodeJS.Timeout | undefined;
 }
 
@@ -41,7 +44,7 @@ export class PrivacyRequestCache {
     const scopes = opts.namespaces.length === 0 ? [undefined] : opts.namespaces;
     this.watched = scopes.map((namespace) => {
       const path = namespace === undefined ? `/apis/${GROUP}/${VERSION}/${PLURAL}` : `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/${PLURAL}`;
-      const entry: Partial<Watched> & { listed: boolean; failures: number } = { scope: namespace ?? '*', listed: false, failures: 0 };
+      const entry: Partial<Watched> & { listed: boolean; failures: number; errors: number } = { scope: namespace ?? '*', listed: false, failures: 0, errors: 0 };
       const list = async (): Promise<KubernetesListObject<PrivacyRequestResource>> => {
         const res = (await (namespace === undefined
           ? api.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL })
@@ -94,13 +97,41 @@ export class PrivacyRequestCache {
   }
 
   private restartLater(w: Watched, err: unknown): void {
+    w.errors++;
     if (this.stopped || w.timer !== undefined) return;
     const delay = backoffDelay(w.failures++, this.opts.restartBaseMs ?? 500, this.opts.restartMaxMs ?? 30_000);
-    this.opts.logger.warn({ scope: w.scope, err: errorSummary(err), retryInMs: delay }, 'PrivacyRequest watch failed; restarting it');
+    const problem = describeKubeError(err);
+    const level = problem.status === 403 ? 'error' : 'warn';
+    this.opts.logger[level]({ scope: w.scope, ...problem, retryInMs: delay }, problem.status === 403 ? FORBIDDEN : 'PrivacyRequest watch failed; restarting it');
     w.timer = setTimeout(() => {
       w.timer = undefined;
-      if (!this.stopped) void w.informer.start();
+      if (this.stopped) return;
+      const before = w.errors;
+      void w.informer.start().then(() => {
+        if (w.errors !== before) return;
+        w.failures = 0;
+        this.opts.logger.info({ scope: w.scope }, 'PrivacyRequest watch restarted');
+      });
     }, delay);
     w.timer.unref();
   }
+}
+
+const FORBIDDEN =
+  "the operator's identity may not list and watch privacyrequests.privacy.lethe.dev: grant it the Helm chart's operator RBAC (get, list, watch on privacyrequests; update on privacyrequests/status; create on events)";
+
+/** An API server error as a log line can carry it: HTTP status and Kubernetes reason, nothing else. */
+export function describeKubeError(err: unknown): { status?: number; reason?: string; err: ReturnType<typeof errorSummary> } {
+  const code = (err as { code?: unknown }).code;
+  const status = typeof code === 'number' ? code : (err as { statusCode?: unknown }).statusCode;
+  let reason: string | undefined;
+  try {
+    const body = (err as { body?: unknown }).body;
+    const parsed: unknown = typeof body === 'string' ? JSON.parse(body) : body;
+    const r = (parsed as { reason?: unknown } | undefined)?.reason;
+    if (typeof r === 'string') reason = r;
+  } catch {
+    // not a Kubernetes Status body
+  }
+  return { ...(typeof status === 'number' ? { status } : {}), ...(reason !== undefined ? { reason } : {}), err: errorSummary(err) };
 }
