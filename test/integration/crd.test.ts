@@ -1,30 +1,19 @@
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../support/kube-apiserver.js';
+import { CRD_PATH as CRD, type Kubectl, kubectlFor } from '../support/kubectl.js';
 
 /**
  * The PrivacyRequest CRD on a real kube-apiserver: the API server itself validates the spec,
  * keeps it immutable, and kubectl shows the printer columns and the field documentation.
  */
 
-const CRD = join(process.cwd(), 'deploy', 'helm', 'lethe', 'files', 'privacyrequests.privacy.lethe.dev.yaml');
 const assets = requireKubeAssets();
 
 describe.runIf(assets !== undefined)('the PrivacyRequest CRD on a real API server', () => {
   let kube: KubeApiServer;
+  let kubectl: Kubectl;
   const ns = 'privacy';
 
-  const kubectl = async (args: string[], stdin?: string): Promise<{ code: number; stdout: string; stderr: string }> =>
-    new Promise((resolve) => {
-      const p = spawn(join(assets ?? '', 'kubectl'), ['--kubeconfig', kube.kubeconfigPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-      p.stdin.end(stdin ?? '');
-    });
   const request = (name: string, spec: string) => `apiVersion: privacy.lethe.dev/v1alpha1
 kind: PrivacyRequest
 metadata: {name: ${name}, namespace: ${ns}}
@@ -34,6 +23,7 @@ ${spec}
 
   beforeAll(async () => {
     kube = await startKubeApiServer(assets ?? '');
+    kubectl = kubectlFor(assets ?? '', kube.kubeconfigPath);
     expect((await kubectl(['apply', '-f', CRD])).code).toBe(0);
     expect((await kubectl(['wait', '--for=condition=Established', 'crd/privacyrequests.privacy.lethe.dev', '--timeout=30s'])).code).toBe(0);
     expect((await kubectl(['create', 'namespace', ns])).code).toBe(0);

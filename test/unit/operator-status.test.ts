@@ -1,0 +1,130 @@
+import { describe, expect, it } from 'vitest';
+import { ArtifactState, ConfirmationState, type PrivacyRequest as LedgerEntry, RequestState, RequestType } from '../../src/gen/lethe/privacy/v1/privacy.js';
+import { setCondition } from '../../src/operator/conditions.js';
+import type { PrivacyRequestResource } from '../../src/operator/privacy-request.js';
+import { ledgerStatus, refusedStatus, runningStatus, transitions } from '../../src/operator/status.js';
+
+const t0 = new Date('2026-11-22T10:00:00.000Z');
+const t1 = new Date('2026-11-22T10:05:00.000Z');
+
+const resource = (type: 'Export' | 'Forget', status?: PrivacyRequestResource['status']): PrivacyRequestResource => ({
+  apiVersion: 'privacy.lethe.dev/v1alpha1',
+  kind: 'PrivacyRequest',
+  metadata: { name: 'r', namespace: 'ns', uid: 'uid-1', generation: 1 },
+  spec: { type, subjectId: 'user-id-123' },
+  ...(status === undefined ? {} : { status }),
+});
+
+const entry = (over: Partial<LedgerEntry>): LedgerEntry => ({
+  id: '5f0c5b7e-52a5-4f3a-9b0e-1a2b3c4d5e6f',
+  type: RequestType.REQUEST_TYPE_FORGET,
+  subjectId: 'user-id-123',
+  requester: 'lethe-operator',
+  reason: 'GDPR',
+  state: RequestState.REQUEST_STATE_COMPLETED,
+  receivedAt: t0,
+  dueAt: new Date('2026-12-22T10:00:00.000Z'),
+  completedAt: t0,
+  overdue: false,
+  error: '',
+  rowsAffected: [],
+  confirmations: [],
+  artifact: undefined,
+  ...over,
+});
+
+describe('setCondition', () => {
+  it('moves lastTransitionTime only when the status flips', () => {
+    const a = setCondition(undefined, { type: 'Ready', status: 'False', reason: 'Running', message: 'm1' }, t0);
+    const b = setCondition(a, { type: 'Ready', status: 'False', reason: 'Waiting', message: 'm2' }, t1);
+    expect(b).toEqual([{ type: 'Ready', status: 'False', reason: 'Waiting', message: 'm2', lastTransitionTime: t0.toISOString() }]);
+    const c = setCondition(b, { type: 'Ready', status: 'True', reason: 'Done', message: 'm3' }, t1);
+    expect(c[0]?.lastTransitionTime).toBe(t1.toISOString());
+  });
+
+  it('keeps conditions of other types', () => {
+    const a = setCondition(undefined, { type: 'A', status: 'True', reason: 'R', message: '' }, t0);
+    expect(setCondition(a, { type: 'B', status: 'False', reason: 'R', message: '' }, t1).map((c) => c.type)).toEqual(['A', 'B']);
+  });
+});
+
+describe('status derivation', () => {
+  it('Running keeps the first startedAt', () => {
+    const s = runningStatus(resource('Forget', { startedAt: t0.toISOString() }), t1);
+    expect(s).toMatchObject({ phase: 'Running', observedGeneration: 1, startedAt: t0.toISOString() });
+    expect(s.conditions?.[0]).toMatchObject({ type: 'Ready', status: 'False', reason: 'Running', observedGeneration: 1 });
+  });
+
+  it('a forget waiting for downstream services lists each and says who is pending', () => {
+    const s = ledgerStatus(
+      resource('Forget'),
+      entry({
+        state: RequestState.REQUEST_STATE_ANONYMIZED,
+        completedAt: undefined,
+        confirmations: [
+          { service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_PURGED, purgedAt: t1, rowsAffected: [], error: '' },
+          { service: 'analytics', state: ConfirmationState.CONFIRMATION_STATE_PENDING, purgedAt: undefined, rowsAffected: [], error: '' },
+        ],
+      }),
+      t1,
+    );
+    expect(s.phase).toBe('WaitingForDownstream');
+    expect(s.completedAt).toBeUndefined();
+    expect(s.downstream).toEqual([
+      { service: 'orders', state: 'Purged', purgedAt: t1.toISOString() },
+      { service: 'analytics', state: 'Pending' },
+    ]);
+    expect(s.conditions?.find((c) => c.type === 'DownstreamPurged')).toMatchObject({ status: 'False', reason: 'Waiting', message: 'Waiting for: analytics' });
+  });
+
+  it('a stored export carries the artifact and says how to fetch it', () => {
+    const s = ledgerStatus(
+      resource('Export'),
+      entry({
+        type: RequestType.REQUEST_TYPE_EXPORT,
+        artifact: {
+          requestId: 'x',
+          sha256: 'ab'.repeat(32),
+          sizeBytes: 1234,
+          counts: [{ category: 'profile', exported: 1 }, { category: 'login_events', exported: 50 }],
+          totalRecords: 51,
+          createdAt: t0,
+          expiresAt: new Date('2026-11-29T10:00:00.000Z'),
+          state: ArtifactState.ARTIFACT_STATE_AVAILABLE,
+        },
+      }),
+      t1,
+    );
+    expect(s.phase).toBe('Succeeded');
+    expect(s.artifact).toEqual({
+      sha256: 'ab'.repeat(32),
+      sizeBytes: 1234,
+      totalRecords: 51,
+      counts: { profile: 1, login_events: 50 },
+      createdAt: t0.toISOString(),
+      expiresAt: '2026-11-29T10:00:00.000Z',
+      state: 'Available',
+    });
+    expect(s.conditions?.[0]).toMatchObject({ status: 'True', reason: 'ArtifactStored', message: 'Fetch the export with: lethe export --request 5f0c5b7e-52a5-4f3a-9b0e-1a2b3c4d5e6f -o export.json' });
+  });
+
+  it('a refusal is Failed with the reason and the message', () => {
+    const s = refusedStatus(resource('Forget'), 'PermissionDenied', 'Platform owners cannot be anonymized', t1);
+    expect(s).toMatchObject({ phase: 'Failed', completedAt: t1.toISOString() });
+    expect(s.conditions?.[0]).toMatchObject({ status: 'False', reason: 'PermissionDenied', message: 'Platform owners cannot be anonymized' });
+  });
+});
+
+describe('transitions', () => {
+  it('records each change once, as a person would read it', () => {
+    const running = runningStatus(resource('Forget'), t0);
+    expect(transitions(undefined, running, 'Forget').map((e) => e.reason)).toEqual(['Started']);
+    expect(transitions(running, running, 'Forget')).toEqual([]);
+    const waiting = ledgerStatus(resource('Forget', running), entry({ state: RequestState.REQUEST_STATE_ANONYMIZED, confirmations: [{ service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_PENDING, purgedAt: undefined, rowsAffected: [], error: '' }] }), t1);
+    expect(transitions(running, waiting, 'Forget').map((e) => e.reason)).toEqual(['Anonymized']);
+    const failedPurge = ledgerStatus(resource('Forget', waiting), entry({ state: RequestState.REQUEST_STATE_ANONYMIZED, confirmations: [{ service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_FAILED, purgedAt: undefined, rowsAffected: [], error: 'DatabaseError' }] }), t1);
+    expect(transitions(waiting, failedPurge, 'Forget')).toEqual([{ type: 'Warning', reason: 'DownstreamPurgeFailed', message: 'orders could not purge: DatabaseError' }]);
+    const refused = refusedStatus(resource('Forget', running), 'SubjectNotFound', 'User not found', t1);
+    expect(transitions(running, refused, 'Forget')).toEqual([{ type: 'Warning', reason: 'SubjectNotFound', message: 'User not found' }]);
+  });
+});
