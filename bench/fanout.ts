@@ -18,6 +18,7 @@ import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '
 import { natsClient } from '../test/support/streams.js';
 import { cpuSeconds, findPid, machineCpu, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
 import { LetheProcess } from './fanout/processes.js';
+import { intFlag } from './flags.js';
 import { type StreamEvent, readStream } from './fanout/stream.js';
 import { DOWNSTREAM, type DownstreamService, seedIdentity, userId } from './fanout/services.js';
 
@@ -230,13 +231,6 @@ export async function run(args: string[]): Promise<void> {
   }
 }
 
-function intFlag(args: string[], name: string, fallback: number): number {
-  const at = args.indexOf(name);
-  if (at < 0) return fallback;
-  const n = Number(args[at + 1]);
-  if (!Number.isInteger(n) || n <= 0) throw new Error(`${name} takes a positive integer`);
-  return n;
-}
 
 const ms = (v: number): string => (Number.isNaN(v) ? 'n/a' : v.toFixed(0));
 

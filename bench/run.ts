@@ -5,6 +5,7 @@
 const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {
   export: () => import('./export.js'),
   fanout: () => import('./fanout.js'),
+  operator: () => import('./operator.js'),
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -44,6 +44,12 @@ const EXPIRY_GRACE_MS = 60_000;
 
 export class PrivacyRequestReconciler {
   private readonly now: () => Date;
+  /**
+   * For each key, the resourceVersion our last status write replaced. Until the watch brings the
+   * written version, the cache still holds that one: acting on it would repeat the work and
+   * end in a conflict, so the reconcile waits for the watch event instead.
+   */
+  private readonly superseded = new Map<string, string>();
 
   constructor(private readonly opts: ReconcilerOptions) {
     this.now = opts.now ?? (() => new Date());
@@ -52,6 +58,9 @@ export class PrivacyRequestReconciler {
   readonly reconcile = async (key: string): Promise<ReconcileResult | undefined> => {
     const { namespace, name } = splitKey(key);
     const obj = this.opts.cache.get(namespace, name);
+    const stale = this.superseded.get(key);
+    if (stale !== undefined && stale === obj?.metadata.resourceVersion) return undefined;
+    this.superseded.delete(key);
     // Gone, or going: nothing to converge. The ledger keeps the request either way.
     if (obj === undefined || obj.metadata.deletionTimestamp !== undefined) return undefined;
 
@@ -138,7 +147,9 @@ export class PrivacyRequestReconciler {
       name,
       body: { ...obj, status },
     })) as PrivacyRequestResource;
-    for (const t of transitions(obj.status, status, obj.spec.type)) await this.opts.events.record(updated, t.type, t.reason, t.message);
+    if (obj.metadata.resourceVersion !== undefined) this.superseded.set(`${namespace}/${name}`, obj.metadata.resourceVersion);
+    // Events are best effort and never hold up the reconcile.
+    for (const t of transitions(obj.status, status, obj.spec.type)) void this.opts.events.record(updated, t.type, t.reason, t.message);
     this.opts.logger.info({ resource: `${namespace}/${name}`, phase: status.phase, requestId: status.requestId }, 'status updated');
     return updated;
   }

@@ -1,0 +1,151 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { createChannel, createClient } from 'nice-grpc';
+import { HealthDefinition } from 'nice-grpc-server-health';
+import { mintLocalToken } from '../src/auth/local-key.js';
+import { connectPrivacyService } from '../src/client/privacy-client.js';
+import { GROUP, PLURAL, type PrivacyRequestResource, VERSION } from '../src/operator/privacy-request.js';
+import { openDatabase } from '../src/store/database.js';
+import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../test/support/kube-apiserver.js';
+import { installCrd, kubectlFor, mustKubectl } from '../test/support/kubectl.js';
+import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../test/support/postgres.js';
+import { LetheProcess } from './fanout/processes.js';
+import { intFlag } from './flags.js';
+import { seedIdentity, userId } from './fanout/services.js';
+
+/**
+ * The operator benchmark: a real kube-apiserver, PostgreSQL and a Lethe server process. N Forget
+ * PrivacyRequests (default 1,000) are created at once (64 creates in flight) and the bench
+ * measures the seconds from the first create until every one reports phase Succeeded (polled
+ * every 250 ms), with `lethe operator` in a process of its own at its default concurrency.
+ * Next to it, the same number of forgets (other users) through direct gRPC ForgetUser calls,
+ * with as many calls in flight as the operator has workers, and the ratio of the two.
+ * No downstream services are configured, so a forget completes when the database is anonymized.
+ *
+ * Flags: --count N (default 1000), --concurrency N (the operator's workers and the direct
+ * calls in flight; default 4, the operator's default).
+ */
+
+const PRINCIPAL = 'bench-operator';
+const NAMESPACE = 'bench';
+const CREATES_IN_FLIGHT = 64;
+
+export async function run(args: string[]): Promise<void> {
+  const count = intFlag(args, '--count', 1000);
+  const concurrency = intFlag(args, '--concurrency', 4);
+  const pgBin = requirePostgres();
+  if (pgBin === undefined) throw new Error('PostgreSQL binaries not found: apt-get install -y postgresql, or set LETHE_PG_BIN');
+  const assets = requireKubeAssets();
+  if (assets === undefined) throw new Error('kube-apiserver not found: export KUBEBUILDER_ASSETS="$(scripts/setup-kube-assets.sh)"');
+
+  const dataDir = mkdtempSync(join(tmpdir(), 'lethe-bench-operator-'));
+  const processes: LetheProcess[] = [];
+  let cluster: PostgresCluster | undefined;
+  let kube: KubeApiServer | undefined;
+  try {
+    [cluster, kube] = await Promise.all([startPostgres(pgBin), startKubeApiServer(assets)]);
+    const kubectl = kubectlFor(assets, kube.kubeconfigPath);
+    await installCrd(kubectl);
+    await mustKubectl(kubectl, ['create', 'namespace', NAMESPACE]);
+
+    const databaseUrl = await cluster.createDatabase('lethe_operator_bench');
+    const port = await freePort();
+    const server = new LetheProcess('server', ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], {
+      DATABASE_URL: databaseUrl,
+      LETHE_MIGRATE_IDENTITY_SCHEMA: 'true',
+      LETHE_LOG_LEVEL: 'warn',
+      LETHE_PLATFORM_PRINCIPALS: PRINCIPAL,
+    });
+    processes.push(server);
+    await server.waitReady(() => serving(`127.0.0.1:${port}`));
+    const identity = await openDatabase({ kind: 'postgres', url: databaseUrl, poolMax: 1 });
+    await seedIdentity(identity.knex, 2 * count).finally(() => identity.close());
+    const token = await mintLocalToken(dataDir, PRINCIPAL, 3600);
+
+    // Direct gRPC: users count+1 … 2·count, `concurrency` calls in flight.
+    const grpc = connectPrivacyService(`127.0.0.1:${port}`, token);
+    for (let i = 0; i < 10; i++) await grpc.client.getPrivacyRequest({ id: randomUUID() }).catch(() => undefined);
+    let next = 0;
+    const directStart = performance.now();
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        for (let i = next++; i < count; i = next++) {
+          await grpc.client.forgetUser({ userId: userId(count + 1 + i), reason: 'benchmark', idempotencyKey: randomUUID() });
+        }
+      }),
+    );
+    const directSeconds = (performance.now() - directStart) / 1000;
+    grpc.close();
+
+    const healthPort = await freePort();
+    const operator = new LetheProcess('operator', ['operator'], {
+      KUBECONFIG: kube.kubeconfigPath,
+      LETHE_SERVER: `127.0.0.1:${port}`,
+      LETHE_TOKEN: token,
+      LETHE_OPERATOR_NAMESPACES: NAMESPACE,
+      LETHE_OPERATOR_CONCURRENCY: String(concurrency),
+      LETHE_LEADER_ELECTION_NAMESPACE: NAMESPACE,
+      LETHE_HEALTH_LISTEN: `127.0.0.1:${healthPort}`,
+      LETHE_LOG_LEVEL: process.env.BENCH_OPERATOR_LOG_LEVEL ?? 'warn',
+    });
+    processes.push(operator);
+    await operator.waitReady(async () => (await fetch(`http://127.0.0.1:${healthPort}/readyz`)).status === 200);
+
+    const kc = new KubeConfig();
+    kc.loadFromFile(kube.kubeconfigPath);
+    const api = kc.makeApiClient(CustomObjectsApi);
+    let created = 0;
+    const operatorStart = performance.now();
+    await Promise.all(
+      Array.from({ length: CREATES_IN_FLIGHT }, async () => {
+        for (let i = created++; i < count; i = created++) {
+          await api.createNamespacedCustomObject({
+            group: GROUP,
+            version: VERSION,
+            namespace: NAMESPACE,
+            plural: PLURAL,
+            body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'PrivacyRequest', metadata: { name: `forget-${i + 1}` }, spec: { type: 'Forget', subjectId: userId(i + 1), reason: 'benchmark' } },
+          });
+        }
+      }),
+    );
+    const createSeconds = (performance.now() - operatorStart) / 1000;
+    let succeeded = 0;
+    let failed = 0;
+    const deadline = Date.now() + 600_000;
+    while (succeeded + failed < count && Date.now() < deadline) {
+      await sleep(250);
+      const list = (await api.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NAMESPACE, plural: PLURAL })) as { items: PrivacyRequestResource[] };
+      succeeded = list.items.filter((r) => r.status?.phase === 'Succeeded').length;
+      failed = list.items.filter((r) => r.status?.phase === 'Failed').length;
+    }
+    const operatorSeconds = (performance.now() - operatorStart) / 1000;
+    if (succeeded !== count) throw new Error(`only ${succeeded} of ${count} PrivacyRequests succeeded (${failed} failed) within 600 s`);
+
+    console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}`);
+    console.log(`creates_seconds: ${createSeconds.toFixed(2)}`);
+    console.log(`resources: ${count}`);
+    console.log(`concurrency: ${concurrency}`);
+    console.log(`operator_seconds: ${operatorSeconds.toFixed(2)}`);
+    console.log(`direct_grpc_seconds: ${directSeconds.toFixed(2)}`);
+    console.log(`ratio: ${(operatorSeconds / directSeconds).toFixed(2)}`);
+  } finally {
+    for (const p of processes.reverse()) await p.stop();
+    await kube?.destroy();
+    await cluster?.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+async function serving(address: string): Promise<boolean> {
+  const channel = createChannel(address);
+  try {
+    return (await createClient(HealthDefinition, channel).check({ service: '' }, { signal: AbortSignal.timeout(1_000) })).status === 1;
+  } finally {
+    channel.close();
+  }
+}
