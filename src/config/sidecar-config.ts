@@ -6,6 +6,7 @@ import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import type { DataMap } from '../privacy/data-map.js';
 import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../failpoints.js';
+import { type LogLevel, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type Env, type ListenAddress, parseListen } from './config.js';
 
 /**
@@ -33,7 +34,7 @@ export interface SidecarConfig {
   readonly healthListen: ListenAddress;
   /** Key for the data map's `hash` action (required only when the map uses it). */
   readonly hashKey: Buffer | undefined;
-  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  readonly logLevel: LogLevel;
   /** Test only: where to crash on purpose (see src/failpoints.ts). */
   readonly failpoints: ReadonlySet<Failpoint>;
 }
@@ -48,15 +49,6 @@ export const DEFAULT_HEALTH_LISTEN = '127.0.0.1:8081';
 export const DEFAULT_STREAM = 'LETHE_PRIVACY';
 /** NATS's own default duplicate window, for a stream the sidecar has to create. */
 const STREAM_DUPLICATE_WINDOW_MS = 120_000;
-
-const wholeNumber = (min: number, max: number, fallback: number, unit = '') =>
-  z
-    .string()
-    .regex(/^\d+$/, `must be a whole number from ${min} to ${max}${unit}`)
-    .transform(Number)
-    .refine((n) => n >= min && n <= max, `must be a whole number from ${min} to ${max}${unit}`)
-    .optional()
-    .transform((n) => n ?? fallback);
 
 function isNatsUrl(value: string): boolean {
   try {
@@ -86,9 +78,7 @@ const envSchema = z.object({
     .string()
     .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'must be at least 32 bytes written as hex (openssl rand -hex 32)')
     .optional(),
-  LETHE_LOG_LEVEL: z
-    .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], { message: 'must be one of trace, debug, info, warn, error, fatal, silent' })
-    .default('info'),
+  LETHE_LOG_LEVEL: logLevel,
   LETHE_FAILPOINTS: z.string().optional(),
 });
 
@@ -105,13 +95,7 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
   }
   const healthListen = parseListen(flags.healthListen ?? DEFAULT_HEALTH_LISTEN, '--health-listen');
 
-  const parsed = envSchema.safeParse(env);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const name = String(issue?.path[0] ?? 'environment');
-    throw new ConfigError(issue?.message ?? 'invalid', name);
-  }
-  const e = parsed.data;
+  const e = parseEnv(envSchema, env);
 
   return Object.freeze({
     service: flags.service,

@@ -101,8 +101,8 @@ export class PrivacyRequestCache {
     if (this.stopped || w.timer !== undefined) return;
     const delay = backoffDelay(w.failures++, this.opts.restartBaseMs ?? 500, this.opts.restartMaxMs ?? 30_000);
     const problem = describeKubeError(err);
-    const level = problem.status === 403 ? 'error' : 'warn';
-    this.opts.logger[level]({ scope: w.scope, ...problem, retryInMs: delay }, problem.status === 403 ? FORBIDDEN : 'PrivacyRequest watch failed; restarting it');
+    const hint = problem.status === 403 ? FORBIDDEN : problem.status === 404 ? NO_CRD : undefined;
+    this.opts.logger[hint === undefined ? 'warn' : 'error']({ scope: w.scope, ...problem, retryInMs: delay }, hint ?? 'PrivacyRequest watch failed; restarting it');
     w.timer = setTimeout(() => {
       w.timer = undefined;
       if (this.stopped) return;
@@ -119,6 +119,9 @@ export class PrivacyRequestCache {
 
 const FORBIDDEN =
   "the operator's identity may not list and watch privacyrequests.privacy.lethe.dev: grant it the Helm chart's operator RBAC (get, list, watch on privacyrequests; update on privacyrequests/status; create on events)";
+
+const NO_CRD =
+  'the PrivacyRequest CRD is not installed: helm install the chart with crds.enabled=true, or kubectl apply -f deploy/helm/lethe/files/privacyrequests.privacy.lethe.dev.yaml';
 
 /** An API server error as a log line can carry it: HTTP status and Kubernetes reason, nothing else. */
 export function describeKubeError(err: unknown): { status?: number; reason?: string; err: ReturnType<typeof errorSummary> } {

@@ -114,7 +114,7 @@ describe('loadSidecarConfig: refusals name the setting', () => {
     ['a negative retry base', { ...ENV, LETHE_SIDECAR_RETRY_BASE_MS: '-5' }, FLAGS, 'LETHE_SIDECAR_RETRY_BASE_MS: must be a whole number from 1 to 60000 (milliseconds)'],
     ['a short hash key', { ...ENV, LETHE_HASH_KEY: 'abcd' }, FLAGS, 'LETHE_HASH_KEY: must be at least 32 bytes written as hex (openssl rand -hex 32)'],
     ['an unknown log level', { ...ENV, LETHE_LOG_LEVEL: 'verbose' }, FLAGS, 'LETHE_LOG_LEVEL: must be one of trace, debug, info, warn, error, fatal, silent'],
-    ['an unknown failpoint', { ...ENV, LETHE_FAILPOINTS: 'sidecar-before-ack,after-lunch' }, FLAGS, "LETHE_FAILPOINTS: unknown failpoint 'after-lunch' (known: sidecar-before-ack)"],
+    ['an unknown failpoint', { ...ENV, LETHE_FAILPOINTS: 'sidecar-before-ack,after-lunch' }, FLAGS, "LETHE_FAILPOINTS: unknown failpoint 'after-lunch' (known: sidecar-before-ack, operator-after-call)"],
   ])('refuses %s', (_label, env, flags, message) => {
     const err = configErrorOf(env, flags);
     expect(err.message).toBe(message);
