@@ -86,6 +86,8 @@ export interface KubeApiServer {
   readonly startup: { readonly etcdMs: number; readonly apiServerMs: number };
   /** One HTTPS request as the admin (or anonymously), with node:https (fetch cannot present a client certificate). */
   request(method: string, path: string, options?: KubeRequestOptions): Promise<KubeResponse>;
+  /** Writes a kubeconfig that authenticates with `token` (e.g. a ServiceAccount's, from TokenRequest); returns its path. */
+  kubeconfigForToken(token: string): string;
   /** Stops kube-apiserver only; etcd keeps the data (clients see the API server restart). */
   stopApiServer(): Promise<void>;
   /** Starts kube-apiserver again on the same port, etcd and certificates; resolves when it is ready. */
@@ -193,7 +195,7 @@ export async function startKubeApiServer(assetsDir: string, options: StartKubeAp
     };
     const apiServerMs = await startApiServer();
 
-    const kubeconfig = renderKubeconfig(url, tls);
+    const kubeconfig = renderKubeconfig(url, tls.ca, tls);
     const kubeconfigPath = join(dir, 'kubeconfig');
     writeFileSync(kubeconfigPath, kubeconfig, { mode: 0o600 });
 
@@ -207,6 +209,11 @@ export async function startKubeApiServer(assetsDir: string, options: StartKubeAp
       tls,
       startup: { etcdMs, apiServerMs },
       request: (method, path, opts) => httpsCall(url, tls, method, path, opts),
+      kubeconfigForToken(token) {
+        const path = join(dir, `kubeconfig-${randomBytes(4).toString('hex')}`);
+        writeFileSync(path, renderKubeconfig(url, tls.ca, { token }), { mode: 0o600 });
+        return path;
+      },
       async stopApiServer() {
         // kube-apiserver drains watches for a long time on SIGTERM; a test restart need not wait.
         if (api !== undefined) await terminate(api.child, 1_000);
@@ -420,8 +427,11 @@ function makePki(pkiDir: string): Pki {
   };
 }
 
-function renderKubeconfig(url: string, tls: { ca: string; cert: string; key: string }): string {
+type KubeUser = { readonly cert: string; readonly key: string } | { readonly token: string };
+
+function renderKubeconfig(url: string, ca: string, user: KubeUser): string {
   const b64 = (s: string) => Buffer.from(s).toString('base64');
+  const credentials = 'token' in user ? [`    token: ${user.token}`] : [`    client-certificate-data: ${b64(user.cert)}`, `    client-key-data: ${b64(user.key)}`];
   return [
     'apiVersion: v1',
     'kind: Config',
@@ -429,17 +439,16 @@ function renderKubeconfig(url: string, tls: { ca: string; cert: string; key: str
     '- name: lethe-test',
     '  cluster:',
     `    server: ${url}`,
-    `    certificate-authority-data: ${b64(tls.ca)}`,
+    `    certificate-authority-data: ${b64(ca)}`,
     'users:',
-    '- name: lethe-admin',
+    '- name: lethe-user',
     '  user:',
-    `    client-certificate-data: ${b64(tls.cert)}`,
-    `    client-key-data: ${b64(tls.key)}`,
+    ...credentials,
     'contexts:',
     '- name: lethe-test',
     '  context:',
     '    cluster: lethe-test',
-    '    user: lethe-admin',
+    '    user: lethe-user',
     'current-context: lethe-test',
     '',
   ].join('\n');
