@@ -1,9 +1,9 @@
 import { type KeyObject, createPublicKey } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { type CryptoKey, type JWTVerifyGetKey, createRemoteJWKSet, importJWK, jwtVerify } from 'jose';
+import { type CryptoKey, type JWTVerifyGetKey, createRemoteJWKSet, errors, importJWK, jwtVerify } from 'jose';
 import type { Logger } from 'pino';
 import type { AuthConfig, ServiceAccountAuthConfig } from '../config/config.js';
-import { ConfigError, UnauthenticatedError } from '../errors.js';
+import { ConfigError, UnauthenticatedError, UnavailableError } from '../errors.js';
 import { createApiServerKeySet } from './api-server-keys.js';
 import { translateJoseError } from './jose-errors.js';
 import { loadKubeConfig } from './kube-config.js';
@@ -58,7 +58,7 @@ export async function createUserTokenCheck(auth: AuthConfig, dataDir: string, pl
       throw new ConfigError('must hold a PEM public key (-----BEGIN PUBLIC KEY-----)', 'LETHE_JWT_PUBLIC_KEY_FILE', { cause: err });
     }
   } else {
-    key = createRemoteJWKSet(auth.jwksUrl, { timeoutDuration: 5_000, cooldownDuration: 30_000 });
+    key = unavailableWhenUnreachable(createRemoteJWKSet(auth.jwksUrl, { timeoutDuration: 5_000, cooldownDuration: 30_000 }));
   }
 
   return async (token) => {
@@ -74,6 +74,21 @@ export async function createUserTokenCheck(auth: AuthConfig, dataDir: string, pl
       return { id: sub, role: platformPrincipals.has(sub) ? 'platform' : 'user' };
     } catch (err) {
       throw translateJoseError(err);
+    }
+  };
+}
+
+/**
+ * The JWKS URL's failures (no answer, an error status, not a key set) are UNAVAILABLE, not the
+ * caller's fault; only "no key for this token" stays a verdict on the token.
+ */
+function unavailableWhenUnreachable(remote: JWTVerifyGetKey): JWTVerifyGetKey {
+  return async (header, token) => {
+    try {
+      return await remote(header, token);
+    } catch (err) {
+      if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys || err instanceof errors.JOSENotSupported) throw err;
+      throw new UnavailableError('Cannot reach the JWKS URL to verify the token; retry later', { cause: err });
     }
   };
 }
