@@ -1,4 +1,4 @@
-import { type JSONWebKeySet, type JWK, type KeyObject, SignJWT, exportJWK, generateKeyPair, jwtVerify } from 'jose';
+import { type CryptoKey, type JSONWebKeySet, type JWK, type KeyObject, SignJWT, exportJWK, generateKeyPair, jwtVerify } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { RefreshingKeySet } from '../../src/auth/refreshing-key-set.js';
 import { UnavailableError } from '../../src/errors.js';

@@ -1,4 +1,4 @@
-import { type JWK, type KeyObject, SignJWT, createLocalJWKSet, exportJWK, generateKeyPair } from 'jose';
+import { type CryptoKey, type JWK, type KeyObject, SignJWT, createLocalJWKSet, exportJWK, generateKeyPair } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createServiceAccountCheck } from '../../src/auth/service-account-verifier.js';
 import type { TokenCheck } from '../../src/auth/token-routing.js';
