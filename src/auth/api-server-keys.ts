@@ -25,7 +25,8 @@ export function createApiServerKeySet(kc: KubeConfig, logger?: Logger): Refreshi
         logger?.info({ apiServer: server, keys: jwks.keys.length }, 'fetched the service-account keys from the Kubernetes API server');
         return jwks;
       } catch (err) {
-        logger?.warn({ apiServer: server, err: errorSummary(err), reason: err instanceof UnavailableError ? err.message : undefined }, 'cannot fetch the service-account keys');
+        const cause = err instanceof Error && err.cause !== undefined ? errorSummary(err.cause) : undefined;
+        logger?.warn({ apiServer: server, err: errorSummary(err), cause, reason: err instanceof UnavailableError ? err.message : undefined }, 'cannot fetch the service-account keys');
         throw err;
       }
     },
