@@ -1,15 +1,17 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { type Server, createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SignJWT, decodeProtectedHeader, generateKeyPair } from 'jose';
+import { type CryptoKey, SignJWT, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jose';
 import { ClientError, Status } from 'nice-grpc';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureLocalKey, mintLocalToken } from '../../src/auth/local-key.js';
 import { receiveExport } from '../../src/client/export-receiver.js';
 import { RequestState, RequestType } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { FORGET_MESSAGE } from '../../src/privacy/engine.js';
 import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../support/kube-apiserver.js';
-import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
+import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../support/postgres.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 
 /**
@@ -22,6 +24,7 @@ import { type TestServer, startTestServer } from '../support/server-fixture.js';
 const assets = requireKubeAssets();
 const bin = requirePostgres();
 const REASON = 'GDPR Right to be Forgotten';
+const IDP_ISSUER = 'https://idp.example.test';
 /** The rule the chart grants the server (README, "Service principals in Kubernetes"). */
 const KEYS_RULE = { nonResourceURLs: ['/openid/v1/jwks', '/.well-known/openid-configuration'], verbs: ['get'] };
 let keySeq = 0;
@@ -42,6 +45,10 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
   let cluster: PostgresCluster;
   let url: string;
   let t: TestServer;
+  /** Users from an identity provider's JWKS URL, services from the cluster, side by side. */
+  let withIdp: TestServer;
+  let idp: Server;
+  let idpKey: CryptoKey;
   let scratch: string;
   const ns = `lethe-sa-${Date.now().toString(36)}`;
   const operator = `system:serviceaccount:${ns}:lethe-operator`;
@@ -59,7 +66,9 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
     })) as { status: { token: string } };
     return tr.status.token;
   };
-  const forget = (token: string, userId: string) => status(t.clientWithToken(token).forgetUser({ userId, reason: REASON, idempotencyKey: idempotencyKey() }));
+  const forgetOn = (server: TestServer, token: string, userId: string) =>
+    status(server.clientWithToken(token).forgetUser({ userId, reason: REASON, idempotencyKey: idempotencyKey() }));
+  const forget = (token: string, userId: string) => forgetOn(t, token, userId);
 
   beforeAll(async () => {
     [kube, cluster] = await Promise.all([startKubeApiServer(assets ?? ''), startPostgres(bin ?? '')]);
@@ -102,16 +111,32 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
       ].join('\n'),
       { mode: 0o600 },
     );
-    t = await startTestServer({
-      DATABASE_URL: url,
-      LETHE_SERVICE_ACCOUNT_ISSUER: kube.serviceAccountIssuer,
-      LETHE_PLATFORM_PRINCIPALS: operator,
-      KUBECONFIG: kubeconfig,
+    const serviceAccounts = { LETHE_SERVICE_ACCOUNT_ISSUER: kube.serviceAccountIssuer, LETHE_PLATFORM_PRINCIPALS: operator, KUBECONFIG: kubeconfig };
+    t = await startTestServer({ DATABASE_URL: url, ...serviceAccounts });
+
+    const pair = await generateKeyPair('ES256', { extractable: true });
+    idpKey = pair.privateKey;
+    const jwk = { ...(await exportJWK(pair.publicKey)), kid: 'idp-1', alg: 'ES256', use: 'sig' };
+    const idpPort = await freePort();
+    idp = createServer((_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((r) => idp.listen(idpPort, '127.0.0.1', r));
+    withIdp = await startTestServer({
+      DATABASE_URL: await cluster.createDatabase(),
+      LETHE_JWKS_URL: `http://127.0.0.1:${idpPort}/jwks.json`,
+      LETHE_JWT_ISSUER: IDP_ISSUER,
+      LETHE_JWT_AUDIENCE: 'lethe-api',
+      LETHE_HASH_KEY: 'cd'.repeat(32),
+      ...serviceAccounts,
     });
   });
 
   afterAll(async () => {
     await t?.stop();
+    await withIdp?.stop();
+    idp?.close();
     await kube?.destroy();
     await cluster?.destroy();
     if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true });
@@ -212,5 +237,27 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
     expect(await status(receiveExport(stream, () => undefined))).toEqual({ code: 'OK', details: '' });
     const r = await (await t.clientAs('owner-user-id-1')).forgetUser({ userId: 'member-user-id-456', reason: REASON, idempotencyKey: idempotencyKey() });
     expect(r).toMatchObject({ success: true, userId: 'member-user-id-456' });
+  });
+
+  it('serves users from a JWKS URL and service accounts from the cluster side by side', async () => {
+    const userToken = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'idp-1' }).setIssuer(IDP_ISSUER).setAudience('lethe-api').setSubject('owner-user-id-1').setExpirationTime('5m').sign(idpKey);
+    const users = withIdp.clientWithToken(userToken);
+    expect(await status(receiveExport(users.exportUser({ userId: 'member-user-id-456', reason: '' }), () => undefined))).toEqual({ code: 'OK', details: '' });
+    expect(await status(users.forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: idempotencyKey() }))).toEqual({
+      code: 'PERMISSION_DENIED',
+      details: "You must be an owner of organization 'dev-team' to anonymize this user",
+    });
+    const r = await withIdp.clientWithToken(await tokenFor('lethe-operator', { audiences: ['lethe'] })).forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: idempotencyKey() });
+    expect(r).toMatchObject({ success: true, userId: 'user-id-123' });
+    expect(await forgetOn(withIdp, await tokenFor('intruder', { audiences: ['lethe'] }), 'member-user-id-456')).toEqual({
+      code: 'PERMISSION_DENIED',
+      details: `Service account system:serviceaccount:${ns}:intruder is not a trusted principal of this server`,
+    });
+    // A local signing key is not trusted in this mode, whatever subject it names.
+    await ensureLocalKey(scratch);
+    expect(await forgetOn(withIdp, await mintLocalToken(scratch, 'platform-owner-id', 60), 'member-user-id-456')).toEqual({
+      code: 'UNAUTHENTICATED',
+      details: 'Token was signed by a key this server does not trust',
+    });
   });
 });
