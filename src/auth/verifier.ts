@@ -1,21 +1,49 @@
 import { type KeyObject, createPublicKey } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { type CryptoKey, type JWTVerifyGetKey, createRemoteJWKSet, errors, importJWK, jwtVerify } from 'jose';
-import type { AuthConfig } from '../config/config.js';
+import type { Logger } from 'pino';
+import type { AuthConfig, ServiceAccountAuthConfig } from '../config/config.js';
 import { ConfigError, UnauthenticatedError, UnavailableError } from '../errors.js';
-import type { Principal } from '../privacy/principal.js';
+import { createApiServerKeySet } from './api-server-keys.js';
+import { translateJoseError } from './jose-errors.js';
+import { loadKubeConfig } from './kube-config.js';
 import { ensureLocalKey } from './local-key.js';
+import { createServiceAccountCheck } from './service-account-verifier.js';
+import { type TokenCheck, type Verifier, routeByIssuer } from './token-routing.js';
 
-export type Verifier = (authorization: string | undefined) => Promise<Principal>;
+export type { Verifier } from './token-routing.js';
 
 const ALGORITHMS = ['ES256', 'ES384', 'RS256', 'RS384', 'RS512', 'PS256', 'EdDSA'];
 
 /**
- * Builds the token check for the configured trust: the local key, a public key file, or a JWKS
- * URL. Unsigned (`alg: none`), expired, wrongly signed tokens and tokens for another issuer or
- * audience are refused with UNAUTHENTICATED.
+ * Builds the server's token check: user tokens from the configured trust (the local key, a
+ * public key file, or a JWKS URL) and, when configured, Kubernetes service-account tokens for
+ * service principals, told apart by their issuer.
  */
-export async function createVerifier(auth: AuthConfig, dataDir: string, platformPrincipals: ReadonlySet<string>): Promise<Verifier> {
+export async function createVerifier(
+  auth: AuthConfig,
+  dataDir: string,
+  platformPrincipals: ReadonlySet<string>,
+  options: { readonly serviceAccounts?: ServiceAccountAuthConfig | undefined; readonly logger?: Logger } = {},
+): Promise<Verifier> {
+  const users = await createUserTokenCheck(auth, dataDir, platformPrincipals);
+  const routes = new Map<string, TokenCheck>();
+  const sa = options.serviceAccounts;
+  if (sa !== undefined) {
+    const keys = createApiServerKeySet(loadKubeConfig(sa.apiServer), options.logger);
+    // Fetched once at start-up so that a missing RBAC grant shows in the log at once; a failure
+    // is not fatal (the API server may come later): calls answer UNAVAILABLE until it works.
+    keys.refresh(undefined).catch(() => undefined);
+    routes.set(sa.issuer, createServiceAccountCheck(sa, platformPrincipals, keys.getKey));
+  }
+  return routeByIssuer(routes, users);
+}
+
+/**
+ * User tokens: unsigned (`alg: none`), expired, wrongly signed tokens and tokens for another
+ * issuer or audience are refused with UNAUTHENTICATED.
+ */
+export async function createUserTokenCheck(auth: AuthConfig, dataDir: string, platformPrincipals: ReadonlySet<string>): Promise<TokenCheck> {
   let key: CryptoKey | KeyObject | JWTVerifyGetKey;
   if (auth.mode === 'local') {
     const { publicJwk } = await ensureLocalKey(dataDir);
@@ -30,16 +58,12 @@ export async function createVerifier(auth: AuthConfig, dataDir: string, platform
       throw new ConfigError('must hold a PEM public key (-----BEGIN PUBLIC KEY-----)', 'LETHE_JWT_PUBLIC_KEY_FILE', { cause: err });
     }
   } else {
-    key = createRemoteJWKSet(auth.jwksUrl, { timeoutDuration: 5_000, cooldownDuration: 30_000 });
+    key = unavailableWhenUnreachable(createRemoteJWKSet(auth.jwksUrl, { timeoutDuration: 5_000, cooldownDuration: 30_000 }));
   }
 
-  return async (authorization) => {
-    const m = authorization === undefined ? null : /^Bearer\s+([A-Za-z0-9._~+/=-]+)$/i.exec(authorization);
-    if (m === null || m[1] === undefined) {
-      throw new UnauthenticatedError('Missing bearer token: send `authorization: Bearer <JWT>` metadata');
-    }
+  return async (token) => {
     try {
-      const { payload } = await jwtVerify(m[1], key as JWTVerifyGetKey, {
+      const { payload } = await jwtVerify(token, key as JWTVerifyGetKey, {
         issuer: auth.issuer,
         audience: auth.audience,
         algorithms: ALGORITHMS,
@@ -54,17 +78,17 @@ export async function createVerifier(auth: AuthConfig, dataDir: string, platform
   };
 }
 
-function translateJoseError(err: unknown): Error {
-  if (err instanceof UnauthenticatedError) return err;
-  if (err instanceof errors.JWTExpired) return new UnauthenticatedError('Token has expired');
-  if (err instanceof errors.JWTClaimValidationFailed) return new UnauthenticatedError(`Token claim '${err.claim}' is not accepted`);
-  if (err instanceof errors.JWSSignatureVerificationFailed) return new UnauthenticatedError('Token signature is invalid');
-  if (err instanceof errors.JOSEAlgNotAllowed) return new UnauthenticatedError('Token algorithm is not accepted');
-  if (err instanceof errors.JWKSNoMatchingKey) return new UnauthenticatedError('Token was signed by a key this server does not trust');
-  if (err instanceof errors.JWKSTimeout) return new UnavailableError('Cannot reach the JWKS URL to verify the token; retry later');
-  if (err instanceof errors.JOSEError) return new UnauthenticatedError('Token is malformed or not a signed JWT');
-  if (err instanceof TypeError || (err as { code?: unknown }).code === 'ECONNREFUSED') {
-    return new UnavailableError('Cannot reach the JWKS URL to verify the token; retry later');
-  }
-  return new UnauthenticatedError('Token could not be verified');
+/**
+ * The JWKS URL's failures (no answer, an error status, not a key set) are UNAVAILABLE, not the
+ * caller's fault; only "no key for this token" stays a verdict on the token.
+ */
+function unavailableWhenUnreachable(remote: JWTVerifyGetKey): JWTVerifyGetKey {
+  return async (header, token) => {
+    try {
+      return await remote(header, token);
+    } catch (err) {
+      if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys || err instanceof errors.JOSENotSupported) throw err;
+      throw new UnavailableError('Cannot reach the JWKS URL to verify the token; retry later', { cause: err });
+    }
+  };
 }

@@ -1,5 +1,5 @@
 import { homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { delimiter, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
@@ -24,12 +24,29 @@ export type AuthConfig =
   | { readonly mode: 'jwks'; readonly jwksUrl: URL; readonly issuer: string; readonly audience: string }
   | { readonly mode: 'public-key'; readonly publicKeyFile: string; readonly issuer: string; readonly audience: string };
 
+/** How the server reaches the Kubernetes API server (to fetch the service-account keys). */
+export type KubernetesAccess =
+  /** A pod's own service account: KUBERNETES_SERVICE_HOST/PORT and the mounted token and CA. */
+  | { readonly source: 'in-cluster'; readonly host: string; readonly port: number }
+  /** Outside a cluster (tests, development): the kubeconfig file named by KUBECONFIG. */
+  | { readonly source: 'kubeconfig'; readonly path: string };
+
+/** Kubernetes service-account tokens as a second trust source, for service principals. */
+export interface ServiceAccountAuthConfig {
+  /** The cluster's --service-account-issuer; tokens whose `iss` is this go to this check. */
+  readonly issuer: string;
+  readonly audience: string;
+  readonly apiServer: KubernetesAccess;
+}
+
 export interface ServerConfig {
   readonly listen: ListenAddress;
   readonly dataDir: string;
   readonly database: DatabaseTarget;
   readonly dataMapPath: string;
   readonly auth: AuthConfig;
+  /** Unset: service-account tokens are not accepted. */
+  readonly serviceAccounts: ServiceAccountAuthConfig | undefined;
   /** Token subjects trusted with platform-owner rights, e.g. the operator's service account. */
   readonly platformPrincipals: ReadonlySet<string>;
   /** Key for the data map's `hash` action. Generated in the data directory when unset. */
@@ -101,6 +118,12 @@ const envSchema = z.object({
   LETHE_JWT_ISSUER: z.string().min(1).optional(),
   LETHE_JWT_AUDIENCE: z.string().min(1).optional(),
   LETHE_PLATFORM_PRINCIPALS: z.string().optional(),
+  // Service principals: Kubernetes service-account tokens (see serviceAccountAuth below).
+  LETHE_SERVICE_ACCOUNT_ISSUER: z.string().regex(/^\S+$/, 'LETHE_SERVICE_ACCOUNT_ISSUER must be the cluster\'s service-account issuer, e.g. https://kubernetes.default.svc.cluster.local').optional(),
+  LETHE_SERVICE_ACCOUNT_AUDIENCE: z.string().regex(/^\S+$/, 'LETHE_SERVICE_ACCOUNT_AUDIENCE must be one audience without spaces').default('lethe'),
+  KUBECONFIG: z.string().optional(),
+  KUBERNETES_SERVICE_HOST: z.string().optional(),
+  KUBERNETES_SERVICE_PORT: z.string().optional(),
   LETHE_HASH_KEY: z
     .string()
     .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)')
@@ -146,6 +169,8 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     auth = { mode: 'local', issuer: LOCAL_ISSUER, audience: LOCAL_AUDIENCE };
   }
 
+  const serviceAccounts = serviceAccountAuth(e, auth);
+
   const principals = (e.LETHE_PLATFORM_PRINCIPALS ?? '')
     .split(',')
     .map((s) => s.trim())
@@ -176,6 +201,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     database,
     dataMapPath: resolve(e.LETHE_DATA_MAP ?? DEFAULT_DATA_MAP_PATH),
     auth,
+    serviceAccounts,
     platformPrincipals: new Set(principals),
     hashKey: e.LETHE_HASH_KEY === undefined ? undefined : Buffer.from(e.LETHE_HASH_KEY, 'hex'),
     logLevel: e.LETHE_LOG_LEVEL,
@@ -183,4 +209,43 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     migrateIdentitySchema: database.kind === 'pglite' || demo || e.LETHE_MIGRATE_IDENTITY_SCHEMA,
     events,
   });
+}
+
+// --- service principals (Kubernetes service-account tokens) ---
+
+type ServiceAccountEnv = Pick<
+  z.infer<typeof envSchema>,
+  'LETHE_SERVICE_ACCOUNT_ISSUER' | 'LETHE_SERVICE_ACCOUNT_AUDIENCE' | 'KUBECONFIG' | 'KUBERNETES_SERVICE_HOST' | 'KUBERNETES_SERVICE_PORT'
+>;
+
+/**
+ * LETHE_SERVICE_ACCOUNT_ISSUER turns service-account tokens on. The API server is reached, as
+ * controller-runtime does it, through KUBECONFIG when set, else the pod's in-cluster service account.
+ */
+function serviceAccountAuth(e: ServiceAccountEnv, auth: AuthConfig): ServiceAccountAuthConfig | undefined {
+  const issuer = e.LETHE_SERVICE_ACCOUNT_ISSUER;
+  if (issuer === undefined) return undefined;
+  if (issuer === auth.issuer) {
+    // Tokens are routed by their issuer: one issuer cannot name two trust sources.
+    throw new ConfigError(`'${issuer}' is also the issuer of user tokens (${auth.mode === 'local' ? 'the local signing key' : 'LETHE_JWT_ISSUER'}): the two trust sources need distinct issuers`, 'LETHE_SERVICE_ACCOUNT_ISSUER');
+  }
+  return { issuer, audience: e.LETHE_SERVICE_ACCOUNT_AUDIENCE, apiServer: kubernetesAccess(e) };
+}
+
+function kubernetesAccess(e: ServiceAccountEnv): KubernetesAccess {
+  const kubeconfig = e.KUBECONFIG?.trim();
+  if (kubeconfig !== undefined && kubeconfig !== '') {
+    if (kubeconfig.includes(delimiter)) throw new ConfigError('name one kubeconfig file (a list of files is not supported)', 'KUBECONFIG');
+    return { source: 'kubeconfig', path: resolve(kubeconfig) };
+  }
+  const host = e.KUBERNETES_SERVICE_HOST?.trim();
+  if (host === undefined || host === '') {
+    throw new ConfigError(
+      'is set, but verifying service-account tokens needs the Kubernetes API server: run in a pod (in-cluster: KUBERNETES_SERVICE_HOST) or set KUBECONFIG',
+      'LETHE_SERVICE_ACCOUNT_ISSUER',
+    );
+  }
+  const port = Number(e.KUBERNETES_SERVICE_PORT ?? '443');
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`'${e.KUBERNETES_SERVICE_PORT ?? ''}' is not a port`, 'KUBERNETES_SERVICE_PORT');
+  return { source: 'in-cluster', host, port };
 }

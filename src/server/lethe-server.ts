@@ -31,7 +31,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     throw new ConfigError("the server needs a top-level 'subject' (the table whose row is the person) to answer 'User not found'", config.dataMapPath);
   }
   const hashKey = usesHash(dataMap) ? await resolveHashKey(config) : undefined;
-  const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals);
+  const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals, { serviceAccounts: config.serviceAccounts, logger });
 
   const unlock = config.database.kind === 'pglite' ? await lockDataDir(config.dataDir) : async () => undefined;
   const db = await openDatabase(config.database);
