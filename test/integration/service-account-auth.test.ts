@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { type Server, createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -91,26 +91,7 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
     // The server's kubeconfig: its ServiceAccount's token (audience: the API server) and the CA.
     scratch = mkdtempSync(join(tmpdir(), 'lethe-sa-'));
     const serverToken = await tokenFor('lethe-server', { expirationSeconds: 3600 });
-    const kubeconfig = join(scratch, 'kubeconfig');
-    writeFileSync(
-      kubeconfig,
-      [
-        'apiVersion: v1',
-        'kind: Config',
-        'clusters:',
-        '- name: test',
-        `  cluster: {server: "${kube.url}", certificate-authority-data: ${Buffer.from(kube.tls.ca).toString('base64')}}`,
-        'users:',
-        '- name: lethe-server',
-        `  user: {token: ${serverToken}}`,
-        'contexts:',
-        '- name: test',
-        '  context: {cluster: test, user: lethe-server}',
-        'current-context: test',
-        '',
-      ].join('\n'),
-      { mode: 0o600 },
-    );
+    const kubeconfig = kube.kubeconfigForToken(serverToken);
     const serviceAccounts = { LETHE_SERVICE_ACCOUNT_ISSUER: kube.serviceAccountIssuer, LETHE_PLATFORM_PRINCIPALS: operator, KUBECONFIG: kubeconfig };
     t = await startTestServer({ DATABASE_URL: url, ...serviceAccounts });
 
