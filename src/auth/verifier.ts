@@ -43,6 +43,8 @@ export async function createVerifier(
  * User tokens: unsigned (`alg: none`), expired, wrongly signed tokens and tokens for another
  * issuer or audience are refused with UNAUTHENTICATED.
  */
+const SERVICE_ACCOUNT_PREFIX = 'system:serviceaccount:';
+
 export async function createUserTokenCheck(auth: AuthConfig, dataDir: string, platformPrincipals: ReadonlySet<string>): Promise<TokenCheck> {
   let key: CryptoKey | KeyObject | JWTVerifyGetKey;
   if (auth.mode === 'local') {
@@ -71,6 +73,8 @@ export async function createUserTokenCheck(auth: AuthConfig, dataDir: string, pl
       });
       const sub = payload.sub ?? '';
       if (sub.length === 0 || sub.length > 256) throw new UnauthenticatedError('Token subject (sub) is empty or too long');
+      // Only the cluster may speak for its service accounts: another issuer naming one is refused.
+      if (sub.startsWith(SERVICE_ACCOUNT_PREFIX)) throw new UnauthenticatedError("Service-account subjects are accepted only from the cluster's service-account issuer");
       return { id: sub, role: platformPrincipals.has(sub) ? 'platform' : 'user' };
     } catch (err) {
       throw translateJoseError(err);

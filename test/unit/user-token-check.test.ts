@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SignJWT, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mintLocalToken } from '../../src/auth/local-key.js';
 import { createUserTokenCheck } from '../../src/auth/verifier.js';
 import { LOCAL_AUDIENCE, LOCAL_ISSUER } from '../../src/config/config.js';
 import { LetheError } from '../../src/errors.js';
@@ -55,5 +56,12 @@ describe('createUserTokenCheck', () => {
     expect(await verdict(closed(rsaToken))).toBe('UNAVAILABLE: Cannot reach the JWKS URL to verify the token; retry later');
     const failing = await createUserTokenCheck({ mode: 'jwks', jwksUrl: new URL(`http://127.0.0.1:${idpPort}/jwks`), issuer: ISSUER, audience: 'lethe' }, dataDir, new Set());
     expect(await verdict(failing(rsaToken))).toBe('UNAVAILABLE: Cannot reach the JWKS URL to verify the token; retry later');
+  });
+
+  it('a user token may not name a service account, even one trusted as a platform principal', async () => {
+    const operator = 'system:serviceaccount:lethe-system:lethe-operator';
+    const check = await createUserTokenCheck({ mode: 'local', issuer: LOCAL_ISSUER, audience: LOCAL_AUDIENCE }, dataDir, new Set([operator]));
+    expect(await verdict(check(await mintLocalToken(dataDir, operator, 60)))).toBe("UNAUTHENTICATED: Service-account subjects are accepted only from the cluster's service-account issuer");
+    expect(await verdict(check(await mintLocalToken(dataDir, 'lethe-operator', 60)))).toBe('OK');
   });
 });
