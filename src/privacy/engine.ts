@@ -58,6 +58,8 @@ export interface ArtifactOptions {
   readonly ttlMs: number;
   /** Chunks read per query when an artifact is fetched. */
   readonly readChunks?: number;
+  /** Plaintext bytes per chunk (default 256 KiB). */
+  readonly chunkBytes?: number;
 }
 
 export interface ForgetResult {
@@ -283,13 +285,13 @@ export class PrivacyEngine {
    * into the snapshot's own transaction.
    */
   private async exportToArtifact(userId: string, requestId: string, lockTrx: Knex.Transaction | undefined, signal: AbortSignal): Promise<ArtifactRecord> {
-    const { cipher, ttlMs } = this.artifactOptions();
+    const { cipher, ttlMs, chunkBytes } = this.artifactOptions();
     const snapshot = await this.openSnapshot({ readOnly: lockTrx !== undefined });
     const target = lockTrx ?? snapshot;
     let failure: string | undefined = 'The export was interrupted before it was stored';
     try {
       await artifacts.deleteChunks(target, requestId);
-      const writer = new ArtifactWriter(cipher, requestId, (chunk) => artifacts.insertChunk(target, requestId, chunk));
+      const writer = new ArtifactWriter(cipher, requestId, (chunk) => artifacts.insertChunk(target, requestId, chunk), chunkBytes);
       let trailer: Extract<ExportEvent, { kind: 'trailer' }> | undefined;
       for await (const event of this.readSnapshot(snapshot, userId, requestId, signal, writer.sink)) {
         if (event.kind === 'trailer') trailer = event;
