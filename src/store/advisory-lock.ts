@@ -11,7 +11,7 @@ import { lockKey } from '../privacy/locks.js';
  * transaction (opening one would hold the only connection).
  */
 export async function withAdvisoryLock<T>(knex: Knex, key: string, fn: (lockTrx: Knex.Transaction | undefined) => Promise<T>): Promise<T> {
-  return withLocalLock(key, async () => {
+  return withLocalLock(knex, key, async () => {
     if (isEmbedded(knex)) return fn(undefined);
     const trx = await knex.transaction();
     try {
@@ -30,10 +30,13 @@ export function isEmbedded(knex: Knex): boolean {
   return knex.client instanceof ClientPgLite;
 }
 
-const tails = new Map<string, Promise<void>>();
+// Per database handle, so that two handles in one process behave as two replicas would.
+const tailsOf = new WeakMap<Knex, Map<string, Promise<void>>>();
 
-/** Runs `fn` after every earlier holder of `key` in this process has finished. */
-async function withLocalLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
+/** Runs `fn` after every earlier holder of `key` on this database handle has finished. */
+async function withLocalLock<T>(knex: Knex, key: string, fn: () => Promise<T>): Promise<T> {
+  const tails = tailsOf.get(knex) ?? new Map<string, Promise<void>>();
+  tailsOf.set(knex, tails);
   const previous = tails.get(key) ?? Promise.resolve();
   let release: () => void = () => undefined;
   const mine = new Promise<void>((resolve) => (release = resolve));

@@ -30,7 +30,11 @@ async function fetchArtifact(engine: PrivacyEngine, actor: Principal, requestId:
  * StoreExport and GetExportArtifact in the engine, on a real database. Runs against PostgreSQL
  * and against embedded PGlite, whose single connection changes where the chunks are written.
  */
-export function artifactSuite(name: string, open: () => Promise<Database>, close: () => Promise<void> = async () => undefined): void {
+export function artifactSuite(
+  name: string,
+  open: () => Promise<Database>,
+  options: { close?: () => Promise<void>; openReplica?: () => Promise<Database> } = {},
+): void {
   describe(`export artifacts on ${name}`, () => {
     let db: Database;
     let engine: PrivacyEngine;
@@ -47,7 +51,7 @@ export function artifactSuite(name: string, open: () => Promise<Database>, close
     });
     afterAll(async () => {
       await db?.close();
-      await close();
+      await options.close?.();
     });
 
     describe('a stored export of user-id-123', () => {
@@ -186,6 +190,24 @@ export function artifactSuite(name: string, open: () => Promise<Database>, close
       const id = results[0]?.requestId ?? '';
       expect((await chunkRows(id)).length).toBe(results[0]?.artifact.chunkCount);
       expect(JSON.parse((await fetchArtifact(engine, user('platform-owner-id'), id)).bytes.toString('utf8'))).toMatchObject({ user_id: 'member-user-id-456' });
+    });
+
+    it.runIf(options.openReplica !== undefined)('serializes calls with one key across replicas (separate pools)', async () => {
+      const replicas = await Promise.all([1, 2, 3].map(() => (options.openReplica ?? open)()));
+      try {
+        const engines = await Promise.all(replicas.map((r) => demoEngine(r, { artifacts: artifactOptions })));
+        const results = await Promise.all(
+          engines.map((e) => e.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'replicas-1' }, never)),
+        );
+        expect(results.filter((r) => !r.replayed)).toHaveLength(1);
+        expect(new Set(results.map((r) => r.requestId)).size).toBe(1);
+        expect(await rowsWithKey('replicas-1')).toBe(1);
+        const id = results[0]?.requestId ?? '';
+        expect((await chunkRows(id)).length).toBe(results[0]?.artifact.chunkCount);
+        expect(JSON.parse((await fetchArtifact(engine, user('platform-owner-id'), id)).bytes.toString('utf8'))).toMatchObject({ user_id: 'user-id-123' });
+      } finally {
+        await Promise.all(replicas.map((r) => r.close()));
+      }
     });
 
     it('answers requests without an artifact clearly', async () => {

@@ -5,14 +5,16 @@ import { artifactSuite } from './artifact-suite.js';
 
 const bin = requirePostgres();
 let cluster: PostgresCluster | undefined;
+let url = '';
 
 describe.runIf(bin !== undefined)('PostgreSQL', () => {
   artifactSuite(
     'PostgreSQL',
     async () => {
       cluster = await startPostgres(bin ?? '');
-      return openDatabase({ kind: 'postgres', url: await cluster.createDatabase() });
+      url = await cluster.createDatabase();
+      return openDatabase({ kind: 'postgres', url });
     },
-    async () => cluster?.destroy(),
+    { close: async () => cluster?.destroy(), openReplica: () => openDatabase({ kind: 'postgres', url }) },
   );
 });
