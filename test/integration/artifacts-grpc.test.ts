@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ClientError, Status } from 'nice-grpc';
@@ -195,5 +195,26 @@ describe.runIf(bin !== undefined)('export artifacts over gRPC on PostgreSQL', ()
       // The other artifact is still there.
       expect((await fetch(client, stored.requestId)).bytes.length).toBe(stored.artifact.sizeBytes);
     });
+  });
+});
+
+describe('export artifacts on the embedded default', () => {
+  let t: TestServer;
+  beforeAll(async () => {
+    t = await startTestServer({});
+  });
+  afterAll(async () => {
+    await t?.stop();
+  });
+
+  it('generates the key in the data directory (0600) and stores and serves exports with it', async () => {
+    const path = join(t.dataDir, 'artifact-key');
+    expect(readFileSync(path, 'utf8')).toMatch(/^[0-9a-f]{64}\n$/);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    const client = await t.clientAs('user-id-123');
+    const r = await client.storeExport({ userId: 'user-id-123', reason: '', idempotencyKey: 'embedded-1' });
+    const { artifact, bytes } = await fetch(client, r.requestId);
+    expect(artifact).toEqual(r.artifact);
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(artifact.sha256);
   });
 });
