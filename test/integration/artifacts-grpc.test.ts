@@ -3,7 +3,6 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { ClientError, Status } from 'nice-grpc';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { receiveArtifact } from '../../src/client/artifact-receiver.js';
@@ -12,6 +11,7 @@ import type { PrivacyClient } from '../../src/client/privacy-client.js';
 import { ArtifactState, type ExportArtifact } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { WRONG_ARTIFACT_KEY } from '../../src/privacy/artifact-cipher.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
+import { status } from '../support/grpc-status.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 import { waitFor } from '../support/streams.js';
 
@@ -26,16 +26,6 @@ const LETHE = join(process.cwd(), 'bin', 'lethe.js');
 const run = promisify(execFile);
 let keySeq = 0;
 const key = () => `artifact-key-${++keySeq}`;
-
-async function status(p: Promise<unknown>): Promise<{ code: string; details: string }> {
-  try {
-    await p;
-    return { code: 'OK', details: '' };
-  } catch (err) {
-    if (err instanceof ClientError) return { code: Status[err.code], details: err.details };
-    throw err;
-  }
-}
 
 async function fetch(client: PrivacyClient, requestId: string): Promise<{ artifact: ExportArtifact; bytes: Buffer }> {
   const chunks: Buffer[] = [];
