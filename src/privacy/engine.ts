@@ -274,7 +274,7 @@ export class PrivacyEngine {
         const artifact = await this.exportToArtifact(userId, requestId, lockTrx, signal);
         this.opts.logger.info({ requestId, subjectId: userId, actor: actor.id, sizeBytes: artifact.sizeBytes, rerun: prior !== undefined }, 'export artifact stored');
         return { requestId, artifact, replayed: false };
-      }),
+      }, signal),
     );
   }
 

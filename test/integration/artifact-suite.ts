@@ -163,9 +163,10 @@ export function artifactSuite(
     });
 
     it('records a failed attempt, refuses to fetch it, and stores on the retry', async () => {
+      // The caller cancels once the export has begun (its ledger entry takes the time).
       const cancelled = new AbortController();
-      cancelled.abort();
-      await expect(engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'failed-1' }, cancelled.signal)).rejects.toThrow(
+      const cancelling = await demoEngine(db, { artifacts: artifactOptions, now: () => (cancelled.abort(), new Date()) });
+      await expect(cancelling.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'failed-1' }, cancelled.signal)).rejects.toThrow(
         new CancelledError('The export was cancelled'),
       );
       const failed = await ledger.byIdempotencyKey(db.knex, 'failed-1');
@@ -190,6 +191,16 @@ export function artifactSuite(
       const id = results[0]?.requestId ?? '';
       expect((await chunkRows(id)).length).toBe(results[0]?.artifact.chunkCount);
       expect(JSON.parse((await fetchArtifact(engine, user('platform-owner-id'), id)).bytes.toString('utf8'))).toMatchObject({ user_id: 'member-user-id-456' });
+    });
+
+    it('stops waiting for an earlier call with the same key when the caller cancels', async () => {
+      const first = engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'waiting-1' }, never);
+      const gaveUp = new AbortController();
+      const second = engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'waiting-1' }, gaveUp.signal);
+      gaveUp.abort();
+      await expect(second).rejects.toThrow(new CancelledError('The call was cancelled while it waited for an earlier call with the same key'));
+      expect(await first).toMatchObject({ replayed: false });
+      expect(await engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'waiting-1' }, never)).toMatchObject({ replayed: true });
     });
 
     it.runIf(options.openReplica !== undefined)('serializes calls with one key across replicas (separate pools)', async () => {
