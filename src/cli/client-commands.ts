@@ -4,10 +4,11 @@ import { rename, rm } from 'node:fs/promises';
 import { once } from 'node:events';
 import { mintLocalToken } from '../auth/local-key.js';
 import { connectPrivacyService, type PrivacyClient } from '../client/privacy-client.js';
+import { receiveArtifact } from '../client/artifact-receiver.js';
 import { receiveExport } from '../client/export-receiver.js';
 import { loadClientConfig } from '../config/client-config.js';
-import { ConfigError } from '../errors.js';
-import { ConfirmationState, type PrivacyRequest, RequestState, RequestType } from '../gen/lethe/privacy/v1/privacy.js';
+import { ConfigError, InvalidArgumentError } from '../errors.js';
+import { ArtifactState, ConfirmationState, type PrivacyRequest, RequestState, RequestType } from '../gen/lethe/privacy/v1/privacy.js';
 
 interface ClientFlags {
   as?: string;
@@ -32,37 +33,62 @@ async function withClient<T>(flags: ClientFlags, defaultActor: string | undefine
   }
 }
 
-export async function exportCommand(userId: string, flags: ClientFlags & { output?: string; reason?: string }): Promise<void> {
-  // With neither --as nor LETHE_TOKEN, a user exports their own data.
-  await withClient(flags, userId, async (client) => {
-    const target = flags.output;
-    const partial = target === undefined ? undefined : `${target}.partial`;
-    const out = partial === undefined ? process.stdout : createWriteStream(partial, { mode: 0o600 });
-    const write = async (chunk: string) => {
-      if (!out.write(chunk)) await once(out, 'drain');
-    };
-    const progress = process.stderr.isTTY
-      ? (n: number, total: number) => process.stderr.write(`\rexported ${n} of ${total} records`)
-      : undefined;
-    try {
-      const result = await receiveExport(client.exportUser({ userId, reason: flags.reason ?? '' }), write, progress);
-      // A file holds exactly the canonical document, so `sha256sum` matches the trailer.
-      if (partial === undefined) await write('\n');
-      if (progress) process.stderr.write('\n');
-      if (partial !== undefined && target !== undefined) {
-        out.end();
-        await once(out, 'finish');
-        await rename(partial, target);
-        console.error(`wrote ${target}: ${result.records} records, sha256 ${result.trailer.sha256} (verified), request ${result.header.requestId}`);
-      }
-    } catch (err) {
-      if (partial !== undefined) {
-        out.destroy();
-        await rm(partial, { force: true });
-      }
-      throw err;
+type Write = (chunk: string | Uint8Array) => Promise<void>;
+
+/**
+ * Writes a verified document to `target`, or to standard output: into `<target>.partial`,
+ * renamed only once `receive` has checked the digest. Returns the line to report.
+ */
+async function writeVerified(target: string | undefined, receive: (write: Write) => Promise<string>): Promise<void> {
+  const partial = target === undefined ? undefined : `${target}.partial`;
+  const out = partial === undefined ? process.stdout : createWriteStream(partial, { mode: 0o600 });
+  const write: Write = async (chunk) => {
+    if (!out.write(chunk)) await once(out, 'drain');
+  };
+  try {
+    const summary = await receive(write);
+    // A file holds exactly the canonical document, so `sha256sum` matches the digest.
+    if (partial === undefined) await write('\n');
+    if (partial !== undefined && target !== undefined) {
+      out.end();
+      await once(out, 'finish');
+      await rename(partial, target);
+      console.error(`wrote ${target}: ${summary}`);
     }
-  });
+  } catch (err) {
+    if (partial !== undefined) {
+      out.destroy();
+      await rm(partial, { force: true });
+    }
+    throw err;
+  }
+}
+
+export async function exportCommand(userId: string | undefined, flags: ClientFlags & { output?: string; reason?: string; request?: string }): Promise<void> {
+  if (userId !== undefined && flags.request !== undefined) {
+    throw new InvalidArgumentError('give either a <user-id> to export or --request <id> to fetch a stored export, not both');
+  }
+  if (flags.request !== undefined) return fetchStoredExport(flags.request, flags);
+  if (userId === undefined) throw new InvalidArgumentError('give the <user-id> to export, or --request <id> to fetch a stored export');
+  // With neither --as nor LETHE_TOKEN, a user exports their own data.
+  await withClient(flags, userId, (client) =>
+    writeVerified(flags.output, async (write) => {
+      const progress = process.stderr.isTTY ? (n: number, total: number) => process.stderr.write(`\rexported ${n} of ${total} records`) : undefined;
+      const result = await receiveExport(client.exportUser({ userId, reason: flags.reason ?? '' }), write, progress);
+      if (progress) process.stderr.write('\n');
+      return `${result.records} records, sha256 ${result.trailer.sha256} (verified), request ${result.header.requestId}`;
+    }),
+  );
+}
+
+/** `lethe export --request ID`: a document StoreExport kept on the server. */
+async function fetchStoredExport(requestId: string, flags: ClientFlags & { output?: string }): Promise<void> {
+  await withClient(flags, undefined, (client) =>
+    writeVerified(flags.output, async (write) => {
+      const a = await receiveArtifact(client.getExportArtifact({ requestId }), write);
+      return `${a.totalRecords} records, sha256 ${a.sha256} (verified), request ${a.requestId}, expires ${iso(a.expiresAt)}`;
+    }),
+  );
 }
 
 export async function forgetCommand(userId: string, flags: ClientFlags & { reason: string; idempotencyKey?: string }): Promise<void> {
@@ -109,6 +135,17 @@ function toJson(q: PrivacyRequest) {
       rows_affected: c.rowsAffected,
       error: c.error === '' ? null : c.error,
     })),
+    artifact:
+      q.artifact === undefined
+        ? null
+        : {
+            state: ArtifactState[q.artifact.state].replace('ARTIFACT_STATE_', '').toLowerCase(),
+            sha256: q.artifact.sha256,
+            size_bytes: q.artifact.sizeBytes,
+            total_records: q.artifact.totalRecords,
+            created_at: iso(q.artifact.createdAt),
+            expires_at: iso(q.artifact.expiresAt),
+          },
   };
 }
 

@@ -56,6 +56,15 @@ export interface ServerConfig {
   /** Create the sample identity schema (embedded database, --demo, or asked for). */
   readonly migrateIdentitySchema: boolean;
   readonly events: EventsConfig;
+  readonly artifacts: ArtifactsConfig;
+}
+
+/** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
+export interface ArtifactsConfig {
+  /** AES-256 key. Unset: generated in the data directory (embedded database only). */
+  readonly key: Buffer | undefined;
+  readonly ttlMs: number;
+  readonly sweepIntervalMs: number;
 }
 
 export interface EventsConfig {
@@ -140,7 +149,26 @@ const envSchema = z.object({
   LETHE_DOWNSTREAM_SERVICES: z.string().default(''),
   LETHE_CONFIRMATION_TIMEOUT: z.string().default('24h'),
   LETHE_EVENT_SOURCE: z.string().min(1).max(256).default('lethe'),
+  // Export artifacts
+  LETHE_ARTIFACT_KEY: z
+    .string()
+    .regex(/^[0-9a-fA-F]{64}$/, 'LETHE_ARTIFACT_KEY must be exactly 32 bytes written as 64 hex digits (openssl rand -hex 32)')
+    .optional(),
+  LETHE_ARTIFACT_TTL: z.string().default('7d'),
+  LETHE_ARTIFACT_SWEEP_INTERVAL: z.string().default('1m'),
 });
+
+function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget): ArtifactsConfig {
+  // Replicas sharing a database must share the key: none of them may make up its own.
+  if (e.LETHE_ARTIFACT_KEY === undefined && database.kind === 'postgres') {
+    throw new ConfigError('required with DATABASE_URL: the key export artifacts are encrypted with, the same for every replica (openssl rand -hex 32)', 'LETHE_ARTIFACT_KEY');
+  }
+  const ttlMs = parseDuration(e.LETHE_ARTIFACT_TTL, 'LETHE_ARTIFACT_TTL');
+  if (ttlMs < 60_000) throw new ConfigError('must be at least 1m', 'LETHE_ARTIFACT_TTL');
+  const sweepIntervalMs = parseDuration(e.LETHE_ARTIFACT_SWEEP_INTERVAL, 'LETHE_ARTIFACT_SWEEP_INTERVAL');
+  if (sweepIntervalMs < 1_000) throw new ConfigError('must be at least 1s', 'LETHE_ARTIFACT_SWEEP_INTERVAL');
+  return { key: e.LETHE_ARTIFACT_KEY === undefined ? undefined : Buffer.from(e.LETHE_ARTIFACT_KEY, 'hex'), ttlMs, sweepIntervalMs };
+}
 
 export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<ServerConfig> {
   const parsed = envSchema.safeParse(env);
@@ -208,6 +236,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     demo,
     migrateIdentitySchema: database.kind === 'pglite' || demo || e.LETHE_MIGRATE_IDENTITY_SCHEMA,
     events,
+    artifacts: artifactsConfig(e, database),
   });
 }
 

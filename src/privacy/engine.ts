@@ -4,12 +4,16 @@ import type { Logger } from 'pino';
 import { FailedPreconditionError, InvalidArgumentError, LetheError, NotFoundError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
+import { withAdvisoryLock } from '../store/advisory-lock.js';
+import { type ArtifactRecord, artifacts } from '../store/artifacts.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { enqueueEvent } from '../store/outbox.js';
 import { type ListFilter, type PrivacyRequestRecord, type RequestState, type TableRows, ledger } from '../store/ledger.js';
+import { type ArtifactCipher, WRONG_ARTIFACT_KEY } from './artifact-cipher.js';
 import { writeAudit } from './audit.js';
 import { authorizeExport, authorizeForget } from './authorization.js';
 import { type Category, type DataMap, documentKeyOf } from './data-map.js';
+import { ArtifactWriter, artifactExpired, readArtifact } from './export-artifacts.js';
 import { type DocumentCategory, ExportDocumentAssembler } from './export-document.js';
 import { FactsReader } from './facts.js';
 import { applyForget } from './forget.js';
@@ -22,6 +26,11 @@ import { checkReason, requireId } from './validation.js';
 export const FORGET_MESSAGE = 'User data has been anonymized. PII has been removed while preserving audit logs.';
 export const REQUEST_NOT_FOUND = 'Privacy request not found';
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export const KEY_REUSED = 'idempotency_key was already used for a different request; use a new key';
+export const NO_ARTIFACT = 'Privacy request has no export artifact (only exports made with StoreExport are stored)';
+const DEFAULT_EXPORT_REASON = 'Data subject access request (GDPR Art. 15)';
+// ForgetUser and StoreExport share one key space (the ledger's idempotency_key column).
+const idempotencyLock = (key: string): string => `lethe:idempotency:${key}`;
 
 export interface ExportCategoryInfo extends DocumentCategory {
   readonly limit: number;
@@ -31,6 +40,27 @@ export type ExportEvent =
   | { readonly kind: 'header'; readonly userId: string; readonly requestId: string; readonly generatedAt: Date; readonly categories: readonly ExportCategoryInfo[] }
   | { readonly kind: 'batch'; readonly category: string; readonly records: string[] }
   | { readonly kind: 'trailer'; readonly counts: ReadonlyMap<string, number>; readonly sha256: string; readonly totalRecords: number };
+
+/** An artifact as callers see it: `expired` as soon as its expiry passed, even before the sweeper ran. */
+export type ArtifactView = ArtifactRecord;
+
+export interface StoredExport {
+  readonly requestId: string;
+  readonly artifact: ArtifactView;
+  readonly replayed: boolean;
+}
+
+export type ArtifactPart = { readonly kind: 'artifact'; readonly artifact: ArtifactView } | { readonly kind: 'chunk'; readonly bytes: Buffer };
+
+export interface ArtifactOptions {
+  readonly cipher: ArtifactCipher;
+  /** How long a stored export can be fetched. */
+  readonly ttlMs: number;
+  /** Chunks read per query when an artifact is fetched. */
+  readonly readChunks?: number;
+  /** Plaintext bytes per chunk (default 256 KiB). */
+  readonly chunkBytes?: number;
+}
 
 export interface ForgetResult {
   readonly userId: string;
@@ -60,6 +90,8 @@ export interface EngineOptions {
   readonly confirmationTimeoutMs?: number;
   /** Called after a forget committed its outbox event, so the relay publishes it at once. */
   readonly onEventEnqueued?: () => void;
+  /** Stored exports (StoreExport, GetExportArtifact); unset: those calls fail. */
+  readonly artifacts?: ArtifactOptions | undefined;
 }
 
 /** A ledger entry as callers see it: with `overdue`, and a pending entry for every expected service not yet heard from. */
@@ -94,17 +126,10 @@ export class PrivacyEngine {
    */
   async *exportUser(actor: Principal, input: { userId: string; reason: string }, signal: AbortSignal): AsyncGenerator<ExportEvent> {
     const userId = requireId(input.userId, 'user_id');
-    const reason = checkReason(input.reason, { required: false }) || 'Data subject access request (GDPR Art. 15)';
-    const receivedAt = this.now();
-
+    const reason = checkReason(input.reason, { required: false }) || DEFAULT_EXPORT_REASON;
     const request = await this.db(async () => {
-      if (!(await this.facts.subjectExists(this.knex, userId))) throw new NotFoundError(USER_NOT_FOUND);
-      authorizeExport(actor, userId, await this.facts.subject(this.knex, userId), await this.facts.actor(this.knex, actor.id));
-      return this.knex.transaction(async (trx) => {
-        const r = await ledger.insert(trx, { type: 'export', subjectId: userId, requester: actor.id, reason, state: 'running', receivedAt });
-        await writeAudit(trx, this.map, { eventType: 'user_data_exported', actorId: actor.id, targetId: userId, details: { reason, request_id: r.id }, timestamp: receivedAt });
-        return r;
-      });
+      await this.authorizeExportOf(actor, userId);
+      return this.recordExport(actor, userId, reason, undefined);
     });
 
     let outcome: { state: 'completed' | 'failed'; error?: string } = { state: 'failed', error: 'The export was interrupted before it finished' };
@@ -123,45 +148,77 @@ export class PrivacyEngine {
     }
   }
 
-  private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
-    const exported = this.map.categories.filter((c) => c.export !== undefined);
-    const trx = await this.knex.transaction();
-    try {
-      await trx.raw('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
-      const categories: ExportCategoryInfo[] = [];
-      for (const c of exported) {
-        const q = countQuery(c, userId);
-        const res = (await trx.raw(q.sql, q.bindings)) as { rows: Array<{ n: number | string }> };
-        const spec = c.export;
-        categories.push({
-          name: c.name,
-          documentKey: spec?.shape === 'object' ? '' : documentKeyOf(c),
-          shape: spec?.shape ?? 'list',
-          countKey: spec?.count_key,
-          totalCount: Number(res.rows[0]?.n ?? 0),
-          limit: spec?.limit ?? 0,
-        });
-      }
-      const generatedAt = this.now();
-      yield { kind: 'header', userId, requestId, generatedAt, categories };
+  private async authorizeExportOf(actor: Principal, userId: string): Promise<void> {
+    if (!(await this.facts.subjectExists(this.knex, userId))) throw new NotFoundError(USER_NOT_FOUND);
+    authorizeExport(actor, userId, await this.facts.subject(this.knex, userId), await this.facts.actor(this.knex, actor.id));
+  }
 
-      const doc = new ExportDocumentAssembler(categories);
-      let total = 0;
-      for (const c of exported) {
-        for await (const rows of readJsonRows(trx, this.exportQueryFor(c, userId), this.fetchRows, signal)) {
-          for (const records of this.splitBySize(rows)) {
-            doc.add(c.name, records);
-            total += records.length;
-            yield { kind: 'batch', category: c.name, records };
-          }
-        }
+  /** The export's ledger entry (running) and audit entry, committed before the export reads anything. */
+  private async recordExport(actor: Principal, userId: string, reason: string, idempotencyKey: string | undefined): Promise<PrivacyRequestRecord> {
+    const receivedAt = this.now();
+    return this.knex.transaction(async (trx) => {
+      const r = await ledger.insert(trx, { type: 'export', subjectId: userId, requester: actor.id, reason, state: 'running', idempotencyKey, receivedAt });
+      await writeAudit(trx, this.map, { eventType: 'user_data_exported', actorId: actor.id, targetId: userId, details: { reason, request_id: r.id }, timestamp: receivedAt });
+      return r;
+    });
+  }
+
+  private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
+    const trx = await this.openSnapshot({ readOnly: true });
+    try {
+      for await (const event of this.readSnapshot(trx, userId, requestId, signal)) {
+        // The trailer says the export is whole: only once the snapshot closed cleanly.
+        if (event.kind === 'trailer') await trx.commit();
+        yield event;
       }
-      const { sha256, counts } = doc.finish();
-      await trx.commit();
-      yield { kind: 'trailer', counts, sha256, totalRecords: total };
     } finally {
       if (!trx.isCompleted()) await trx.rollback().catch(() => undefined);
     }
+  }
+
+  /** One REPEATABLE READ snapshot: everything an export reads comes from it. */
+  private async openSnapshot(opts: { readOnly: boolean }): Promise<Knex.Transaction> {
+    const trx = await this.knex.transaction();
+    await trx.raw(`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ${opts.readOnly ? ', READ ONLY' : ''}`);
+    return trx;
+  }
+
+  /**
+   * The export itself, in the caller's snapshot: a header, batches, a trailer. `sink` receives
+   * the canonical document's text as it is assembled (the text the trailer's SHA-256 covers).
+   */
+  private async *readSnapshot(trx: Knex.Transaction, userId: string, requestId: string, signal: AbortSignal, sink?: (text: string) => void): AsyncGenerator<ExportEvent> {
+    const exported = this.map.categories.filter((c) => c.export !== undefined);
+    const categories: ExportCategoryInfo[] = [];
+    for (const c of exported) {
+      const q = countQuery(c, userId);
+      const res = (await trx.raw(q.sql, q.bindings)) as { rows: Array<{ n: number | string }> };
+      const spec = c.export;
+      categories.push({
+        name: c.name,
+        documentKey: spec?.shape === 'object' ? '' : documentKeyOf(c),
+        shape: spec?.shape ?? 'list',
+        countKey: spec?.count_key,
+        totalCount: Number(res.rows[0]?.n ?? 0),
+        limit: spec?.limit ?? 0,
+      });
+    }
+    const generatedAt = this.now();
+    yield { kind: 'header', userId, requestId, generatedAt, categories };
+
+    const doc = new ExportDocumentAssembler(categories, sink);
+    let total = 0;
+    for (const c of exported) {
+      for await (const rows of readJsonRows(trx, this.exportQueryFor(c, userId), this.fetchRows, signal)) {
+        for (const records of this.splitBySize(rows)) {
+          doc.add(c.name, records);
+          total += records.length;
+          yield { kind: 'batch', category: c.name, records };
+        }
+      }
+    }
+    const { sha256, counts } = doc.finish();
+    yield { kind: 'trailer', counts, sha256, totalRecords: total };
   }
 
   private exportQueryFor(c: Category, userId: string): Fragment {
@@ -185,6 +242,147 @@ export class PrivacyEngine {
   }
 
   /**
+   * Runs an export on the server and stores the document encrypted (StoreExport). Calls with
+   * one idempotency key are serialized by a lock on the key that holds across replicas. A key
+   * whose artifact is stored replays it; a key whose earlier attempt never finished (the caller
+   * or a server died) runs the export again under the same request id. The chunks, the
+   * artifact's description and the ledger's `completed` commit together, so an attempt that
+   * dies leaves nothing half-written.
+   */
+  async storeExport(actor: Principal, input: { userId: string; reason: string; idempotencyKey: string }, signal: AbortSignal): Promise<StoredExport> {
+    const userId = requireId(input.userId, 'user_id');
+    const reason = checkReason(input.reason, { required: false }) || DEFAULT_EXPORT_REASON;
+    const key = requireId(input.idempotencyKey, 'idempotency_key');
+    this.artifactOptions();
+
+    return this.db(() =>
+      withAdvisoryLock(this.knex, idempotencyLock(key), async (lockTrx) => {
+        const prior = await ledger.byIdempotencyKey(this.knex, key);
+        if (prior !== undefined) {
+          if (prior.type !== 'export' || prior.subjectId !== userId || prior.requester !== actor.id) throw new FailedPreconditionError(KEY_REUSED);
+          const stored = await artifacts.get(this.knex, prior.id);
+          if (stored !== undefined) return { requestId: prior.id, artifact: this.artifactView(stored, this.now()), replayed: true };
+        }
+        await this.authorizeExportOf(actor, userId);
+        let requestId: string;
+        if (prior === undefined) {
+          requestId = (await this.recordExport(actor, userId, reason, key)).id;
+        } else {
+          requestId = prior.id;
+          await ledger.restart(this.knex, requestId);
+        }
+        const artifact = await this.exportToArtifact(userId, requestId, lockTrx, signal);
+        this.opts.logger.info({ requestId, subjectId: userId, actor: actor.id, sizeBytes: artifact.sizeBytes, rerun: prior !== undefined }, 'export artifact stored');
+        return { requestId, artifact, replayed: false };
+      }, signal),
+    );
+  }
+
+  /**
+   * The export in its snapshot, written encrypted as it is assembled. On PostgreSQL the chunks
+   * go through the connection that holds the key's lock (the snapshot's connection is busy
+   * streaming the rows with COPY); embedded PGlite has a single connection, so there they go
+   * into the snapshot's own transaction.
+   */
+  private async exportToArtifact(userId: string, requestId: string, lockTrx: Knex.Transaction | undefined, signal: AbortSignal): Promise<ArtifactRecord> {
+    const { cipher, ttlMs, chunkBytes } = this.artifactOptions();
+    const snapshot = await this.openSnapshot({ readOnly: lockTrx !== undefined });
+    const target = lockTrx ?? snapshot;
+    let failure: string | undefined = 'The export was interrupted before it was stored';
+    try {
+      await artifacts.deleteChunks(target, requestId);
+      const writer = new ArtifactWriter(cipher, requestId, (chunk) => artifacts.insertChunk(target, requestId, chunk), chunkBytes);
+      let trailer: Extract<ExportEvent, { kind: 'trailer' }> | undefined;
+      for await (const event of this.readSnapshot(snapshot, userId, requestId, signal, writer.sink)) {
+        if (event.kind === 'trailer') trailer = event;
+        await writer.flush();
+      }
+      if (trailer === undefined) throw new Error('the export ended without a trailer');
+      const { sizeBytes, chunkCount } = await writer.finish();
+      // The last statements in the lock's transaction: nothing may fail after its row lock on the
+      // ledger entry, or recording the failure below would wait for that lock.
+      if (target !== snapshot) await snapshot.commit();
+      const at = this.now();
+      const artifact = await artifacts.insert(target, {
+        requestId,
+        keyId: cipher.keyId,
+        sha256: trailer.sha256,
+        sizeBytes,
+        chunkCount,
+        counts: [...trailer.counts].map(([category, exported]) => ({ category, exported })),
+        totalRecords: trailer.totalRecords,
+        createdAt: at,
+        expiresAt: new Date(at.getTime() + ttlMs),
+      });
+      await ledger.finish(target, requestId, 'completed', at);
+      if (target === snapshot) await snapshot.commit();
+      failure = undefined;
+      return artifact;
+    } catch (err) {
+      const e = translateDatabaseError(err);
+      // Only domain messages go into the ledger: a driver's message may quote data.
+      failure = e instanceof LetheError ? e.message : 'The export failed';
+      throw e;
+    } finally {
+      if (!snapshot.isCompleted()) await snapshot.rollback().catch(() => undefined);
+      if (failure !== undefined) {
+        // Outside the lock's transaction, which rolls back: the ledger keeps the failure.
+        await ledger.finish(this.knex, requestId, 'failed', this.now(), failure).catch((err: unknown) => {
+          this.opts.logger.warn({ requestId, err: errorSummary(err) }, 'could not record the outcome of an export');
+        });
+      }
+    }
+  }
+
+  /**
+   * Streams a stored export (GetExportArtifact): its description, then the decrypted document
+   * in order, checked against the description's size and SHA-256 before its last bytes go out.
+   * Readable by whoever may read the request in the ledger.
+   */
+  async *exportArtifact(actor: Principal, requestId: string, signal: AbortSignal): AsyncGenerator<ArtifactPart> {
+    if (!UUID.test(requestId)) throw new InvalidArgumentError('request_id must be a privacy request id (a UUID)');
+    const { cipher, readChunks } = this.artifactOptions();
+    const r = await this.db(() => ledger.get(this.knex, requestId));
+    if (r === undefined || !(await this.mayRead(actor, r))) throw new NotFoundError(REQUEST_NOT_FOUND);
+    const stored = r.artifact;
+    if (stored === null) throw missingArtifact(r);
+    const artifact = this.artifactView(stored, this.now());
+    if (artifact.state === 'expired') throw new FailedPreconditionError(artifactExpired(artifact.expiresAt));
+    if (artifact.keyId !== cipher.keyId) {
+      this.opts.logger.warn({ requestId, storedKeyId: artifact.keyId, keyId: cipher.keyId }, 'export artifact was stored with another LETHE_ARTIFACT_KEY');
+      throw new FailedPreconditionError(WRONG_ARTIFACT_KEY);
+    }
+    yield { kind: 'artifact', artifact };
+    try {
+      for await (const bytes of readArtifact(cipher, artifact, artifacts.chunks(this.knex, requestId, readChunks ?? 4, signal))) yield { kind: 'chunk', bytes };
+    } catch (err) {
+      // The sweeper may have deleted the chunks while they were read.
+      const now = await this.db(() => artifacts.get(this.knex, requestId));
+      if (now !== undefined && this.artifactView(now, this.now()).state === 'expired') throw new FailedPreconditionError(artifactExpired(now.expiresAt));
+      throw translateDatabaseError(err);
+    }
+  }
+
+  /** Deletes the chunks of every artifact past its expiry and marks it expired; returns how many. */
+  async expireArtifacts(): Promise<number> {
+    let expired = 0;
+    for (;;) {
+      const ids = await this.db(() => artifacts.expireDue(this.knex, this.now(), 100));
+      expired += ids.length;
+      if (ids.length < 100) return expired;
+    }
+  }
+
+  private artifactView(a: ArtifactRecord, now: Date): ArtifactView {
+    return a.state === 'available' && a.expiresAt.getTime() <= now.getTime() ? { ...a, state: 'expired' } : a;
+  }
+
+  private artifactOptions(): ArtifactOptions {
+    if (this.opts.artifacts === undefined) throw new FailedPreconditionError('This server does not store export artifacts');
+    return this.opts.artifacts;
+  }
+
+  /**
    * Anonymizes the subject in one transaction. Calls with the same idempotency key, and
    * forgets of the same subject, are serialized by advisory locks; a repeated key replays the
    * first result, and a subject already erased is left as it is.
@@ -196,7 +394,7 @@ export class PrivacyEngine {
 
     const result = await this.db(() =>
       this.knex.transaction(async (trx) => {
-        await lockKey(trx, `lethe:idempotency:${key}`);
+        await lockKey(trx, idempotencyLock(key));
         const prior = await ledger.byIdempotencyKey(trx, key);
         if (prior !== undefined) return replay(prior, actor, userId);
 
@@ -268,7 +466,7 @@ export class PrivacyEngine {
     const overdue = open && (r.dueAt.getTime() < now.getTime() || (r.state === 'anonymized' && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
     const heard = new Set(r.confirmations.map((c) => c.service));
     const pending = r.type === 'forget' && r.state === 'anonymized' ? this.expected.filter((s) => !heard.has(s)) : [];
-    return { ...r, overdue, pending };
+    return { ...r, overdue, pending, artifact: r.artifact === null ? null : this.artifactView(r.artifact, now) };
   }
 
   /** Platform principals and platform owners read the whole ledger; others what they made or are the subject of. */
@@ -291,7 +489,15 @@ export class PrivacyEngine {
 
 function replay(prior: PrivacyRequestRecord, actor: Principal, userId: string): ForgetResult {
   if (prior.type !== 'forget' || prior.subjectId !== userId || prior.requester !== actor.id) {
-    throw new FailedPreconditionError('idempotency_key was already used for a different request; use a new key');
+    throw new FailedPreconditionError(KEY_REUSED);
   }
   return { userId, requestId: prior.id, message: FORGET_MESSAGE, rowsAffected: prior.rowsAffected, replayed: true };
+}
+
+/** Why a request the caller may read has no artifact to fetch. */
+function missingArtifact(r: PrivacyRequestRecord): LetheError {
+  const stored = r.type === 'export' && r.idempotencyKey !== null;
+  if (!stored) return new NotFoundError(NO_ARTIFACT);
+  if (r.state === 'running') return new FailedPreconditionError('The export is still running; fetch the artifact once the request is completed');
+  return new FailedPreconditionError('The export stored no artifact; call StoreExport again with the same idempotency key');
 }

@@ -6,6 +6,8 @@ import { createVerifier } from '../auth/verifier.js';
 import type { ServerConfig } from '../config/config.js';
 import { ConfigError, UnavailableError } from '../errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
+import { ArtifactCipher, artifactKeyId } from '../privacy/artifact-cipher.js';
+import { ArtifactSweeper } from '../privacy/artifact-sweeper.js';
 import { PrivacyEngine } from '../privacy/engine.js';
 import { usesHash } from '../privacy/forget.js';
 import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
@@ -31,6 +33,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     throw new ConfigError("the server needs a top-level 'subject' (the table whose row is the person) to answer 'User not found'", config.dataMapPath);
   }
   const hashKey = usesHash(dataMap) ? await resolveHashKey(config) : undefined;
+  const artifactKey = config.artifacts.key ?? (await keyInDataDir(config.dataDir, 'artifact-key'));
   const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals, { serviceAccounts: config.serviceAccounts, logger });
 
   const unlock = config.database.kind === 'pglite' ? await lockDataDir(config.dataDir) : async () => undefined;
@@ -63,13 +66,17 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       expectedServices: ev.expectedServices,
       confirmationTimeoutMs: ev.confirmationTimeoutMs,
       onEventEnqueued: () => events?.notify(),
+      artifacts: { cipher: new ArtifactCipher(artifactKey), ttlMs: config.artifacts.ttlMs },
     });
+    const sweeper = new ArtifactSweeper(() => engine.expireArtifacts(), config.artifacts.sweepIntervalMs, logger);
     if (events === undefined) {
       logger.warn({ pendingEvents: await countPending(db.knex) }, 'no LETHE_NATS_URL: anonymization events wait in the outbox until NATS is configured');
     } else {
       events.start();
     }
+    sweeper.start();
     const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port }).catch(async (err: unknown) => {
+      await sweeper.stop();
       await events?.stop();
       throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
     });
@@ -79,6 +86,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         database: db.description,
         dataMap: config.dataMapPath,
         auth: config.auth.mode === 'local' ? `local signing key in ${config.dataDir} (mint tokens with: lethe token --as <user-id>)` : config.auth.mode,
+        artifactKeyId: artifactKeyId(artifactKey),
       },
       'lethe PrivacyService listening',
     );
@@ -86,6 +94,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       port: grpc.port,
       async stop(graceMs = 10_000) {
         await grpc.shutdown(graceMs);
+        await sweeper.stop();
         await events?.stop();
         await eventsDb?.close();
         await db.close();
@@ -105,13 +114,27 @@ async function resolveHashKey(config: ServerConfig): Promise<Buffer> {
   if (config.auth.mode !== 'local') {
     throw new ConfigError('the data map uses the hash action: set LETHE_HASH_KEY (openssl rand -hex 32)', 'LETHE_HASH_KEY');
   }
-  const path = join(config.dataDir, 'hash-key');
+  return keyInDataDir(config.dataDir, 'hash-key');
+}
+
+/** A 32-byte key kept as hex in the data directory (mode 0600), created on first use. */
+async function keyInDataDir(dataDir: string, name: string): Promise<Buffer> {
+  const path = join(dataDir, name);
   try {
-    return Buffer.from((await readFile(path, 'utf8')).trim(), 'hex');
-  } catch {
-    await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
-    const key = randomBytes(32);
-    await writeFile(path, `${key.toString('hex')}\n`, { mode: 0o600 });
-    return key;
+    return await readKeyFile(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  await writeFile(path, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600, flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
+    // Another process created it first: use theirs.
+    if (err.code !== 'EEXIST') throw err;
+  });
+  return readKeyFile(path);
+}
+
+async function readKeyFile(path: string): Promise<Buffer> {
+  const text = (await readFile(path, 'utf8')).trim();
+  if (!/^(?:[0-9a-fA-F]{2}){32}$/.test(text)) throw new ConfigError('is not a 32-byte key written as 64 hex digits', path);
+  return Buffer.from(text, 'hex');
 }

@@ -1,14 +1,18 @@
-import { type CallContext, ServerError, Status } from 'nice-grpc';
+import type { CallContext } from 'nice-grpc';
 import { InvalidArgumentError } from '../errors.js';
 import {
+  ArtifactState,
   CategoryShape,
   ConfirmationState,
   type DeepPartial,
+  type ExportArtifact,
   type ExportUserRequest,
   type ExportUserResponse,
   type ForgetUserRequest,
   type ForgetUserResponse,
+  type GetExportArtifactRequest,
   type GetExportArtifactResponse,
+  type StoreExportRequest,
   type StoreExportResponse,
   type GetPrivacyRequestRequest,
   type GetPrivacyRequestResponse,
@@ -19,7 +23,7 @@ import {
   RequestState,
   RequestType,
 } from '../gen/lethe/privacy/v1/privacy.js';
-import { type ExportEvent, type PrivacyEngine, type PrivacyRequestView, UUID } from '../privacy/engine.js';
+import { type ArtifactView, type ExportEvent, type PrivacyEngine, type PrivacyRequestView, UUID } from '../privacy/engine.js';
 import type { PrivacyRequestRecord, RequestState as LedgerState } from '../store/ledger.js';
 import type { AuthContext } from './middleware.js';
 
@@ -58,13 +62,15 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
       };
     },
 
-    storeExport(): Promise<DeepPartial<StoreExportResponse>> {
-      return Promise.reject(new ServerError(Status.UNIMPLEMENTED, 'StoreExport is not implemented yet'));
+    async storeExport(request: StoreExportRequest, context: CallContext & AuthContext): Promise<DeepPartial<StoreExportResponse>> {
+      const r = await engine.storeExport(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey }, context.signal);
+      return { requestId: r.requestId, artifact: toArtifactMessage(r.artifact), replayed: r.replayed };
     },
 
-    // eslint-disable-next-line require-yield
-    async *getExportArtifact(): AsyncGenerator<DeepPartial<GetExportArtifactResponse>> {
-      throw new ServerError(Status.UNIMPLEMENTED, 'GetExportArtifact is not implemented yet');
+    async *getExportArtifact(request: GetExportArtifactRequest, context: CallContext & AuthContext): AsyncGenerator<DeepPartial<GetExportArtifactResponse>> {
+      for await (const part of engine.exportArtifact(context.principal, request.requestId, context.signal)) {
+        yield part.kind === 'artifact' ? { part: { $case: 'artifact', value: toArtifactMessage(part.artifact) } } : { part: { $case: 'chunk', value: part.bytes } };
+      }
     },
   };
 }
@@ -144,6 +150,20 @@ function toMessage(r: PrivacyRequestView): DeepPartial<PrivacyRequest> {
       })),
       ...r.pending.map((service) => ({ service, state: ConfirmationState.CONFIRMATION_STATE_PENDING })),
     ],
+    artifact: r.artifact === null ? undefined : toArtifactMessage(r.artifact),
+  };
+}
+
+function toArtifactMessage(a: ArtifactView): ExportArtifact {
+  return {
+    requestId: a.requestId,
+    sha256: a.sha256,
+    sizeBytes: a.sizeBytes,
+    counts: a.counts.map((c) => ({ category: c.category, exported: c.exported })),
+    totalRecords: a.totalRecords,
+    createdAt: a.createdAt,
+    expiresAt: a.expiresAt,
+    state: a.state === 'available' ? ArtifactState.ARTIFACT_STATE_AVAILABLE : ArtifactState.ARTIFACT_STATE_EXPIRED,
   };
 }
 

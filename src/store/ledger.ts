@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import { dueDate } from '../privacy/due-date.js';
+import { type ArtifactRecord, artifacts } from './artifacts.js';
 
 /** The request ledger: every export and forget, its dates and its outcome. */
 
@@ -35,6 +36,8 @@ export interface PrivacyRequestRecord {
   readonly error: string | null;
   readonly rowsAffected: readonly TableRows[];
   readonly confirmations: readonly Confirmation[];
+  /** Exports made with StoreExport: the stored artifact, once it is stored. */
+  readonly artifact: ArtifactRecord | null;
 }
 
 interface Row {
@@ -70,6 +73,7 @@ function toRecord(r: Row): PrivacyRequestRecord {
     error: r.error,
     rowsAffected: result?.rows_affected ?? [],
     confirmations: [],
+    artifact: null,
   };
 }
 
@@ -98,6 +102,15 @@ async function withConfirmations(db: Knex | Knex.Transaction, records: PrivacyRe
         error: c.error,
       })),
   }));
+}
+
+async function withArtifacts(db: Knex | Knex.Transaction, records: PrivacyRequestRecord[]): Promise<PrivacyRequestRecord[]> {
+  const found = await artifacts.forRequests(db, records.filter((r) => r.type === 'export' && r.idempotencyKey !== null).map((r) => r.id));
+  return records.map((r) => ({ ...r, artifact: found.get(r.id) ?? null }));
+}
+
+async function withDetails(db: Knex | Knex.Transaction, records: PrivacyRequestRecord[]): Promise<PrivacyRequestRecord[]> {
+  return withArtifacts(db, await withConfirmations(db, records));
 }
 
 export interface NewRequest {
@@ -151,9 +164,14 @@ export const ledger = {
     await db(TABLE).where({ id }).update({ state, completed_at: state === 'completed' ? at : null, error: error ?? null });
   },
 
+  /** An export whose earlier attempt never finished runs again under the same id. */
+  async restart(db: Knex | Knex.Transaction, id: string): Promise<void> {
+    await db(TABLE).where({ id }).update({ state: 'running', completed_at: null, error: null });
+  },
+
   async get(db: Knex | Knex.Transaction, id: string): Promise<PrivacyRequestRecord | undefined> {
     const row = (await db(TABLE).where({ id }).first()) as Row | undefined;
-    return row === undefined ? undefined : (await withConfirmations(db, [toRecord(row)]))[0];
+    return row === undefined ? undefined : (await withDetails(db, [toRecord(row)]))[0];
   },
 
   async byIdempotencyKey(db: Knex | Knex.Transaction, key: string): Promise<PrivacyRequestRecord | undefined> {
@@ -182,7 +200,7 @@ export const ledger = {
       q.where((w) => w.where('received_at', '<', a.receivedAt).orWhere((w2) => w2.where('received_at', a.receivedAt).andWhere('id', '<', a.id)));
     }
     const rows = (await q.orderBy([{ column: 'received_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(f.limit)) as Row[];
-    return withConfirmations(db, rows.map(toRecord));
+    return withDetails(db, rows.map(toRecord));
   },
 
   /**

@@ -1,7 +1,9 @@
 import type { Knex } from 'knex';
+import { withAdvisoryLock } from './advisory-lock.js';
 import * as identity001 from './migrations/identity/001-identity-schema.js';
 import * as lethe001 from './migrations/lethe/001-ledger.js';
 import * as lethe002 from './migrations/lethe/002-events.js';
+import * as lethe003 from './migrations/lethe/003-export-artifacts.js';
 import * as sidecar001 from './migrations/sidecar/001-purges.js';
 
 interface Migration {
@@ -25,21 +27,30 @@ class StaticMigrationSource implements Knex.MigrationSource<string> {
   }
 }
 
-const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002 });
+const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002, '003-export-artifacts': lethe003 });
 const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001 });
 const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
 
-/** Lethe's own tables (the ledger). knex takes a lock, so concurrent replicas migrate once. */
+/**
+ * knex's own migration lock makes a second replica migrating at the same moment fail ("Migration
+ * table is already locked") instead of waiting. Replicas starting together wait for each other
+ * on an advisory lock instead; the later ones then find nothing left to do.
+ */
+async function migrate(knex: Knex, migrationSource: StaticMigrationSource, tableName: string): Promise<void> {
+  await withAdvisoryLock(knex, 'lethe:migrations', () => knex.migrate.latest({ migrationSource, tableName }));
+}
+
+/** Lethe's own tables: the ledger, the outbox, export artifacts. */
 export async function migrateLethe(knex: Knex): Promise<void> {
-  await knex.migrate.latest({ migrationSource: LETHE, tableName: 'lethe_migrations' });
+  await migrate(knex, LETHE, 'lethe_migrations');
 }
 
 /** The sample SSO identity schema that the default data map describes. */
 export async function migrateIdentitySchema(knex: Knex): Promise<void> {
-  await knex.migrate.latest({ migrationSource: IDENTITY, tableName: 'lethe_identity_migrations' });
+  await migrate(knex, IDENTITY, 'lethe_identity_migrations');
 }
 
 /** The sidecar's one table in a downstream service's own database. */
 export async function migrateSidecar(knex: Knex): Promise<void> {
-  await knex.migrate.latest({ migrationSource: SIDECAR, tableName: 'lethe_sidecar_migrations' });
+  await migrate(knex, SIDECAR, 'lethe_sidecar_migrations');
 }

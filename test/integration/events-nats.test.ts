@@ -175,7 +175,7 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
     const port = await freePort();
     const serve = (): ChildProcess =>
       spawn('node', [join(process.cwd(), 'bin', 'lethe.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], {
-        env: { ...process.env, DATABASE_URL: url, LETHE_NATS_URL: nats.url, LETHE_DOWNSTREAM_SERVICES: 'orders,analytics', LETHE_LOG_LEVEL: 'info' },
+        env: { ...process.env, DATABASE_URL: url, LETHE_ARTIFACT_KEY: 'ab'.repeat(32), LETHE_NATS_URL: nats.url, LETHE_DOWNSTREAM_SERVICES: 'orders,analytics', LETHE_LOG_LEVEL: 'info' },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
     const started = async (p: ChildProcess) => {

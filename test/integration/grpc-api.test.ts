@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SignJWT, generateKeyPair, importJWK } from 'jose';
-import { ClientError, Status, createChannel, createClient } from 'nice-grpc';
+import { createChannel, createClient } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,22 +13,13 @@ import type { PrivacyClient } from '../../src/client/privacy-client.js';
 import { RequestState, RequestType } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { FORGET_MESSAGE } from '../../src/privacy/engine.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
+import { status } from '../support/grpc-status.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 
 const bin = requirePostgres();
 const REASON = 'GDPR Right to be Forgotten';
 let keySeq = 0;
 const key = () => `test-key-${++keySeq}`;
-
-async function status(p: Promise<unknown>): Promise<{ code: string; details: string }> {
-  try {
-    await p;
-    return { code: 'OK', details: '' };
-  } catch (err) {
-    if (err instanceof ClientError) return { code: Status[err.code], details: err.details };
-    throw err;
-  }
-}
 
 async function exportStatus(client: PrivacyClient, userId: string) {
   return status(receiveExport(client.exportUser({ userId, reason: '' }), () => undefined));

@@ -1,6 +1,6 @@
 import { pino } from 'pino';
 import { DEFAULT_DATA_MAP_PATH, type DataMap, loadDataMap } from '../../src/privacy/data-map.js';
-import { type ExportEvent, PrivacyEngine } from '../../src/privacy/engine.js';
+import { type ArtifactOptions, type ExportEvent, PrivacyEngine } from '../../src/privacy/engine.js';
 import { ExportDocumentAssembler } from '../../src/privacy/export-document.js';
 import { checkDataMapAgainstDatabase } from '../../src/privacy/schema-check.js';
 import type { Database } from '../../src/store/database.js';
@@ -10,13 +10,13 @@ import { migrateIdentitySchema, migrateLethe } from '../../src/store/migrations.
 export const silentLogger = pino({ level: 'silent' });
 
 /** Migrates, loads the demo data and builds an engine over the default data map. */
-export async function demoEngine(db: Database, options: { dataMap?: DataMap; hashKey?: Buffer } = {}): Promise<PrivacyEngine> {
+export async function demoEngine(db: Database, options: { dataMap?: DataMap; hashKey?: Buffer; artifacts?: ArtifactOptions; now?: () => Date } = {}): Promise<PrivacyEngine> {
   await migrateLethe(db.knex);
   await migrateIdentitySchema(db.knex);
   await loadDemoData(db.knex);
   const dataMap = options.dataMap ?? (await loadDataMap(DEFAULT_DATA_MAP_PATH));
   const columnTypes = await checkDataMapAgainstDatabase(db.knex, dataMap, 'test');
-  return new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, hashKey: options.hashKey, logger: silentLogger });
+  return new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, hashKey: options.hashKey, logger: silentLogger, artifacts: options.artifacts, now: options.now });
 }
 
 /** Runs an export to the end and returns the document text, the parsed document and the trailer. */

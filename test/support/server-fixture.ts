@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,7 +21,9 @@ export interface TestServer {
 /** The whole server in-process on a free loopback port, with its own data directory. */
 export async function startTestServer(env: Record<string, string | undefined>): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'lethe-test-'));
-  const config = loadServerConfig({ LETHE_LOG_LEVEL: 'silent', ...env }, { demo: true, listen: '127.0.0.1:0', dataDir });
+  // With DATABASE_URL the server requires LETHE_ARTIFACT_KEY (replicas share it).
+  const artifactKey = env.DATABASE_URL !== undefined ? { LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex') } : {};
+  const config = loadServerConfig({ LETHE_LOG_LEVEL: 'silent', ...artifactKey, ...env }, { demo: true, listen: '127.0.0.1:0', dataDir });
   const server = await startLetheServer(config, silentLogger);
   const address = `127.0.0.1:${server.port}`;
   const channels: Array<() => void> = [];

@@ -6,6 +6,7 @@ import { DEFAULT_DATA_MAP_PATH } from '../../src/privacy/data-map.js';
 
 const HOME = '/home/lethe-test';
 const HASH_KEY = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff';
+const ARTIFACT_KEY = 'ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100';
 
 function configErrorOf(env: Env, flags = {}): ConfigError {
   try {
@@ -66,7 +67,7 @@ describe('loadServerConfig: defaults', () => {
 
 describe('loadServerConfig: PostgreSQL', () => {
   it.each(['postgres://lethe@db:5432/lethe', 'postgresql://lethe:pw@db/lethe?sslmode=require'])('DATABASE_URL %s switches to postgres', (url) => {
-    const c = loadServerConfig({ HOME, DATABASE_URL: url });
+    const c = loadServerConfig({ HOME, DATABASE_URL: url, LETHE_ARTIFACT_KEY: ARTIFACT_KEY });
     expect(c.database).toEqual({ kind: 'postgres', url });
     expect(c.migrateIdentitySchema).toBe(false);
   });
@@ -77,7 +78,7 @@ describe('loadServerConfig: PostgreSQL', () => {
     ['LETHE_MIGRATE_IDENTITY_SCHEMA=false', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'false' }, {}, false],
     ['--demo', {}, { demo: true }, true],
   ])('migrates the identity schema on postgres with %s: %s', (_label, extra, flags, migrate) => {
-    expect(loadServerConfig({ HOME, DATABASE_URL: 'postgres://db/lethe', ...extra }, flags).migrateIdentitySchema).toBe(migrate);
+    expect(loadServerConfig({ HOME, DATABASE_URL: 'postgres://db/lethe', LETHE_ARTIFACT_KEY: ARTIFACT_KEY, ...extra }, flags).migrateIdentitySchema).toBe(migrate);
   });
 });
 
@@ -143,6 +144,44 @@ describe('loadServerConfig: bad values name the variable', () => {
   it('refuses a hash key with an odd number of hex digits instead of silently dropping the last one', () => {
     const err = configErrorOf({ HOME, LETHE_HASH_KEY: `${HASH_KEY}a` });
     expect(err.source).toBe('LETHE_HASH_KEY');
+  });
+});
+
+describe('loadServerConfig: export artifacts', () => {
+  it('defaults: a key generated in the data directory, kept 7 days, swept every minute', () => {
+    expect(loadServerConfig({ HOME }).artifacts).toEqual({ key: undefined, ttlMs: 7 * 86_400_000, sweepIntervalMs: 60_000 });
+  });
+
+  it('reads the key, the TTL and the sweep interval', () => {
+    const c = loadServerConfig({ HOME, LETHE_ARTIFACT_KEY: ARTIFACT_KEY, LETHE_ARTIFACT_TTL: '36h', LETHE_ARTIFACT_SWEEP_INTERVAL: '5s' });
+    expect(c.artifacts.key).toEqual(Buffer.from(ARTIFACT_KEY, 'hex'));
+    expect(c.artifacts.key?.length).toBe(32);
+    expect(c.artifacts.ttlMs).toBe(36 * 3_600_000);
+    expect(c.artifacts.sweepIntervalMs).toBe(5_000);
+    expect(loadServerConfig({ HOME, LETHE_ARTIFACT_TTL: '1m' }).artifacts.ttlMs).toBe(60_000);
+    expect(loadServerConfig({ HOME, LETHE_ARTIFACT_KEY: ARTIFACT_KEY.toUpperCase() }).artifacts.key).toEqual(Buffer.from(ARTIFACT_KEY, 'hex'));
+  });
+
+  it('requires LETHE_ARTIFACT_KEY with DATABASE_URL: replicas must not each make up a key', () => {
+    const err = configErrorOf({ HOME, DATABASE_URL: 'postgres://db/lethe' });
+    expect(err.source).toBe('LETHE_ARTIFACT_KEY');
+    expect(err.message).toBe('LETHE_ARTIFACT_KEY: required with DATABASE_URL: the key export artifacts are encrypted with, the same for every replica (openssl rand -hex 32)');
+  });
+
+  const KEY_RULE = 'LETHE_ARTIFACT_KEY: LETHE_ARTIFACT_KEY must be exactly 32 bytes written as 64 hex digits (openssl rand -hex 32)';
+  it.each([
+    ['LETHE_ARTIFACT_KEY', { LETHE_ARTIFACT_KEY: ARTIFACT_KEY.slice(2) }, KEY_RULE],
+    ['LETHE_ARTIFACT_KEY', { LETHE_ARTIFACT_KEY: `${ARTIFACT_KEY}00` }, KEY_RULE],
+    ['LETHE_ARTIFACT_KEY', { LETHE_ARTIFACT_KEY: `${ARTIFACT_KEY.slice(1)}g` }, KEY_RULE],
+    ['LETHE_ARTIFACT_KEY', { LETHE_ARTIFACT_KEY: '' }, KEY_RULE],
+    ['LETHE_ARTIFACT_TTL', { LETHE_ARTIFACT_TTL: 'a week' }, "LETHE_ARTIFACT_TTL: 'a week' is not a duration such as 90s, 2m, 24h or 7d"],
+    ['LETHE_ARTIFACT_TTL', { LETHE_ARTIFACT_TTL: '59s' }, 'LETHE_ARTIFACT_TTL: must be at least 1m'],
+    ['LETHE_ARTIFACT_SWEEP_INTERVAL', { LETHE_ARTIFACT_SWEEP_INTERVAL: '500ms' }, 'LETHE_ARTIFACT_SWEEP_INTERVAL: must be at least 1s'],
+    ['LETHE_ARTIFACT_SWEEP_INTERVAL', { LETHE_ARTIFACT_SWEEP_INTERVAL: 'often' }, "LETHE_ARTIFACT_SWEEP_INTERVAL: 'often' is not a duration such as 90s, 2m, 24h or 7d"],
+  ])('%s: %j', (variable, env, message) => {
+    const err = configErrorOf({ HOME, ...env });
+    expect(err.source).toBe(variable);
+    expect(err.message).toBe(message);
   });
 });
 

@@ -3094,6 +3094,11 @@ export const PrivacyServiceDefinition = {
     /**
      * GetExportArtifact streams a stored export back: the artifact's description first, then the
      * document's bytes in order. Allowed to the requester, the subject and platform principals.
+     * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
+     * not readable by the caller) or "Privacy request has no export artifact …" (not a
+     * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
+     * artifact expired ("Export artifact expired at <time>; run the export again"), was stored
+     * with a different LETHE_ARTIFACT_KEY, or is damaged.
      */
     getExportArtifact: {
       name: "GetExportArtifact",
@@ -3142,6 +3147,11 @@ export interface PrivacyServiceImplementation<CallContextExt = {}> {
   /**
    * GetExportArtifact streams a stored export back: the artifact's description first, then the
    * document's bytes in order. Allowed to the requester, the subject and platform principals.
+   * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
+   * not readable by the caller) or "Privacy request has no export artifact …" (not a
+   * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
+   * artifact expired ("Export artifact expired at <time>; run the export again"), was stored
+   * with a different LETHE_ARTIFACT_KEY, or is damaged.
    */
   getExportArtifact(
     request: GetExportArtifactRequest,
@@ -3185,6 +3195,11 @@ export interface PrivacyServiceClient<CallOptionsExt = {}> {
   /**
    * GetExportArtifact streams a stored export back: the artifact's description first, then the
    * document's bytes in order. Allowed to the requester, the subject and platform principals.
+   * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
+   * not readable by the caller) or "Privacy request has no export artifact …" (not a
+   * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
+   * artifact expired ("Export artifact expired at <time>; run the export again"), was stored
+   * with a different LETHE_ARTIFACT_KEY, or is damaged.
    */
   getExportArtifact(
     request: DeepPartial<GetExportArtifactRequest>,
