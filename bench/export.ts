@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -115,6 +116,7 @@ async function startServer(url: string, dataDir: string): Promise<{ child: Child
     env: {
       ...process.env,
       DATABASE_URL: url,
+      LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'),
       LETHE_DATA_DIR: dataDir,
       LETHE_DATA_MAP: DATA_MAP,
       LETHE_MIGRATE_IDENTITY_SCHEMA: 'true',

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -245,6 +245,7 @@ async function startServer(databaseUrl: string, natsUrl: string, dataDir: string
   const port = await freePort();
   const server = new LetheProcess('server', ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], {
     DATABASE_URL: databaseUrl,
+    LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'),
     LETHE_NATS_URL: natsUrl,
     LETHE_DOWNSTREAM_SERVICES: DOWNSTREAM.map((s) => s.name).join(','),
     LETHE_MIGRATE_IDENTITY_SCHEMA: 'true',

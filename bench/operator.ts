@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -56,6 +56,7 @@ export async function run(args: string[]): Promise<void> {
     const port = await freePort();
     const server = new LetheProcess('server', ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], {
       DATABASE_URL: databaseUrl,
+      LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'),
       LETHE_MIGRATE_IDENTITY_SCHEMA: 'true',
       LETHE_LOG_LEVEL: 'warn',
       LETHE_PLATFORM_PRINCIPALS: PRINCIPAL,

@@ -164,7 +164,7 @@ function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget)
     throw new ConfigError('required with DATABASE_URL: the key export artifacts are encrypted with, the same for every replica (openssl rand -hex 32)', 'LETHE_ARTIFACT_KEY');
   }
   const ttlMs = parseDuration(e.LETHE_ARTIFACT_TTL, 'LETHE_ARTIFACT_TTL');
-  if (ttlMs < 60_000) throw new ConfigError('must be at least 1m', 'LETHE_ARTIFACT_TTL');
+  if (ttlMs < 10_000) throw new ConfigError('must be at least 10s', 'LETHE_ARTIFACT_TTL');
   const sweepIntervalMs = parseDuration(e.LETHE_ARTIFACT_SWEEP_INTERVAL, 'LETHE_ARTIFACT_SWEEP_INTERVAL');
   if (sweepIntervalMs < 1_000) throw new ConfigError('must be at least 1s', 'LETHE_ARTIFACT_SWEEP_INTERVAL');
   return { key: e.LETHE_ARTIFACT_KEY === undefined ? undefined : Buffer.from(e.LETHE_ARTIFACT_KEY, 'hex'), ttlMs, sweepIntervalMs };

@@ -39,8 +39,9 @@ const TERMINAL: ReadonlyMap<Status, string> = new Map([
   [Status.FAILED_PRECONDITION, 'FailedPrecondition'],
 ]);
 
-/** Artifacts are looked at again this long after they expire, when the server has deleted them. */
-const EXPIRY_GRACE_MS = 60_000;
+/** An artifact is looked at again this long after its expiry (the server reports it expired from then on). */
+const EXPIRY_GRACE_MS = 1_000;
+const EXPIRY_RECHECK_MS = 5_000;
 
 export class PrivacyRequestReconciler {
   private readonly now: () => Date;
@@ -106,17 +107,29 @@ export class PrivacyRequestReconciler {
     if (entry === undefined) throw new Error('GetPrivacyRequest answered without a request');
     const updated = await this.writeStatus(obj, ledgerStatus(obj, entry, this.now()));
     if (updated.status?.phase === 'WaitingForDownstream' || updated.status?.phase === 'Running') return { requeueAfterMs: this.opts.pollIntervalMs };
-    if (updated.status?.phase === 'Succeeded' && obj.spec.type === 'Export') return this.watchExpiry(updated);
+    if (updated.status?.phase === 'Succeeded' && obj.spec.type === 'Export') return this.expiryRequeue(updated);
     return undefined;
   }
 
   /** A stored export: look again once it has expired, so the status says it was deleted. */
   private async watchExpiry(obj: PrivacyRequestResource): Promise<ReconcileResult | undefined> {
-    const artifact = obj.status?.artifact;
-    if (artifact === undefined || artifact.state === 'Expired' || artifact.expiresAt === undefined || obj.status?.requestId === undefined) return undefined;
-    const wait = new Date(artifact.expiresAt).getTime() + EXPIRY_GRACE_MS - this.now().getTime();
-    if (wait > 0) return { requeueAfterMs: Math.min(wait, 2 ** 31 - 1) };
+    const wait = this.untilExpiry(obj);
+    if (wait === undefined) return undefined;
+    if (wait > 0 || obj.status?.requestId === undefined) return this.expiryRequeue(obj);
     return this.follow(obj, obj.status.requestId);
+  }
+
+  /** Milliseconds until an available artifact should be looked at again; undefined when there is nothing to watch. */
+  private untilExpiry(obj: PrivacyRequestResource): number | undefined {
+    const artifact = obj.status?.artifact;
+    if (artifact === undefined || artifact.state === 'Expired' || artifact.expiresAt === undefined) return undefined;
+    return new Date(artifact.expiresAt).getTime() + EXPIRY_GRACE_MS - this.now().getTime();
+  }
+
+  /** Never sooner than EXPIRY_RECHECK_MS: when the server's clock is behind ours, it is asked again a little later, not in a loop. */
+  private expiryRequeue(obj: PrivacyRequestResource): ReconcileResult | undefined {
+    const wait = this.untilExpiry(obj);
+    return wait === undefined ? undefined : { requeueAfterMs: Math.min(Math.max(wait, EXPIRY_RECHECK_MS), 2 ** 31 - 1) };
   }
 
   private async onCallFailed(obj: PrivacyRequestResource, err: unknown): Promise<ReconcileResult | undefined> {

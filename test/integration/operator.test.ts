@@ -1,3 +1,8 @@
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mintLocalToken } from '../../src/auth/local-key.js';
@@ -24,6 +29,7 @@ const pgBin = requirePostgres();
 const natsBin = requireNatsServer();
 const OPERATOR = 'lethe-operator';
 const REASON = 'GDPR Right to be Forgotten';
+const run = promisify(execFile);
 
 describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefined)('the operator on a real API server', () => {
   let kube: KubeApiServer;
@@ -76,7 +82,14 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     const ordersUrl = await cluster.createDatabase();
     orders = await openDatabase({ kind: 'postgres', url: ordersUrl });
     await createOrdersSchema(orders.knex);
-    server = await startTestServer({ DATABASE_URL: identityUrl, LETHE_NATS_URL: nats.url, LETHE_DOWNSTREAM_SERVICES: ORDERS_SERVICE, LETHE_PLATFORM_PRINCIPALS: OPERATOR });
+    server = await startTestServer({
+      DATABASE_URL: identityUrl,
+      LETHE_NATS_URL: nats.url,
+      LETHE_DOWNSTREAM_SERVICES: ORDERS_SERVICE,
+      LETHE_PLATFORM_PRINCIPALS: OPERATOR,
+      LETHE_ARTIFACT_TTL: '15s',
+      LETHE_ARTIFACT_SWEEP_INTERVAL: '1s',
+    });
     sidecar = await startTestSidecar({ service: ORDERS_SERVICE, databaseUrl: ordersUrl, natsUrl: nats.url });
     identity = new pg.Pool({ connectionString: identityUrl, max: 2 });
     operatorToken = await mintLocalToken(server.dataDir, OPERATOR, 3600);
@@ -133,6 +146,40 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(table).toMatch(/NAME\s+TYPE\s+SUBJECT\s+PHASE\s+DUE\s+AGE/);
     expect(table).toMatch(/forget-user-123\s+Forget\s+user-id-123\s+Succeeded\s+/);
   });
+
+  it('an Export stores an encrypted artifact that `lethe export --request` returns with the same digest, until it expires', async () => {
+    await apply('privacy', 'export-owner-1', { type: 'Export', subjectId: 'owner-user-id-1', reason: 'GDPR Art. 15 access request' });
+    const done = await resources.waitForPhase('privacy', 'export-owner-1', 'Succeeded');
+    const requestId = done.status?.requestId ?? '';
+    const artifact = done.status?.artifact;
+    expect(artifact).toMatchObject({ sha256: expect.stringMatching(/^[0-9a-f]{64}$/), state: 'Available' });
+    expect(artifact?.sizeBytes).toBeGreaterThan(0);
+    expect(Object.values(artifact?.counts ?? {}).reduce((a, b) => a + b, 0)).toBe(artifact?.totalRecords);
+    expect(Date.parse(artifact?.expiresAt ?? '') - Date.parse(artifact?.createdAt ?? '')).toBe(15_000);
+    expect(done.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'ArtifactStored', message: `Fetch the export with: lethe export --request ${requestId} -o export.json` });
+    // Personal data stays in the encrypted artifact: not in the resource, not in its Events.
+    const events = await eventsOf('privacy', 'export-owner-1');
+    expect(events.map((e) => e.reason)).toEqual(expect.arrayContaining(['Started', 'ArtifactStored']));
+    expect(JSON.stringify([done, events])).not.toContain('owner1@example.com');
+
+    const file = join(server.dataDir, 'export-owner-1.json');
+    const cli = (args: string[]) => run(process.execPath, [join(process.cwd(), 'bin', 'lethe.js'), ...args], { env: { PATH: process.env.PATH, HOME: server.dataDir, LETHE_TOKEN: operatorToken, LETHE_SERVER: server.address } });
+    const fetched = await cli(['export', '--request', requestId, '-o', file]);
+    expect(fetched.stderr).toContain(artifact?.sha256);
+    const bytes = await readFile(file);
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(artifact?.sha256);
+    expect(bytes.length).toBe(artifact?.sizeBytes);
+    expect(JSON.parse(bytes.toString('utf8'))).toMatchObject({ user_id: 'owner-user-id-1', email: 'owner1@example.com' });
+
+    // Past its expiry the server deletes it; the status and an Event say so.
+    const expired = await waitFor('the artifact to expire', async () => {
+      const obj = await resources.get('privacy', 'export-owner-1');
+      return obj.status?.artifact?.state === 'Expired' ? obj : undefined;
+    }, 40_000);
+    expect(expired.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'ArtifactExpired' });
+    await waitFor('the ArtifactExpired event', async () => (await eventsOf('privacy', 'export-owner-1')).some((e) => e.reason === 'ArtifactExpired'));
+    await expect(cli(['export', '--request', requestId, '-o', file])).rejects.toMatchObject({ stderr: expect.stringContaining('FAILED_PRECONDITION: Export artifact expired at') });
+  }, 60_000);
 
   it('fails a request refused by policy with the reason in a condition and a Warning Event, and does not retry it', async () => {
     await apply('privacy', 'forget-platform-owner', { type: 'Forget', subjectId: 'platform-owner-id', reason: REASON });

@@ -175,7 +175,7 @@ describe('loadServerConfig: export artifacts', () => {
     ['LETHE_ARTIFACT_KEY', { LETHE_ARTIFACT_KEY: `${ARTIFACT_KEY.slice(1)}g` }, KEY_RULE],
     ['LETHE_ARTIFACT_KEY', { LETHE_ARTIFACT_KEY: '' }, KEY_RULE],
     ['LETHE_ARTIFACT_TTL', { LETHE_ARTIFACT_TTL: 'a week' }, "LETHE_ARTIFACT_TTL: 'a week' is not a duration such as 90s, 2m, 24h or 7d"],
-    ['LETHE_ARTIFACT_TTL', { LETHE_ARTIFACT_TTL: '59s' }, 'LETHE_ARTIFACT_TTL: must be at least 1m'],
+    ['LETHE_ARTIFACT_TTL', { LETHE_ARTIFACT_TTL: '9s' }, 'LETHE_ARTIFACT_TTL: must be at least 10s'],
     ['LETHE_ARTIFACT_SWEEP_INTERVAL', { LETHE_ARTIFACT_SWEEP_INTERVAL: '500ms' }, 'LETHE_ARTIFACT_SWEEP_INTERVAL: must be at least 1s'],
     ['LETHE_ARTIFACT_SWEEP_INTERVAL', { LETHE_ARTIFACT_SWEEP_INTERVAL: 'often' }, "LETHE_ARTIFACT_SWEEP_INTERVAL: 'often' is not a duration such as 90s, 2m, 24h or 7d"],
   ])('%s: %j', (variable, env, message) => {
