@@ -72,7 +72,7 @@ rm -f "$stamp_file"
 # assume (.Capabilities.KubeVersion) taken from its k8s.io/client-go module; a plain `go install`
 # would leave v1.20, which this chart's kubeVersion refuses.
 helm_mod="$(go mod download -json "helm.sh/helm/v3@v$HELM_VERSION" | sed -nE 's/^[[:space:]]*"GoMod": "(.*)",?$/\1/p')"
-[ -n "$helm_mod" ] && [ -f "$helm_mod" ] || die "the Go module proxy did not serve helm.sh/helm/v3@v$HELM_VERSION (GOPROXY=$(go env GOPROXY))"
+{ [ -n "$helm_mod" ] && [ -f "$helm_mod" ]; } || die "the Go module proxy did not serve helm.sh/helm/v3@v$HELM_VERSION (GOPROXY=$(go env GOPROXY))"
 k8s_minor="$(sed -nE 's#^[[:space:]]*k8s\.io/client-go v0\.([0-9]+)\..*#\1#p' "$helm_mod" | head -n1)"
 [ -n "$k8s_minor" ] || die "found no k8s.io/client-go requirement in $helm_mod"
 ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"

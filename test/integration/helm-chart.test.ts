@@ -15,7 +15,15 @@ import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../su
 const repo = process.cwd();
 const ALL_FEATURES = join(repo, 'test', 'fixtures', 'helm', 'all-features.yaml');
 const CRD_FILE = join(CHART_DIR, 'files', 'privacyrequests.privacy.lethe.dev.yaml');
+const SIDECAR_SNIPPET = join(CHART_DIR, 'examples', 'sidecar-snippet.yaml');
 const RELEASE_NS = 'lethe';
+const RESTRICTED_CONTAINER = {
+  runAsNonRoot: true,
+  allowPrivilegeEscalation: false,
+  readOnlyRootFilesystem: true,
+  capabilities: { drop: ['ALL'] },
+  seccompProfile: { type: 'RuntimeDefault' },
+};
 
 const helm = requireHelm();
 const assets = helm === undefined ? undefined : requireKubeAssets();
@@ -279,16 +287,22 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
       const pod = d.spec.template.spec;
       expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
       for (const c of [...pod.containers, ...(pod.initContainers ?? [])]) {
-        expect(c.securityContext, `${d.metadata.name}/${c.name}`).toEqual({
-          runAsNonRoot: true,
-          allowPrivilegeEscalation: false,
-          readOnlyRootFilesystem: true,
-          capabilities: { drop: ['ALL'] },
-          seccompProfile: { type: 'RuntimeDefault' },
-        });
+        expect(c.securityContext, `${d.metadata.name}/${c.name}`).toEqual(RESTRICTED_CONTAINER);
         expect(c.resources?.limits?.memory, `${d.metadata.name}/${c.name} memory limit`).toBeDefined();
       }
     }
+  });
+
+  it('documents a sidecar snippet that runs `lethe sidecar` restricted, with its data map and probes', () => {
+    const d = parse(readFileSync(SIDECAR_SNIPPET, 'utf8')) as Deployment;
+    const c = container(d, 'lethe-sidecar');
+    expect(c.args).toEqual(['sidecar', '--service', 'orders', '--data-map', '/etc/lethe/datamap.yaml', '--health-listen', '0.0.0.0:8081']);
+    expect(c.env.map((e) => e.name)).toEqual(['DATABASE_URL', 'LETHE_NATS_URL', 'LETHE_HASH_KEY']);
+    expect(c.securityContext).toEqual(RESTRICTED_CONTAINER);
+    expect(d.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+    expect(c.livenessProbe).toMatchObject({ httpGet: { path: '/healthz' } });
+    expect(c.readinessProbe).toMatchObject({ httpGet: { path: '/readyz' } });
+    expect(c.volumeMounts).toEqual([{ name: 'lethe-datamap', mountPath: '/etc/lethe', readOnly: true }]);
   });
 
   it('grants the operator exactly its rules, cluster-wide when it watches every namespace', () => {
@@ -443,5 +457,10 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     const accepted = dry.stdout.trim().split('\n');
     expect(accepted.length).toBe(rest.length);
     for (const line of accepted) expect(line).toMatch(/ (created|configured|unchanged) \(server dry run\)$/);
+  });
+
+  it('accepts the documented sidecar snippet', async () => {
+    const dry = await kubectl(['apply', '--dry-run=server', '-n', RELEASE_NS, '-f', SIDECAR_SNIPPET]);
+    expect(dry).toMatchObject({ code: 0, stderr: '', stdout: 'deployment.apps/orders created (server dry run)\n' });
   });
 });
