@@ -119,20 +119,17 @@ sed -e 's|image: example.com/orders:1.4.2|image: registry.k8s.io/pause:3.10|' -e
   deploy/helm/lethe/examples/sidecar-snippet.yaml | k apply -f - >&2
 k rollout status deployment/orders --timeout=180s >&2
 
+# Applies a PrivacyRequest and waits for it to succeed: name type subject reason.
+request_and_wait() {
+  log "$2 $3 (PrivacyRequest $1)"
+  printf 'apiVersion: privacy.lethe.dev/v1alpha1\nkind: PrivacyRequest\nmetadata: {name: %s}\nspec: {type: %s, subjectId: %s, reason: "%s"}\n' \
+    "$1" "$2" "$3" "$4" | k apply -f - >&2
+  k wait --for=jsonpath='{.status.phase}'=Succeeded "preq/$1" --timeout="$wait_for" >&2 ||
+    die "the $2 request did not reach Succeeded (phase: $(jsonpath "preq/$1" '{.status.phase}'))"
+}
+
 # --- 5. Forget ---
-log "Forget user-id-123"
-k apply -f - >&2 <<'YAML'
-apiVersion: privacy.lethe.dev/v1alpha1
-kind: PrivacyRequest
-metadata:
-  name: forget-user-123
-spec:
-  type: Forget
-  subjectId: user-id-123
-  reason: GDPR Right to be Forgotten
-YAML
-k wait --for=jsonpath='{.status.phase}'=Succeeded preq/forget-user-123 --timeout="$wait_for" >&2 ||
-  die "the Forget request did not reach Succeeded (phase: $(jsonpath preq/forget-user-123 '{.status.phase}'))"
+request_and_wait forget-user-123 Forget user-id-123 'GDPR Right to be Forgotten'
 purged="$(jsonpath preq/forget-user-123 '{.status.downstream[?(@.service=="orders")].state}')"
 [ "$purged" = Purged ] || die "status.downstream does not show orders as Purged: '$purged'"
 [ -n "$(jsonpath preq/forget-user-123 '{.status.downstream[?(@.service=="orders")].purgedAt}')" ] ||
@@ -146,19 +143,7 @@ phones="$(sql -d orders -c "SELECT count(*) FROM orders WHERE user_id = 'user-id
 log "Forget: Succeeded, orders confirmed the purge, both databases anonymized"
 
 # --- 6. Export ---
-log "Export member-user-id-456"
-k apply -f - >&2 <<'YAML'
-apiVersion: privacy.lethe.dev/v1alpha1
-kind: PrivacyRequest
-metadata:
-  name: export-member-456
-spec:
-  type: Export
-  subjectId: member-user-id-456
-  reason: GDPR Art. 15 access request
-YAML
-k wait --for=jsonpath='{.status.phase}'=Succeeded preq/export-member-456 --timeout="$wait_for" >&2 ||
-  die "the Export request did not reach Succeeded (phase: $(jsonpath preq/export-member-456 '{.status.phase}'))"
+request_and_wait export-member-456 Export member-user-id-456 'GDPR Art. 15 access request'
 request_id="$(jsonpath preq/export-member-456 '{.status.requestId}')"
 want_sha="$(jsonpath preq/export-member-456 '{.status.artifact.sha256}')"
 if [ -z "$request_id" ] || [ -z "$want_sha" ]; then die "status.requestId or status.artifact.sha256 is empty"; fi
