@@ -160,6 +160,14 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     await expect(renderChart({ set })).rejects.toThrow(message);
   });
 
+  it('refuses a data map that hashes without a shared hash key, and takes it with one', async () => {
+    const map = valuesFile('hashing-map.yaml', 'dataMap: |\n  categories:\n    - name: orders\n      table: orders\n      subject: {column: user_id}\n      forget:\n        columns:\n          customer_name: hash\n');
+    await expect(renderChart({ valuesFiles: [map] })).rejects.toThrow('the data map uses the hash action: set hashKey.existingSecret');
+    const withKey = await renderChart({ valuesFiles: [map], set: { 'hashKey.existingSecret': 'orders-hash-key' } });
+    const c = container(one<Deployment>(withKey, 'Deployment', 'lethe-server'), 'server');
+    expect(envOf(c, 'LETHE_HASH_KEY')?.valueFrom?.secretKeyRef).toEqual({ name: 'orders-hash-key', key: 'key' });
+  });
+
   it('closes every object of values.schema.json to unknown keys', () => {
     const schema = JSON.parse(readFileSync(join(CHART_DIR, 'values.schema.json'), 'utf8')) as unknown;
     const open: string[] = [];
