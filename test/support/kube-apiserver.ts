@@ -456,11 +456,11 @@ function renderKubeconfig(url: string, ca: string, user: KubeUser): string {
 
 // --- helpers ---
 
-function nonEmpty(s: string | undefined): string | undefined {
+export function nonEmpty(s: string | undefined): string | undefined {
   return s === undefined || s === '' ? undefined : s;
 }
 
-function isExecutable(path: string): boolean {
+export function isExecutable(path: string): boolean {
   try {
     accessSync(path, constants.X_OK);
     return true;

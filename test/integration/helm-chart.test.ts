@@ -1,0 +1,474 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CHART_DIR, parseManifests, renderChart, requireHelm, runCommand, runHelm, templateArgs } from '../support/helm.js';
+import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../support/kube-apiserver.js';
+
+/**
+ * The Helm chart deploy/helm/lethe: lint, the values schema, what it renders (security contexts,
+ * RBAC, the CRD, Secrets, the data map) and, on a real kube-apiserver, that the API server
+ * accepts every manifest it renders, with the default values and with every optional feature on.
+ */
+
+const repo = process.cwd();
+const ALL_FEATURES = join(repo, 'test', 'fixtures', 'helm', 'all-features.yaml');
+const CRD_FILE = join(CHART_DIR, 'files', 'privacyrequests.privacy.lethe.dev.yaml');
+const SIDECAR_SNIPPET = join(CHART_DIR, 'examples', 'sidecar-snippet.yaml');
+const RELEASE_NS = 'lethe';
+const RESTRICTED_CONTAINER = {
+  runAsNonRoot: true,
+  allowPrivilegeEscalation: false,
+  readOnlyRootFilesystem: true,
+  capabilities: { drop: ['ALL'] },
+  seccompProfile: { type: 'RuntimeDefault' },
+};
+
+const helm = requireHelm();
+const assets = helm === undefined ? undefined : requireKubeAssets();
+
+type Manifest = Record<string, unknown>;
+interface Meta {
+  name: string;
+  namespace?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: { secretKeyRef?: { name: string; key: string }; configMapKeyRef?: { name: string; key: string }; fieldRef?: { fieldPath: string } };
+}
+interface Container {
+  name: string;
+  image: string;
+  args: string[];
+  env: EnvVar[];
+  securityContext?: Record<string, unknown>;
+  readinessProbe?: Record<string, unknown>;
+  livenessProbe?: Record<string, unknown>;
+  startupProbe?: Record<string, unknown>;
+  resources?: { limits?: Record<string, string> };
+  volumeMounts?: Array<{ name: string; mountPath: string }>;
+}
+interface PodSpec {
+  serviceAccountName: string;
+  automountServiceAccountToken?: boolean;
+  securityContext?: Record<string, unknown>;
+  containers: Container[];
+  initContainers?: Container[];
+  volumes: Array<{ name: string; projected?: { sources: Array<{ serviceAccountToken?: Record<string, unknown> }> } }>;
+}
+interface Deployment {
+  metadata: Meta;
+  spec: { replicas: number; template: { metadata: { labels: Record<string, string>; annotations?: Record<string, string> }; spec: PodSpec } };
+}
+interface Rule {
+  apiGroups?: string[];
+  resources?: string[];
+  nonResourceURLs?: string[];
+  verbs: string[];
+}
+interface RoleLike {
+  kind: string;
+  metadata: Meta;
+  rules: Rule[];
+}
+interface Binding {
+  kind: string;
+  metadata: Meta;
+  roleRef: { kind: string; name: string };
+  subjects: Array<{ kind: string; name: string; namespace: string }>;
+}
+
+const meta = (m: Manifest): Meta => m.metadata as Meta;
+const ofKind = <T>(ms: Manifest[], kind: string): T[] => ms.filter((m) => m.kind === kind) as T[];
+function one<T>(ms: Manifest[], kind: string, name: string, namespace?: string): T {
+  const found = ms.filter((m) => m.kind === kind && meta(m).name === name && (namespace === undefined || meta(m).namespace === namespace));
+  if (found.length !== 1) throw new Error(`expected one ${kind} ${namespace ?? ''}/${name}, found ${found.length}`);
+  return found[0] as T;
+}
+const envOf = (c: Container, name: string): EnvVar | undefined => c.env.find((e) => e.name === name);
+const container = (d: Deployment, name: string): Container => {
+  const c = d.spec.template.spec.containers.find((x) => x.name === name);
+  if (c === undefined) throw new Error(`no container ${name} in ${d.metadata.name}`);
+  return c;
+};
+
+/** The operator's rules, exactly: the issue's least privilege. */
+const OPERATOR_RULES: Rule[] = [
+  { apiGroups: ['privacy.lethe.dev'], resources: ['privacyrequests'], verbs: ['get', 'list', 'watch'] },
+  { apiGroups: ['privacy.lethe.dev'], resources: ['privacyrequests/status'], verbs: ['get', 'update', 'patch'] },
+  { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
+];
+const LEASE_RULES: Rule[] = [{ apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] }];
+const SERVER_RULES: Rule[] = [{ nonResourceURLs: ['/openid/v1/jwks', '/.well-known/openid-configuration'], verbs: ['get'] }];
+
+describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered manifests', () => {
+  let defaults: Manifest[];
+  let all: Manifest[];
+  let tmp: string;
+
+  beforeAll(async () => {
+    tmp = mkdtempSync(join(tmpdir(), 'lethe-helm-'));
+    [defaults, all] = await Promise.all([renderChart(), renderChart({ valuesFiles: [ALL_FEATURES] })]);
+  });
+  afterAll(() => {
+    rmSync(tmp, { recursive: true, force: true });
+  });
+  const valuesFile = (name: string, text: string): string => {
+    const p = join(tmp, name);
+    writeFileSync(p, text);
+    return p;
+  };
+
+  it('carries the package version as appVersion and ships the default data map unchanged', () => {
+    const chart = parse(readFileSync(join(CHART_DIR, 'Chart.yaml'), 'utf8')) as { apiVersion: string; version: string; appVersion: string };
+    const pkg = JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { version: string };
+    expect(chart).toMatchObject({ apiVersion: 'v2', version: '0.1.0', appVersion: pkg.version });
+    expect(readFileSync(join(CHART_DIR, 'files', 'identity.yaml'), 'utf8')).toBe(readFileSync(join(repo, 'datamaps', 'identity.yaml'), 'utf8'));
+  });
+
+  it.each([
+    ['the default values', []],
+    ['every optional feature on', ['--values', ALL_FEATURES]],
+  ])('passes helm lint --strict with %s', async (_, extra) => {
+    const r = await runHelm(['lint', '--strict', CHART_DIR, '--namespace', RELEASE_NS, ...extra]);
+    expect(r.stderr + r.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
+    expect(r.code).toBe(0);
+  });
+
+  it.each([
+    ['a misspelt nested key', 'server:\n  replicaCont: 3\n', "at '/server': additional properties 'replicaCont' not allowed"],
+    ['a misspelt top-level key', 'databse:\n  existingSecret: pg\n', "at '': additional properties 'databse' not allowed"],
+    ['a misspelt key in a security context', 'containerSecurityContext:\n  readOnlyRootFileSystem: true\n', "additional properties 'readOnlyRootFileSystem' not allowed"],
+    ['a wrong type', 'operator:\n  replicaCount: two\n', "at '/operator/replicaCount'"],
+    ['an empty database Secret name', 'database:\n  existingSecret: ""\n', "at '/database/existingSecret'"],
+    ['a malformed duration', 'server:\n  artifactTtl: 1week\n', "at '/server/artifactTtl'"],
+  ])('refuses %s, naming it', async (_, text, message) => {
+    const r = await runHelm(templateArgs({ valuesFiles: [valuesFile('bad.yaml', text)] }));
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("values don't meet the specifications of the schema");
+    expect(r.stderr).toContain(message);
+  });
+
+  it.each([
+    ['user-token verification without an issuer', { 'server.userTokens.jwksUrl': 'https://sso.example.com/jwks' }, 'server.userTokens.issuer and server.userTokens.audience are required'],
+    ['two operators without leader election', { 'operator.leaderElection': 'false' }, 'operator.leaderElection must stay on with more than one operator replica'],
+  ])('refuses %s with a message saying what to set', async (_, set, message) => {
+    await expect(renderChart({ set })).rejects.toThrow(message);
+  });
+
+  it('refuses a data map that hashes without a shared hash key, and takes it with one', async () => {
+    const map = valuesFile('hashing-map.yaml', 'dataMap: |\n  categories:\n    - name: orders\n      table: orders\n      subject: {column: user_id}\n      forget:\n        columns:\n          customer_name: hash\n');
+    await expect(renderChart({ valuesFiles: [map] })).rejects.toThrow('the data map uses the hash action: set hashKey.existingSecret');
+    const withKey = await renderChart({ valuesFiles: [map], set: { 'hashKey.existingSecret': 'orders-hash-key' } });
+    const c = container(one<Deployment>(withKey, 'Deployment', 'lethe-server'), 'server');
+    expect(envOf(c, 'LETHE_HASH_KEY')?.valueFrom?.secretKeyRef).toEqual({ name: 'orders-hash-key', key: 'key' });
+  });
+
+  it('closes every object of values.schema.json to unknown keys', () => {
+    const schema = JSON.parse(readFileSync(join(CHART_DIR, 'values.schema.json'), 'utf8')) as unknown;
+    const open: string[] = [];
+    const walk = (node: unknown, path: string) => {
+      if (node === null || typeof node !== 'object') return;
+      const n = node as Record<string, unknown>;
+      if (n.properties !== undefined && n.additionalProperties !== false) open.push(path || '/');
+      for (const [k, v] of Object.entries(n.properties ?? {})) walk(v, `${path}/${k}`);
+      if (typeof n.items === 'object') walk(n.items, `${path}[]`);
+    };
+    walk(schema, '');
+    expect(open).toEqual([]);
+  });
+
+  it('comments every value in values.yaml', () => {
+    const lines = readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8').split('\n');
+    const uncommented: string[] = [];
+    lines.forEach((line, i) => {
+      const key = /^\s*([\w./-]+):/.exec(line);
+      if (key === null) return;
+      const previous = lines.slice(0, i).reverse().find((l) => l.trim() !== '');
+      if (previous?.trim().startsWith('#') !== true) uncommented.push(`${i + 1}: ${key[1] ?? ''}`);
+    });
+    expect(uncommented).toEqual([]);
+  });
+
+  it('renders the server and the operator, two replicas each, from one image', () => {
+    const server = one<Deployment>(defaults, 'Deployment', 'lethe-server');
+    const operator = one<Deployment>(defaults, 'Deployment', 'lethe-operator');
+    expect(server.spec.replicas).toBe(2);
+    expect(operator.spec.replicas).toBe(2);
+    expect(container(server, 'server')).toMatchObject({ image: 'lethe:0.1.0', args: ['serve'] });
+    expect(container(operator, 'operator')).toMatchObject({ image: 'lethe:0.1.0', args: ['operator'] });
+    expect(server.spec.template.spec.serviceAccountName).toBe('lethe-server');
+    expect(operator.spec.template.spec.serviceAccountName).toBe('lethe-operator');
+    expect(ofKind<Meta>(defaults, 'ServiceAccount').length).toBe(2);
+    const kinds = defaults.map((m) => m.kind).sort();
+    expect(kinds).toEqual(
+      [
+        'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'ConfigMap', 'CustomResourceDefinition', 'Deployment', 'Deployment',
+        'NetworkPolicy', 'PodDisruptionBudget', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'ServiceAccount', 'ServiceAccount',
+      ].sort(),
+    );
+    // No Secret unless asked for (createSecret), and no ServiceMonitor: there is no metrics endpoint yet.
+    expect(kinds).not.toContain('Secret');
+  });
+
+  it('configures the server from Secrets, the ConfigMap and values, and always trusts the operator', () => {
+    const c = container(one<Deployment>(defaults, 'Deployment', 'lethe-server'), 'server');
+    expect(envOf(c, 'DATABASE_URL')?.valueFrom?.secretKeyRef).toEqual({ name: 'lethe-database', key: 'url' });
+    expect(envOf(c, 'LETHE_NATS_URL')?.valueFrom?.secretKeyRef).toEqual({ name: 'lethe-nats', key: 'url' });
+    expect(envOf(c, 'LETHE_ARTIFACT_KEY')?.valueFrom?.secretKeyRef).toEqual({ name: 'lethe-artifact-key', key: 'key' });
+    expect(envOf(c, 'LETHE_HASH_KEY')).toBeUndefined();
+    expect(envOf(c, 'LETHE_DOWNSTREAM_SERVICES')?.valueFrom?.configMapKeyRef).toEqual({ name: 'lethe-config', key: 'downstream-services' });
+    expect(envOf(c, 'LETHE_PLATFORM_PRINCIPALS')?.value).toBe('system:serviceaccount:lethe:lethe-operator');
+    expect(envOf(c, 'LETHE_LISTEN')?.value).toBe('0.0.0.0:50051');
+    expect(envOf(c, 'LETHE_DATA_MAP')?.value).toBe('/etc/lethe/datamap.yaml');
+    expect(envOf(c, 'LETHE_SERVICE_ACCOUNT_ISSUER')?.value).toBe('https://kubernetes.default.svc.cluster.local');
+    expect(envOf(c, 'LETHE_SERVICE_ACCOUNT_AUDIENCE')?.value).toBe('lethe');
+    expect(envOf(c, 'LETHE_ARTIFACT_TTL')?.value).toBe('7d');
+    expect(envOf(c, 'LETHE_JWKS_URL')).toBeUndefined();
+    for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 50051 } });
+    expect(c.volumeMounts?.map((m) => m.mountPath).sort()).toEqual(['/etc/lethe', '/tmp', '/var/lib/lethe']);
+
+    const cm = one<{ data: Record<string, string> }>(defaults, 'ConfigMap', 'lethe-config');
+    expect(cm.data['datamap.yaml']).toBe(readFileSync(join(repo, 'datamaps', 'identity.yaml'), 'utf8'));
+    expect(cm.data['downstream-services']).toBe('');
+
+    const allServer = container(one<Deployment>(all, 'Deployment', 'privacy-server'), 'server');
+    expect(envOf(allServer, 'DATABASE_URL')?.valueFrom?.secretKeyRef).toEqual({ name: 'privacy-secrets', key: 'databaseUrl' });
+    expect(envOf(allServer, 'LETHE_ARTIFACT_KEY')?.valueFrom?.secretKeyRef).toEqual({ name: 'privacy-secrets', key: 'artifactKey' });
+    expect(envOf(allServer, 'LETHE_NATS_URL')?.valueFrom?.secretKeyRef).toEqual({ name: 'platform-nats', key: 'nats-url' });
+    expect(envOf(allServer, 'LETHE_HASH_KEY')?.valueFrom?.secretKeyRef).toEqual({ name: 'platform-hash-key', key: 'hex' });
+    expect(envOf(allServer, 'LETHE_PLATFORM_PRINCIPALS')?.value).toBe('system:serviceaccount:lethe:lethe-privacy-operator,system:serviceaccount:ops:privacy-admin,dpo-user-id');
+    expect(envOf(allServer, 'LETHE_JWKS_URL')?.value).toBe('https://sso.example.com/.well-known/jwks.json');
+    expect(envOf(allServer, 'LETHE_JWT_ISSUER')?.value).toBe('https://sso.example.com');
+    expect(envOf(allServer, 'LETHE_JWT_AUDIENCE')?.value).toBe('lethe');
+    expect(envOf(allServer, 'LETHE_SERVICE_ACCOUNT_AUDIENCE')?.value).toBe('lethe-prod');
+    expect(allServer.args).toEqual(['serve', '--demo']);
+    expect(allServer.image).toBe('registry.example.com/platform/lethe@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef');
+    const secret = one<{ stringData: Record<string, string> }>(all, 'Secret', 'privacy-secrets');
+    expect(secret.stringData).toEqual({
+      databaseUrl: 'postgresql://lethe:secret@postgres.data.svc:5432/identity',
+      artifactKey: '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff',
+    });
+    const allCm = one<{ data: Record<string, string> }>(all, 'ConfigMap', 'privacy-config');
+    const fixture = parse(readFileSync(ALL_FEATURES, 'utf8')) as { dataMap: string };
+    expect(allCm.data['datamap.yaml']).toBe(fixture.dataMap);
+    expect(allCm.data['downstream-services']).toBe('orders,analytics');
+  });
+
+  it('gives the operator its server address, a projected token for the server, leader election and the downward API', () => {
+    const d = one<Deployment>(defaults, 'Deployment', 'lethe-operator');
+    const c = container(d, 'operator');
+    expect(envOf(c, 'KUBECONFIG')).toBeUndefined();
+    expect(envOf(c, 'LETHE_SERVER')?.value).toBe('lethe-server.lethe.svc:50051');
+    expect(envOf(c, 'LETHE_TOKEN_FILE')?.value).toBe('/var/run/secrets/lethe/token');
+    expect(envOf(c, 'LETHE_OPERATOR_NAMESPACES')?.value).toBe('');
+    expect(envOf(c, 'LETHE_OPERATOR_CONCURRENCY')?.value).toBe('4');
+    expect(envOf(c, 'LETHE_LEADER_ELECTION')?.value).toBe('true');
+    expect(envOf(c, 'LETHE_LEADER_ELECTION_NAMESPACE')?.value).toBe('lethe');
+    expect(envOf(c, 'LETHE_HEALTH_LISTEN')?.value).toBe('0.0.0.0:8081');
+    expect(envOf(c, 'POD_NAME')?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.name');
+    expect(envOf(c, 'POD_NAMESPACE')?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.namespace');
+    expect(c.livenessProbe).toMatchObject({ httpGet: { path: '/healthz', port: 'health' } });
+    expect(c.readinessProbe).toMatchObject({ httpGet: { path: '/readyz', port: 'health' } });
+    expect(c.volumeMounts).toContainEqual(expect.objectContaining({ name: 'lethe-token', mountPath: '/var/run/secrets/lethe' }));
+    const token = d.spec.template.spec.volumes.find((v) => v.name === 'lethe-token');
+    expect(token?.projected?.sources).toEqual([{ serviceAccountToken: { audience: 'lethe', expirationSeconds: 3600, path: 'token' } }]);
+
+    const allOp = container(one<Deployment>(all, 'Deployment', 'privacy-operator'), 'operator');
+    expect(envOf(allOp, 'LETHE_SERVER')?.value).toBe('privacy-server.lethe.svc:9090');
+    expect(envOf(allOp, 'LETHE_OPERATOR_NAMESPACES')?.value).toBe('team-a,team-b');
+    const allToken = one<Deployment>(all, 'Deployment', 'privacy-operator').spec.template.spec.volumes.find((v) => v.name === 'lethe-token');
+    expect(allToken?.projected?.sources[0]?.serviceAccountToken?.audience).toBe('lethe-prod');
+  });
+
+  it.each([
+    ['default', () => defaults],
+    ['all-features', () => all],
+  ])('runs every container of the %s values under the restricted Pod Security Standard', (_, manifests) => {
+    const deployments = ofKind<Deployment>(manifests(), 'Deployment');
+    expect(deployments.length).toBe(2);
+    for (const d of deployments) {
+      const pod = d.spec.template.spec;
+      expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+      for (const c of [...pod.containers, ...(pod.initContainers ?? [])]) {
+        expect(c.securityContext, `${d.metadata.name}/${c.name}`).toEqual(RESTRICTED_CONTAINER);
+        expect(c.resources?.limits?.memory, `${d.metadata.name}/${c.name} memory limit`).toBeDefined();
+      }
+    }
+  });
+
+  it('documents a sidecar snippet that runs `lethe sidecar` restricted, with its data map and probes', () => {
+    const d = parse(readFileSync(SIDECAR_SNIPPET, 'utf8')) as Deployment;
+    const c = container(d, 'lethe-sidecar');
+    expect(c.args).toEqual(['sidecar', '--service', 'orders', '--data-map', '/etc/lethe/datamap.yaml', '--health-listen', '0.0.0.0:8081']);
+    expect(c.env.map((e) => e.name)).toEqual(['DATABASE_URL', 'LETHE_NATS_URL', 'LETHE_HASH_KEY']);
+    expect(c.securityContext).toEqual(RESTRICTED_CONTAINER);
+    expect(d.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+    expect(c.livenessProbe).toMatchObject({ httpGet: { path: '/healthz' } });
+    expect(c.readinessProbe).toMatchObject({ httpGet: { path: '/readyz' } });
+    expect(c.volumeMounts).toEqual([{ name: 'lethe-datamap', mountPath: '/etc/lethe', readOnly: true }]);
+  });
+
+  it('grants the operator exactly its rules, cluster-wide when it watches every namespace', () => {
+    const role = one<RoleLike>(defaults, 'ClusterRole', 'lethe-operator');
+    expect(role.rules).toEqual(OPERATOR_RULES);
+    const binding = one<Binding>(defaults, 'ClusterRoleBinding', 'lethe-operator');
+    expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: 'lethe-operator' });
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: 'lethe-operator', namespace: 'lethe' }]);
+    const lease = one<RoleLike>(defaults, 'Role', 'lethe-operator-leader-election', 'lethe');
+    expect(lease.rules).toEqual(LEASE_RULES);
+    expect(one<Binding>(defaults, 'RoleBinding', 'lethe-operator-leader-election', 'lethe').subjects).toEqual([
+      { kind: 'ServiceAccount', name: 'lethe-operator', namespace: 'lethe' },
+    ]);
+  });
+
+  it('grants the operator a Role in each watched namespace, and no cluster-wide rule, when namespaces are listed', () => {
+    expect(ofKind<RoleLike>(all, 'ClusterRole').map((r) => r.metadata.name)).toEqual(['privacy-server']);
+    for (const ns of ['team-a', 'team-b']) {
+      expect(one<RoleLike>(all, 'Role', 'privacy-operator', ns).rules).toEqual(OPERATOR_RULES);
+      expect(one<Binding>(all, 'RoleBinding', 'privacy-operator', ns).subjects).toEqual([
+        { kind: 'ServiceAccount', name: 'lethe-privacy-operator', namespace: 'lethe' },
+      ]);
+    }
+    expect(one<RoleLike>(all, 'Role', 'privacy-operator-leader-election', 'lethe').rules).toEqual(LEASE_RULES);
+    // Every rule the chart grants anyone, in one list: nothing else slipped in.
+    const granted = [...ofKind<RoleLike>(all, 'ClusterRole'), ...ofKind<RoleLike>(all, 'Role')].flatMap((r) => r.rules);
+    expect(granted).toEqual([...SERVER_RULES, ...OPERATOR_RULES, ...OPERATOR_RULES, ...LEASE_RULES]);
+  });
+
+  it('lets the server read only the API server signing keys', () => {
+    expect(one<RoleLike>(defaults, 'ClusterRole', 'lethe-server').rules).toEqual(SERVER_RULES);
+    const binding = one<Binding>(defaults, 'ClusterRoleBinding', 'lethe-server');
+    expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: 'lethe-server' });
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: 'lethe-server', namespace: 'lethe' }]);
+    const sa = one<{ automountServiceAccountToken: boolean }>(defaults, 'ServiceAccount', 'lethe-server');
+    expect(sa.automountServiceAccountToken).toBe(true);
+  });
+
+  it('renders the CRD from files/ unchanged, kept on uninstall', async () => {
+    const file = parse(readFileSync(CRD_FILE, 'utf8')) as Manifest & { metadata: Meta };
+    const crd = one<Manifest & { metadata: Meta }>(defaults, 'CustomResourceDefinition', 'privacyrequests.privacy.lethe.dev');
+    expect(crd.metadata.annotations).toEqual({ 'helm.sh/resource-policy': 'keep' });
+    expect(crd.metadata.labels).toMatchObject({ 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe' });
+    const { labels: _l, annotations: _a, ...rest } = crd.metadata;
+    expect({ ...crd, metadata: rest }).toEqual(file);
+
+    const notKept = await renderChart({ set: { 'crds.keep': 'false' } });
+    expect(one<{ metadata: Meta }>(notKept, 'CustomResourceDefinition', 'privacyrequests.privacy.lethe.dev').metadata.annotations).toBeUndefined();
+    const none = await renderChart({ set: { 'crds.enabled': 'false' } });
+    expect(ofKind(none, 'CustomResourceDefinition')).toEqual([]);
+  });
+
+  it('rolls the server pods when the data map or the downstream services change', async () => {
+    const checksum = (ms: Manifest[]) => one<Deployment>(ms, 'Deployment', 'lethe-server').spec.template.metadata.annotations?.['checksum/config'];
+    const base = checksum(defaults);
+    expect(base).toMatch(/^[0-9a-f]{64}$/);
+    const [withServices, withMap] = await Promise.all([
+      renderChart({ set: { downstreamServices: '{orders}' } }),
+      renderChart({ valuesFiles: [valuesFile('map.yaml', 'dataMap: |\n  categories: []\n')] }),
+    ]);
+    expect(checksum(withServices)).not.toBe(base);
+    expect(checksum(withMap)).not.toBe(base);
+    expect(checksum(withMap)).not.toBe(checksum(withServices));
+  });
+
+  it('lets only the operator and labelled clients reach the gRPC port', () => {
+    const np = one<{ spec: Record<string, unknown> }>(defaults, 'NetworkPolicy', 'lethe-server');
+    expect(np.spec).toEqual({
+      podSelector: { matchLabels: { 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe', 'app.kubernetes.io/component': 'server' } },
+      policyTypes: ['Ingress'],
+      ingress: [
+        {
+          ports: [{ port: 'grpc', protocol: 'TCP' }],
+          from: [
+            { podSelector: { matchLabels: { 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe', 'app.kubernetes.io/component': 'operator' } } },
+            { podSelector: { matchLabels: { 'lethe.dev/client': 'true' } }, namespaceSelector: {} },
+          ],
+        },
+      ],
+    });
+    const server = one<Deployment>(defaults, 'Deployment', 'lethe-server');
+    const operator = one<Deployment>(defaults, 'Deployment', 'lethe-operator');
+    expect(server.spec.template.metadata.labels).toMatchObject({ 'app.kubernetes.io/component': 'server' });
+    expect(operator.spec.template.metadata.labels).toMatchObject({ 'app.kubernetes.io/component': 'operator' });
+  });
+});
+
+describe.runIf(helm !== undefined && assets !== undefined)('every manifest the chart renders, on a real API server', () => {
+  let kube: KubeApiServer;
+  const kubectl = (args: string[], stdin?: string) => runCommand(join(assets ?? '', 'kubectl'), ['--kubeconfig', kube.kubeconfigPath, ...args], stdin);
+
+  beforeAll(async () => {
+    kube = await startKubeApiServer(assets ?? '');
+    for (const ns of [RELEASE_NS, 'team-a', 'team-b']) expect((await kubectl(['create', 'namespace', ns])).code).toBe(0);
+  });
+  afterAll(async () => {
+    await kube?.destroy();
+  });
+
+  // First, while the API server is empty: helm itself creates the CRD and owns it.
+  it('installs with helm, prints how to apply the first PrivacyRequest, and keeps the CRD and the requests on uninstall', async () => {
+    const helmArgs = ['--namespace', RELEASE_NS, '--kubeconfig', kube.kubeconfigPath];
+    const installed = await runHelm(['install', 'lethe', CHART_DIR, ...helmArgs]);
+    expect(installed.stderr).toBe('');
+    expect(installed.code).toBe(0);
+    const notes = installed.stdout.slice(installed.stdout.indexOf('NOTES:'));
+    expect(notes).toContain(`kubectl apply -n ${RELEASE_NS} -f - <<'YAML'`);
+    expect(notes).toContain('kind: PrivacyRequest');
+    expect(notes).toContain(`kubectl get preq -n ${RELEASE_NS} --watch`);
+
+    // The request NOTES.txt shows, applied as printed.
+    const example = /<<'YAML'\n([\s\S]*?)\n\s*YAML\n/.exec(notes)?.[1];
+    expect(example).toBeDefined();
+    const created = await kubectl(['apply', '-n', RELEASE_NS, '-f', '-'], (example ?? '').replace(/^ {2}/gm, ''));
+    expect(created).toMatchObject({ code: 0, stdout: 'privacyrequest.privacy.lethe.dev/forget-user-123 created\n' });
+    expect((await kubectl(['get', 'deployment', '-n', RELEASE_NS, '-o', 'name'])).stdout.split('\n').filter(Boolean).sort()).toEqual([
+      'deployment.apps/lethe-operator',
+      'deployment.apps/lethe-server',
+    ]);
+
+    const uninstalled = await runHelm(['uninstall', 'lethe', ...helmArgs]);
+    expect(uninstalled.code).toBe(0);
+    expect(uninstalled.stdout).toContain('These resources were kept due to the resource policy:\n[CustomResourceDefinition] privacyrequests.privacy.lethe.dev');
+    expect((await kubectl(['get', 'deployment', '-n', RELEASE_NS, '-o', 'name'])).stdout).toBe('');
+    const request = await kubectl(['get', 'preq', 'forget-user-123', '-n', RELEASE_NS, '-o', 'jsonpath={.spec.subjectId}']);
+    expect(request).toMatchObject({ code: 0, stdout: 'user-id-123' });
+  });
+
+  it.each([
+    ['the default values', []],
+    ['every optional feature on', [ALL_FEATURES]],
+  ])('accepts %s: the CRD applied for real, the rest with --dry-run=server', async (_, valuesFiles) => {
+    const rendered = await runHelm(templateArgs({ valuesFiles }));
+    expect(rendered.code).toBe(0);
+    const docs = parseManifests(rendered.stdout);
+    const crds = docs.filter((d) => d.kind === 'CustomResourceDefinition');
+    const rest = docs.filter((d) => d.kind !== 'CustomResourceDefinition');
+    expect(crds.length).toBe(1);
+
+    // Server-side apply: the CRD may already be there, created by the helm install above.
+    const applied = await kubectl(['apply', '--server-side', '--force-conflicts', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: crds }));
+    expect(applied.stderr).toBe('');
+    expect(applied.stdout).toBe('customresourcedefinition.apiextensions.k8s.io/privacyrequests.privacy.lethe.dev serverside-applied\n');
+    const established = await kubectl(['wait', '--for=condition=Established', 'crd/privacyrequests.privacy.lethe.dev', '--timeout=30s']);
+    expect(established.code).toBe(0);
+    const kept = await kubectl(['get', 'crd', 'privacyrequests.privacy.lethe.dev', '-o', "jsonpath={.metadata.annotations['helm\\.sh/resource-policy']}"]);
+    expect(kept.stdout).toBe('keep');
+
+    const dry = await kubectl(['apply', '--dry-run=server', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: rest }));
+    expect(dry.stderr).toBe('');
+    expect(dry.code).toBe(0);
+    const accepted = dry.stdout.trim().split('\n');
+    expect(accepted.length).toBe(rest.length);
+    for (const line of accepted) expect(line).toMatch(/ (created|configured|unchanged) \(server dry run\)$/);
+  });
+
+  it('accepts the documented sidecar snippet', async () => {
+    const dry = await kubectl(['apply', '--dry-run=server', '-n', RELEASE_NS, '-f', SIDECAR_SNIPPET]);
+    expect(dry).toMatchObject({ code: 0, stderr: '', stdout: 'deployment.apps/orders created (server dry run)\n' });
+  });
+});
