@@ -83,16 +83,20 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
   logger.info({ server: config.server, namespaces: config.namespaces.length === 0 ? 'all' : config.namespaces, leaderElection: config.leaderElection.enabled }, 'operator started');
 
   const healthAddress = health.address;
+  let stopped: Promise<void> | undefined;
   return {
     healthAddress,
     isReady: () => cache.hasSynced(),
     isLeader: () => (elector === undefined ? true : elector.isLeader()),
-    async stop() {
-      stopping.abort();
-      await running;
-      await cache.stop();
-      await health?.close();
-      closePrivacy();
+    stop() {
+      stopped ??= (async () => {
+        stopping.abort();
+        await running;
+        await cache.stop();
+        await health?.close();
+        closePrivacy();
+      })();
+      return stopped;
     },
   };
 }
