@@ -21,7 +21,7 @@ import { waitFor } from '../support/streams.js';
  */
 
 const bin = requirePostgres();
-const OPERATOR = 'system:serviceaccount:lethe:lethe-operator';
+const OPERATOR = 'privacy-bot';
 const LETHE = join(process.cwd(), 'bin', 'lethe.js');
 const run = promisify(execFile);
 let keySeq = 0;
@@ -67,7 +67,7 @@ describe.runIf(bin !== undefined)('export artifacts over gRPC on PostgreSQL', ()
       [OPERATOR, 'member-user-id-456', 'OK', ''],
       ['member-user-id-456', 'user-id-123', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
       ['owner-user-id-1', 'platform-owner-id', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
-      ['system:serviceaccount:other:untrusted', 'member-user-id-456', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
+      ['untrusted-bot', 'member-user-id-456', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
       ['platform-owner-id', 'no-such-user', 'NOT_FOUND', 'User not found'],
     ])('%s storing an export of %s → %s', async (actor, subject, code, details) => {
       expect(await status((await as(actor)).storeExport({ userId: subject, reason: '', idempotencyKey: key() }))).toEqual({ code, details });
@@ -123,7 +123,7 @@ describe.runIf(bin !== undefined)('export artifacts over gRPC on PostgreSQL', ()
       for (const actor of [OPERATOR, 'member-user-id-456', 'platform-owner-id']) {
         expect((await fetch(await as(actor), stored.requestId)).artifact.sha256).toBe(stored.artifact.sha256);
       }
-      for (const actor of ['owner-user-id-1', 'user-id-123', 'system:serviceaccount:other:untrusted']) {
+      for (const actor of ['owner-user-id-1', 'user-id-123', 'untrusted-bot']) {
         expect(await status(fetch(await as(actor), stored.requestId))).toEqual({ code: 'NOT_FOUND', details: 'Privacy request not found' });
       }
       expect(await status(fetch(await as(OPERATOR), 'dsar-1'))).toEqual({ code: 'INVALID_ARGUMENT', details: 'request_id must be a privacy request id (a UUID)' });

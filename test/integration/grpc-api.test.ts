@@ -34,7 +34,7 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
   beforeAll(async () => {
     cluster = await startPostgres(bin ?? '');
     url = await cluster.createDatabase();
-    t = await startTestServer({ DATABASE_URL: url, LETHE_PLATFORM_PRINCIPALS: 'system:serviceaccount:lethe:lethe-operator' });
+    t = await startTestServer({ DATABASE_URL: url, LETHE_PLATFORM_PRINCIPALS: 'privacy-bot' });
   });
   afterAll(async () => {
     await t?.stop();
@@ -48,11 +48,11 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       ['owner-user-id-1', 'user-id-123', 'OK', ''],
       ['platform-owner-id', 'user-id-123', 'OK', ''],
       ['platform-owner-id', 'owner-user-id-2', 'OK', ''],
-      ['system:serviceaccount:lethe:lethe-operator', 'member-user-id-456', 'OK', ''],
+      ['privacy-bot', 'member-user-id-456', 'OK', ''],
       ['member-user-id-456', 'user-id-123', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
       ['user-id-123', 'member-user-id-456', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
       ['owner-user-id-1', 'platform-owner-id', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
-      ['system:serviceaccount:other:untrusted', 'member-user-id-456', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
+      ['untrusted-bot', 'member-user-id-456', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
       ['platform-owner-id', 'no-such-user', 'NOT_FOUND', 'User not found'],
     ])('%s exporting %s → %s', async (actor, subject, code, details) => {
       expect(await exportStatus(await as(actor), subject)).toEqual({ code, details });
@@ -84,8 +84,8 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       ['user-id-123', 'user-id-123', "You must be an owner of organization 'acme-corp' to anonymize this user"],
       ['platform-owner-id', 'platform-owner-id', 'Platform owners cannot be anonymized'],
       ['owner-user-id-2', 'platform-owner-id', 'Platform owners cannot be anonymized'],
-      ['system:serviceaccount:lethe:lethe-operator', 'platform-owner-id', 'Platform owners cannot be anonymized'],
-      ['system:serviceaccount:other:untrusted', 'member-user-id-456', "You must be an owner of organization 'acme-corp' to anonymize this user"],
+      ['privacy-bot', 'platform-owner-id', 'Platform owners cannot be anonymized'],
+      ['untrusted-bot', 'member-user-id-456', "You must be an owner of organization 'acme-corp' to anonymize this user"],
     ])('%s forgetting %s is refused', async (actor, subject, details) => {
       const client = await as(actor);
       expect(await status(client.forgetUser({ userId: subject, reason: REASON, idempotencyKey: key() }))).toEqual({ code: 'PERMISSION_DENIED', details });
