@@ -3,7 +3,6 @@ import { type Server, createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type CryptoKey, SignJWT, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jose';
-import { ClientError, Status } from 'nice-grpc';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureLocalKey, mintLocalToken } from '../../src/auth/local-key.js';
@@ -11,6 +10,7 @@ import { receiveExport } from '../../src/client/export-receiver.js';
 import { RequestState, RequestType } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { FORGET_MESSAGE } from '../../src/privacy/engine.js';
 import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../support/kube-apiserver.js';
+import { status } from '../support/grpc-status.js';
 import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../support/postgres.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 
@@ -30,15 +30,6 @@ const KEYS_RULE = { nonResourceURLs: ['/openid/v1/jwks', '/.well-known/openid-co
 let keySeq = 0;
 const idempotencyKey = () => `sa-key-${++keySeq}`;
 
-async function status(p: Promise<unknown>): Promise<{ code: string; details: string }> {
-  try {
-    await p;
-    return { code: 'OK', details: '' };
-  } catch (err) {
-    if (err instanceof ClientError) return { code: Status[err.code], details: err.details };
-    throw err;
-  }
-}
 
 describe.runIf(assets !== undefined && bin !== undefined)('service-account tokens verified against a real kube-apiserver', () => {
   let kube: KubeApiServer;
