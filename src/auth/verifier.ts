@@ -6,7 +6,7 @@ import type { AuthConfig, ServiceAccountAuthConfig } from '../config/config.js';
 import { ConfigError, UnauthenticatedError, UnavailableError } from '../errors.js';
 import { createApiServerKeySet } from './api-server-keys.js';
 import { translateJoseError } from './jose-errors.js';
-import { loadKubeConfig } from './kube-config.js';
+import { loadKubeConfig } from '../kube/kube-config.js';
 import { ensureLocalKey } from './local-key.js';
 import { createServiceAccountCheck } from './service-account-verifier.js';
 import { type TokenCheck, type Verifier, routeByIssuer } from './token-routing.js';

@@ -1,7 +1,8 @@
 import { homedir } from 'node:os';
-import { delimiter, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
 import type { DatabaseTarget } from '../store/database.js';
@@ -23,13 +24,6 @@ export type AuthConfig =
   | { readonly mode: 'local'; readonly issuer: string; readonly audience: string }
   | { readonly mode: 'jwks'; readonly jwksUrl: URL; readonly issuer: string; readonly audience: string }
   | { readonly mode: 'public-key'; readonly publicKeyFile: string; readonly issuer: string; readonly audience: string };
-
-/** How the server reaches the Kubernetes API server (to fetch the service-account keys). */
-export type KubernetesAccess =
-  /** A pod's own service account: KUBERNETES_SERVICE_HOST/PORT and the mounted token and CA. */
-  | { readonly source: 'in-cluster'; readonly host: string; readonly port: number }
-  /** Outside a cluster (tests, development): the kubeconfig file named by KUBECONFIG. */
-  | { readonly source: 'kubeconfig'; readonly path: string };
 
 /** Kubernetes service-account tokens as a second trust source, for service principals. */
 export interface ServiceAccountAuthConfig {
@@ -258,23 +252,10 @@ function serviceAccountAuth(e: ServiceAccountEnv, auth: AuthConfig): ServiceAcco
     // Tokens are routed by their issuer: one issuer cannot name two trust sources.
     throw new ConfigError(`'${issuer}' is also the issuer of user tokens (${auth.mode === 'local' ? 'the local signing key' : 'LETHE_JWT_ISSUER'}): the two trust sources need distinct issuers`, 'LETHE_SERVICE_ACCOUNT_ISSUER');
   }
-  return { issuer, audience: e.LETHE_SERVICE_ACCOUNT_AUDIENCE, apiServer: kubernetesAccess(e) };
+  return {
+    issuer,
+    audience: e.LETHE_SERVICE_ACCOUNT_AUDIENCE,
+    apiServer: kubernetesAccess(e, { setting: 'LETHE_SERVICE_ACCOUNT_ISSUER', why: 'is set, but verifying service-account tokens needs the Kubernetes API server' }),
+  };
 }
 
-function kubernetesAccess(e: ServiceAccountEnv): KubernetesAccess {
-  const kubeconfig = e.KUBECONFIG?.trim();
-  if (kubeconfig !== undefined && kubeconfig !== '') {
-    if (kubeconfig.includes(delimiter)) throw new ConfigError('name one kubeconfig file (a list of files is not supported)', 'KUBECONFIG');
-    return { source: 'kubeconfig', path: resolve(kubeconfig) };
-  }
-  const host = e.KUBERNETES_SERVICE_HOST?.trim();
-  if (host === undefined || host === '') {
-    throw new ConfigError(
-      'is set, but verifying service-account tokens needs the Kubernetes API server: run in a pod (in-cluster: KUBERNETES_SERVICE_HOST) or set KUBECONFIG',
-      'LETHE_SERVICE_ACCOUNT_ISSUER',
-    );
-  }
-  const port = Number(e.KUBERNETES_SERVICE_PORT ?? '443');
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`'${e.KUBERNETES_SERVICE_PORT ?? ''}' is not a port`, 'KUBERNETES_SERVICE_PORT');
-  return { source: 'in-cluster', host, port };
-}

@@ -5,6 +5,7 @@ import { ConfigError } from '../errors.js';
 import { type Failpoint, parseFailpoints } from '../failpoints.js';
 import { type Env, type ListenAddress, parseDuration, parseListen } from './config.js';
 import { type LogLevel, commaList, flag, logLevel, parseEnv, wholeNumber } from './common.js';
+import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 
 /**
  * The configuration of `lethe operator`: where the PrivacyService is and how to prove who we
@@ -31,8 +32,8 @@ export interface OperatorConfig {
   /** host:port of the PrivacyService. */
   readonly server: string;
   readonly token: OperatorToken;
-  /** A kubeconfig file; undefined: the in-cluster configuration of the pod. */
-  readonly kubeconfigPath: string | undefined;
+  /** The cluster: a kubeconfig file, or the pod's own service account. */
+  readonly kubernetes: KubernetesAccess;
   /** Namespaces whose PrivacyRequests are carried out; empty: all. */
   readonly namespaces: readonly string[];
   readonly concurrency: number;
@@ -54,7 +55,6 @@ const envSchema = z.object({
   LETHE_SERVER: z.string().default('127.0.0.1:50051'),
   LETHE_TOKEN_FILE: z.string().min(1).optional(),
   LETHE_TOKEN: z.string().regex(TOKEN, 'is not a JWT').optional(),
-  KUBECONFIG: z.string().optional(),
   LETHE_OPERATOR_NAMESPACES: z.string().optional(),
   LETHE_OPERATOR_CONCURRENCY: wholeNumber(1, 64, 4),
   LETHE_OPERATOR_POLL_INTERVAL: z.string().default('10s'),
@@ -116,7 +116,7 @@ export function loadOperatorConfig(env: Env): Readonly<OperatorConfig> {
   return Object.freeze({
     server: e.LETHE_SERVER,
     token,
-    kubeconfigPath: e.KUBECONFIG === undefined || e.KUBECONFIG === '' ? undefined : resolve(e.KUBECONFIG),
+    kubernetes: kubernetesAccess(env, { setting: 'KUBECONFIG', why: 'the operator watches PrivacyRequests on the Kubernetes API server' }),
     namespaces,
     concurrency: e.LETHE_OPERATOR_CONCURRENCY,
     pollIntervalMs,

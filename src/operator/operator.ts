@@ -1,11 +1,12 @@
 import { readFile } from 'node:fs/promises';
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { sleep } from '../backoff.js';
 import { connectPrivacyService, type TokenSource } from '../client/privacy-client.js';
 import type { OperatorConfig, OperatorToken } from '../config/operator-config.js';
 import { ConfigError, errorSummary } from '../errors.js';
 import { type HealthServer, startHealthServer } from '../health-server.js';
+import { loadKubeConfig } from '../kube/kube-config.js';
 import { EventRecorder } from './event-recorder.js';
 import { LeaderElector } from './leader-election.js';
 import { PrivacyRequestReconciler } from './reconciler.js';
@@ -26,15 +27,7 @@ export interface RunningOperator {
 }
 
 export async function startOperator(config: OperatorConfig, logger: Logger): Promise<RunningOperator> {
-  const kc = new KubeConfig();
-  if (config.kubeconfigPath !== undefined) kc.loadFromFile(config.kubeconfigPath);
-  else {
-    try {
-      kc.loadFromCluster();
-    } catch (err) {
-      throw new ConfigError('not running in a pod: point KUBECONFIG at a kubeconfig file', 'KUBECONFIG', { cause: err });
-    }
-  }
+  const kc = loadKubeConfig(config.kubernetes);
 
   const { client: privacy, close: closePrivacy } = connectPrivacyService(config.server, tokenSource(config.token));
   let queue: WorkQueue | undefined;

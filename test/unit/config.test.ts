@@ -225,10 +225,10 @@ describe('loadServerConfig: service principals (LETHE_SERVICE_ACCOUNT_ISSUER)', 
 
   it('reaches the API server in-cluster from a pod, with audience lethe by default', () => {
     const c = loadServerConfig({ HOME, LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, ...IN_POD });
-    expect(c.serviceAccounts).toEqual({ issuer: ISSUER, audience: 'lethe', apiServer: { source: 'in-cluster', host: '10.96.0.1', port: 443 } });
+    expect(c.serviceAccounts).toEqual({ issuer: ISSUER, audience: 'lethe', apiServer: { source: 'in-cluster', host: '10.96.0.1', port: 443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' } });
     expect(c.auth.mode).toBe('local');
     const v6 = loadServerConfig({ HOME, LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBERNETES_SERVICE_HOST: 'fd00::1' });
-    expect(v6.serviceAccounts?.apiServer).toEqual({ source: 'in-cluster', host: 'fd00::1', port: 443 });
+    expect(v6.serviceAccounts?.apiServer).toEqual({ source: 'in-cluster', host: 'fd00::1', port: 443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' });
   });
 
   it('prefers KUBECONFIG (resolved) over the in-cluster environment, and takes the audience', () => {

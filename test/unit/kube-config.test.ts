@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fetchServiceAccountKeys } from '../../src/auth/api-server-keys.js';
-import { loadKubeConfig } from '../../src/auth/kube-config.js';
+import { loadKubeConfig } from '../../src/kube/kube-config.js';
 import { ConfigError, UnavailableError } from '../../src/errors.js';
 import { freePort } from '../support/postgres.js';
 
@@ -21,18 +21,18 @@ describe('loadKubeConfig', () => {
     mkdirSync(sa);
     writeFileSync(join(sa, 'token'), 'the-pod-token');
     writeFileSync(join(sa, 'ca.crt'), 'ca');
-    const kc = loadKubeConfig({ source: 'in-cluster', host: '10.96.0.1', port: 443 }, sa);
+    const kc = loadKubeConfig({ source: 'in-cluster', host: '10.96.0.1', port: 443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' }, sa);
     expect(kc.getCurrentCluster()).toMatchObject({ server: 'https://10.96.0.1:443', caFile: join(sa, 'ca.crt'), skipTLSVerify: false });
     expect(kc.getCurrentUser()?.authProvider).toEqual({ name: 'tokenFile', config: { tokenFile: join(sa, 'token') } });
-    expect(loadKubeConfig({ source: 'in-cluster', host: 'fd00::1', port: 6443 }, sa).getCurrentCluster()?.server).toBe('https://[fd00::1]:6443');
+    expect(loadKubeConfig({ source: 'in-cluster', host: 'fd00::1', port: 6443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' }, sa).getCurrentCluster()?.server).toBe('https://[fd00::1]:6443');
   });
 
   it('in a pod without a mounted token: a ConfigError saying what to mount', () => {
     const empty = join(dir, 'empty');
     mkdirSync(empty);
-    expect(() => loadKubeConfig({ source: 'in-cluster', host: '10.96.0.1', port: 443 }, empty)).toThrow(
+    expect(() => loadKubeConfig({ source: 'in-cluster', host: '10.96.0.1', port: 443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' }, empty)).toThrow(
       new ConfigError(
-        `is set and the server runs in a pod, but ${join(empty, 'token')} cannot be read: mount the pod's service-account token (automountServiceAccountToken), or set KUBECONFIG`,
+        `needs the Kubernetes API server, and in this pod ${join(empty, 'token')} cannot be read: mount the pod's service-account token (automountServiceAccountToken), or set KUBECONFIG`,
         'LETHE_SERVICE_ACCOUNT_ISSUER',
       ),
     );

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { loadOperatorConfig } from '../../src/config/operator-config.js';
 
-const base = { LETHE_TOKEN_FILE: '/var/run/secrets/lethe/token' };
+const base = { LETHE_TOKEN_FILE: '/var/run/secrets/lethe/token', KUBERNETES_SERVICE_HOST: '10.96.0.1' };
 
 describe('operator configuration', () => {
   it('has sane defaults', () => {
@@ -9,7 +9,7 @@ describe('operator configuration', () => {
     expect(c).toMatchObject({
       server: '127.0.0.1:50051',
       token: { kind: 'file', path: '/var/run/secrets/lethe/token' },
-      kubeconfigPath: undefined,
+      kubernetes: { source: 'in-cluster', host: '10.96.0.1', port: 443, neededBy: 'KUBECONFIG' },
       namespaces: [],
       concurrency: 4,
       pollIntervalMs: 10_000,
@@ -20,7 +20,7 @@ describe('operator configuration', () => {
   });
 
   it('requires an identity and names the variable', () => {
-    expect(() => loadOperatorConfig({})).toThrow(/^LETHE_TOKEN_FILE: required: how the operator proves its identity/);
+    expect(() => loadOperatorConfig({ KUBERNETES_SERVICE_HOST: '10.96.0.1' })).toThrow(/^LETHE_TOKEN_FILE: required: how the operator proves its identity/);
     expect(() => loadOperatorConfig({ ...base, LETHE_TOKEN: 'a.b.c' })).toThrow('LETHE_TOKEN_FILE: set either LETHE_TOKEN_FILE or LETHE_TOKEN, not both');
   });
 
@@ -34,6 +34,13 @@ describe('operator configuration', () => {
     [{ LETHE_FAILPOINTS: 'nope' }, "LETHE_FAILPOINTS: unknown failpoint 'nope'"],
   ])('refuses %j', (env, message) => {
     expect(() => loadOperatorConfig({ ...base, ...env })).toThrow(message);
+  });
+
+  it('outside a pod needs KUBECONFIG', () => {
+    expect(() => loadOperatorConfig({ LETHE_TOKEN: 'a.b.c' })).toThrow(
+      'KUBECONFIG: the operator watches PrivacyRequests on the Kubernetes API server: run in a pod (in-cluster: KUBERNETES_SERVICE_HOST) or set KUBECONFIG',
+    );
+    expect(loadOperatorConfig({ LETHE_TOKEN: 'a.b.c', KUBECONFIG: '/home/me/.kube/config' }).kubernetes).toEqual({ source: 'kubeconfig', path: '/home/me/.kube/config' });
   });
 
   it('watches the namespaces listed, once each', () => {
