@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram } from 'prom-client';
 import type { Phase } from '../operator/privacy-request.js';
-import { type Registry, createRegistry } from './registry.js';
+import { DURATION_BUCKETS, type Registry, createRegistry } from './registry.js';
 
 export type ReconcileOutcome = 'success' | 'requeue' | 'error' | 'terminal';
 
@@ -26,7 +26,7 @@ export class OperatorMetrics {
   private readonly reconcileSeconds = new Histogram({
     name: 'lethe_operator_reconcile_duration_seconds',
     help: 'Duration of one reconcile',
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    buckets: [...DURATION_BUCKETS],
     registers: [this.registry],
   });
 

@@ -12,4 +12,7 @@ export function createRegistry(): Registry {
   return registry;
 }
 
+/** Histogram buckets (seconds) for work that takes milliseconds to tens of seconds. */
+export const DURATION_BUCKETS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
 export type { Registry } from 'prom-client';

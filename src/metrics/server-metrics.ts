@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram } from 'prom-client';
-import { type Registry, createRegistry } from './registry.js';
+import { DURATION_BUCKETS, type Registry, createRegistry } from './registry.js';
 import { sampleWithTimeout } from './sample-with-timeout.js';
 
 /** How long a scrape waits for the outbox count before reporting it unknown (NaN). */
@@ -28,7 +28,7 @@ export class ServerMetrics {
     name: 'lethe_grpc_request_duration_seconds',
     help: 'gRPC call duration until the last response (a stream: until it ends), by method',
     labelNames: ['method'] as const,
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    buckets: [...DURATION_BUCKETS],
     registers: [this.registry],
   });
   private readonly requests = new Counter({

@@ -1,5 +1,5 @@
 import { Counter, Histogram } from 'prom-client';
-import { type Registry, createRegistry } from './registry.js';
+import { DURATION_BUCKETS, type Registry, createRegistry } from './registry.js';
 
 /**
  * purged: purged and receipted; duplicate: an event already purged (redelivered), receipted
@@ -20,7 +20,7 @@ export class SidecarMetrics {
   private readonly purgeSeconds = new Histogram({
     name: 'lethe_sidecar_purge_duration_seconds',
     help: "Duration of one purge transaction in the service's database (successful or not)",
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    buckets: [...DURATION_BUCKETS],
     registers: [this.registry],
   });
 
