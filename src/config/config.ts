@@ -51,6 +51,8 @@ export interface ServerConfig {
   readonly migrateIdentitySchema: boolean;
   readonly events: EventsConfig;
   readonly artifacts: ArtifactsConfig;
+  /** Where `GET /metrics` (Prometheus) is served; unset: no HTTP listener at all. */
+  readonly metricsListen: ListenAddress | undefined;
 }
 
 /** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
@@ -150,6 +152,8 @@ const envSchema = z.object({
     .optional(),
   LETHE_ARTIFACT_TTL: z.string().default('7d'),
   LETHE_ARTIFACT_SWEEP_INTERVAL: z.string().default('1m'),
+  // Metrics: off unless asked for (the server listens on loopback only unless told otherwise).
+  LETHE_METRICS_LISTEN: z.string().optional(),
 });
 
 function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget): ArtifactsConfig {
@@ -231,6 +235,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     migrateIdentitySchema: database.kind === 'pglite' || demo || e.LETHE_MIGRATE_IDENTITY_SCHEMA,
     events,
     artifacts: artifactsConfig(e, database),
+    metricsListen: e.LETHE_METRICS_LISTEN === undefined || e.LETHE_METRICS_LISTEN.trim() === '' ? undefined : parseListen(e.LETHE_METRICS_LISTEN.trim(), 'LETHE_METRICS_LISTEN'),
   });
 }
 

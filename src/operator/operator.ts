@@ -11,7 +11,9 @@ import { EventRecorder } from './event-recorder.js';
 import { LeaderElector } from './leader-election.js';
 import { PrivacyRequestReconciler } from './reconciler.js';
 import { PrivacyRequestCache, describeKubeError } from './watch-cache.js';
-import { WorkQueue, runWorkers } from './work-queue.js';
+import { type Reconciler, TerminalError, WorkQueue, runWorkers } from './work-queue.js';
+import { type Phase, splitKey } from './privacy-request.js';
+import { OperatorMetrics } from '../metrics/operator-metrics.js';
 
 /**
  * `lethe operator`: the watch cache runs on every replica (readiness means it has synced); the
@@ -45,6 +47,19 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
 
   const stopping = new AbortController();
   const elector = config.leaderElection.enabled ? new LeaderElector(kc.makeApiClient(CoordinationV1Api), { ...config.leaderElection, releaseOnStop: true, logger }) : undefined;
+  const isLeader = () => (elector === undefined ? true : elector.isLeader());
+  const metrics = new OperatorMetrics({
+    queueDepth: () => queue?.length ?? 0,
+    isLeader,
+    *phases(): Iterable<Phase> {
+      for (const key of cache.keys()) {
+        const { namespace, name } = splitKey(key);
+        const obj = cache.get(namespace, name);
+        if (obj !== undefined) yield obj.status?.phase ?? 'Pending';
+      }
+    },
+  });
+  const reconcile = measured(reconciler.reconcile, metrics);
 
   const lead = async (leadership: AbortSignal): Promise<void> => {
     while (!cache.hasSynced() && !leadership.aborted) await sleep(100, leadership);
@@ -54,7 +69,7 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
     for (const key of cache.keys()) q.add(key);
     leadership.addEventListener('abort', () => q.shutDown(), { once: true });
     logger.info({ concurrency: config.concurrency, resources: q.length }, 'reconciling PrivacyRequests');
-    await runWorkers(q, reconciler.reconcile, config.concurrency, (key, err, retryInMs) => {
+    await runWorkers(q, reconcile, config.concurrency, (key, err, retryInMs) => {
       const level = retryInMs === undefined ? 'error' : (err as { code?: unknown }).code === 409 ? 'debug' : 'warn';
       logger[level]({ resource: key, ...describeKubeError(err), retryInMs }, 'reconcile failed');
     });
@@ -63,7 +78,7 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
 
   let health: HealthServer | undefined;
   try {
-    health = await startHealthServer(config.healthListen, () => cache.hasSynced());
+    health = await startHealthServer(config.healthListen, () => cache.hasSynced(), { metrics: metrics.registry });
     await cache.start();
   } catch (err) {
     await health?.close();
@@ -80,7 +95,7 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
   return {
     healthAddress,
     isReady: () => cache.hasSynced(),
-    isLeader: () => (elector === undefined ? true : elector.isLeader()),
+    isLeader,
     stop() {
       stopped ??= (async () => {
         stopping.abort();
@@ -91,6 +106,22 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
       })();
       return stopped;
     },
+  };
+}
+
+/** The reconciler, timed and counted by result; what it returns or throws passes through unchanged. */
+function measured(reconcile: Reconciler, metrics: OperatorMetrics): Reconciler {
+  return async (key) => {
+    const started = performance.now();
+    const seconds = () => (performance.now() - started) / 1_000;
+    try {
+      const result = await reconcile(key);
+      metrics.reconciled(result?.requeueAfterMs !== undefined ? 'requeue' : 'success', seconds());
+      return result;
+    } catch (err) {
+      metrics.reconciled(err instanceof TerminalError ? 'terminal' : 'error', seconds());
+      throw err;
+    }
   };
 }
 

@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import type { Verifier } from '../auth/verifier.js';
 import { PrivacyServiceDefinition } from '../gen/lethe/privacy/v1/privacy.js';
 import type { PrivacyEngine } from '../privacy/engine.js';
-import { authentication, errorsAndLogging } from './middleware.js';
+import type { ServerMetrics } from '../metrics/server-metrics.js';
+import { authentication, errorsAndLogging, exportRecordCounting } from './middleware.js';
 import { privacyService } from './privacy-service.js';
 
 const DESCRIPTOR_SET = new URL('../gen/descriptor-set.binpb', import.meta.url);
@@ -23,13 +24,14 @@ export interface GrpcServer {
  * PrivacyService (authenticated), the standard health service and server reflection, which
  * need no token so that probes and grpcurl work.
  */
-export async function startGrpcServer(opts: { engine: PrivacyEngine; verify: Verifier; logger: Logger; host: string; port: number }): Promise<GrpcServer> {
+export async function startGrpcServer(opts: { engine: PrivacyEngine; verify: Verifier; logger: Logger; host: string; port: number; metrics?: ServerMetrics }): Promise<GrpcServer> {
   const health = HealthState();
   const server: Server = createServer({
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.max_receive_message_length': 1024 * 1024,
-  }).use(errorsAndLogging(opts.logger));
-  server.with(authentication(opts.verify)).add(PrivacyServiceDefinition, privacyService(opts.engine));
+  }).use(errorsAndLogging(opts.logger, opts.metrics));
+  const authenticated = server.with(authentication(opts.verify));
+  (opts.metrics === undefined ? authenticated : authenticated.with(exportRecordCounting(opts.metrics))).add(PrivacyServiceDefinition, privacyService(opts.engine));
   server.add(HealthDefinition, HealthServiceImpl(health));
   server.add(
     ServerReflectionService,

@@ -19,9 +19,13 @@ import { migrateIdentitySchema, migrateLethe } from '../store/migrations.js';
 import { startGrpcServer } from './grpc-server.js';
 import { ServerEvents } from '../events/server-events.js';
 import { countPending } from '../store/outbox.js';
+import { type HealthServer, startHealthServer } from '../health-server.js';
+import { ServerMetrics } from '../metrics/server-metrics.js';
 
 export interface RunningServer {
   readonly port: number;
+  /** The bound port of `GET /metrics`; undefined without LETHE_METRICS_LISTEN. */
+  readonly metricsPort: number | undefined;
   /** The ordered shutdown: health NOT_SERVING, stop accepting, finish or cancel calls, close the pool. */
   stop(graceMs?: number): Promise<void>;
 }
@@ -75,11 +79,25 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       events.start();
     }
     sweeper.start();
-    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port }).catch(async (err: unknown) => {
+    const outboxDb = (eventsDb ?? db).knex;
+    const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(() => countPending(outboxDb));
+    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port, metrics }).catch(async (err: unknown) => {
       await sweeper.stop();
       await events?.stop();
       throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
     });
+    // The metrics listener also answers /healthz and /readyz (ready until shutdown begins).
+    let serving = true;
+    let http: HealthServer | undefined;
+    const metricsListen = config.metricsListen;
+    if (metrics !== undefined && metricsListen !== undefined) {
+      http = await startHealthServer(metricsListen, () => serving, { metrics: metrics.registry }).catch(async (err: unknown) => {
+        await grpc.shutdown(0);
+        await sweeper.stop();
+        await events?.stop();
+        throw new ConfigError(`cannot listen on ${metricsListen.host}:${metricsListen.port} (in use, or not an address of this machine)`, 'LETHE_METRICS_LISTEN', { cause: err });
+      });
+    }
     logger.info(
       {
         listen: `${config.listen.host}:${grpc.port}`,
@@ -87,13 +105,17 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         dataMap: config.dataMapPath,
         auth: config.auth.mode === 'local' ? `local signing key in ${config.dataDir} (mint tokens with: lethe token --as <user-id>)` : config.auth.mode,
         artifactKeyId: artifactKeyId(artifactKey),
+        metrics: http === undefined ? 'off (set LETHE_METRICS_LISTEN)' : `http://${http.address.host}:${http.address.port}/metrics`,
       },
       'lethe PrivacyService listening',
     );
     return {
       port: grpc.port,
+      metricsPort: http?.address.port,
       async stop(graceMs = 10_000) {
+        serving = false;
         await grpc.shutdown(graceMs);
+        await http?.close();
         await sweeper.stop();
         await events?.stop();
         await eventsDb?.close();

@@ -19,6 +19,7 @@ import { hitFailpoint } from '../failpoints.js';
 import { type HealthServer, startHealthServer } from '../health-server.js';
 import { failedReceipt, publishReceipt, purgedReceipt, safeErrorSummary } from './receipts.js';
 import { Slots } from './slots.js';
+import { SidecarMetrics } from '../metrics/sidecar-metrics.js';
 
 type State = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -65,6 +66,7 @@ export class PurgeSidecar {
   private readonly slots: Slots;
   private readonly inFlight = new Set<Promise<void>>();
   private readonly stopSignal = new AbortController();
+  private readonly metrics = new SidecarMetrics();
 
   constructor(
     private readonly config: Readonly<SidecarConfig>,
@@ -98,7 +100,7 @@ export class PurgeSidecar {
   private async startUp(): Promise<void> {
     const c = this.config;
     try {
-      this.health = await startHealthServer(c.healthListen, () => this.isReady()).catch((err: unknown) => {
+      this.health = await startHealthServer(c.healthListen, () => this.isReady(), { metrics: this.metrics.registry }).catch((err: unknown) => {
         throw new ConfigError(`cannot listen on ${c.healthListen.host}:${c.healthListen.port} (${safeErrorSummary(err)})`, '--health-listen', { cause: err });
       });
       const map = await loadDataMap(c.dataMapPath);
@@ -251,6 +253,7 @@ export class PurgeSidecar {
       // No request id, so no receipt is possible: say so in the log (without the payload) and drop it.
       this.logger.warn({ seq: msg.info.streamSequence, deliveries }, 'not a valid anonymization event: terminated');
       this.settle(msg, 'term');
+      this.metrics.event('failed');
       return;
     }
     const { user_id: userId, request_id: requestId } = event.data;
@@ -258,12 +261,15 @@ export class PurgeSidecar {
 
     const now = new Date();
     let purged: Awaited<ReturnType<typeof purgeForRequest>>;
+    const started = performance.now();
     try {
       purged = await this.keepAlive(msg, () => purgeForRequest(this.need(this.db).knex, this.need(this.map), this.hashKey, { subjectId: userId, requestId, now }));
     } catch (err) {
+      this.metrics.purgeTook((performance.now() - started) / 1_000);
       await this.purgeFailed(msg, log, { userId, requestId, deliveries, err });
       return;
     }
+    this.metrics.purgeTook((performance.now() - started) / 1_000);
 
     try {
       const ack = await this.keepAlive(msg, () =>
@@ -273,11 +279,13 @@ export class PurgeSidecar {
         { replayed: purged.replayed, rows: purged.rowsAffected.reduce((n, r) => n + r.rows, 0), duplicateReceipt: ack.duplicate },
         purged.replayed ? 'already purged: receipt published again' : 'purged: receipt published',
       );
+      this.metrics.event(purged.replayed ? 'duplicate' : 'purged');
     } catch (err) {
       // The data is purged; only a `purged` receipt would be true, so keep trying to send it.
       const delayMs = retryDelayMs(deliveries, c.retryBaseMs);
       (deliveries >= c.maxDeliveries ? log.error.bind(log) : log.warn.bind(log))({ err: safeErrorSummary(err), retryInMs: delayMs }, 'purged, but the receipt was not published: will retry');
       this.settle(msg, 'nak', delayMs);
+      this.metrics.event('retried');
       return;
     }
 
@@ -296,6 +304,7 @@ export class PurgeSidecar {
     if (decision.kind === 'retry') {
       log.warn({ err: summary, retryInMs: decision.delayMs, maxDeliveries: c.maxDeliveries }, 'purge failed: will retry');
       this.settle(msg, 'nak', decision.delayMs);
+      this.metrics.event('retried');
       return;
     }
     try {
@@ -306,10 +315,12 @@ export class PurgeSidecar {
       const delayMs = retryDelayMs(f.deliveries, c.retryBaseMs);
       log.error({ err: summary, receiptErr: safeErrorSummary(err), retryInMs: delayMs }, 'purge failed and the failure receipt was not published: will retry');
       this.settle(msg, 'nak', delayMs);
+      this.metrics.event('retried');
       return;
     }
     log.error({ err: summary, maxDeliveries: c.maxDeliveries }, 'purge failed on the last allowed delivery: failure receipt published, event terminated');
     this.settle(msg, 'term');
+    this.metrics.event('failed');
   }
 
   /** Tells JetStream the work goes on while `fn` runs, so a slow purge is not redelivered. */

@@ -16,6 +16,7 @@ const repo = process.cwd();
 const ALL_FEATURES = join(repo, 'test', 'fixtures', 'helm', 'all-features.yaml');
 const CRD_FILE = join(CHART_DIR, 'files', 'privacyrequests.privacy.lethe.dev.yaml');
 const SIDECAR_SNIPPET = join(CHART_DIR, 'examples', 'sidecar-snippet.yaml');
+const SERVICE_MONITOR_CRD = join(repo, 'test', 'fixtures', 'helm', 'servicemonitors.monitoring.coreos.com.yaml');
 const RELEASE_NS = 'lethe';
 const RESTRICTED_CONTAINER = {
   runAsNonRoot: true,
@@ -146,6 +147,8 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     ['a wrong type', 'operator:\n  replicaCount: two\n', "at '/operator/replicaCount'"],
     ['an empty database Secret name', 'database:\n  existingSecret: ""\n', "at '/database/existingSecret'"],
     ['a malformed duration', 'server:\n  artifactTtl: 1week\n', "at '/server/artifactTtl'"],
+    ['a misspelt ServiceMonitor key', 'metrics:\n  serviceMonitor:\n    intervall: 30s\n', "at '/metrics/serviceMonitor': additional properties 'intervall' not allowed"],
+    ['a misspelt metrics NetworkPolicy peer', 'metrics:\n  networkPolicy:\n    from:\n      - namespaceSelectr: {}\n', "additional properties 'namespaceSelectr' not allowed"],
   ])('refuses %s, naming it', async (_, text, message) => {
     const r = await runHelm(templateArgs({ valuesFiles: [valuesFile('bad.yaml', text)] }));
     expect(r.code).not.toBe(0);
@@ -156,6 +159,8 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
   it.each([
     ['user-token verification without an issuer', { 'server.userTokens.jwksUrl': 'https://sso.example.com/jwks' }, 'server.userTokens.issuer and server.userTokens.audience are required'],
     ['two operators without leader election', { 'operator.leaderElection': 'false' }, 'operator.leaderElection must stay on with more than one operator replica'],
+    ['a ServiceMonitor without metrics', { 'metrics.enabled': 'false', 'metrics.serviceMonitor.enabled': 'true' }, 'metrics.serviceMonitor.enabled needs metrics.enabled'],
+    ['a metrics port that is the gRPC port', { 'metrics.port': '50051' }, 'metrics.port (50051) must differ from server.port and server.service.port'],
   ])('refuses %s with a message saying what to set', async (_, set, message) => {
     await expect(renderChart({ set })).rejects.toThrow(message);
   });
@@ -208,11 +213,12 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(kinds).toEqual(
       [
         'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'ConfigMap', 'CustomResourceDefinition', 'Deployment', 'Deployment',
-        'NetworkPolicy', 'PodDisruptionBudget', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'ServiceAccount', 'ServiceAccount',
+        'NetworkPolicy', 'PodDisruptionBudget', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount',
       ].sort(),
     );
-    // No Secret unless asked for (createSecret), and no ServiceMonitor: there is no metrics endpoint yet.
+    // No Secret unless asked for (createSecret), no ServiceMonitor unless asked for (it needs the prometheus-operator's CRD).
     expect(kinds).not.toContain('Secret');
+    expect(kinds).not.toContain('ServiceMonitor');
   });
 
   it('configures the server from Secrets, the ConfigMap and values, and always trusts the operator', () => {
@@ -389,12 +395,104 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
             { podSelector: { matchLabels: { 'lethe.dev/client': 'true' } }, namespaceSelector: {} },
           ],
         },
+        { ports: [{ port: 'metrics', protocol: 'TCP' }], from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }] },
       ],
     });
     const server = one<Deployment>(defaults, 'Deployment', 'lethe-server');
     const operator = one<Deployment>(defaults, 'Deployment', 'lethe-operator');
     expect(server.spec.template.metadata.labels).toMatchObject({ 'app.kubernetes.io/component': 'server' });
     expect(operator.spec.template.metadata.labels).toMatchObject({ 'app.kubernetes.io/component': 'operator' });
+  });
+});
+
+interface ServicePort {
+  name: string;
+  port: number;
+  targetPort: string;
+}
+interface Service {
+  metadata: Meta;
+  spec: { selector: Record<string, string>; ports: ServicePort[] };
+}
+
+describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
+  let defaults: Manifest[];
+  let all: Manifest[];
+  let off: Manifest[];
+  let noPeers: Manifest[];
+  const ports = (d: Deployment, name: string) => (container(d, name) as Container & { ports?: Array<{ name: string; containerPort: number }> }).ports;
+  const selector = (release: string, component: string) => ({ 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': release, 'app.kubernetes.io/component': component });
+
+  beforeAll(async () => {
+    [defaults, all, off, noPeers] = await Promise.all([
+      renderChart(),
+      renderChart({ valuesFiles: [ALL_FEATURES] }),
+      renderChart({ set: { 'metrics.enabled': 'false' } }),
+      renderChart({ set: { 'metrics.networkPolicy.from': 'null' } }),
+    ]);
+  });
+
+  it('by default: the server serves /metrics on 0.0.0.0:9090, a metrics port on its pods and Service; the operator a metrics Service on its health port', () => {
+    const server = one<Deployment>(defaults, 'Deployment', 'lethe-server');
+    expect(envOf(container(server, 'server'), 'LETHE_METRICS_LISTEN')?.value).toBe('0.0.0.0:9090');
+    expect(ports(server, 'server')).toEqual([
+      { name: 'grpc', containerPort: 50051, protocol: 'TCP' },
+      { name: 'metrics', containerPort: 9090, protocol: 'TCP' },
+    ]);
+    expect(one<Service>(defaults, 'Service', 'lethe-server').spec.ports).toEqual([
+      { name: 'grpc', port: 50051, targetPort: 'grpc', protocol: 'TCP', appProtocol: 'grpc' },
+      { name: 'metrics', port: 9090, targetPort: 'metrics', protocol: 'TCP' },
+    ]);
+    const operatorMetrics = one<Service>(defaults, 'Service', 'lethe-operator-metrics');
+    expect(operatorMetrics.spec.selector).toEqual(selector('lethe', 'operator'));
+    expect(operatorMetrics.spec.ports).toEqual([{ name: 'metrics', port: 8081, targetPort: 'health', protocol: 'TCP' }]);
+    expect(ports(one<Deployment>(defaults, 'Deployment', 'lethe-operator'), 'operator')).toContainEqual({ name: 'health', containerPort: 8081, protocol: 'TCP' });
+  });
+
+  it('with metrics.enabled=false: no listener, no metrics ports, no operator metrics Service, no NetworkPolicy rule', () => {
+    const server = one<Deployment>(off, 'Deployment', 'lethe-server');
+    expect(envOf(container(server, 'server'), 'LETHE_METRICS_LISTEN')).toBeUndefined();
+    expect(ports(server, 'server')?.map((p) => p.name)).toEqual(['grpc']);
+    expect(one<Service>(off, 'Service', 'lethe-server').spec.ports.map((p) => p.name)).toEqual(['grpc']);
+    expect(off.filter((m) => meta(m).name === 'lethe-operator-metrics')).toEqual([]);
+    const np = one<{ spec: { ingress: Array<{ ports: Array<{ port: string }> }> } }>(off, 'NetworkPolicy', 'lethe-server');
+    expect(np.spec.ingress.map((r) => r.ports[0]?.port)).toEqual(['grpc']);
+  });
+
+  it('never renders a NetworkPolicy rule without peers (an empty `from` would admit everyone)', () => {
+    const np = one<{ spec: { ingress: Array<{ ports: Array<{ port: string }> }> } }>(noPeers, 'NetworkPolicy', 'lethe-server');
+    expect(np.spec.ingress.map((r) => r.ports[0]?.port)).toEqual(['grpc']);
+  });
+
+  it('renders a ServiceMonitor for the server and one for the operator, with the interval, timeout and labels asked for', () => {
+    const monitors = ofKind<{ apiVersion: string; metadata: Meta; spec: unknown }>(all, 'ServiceMonitor');
+    expect(monitors.map((m) => [m.apiVersion, m.metadata.name, m.metadata.namespace])).toEqual([
+      ['monitoring.coreos.com/v1', 'privacy-server', 'lethe'],
+      ['monitoring.coreos.com/v1', 'privacy-operator', 'lethe'],
+    ]);
+    for (const [m, component] of [[monitors[0], 'server'], [monitors[1], 'operator']] as const) {
+      expect(m?.metadata.labels).toMatchObject({ release: 'kube-prometheus-stack', team: 'platform', 'app.kubernetes.io/component': component });
+      expect(m?.spec).toEqual({
+        namespaceSelector: { matchNames: ['lethe'] },
+        selector: { matchLabels: selector('lethe', component) },
+        endpoints: [{ port: 'metrics', path: '/metrics', scheme: 'http', interval: '15s', scrapeTimeout: '10s' }],
+      });
+    }
+    // Each selects exactly one Service of the release, and that Service has the `metrics` port.
+    const services = ofKind<Service>(all, 'Service');
+    for (const component of ['server', 'operator']) {
+      const selected = services.filter((svc) => Object.entries(selector('lethe', component)).every(([k, v]) => svc.metadata.labels?.[k] === v));
+      expect(selected.map((svc) => svc.spec.ports.find((p) => p.name === 'metrics')?.port)).toEqual([component === 'server' ? 9464 : 9081]);
+    }
+    expect(envOf(container(one<Deployment>(all, 'Deployment', 'privacy-server'), 'server'), 'LETHE_METRICS_LISTEN')?.value).toBe('0.0.0.0:9464');
+    const np = one<{ spec: { ingress: unknown[] } }>(all, 'NetworkPolicy', 'privacy-server');
+    expect(np.spec.ingress[1]).toEqual({
+      ports: [{ port: 'metrics', protocol: 'TCP' }],
+      from: [
+        { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } }, podSelector: { matchLabels: { 'app.kubernetes.io/name': 'prometheus' } } },
+        { ipBlock: { cidr: '10.0.0.0/8', except: ['10.0.1.0/24'] } },
+      ],
+    });
   });
 });
 
@@ -405,6 +503,9 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
   beforeAll(async () => {
     kube = await startKubeApiServer(assets ?? '');
     for (const ns of [RELEASE_NS, 'team-a', 'team-b']) expect((await kubectl(['create', 'namespace', ns])).code).toBe(0);
+    // The prometheus-operator's ServiceMonitor CRD, as a cluster with kube-prometheus-stack has it.
+    expect((await kubectl(['apply', '-f', SERVICE_MONITOR_CRD])).code).toBe(0);
+    expect((await kubectl(['wait', '--for=condition=Established', 'crd/servicemonitors.monitoring.coreos.com', '--timeout=30s'])).code).toBe(0);
   });
   afterAll(async () => {
     await kube?.destroy();
@@ -465,6 +566,8 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     const accepted = dry.stdout.trim().split('\n');
     expect(accepted.length).toBe(rest.length);
     for (const line of accepted) expect(line).toMatch(/ (created|configured|unchanged) \(server dry run\)$/);
+    const monitors = accepted.filter((line) => line.startsWith('servicemonitor.monitoring.coreos.com/'));
+    expect(monitors).toEqual(valuesFiles.length === 0 ? [] : ['servicemonitor.monitoring.coreos.com/privacy-server created (server dry run)', 'servicemonitor.monitoring.coreos.com/privacy-operator created (server dry run)']);
   });
 
   it('accepts the documented sidecar snippet', async () => {

@@ -15,6 +15,7 @@ import { type Kubectl, installCrd, kubectlFor, mustKubectl, privacyRequestYaml }
 import { type NatsServer, requireNatsServer, startNatsServer } from '../support/nats.js';
 import { type OperatorProcess, capturingLogger, privacyRequests, spawnOperator, startTestOperator } from '../support/operator-fixture.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
+import { sample } from '../support/prometheus.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 import { waitFor } from '../support/streams.js';
 
@@ -203,6 +204,28 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     await apply('privacy', 'forget-nobody', { type: 'Forget', subjectId: 'no-such-user', reason: REASON });
     const unknown = await resources.waitForPhase('privacy', 'forget-nobody', 'Failed');
     expect(unknown.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ reason: 'SubjectNotFound', message: 'User not found' });
+  });
+
+  it('serves /metrics on its health listener: reconciles by result, leadership, and the requests by phase as the API server has them', async () => {
+    const listed = JSON.parse(await mustKubectl(kubectl, ['get', 'preq', '-n', 'privacy', '-o', 'json'])) as { items: Array<{ status?: { phase?: string } }> };
+    const expected = new Map<string, number>();
+    for (const item of listed.items) expected.set(item.status?.phase ?? 'Pending', (expected.get(item.status?.phase ?? 'Pending') ?? 0) + 1);
+    expect(expected.get('Succeeded')).toBeGreaterThanOrEqual(1);
+    expect(expected.get('Failed')).toBe(2);
+    const body = await waitFor('the phase gauges to match the API server', async () => {
+      const text = await (await fetch(`http://127.0.0.1:${operator.healthAddress.port}/metrics`)).text();
+      const matches = ['Pending', 'Running', 'WaitingForDownstream', 'Succeeded', 'Failed'].every((phase) => sample(text, 'lethe_operator_privacy_requests', { phase }) === (expected.get(phase) ?? 0));
+      return matches ? text : undefined;
+    });
+    expect(sample(body, 'lethe_operator_leader')).toBe(1);
+    expect(sample(body, 'lethe_operator_queue_depth')).toBeGreaterThanOrEqual(0);
+    const results = Object.fromEntries(['success', 'requeue', 'error', 'terminal'].map((result) => [result, sample(body, 'lethe_operator_reconciles_total', { result }) ?? -1]));
+    expect(results.success).toBeGreaterThanOrEqual(3);
+    // The Forget was polled while it waited for the downstream confirmation.
+    expect(results.requeue).toBeGreaterThanOrEqual(1);
+    expect(Object.values(results).every((n) => n >= 0)).toBe(true);
+    expect(sample(body, 'lethe_operator_reconcile_duration_seconds_count')).toBe(Object.values(results).reduce((a, b) => a + b, 0));
+    for (const personal of ['user-id-123', 'member-user-id-456', 'platform-owner-id', 'no-such-user', '@example.com']) expect(body).not.toContain(personal);
   });
 
   it('resumes its watch after the API server restarts (re-listing after 410 Gone)', async () => {

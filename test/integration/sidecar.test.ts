@@ -507,7 +507,8 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     };
     expect(await get('/healthz')).toEqual({ status: 200, body: 'ok\n' });
     expect(await get('/readyz')).toEqual({ status: 200, body: 'ready\n' });
-    expect((await get('/metrics')).status).toBe(404);
+    expect((await get('/metrics')).status).toBe(200);
+    expect((await get('/nope')).status).toBe(404);
     expect((await get('/readyz', { method: 'POST' })).status).toBe(405);
 
     await b.server.stop();

@@ -128,6 +128,8 @@ describe('loadServerConfig: bad values name the variable', () => {
     ['LETHE_HASH_KEY', { LETHE_HASH_KEY: `${HASH_KEY.slice(1)}g` }, 'LETHE_HASH_KEY: LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)'],
     ['LETHE_LOG_LEVEL', { LETHE_LOG_LEVEL: 'verbose' }, 'LETHE_LOG_LEVEL: LETHE_LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent'],
     ['LETHE_MIGRATE_IDENTITY_SCHEMA', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'yes' }, 'LETHE_MIGRATE_IDENTITY_SCHEMA: LETHE_MIGRATE_IDENTITY_SCHEMA must be true or false'],
+    ['LETHE_METRICS_LISTEN', { LETHE_METRICS_LISTEN: '9090' }, "LETHE_METRICS_LISTEN: '9090' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
+    ['LETHE_METRICS_LISTEN', { LETHE_METRICS_LISTEN: 'http://0.0.0.0:9090/metrics' }, "LETHE_METRICS_LISTEN: 'http://0.0.0.0:9090/metrics' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
   ])('%s: %j', (variable, env, message) => {
     const err = configErrorOf({ HOME, ...env });
     expect(err.name).toBe('ConfigError');
@@ -144,6 +146,18 @@ describe('loadServerConfig: bad values name the variable', () => {
   it('refuses a hash key with an odd number of hex digits instead of silently dropping the last one', () => {
     const err = configErrorOf({ HOME, LETHE_HASH_KEY: `${HASH_KEY}a` });
     expect(err.source).toBe('LETHE_HASH_KEY');
+  });
+});
+
+describe('loadServerConfig: LETHE_METRICS_LISTEN', () => {
+  it('is off by default: the server opens no HTTP listener', () => {
+    expect(loadServerConfig({ HOME }).metricsListen).toBeUndefined();
+    expect(loadServerConfig({ HOME, LETHE_METRICS_LISTEN: '' }).metricsListen).toBeUndefined();
+  });
+
+  it('takes the address of /metrics, IPv4 or IPv6', () => {
+    expect(loadServerConfig({ HOME, LETHE_METRICS_LISTEN: '0.0.0.0:9090' }).metricsListen).toEqual({ host: '0.0.0.0', port: 9090 });
+    expect(loadServerConfig({ HOME, LETHE_METRICS_LISTEN: '[::1]:0' }).metricsListen).toEqual({ host: '[::1]', port: 0 });
   });
 });
 
