@@ -263,6 +263,24 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     await restarted.kill('SIGTERM');
   }, 60_000);
 
+  it('killed right after the export was stored and restarted: Succeeded with that same artifact, no second export', async () => {
+    const crashing = spawnOperator({ ...operatorEnv('crash', { LETHE_FAILPOINTS: 'operator-after-call', LETHE_LEADER_ELECTION: 'false' }) });
+    processes.push(crashing);
+    await apply('crash', 'export-owner-2', { type: 'Export', subjectId: 'owner-user-id-2', reason: 'GDPR Art. 15 access request' });
+    expect(await crashing.exited).toBe('SIGKILL');
+    expect((await resources.get('crash', 'export-owner-2')).status?.phase).toBe('Running');
+    const stored = (await identity.query(`SELECT r.id, a.sha256 FROM lethe_privacy_requests r JOIN lethe_export_artifacts a ON a.request_id = r.id WHERE r.subject_id = 'owner-user-id-2'`)).rows;
+    expect(stored).toHaveLength(1);
+
+    const restarted = spawnOperator(operatorEnv('crash', { LETHE_LEADER_ELECTION: 'false' }));
+    processes.push(restarted);
+    const done = await resources.waitForPhase('crash', 'export-owner-2', 'Succeeded');
+    expect(done.status?.requestId).toBe(stored[0].id);
+    expect(done.status?.artifact?.sha256).toBe(stored[0].sha256);
+    expect(Number((await identity.query(`SELECT count(*) AS n FROM lethe_privacy_requests WHERE type = 'export' AND subject_id = 'owner-user-id-2'`)).rows[0].n)).toBe(1);
+    await restarted.kill('SIGTERM');
+  }, 60_000);
+
   it('with two operator processes only the leader acts; when it dies the other takes over', async () => {
     const a = spawnOperator(operatorEnv('ha', { POD_NAME: 'operator-a', LETHE_LEADER_ELECTION_NAME: 'ha-test' }));
     const b = spawnOperator(operatorEnv('ha', { POD_NAME: 'operator-b', LETHE_LEADER_ELECTION_NAME: 'ha-test' }));
