@@ -70,7 +70,8 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
     leadership.addEventListener('abort', () => q.shutDown(), { once: true });
     logger.info({ concurrency: config.concurrency, resources: q.length }, 'reconciling PrivacyRequests');
     await runWorkers(q, reconcile, config.concurrency, (key, err, retryInMs) => {
-      const level = retryInMs === undefined ? 'error' : (err as { code?: unknown }).code === 409 ? 'debug' : 'warn';
+      if (err instanceof TerminalError) return logger.info({ resource: key, refusal: err.message }, 'request refused: failed for good, not retried');
+      const level = (err as { code?: unknown }).code === 409 ? 'debug' : 'warn';
       logger[level]({ resource: key, ...describeKubeError(err), retryInMs }, 'reconcile failed');
     });
     if (queue === q) queue = undefined;

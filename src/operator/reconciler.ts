@@ -10,7 +10,7 @@ import { setCondition } from './conditions.js';
 import type { EventRecorder } from './event-recorder.js';
 import { GROUP, PLURAL, type PrivacyRequestResource, type PrivacyRequestStatus, VERSION, splitKey } from './privacy-request.js';
 import { READY, ledgerStatus, refusedStatus, runningStatus, transitions } from './status.js';
-import type { ReconcileResult } from './work-queue.js';
+import { type ReconcileResult, TerminalError } from './work-queue.js';
 
 /**
  * Level-based reconciliation of one PrivacyRequest: read it from the cache, ask the
@@ -132,13 +132,14 @@ export class PrivacyRequestReconciler {
     return wait === undefined ? undefined : { requeueAfterMs: Math.min(Math.max(wait, EXPIRY_RECHECK_MS), 2 ** 31 - 1) };
   }
 
-  private async onCallFailed(obj: PrivacyRequestResource, err: unknown): Promise<ReconcileResult | undefined> {
+  /** A refusal fails the request for good (status, then a TerminalError); anything else is retried. */
+  private async onCallFailed(obj: PrivacyRequestResource, err: unknown): Promise<never> {
     if (err instanceof ClientError) {
       const reason = TERMINAL.get(err.code);
       // The server's messages never carry personal data beyond the subject id: safe for status and Events.
       if (reason !== undefined) {
         await this.writeStatus(obj, refusedStatus(obj, reason, err.details, this.now()));
-        return undefined;
+        throw new TerminalError(`${reason}: ${err.details}`, { cause: err });
       }
       const message = `The PrivacyService answered ${Status[err.code]}: ${err.details}; retrying with backoff`;
       const generation = obj.metadata.generation ?? 0;

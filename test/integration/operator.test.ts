@@ -223,6 +223,8 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(results.success).toBeGreaterThanOrEqual(3);
     // The Forget was polled while it waited for the downstream confirmation.
     expect(results.requeue).toBeGreaterThanOrEqual(1);
+    // The two refusals (platform owner, unknown user) ended as terminal failures, once each.
+    expect(results.terminal).toBe(2);
     expect(Object.values(results).every((n) => n >= 0)).toBe(true);
     expect(sample(body, 'lethe_operator_reconcile_duration_seconds_count')).toBe(Object.values(results).reduce((a, b) => a + b, 0));
     for (const personal of ['user-id-123', 'member-user-id-456', 'platform-owner-id', 'no-such-user', '@example.com']) expect(body).not.toContain(personal);
