@@ -2,6 +2,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { type LogLevel, flag, logLevel, parseEnv } from './common.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
@@ -45,7 +46,7 @@ export interface ServerConfig {
   readonly platformPrincipals: ReadonlySet<string>;
   /** Key for the data map's `hash` action. Generated in the data directory when unset. */
   readonly hashKey: Buffer | undefined;
-  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  readonly logLevel: LogLevel;
   readonly demo: boolean;
   /** Create the sample identity schema (embedded database, --demo, or asked for). */
   readonly migrateIdentitySchema: boolean;
@@ -105,42 +106,36 @@ export function parseListen(value: string, source: string): ListenAddress {
   return { host: m[1] ?? '', port };
 }
 
-const bool = (name: string) =>
-  z
-    .enum(['true', 'false', '1', '0', ''], { message: `${name} must be true or false` })
-    .optional()
-    .transform((v) => v === 'true' || v === '1');
-
 const envSchema = z.object({
   DATABASE_URL: z
     .string()
-    .regex(/^postgres(ql)?:\/\//, 'DATABASE_URL must be a postgres:// or postgresql:// URL')
+    .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL')
     .optional(),
   LETHE_LISTEN: z.string().optional(),
   LETHE_DATA_MAP: z.string().min(1).optional(),
-  LETHE_JWKS_URL: z.url({ protocol: /^https?$/, message: 'LETHE_JWKS_URL must be an http(s) URL' }).optional(),
+  LETHE_JWKS_URL: z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' }).optional(),
   LETHE_JWT_PUBLIC_KEY_FILE: z.string().min(1).optional(),
   LETHE_JWT_ISSUER: z.string().min(1).optional(),
   LETHE_JWT_AUDIENCE: z.string().min(1).optional(),
   LETHE_PLATFORM_PRINCIPALS: z.string().optional(),
   // Service principals: Kubernetes service-account tokens (see serviceAccountAuth below).
-  LETHE_SERVICE_ACCOUNT_ISSUER: z.string().regex(/^\S+$/, 'LETHE_SERVICE_ACCOUNT_ISSUER must be the cluster\'s service-account issuer, e.g. https://kubernetes.default.svc.cluster.local').optional(),
-  LETHE_SERVICE_ACCOUNT_AUDIENCE: z.string().regex(/^\S+$/, 'LETHE_SERVICE_ACCOUNT_AUDIENCE must be one audience without spaces').default('lethe'),
+  LETHE_SERVICE_ACCOUNT_ISSUER: z.string().regex(/^\S+$/, 'must be the cluster\'s service-account issuer, e.g. https://kubernetes.default.svc.cluster.local').optional(),
+  LETHE_SERVICE_ACCOUNT_AUDIENCE: z.string().regex(/^\S+$/, 'must be one audience without spaces').default('lethe'),
   KUBECONFIG: z.string().optional(),
   KUBERNETES_SERVICE_HOST: z.string().optional(),
   KUBERNETES_SERVICE_PORT: z.string().optional(),
   LETHE_HASH_KEY: z
     .string()
-    .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)')
+    .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'must be at least 32 bytes written as hex (openssl rand -hex 32)')
     .optional(),
-  LETHE_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], { message: 'LETHE_LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent' }).default('info'),
-  LETHE_MIGRATE_IDENTITY_SCHEMA: bool('LETHE_MIGRATE_IDENTITY_SCHEMA'),
+  LETHE_LOG_LEVEL: logLevel,
+  LETHE_MIGRATE_IDENTITY_SCHEMA: flag,
   LETHE_NATS_URL: z
     .string()
-    .regex(/^(nats|tls):\/\/[^\s]+$/, 'LETHE_NATS_URL must be a nats:// or tls:// URL (comma-separate several servers)')
+    .regex(/^(nats|tls):\/\/[^\s]+$/, 'must be a nats:// or tls:// URL (comma-separate several servers)')
     .optional(),
-  LETHE_NATS_STREAM: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'LETHE_NATS_STREAM must be letters, digits, _ or - (at most 64)').default('LETHE_PRIVACY'),
-  LETHE_NATS_STREAM_REPLICAS: z.enum(['1', '3', '5'], { message: 'LETHE_NATS_STREAM_REPLICAS must be 1, 3 or 5' }).default('1'),
+  LETHE_NATS_STREAM: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be letters, digits, _ or - (at most 64)').default('LETHE_PRIVACY'),
+  LETHE_NATS_STREAM_REPLICAS: z.enum(['1', '3', '5'], { message: 'must be 1, 3 or 5' }).default('1'),
   LETHE_NATS_DUPLICATE_WINDOW: z.string().default('2m'),
   LETHE_DOWNSTREAM_SERVICES: z.string().default(''),
   LETHE_CONFIRMATION_TIMEOUT: z.string().default('24h'),
@@ -148,7 +143,7 @@ const envSchema = z.object({
   // Export artifacts
   LETHE_ARTIFACT_KEY: z
     .string()
-    .regex(/^[0-9a-fA-F]{64}$/, 'LETHE_ARTIFACT_KEY must be exactly 32 bytes written as 64 hex digits (openssl rand -hex 32)')
+    .regex(/^[0-9a-fA-F]{64}$/, 'must be exactly 32 bytes written as 64 hex digits (openssl rand -hex 32)')
     .optional(),
   LETHE_ARTIFACT_TTL: z.string().default('7d'),
   LETHE_ARTIFACT_SWEEP_INTERVAL: z.string().default('1m'),
@@ -169,13 +164,7 @@ function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget)
 }
 
 export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<ServerConfig> {
-  const parsed = envSchema.safeParse(env);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const name = String(issue?.path[0] ?? 'environment');
-    throw new ConfigError(issue?.message ?? 'invalid', name);
-  }
-  const e = parsed.data;
+  const e = parseEnv(envSchema, env);
   const listen = flags.listen !== undefined ? parseListen(flags.listen, '--listen') : parseListen(e.LETHE_LISTEN ?? DEFAULT_LISTEN, 'LETHE_LISTEN');
   const dataDir = resolve(flags.dataDir ?? defaultDataDir(env));
   const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
@@ -232,7 +221,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     hashKey: e.LETHE_HASH_KEY === undefined ? undefined : Buffer.from(e.LETHE_HASH_KEY, 'hex'),
     logLevel: e.LETHE_LOG_LEVEL,
     demo,
-    migrateIdentitySchema: database.kind === 'pglite' || demo || e.LETHE_MIGRATE_IDENTITY_SCHEMA,
+    migrateIdentitySchema: database.kind === 'pglite' || demo || (e.LETHE_MIGRATE_IDENTITY_SCHEMA ?? false),
     events,
     artifacts: artifactsConfig(e, database),
     metricsListen: e.LETHE_METRICS_LISTEN === undefined || e.LETHE_METRICS_LISTEN.trim() === '' ? undefined : parseListen(e.LETHE_METRICS_LISTEN.trim(), 'LETHE_METRICS_LISTEN'),

@@ -103,7 +103,7 @@ describe('loadServerConfig: authentication', () => {
       'LETHE_JWKS_URL',
       'LETHE_JWKS_URL: set either LETHE_JWKS_URL or LETHE_JWT_PUBLIC_KEY_FILE, not both',
     ],
-    ['a JWKS URL that is not a URL', { LETHE_JWKS_URL: 'not a url', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' }, 'LETHE_JWKS_URL', 'LETHE_JWKS_URL: LETHE_JWKS_URL must be an http(s) URL'],
+    ['a JWKS URL that is not a URL', { LETHE_JWKS_URL: 'not a url', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' }, 'LETHE_JWKS_URL', 'LETHE_JWKS_URL: must be an http(s) URL'],
   ])('refuses %s', (_label, env, source, message) => {
     const err = configErrorOf({ HOME, ...env });
     expect(err.source).toBe(source);
@@ -112,22 +112,22 @@ describe('loadServerConfig: authentication', () => {
 
   it('refuses a JWKS URL that is not http(s), as its message promises', () => {
     const err = configErrorOf({ HOME, LETHE_JWKS_URL: 'ftp://idp.example.com/jwks.json', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' });
-    expect(err.message).toBe('LETHE_JWKS_URL: LETHE_JWKS_URL must be an http(s) URL');
+    expect(err.message).toBe('LETHE_JWKS_URL: must be an http(s) URL');
   });
 });
 
 describe('loadServerConfig: bad values name the variable', () => {
   it.each([
-    ['DATABASE_URL', { DATABASE_URL: 'mysql://db/lethe' }, 'DATABASE_URL: DATABASE_URL must be a postgres:// or postgresql:// URL'],
-    ['DATABASE_URL', { DATABASE_URL: 'db:5432' }, 'DATABASE_URL: DATABASE_URL must be a postgres:// or postgresql:// URL'],
+    ['DATABASE_URL', { DATABASE_URL: 'mysql://db/lethe' }, 'DATABASE_URL: must be a postgres:// or postgresql:// URL'],
+    ['DATABASE_URL', { DATABASE_URL: 'db:5432' }, 'DATABASE_URL: must be a postgres:// or postgresql:// URL'],
     ['LETHE_LISTEN', { LETHE_LISTEN: 'localhost' }, "LETHE_LISTEN: 'localhost' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
     ['LETHE_LISTEN', { LETHE_LISTEN: '0.0.0.0:70000' }, "LETHE_LISTEN: '0.0.0.0:70000' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
     ['LETHE_LISTEN', { LETHE_LISTEN: ':50051' }, "LETHE_LISTEN: ':50051' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
-    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: 'abc' }, 'LETHE_HASH_KEY: LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)'],
-    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: HASH_KEY.slice(2) }, 'LETHE_HASH_KEY: LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)'],
-    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: `${HASH_KEY.slice(1)}g` }, 'LETHE_HASH_KEY: LETHE_HASH_KEY must be at least 32 bytes written as hex (openssl rand -hex 32)'],
-    ['LETHE_LOG_LEVEL', { LETHE_LOG_LEVEL: 'verbose' }, 'LETHE_LOG_LEVEL: LETHE_LOG_LEVEL must be one of trace, debug, info, warn, error, fatal, silent'],
-    ['LETHE_MIGRATE_IDENTITY_SCHEMA', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'yes' }, 'LETHE_MIGRATE_IDENTITY_SCHEMA: LETHE_MIGRATE_IDENTITY_SCHEMA must be true or false'],
+    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: 'abc' }, 'LETHE_HASH_KEY: must be at least 32 bytes written as hex (openssl rand -hex 32)'],
+    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: HASH_KEY.slice(2) }, 'LETHE_HASH_KEY: must be at least 32 bytes written as hex (openssl rand -hex 32)'],
+    ['LETHE_HASH_KEY', { LETHE_HASH_KEY: `${HASH_KEY.slice(1)}g` }, 'LETHE_HASH_KEY: must be at least 32 bytes written as hex (openssl rand -hex 32)'],
+    ['LETHE_LOG_LEVEL', { LETHE_LOG_LEVEL: 'verbose' }, 'LETHE_LOG_LEVEL: must be one of trace, debug, info, warn, error, fatal, silent'],
+    ['LETHE_MIGRATE_IDENTITY_SCHEMA', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'yes' }, 'LETHE_MIGRATE_IDENTITY_SCHEMA: must be true or false'],
     ['LETHE_METRICS_LISTEN', { LETHE_METRICS_LISTEN: '9090' }, "LETHE_METRICS_LISTEN: '9090' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
     ['LETHE_METRICS_LISTEN', { LETHE_METRICS_LISTEN: 'http://0.0.0.0:9090/metrics' }, "LETHE_METRICS_LISTEN: 'http://0.0.0.0:9090/metrics' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
   ])('%s: %j', (variable, env, message) => {
@@ -182,7 +182,7 @@ describe('loadServerConfig: export artifacts', () => {
     expect(err.message).toBe('LETHE_ARTIFACT_KEY: required with DATABASE_URL: the key export artifacts are encrypted with, the same for every replica (openssl rand -hex 32)');
   });
 
-  const KEY_RULE = 'LETHE_ARTIFACT_KEY: LETHE_ARTIFACT_KEY must be exactly 32 bytes written as 64 hex digits (openssl rand -hex 32)';
+  const KEY_RULE = 'LETHE_ARTIFACT_KEY: must be exactly 32 bytes written as 64 hex digits (openssl rand -hex 32)';
   it.each([
     ['LETHE_ARTIFACT_KEY', { LETHE_ARTIFACT_KEY: ARTIFACT_KEY.slice(2) }, KEY_RULE],
     ['LETHE_ARTIFACT_KEY', { LETHE_ARTIFACT_KEY: `${ARTIFACT_KEY}00` }, KEY_RULE],
@@ -268,8 +268,8 @@ describe('loadServerConfig: service principals (LETHE_SERVICE_ACCOUNT_ISSUER)', 
     ['an empty KUBECONFIG outside a pod', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '' }, 'LETHE_SERVICE_ACCOUNT_ISSUER', NO_API_SERVER],
     ['a list of kubeconfig files', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '/a:/b' }, 'KUBECONFIG', 'KUBECONFIG: name one kubeconfig file (a list of files is not supported)'],
     ['a bad in-cluster port', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: 'https' }, 'KUBERNETES_SERVICE_PORT', "KUBERNETES_SERVICE_PORT: 'https' is not a port"],
-    ['an issuer with spaces', { LETHE_SERVICE_ACCOUNT_ISSUER: 'my cluster', KUBECONFIG: '/k' }, 'LETHE_SERVICE_ACCOUNT_ISSUER', "LETHE_SERVICE_ACCOUNT_ISSUER: LETHE_SERVICE_ACCOUNT_ISSUER must be the cluster's service-account issuer, e.g. https://kubernetes.default.svc.cluster.local"],
-    ['an empty audience', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '/k', LETHE_SERVICE_ACCOUNT_AUDIENCE: '' }, 'LETHE_SERVICE_ACCOUNT_AUDIENCE', 'LETHE_SERVICE_ACCOUNT_AUDIENCE: LETHE_SERVICE_ACCOUNT_AUDIENCE must be one audience without spaces'],
+    ['an issuer with spaces', { LETHE_SERVICE_ACCOUNT_ISSUER: 'my cluster', KUBECONFIG: '/k' }, 'LETHE_SERVICE_ACCOUNT_ISSUER', "LETHE_SERVICE_ACCOUNT_ISSUER: must be the cluster's service-account issuer, e.g. https://kubernetes.default.svc.cluster.local"],
+    ['an empty audience', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '/k', LETHE_SERVICE_ACCOUNT_AUDIENCE: '' }, 'LETHE_SERVICE_ACCOUNT_AUDIENCE', 'LETHE_SERVICE_ACCOUNT_AUDIENCE: must be one audience without spaces'],
     ['the local key’s issuer', { LETHE_SERVICE_ACCOUNT_ISSUER: LOCAL_ISSUER, KUBECONFIG: '/k' }, 'LETHE_SERVICE_ACCOUNT_ISSUER', "LETHE_SERVICE_ACCOUNT_ISSUER: 'lethe-local' is also the issuer of user tokens (the local signing key): the two trust sources need distinct issuers"],
     [
       'the user tokens’ issuer',
