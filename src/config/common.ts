@@ -9,6 +9,12 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export const logLevel = z.enum(LOG_LEVELS, { message: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info');
 
+/** The key of the data map's `hash` action: at least 32 bytes, as hex. */
+export const hashKey = z
+  .string()
+  .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'must be at least 32 bytes written as hex (openssl rand -hex 32)')
+  .optional();
+
 /** An optional whole number from the environment, within bounds. */
 export const wholeNumber = (min: number, max: number, fallback: number, unit = '') =>
   z

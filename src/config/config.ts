@@ -2,7 +2,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { type LogLevel, flag, logLevel, parseEnv } from './common.js';
+import { type LogLevel, flag, hashKey, logLevel, parseEnv } from './common.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
@@ -124,10 +124,7 @@ const envSchema = z.object({
   KUBECONFIG: z.string().optional(),
   KUBERNETES_SERVICE_HOST: z.string().optional(),
   KUBERNETES_SERVICE_PORT: z.string().optional(),
-  LETHE_HASH_KEY: z
-    .string()
-    .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'must be at least 32 bytes written as hex (openssl rand -hex 32)')
-    .optional(),
+  LETHE_HASH_KEY: hashKey,
   LETHE_LOG_LEVEL: logLevel,
   LETHE_MIGRATE_IDENTITY_SCHEMA: flag,
   LETHE_NATS_URL: z

@@ -6,7 +6,7 @@ import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import type { DataMap } from '../privacy/data-map.js';
 import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../failpoints.js';
-import { type LogLevel, logLevel, parseEnv, wholeNumber } from './common.js';
+import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type Env, type ListenAddress, parseListen } from './config.js';
 
 /**
@@ -74,10 +74,7 @@ const envSchema = z.object({
   LETHE_SIDECAR_MAX_DELIVERIES: wholeNumber(1, 1000, 5),
   LETHE_SIDECAR_ACK_WAIT: wholeNumber(1, 3600, 30, ' (seconds)'),
   LETHE_SIDECAR_RETRY_BASE_MS: wholeNumber(1, 60_000, 1000, ' (milliseconds)'),
-  LETHE_HASH_KEY: z
-    .string()
-    .regex(/^(?:[0-9a-fA-F]{2}){32,}$/, 'must be at least 32 bytes written as hex (openssl rand -hex 32)')
-    .optional(),
+  LETHE_HASH_KEY: hashKey,
   LETHE_LOG_LEVEL: logLevel,
   LETHE_FAILPOINTS: z.string().optional(),
 });
