@@ -213,7 +213,7 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(kinds).toEqual(
       [
         'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'ConfigMap', 'CustomResourceDefinition', 'Deployment', 'Deployment',
-        'NetworkPolicy', 'PodDisruptionBudget', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount',
+        'NetworkPolicy', 'NetworkPolicy', 'PodDisruptionBudget', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount',
       ].sort(),
     );
     // No Secret unless asked for (createSecret), no ServiceMonitor unless asked for (it needs the prometheus-operator's CRD).
@@ -447,6 +447,16 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
     expect(operatorMetrics.spec.selector).toEqual(selector('lethe', 'operator'));
     expect(operatorMetrics.spec.ports).toEqual([{ name: 'metrics', port: 8081, targetPort: 'health', protocol: 'TCP' }]);
     expect(ports(one<Deployment>(defaults, 'Deployment', 'lethe-operator'), 'operator')).toContainEqual({ name: 'health', containerPort: 8081, protocol: 'TCP' });
+  });
+
+  it("admits only the metrics peers to the operator's health/metrics port, and nobody when there are none", () => {
+    const np = one<{ spec: Record<string, unknown> }>(defaults, 'NetworkPolicy', 'lethe-operator');
+    expect(np.spec).toEqual({
+      podSelector: { matchLabels: { 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe', 'app.kubernetes.io/component': 'operator' } },
+      policyTypes: ['Ingress'],
+      ingress: [{ ports: [{ port: 'health', protocol: 'TCP' }], from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }] }],
+    });
+    for (const rendered of [off, noPeers]) expect(one<{ spec: { ingress: unknown[] } }>(rendered, 'NetworkPolicy', 'lethe-operator').spec.ingress).toEqual([]);
   });
 
   it('with metrics.enabled=false: no listener, no metrics ports, no operator metrics Service, no NetworkPolicy rule', () => {
