@@ -11,7 +11,8 @@ export type ErrorCode =
   | 'NOT_FOUND'
   | 'FAILED_PRECONDITION'
   | 'UNAVAILABLE'
-  | 'CANCELLED';
+  | 'CANCELLED'
+  | 'DATA_LOSS';
 
 export abstract class LetheError extends Error {
   abstract readonly code: ErrorCode;
@@ -24,6 +25,11 @@ export abstract class LetheError extends Error {
 
 export class InvalidArgumentError extends LetheError {
   readonly code = 'INVALID_ARGUMENT';
+}
+
+/** Stored data can no longer be read as it was written (e.g. an export artifact that does not authenticate). */
+export class DataLossError extends LetheError {
+  readonly code = 'DATA_LOSS';
 }
 
 export class UnauthenticatedError extends LetheError {

@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { FailedPreconditionError } from '../errors.js';
+import { DataLossError, FailedPreconditionError } from '../errors.js';
 
 /**
  * AES-256-GCM for export artifacts, chunk by chunk. Every chunk has a fresh random 96-bit nonce
@@ -16,7 +16,7 @@ export interface SealedChunk {
 }
 
 export const WRONG_ARTIFACT_KEY = 'Export artifact was encrypted with a different LETHE_ARTIFACT_KEY; configure the key it was stored with, or run the export again';
-export const damagedArtifact = (detail: string): string => `Export artifact is damaged (${detail}); run the export again`;
+export const damagedArtifact = (detail: string): DataLossError => new DataLossError(`Export artifact is damaged (${detail}); run the export again`);
 
 const KEY_BYTES = 32;
 const NONCE_BYTES = 12;
@@ -47,17 +47,17 @@ export class ArtifactCipher {
     return { seq, nonce, tag: cipher.getAuthTag(), ciphertext };
   }
 
-  /** Decrypts the chunk expected at position `seq`; throws FailedPreconditionError when it does not authenticate. */
+  /** Decrypts the chunk expected at position `seq`; throws DataLossError when it does not authenticate. */
   open(requestId: string, seq: number, final: boolean, chunk: SealedChunk): Buffer {
-    if (chunk.seq !== seq) throw new FailedPreconditionError(damagedArtifact(`chunk ${seq} is missing`));
-    if (chunk.nonce.length !== NONCE_BYTES || chunk.tag.length !== TAG_BYTES) throw new FailedPreconditionError(damagedArtifact(`chunk ${seq} is malformed`));
+    if (chunk.seq !== seq) throw damagedArtifact(`chunk ${seq} is missing`);
+    if (chunk.nonce.length !== NONCE_BYTES || chunk.tag.length !== TAG_BYTES) throw damagedArtifact(`chunk ${seq} is malformed`);
     const decipher = createDecipheriv('aes-256-gcm', this.key, chunk.nonce, { authTagLength: TAG_BYTES });
     decipher.setAAD(additionalData(requestId, seq, final));
     decipher.setAuthTag(chunk.tag);
     try {
       return Buffer.concat([decipher.update(chunk.ciphertext), decipher.final()]);
     } catch {
-      throw new FailedPreconditionError(damagedArtifact(final ? `chunk ${seq} does not authenticate as the last chunk` : `chunk ${seq} does not authenticate`));
+      throw damagedArtifact(final ? `chunk ${seq} does not authenticate as the last chunk` : `chunk ${seq} does not authenticate`);
     }
   }
 
@@ -74,7 +74,7 @@ export class ArtifactCipher {
       if (held !== undefined) yield { bytes: this.open(requestId, seq++, false, held), final: false };
       held = chunk;
     }
-    if (held === undefined) throw new FailedPreconditionError(damagedArtifact('it has no chunks'));
+    if (held === undefined) throw damagedArtifact('it has no chunks');
     yield { bytes: this.open(requestId, seq, true, held), final: true };
   }
 }

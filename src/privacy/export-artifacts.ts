@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import { FailedPreconditionError } from '../errors.js';
 import type { ArtifactRecord } from '../store/artifacts.js';
 import { type ArtifactCipher, type SealedChunk, damagedArtifact } from './artifact-cipher.js';
 
@@ -73,7 +72,7 @@ export async function* readArtifact(cipher: ArtifactCipher, artifact: ArtifactRe
     hash.update(bytes);
     size += bytes.length;
     if (final && (size !== artifact.sizeBytes || hash.digest('hex') !== artifact.sha256)) {
-      throw new FailedPreconditionError(damagedArtifact('its size or digest does not match its description'));
+      throw damagedArtifact('its size or digest does not match its description');
     }
     yield bytes;
   }

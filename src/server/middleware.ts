@@ -21,6 +21,7 @@ const STATUS_OF: Record<LetheError['code'], Status> = {
   FAILED_PRECONDITION: Status.FAILED_PRECONDITION,
   UNAVAILABLE: Status.UNAVAILABLE,
   CANCELLED: Status.CANCELLED,
+  DATA_LOSS: Status.DATA_LOSS,
 };
 
 /**

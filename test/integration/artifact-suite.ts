@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CancelledError, FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from '../../src/errors.js';
+import { CancelledError, DataLossError, FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from '../../src/errors.js';
 import { ArtifactCipher, WRONG_ARTIFACT_KEY } from '../../src/privacy/artifact-cipher.js';
 import { type ArtifactView, KEY_REUSED, NO_ARTIFACT, type PrivacyEngine, REQUEST_NOT_FOUND } from '../../src/privacy/engine.js';
 import type { Principal } from '../../src/privacy/principal.js';
@@ -245,7 +245,7 @@ export function artifactSuite(
       flipped[3] = (flipped[3] ?? 0) ^ 0xff;
       await db.knex('lethe_export_artifact_chunks').where({ request_id: r.requestId, seq: 0 }).update({ ciphertext: flipped });
       await expect(fetchArtifact(engine, user('platform-owner-id'), r.requestId)).rejects.toThrow(
-        new FailedPreconditionError('Export artifact is damaged (chunk 0 does not authenticate); run the export again'),
+        new DataLossError('Export artifact is damaged (chunk 0 does not authenticate); run the export again'),
       );
     });
 

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { FailedPreconditionError } from '../../src/errors.js';
+import { DataLossError, FailedPreconditionError } from '../../src/errors.js';
 import { ArtifactCipher, type SealedChunk, WRONG_ARTIFACT_KEY, artifactKeyId } from '../../src/privacy/artifact-cipher.js';
 import { ArtifactWriter, readArtifact } from '../../src/privacy/export-artifacts.js';
 import type { ArtifactRecord } from '../../src/store/artifacts.js';
@@ -75,7 +75,7 @@ describe('export artifact encryption', () => {
   it('refuses a tampered chunk', async () => {
     const { chunks, artifact } = await seal(cipher, REQUEST, DOC);
     const tampered = chunks.map((c, i) => (i === 1 ? { ...c, ciphertext: Buffer.from(c.ciphertext.map((b, j) => (j === 5 ? b ^ 1 : b))) } : c));
-    await expect(read(cipher, artifact, tampered)).rejects.toThrow(new FailedPreconditionError('Export artifact is damaged (chunk 1 does not authenticate); run the export again'));
+    await expect(read(cipher, artifact, tampered)).rejects.toThrow(new DataLossError('Export artifact is damaged (chunk 1 does not authenticate); run the export again'));
     const badTag = chunks.map((c, i) => (i === 0 ? { ...c, tag: Buffer.alloc(16) } : c));
     await expect(read(cipher, artifact, badTag)).rejects.toThrow('chunk 0 does not authenticate');
   });
@@ -86,7 +86,7 @@ describe('export artifact encryption', () => {
     if (a === undefined || b === undefined) throw new Error('expected several chunks');
     // Renumbered too, as someone rewriting the rows would: the position is in the additional data.
     const swapped = [{ ...b, seq: 0 }, { ...a, seq: 1 }, ...rest];
-    await expect(read(cipher, artifact, swapped)).rejects.toThrow(new FailedPreconditionError('Export artifact is damaged (chunk 0 does not authenticate); run the export again'));
+    await expect(read(cipher, artifact, swapped)).rejects.toThrow(new DataLossError('Export artifact is damaged (chunk 0 does not authenticate); run the export again'));
     await expect(read(cipher, artifact, [b, a, ...rest])).rejects.toThrow('chunk 0 is missing');
   });
 
@@ -94,7 +94,7 @@ describe('export artifact encryption', () => {
     const { chunks, artifact } = await seal(cipher, REQUEST, DOC);
     const last = chunks.length - 2;
     await expect(read(cipher, artifact, chunks.slice(0, -1))).rejects.toThrow(
-      new FailedPreconditionError(`Export artifact is damaged (chunk ${last} does not authenticate as the last chunk); run the export again`),
+      new DataLossError(`Export artifact is damaged (chunk ${last} does not authenticate as the last chunk); run the export again`),
     );
     await expect(read(cipher, artifact, [])).rejects.toThrow('Export artifact is damaged (it has no chunks)');
   });

@@ -3097,8 +3097,8 @@ export const PrivacyServiceDefinition = {
      * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
      * not readable by the caller) or "Privacy request has no export artifact …" (not a
      * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
-     * artifact expired ("Export artifact expired at <time>; run the export again"), was stored
-     * with a different LETHE_ARTIFACT_KEY, or is damaged.
+     * artifact expired ("Export artifact expired at <time>; run the export again"), or was stored
+     * with a different LETHE_ARTIFACT_KEY; DATA_LOSS when it is damaged (does not authenticate).
      */
     getExportArtifact: {
       name: "GetExportArtifact",
@@ -3150,8 +3150,8 @@ export interface PrivacyServiceImplementation<CallContextExt = {}> {
    * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
    * not readable by the caller) or "Privacy request has no export artifact …" (not a
    * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
-   * artifact expired ("Export artifact expired at <time>; run the export again"), was stored
-   * with a different LETHE_ARTIFACT_KEY, or is damaged.
+   * artifact expired ("Export artifact expired at <time>; run the export again"), or was stored
+   * with a different LETHE_ARTIFACT_KEY; DATA_LOSS when it is damaged (does not authenticate).
    */
   getExportArtifact(
     request: GetExportArtifactRequest,
@@ -3198,8 +3198,8 @@ export interface PrivacyServiceClient<CallOptionsExt = {}> {
    * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
    * not readable by the caller) or "Privacy request has no export artifact …" (not a
    * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
-   * artifact expired ("Export artifact expired at <time>; run the export again"), was stored
-   * with a different LETHE_ARTIFACT_KEY, or is damaged.
+   * artifact expired ("Export artifact expired at <time>; run the export again"), or was stored
+   * with a different LETHE_ARTIFACT_KEY; DATA_LOSS when it is damaged (does not authenticate).
    */
   getExportArtifact(
     request: DeepPartial<GetExportArtifactRequest>,
