@@ -584,4 +584,28 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     const dry = await kubectl(['apply', '--dry-run=server', '-n', RELEASE_NS, '-f', SIDECAR_SNIPPET]);
     expect(dry).toMatchObject({ code: 0, stderr: '', stdout: 'deployment.apps/orders created (server dry run)\n' });
   });
+
+  // Deployments are not checked by Pod Security admission; their pods are, so each pod template
+  // goes in as a Pod, into a namespace that enforces the restricted standard.
+  it("every pod template (defaults, every feature on, the sidecar snippet) passes the API server's restricted Pod Security admission", async () => {
+    const ns = 'restricted';
+    expect((await kubectl(['create', 'namespace', ns])).code).toBe(0);
+    expect((await kubectl(['label', 'namespace', ns, 'pod-security.kubernetes.io/enforce=restricted', 'pod-security.kubernetes.io/enforce-version=latest'])).code).toBe(0);
+    const deployments = [
+      ...(await renderChart({ namespace: ns })),
+      ...(await renderChart({ namespace: ns, valuesFiles: [ALL_FEATURES] })),
+      ...parseManifests(readFileSync(SIDECAR_SNIPPET, 'utf8')),
+    ].filter((m) => m.kind === 'Deployment') as unknown as Array<{ metadata: Meta; spec: { template: { metadata?: unknown; spec: unknown } } }>;
+    expect(deployments).toHaveLength(5);
+    const pods = deployments.map((d, i) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: `${d.metadata.name}-${i}`, namespace: ns }, spec: d.spec.template.spec }));
+    const dry = await kubectl(['apply', '--dry-run=server', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: pods }));
+    expect(dry.stderr).toBe('');
+    expect(dry.code).toBe(0);
+    expect(dry.stdout.trim().split('\n')).toHaveLength(5);
+    // The check is real: a pod template without the restricted settings is refused.
+    const lax = { ...pods[0], metadata: { name: 'lax', namespace: ns }, spec: { containers: [{ name: 'c', image: 'lethe:0.1.0' }] } };
+    const refused = await kubectl(['apply', '--dry-run=server', '-f', '-'], JSON.stringify(lax));
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('violates PodSecurity "restricted:latest"');
+  });
 });
