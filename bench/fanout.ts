@@ -5,8 +5,6 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { createChannel, createClient } from 'nice-grpc';
-import { HealthDefinition } from 'nice-grpc-server-health';
 import pg from 'pg';
 import { mintLocalToken } from '../src/auth/local-key.js';
 import { type PrivacyClient, connectPrivacyService } from '../src/client/privacy-client.js';
@@ -17,7 +15,7 @@ import { requireNatsServer, startNatsServer, type NatsServer } from '../test/sup
 import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../test/support/postgres.js';
 import { natsClient } from '../test/support/streams.js';
 import { cpuSeconds, findPid, machineCpu, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
-import { LetheProcess } from './fanout/processes.js';
+import { LetheProcess, grpcServing } from './fanout/processes.js';
 import { intFlag } from './flags.js';
 import { type StreamEvent, readStream } from './fanout/stream.js';
 import { DOWNSTREAM, type DownstreamService, seedIdentity, userId } from './fanout/services.js';
@@ -253,15 +251,7 @@ async function startServer(databaseUrl: string, natsUrl: string, dataDir: string
     LETHE_PLATFORM_PRINCIPALS: PRINCIPAL,
   }, nodeFlags);
   processes.push(server);
-  // "lethe PrivacyService listening" is logged at info, below LETHE_LOG_LEVEL=warn: ask the
-  // gRPC health service instead (SERVING once it listens).
-  const channel = createChannel(`127.0.0.1:${port}`);
-  const health = createClient(HealthDefinition, channel);
-  try {
-    await server.waitReady(async () => (await health.check({ service: '' }, { signal: AbortSignal.timeout(1_000) })).status === 1);
-  } finally {
-    channel.close();
-  }
+  await server.waitReady(() => grpcServing(`127.0.0.1:${port}`));
   return { port };
 }
 

@@ -4,8 +4,6 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CustomObjectsApi } from '@kubernetes/client-node';
 import { pino } from 'pino';
-import { createChannel, createClient } from 'nice-grpc';
-import { HealthDefinition } from 'nice-grpc-server-health';
 import { mintLocalToken } from '../src/auth/local-key.js';
 import { connectPrivacyService } from '../src/client/privacy-client.js';
 import { GROUP, PLURAL, VERSION, splitKey } from '../src/operator/privacy-request.js';
@@ -16,7 +14,7 @@ import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../te
 import { installCrd, kubectlFor, mustKubectl } from '../test/support/kubectl.js';
 import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../test/support/postgres.js';
 import { cpuSeconds, findPid, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
-import { LetheProcess } from './fanout/processes.js';
+import { LetheProcess, grpcServing } from './fanout/processes.js';
 import { intFlag } from './flags.js';
 import { seedIdentity, userId } from './fanout/services.js';
 
@@ -67,7 +65,7 @@ export async function run(args: string[]): Promise<void> {
       LETHE_PLATFORM_PRINCIPALS: PRINCIPAL,
     });
     processes.push(server);
-    await server.waitReady(() => serving(`127.0.0.1:${port}`));
+    await server.waitReady(() => grpcServing(`127.0.0.1:${port}`));
     const identity = await openDatabase({ kind: 'postgres', url: databaseUrl, poolMax: 1 });
     await seedIdentity(identity.knex, 2 * count).finally(() => identity.close());
     const token = await mintLocalToken(dataDir, PRINCIPAL, 3600);
@@ -180,14 +178,5 @@ export async function run(args: string[]): Promise<void> {
     await kube?.destroy();
     await cluster?.stop();
     rmSync(dataDir, { recursive: true, force: true });
-  }
-}
-
-async function serving(address: string): Promise<boolean> {
-  const channel = createChannel(address);
-  try {
-    return (await createClient(HealthDefinition, channel).check({ service: '' }, { signal: AbortSignal.timeout(1_000) })).status === 1;
-  } finally {
-    channel.close();
   }
 }

@@ -2,6 +2,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { createChannel, createClient } from 'nice-grpc';
+import { HealthDefinition } from 'nice-grpc-server-health';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
@@ -69,5 +71,18 @@ export class LetheProcess {
     const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
     await this.exit;
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Whether a Lethe server answers SERVING on the gRPC health service: its readiness probe for
+ * `waitReady` (its "listening" line is logged at info, below the benches' LETHE_LOG_LEVEL=warn).
+ */
+export async function grpcServing(address: string): Promise<boolean> {
+  const channel = createChannel(address);
+  try {
+    return (await createClient(HealthDefinition, channel).check({ service: '' }, { signal: AbortSignal.timeout(1_000) })).status === 1;
+  } finally {
+    channel.close();
   }
 }

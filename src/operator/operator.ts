@@ -7,13 +7,13 @@ import type { OperatorConfig, OperatorToken } from '../config/operator-config.js
 import { ConfigError, errorSummary } from '../errors.js';
 import { type HealthServer, startHealthServer } from '../health-server.js';
 import { loadKubeConfig } from '../kube/kube-config.js';
+import { OperatorMetrics } from '../metrics/operator-metrics.js';
 import { EventRecorder } from './event-recorder.js';
 import { LeaderElector } from './leader-election.js';
 import { PrivacyRequestReconciler } from './reconciler.js';
+import type { Phase } from './privacy-request.js';
 import { PrivacyRequestCache, describeKubeError } from './watch-cache.js';
 import { type Reconciler, TerminalError, WorkQueue, runWorkers } from './work-queue.js';
-import { type Phase, splitKey } from './privacy-request.js';
-import { OperatorMetrics } from '../metrics/operator-metrics.js';
 
 /**
  * `lethe operator`: the watch cache runs on every replica (readiness means it has synced); the
@@ -51,13 +51,7 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
   const metrics = new OperatorMetrics({
     queueDepth: () => queue?.length ?? 0,
     isLeader,
-    *phases(): Iterable<Phase> {
-      for (const key of cache.keys()) {
-        const { namespace, name } = splitKey(key);
-        const obj = cache.get(namespace, name);
-        if (obj !== undefined) yield obj.status?.phase ?? 'Pending';
-      }
-    },
+    phases: (): Iterable<Phase> => cache.list().map((obj) => obj.status?.phase ?? 'Pending'),
   });
   const reconcile = measured(reconciler.reconcile, metrics);
 

@@ -1,4 +1,4 @@
-import { CustomObjectsApi, type KubeConfig, type KubernetesListObject, type ListWatch, makeInformer } from '@kubernetes/client-node';
+import { CustomObjectsApi, type Informer, type KubeConfig, type KubernetesListObject, type ObjectCache, makeInformer } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { backoffDelay } from '../backoff.js';
 import { errorSummary } from '../errors.js';
@@ -21,9 +21,9 @@ export interface WatchCacheOptions {
   readonly restartMaxMs?: number;
 }
 
-interface Watched {
+/** How one scope's list-and-watch is doing. */
+interface WatchState {
   readonly scope: string;
-  readonly informer: ListWatch<PrivacyRequestResource>;
   listed: boolean;
   /** Consecutive failed (re)starts: the backoff exponent. */
   failures: number;
@@ -31,6 +31,8 @@ interface Watched {
   errors: number;
   timer: NodeJS.Timeout | undefined;
 }
+
+type Watched = WatchState & { readonly informer: Informer<PrivacyRequestResource> & ObjectCache<PrivacyRequestResource> };
 
 export class PrivacyRequestCache {
   private readonly watched: Watched[];
@@ -44,18 +46,18 @@ export class PrivacyRequestCache {
     const scopes = opts.namespaces.length === 0 ? [undefined] : opts.namespaces;
     this.watched = scopes.map((namespace) => {
       const path = namespace === undefined ? `/apis/${GROUP}/${VERSION}/${PLURAL}` : `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/${PLURAL}`;
-      const entry: Partial<Watched> & { listed: boolean; failures: number; errors: number } = { scope: namespace ?? '*', listed: false, failures: 0, errors: 0 };
+      const state: WatchState = { scope: namespace ?? '*', listed: false, failures: 0, errors: 0, timer: undefined };
       const list = async (): Promise<KubernetesListObject<PrivacyRequestResource>> => {
         const res = (await (namespace === undefined
           ? api.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL })
           : api.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: PLURAL }))) as KubernetesListObject<PrivacyRequestResource>;
-        entry.listed = true;
-        entry.failures = 0;
-        opts.logger.debug({ scope: entry.scope, count: res.items.length }, 'listed PrivacyRequests');
+        state.listed = true;
+        state.failures = 0;
+        opts.logger.debug({ scope: state.scope, count: res.items.length }, 'listed PrivacyRequests');
         return res;
       };
-      const informer = makeInformer<PrivacyRequestResource>(kc, path, list);
-      const w = Object.assign(entry, { informer, timer: undefined }) as Watched;
+      const w: Watched = Object.assign(state, { informer: makeInformer<PrivacyRequestResource>(kc, path, list) });
+      const { informer } = w;
       const changed = (obj: PrivacyRequestResource) => opts.onChange(keyOf(obj));
       informer.on('add', changed);
       informer.on('update', changed);
@@ -84,8 +86,12 @@ export class PrivacyRequestCache {
     return undefined;
   }
 
+  list(): PrivacyRequestResource[] {
+    return this.watched.flatMap((w) => w.informer.list());
+  }
+
   keys(): string[] {
-    return this.watched.flatMap((w) => w.informer.list().map(keyOf));
+    return this.list().map(keyOf);
   }
 
   async stop(): Promise<void> {

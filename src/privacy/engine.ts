@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { FailedPreconditionError, InvalidArgumentError, LetheError, NotFoundError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
-import { withAdvisoryLock } from '../store/advisory-lock.js';
+import { lockKey, withAdvisoryLock } from '../store/advisory-lock.js';
 import { type ArtifactRecord, artifacts } from '../store/artifacts.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { enqueueEvent } from '../store/outbox.js';
@@ -17,7 +17,7 @@ import { ArtifactWriter, artifactExpired, readArtifact } from './export-artifact
 import { type DocumentCategory, ExportDocumentAssembler } from './export-document.js';
 import { FactsReader } from './facts.js';
 import { applyForget } from './forget.js';
-import { lockKey, subjectLockKey } from './locks.js';
+import { subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 import { readJsonRows } from './row-cursor.js';
 import { type ColumnTypes, type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';

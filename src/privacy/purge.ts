@@ -2,7 +2,8 @@ import type { Knex } from 'knex';
 import type { TableRows } from '../store/ledger.js';
 import type { DataMap } from './data-map.js';
 import { applyForget } from './forget.js';
-import { lockKey, subjectLockKey } from './locks.js';
+import { lockKey } from '../store/advisory-lock.js';
+import { subjectLockKey } from './locks.js';
 
 export interface PurgeResult {
   readonly rowsAffected: readonly TableRows[];

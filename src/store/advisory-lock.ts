@@ -3,6 +3,14 @@ import ClientPgLite from 'knex-pglite';
 import { exponentialDelay, sleep } from '../backoff.js';
 import { CancelledError } from '../errors.js';
 
+/** A string key as PostgreSQL's 64-bit advisory lock id: the one mapping, so every lock on a key is the same lock. */
+const LOCK_ID = 'hashtextextended(?, 0)';
+
+/** A transaction-scoped advisory lock on a string key, waited for in the database; held until the transaction ends. */
+export async function lockKey(trx: Knex.Transaction, key: string): Promise<void> {
+  await trx.raw(`SELECT pg_advisory_xact_lock(${LOCK_ID})`, [key]);
+}
+
 /**
  * A lock on a string key that holds across server replicas: on PostgreSQL an advisory lock
  * taken in a transaction of its own, held while `fn` runs and released when that transaction
@@ -43,7 +51,7 @@ async function lockInTransaction(knex: Knex, key: string, signal: AbortSignal | 
     const trx = await knex.transaction();
     try {
       // The same lock as privacy/locks.ts lockKey, so that both exclude each other.
-      const { rows } = (await trx.raw('SELECT pg_try_advisory_xact_lock(hashtextextended(?, 0)) AS locked', [key])) as { rows: Array<{ locked: boolean }> };
+      const { rows } = (await trx.raw(`SELECT pg_try_advisory_xact_lock(${LOCK_ID}) AS locked`, [key])) as { rows: Array<{ locked: boolean }> };
       if (rows[0]?.locked === true) return trx;
     } catch (err) {
       await trx.rollback().catch(() => undefined);

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { lockKey } from './advisory-lock.js';
 
 /**
  * The reference's example, so anyone can try Lethe at once (`lethe serve --demo`). Loaded in
@@ -13,7 +14,7 @@ const ts = (iso: string) => new Date(iso);
 
 export async function loadDemoData(knex: Knex): Promise<'loaded' | 'present'> {
   return knex.transaction(async (trx) => {
-    await trx.raw('SELECT pg_advisory_xact_lock(hashtextextended(?, 0))', ['lethe:demo-data']);
+    await lockKey(trx, 'lethe:demo-data');
     const present: unknown = await trx('users').where({ id: 'user-id-123' }).first();
     if (present !== undefined) return 'present';
 
