@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { DataLossError, FailedPreconditionError } from '../errors.js';
+import { DataLossError } from '../errors.js';
 
 /**
  * AES-256-GCM for export artifacts, chunk by chunk. Every chunk has a fresh random 96-bit nonce
@@ -13,6 +13,13 @@ export interface SealedChunk {
   readonly nonce: Buffer;
   readonly tag: Buffer;
   readonly ciphertext: Buffer;
+}
+
+/** An artifact's own data key, encrypted with LETHE_ARTIFACT_KEY. */
+export interface WrappedKey {
+  readonly nonce: Buffer;
+  readonly tag: Buffer;
+  readonly wrappedKey: Buffer;
 }
 
 export const WRONG_ARTIFACT_KEY = 'Export artifact was encrypted with a different LETHE_ARTIFACT_KEY; configure the key it was stored with, or run the export again';
@@ -31,12 +38,43 @@ function additionalData(requestId: string, seq: number, final: boolean): Buffer 
   return Buffer.from(`lethe-export-artifact-v1\n${requestId}\n${seq}\n${final ? 'final' : 'more'}`, 'utf8');
 }
 
+function wrapAdditionalData(requestId: string): Buffer {
+  return Buffer.from(`lethe-export-artifact-key-v1\n${requestId}`, 'utf8');
+}
+
 export class ArtifactCipher {
   readonly keyId: string;
 
   constructor(private readonly key: Buffer) {
     if (key.length !== KEY_BYTES) throw new Error(`an artifact key is ${KEY_BYTES} bytes, not ${key.length}`);
     this.keyId = artifactKeyId(key);
+  }
+
+  /**
+   * A fresh data key for one artifact (crypto-shredding: destroying the wrapped key makes every
+   * copy of the artifact's chunks unreadable), and the key wrapped with this cipher's key. The
+   * wrapping binds the request id, so a wrapped key moved to another artifact does not open.
+   */
+  newDataKey(requestId: string): { cipher: ArtifactCipher; wrapped: WrappedKey } {
+    const key = randomBytes(KEY_BYTES);
+    const nonce = randomBytes(NONCE_BYTES);
+    const c = createCipheriv('aes-256-gcm', this.key, nonce, { authTagLength: TAG_BYTES });
+    c.setAAD(wrapAdditionalData(requestId));
+    const wrappedKey = Buffer.concat([c.update(key), c.final()]);
+    return { cipher: new ArtifactCipher(key), wrapped: { nonce, tag: c.getAuthTag(), wrappedKey } };
+  }
+
+  /** The data key of an artifact, unwrapped; DataLossError when it does not authenticate. */
+  openDataKey(requestId: string, wrapped: WrappedKey): ArtifactCipher {
+    if (wrapped.nonce.length !== NONCE_BYTES || wrapped.tag.length !== TAG_BYTES) throw damagedArtifact('its data key is malformed');
+    const d = createDecipheriv('aes-256-gcm', this.key, wrapped.nonce, { authTagLength: TAG_BYTES });
+    d.setAAD(wrapAdditionalData(requestId));
+    d.setAuthTag(wrapped.tag);
+    try {
+      return new ArtifactCipher(Buffer.concat([d.update(wrapped.wrappedKey), d.final()]));
+    } catch {
+      throw damagedArtifact('its data key does not authenticate');
+    }
   }
 
   seal(requestId: string, seq: number, final: boolean, plaintext: Buffer): SealedChunk {
@@ -66,8 +104,7 @@ export class ArtifactCipher {
    * last: a truncated artifact fails at its new end. Yields each chunk's plaintext and whether it
    * is the last.
    */
-  async *openAll(requestId: string, keyId: string, chunks: AsyncIterable<SealedChunk>): AsyncGenerator<{ bytes: Buffer; final: boolean }> {
-    if (keyId !== this.keyId) throw new FailedPreconditionError(WRONG_ARTIFACT_KEY);
+  async *openAll(requestId: string, chunks: AsyncIterable<SealedChunk>): AsyncGenerator<{ bytes: Buffer; final: boolean }> {
     let seq = 0;
     let held: SealedChunk | undefined;
     for await (const chunk of chunks) {

@@ -1,8 +1,23 @@
 import type { Knex } from 'knex';
 import type { DataMap } from './data-map.js';
 
+/**
+ * What Lethe records in the platform's audit table. Details hold references (request ids,
+ * outcomes) and the request's reason; the default data map's forget keeps only the references.
+ */
+export type AuditEventType =
+  | 'user_anonymized'
+  | 'user_already_anonymized'
+  | 'user_data_exported'
+  | 'user_data_export_cancelled'
+  | 'user_data_export_failed'
+  | 'user_data_export_stored'
+  | 'export_artifact_read'
+  | 'export_artifact_read_cancelled'
+  | 'export_artifact_read_failed';
+
 export interface AuditEntry {
-  readonly eventType: 'user_anonymized' | 'user_data_exported';
+  readonly eventType: AuditEventType;
   readonly actorId: string;
   readonly targetId: string;
   readonly details: Readonly<Record<string, unknown>>;

@@ -21,17 +21,24 @@ const columnRef = z
   .regex(/^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'must be a column name, or join_table.column');
 const documentKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be a letter or _ then letters, digits or _');
 
+/**
+ * One step from a table towards the subject: `column` of the table before (the category's own
+ * table for the first hop) references `references` of `table`. The last hop names the column
+ * of its table that holds the subject id.
+ */
+const viaHop = z.strictObject({
+  table: tableName,
+  column: identifier.describe('the column of the previous table (the category\'s own for the first hop) that references this table'),
+  references: identifier,
+  subject_column: identifier.optional(),
+});
+export type ViaHop = z.infer<typeof viaHop>;
+
 const subjectRelation = z.union([
   z.strictObject({ column: identifier }),
   z.strictObject({ columns: z.array(identifier).min(1) }),
-  z.strictObject({
-    via: z.strictObject({
-      table: tableName,
-      column: identifier.describe('the column of this category that references the via table'),
-      references: identifier,
-      subject_column: identifier,
-    }),
-  }),
+  // One hop as an object, or a path of several hops (invoice lines → invoices → customers).
+  z.strictObject({ via: z.union([viaHop, z.array(viaHop).min(1).max(8)]).transform((v) => (Array.isArray(v) ? v : [v])) }),
 ]);
 
 const join = z.strictObject({
@@ -43,13 +50,19 @@ const join = z.strictObject({
 
 const field = z.strictObject({ name: documentKey, column: columnRef });
 
+/** Why a column (or a whole category) is kept: the only way to keep a text or JSON column of a subject's table. */
+const keepReason = z.string().trim().min(1, 'say why it is kept');
+
 const columnAction = z.union([
   z.literal('keep'),
+  z.strictObject({ keep: keepReason }),
   z.literal('null'),
   z.null().transform(() => 'null' as const),
   z.literal('hash'),
   z.strictObject({ set: z.union([z.string(), z.number(), z.boolean()]) }),
   z.strictObject({ template: z.string().min(1) }),
+  // JSON columns: every top-level key but these is removed (audit details keep their references).
+  z.strictObject({ keep_keys: z.array(z.string().min(1)).default([]) }),
 ]);
 
 const category = z
@@ -76,6 +89,7 @@ const category = z
     forget: z.union([
       z.literal('delete'),
       z.literal('keep'),
+      z.strictObject({ keep: keepReason }),
       z.strictObject({ columns: z.record(identifier, columnAction) }),
     ]),
   });
@@ -218,21 +232,61 @@ function checkConsistency(map: DataMap, source: string): void {
         }
       }
     }
-    if (typeof c.forget === 'object') {
-      for (const [col, action] of Object.entries(c.forget.columns)) {
-        if (typeof action === 'object' && 'template' in action) {
-          for (const m of action.template.matchAll(/\{([^}]*)\}/g)) {
-            if (m[1] !== 'timestamp' && m[1] !== 'request_id') {
-              fail(`${at}.forget.columns.${col}.template`, `unknown placeholder {${m[1] ?? ''}}: use {timestamp} or {request_id}`);
-            }
+    if ('via' in c.subject) {
+      c.subject.via.forEach((hop, j) => {
+        const last = j === (c.subject as { via: ViaHop[] }).via.length - 1;
+        if (last && hop.subject_column === undefined) fail(`${at}.subject.via[${j}]`, 'the last hop needs subject_column: the column of its table that holds the subject id');
+        if (!last && hop.subject_column !== undefined) fail(`${at}.subject.via[${j}].subject_column`, 'only the last hop names the subject column');
+      });
+    }
+    for (const [col, action] of Object.entries(forgetColumns(c) ?? {})) {
+      if (typeof action === 'object' && 'template' in action) {
+        for (const m of action.template.matchAll(/\{([^}]*)\}/g)) {
+          const name = m[1] ?? '';
+          const column = /^column:(.*)$/.exec(name)?.[1];
+          if (column !== undefined ? !IDENTIFIER.test(column) : !(TEMPLATE_PLACEHOLDERS as readonly string[]).includes(name)) {
+            fail(`${at}.forget.columns.${col}.template`, `unknown placeholder {${name}}: use {timestamp}, {request_id} or {column:NAME} (a column of the same row)`);
           }
         }
-        if (c.secret.includes(col) && action === 'keep') {
-          fail(`${at}.forget.columns.${col}`, 'a secret column cannot be kept by forget: use null, set, hash or delete the rows');
-        }
+      }
+      if (c.secret.includes(col) && isKeep(action)) {
+        fail(`${at}.forget.columns.${col}`, 'a secret column cannot be kept by forget: use null, set, hash or delete the rows');
       }
     }
   });
+}
+
+/** Placeholders a template may use besides {column:NAME}. */
+export const TEMPLATE_PLACEHOLDERS = ['timestamp', 'request_id'] as const;
+
+/** The per-column forget actions of a category that updates its rows; undefined when it keeps or deletes them. */
+export function forgetColumns(c: Category): Readonly<Record<string, ColumnAction>> | undefined {
+  return typeof c.forget === 'object' && 'columns' in c.forget ? c.forget.columns : undefined;
+}
+
+/** Whether forget leaves the whole category as it is. */
+export function keepsCategory(c: Category): boolean {
+  return c.forget === 'keep' || (typeof c.forget === 'object' && 'keep' in c.forget);
+}
+
+export function isKeep(action: ColumnAction): action is 'keep' | { keep: string } {
+  return action === 'keep' || (typeof action === 'object' && 'keep' in action);
+}
+
+/** The tables and columns a category's subject relation reads, in the order the SQL joins them. */
+export function subjectLinks(c: Category): Array<{ table: string; column: string; role: 'subject' | 'link' | 'references' }> {
+  const rel = c.subject;
+  if ('column' in rel) return [{ table: c.table, column: rel.column, role: 'subject' }];
+  if ('columns' in rel) return rel.columns.map((column) => ({ table: c.table, column, role: 'subject' as const }));
+  const out: Array<{ table: string; column: string; role: 'subject' | 'link' | 'references' }> = [];
+  let from = c.table;
+  for (const hop of rel.via) {
+    out.push({ table: from, column: hop.column, role: 'link' });
+    out.push({ table: hop.table, column: hop.references, role: 'references' });
+    if (hop.subject_column !== undefined) out.push({ table: hop.table, column: hop.subject_column, role: 'subject' });
+    from = hop.table;
+  }
+  return out;
 }
 
 export function joinAlias(j: { table: string; as?: string | undefined }): string {

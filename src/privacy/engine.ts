@@ -1,27 +1,27 @@
 import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
-import { FailedPreconditionError, InvalidArgumentError, LetheError, NotFoundError, USER_NOT_FOUND, errorSummary } from '../errors.js';
+import { DataLossError, FailedPreconditionError, InvalidArgumentError, LetheError, NotFoundError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
-import { lockKey, withAdvisoryLock } from '../store/advisory-lock.js';
+import { isEmbedded, lockKey, lockKeyShared, withAdvisoryLock } from '../store/advisory-lock.js';
 import { type ArtifactRecord, artifacts } from '../store/artifacts.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { enqueueEvent } from '../store/outbox.js';
 import { type ListFilter, type PrivacyRequestRecord, type RequestState, type TableRows, ledger } from '../store/ledger.js';
 import { type ArtifactCipher, WRONG_ARTIFACT_KEY } from './artifact-cipher.js';
-import { writeAudit } from './audit.js';
+import { type AuditEventType, writeAudit } from './audit.js';
 import { authorizeExport, authorizeForget } from './authorization.js';
 import { type Category, type DataMap, documentKeyOf } from './data-map.js';
-import { ArtifactWriter, artifactExpired, readArtifact } from './export-artifacts.js';
+import { ARTIFACT_ERASED, ARTIFACT_KEY_ERASED, ArtifactWriter, artifactExpired, readArtifact } from './export-artifacts.js';
 import { type DocumentCategory, ExportDocumentAssembler } from './export-document.js';
 import { FactsReader } from './facts.js';
-import { applyForget } from './forget.js';
+import { type ForgetPlan, applyForget } from './forget.js';
 import { subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 import { readJsonRows } from './row-cursor.js';
 import { type ColumnTypes, type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';
-import { checkReason, requireId } from './validation.js';
+import { checkReason, optionalId, requireId } from './validation.js';
 
 export const FORGET_MESSAGE = 'User data has been anonymized. PII has been removed while preserving audit logs.';
 export const REQUEST_NOT_FOUND = 'Privacy request not found';
@@ -74,8 +74,8 @@ export interface EngineOptions {
   readonly knex: Knex;
   readonly dataMap: DataMap;
   readonly columnTypes: ColumnTypes;
-  /** Key of the data map's `hash` action; required when the map uses it. */
-  readonly hashKey?: Buffer | undefined;
+  /** The data map's forget and Lethe's own tables', compiled (see prepareServerDataMap). */
+  readonly forgetPlan: ForgetPlan;
   readonly logger: Logger;
   /** Rows per cursor fetch during an export. */
   readonly exportFetchRows?: number;
@@ -129,23 +129,40 @@ export class PrivacyEngine {
     const reason = checkReason(input.reason, { required: false }) || DEFAULT_EXPORT_REASON;
     const request = await this.db(async () => {
       await this.authorizeExportOf(actor, userId);
-      return this.recordExport(actor, userId, reason, undefined);
+      return this.recordExport(actor, userId, reason, undefined, undefined);
     });
 
-    let outcome: { state: 'completed' | 'failed'; error?: string } = { state: 'failed', error: 'The export was interrupted before it finished' };
+    let outcome: Outcome = { kind: 'failed', error: 'The export was interrupted before it finished' };
     try {
+      // The generator resumes after its last yield only once the trailer was handed on: the
+      // document was delivered, and only then is the disclosure audited as done.
       yield* this.streamSnapshot(userId, request.id, signal);
-      outcome = { state: 'completed' };
+      outcome = { kind: 'delivered' };
     } catch (err) {
-      const e = translateDatabaseError(err);
-      // Only domain messages go into the ledger: a driver's message may quote data.
-      outcome = { state: 'failed', error: e instanceof LetheError ? e.message : 'The export failed' };
-      throw e;
+      const failed = failureOutcome(err, signal, 'The export failed');
+      outcome = failed;
+      throw failed.thrown;
     } finally {
-      await ledger.finish(this.knex, request.id, outcome.state, this.now(), outcome.error).catch((err: unknown) => {
-        this.opts.logger.warn({ requestId: request.id, err: errorSummary(err) }, 'could not record the outcome of an export');
-      });
+      if (outcome.kind === 'failed' && signal.aborted) outcome = { kind: 'cancelled', error: CANCELLED_EXPORT };
+      await this.recordOutcome(request, outcome, EXPORT_AUDIT);
     }
+  }
+
+  /**
+   * Closes a request in the ledger and audits how it ended, in one transaction: delivered,
+   * cancelled by the caller, or failed. Never throws (the caller's answer is already decided).
+   */
+  private async recordOutcome(r: PrivacyRequestRecord, outcome: Outcome, events: Readonly<Record<Outcome['kind'], AuditEventType>>, ledgerToo = true): Promise<void> {
+    const at = this.now();
+    const details = auditDetails(r);
+    await this.knex
+      .transaction(async (trx) => {
+        if (ledgerToo) await ledger.finish(trx, r.id, outcome.kind === 'delivered' ? 'completed' : 'failed', at, outcome.kind === 'delivered' ? undefined : outcome.error);
+        await writeAudit(trx, this.map, { eventType: events[outcome.kind], actorId: r.requester, targetId: r.subjectId, details, timestamp: at });
+      })
+      .catch((err: unknown) => {
+        this.opts.logger.warn({ requestId: r.id, err: errorSummary(err) }, 'could not record the outcome of a request');
+      });
   }
 
   private async authorizeExportOf(actor: Principal, userId: string): Promise<void> {
@@ -153,14 +170,9 @@ export class PrivacyEngine {
     authorizeExport(actor, userId, await this.facts.subject(this.knex, userId), await this.facts.actor(this.knex, actor.id));
   }
 
-  /** The export's ledger entry (running) and audit entry, committed before the export reads anything. */
-  private async recordExport(actor: Principal, userId: string, reason: string, idempotencyKey: string | undefined): Promise<PrivacyRequestRecord> {
-    const receivedAt = this.now();
-    return this.knex.transaction(async (trx) => {
-      const r = await ledger.insert(trx, { type: 'export', subjectId: userId, requester: actor.id, reason, state: 'running', idempotencyKey, receivedAt });
-      await writeAudit(trx, this.map, { eventType: 'user_data_exported', actorId: actor.id, targetId: userId, details: { reason, request_id: r.id }, timestamp: receivedAt });
-      return r;
-    });
+  /** The export's ledger entry (running), committed before the export reads anything; audited when it ends. */
+  private async recordExport(actor: Principal, userId: string, reason: string, idempotencyKey: string | undefined, requestedBy: string | undefined): Promise<PrivacyRequestRecord> {
+    return ledger.insert(this.knex, { type: 'export', subjectId: userId, requester: actor.id, requestedBy, reason, state: 'running', idempotencyKey, receivedAt: this.now() });
   }
 
   private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
@@ -249,10 +261,11 @@ export class PrivacyEngine {
    * artifact's description and the ledger's `completed` commit together, so an attempt that
    * dies leaves nothing half-written.
    */
-  async storeExport(actor: Principal, input: { userId: string; reason: string; idempotencyKey: string }, signal: AbortSignal): Promise<StoredExport> {
+  async storeExport(actor: Principal, input: { userId: string; reason: string; idempotencyKey: string; requestedBy?: string }, signal: AbortSignal): Promise<StoredExport> {
     const userId = requireId(input.userId, 'user_id');
     const reason = checkReason(input.reason, { required: false }) || DEFAULT_EXPORT_REASON;
     const key = requireId(input.idempotencyKey, 'idempotency_key');
+    const requestedBy = optionalId(input.requestedBy ?? '', 'requested_by');
     this.artifactOptions();
 
     return this.db(() =>
@@ -261,17 +274,23 @@ export class PrivacyEngine {
         if (prior !== undefined) {
           if (prior.type !== 'export' || prior.subjectId !== userId || prior.requester !== actor.id) throw new FailedPreconditionError(KEY_REUSED);
           const stored = await artifacts.get(this.knex, prior.id);
+          // Never the old bytes of a forgotten subject, nor a description that promises them.
+          if (stored?.state === 'erased') throw new FailedPreconditionError(ARTIFACT_KEY_ERASED);
           if (stored !== undefined) return { requestId: prior.id, artifact: this.artifactView(stored, this.now()), replayed: true };
         }
         await this.authorizeExportOf(actor, userId);
-        let requestId: string;
+        let request: PrivacyRequestRecord;
         if (prior === undefined) {
-          requestId = (await this.recordExport(actor, userId, reason, key)).id;
+          request = await this.recordExport(actor, userId, reason, key, requestedBy);
         } else {
-          requestId = prior.id;
-          await ledger.restart(this.knex, requestId);
+          request = prior;
+          await ledger.restart(this.knex, prior.id);
         }
-        const artifact = await this.exportToArtifact(userId, requestId, lockTrx, signal);
+        const requestId = request.id;
+        // A forget of this subject waits until the artifact is stored, then erases it; a forget
+        // that came first is in the snapshot. (PGlite's single connection serializes them anyway.)
+        if (lockTrx !== undefined) await lockKeyShared(lockTrx, subjectLockKey(userId));
+        const artifact = await this.exportToArtifact(request, lockTrx, signal);
         this.opts.logger.info({ requestId, subjectId: userId, actor: actor.id, sizeBytes: artifact.sizeBytes, rerun: prior !== undefined }, 'export artifact stored');
         return { requestId, artifact, replayed: false };
       }, signal),
@@ -284,14 +303,17 @@ export class PrivacyEngine {
    * streaming the rows with COPY); embedded PGlite has a single connection, so there they go
    * into the snapshot's own transaction.
    */
-  private async exportToArtifact(userId: string, requestId: string, lockTrx: Knex.Transaction | undefined, signal: AbortSignal): Promise<ArtifactRecord> {
+  private async exportToArtifact(request: PrivacyRequestRecord, lockTrx: Knex.Transaction | undefined, signal: AbortSignal): Promise<ArtifactRecord> {
     const { cipher, ttlMs, chunkBytes } = this.artifactOptions();
+    const { id: requestId, subjectId: userId } = request;
     const snapshot = await this.openSnapshot({ readOnly: lockTrx !== undefined });
     const target = lockTrx ?? snapshot;
-    let failure: string | undefined = 'The export was interrupted before it was stored';
+    let outcome: Outcome = { kind: 'failed', error: 'The export was interrupted before it was stored' };
     try {
       await artifacts.deleteChunks(target, requestId);
-      const writer = new ArtifactWriter(cipher, requestId, (chunk) => artifacts.insertChunk(target, requestId, chunk), chunkBytes);
+      const dataKey = cipher.newDataKey(requestId);
+      await artifacts.insertKey(target, requestId, dataKey.wrapped);
+      const writer = new ArtifactWriter(dataKey.cipher, requestId, (chunk) => artifacts.insertChunk(target, requestId, chunk), chunkBytes);
       let trailer: Extract<ExportEvent, { kind: 'trailer' }> | undefined;
       for await (const event of this.readSnapshot(snapshot, userId, requestId, signal, writer.sink)) {
         if (event.kind === 'trailer') trailer = event;
@@ -315,22 +337,19 @@ export class PrivacyEngine {
         expiresAt: new Date(at.getTime() + ttlMs),
       });
       await ledger.finish(target, requestId, 'completed', at);
+      await writeAudit(target, this.map, { eventType: 'user_data_export_stored', actorId: request.requester, targetId: userId, details: auditDetails(request), timestamp: at });
       if (target === snapshot) await snapshot.commit();
-      failure = undefined;
+      outcome = { kind: 'delivered' };
       return artifact;
     } catch (err) {
-      const e = translateDatabaseError(err);
-      // Only domain messages go into the ledger: a driver's message may quote data.
-      failure = e instanceof LetheError ? e.message : 'The export failed';
-      throw e;
+      const failed = failureOutcome(err, signal, 'The export failed');
+      outcome = failed;
+      throw failed.thrown;
     } finally {
       if (!snapshot.isCompleted()) await snapshot.rollback().catch(() => undefined);
-      if (failure !== undefined) {
-        // Outside the lock's transaction, which rolls back: the ledger keeps the failure.
-        await ledger.finish(this.knex, requestId, 'failed', this.now(), failure).catch((err: unknown) => {
-          this.opts.logger.warn({ requestId, err: errorSummary(err) }, 'could not record the outcome of an export');
-        });
-      }
+      // Outside the lock's transaction, which rolls back: the ledger and the audit keep the failure.
+      if (outcome.kind === 'failed' && signal.aborted) outcome = { kind: 'cancelled', error: CANCELLED_EXPORT };
+      if (outcome.kind !== 'delivered') await this.recordOutcome(request, outcome, EXPORT_AUDIT);
     }
   }
 
@@ -347,20 +366,37 @@ export class PrivacyEngine {
     const stored = r.artifact;
     if (stored === null) throw missingArtifact(r);
     const artifact = this.artifactView(stored, this.now());
-    if (artifact.state === 'expired') throw new FailedPreconditionError(artifactExpired(artifact.expiresAt));
+    if (artifact.state !== 'available') throw unavailableArtifact(artifact);
     if (artifact.keyId !== cipher.keyId) {
       this.opts.logger.warn({ requestId, storedKeyId: artifact.keyId, keyId: cipher.keyId }, 'export artifact was stored with another LETHE_ARTIFACT_KEY');
       throw new FailedPreconditionError(WRONG_ARTIFACT_KEY);
     }
+    const dataCipher = artifact.keyScheme === 'master' ? cipher : await this.dataKeyOf(artifact, cipher);
     yield { kind: 'artifact', artifact };
+    let outcome: Outcome = { kind: 'failed', error: 'The download was interrupted' };
     try {
-      for await (const bytes of readArtifact(cipher, artifact, artifacts.chunks(this.knex, requestId, readChunks ?? 4, signal))) yield { kind: 'chunk', bytes };
+      for await (const bytes of readArtifact(dataCipher, artifact, artifacts.chunks(this.knex, requestId, readChunks ?? 4, signal))) yield { kind: 'chunk', bytes };
+      outcome = { kind: 'delivered' };
     } catch (err) {
-      // The sweeper may have deleted the chunks while they were read.
+      // The sweeper or a forget may have deleted the chunks while they were read.
       const now = await this.db(() => artifacts.get(this.knex, requestId));
-      if (now !== undefined && this.artifactView(now, this.now()).state === 'expired') throw new FailedPreconditionError(artifactExpired(now.expiresAt));
-      throw translateDatabaseError(err);
+      const gone = now === undefined ? undefined : this.artifactView(now, this.now());
+      const failed = failureOutcome(gone !== undefined && gone.state !== 'available' ? unavailableArtifact(gone) : err, signal, 'The download failed');
+      outcome = failed;
+      throw failed.thrown;
+    } finally {
+      if (outcome.kind === 'failed' && signal.aborted) outcome = { kind: 'cancelled', error: 'The download was cancelled' };
+      await this.recordOutcome(r, outcome, ARTIFACT_READ_AUDIT, false);
     }
+  }
+
+  /** The artifact's own key; gone when a forget destroyed it between the two reads. */
+  private async dataKeyOf(artifact: ArtifactView, cipher: ArtifactCipher): Promise<ArtifactCipher> {
+    const wrapped = await this.db(() => artifacts.key(this.knex, artifact.requestId));
+    if (wrapped !== undefined) return cipher.openDataKey(artifact.requestId, wrapped);
+    const now = await this.db(() => artifacts.get(this.knex, artifact.requestId));
+    if (now !== undefined && now.state !== 'available') throw unavailableArtifact(now);
+    throw new DataLossError('Export artifact is damaged (its data key is missing); run the export again');
   }
 
   /** Deletes the chunks of every artifact past its expiry and marks it expired; returns how many. */
@@ -387,10 +423,11 @@ export class PrivacyEngine {
    * forgets of the same subject, are serialized by advisory locks; a repeated key replays the
    * first result, and a subject already erased is left as it is.
    */
-  async forgetUser(actor: Principal, input: { userId: string; reason: string; idempotencyKey: string }): Promise<ForgetResult> {
+  async forgetUser(actor: Principal, input: { userId: string; reason: string; idempotencyKey: string; requestedBy?: string }): Promise<ForgetResult> {
     const userId = requireId(input.userId, 'user_id');
     const reason = checkReason(input.reason, { required: true });
     const key = requireId(input.idempotencyKey, 'idempotency_key');
+    const requestedBy = optionalId(input.requestedBy ?? '', 'requested_by');
 
     const result = await this.db(() =>
       this.knex.transaction(async (trx) => {
@@ -407,9 +444,16 @@ export class PrivacyEngine {
         const erased: unknown = await trx('lethe_erasures').where({ subject_id: userId }).first();
         let rowsAffected: TableRows[] = [];
         if (erased === undefined) {
-          rowsAffected = await applyForget(trx, this.map, userId, { timestamp: at.getTime(), requestId }, this.opts.hashKey);
+          // Also scrubs the subject's earlier audit entries, so the entry below is written after.
+          rowsAffected = await applyForget(trx, this.opts.forgetPlan, userId, { timestamp: at.getTime(), requestId });
           await trx('lethe_erasures').insert({ subject_id: userId, request_id: requestId, anonymized_at: at });
-          await writeAudit(trx, this.map, { eventType: 'user_anonymized', actorId: actor.id, targetId: userId, details: { reason }, timestamp: at });
+        }
+        // The erasure's entry is the reference's {"reason": …}; a repeated forget names its request.
+        const onBehalf = requestedBy === undefined ? {} : { requested_by: requestedBy };
+        if (erased === undefined) {
+          await writeAudit(trx, this.map, { eventType: 'user_anonymized', actorId: actor.id, targetId: userId, details: { reason, ...onBehalf }, timestamp: at });
+        } else {
+          await writeAudit(trx, this.map, { eventType: 'user_already_anonymized', actorId: actor.id, targetId: userId, details: { reason, request_id: requestId, ...onBehalf }, timestamp: at });
         }
         const waiting = this.expected.length > 0;
         await ledger.insert(trx, {
@@ -417,6 +461,7 @@ export class PrivacyEngine {
           type: 'forget',
           subjectId: userId,
           requester: actor.id,
+          requestedBy,
           reason,
           state: waiting ? 'anonymized' : 'completed',
           idempotencyKey: key,
@@ -500,4 +545,26 @@ function missingArtifact(r: PrivacyRequestRecord): LetheError {
   if (!stored) return new NotFoundError(NO_ARTIFACT);
   if (r.state === 'running') return new FailedPreconditionError('The export is still running; fetch the artifact once the request is completed');
   return new FailedPreconditionError('The export stored no artifact; call StoreExport again with the same idempotency key');
+}
+
+type Outcome = { readonly kind: 'delivered' } | { readonly kind: 'cancelled' | 'failed'; readonly error: string; readonly thrown?: unknown };
+
+const CANCELLED_EXPORT = 'The export was cancelled by the caller before the document was delivered';
+const EXPORT_AUDIT = { delivered: 'user_data_exported', cancelled: 'user_data_export_cancelled', failed: 'user_data_export_failed' } as const;
+const ARTIFACT_READ_AUDIT = { delivered: 'export_artifact_read', cancelled: 'export_artifact_read_cancelled', failed: 'export_artifact_read_failed' } as const;
+
+/** How a call that threw ended. Only domain messages go into the ledger: a driver's message may quote data. */
+function failureOutcome(err: unknown, signal: AbortSignal, fallback: string): Outcome & { readonly thrown: unknown } {
+  const e = translateDatabaseError(err);
+  const error = e instanceof LetheError ? e.message : fallback;
+  return { kind: signal.aborted ? 'cancelled' : 'failed', error, thrown: e };
+}
+
+function auditDetails(r: PrivacyRequestRecord): Record<string, string> {
+  return { request_id: r.id, reason: r.reason, ...(r.requestedBy === null ? {} : { requested_by: r.requestedBy }) };
+}
+
+/** Why a described artifact can no longer be fetched. */
+function unavailableArtifact(a: ArtifactView): LetheError {
+  return new FailedPreconditionError(a.state === 'erased' ? ARTIFACT_ERASED : artifactExpired(a.expiresAt));
 }

@@ -6,6 +6,8 @@ import { type ArtifactCipher, type SealedChunk, damagedArtifact } from './artifa
 export const ARTIFACT_CHUNK_BYTES = 256 * 1024;
 
 export const artifactExpired = (at: Date): string => `Export artifact expired at ${at.toISOString()}; run the export again`;
+export const ARTIFACT_ERASED = 'Export artifact was erased when its subject was forgotten';
+export const ARTIFACT_KEY_ERASED = 'The export stored under this idempotency key was erased when its subject was forgotten; use a new idempotency key to export again';
 
 /**
  * Takes the canonical document's text as the export assembles it and writes it encrypted, one
@@ -68,7 +70,7 @@ export class ArtifactWriter {
 export async function* readArtifact(cipher: ArtifactCipher, artifact: ArtifactRecord, chunks: AsyncIterable<SealedChunk>): AsyncGenerator<Buffer> {
   const hash = createHash('sha256');
   let size = 0;
-  for await (const { bytes, final } of cipher.openAll(artifact.requestId, artifact.keyId, chunks)) {
+  for await (const { bytes, final } of cipher.openAll(artifact.requestId, chunks)) {
     hash.update(bytes);
     size += bytes.length;
     if (final && (size !== artifact.sizeBytes || hash.digest('hex') !== artifact.sha256)) {

@@ -1,20 +1,15 @@
 import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
+import { ConfigError } from '../errors.js';
 import type { TableRows } from '../store/ledger.js';
-import type { Category, ColumnAction, DataMap } from './data-map.js';
-import { subjectPredicate } from './sql.js';
+import { type Category, type ColumnAction, type DataMap, forgetColumns, isKeep, keepsCategory, subjectLinks } from './data-map.js';
+import { type ColumnTypes, quoteIdent, subjectPredicate } from './sql.js';
 
 /** Values a template may use: `anonymized-{timestamp}@deleted.local`. */
 export interface TemplateContext {
   /** Milliseconds since the epoch when the forget ran. */
   readonly timestamp: number;
   readonly requestId: string;
-}
-
-export const TEMPLATE_PLACEHOLDERS = ['timestamp', 'request_id'] as const;
-
-export function renderTemplate(template: string, ctx: TemplateContext): string {
-  return template.replace(/\{(timestamp|request_id)\}/g, (_, name: string) => (name === 'timestamp' ? String(ctx.timestamp) : ctx.requestId));
 }
 
 /**
@@ -33,60 +28,157 @@ export function hmacPads(key: Buffer): { inner: Buffer; outer: Buffer } {
   return { inner, outer };
 }
 
-function assignment(db: Knex.Transaction, column: string, action: Exclude<ColumnAction, 'keep'>, ctx: TemplateContext, hashKey: Buffer | undefined): unknown {
-  if (action === 'null') return null;
+type Binding = Knex.RawBinding | ((ctx: TemplateContext) => Knex.RawBinding);
+
+/** One statement of a forget: SQL with `?` for the values, built once per data map. */
+export interface ForgetStep {
+  readonly category: Category;
+  readonly action: 'update' | 'delete';
+  /** Reported in rows_affected even when it matched no rows (Lethe's own tables are not). */
+  readonly reportWhenZero?: boolean;
+  /** The SET list (update) with its bindings; the subject predicate is added per call. */
+  readonly set: { readonly sql: string; readonly bindings: readonly Binding[] } | undefined;
+}
+
+/** The forget half of a data map, compiled once: the statements in the order they must run. */
+export interface ForgetPlan {
+  readonly steps: readonly ForgetStep[];
+  /** Categories in the order their statements run (for start-up logs and tests). */
+  readonly order: readonly string[];
+}
+
+/** Whether the data map uses hash anywhere (then a hash key must be configured). */
+export function usesHash(map: DataMap): boolean {
+  return map.categories.some((c) => Object.values(forgetColumns(c) ?? {}).some((a) => a === 'hash'));
+}
+
+/**
+ * Orders the categories so that every one runs before any category that deletes or changes
+ * the rows or columns its subject relation reads: a table reached through another (`via`) is
+ * purged while the link to the subject still exists. Map order is kept where nothing forces
+ * another; a cycle (two categories each cutting the other's link) makes the map unusable.
+ */
+export function forgetOrder(map: DataMap, source = 'data map'): Category[] {
+  const cats = map.categories.filter((c) => !keepsCategory(c));
+  const writes = (c: Category, table: string, column: string): boolean => {
+    if (c.table !== table) return false;
+    if (c.forget === 'delete') return true;
+    const action = forgetColumns(c)?.[column];
+    return action !== undefined && !isKeep(action);
+  };
+  const before = cats.map(() => new Set<number>());
+  cats.forEach((reader, r) => {
+    cats.forEach((writer, w) => {
+      if (r === w) return;
+      // Two categories deleting from one table cut nothing the other needs.
+      if (reader.table === writer.table && reader.forget === 'delete' && writer.forget === 'delete') return;
+      if (subjectLinks(reader).some((l) => writes(writer, l.table, l.column))) before[w]?.add(r);
+    });
+  });
+  const done = new Set<number>();
+  const out: Category[] = [];
+  while (out.length < cats.length) {
+    const next = cats.findIndex((_, i) => !done.has(i) && [...(before[i] ?? [])].every((r) => done.has(r)));
+    if (next < 0) {
+      const stuck = cats.filter((_, i) => !done.has(i)).map((c) => c.name);
+      throw new ConfigError(`categories ${stuck.join(', ')}: each deletes or changes what another's subject relation goes through, so no order erases them all; link them through columns forget keeps`, source);
+    }
+    done.add(next);
+    const c = cats[next];
+    if (c !== undefined) out.push(c);
+  }
+  return out;
+}
+
+function assignment(column: string, action: Exclude<ColumnAction, 'keep' | { keep: string }>, type: string | undefined, hashKey: Buffer | undefined): { sql: string; bindings: Binding[] } {
+  const col = quoteIdent(column);
+  if (action === 'null') return { sql: 'NULL', bindings: [] };
   if (action === 'hash') {
     if (hashKey === undefined) throw new Error('the data map uses hash but no hash key is configured');
     const { inner, outer } = hmacPads(hashKey);
-    return db.raw(`encode(sha256(?::bytea || sha256(?::bytea || convert_to(??::text, 'UTF8'))), 'hex')`, [outer, inner, column]);
+    return { sql: `encode(sha256(?::bytea || sha256(?::bytea || convert_to(${col}::text, 'UTF8'))), 'hex')`, bindings: [outer, inner] };
   }
-  if ('set' in action) return action.set;
-  return renderTemplate(action.template, ctx);
+  if ('set' in action) return { sql: '?', bindings: [action.set] };
+  if ('keep_keys' in action) {
+    const keys = action.keep_keys;
+    const kept = keys.length === 0 ? "'{}'::jsonb" : `(SELECT coalesce(jsonb_object_agg("k"."key", "k"."value"), '{}'::jsonb) FROM jsonb_each(${col}::jsonb) AS "k" WHERE "k"."key" IN (${keys.map(() => '?').join(', ')}))`;
+    // Non-object JSON (a string, an array) holds no reference worth keeping.
+    const expr = `CASE WHEN ${col} IS NULL THEN NULL WHEN jsonb_typeof(${col}::jsonb) = 'object' THEN ${kept} ELSE '{}'::jsonb END`;
+    return { sql: type === 'json' ? `(${expr})::json` : expr, bindings: [...keys] };
+  }
+  // A template: literal parts bound, {column:NAME} read from the row itself.
+  const parts: string[] = [];
+  const bindings: Binding[] = [];
+  let last = 0;
+  for (const m of action.template.matchAll(/\{(timestamp|request_id|column:[A-Za-z_][A-Za-z0-9_]*)\}/g)) {
+    const literal = action.template.slice(last, m.index);
+    if (literal !== '') {
+      parts.push('?');
+      bindings.push(literal);
+    }
+    const name = m[1] ?? '';
+    if (name === 'timestamp') {
+      parts.push('?');
+      bindings.push((ctx) => String(ctx.timestamp));
+    } else if (name === 'request_id') {
+      parts.push('?');
+      bindings.push((ctx) => ctx.requestId);
+    } else parts.push(`${quoteIdent(name.slice('column:'.length))}::text`);
+    last = m.index + m[0].length;
+  }
+  const rest = action.template.slice(last);
+  if (rest !== '' || parts.length === 0) {
+    parts.push('?');
+    bindings.push(rest);
+  }
+  return { sql: `concat(${parts.join(', ')})`, bindings };
 }
 
-/** knex's pg client returns a count for delete; knex-pglite returns the driver's result object. */
+/** Compiles the forget half of a data map (checked against the database: `types`). */
+export function compileForget(map: DataMap, types: ColumnTypes, hashKey: Buffer | undefined, source?: string): ForgetPlan {
+  const order = forgetOrder(map, source);
+  const steps = order.map((c): ForgetStep => {
+    if (c.forget === 'delete') return { category: c, action: 'delete', set: undefined };
+    const sets: string[] = [];
+    const bindings: Binding[] = [];
+    for (const [column, action] of Object.entries(forgetColumns(c) ?? {})) {
+      if (isKeep(action)) continue;
+      const a = assignment(column, action, types.get(c.table)?.get(column), hashKey);
+      sets.push(`${quoteIdent(column)} = ${a.sql}`);
+      bindings.push(...a.bindings);
+    }
+    return { category: c, action: 'update', set: sets.length === 0 ? undefined : { sql: sets.join(', '), bindings } };
+  });
+  return { steps: steps.filter((s) => s.action === 'delete' || s.set !== undefined), order: order.map((c) => c.name) };
+}
+
+/** knex's pg client reports rowCount; knex-pglite the driver's affectedRows. */
 function affectedRows(result: unknown): number {
   if (typeof result === 'number') return result;
   const r = result as { rowCount?: unknown; affectedRows?: unknown };
   return Number(r.rowCount ?? r.affectedRows ?? 0);
 }
 
-/** Applies one category's forget action to the subject's rows; returns what it changed. */
-async function forgetCategory(db: Knex.Transaction, c: Category, subjectId: string, ctx: TemplateContext, hashKey: Buffer | undefined): Promise<TableRows | undefined> {
-  if (c.forget === 'keep') return undefined;
-  const where = subjectPredicate(c.subject, c.table, subjectId);
-  if (c.forget === 'delete') {
-    const rows = affectedRows(await db(c.table).whereRaw(where.sql, where.bindings).delete());
-    return { table: c.table, action: 'delete', rows };
-  }
-  const changes: Record<string, unknown> = {};
-  for (const [column, action] of Object.entries(c.forget.columns)) {
-    if (action !== 'keep') changes[column] = assignment(db, column, action, ctx, hashKey);
-  }
-  if (Object.keys(changes).length === 0) return undefined;
-  const rows = await db(c.table).whereRaw(where.sql, where.bindings).update(changes);
-  return { table: c.table, action: 'update', rows };
-}
-
 /**
- * Applies the forget half of the data map inside the caller's transaction. Categories that
- * share a table add up; the result lists each table once per action, in data map order.
+ * Applies a compiled forget inside the caller's transaction. Categories that share a table add
+ * up; the result lists each table once per action, in the order the statements ran.
  */
-export async function applyForget(db: Knex.Transaction, map: DataMap, subjectId: string, ctx: TemplateContext, hashKey: Buffer | undefined): Promise<TableRows[]> {
+export async function applyForget(db: Knex.Transaction, plan: ForgetPlan, subjectId: string, ctx: TemplateContext): Promise<TableRows[]> {
   const out: TableRows[] = [];
-  for (const c of map.categories) {
-    const r = await forgetCategory(db, c, subjectId, ctx, hashKey);
-    if (r === undefined) continue;
-    const same = out.findIndex((o) => o.table === r.table && o.action === r.action);
-    if (same >= 0) {
-      const prev = out[same];
-      if (prev !== undefined) out[same] = { ...prev, rows: prev.rows + r.rows };
-    } else out.push(r);
+  for (const step of plan.steps) {
+    const c = step.category;
+    const where = subjectPredicate(c.subject, c.table, subjectId);
+    const sql =
+      step.action === 'delete'
+        ? `DELETE FROM ${quoteIdent(c.table)} WHERE ${where.sql}`
+        : `UPDATE ${quoteIdent(c.table)} SET ${step.set?.sql ?? ''} WHERE ${where.sql}`;
+    const bound = (step.set?.bindings ?? []).map((b) => (typeof b === 'function' ? b(ctx) : b));
+    const rows = affectedRows(await db.raw(sql, [...(step.action === 'delete' ? [] : bound), ...where.bindings]));
+    if (rows === 0 && step.reportWhenZero === false) continue;
+    const same = out.findIndex((o) => o.table === c.table && o.action === step.action);
+    const prev = out[same];
+    if (prev !== undefined) out[same] = { ...prev, rows: prev.rows + rows };
+    else out.push({ table: c.table, action: step.action, rows });
   }
   return out;
-}
-
-/** Whether the data map uses hash anywhere (then a hash key must be configured). */
-export function usesHash(map: DataMap): boolean {
-  return map.categories.some((c) => typeof c.forget === 'object' && Object.values(c.forget.columns).some((a) => a === 'hash'));
 }

@@ -1,7 +1,6 @@
 import type { Knex } from 'knex';
 import type { TableRows } from '../store/ledger.js';
-import type { DataMap } from './data-map.js';
-import { applyForget } from './forget.js';
+import { type ForgetPlan, applyForget } from './forget.js';
 import { lockKey } from '../store/advisory-lock.js';
 import { subjectLockKey } from './locks.js';
 
@@ -18,8 +17,7 @@ export interface PurgeResult {
  */
 export async function purgeForRequest(
   knex: Knex,
-  map: DataMap,
-  hashKey: Buffer | undefined,
+  plan: ForgetPlan,
   input: { subjectId: string; requestId: string; now: Date },
 ): Promise<PurgeResult> {
   return knex.transaction(async (trx) => {
@@ -29,7 +27,7 @@ export async function purgeForRequest(
       const rows = typeof prior.rows_affected === 'string' ? (JSON.parse(prior.rows_affected) as TableRows[]) : prior.rows_affected;
       return { rowsAffected: rows, replayed: true };
     }
-    const rowsAffected = await applyForget(trx, map, input.subjectId, { timestamp: input.now.getTime(), requestId: input.requestId }, hashKey);
+    const rowsAffected = await applyForget(trx, plan, input.subjectId, { timestamp: input.now.getTime(), requestId: input.requestId });
     await trx('lethe_purges').insert({ request_id: input.requestId, subject_id: input.subjectId, rows_affected: JSON.stringify(rowsAffected), purged_at: input.now });
     return { rowsAffected, replayed: false };
   });

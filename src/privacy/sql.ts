@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { Category, SubjectRelation } from './data-map.js';
-import { joinAlias, splitColumnRef } from './data-map.js';
+import { type ColumnAction, forgetColumns, joinAlias, splitColumnRef, subjectLinks } from './data-map.js';
 
 /**
  * SQL fragments built from a validated data map. Identifiers come only from the data map,
@@ -47,11 +47,19 @@ export function subjectPredicate(relation: SubjectRelation, qualifier: string, s
     const parts = relation.columns.map((c) => `${qualified(qualifier, c)} = ${value}`);
     return { sql: `(${parts.join(' OR ')})`, bindings: bind(relation.columns.length) };
   }
-  const v = relation.via;
-  return {
-    sql: `${qualified(qualifier, v.column)} IN (SELECT ${qualified('lethe_via', v.references)} FROM ${quoteIdent(v.table)} AS "lethe_via" WHERE ${qualified('lethe_via', v.subject_column)} = ${value})`,
-    bindings: bind(1),
-  };
+  // Innermost first: the last hop's rows that hold the subject, then each hop outwards.
+  const hops = relation.via;
+  let inner = '';
+  for (let i = hops.length - 1; i >= 0; i--) {
+    const hop = hops[i];
+    if (hop === undefined) continue;
+    const alias = `lethe_via${i === 0 ? '' : i}`;
+    const next = hops[i + 1];
+    const where = next === undefined ? `${qualified(alias, hop.subject_column ?? '')} = ${value}` : `${qualified(alias, next.column)} IN (${inner})`;
+    inner = `SELECT ${qualified(alias, hop.references)} FROM ${quoteIdent(hop.table)} AS ${quoteIdent(alias)} WHERE ${where}`;
+  }
+  const first = hops[0];
+  return { sql: `${qualified(qualifier, first?.column ?? '')} IN (${inner})`, bindings: bind(1) };
 }
 
 const TEXT_TYPES = new Set(['text', 'character varying', 'character', 'citext']);
@@ -61,10 +69,9 @@ export const isTextType = (dataType: string | undefined): boolean => TEXT_TYPES.
 
 /** Whether every column compared with the subject id is text, so current_setting() can stand in for a parameter. */
 export function subjectColumnsAreText(category: Category, types: ColumnTypes): boolean {
-  const rel = category.subject;
-  const cols: Array<[string, string]> =
-    'column' in rel ? [[category.table, rel.column]] : 'columns' in rel ? rel.columns.map((c) => [category.table, c]) : [[rel.via.table, rel.via.subject_column]];
-  return cols.every(([table, column]) => isTextType(types.get(table)?.get(column)));
+  return subjectLinks(category)
+    .filter((l) => l.role === 'subject')
+    .every((l) => isTextType(types.get(l.table)?.get(l.column)));
 }
 
 /** Column types as information_schema.columns reports them, per table then column. */
@@ -138,13 +145,8 @@ export function referencedColumns(category: Category): Array<{ table: string; co
   const out: Array<{ table: string; column: string; where: string }> = [];
   const at = `categories.${category.name}`;
   const rel = category.subject;
-  if ('column' in rel) out.push({ table: category.table, column: rel.column, where: `${at}.subject.column` });
-  else if ('columns' in rel) rel.columns.forEach((c) => out.push({ table: category.table, column: c, where: `${at}.subject.columns` }));
-  else {
-    out.push({ table: category.table, column: rel.via.column, where: `${at}.subject.via.column` });
-    out.push({ table: rel.via.table, column: rel.via.references, where: `${at}.subject.via.references` });
-    out.push({ table: rel.via.table, column: rel.via.subject_column, where: `${at}.subject.via.subject_column` });
-  }
+  const kind = 'column' in rel ? 'column' : 'columns' in rel ? 'columns' : 'via';
+  for (const l of subjectLinks(category)) out.push({ table: l.table, column: l.column, where: `${at}.subject.${kind}` });
   for (const j of category.joins) {
     out.push({ table: category.table, column: j.column, where: `${at}.joins.${joinAlias(j)}.column` });
     out.push({ table: j.table, column: j.references, where: `${at}.joins.${joinAlias(j)}.references` });
@@ -160,8 +162,15 @@ export function referencedColumns(category: Category): Array<{ table: string; co
       out.push({ table: r.table, column: r.column, where: `${at}.export.order_by` });
     }
   }
-  if (typeof category.forget === 'object') {
-    for (const c of Object.keys(category.forget.columns)) out.push({ table: category.table, column: c, where: `${at}.forget.columns.${c}` });
+  for (const [c, action] of Object.entries(forgetColumns(category) ?? {})) {
+    out.push({ table: category.table, column: c, where: `${at}.forget.columns.${c}` });
+    for (const ref of templateColumns(action)) out.push({ table: category.table, column: ref, where: `${at}.forget.columns.${c}.template` });
   }
   return out;
+}
+
+/** The columns a template action reads with {column:NAME}. */
+export function templateColumns(action: ColumnAction): string[] {
+  if (typeof action !== 'object' || !('template' in action)) return [];
+  return [...action.template.matchAll(/\{column:([A-Za-z_][A-Za-z0-9_]*)\}/g)].map((m) => m[1] ?? '');
 }

@@ -17,6 +17,11 @@ export function requireId(value: string, field: string): string {
   return value;
 }
 
+/** An optional id: empty means absent. */
+export function optionalId(value: string, field: string): string | undefined {
+  return value.length === 0 ? undefined : requireId(value, field);
+}
+
 export function checkReason(value: string, options: { required: boolean }): string {
   if (value.trim().length === 0) {
     if (options.required) throw new InvalidArgumentError('reason is required');

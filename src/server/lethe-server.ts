@@ -10,7 +10,7 @@ import { ArtifactCipher, artifactKeyId } from '../privacy/artifact-cipher.js';
 import { ArtifactSweeper } from '../privacy/artifact-sweeper.js';
 import { PrivacyEngine } from '../privacy/engine.js';
 import { usesHash } from '../privacy/forget.js';
-import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
+import { prepareServerDataMap } from '../privacy/lethe-tables.js';
 import { type Database, openDatabase } from '../store/database.js';
 import { lockDataDir } from '../store/data-dir-lock.js';
 import { translateDatabaseError } from '../store/errors.js';
@@ -53,7 +53,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     });
     if (config.migrateIdentitySchema) await migrateIdentitySchema(db.knex);
     if (config.demo) logger.info({ demo: await loadDemoData(db.knex) }, 'demo data');
-    const columnTypes = await checkDataMapAgainstDatabase(db.knex, dataMap, config.dataMapPath);
+    const { columnTypes, forgetPlan } = await prepareServerDataMap(db.knex, dataMap, config.dataMapPath, hashKey);
     const ev = config.events;
     // The relay and the receipt consumer get a small pool of their own, so that a queue of
     // ForgetUser calls never starves them (PGlite has a single connection to share).
@@ -64,7 +64,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       knex: db.knex,
       dataMap,
       columnTypes,
-      hashKey,
+      forgetPlan,
       logger,
       eventSource: ev.source,
       expectedServices: ev.expectedServices,

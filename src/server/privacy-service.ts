@@ -28,6 +28,12 @@ import type { PrivacyRequestRecord, RequestState as LedgerState } from '../store
 import type { AuthContext } from './middleware.js';
 
 /** The gRPC front end: translates messages to engine calls and back, nothing more. */
+const ARTIFACT_STATES = {
+  available: ArtifactState.ARTIFACT_STATE_AVAILABLE,
+  expired: ArtifactState.ARTIFACT_STATE_EXPIRED,
+  erased: ArtifactState.ARTIFACT_STATE_ERASED,
+} as const;
+
 export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementation<AuthContext> {
   return {
     async *exportUser(request: ExportUserRequest, context: CallContext & AuthContext): AsyncGenerator<DeepPartial<ExportUserResponse>> {
@@ -36,7 +42,7 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
     },
 
     async forgetUser(request: ForgetUserRequest, context: CallContext & AuthContext): Promise<DeepPartial<ForgetUserResponse>> {
-      const r = await engine.forgetUser(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey });
+      const r = await engine.forgetUser(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey, requestedBy: request.requestedBy });
       return { success: true, message: r.message, userId: r.userId, requestId: r.requestId, rowsAffected: [...r.rowsAffected], replayed: r.replayed };
     },
 
@@ -63,7 +69,7 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
     },
 
     async storeExport(request: StoreExportRequest, context: CallContext & AuthContext): Promise<DeepPartial<StoreExportResponse>> {
-      const r = await engine.storeExport(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey }, context.signal);
+      const r = await engine.storeExport(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey, requestedBy: request.requestedBy }, context.signal);
       return { requestId: r.requestId, artifact: toArtifactMessage(r.artifact), replayed: r.replayed };
     },
 
@@ -132,6 +138,7 @@ function toMessage(r: PrivacyRequestView): DeepPartial<PrivacyRequest> {
     type: r.type === 'export' ? RequestType.REQUEST_TYPE_EXPORT : RequestType.REQUEST_TYPE_FORGET,
     subjectId: r.subjectId,
     requester: r.requester,
+    requestedBy: r.requestedBy ?? '',
     reason: r.reason,
     state: STATE_TO_MESSAGE[r.state],
     receivedAt: r.receivedAt,
@@ -163,7 +170,7 @@ function toArtifactMessage(a: ArtifactView): ExportArtifact {
     totalRecords: a.totalRecords,
     createdAt: a.createdAt,
     expiresAt: a.expiresAt,
-    state: a.state === 'available' ? ArtifactState.ARTIFACT_STATE_AVAILABLE : ArtifactState.ARTIFACT_STATE_EXPIRED,
+    state: ARTIFACT_STATES[a.state],
   };
 }
 

@@ -7,7 +7,8 @@ import { type SidecarConfig, hashKeyFor } from '../config/sidecar-config.js';
 import { ConfigError } from '../errors.js';
 import { parseAnonymizedEvent } from '../events/cloudevents.js';
 import { connectNats, ensureStream } from '../events/nats.js';
-import { type DataMap, loadDataMap } from '../privacy/data-map.js';
+import { loadDataMap } from '../privacy/data-map.js';
+import { type ForgetPlan, compileForget } from '../privacy/forget.js';
 import { purgeForRequest } from '../privacy/purge.js';
 import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
 import { type Database, openDatabase } from '../store/database.js';
@@ -53,8 +54,7 @@ export class PurgeSidecar {
   private state: State = 'new';
   private health: HealthServer | undefined;
   private db: Database | undefined;
-  private map: DataMap | undefined;
-  private hashKey: Buffer | undefined;
+  private plan: ForgetPlan | undefined;
   private nc: NatsConnection | undefined;
   private jsm: JetStreamManager | undefined;
   private js: JetStreamClient | undefined;
@@ -104,13 +104,12 @@ export class PurgeSidecar {
         throw new ConfigError(`cannot listen on ${c.healthListen.host}:${c.healthListen.port} (${safeErrorSummary(err)})`, '--health-listen', { cause: err });
       });
       const map = await loadDataMap(c.dataMapPath);
-      this.hashKey = hashKeyFor(c, map);
-      this.map = map;
+      const hashKey = hashKeyFor(c, map);
       const db = await openDatabase({ kind: 'postgres', url: c.databaseUrl, poolMax: c.concurrency + 1 });
       this.db = db;
       try {
         await migrateSidecar(db.knex);
-        await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath);
+        this.plan = compileForget(map, await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath), hashKey, c.dataMapPath);
       } catch (err) {
         throw translateDatabaseError(err);
       }
@@ -263,7 +262,7 @@ export class PurgeSidecar {
     let purged: Awaited<ReturnType<typeof purgeForRequest>>;
     const started = performance.now();
     try {
-      purged = await this.keepAlive(msg, () => purgeForRequest(this.need(this.db).knex, this.need(this.map), this.hashKey, { subjectId: userId, requestId, now }));
+      purged = await this.keepAlive(msg, () => purgeForRequest(this.need(this.db).knex, this.need(this.plan), { subjectId: userId, requestId, now }));
     } catch (err) {
       this.metrics.purgeTook((performance.now() - started) / 1_000);
       await this.purgeFailed(msg, log, { userId, requestId, deliveries, err });

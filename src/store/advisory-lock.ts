@@ -11,6 +11,11 @@ export async function lockKey(trx: Knex.Transaction, key: string): Promise<void>
   await trx.raw(`SELECT pg_advisory_xact_lock(${LOCK_ID})`, [key]);
 }
 
+/** The shared form of lockKey: many holders at once, none while lockKey holds it. */
+export async function lockKeyShared(trx: Knex.Transaction, key: string): Promise<void> {
+  await trx.raw(`SELECT pg_advisory_xact_lock_shared(${LOCK_ID})`, [key]);
+}
+
 /**
  * A lock on a string key that holds across server replicas: on PostgreSQL an advisory lock
  * taken in a transaction of its own, held while `fn` runs and released when that transaction

@@ -1,10 +1,12 @@
 import type { Knex } from 'knex';
 import { CancelledError } from '../errors.js';
-import type { SealedChunk } from '../privacy/artifact-cipher.js';
+import type { SealedChunk, WrappedKey } from '../privacy/artifact-cipher.js';
 
 /** Stored exports: their descriptions and their encrypted chunks (see migration 003). */
 
-export type ArtifactState = 'available' | 'expired';
+export type ArtifactState = 'available' | 'expired' | 'erased';
+/** 'data-key': sealed with the artifact's own wrapped key; 'master': with LETHE_ARTIFACT_KEY itself (stored before data keys). */
+export type KeyScheme = 'data-key' | 'master';
 
 export interface CategoryCount {
   readonly category: string;
@@ -23,6 +25,7 @@ export interface ArtifactRecord {
   readonly expiresAt: Date;
   readonly state: ArtifactState;
   readonly deletedAt: Date | null;
+  readonly keyScheme: KeyScheme;
 }
 
 interface Row {
@@ -37,6 +40,7 @@ interface Row {
   expires_at: Date | string;
   state: ArtifactState;
   deleted_at: Date | string | null;
+  key_scheme: KeyScheme;
 }
 
 interface ChunkRow {
@@ -48,6 +52,7 @@ interface ChunkRow {
 
 const ARTIFACTS = 'lethe_export_artifacts';
 const CHUNKS = 'lethe_export_artifact_chunks';
+const KEYS = 'lethe_export_artifact_keys';
 
 function toRecord(r: Row): ArtifactRecord {
   return {
@@ -62,6 +67,7 @@ function toRecord(r: Row): ArtifactRecord {
     expiresAt: new Date(r.expires_at),
     state: r.state,
     deletedAt: r.deleted_at === null ? null : new Date(r.deleted_at),
+    keyScheme: r.key_scheme,
   };
 }
 
@@ -69,7 +75,7 @@ function toRecord(r: Row): ArtifactRecord {
 const asBuffer = (b: Uint8Array): Buffer => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
 export const artifacts = {
-  async insert(db: Knex | Knex.Transaction, a: Omit<ArtifactRecord, 'state' | 'deletedAt'>): Promise<ArtifactRecord> {
+  async insert(db: Knex | Knex.Transaction, a: Omit<ArtifactRecord, 'state' | 'deletedAt' | 'keyScheme'>): Promise<ArtifactRecord> {
     const row: Row = {
       request_id: a.requestId,
       key_id: a.keyId,
@@ -82,6 +88,7 @@ export const artifacts = {
       expires_at: a.expiresAt,
       state: 'available',
       deleted_at: null,
+      key_scheme: 'data-key',
     };
     await db(ARTIFACTS).insert({ ...row, counts: JSON.stringify(row.counts) });
     return toRecord(row);
@@ -98,8 +105,19 @@ export const artifacts = {
     return new Map(rows.map((r) => [r.request_id, toRecord(r)]));
   },
 
+  /** Clears what an earlier, unfinished attempt of this export wrote. */
   async deleteChunks(db: Knex | Knex.Transaction, requestId: string): Promise<void> {
     await db(CHUNKS).where({ request_id: requestId }).delete();
+    await db(KEYS).where({ request_id: requestId }).delete();
+  },
+
+  async insertKey(db: Knex | Knex.Transaction, requestId: string, k: WrappedKey): Promise<void> {
+    await db(KEYS).insert({ request_id: requestId, nonce: k.nonce, tag: k.tag, wrapped_key: k.wrappedKey });
+  },
+
+  async key(db: Knex | Knex.Transaction, requestId: string): Promise<WrappedKey | undefined> {
+    const row = (await db(KEYS).where({ request_id: requestId }).first()) as { nonce: Uint8Array; tag: Uint8Array; wrapped_key: Uint8Array } | undefined;
+    return row === undefined ? undefined : { nonce: asBuffer(row.nonce), tag: asBuffer(row.tag), wrappedKey: asBuffer(row.wrapped_key) };
   },
 
   async insertChunk(db: Knex | Knex.Transaction, requestId: string, c: SealedChunk): Promise<void> {
@@ -135,6 +153,7 @@ export const artifacts = {
         .pluck('request_id')) as string[];
       if (ids.length === 0) return ids;
       await trx(CHUNKS).whereIn('request_id', ids).delete();
+      await trx(KEYS).whereIn('request_id', ids).delete();
       await trx(ARTIFACTS).whereIn('request_id', ids).update({ state: 'expired', deleted_at: now });
       return ids;
     });

@@ -67,6 +67,7 @@ export async function loadDemoData(knex: Knex): Promise<'loaded' | 'present'> {
     await trx('audit_log').insert([
       { event_type: 'user_login', actor_id: 'user-id-123', target_id: 'user-id-123', details: JSON.stringify({ provider: 'github' }), ip_address: '203.0.113.42', user_agent: 'Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)', timestamp: ts('2025-01-15T09:30:00Z') },
       { event_type: 'member_role_changed', actor_id: 'owner-user-id-1', target_id: 'user-id-123', details: JSON.stringify({ role: 'admin' }), ip_address: '198.51.100.1', user_agent: 'Mozilla/5.0 (Windows NT 10.0)', timestamp: ts('2024-06-15T10:05:00Z') },
+      { event_type: 'email_changed', actor_id: 'user-id-123', target_id: 'user-id-123', details: JSON.stringify({ old_email: 'user.old@example.com', new_email: 'user@example.com' }), ip_address: '203.0.113.42', user_agent: 'Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)', timestamp: ts('2024-09-01T08:00:00Z') },
     ]);
     return 'loaded';
   });

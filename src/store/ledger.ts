@@ -27,6 +27,8 @@ export interface PrivacyRequestRecord {
   readonly type: RequestType;
   readonly subjectId: string;
   readonly requester: string;
+  /** The person who asked, when the requester acted for someone (the operator). */
+  readonly requestedBy: string | null;
   readonly reason: string;
   readonly state: RequestState;
   readonly idempotencyKey: string | null;
@@ -45,6 +47,7 @@ interface Row {
   type: RequestType;
   subject_id: string;
   requester: string;
+  requested_by: string | null;
   reason: string;
   state: RequestState;
   idempotency_key: string | null;
@@ -64,6 +67,7 @@ function toRecord(r: Row): PrivacyRequestRecord {
     type: r.type,
     subjectId: r.subject_id,
     requester: r.requester,
+    requestedBy: r.requested_by,
     reason: r.reason,
     state: r.state,
     idempotencyKey: r.idempotency_key,
@@ -118,6 +122,7 @@ export interface NewRequest {
   readonly type: RequestType;
   readonly subjectId: string;
   readonly requester: string;
+  readonly requestedBy?: string | undefined;
   readonly reason: string;
   readonly state: RequestState;
   readonly idempotencyKey?: string | undefined;
@@ -147,6 +152,7 @@ export const ledger = {
       type: req.type,
       subject_id: req.subjectId,
       requester: req.requester,
+      requested_by: req.requestedBy ?? null,
       reason: req.reason,
       state: req.state,
       idempotency_key: req.idempotencyKey ?? null,

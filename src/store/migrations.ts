@@ -4,6 +4,7 @@ import * as identity001 from './migrations/identity/001-identity-schema.js';
 import * as lethe001 from './migrations/lethe/001-ledger.js';
 import * as lethe002 from './migrations/lethe/002-events.js';
 import * as lethe003 from './migrations/lethe/003-export-artifacts.js';
+import * as lethe004 from './migrations/lethe/004-erasure.js';
 import * as sidecar001 from './migrations/sidecar/001-purges.js';
 
 interface Migration {
@@ -27,7 +28,7 @@ class StaticMigrationSource implements Knex.MigrationSource<string> {
   }
 }
 
-const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002, '003-export-artifacts': lethe003 });
+const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002, '003-export-artifacts': lethe003, '004-erasure': lethe004 });
 const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001 });
 const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
 

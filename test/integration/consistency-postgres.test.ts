@@ -3,7 +3,7 @@ import { CancelledError } from '../../src/errors.js';
 import { DEFAULT_DATA_MAP_PATH, loadDataMap } from '../../src/privacy/data-map.js';
 import { type ExportEvent, PrivacyEngine } from '../../src/privacy/engine.js';
 import type { Principal } from '../../src/privacy/principal.js';
-import { checkDataMapAgainstDatabase } from '../../src/privacy/schema-check.js';
+import { prepareServerDataMap } from '../../src/privacy/lethe-tables.js';
 import { type Database, openDatabase } from '../../src/store/database.js';
 import { collectExport, demoEngine, silentLogger } from '../support/engine-fixture.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
@@ -25,8 +25,8 @@ describe.runIf(bin !== undefined)('consistency under concurrency (PostgreSQL)', 
     db = await openDatabase({ kind: 'postgres', url: await cluster.createDatabase() });
     engine = await demoEngine(db);
     const dataMap = await loadDataMap(DEFAULT_DATA_MAP_PATH);
-    const columnTypes = await checkDataMapAgainstDatabase(db.knex, dataMap, 'test');
-    slowEngine = new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, logger: silentLogger, exportFetchRows: 5 });
+    const { columnTypes, forgetPlan } = await prepareServerDataMap(db.knex, dataMap, 'test', undefined);
+    slowEngine = new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, forgetPlan, logger: silentLogger, exportFetchRows: 5 });
   });
   afterAll(async () => {
     await db?.close();

@@ -4,6 +4,7 @@ import { FailedPreconditionError, InvalidArgumentError, NotFoundError, Permissio
 import { parseDataMap } from '../../src/privacy/data-map.js';
 import { FORGET_MESSAGE, type PrivacyEngine } from '../../src/privacy/engine.js';
 import type { Principal } from '../../src/privacy/principal.js';
+import { prepareServerDataMap } from '../../src/privacy/lethe-tables.js';
 import { checkDataMapAgainstDatabase } from '../../src/privacy/schema-check.js';
 import type { Database } from '../../src/store/database.js';
 import { collectExport, demoEngine } from '../support/engine-fixture.js';
@@ -136,6 +137,9 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
         expect(entry[0]).toMatchObject({ actor_id: 'owner-user-id-2' });
         const details = typeof entry[0]?.details === 'string' ? JSON.parse(entry[0].details) : entry[0]?.details;
         expect(details).toEqual({ reason });
+        // Earlier entries keep their references only: the old email of the profile change is gone.
+        const changed = old.find((a) => a.event_type === 'email_changed');
+        expect(typeof changed?.details === 'string' ? JSON.parse(changed.details) : changed?.details).toEqual({});
         // Other users are untouched.
         expect(((await k('users').where({ id: 'member-user-id-456' }).first()) as { email: string }).email).toBe('member@example.com');
       });
@@ -225,10 +229,10 @@ categories:
         'shop.yaml',
       );
       const key = Buffer.alloc(32, 7);
-      const types = await checkDataMapAgainstDatabase(k, map, 'shop.yaml');
+      const { columnTypes, forgetPlan } = await prepareServerDataMap(k, map, 'shop.yaml', key);
       const { PrivacyEngine } = await import('../../src/privacy/engine.js');
       const { silentLogger } = await import('../support/engine-fixture.js');
-      const shop = new PrivacyEngine({ knex: k, dataMap: map, columnTypes: types, hashKey: key, logger: silentLogger });
+      const shop = new PrivacyEngine({ knex: k, dataMap: map, columnTypes, forgetPlan, logger: silentLogger });
 
       const { doc } = await collectExport(shop.exportUser({ id: 'svc', role: 'platform' }, { userId: 'c1', reason: '' }, never));
       expect(doc).toEqual({
@@ -267,7 +271,7 @@ categories:
     table: users
     subject: {column: id}
     export: {fields: [{name: nick, column: nickname}]}
-    forget: keep
+    forget: {keep: test}
 `,
         'bad.yaml',
       );

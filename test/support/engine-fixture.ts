@@ -2,7 +2,7 @@ import { pino } from 'pino';
 import { DEFAULT_DATA_MAP_PATH, type DataMap, loadDataMap } from '../../src/privacy/data-map.js';
 import { type ArtifactOptions, type ExportEvent, PrivacyEngine } from '../../src/privacy/engine.js';
 import { ExportDocumentAssembler } from '../../src/privacy/export-document.js';
-import { checkDataMapAgainstDatabase } from '../../src/privacy/schema-check.js';
+import { prepareServerDataMap } from '../../src/privacy/lethe-tables.js';
 import type { Database } from '../../src/store/database.js';
 import { loadDemoData } from '../../src/store/demo-data.js';
 import { migrateIdentitySchema, migrateLethe } from '../../src/store/migrations.js';
@@ -15,8 +15,8 @@ export async function demoEngine(db: Database, options: { dataMap?: DataMap; has
   await migrateIdentitySchema(db.knex);
   await loadDemoData(db.knex);
   const dataMap = options.dataMap ?? (await loadDataMap(DEFAULT_DATA_MAP_PATH));
-  const columnTypes = await checkDataMapAgainstDatabase(db.knex, dataMap, 'test');
-  return new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, hashKey: options.hashKey, logger: silentLogger, artifacts: options.artifacts, now: options.now });
+  const { columnTypes, forgetPlan } = await prepareServerDataMap(db.knex, dataMap, 'test', options.hashKey);
+  return new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, forgetPlan, logger: silentLogger, artifacts: options.artifacts, now: options.now });
 }
 
 /** Runs an export to the end and returns the document text, the parsed document and the trailer. */

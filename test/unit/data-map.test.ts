@@ -98,8 +98,8 @@ describe('parseDataMap: the default identity map', () => {
       { column: 'timestamp', direction: 'desc' },
       { column: 'id', direction: 'desc' },
     ]);
-    expect(login?.forget).toEqual({ columns: { ip_address: { set: '0.0.0.0' }, user_agent: { set: 'anonymized' } } });
-    const forgets = Object.fromEntries(map.categories.map((c) => [c.name, typeof c.forget === 'string' ? c.forget : 'columns']));
+    expect(login?.forget).toMatchObject({ columns: { ip_address: { set: '0.0.0.0' }, user_agent: { set: 'anonymized' }, geo_country: 'null', geo_city: 'null' } });
+    const forgets = Object.fromEntries(map.categories.map((c) => [c.name, typeof c.forget === 'string' ? c.forget : 'keep' in c.forget ? 'keep' : 'columns']));
     expect(forgets).toEqual({
       profile: 'columns',
       memberships: 'keep',
@@ -145,7 +145,7 @@ describe('parseDataMap: forget actions', () => {
   ])('accepts %s', (yamlAction, parsed) => {
     const map = parseDataMap(variant('password_hash: "null"', `password_hash: ${yamlAction}`), SOURCE);
     const forget = map.categories[0]?.forget;
-    expect(typeof forget === 'object' ? forget.columns.password_hash : undefined).toEqual(parsed);
+    expect(typeof forget === 'object' && 'columns' in forget ? forget.columns.password_hash : undefined).toEqual(parsed);
   });
 
   it('accepts a join named by its alias and a schema-qualified table', () => {
@@ -206,7 +206,7 @@ describe('parseDataMap: errors name the source and the bad key', () => {
     [
       'an unknown template placeholder',
       variant('{template: "anonymized-{timestamp}@deleted.local"}', '{template: "anonymized-{email}@deleted.local"}'),
-      `${SOURCE}: categories[0] (profile).forget.columns.email.template: unknown placeholder {email}: use {timestamp} or {request_id}`,
+      `${SOURCE}: categories[0] (profile).forget.columns.email.template: unknown placeholder {email}: use {timestamp}, {request_id} or {column:NAME} (a column of the same row)`,
     ],
     [
       'keeping a secret column',

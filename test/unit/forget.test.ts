@@ -1,6 +1,8 @@
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { hmacPads, renderTemplate, TEMPLATE_PLACEHOLDERS } from '../../src/privacy/forget.js';
+import { type DataMap, parseDataMap } from '../../src/privacy/data-map.js';
+import { compileForget, forgetOrder, hmacPads } from '../../src/privacy/forget.js';
+import type { ColumnTypes } from '../../src/privacy/sql.js';
 
 const sha256 = (...parts: Buffer[]): Buffer => {
   const h = createHash('sha256');
@@ -8,26 +10,77 @@ const sha256 = (...parts: Buffer[]): Buffer => {
   return h.digest();
 };
 
-describe('renderTemplate', () => {
+const map = (categories: string): DataMap => parseDataMap(`categories:\n${categories}`, 'test.yaml');
+const types: ColumnTypes = new Map([
+  ['users', new Map([['id', 'text'], ['email', 'text'], ['details', 'jsonb'], ['notes', 'json']])],
+]);
+
+describe('compileForget', () => {
   const ctx = { timestamp: 1718445600000, requestId: 'req-7f3a' };
+  const setOf = (action: string) => {
+    const plan = compileForget(map(`  - {name: u, table: users, subject: {column: id}, forget: {columns: {email: ${action}}}}`), types, undefined);
+    const set = plan.steps[0]?.set;
+    return { sql: set?.sql, bindings: set?.bindings.map((b) => (typeof b === 'function' ? b(ctx) : b)) };
+  };
 
   it.each([
-    ['anonymized-{timestamp}@deleted.local', 'anonymized-1718445600000@deleted.local'],
-    ['gone-{request_id}', 'gone-req-7f3a'],
-    ['{request_id}/{timestamp}/{request_id}', 'req-7f3a/1718445600000/req-7f3a'],
-    ['fixed text', 'fixed text'],
-    ['{email} and {Timestamp}', '{email} and {Timestamp}'],
-    ['{timestamp', '{timestamp'],
-  ])('%s → %s', (template, rendered) => {
-    expect(renderTemplate(template, ctx)).toBe(rendered);
+    ['{template: "anonymized-{timestamp}@deleted.local"}', 'concat(?, ?, ?)', ['anonymized-', '1718445600000', '@deleted.local']],
+    ['{template: "gone-{request_id}"}', 'concat(?, ?)', ['gone-', 'req-7f3a']],
+    ['{template: "fixed text"}', 'concat(?)', ['fixed text']],
+    // A value per row, for UNIQUE columns: the row's own id, read in SQL.
+    ['{template: "anonymized-{column:id}@deleted.local"}', 'concat(?, "id"::text, ?)', ['anonymized-', '@deleted.local']],
+    ['{set: "0.0.0.0"}', '?', ['0.0.0.0']],
+    ['"null"', 'NULL', []],
+  ])('%s → SET email = %s', (action, sql, bindings) => {
+    expect(setOf(action)).toEqual({ sql: `"email" = ${sql}`, bindings });
   });
 
-  it('does not expand placeholders that appear in the values', () => {
-    expect(renderTemplate('{request_id}-{timestamp}', { timestamp: 1, requestId: '{timestamp}' })).toBe('{timestamp}-1');
+  it('keeps only the listed keys of a JSON column, and leaves kept columns out of the statement', () => {
+    const plan = compileForget(
+      map('  - {name: u, table: users, subject: {column: id}, forget: {columns: {details: {keep_keys: [request_id]}, notes: {keep_keys: []}, email: {keep: "test"}}}}'),
+      types,
+      undefined,
+    );
+    const set = plan.steps[0]?.set;
+    expect(set?.sql).toContain(`"details" = CASE WHEN "details" IS NULL THEN NULL WHEN jsonb_typeof("details"::jsonb) = 'object' THEN (SELECT coalesce(jsonb_object_agg`);
+    expect(set?.sql).toContain(`"notes" = (CASE WHEN "notes" IS NULL THEN NULL WHEN jsonb_typeof("notes"::jsonb) = 'object' THEN '{}'::jsonb ELSE '{}'::jsonb END)::json`);
+    expect(set?.sql).not.toContain('"email"');
+    expect(set?.bindings).toEqual(['request_id']);
   });
 
-  it('knows the placeholders the data map allows', () => {
-    expect(TEMPLATE_PLACEHOLDERS).toEqual(['timestamp', 'request_id']);
+  it('drops categories that keep everything', () => {
+    const plan = compileForget(map('  - {name: u, table: users, subject: {column: id}, forget: {keep: "test"}}\n  - {name: s, table: sessions, subject: {column: user_id}, forget: delete}'), types, undefined);
+    expect(plan.order).toEqual(['s']);
+  });
+});
+
+describe('forgetOrder', () => {
+  const order = (yaml: string) => forgetOrder(map(yaml)).map((c) => c.name);
+
+  it('purges a table reached through another before that other is deleted', () => {
+    expect(
+      order(`  - {name: orders, table: orders, subject: {column: user_id}, forget: delete}
+  - {name: lines, table: order_lines, subject: {via: {table: orders, column: order_id, references: id, subject_column: user_id}}, forget: delete}`),
+    ).toEqual(['lines', 'orders']);
+  });
+
+  it('runs a via category before one that nulls the link it goes through, over several hops', () => {
+    expect(
+      order(`  - {name: customers, table: customers, subject: {column: user_id}, forget: {columns: {user_id: "null"}}}
+  - {name: invoices, table: invoices, subject: {via: {table: customers, column: customer_id, references: id, subject_column: user_id}}, forget: {columns: {customer_id: "null"}}}
+  - {name: lines, table: invoice_lines, subject: {via: [{table: invoices, column: invoice_id, references: id}, {table: customers, column: customer_id, references: id, subject_column: user_id}]}, forget: delete}`),
+    ).toEqual(['lines', 'invoices', 'customers']);
+  });
+
+  it('keeps the map order where nothing forces another', () => {
+    expect(order(`  - {name: a, table: a, subject: {column: user_id}, forget: delete}\n  - {name: b, table: b, subject: {column: user_id}, forget: delete}`)).toEqual(['a', 'b']);
+  });
+
+  it('refuses two categories that each cut the link of the other', () => {
+    expect(() =>
+      order(`  - {name: a, table: a, subject: {via: {table: b, column: b_id, references: id, subject_column: user_id}}, forget: {columns: {user_id: "null"}}}
+  - {name: b, table: b, subject: {via: {table: a, column: a_id, references: id, subject_column: user_id}}, forget: {columns: {user_id: "null"}}}`),
+    ).toThrow('categories a, b: each deletes or changes what another');
   });
 });
 

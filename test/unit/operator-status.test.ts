@@ -20,6 +20,7 @@ const entry = (over: Partial<LedgerEntry>): LedgerEntry => ({
   type: RequestType.REQUEST_TYPE_FORGET,
   subjectId: 'user-id-123',
   requester: 'lethe-operator',
+  requestedBy: '',
   reason: 'GDPR',
   state: RequestState.REQUEST_STATE_COMPLETED,
   receivedAt: t0,

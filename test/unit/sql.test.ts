@@ -69,8 +69,21 @@ describe('subjectPredicate', () => {
   });
 
   it('reaches the subject through a via table with a subquery', () => {
-    expect(subjectPredicate({ via: { table: 'billing.accounts', column: 'account_id', references: 'id', subject_column: 'user_id' } }, 't', 'u-1')).toEqual({
+    expect(subjectPredicate({ via: [{ table: 'billing.accounts', column: 'account_id', references: 'id', subject_column: 'user_id' }] }, 't', 'u-1')).toEqual({
       sql: '"t"."account_id" IN (SELECT "lethe_via"."id" FROM "billing"."accounts" AS "lethe_via" WHERE "lethe_via"."user_id" = ?)',
+      bindings: ['u-1'],
+    });
+  });
+
+  it('follows a path of several hops, innermost first, binding the subject once', () => {
+    const via = [
+      { table: 'invoices', column: 'invoice_id', references: 'id' },
+      { table: 'customers', column: 'customer_id', references: 'id', subject_column: 'user_id' },
+    ];
+    expect(subjectPredicate({ via }, 'invoice_lines', 'u-1')).toEqual({
+      sql:
+        '"invoice_lines"."invoice_id" IN (SELECT "lethe_via"."id" FROM "invoices" AS "lethe_via" WHERE "lethe_via"."customer_id" IN ' +
+        '(SELECT "lethe_via1"."id" FROM "customers" AS "lethe_via1" WHERE "lethe_via1"."user_id" = ?))',
       bindings: ['u-1'],
     });
   });

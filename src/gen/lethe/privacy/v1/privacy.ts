@@ -203,6 +203,11 @@ export enum ArtifactState {
   ARTIFACT_STATE_AVAILABLE = 1,
   /** ARTIFACT_STATE_EXPIRED - Past expires_at: the encrypted bytes were deleted; the description remains. */
   ARTIFACT_STATE_EXPIRED = 2,
+  /**
+   * ARTIFACT_STATE_ERASED - The subject was forgotten: the artifact's data key and encrypted bytes were destroyed in the
+   * erasure's transaction; the description remains.
+   */
+  ARTIFACT_STATE_ERASED = 3,
   UNRECOGNIZED = -1,
 }
 
@@ -217,6 +222,9 @@ export function artifactStateFromJSON(object: any): ArtifactState {
     case 2:
     case "ARTIFACT_STATE_EXPIRED":
       return ArtifactState.ARTIFACT_STATE_EXPIRED;
+    case 3:
+    case "ARTIFACT_STATE_ERASED":
+      return ArtifactState.ARTIFACT_STATE_ERASED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -232,6 +240,8 @@ export function artifactStateToJSON(object: ArtifactState): string {
       return "ARTIFACT_STATE_AVAILABLE";
     case ArtifactState.ARTIFACT_STATE_EXPIRED:
       return "ARTIFACT_STATE_EXPIRED";
+    case ArtifactState.ARTIFACT_STATE_ERASED:
+      return "ARTIFACT_STATE_ERASED";
     case ArtifactState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -316,6 +326,12 @@ export interface ForgetUserRequest {
    * Required: 1 to 256 printable ASCII characters, e.g. a UUID.
    */
   idempotencyKey: string;
+  /**
+   * The person who asked for the erasure, when the caller acts for someone (the operator sends
+   * the PrivacyRequest's spec.requestedBy). Recorded in the ledger and the audit entry beside
+   * the authenticated caller. Optional, 1 to 256 printable ASCII characters.
+   */
+  requestedBy: string;
 }
 
 export interface ForgetUserResponse {
@@ -360,7 +376,11 @@ export interface PrivacyRequest {
   /** Forget: each downstream service expected to purge its copy, and whether it has confirmed. */
   confirmations: DownstreamConfirmation[];
   /** Export requests made with StoreExport: the stored artifact. */
-  artifact: ExportArtifact | undefined;
+  artifact:
+    | ExportArtifact
+    | undefined;
+  /** The person who asked, when the requester acted for someone (empty otherwise). */
+  requestedBy: string;
 }
 
 export interface DownstreamConfirmation {
@@ -404,6 +424,11 @@ export interface StoreExportRequest {
   reason: string;
   /** Required: 1 to 256 printable ASCII characters (the operator sends the resource's UID). */
   idempotencyKey: string;
+  /**
+   * The person who asked for the export, when the caller acts for someone (see
+   * ForgetUserRequest.requested_by). Optional.
+   */
+  requestedBy: string;
 }
 
 export interface StoreExportResponse {
@@ -1225,7 +1250,7 @@ export const CategoryCount: MessageFns<CategoryCount> = {
 };
 
 function createBaseForgetUserRequest(): ForgetUserRequest {
-  return { userId: "", reason: "", idempotencyKey: "" };
+  return { userId: "", reason: "", idempotencyKey: "", requestedBy: "" };
 }
 
 export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
@@ -1238,6 +1263,9 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
     }
     if (message.idempotencyKey !== "") {
       writer.uint32(26).string(message.idempotencyKey);
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(34).string(message.requestedBy);
     }
     return writer;
   },
@@ -1279,6 +1307,14 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
             message.idempotencyKey = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1304,6 +1340,11 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
         : isSet(object.idempotency_key)
         ? globalThis.String(object.idempotency_key)
         : "",
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
     };
   },
 
@@ -1318,6 +1359,9 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
     if (message.idempotencyKey !== "") {
       obj.idempotencyKey = message.idempotencyKey;
     }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
+    }
     return obj;
   },
 
@@ -1329,6 +1373,7 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
     message.userId = object.userId ?? "";
     message.reason = object.reason ?? "";
     message.idempotencyKey = object.idempotencyKey ?? "";
+    message.requestedBy = object.requestedBy ?? "";
     return message;
   },
 };
@@ -1611,6 +1656,7 @@ function createBasePrivacyRequest(): PrivacyRequest {
     rowsAffected: [],
     confirmations: [],
     artifact: undefined,
+    requestedBy: "",
   };
 }
 
@@ -1657,6 +1703,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     }
     if (message.artifact !== undefined) {
       ExportArtifact.encode(message.artifact, writer.uint32(114).fork()).join();
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(122).string(message.requestedBy);
     }
     return writer;
   },
@@ -1786,6 +1835,14 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
             message.artifact = ExportArtifact.decode(reader, reader.uint32());
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1836,6 +1893,11 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
         ? object.confirmations.map((e: any) => DownstreamConfirmation.fromJSON(e))
         : [],
       artifact: isSet(object.artifact) ? ExportArtifact.fromJSON(object.artifact) : undefined,
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
     };
   },
 
@@ -1883,6 +1945,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     if (message.artifact !== undefined) {
       obj.artifact = ExportArtifact.toJSON(message.artifact);
     }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
+    }
     return obj;
   },
 
@@ -1907,6 +1972,7 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     message.artifact = (object.artifact !== undefined && object.artifact !== null)
       ? ExportArtifact.fromPartial(object.artifact)
       : undefined;
+    message.requestedBy = object.requestedBy ?? "";
     return message;
   },
 };
@@ -2429,7 +2495,7 @@ export const ListPrivacyRequestsResponse: MessageFns<ListPrivacyRequestsResponse
 };
 
 function createBaseStoreExportRequest(): StoreExportRequest {
-  return { userId: "", reason: "", idempotencyKey: "" };
+  return { userId: "", reason: "", idempotencyKey: "", requestedBy: "" };
 }
 
 export const StoreExportRequest: MessageFns<StoreExportRequest> = {
@@ -2442,6 +2508,9 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
     }
     if (message.idempotencyKey !== "") {
       writer.uint32(26).string(message.idempotencyKey);
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(34).string(message.requestedBy);
     }
     return writer;
   },
@@ -2483,6 +2552,14 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
             message.idempotencyKey = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2508,6 +2585,11 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
         : isSet(object.idempotency_key)
         ? globalThis.String(object.idempotency_key)
         : "",
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
     };
   },
 
@@ -2522,6 +2604,9 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
     if (message.idempotencyKey !== "") {
       obj.idempotencyKey = message.idempotencyKey;
     }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
+    }
     return obj;
   },
 
@@ -2533,6 +2618,7 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
     message.userId = object.userId ?? "";
     message.reason = object.reason ?? "";
     message.idempotencyKey = object.idempotencyKey ?? "";
+    message.requestedBy = object.requestedBy ?? "";
     return message;
   },
 };
@@ -3097,7 +3183,8 @@ export const PrivacyServiceDefinition = {
      * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
      * not readable by the caller) or "Privacy request has no export artifact …" (not a
      * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
-     * artifact expired ("Export artifact expired at <time>; run the export again"), or was stored
+     * artifact expired ("Export artifact expired at <time>; run the export again") or was erased
+     * with its subject ("Export artifact was erased when its subject was forgotten"), or was stored
      * with a different LETHE_ARTIFACT_KEY; DATA_LOSS when it is damaged (does not authenticate).
      */
     getExportArtifact: {
@@ -3150,7 +3237,8 @@ export interface PrivacyServiceImplementation<CallContextExt = {}> {
    * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
    * not readable by the caller) or "Privacy request has no export artifact …" (not a
    * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
-   * artifact expired ("Export artifact expired at <time>; run the export again"), or was stored
+   * artifact expired ("Export artifact expired at <time>; run the export again") or was erased
+   * with its subject ("Export artifact was erased when its subject was forgotten"), or was stored
    * with a different LETHE_ARTIFACT_KEY; DATA_LOSS when it is damaged (does not authenticate).
    */
   getExportArtifact(
@@ -3198,7 +3286,8 @@ export interface PrivacyServiceClient<CallOptionsExt = {}> {
    * Errors: INVALID_ARGUMENT (not a UUID); NOT_FOUND "Privacy request not found" (unknown or
    * not readable by the caller) or "Privacy request has no export artifact …" (not a
    * StoreExport request); FAILED_PRECONDITION when the export is still running or failed, the
-   * artifact expired ("Export artifact expired at <time>; run the export again"), or was stored
+   * artifact expired ("Export artifact expired at <time>; run the export again") or was erased
+   * with its subject ("Export artifact was erased when its subject was forgotten"), or was stored
    * with a different LETHE_ARTIFACT_KEY; DATA_LOSS when it is damaged (does not authenticate).
    */
   getExportArtifact(
