@@ -113,22 +113,22 @@ function assignment(column: string, action: Exclude<ColumnAction, 'keep' | { kee
   for (const m of action.template.matchAll(/\{(timestamp|request_id|column:[A-Za-z_][A-Za-z0-9_]*)\}/g)) {
     const literal = action.template.slice(last, m.index);
     if (literal !== '') {
-      parts.push('?');
+      parts.push('?::text');
       bindings.push(literal);
     }
     const name = m[1] ?? '';
     if (name === 'timestamp') {
-      parts.push('?');
+      parts.push('?::text');
       bindings.push((ctx) => String(ctx.timestamp));
     } else if (name === 'request_id') {
-      parts.push('?');
+      parts.push('?::text');
       bindings.push((ctx) => ctx.requestId);
     } else parts.push(`${quoteIdent(name.slice('column:'.length))}::text`);
     last = m.index + m[0].length;
   }
   const rest = action.template.slice(last);
   if (rest !== '' || parts.length === 0) {
-    parts.push('?');
+    parts.push('?::text');
     bindings.push(rest);
   }
   return { sql: `concat(${parts.join(', ')})`, bindings };

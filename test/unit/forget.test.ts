@@ -24,11 +24,11 @@ describe('compileForget', () => {
   };
 
   it.each([
-    ['{template: "anonymized-{timestamp}@deleted.local"}', 'concat(?, ?, ?)', ['anonymized-', '1718445600000', '@deleted.local']],
-    ['{template: "gone-{request_id}"}', 'concat(?, ?)', ['gone-', 'req-7f3a']],
-    ['{template: "fixed text"}', 'concat(?)', ['fixed text']],
+    ['{template: "anonymized-{timestamp}@deleted.local"}', 'concat(?::text, ?::text, ?::text)', ['anonymized-', '1718445600000', '@deleted.local']],
+    ['{template: "gone-{request_id}"}', 'concat(?::text, ?::text)', ['gone-', 'req-7f3a']],
+    ['{template: "fixed text"}', 'concat(?::text)', ['fixed text']],
     // A value per row, for UNIQUE columns: the row's own id, read in SQL.
-    ['{template: "anonymized-{column:id}@deleted.local"}', 'concat(?, "id"::text, ?)', ['anonymized-', '@deleted.local']],
+    ['{template: "anonymized-{column:id}@deleted.local"}', 'concat(?::text, "id"::text, ?::text)', ['anonymized-', '@deleted.local']],
     ['{set: "0.0.0.0"}', '?', ['0.0.0.0']],
     ['"null"', 'NULL', []],
   ])('%s → SET email = %s', (action, sql, bindings) => {
