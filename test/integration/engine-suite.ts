@@ -263,6 +263,79 @@ categories:
       expect(await k('shop_addresses').pluck('id')).toEqual(['a2']);
     });
 
+    it('refuses a map that leaves a text or JSON column undeclared, naming the table and column', async () => {
+      const map = (forget: string) =>
+        parseDataMap(`categories: [{name: logins, table: login_events, subject: {column: user_id}, forget: ${forget}}]`, 'partial.yaml');
+      await expect(checkDataMapAgainstDatabase(db.knex, map('{columns: {ip_address: "null", user_agent: "null"}}'), 'partial.yaml')).rejects.toThrow(
+        "partial.yaml: categories.logins: column 'provider' of table 'login_events' (text) is not declared",
+      );
+      await expect(
+        checkDataMapAgainstDatabase(db.knex, map('{columns: {ip_address: "null", user_agent: "null", provider: keep, risk_factors: "null", geo_country: "null", geo_city: "null"}}'), 'partial.yaml'),
+      ).rejects.toThrow("partial.yaml: categories.logins.forget.columns.provider: column 'provider' of table 'login_events' is kept without a reason");
+      await expect(checkDataMapAgainstDatabase(db.knex, map('keep'), 'partial.yaml')).rejects.toThrow('a category kept as a whole needs a reason');
+      // Rows that are deleted, and a category kept with a reason, declare every column.
+      await expect(checkDataMapAgainstDatabase(db.knex, map('delete'), 'partial.yaml')).resolves.toBeInstanceOf(Map);
+      await expect(checkDataMapAgainstDatabase(db.knex, map('{keep: "test"}'), 'partial.yaml')).resolves.toBeInstanceOf(Map);
+    });
+
+    it('reaches rows through several hops before cutting the links, and templates UNIQUE columns per row', async () => {
+      const k = db.knex;
+      await k.raw(`CREATE TABLE bill_customers (id text PRIMARY KEY, user_id text, email text UNIQUE)`);
+      await k.raw(`CREATE TABLE bill_invoices (id text PRIMARY KEY, customer_id text, billing_email text UNIQUE)`);
+      await k.raw(`CREATE TABLE bill_lines (id text PRIMARY KEY, invoice_id text, description text)`);
+      await k('bill_customers').insert([{ id: 'bc1', user_id: 'u1', email: 'u1@example.com' }, { id: 'bc2', user_id: 'u2', email: 'u2@example.com' }]);
+      await k('bill_invoices').insert([
+        { id: 'i1', customer_id: 'bc1', billing_email: 'u1+1@example.com' },
+        { id: 'i2', customer_id: 'bc1', billing_email: 'u1+2@example.com' },
+        { id: 'i3', customer_id: 'bc2', billing_email: 'u2+1@example.com' },
+      ]);
+      await k('bill_lines').insert([
+        { id: 'l1', invoice_id: 'i1', description: 'Gift for Ada' },
+        { id: 'l2', invoice_id: 'i2', description: 'Ring' },
+        { id: 'l3', invoice_id: 'i3', description: 'Other' },
+      ]);
+      // Listed outermost first: run in map order, the lines would lose their path to the subject.
+      const map = parseDataMap(
+        `
+categories:
+  - name: customers
+    table: bill_customers
+    subject: {column: user_id}
+    forget: {columns: {user_id: "null", email: {template: "gone-{column:id}@deleted.local"}}}
+  - name: invoices
+    table: bill_invoices
+    subject: {via: {table: bill_customers, column: customer_id, references: id, subject_column: user_id}}
+    forget: {columns: {customer_id: "null", billing_email: {template: "gone-{column:id}@deleted.local"}}}
+  - name: lines
+    table: bill_lines
+    subject: {via: [{table: bill_invoices, column: invoice_id, references: id}, {table: bill_customers, column: customer_id, references: id, subject_column: user_id}]}
+    forget: delete
+`,
+        'billing.yaml',
+      );
+      const { columnTypes, forgetPlan } = await prepareServerDataMap(k, map, 'billing.yaml', undefined);
+      expect(forgetPlan.order.slice(0, 3)).toEqual(['lines', 'invoices', 'customers']);
+      const { PrivacyEngine } = await import('../../src/privacy/engine.js');
+      const { silentLogger } = await import('../support/engine-fixture.js');
+      const billing = new PrivacyEngine({ knex: k, dataMap: map, columnTypes, forgetPlan, logger: silentLogger });
+      const r = await billing.forgetUser({ id: 'svc', role: 'platform' }, { userId: 'u1', reason: 'erasure', idempotencyKey: `billing-${slug}` });
+      expect(r.rowsAffected).toEqual([
+        { table: 'bill_lines', action: 'delete', rows: 2 },
+        { table: 'bill_invoices', action: 'update', rows: 2 },
+        { table: 'bill_customers', action: 'update', rows: 1 },
+      ]);
+      expect(await k('bill_lines').orderBy('id').pluck('id')).toEqual(['l3']);
+      expect(await k('bill_invoices').orderBy('id').select('id', 'customer_id', 'billing_email')).toEqual([
+        { id: 'i1', customer_id: null, billing_email: 'gone-i1@deleted.local' },
+        { id: 'i2', customer_id: null, billing_email: 'gone-i2@deleted.local' },
+        { id: 'i3', customer_id: 'bc2', billing_email: 'u2+1@example.com' },
+      ]);
+      expect(await k('bill_customers').orderBy('id').select('id', 'user_id', 'email')).toEqual([
+        { id: 'bc1', user_id: null, email: 'gone-bc1@deleted.local' },
+        { id: 'bc2', user_id: 'u2', email: 'u2@example.com' },
+      ]);
+    });
+
     it('checks the data map against the database at start-up, naming the bad key', async () => {
       const map = parseDataMap(
         `
