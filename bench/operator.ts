@@ -136,7 +136,7 @@ export async function run(args: string[]): Promise<void> {
             version: VERSION,
             namespace: NAMESPACE,
             plural: PLURAL,
-            body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'PrivacyRequest', metadata: { name: `forget-${i + 1}` }, spec: { type: 'Forget', subjectId: userId(i + 1), reason: 'benchmark' } },
+            body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'PrivacyRequest', metadata: { name: `forget-${i + 1}` }, spec: { type: 'Forget', subjectId: userId(i + 1), reason: 'benchmark', requestedBy: 'bench' } },
           });
         }
       }),

@@ -16,6 +16,8 @@ export interface PrivacyRequestSpec {
   readonly type: RequestKind;
   readonly subjectId: string;
   readonly reason?: string;
+  /** Who asked (required on new resources by the CRD); the operator's ServiceAccount carries it out. */
+  readonly requestedBy?: string;
 }
 
 /** Shaped like metav1.Condition. */
@@ -42,7 +44,7 @@ export interface ArtifactStatus {
   readonly counts: Readonly<Record<string, number>>;
   readonly createdAt?: string;
   readonly expiresAt?: string;
-  readonly state: 'Available' | 'Expired';
+  readonly state: 'Available' | 'Expired' | 'Erased';
 }
 
 export interface PrivacyRequestStatus {

@@ -78,15 +78,15 @@ export class PrivacyRequestReconciler {
     if (current.status?.phase !== 'Running') current = await this.writeStatus(current, runningStatus(current, this.now()));
 
     const idempotencyKey = current.metadata.uid ?? '';
-    const { subjectId, reason } = current.spec;
+    const { subjectId, reason, requestedBy = '' } = current.spec;
     let requestId: string;
     try {
       const signal = AbortSignal.timeout(this.opts.callTimeoutMs);
       if (current.spec.type === 'Forget') {
-        const r = await this.opts.privacy.forgetUser({ userId: subjectId, reason: reason ?? 'GDPR Art. 17 erasure request (PrivacyRequest)', idempotencyKey }, { signal });
+        const r = await this.opts.privacy.forgetUser({ userId: subjectId, reason: reason ?? 'GDPR Art. 17 erasure request (PrivacyRequest)', idempotencyKey, requestedBy }, { signal });
         requestId = r.requestId;
       } else {
-        const r = await this.opts.privacy.storeExport({ userId: subjectId, reason: reason ?? '', idempotencyKey }, { signal });
+        const r = await this.opts.privacy.storeExport({ userId: subjectId, reason: reason ?? '', idempotencyKey, requestedBy }, { signal });
         requestId = r.requestId;
       }
     } catch (err) {
@@ -122,7 +122,7 @@ export class PrivacyRequestReconciler {
   /** Milliseconds until an available artifact should be looked at again; undefined when there is nothing to watch. */
   private untilExpiry(obj: PrivacyRequestResource): number | undefined {
     const artifact = obj.status?.artifact;
-    if (artifact === undefined || artifact.state === 'Expired' || artifact.expiresAt === undefined) return undefined;
+    if (artifact === undefined || artifact.state !== 'Available' || artifact.expiresAt === undefined) return undefined;
     return new Date(artifact.expiresAt).getTime() + EXPIRY_GRACE_MS - this.now().getTime();
   }
 

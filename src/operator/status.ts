@@ -105,6 +105,9 @@ function readyCondition(obj: PrivacyRequestResource, entry: LedgerEntry, phase: 
   switch (phase) {
     case 'Succeeded':
       if (obj.spec.type === 'Export') {
+        if (artifact?.state === 'Erased') {
+          return { type: READY, status: 'True', reason: 'ArtifactErased', message: 'The subject was forgotten: the export artifact was erased with the rest of their data' };
+        }
         return artifact?.state === 'Expired'
           ? { type: READY, status: 'True', reason: 'ArtifactExpired', message: `The export artifact expired at ${artifact.expiresAt ?? 'its expiry'} and was deleted; create a new Export request to export again` }
           : { type: READY, status: 'True', reason: 'ArtifactStored', message: `Fetch the export with: lethe export --request ${entry.id} -o export.json` };
@@ -154,6 +157,9 @@ export function transitions(before: PrivacyRequestStatus | undefined, after: Pri
   if (before?.artifact?.state === 'Available' && after.artifact?.state === 'Expired') {
     out.push({ type: 'Normal', reason: 'ArtifactExpired', message: 'The export artifact expired and was deleted' });
   }
+  if (before?.artifact?.state === 'Available' && after.artifact?.state === 'Erased') {
+    out.push({ type: 'Normal', reason: 'ArtifactErased', message: 'The subject was forgotten: the export artifact was erased' });
+  }
   return out;
 }
 
@@ -176,7 +182,7 @@ export function toArtifact(a: ExportArtifact): ArtifactStatus {
     counts: Object.fromEntries(a.counts.map((c) => [c.category, c.exported])),
     createdAt: iso(a.createdAt),
     expiresAt: iso(a.expiresAt),
-    state: a.state === ArtifactState.ARTIFACT_STATE_EXPIRED ? 'Expired' : 'Available',
+    state: a.state === ArtifactState.ARTIFACT_STATE_EXPIRED ? 'Expired' : a.state === ArtifactState.ARTIFACT_STATE_ERASED ? 'Erased' : 'Available',
   });
 }
 

@@ -14,11 +14,11 @@ describe.runIf(assets !== undefined)('the PrivacyRequest CRD on a real API serve
   let kubectl: Kubectl;
   const ns = 'privacy';
 
-  const request = (name: string, spec: string) => `apiVersion: privacy.lethe.dev/v1alpha1
+  const request = (name: string, spec: string, requestedBy = '  requestedBy: privacy-desk-ticket-1\n') => `apiVersion: privacy.lethe.dev/v1alpha1
 kind: PrivacyRequest
 metadata: {name: ${name}, namespace: ${ns}}
 spec:
-${spec}
+${requestedBy}${spec}
 `;
 
   beforeAll(async () => {
@@ -50,6 +50,15 @@ ${spec}
     const r = await kubectl(['apply', '-f', '-'], request(name, spec));
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain(message);
+  });
+
+  it('requires requestedBy on a new request, naming the field', async () => {
+    const r = await kubectl(['apply', '-f', '-'], request('no-requester', '  type: Forget\n  subjectId: u-1', ''));
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('spec.requestedBy: Invalid value');
+    expect(r.stderr).toContain('requestedBy is required: the id of the person who asked');
+    const spaced = await kubectl(['apply', '-f', '-'], request('spaced-requester', '  type: Forget\n  subjectId: u-1', '  requestedBy: "jane doe"\n'));
+    expect(spaced.stderr).toContain('spec.requestedBy in body should match');
   });
 
   it('refuses a spec edited after creation', async () => {

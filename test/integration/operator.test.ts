@@ -139,6 +139,11 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(await emailOf('user-id-123')).toMatch(/^anonymized-\d+@deleted\.local$/);
     expect(await auditEntries('user-id-123')).toBe(1);
     expect(await shippingAddressCount(orders.knex, 'user-id-123')).toBe(0);
+    // Both who asked (spec.requestedBy) and who carried it out (the operator's principal).
+    const ledgerRow = (await identity.query(`SELECT requester, requested_by FROM lethe_privacy_requests WHERE id = $1`, [s.requestId])).rows[0];
+    expect(ledgerRow).toEqual({ requester: 'lethe-operator', requested_by: 'privacy-desk-ticket-1' });
+    const audit = (await identity.query(`SELECT actor_id, details FROM audit_log WHERE event_type = 'user_anonymized' AND target_id = $1`, ['user-id-123'])).rows[0];
+    expect(audit).toEqual({ actor_id: 'lethe-operator', details: { reason: REASON, requested_by: 'privacy-desk-ticket-1' } });
 
     const reasons = (await eventsOf('privacy', 'forget-user-123')).map((e) => e.reason);
     expect(reasons).toEqual(expect.arrayContaining(['Started', 'Anonymized', 'DownstreamPurged', 'Erased']));

@@ -38,12 +38,13 @@ export async function installCrd(kubectl: Kubectl): Promise<void> {
   await mustKubectl(kubectl, ['wait', '--for=condition=Established', 'crd/privacyrequests.privacy.lethe.dev', '--timeout=30s']);
 }
 
-export function privacyRequestYaml(namespace: string, name: string, spec: { type: string; subjectId: string; reason?: string }): string {
+export function privacyRequestYaml(namespace: string, name: string, spec: { type: string; subjectId: string; reason?: string; requestedBy?: string }): string {
   return `apiVersion: privacy.lethe.dev/v1alpha1
 kind: PrivacyRequest
 metadata: {name: ${name}, namespace: ${namespace}}
 spec:
   type: ${spec.type}
   subjectId: ${spec.subjectId}
+  requestedBy: ${spec.requestedBy ?? 'privacy-desk-ticket-1'}
 ${spec.reason === undefined ? '' : `  reason: ${JSON.stringify(spec.reason)}\n`}`;
 }

@@ -122,7 +122,7 @@ k rollout status deployment/orders --timeout=180s >&2
 # Applies a PrivacyRequest and waits for it to succeed: name type subject reason.
 request_and_wait() {
   log "$2 $3 (PrivacyRequest $1)"
-  printf 'apiVersion: privacy.lethe.dev/v1alpha1\nkind: PrivacyRequest\nmetadata: {name: %s}\nspec: {type: %s, subjectId: %s, reason: "%s"}\n' \
+  printf 'apiVersion: privacy.lethe.dev/v1alpha1\nkind: PrivacyRequest\nmetadata: {name: %s}\nspec: {type: %s, subjectId: %s, reason: "%s", requestedBy: e2e-ticket-1}\n' \
     "$1" "$2" "$3" "$4" | k apply -f - >&2
   k wait --for=jsonpath='{.status.phase}'=Succeeded "preq/$1" --timeout="$wait_for" >&2 ||
     die "the $2 request did not reach Succeeded (phase: $(jsonpath "preq/$1" '{.status.phase}'))"
