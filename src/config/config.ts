@@ -1,6 +1,7 @@
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import type { StreamSettings } from '../events/nats.js';
 import { ConfigError } from '../errors.js';
 import { type LogLevel, flag, hashKey, logLevel, parseEnv } from './common.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
@@ -67,7 +68,9 @@ export interface ArtifactsConfig {
 export interface EventsConfig {
   /** Unset: anonymization events wait in the outbox. */
   readonly natsUrl: string | undefined;
-  readonly stream: { readonly name: string; readonly replicas: number; readonly duplicateWindowMs: number };
+  readonly stream: StreamSettings;
+  /** Published outbox rows are deleted after this long. */
+  readonly outboxRetentionMs: number;
   /** Downstream services that must confirm their purge before a forget is completed. */
   readonly expectedServices: readonly string[];
   readonly confirmationTimeoutMs: number;
@@ -83,6 +86,16 @@ export function parseDuration(value: string, source: string): number {
   const m = DURATION.exec(value.trim());
   if (m === null) throw new ConfigError(`'${value}' is not a duration such as 90s, 2m, 24h or 7d`, source);
   return Number(m[1]) * (UNIT_MS[m[2] ?? 's'] ?? 1_000);
+}
+
+/** Default age limit of the privacy stream's messages (LETHE_NATS_MAX_AGE), for server and sidecar. */
+export const STREAM_MAX_AGE_DEFAULT = '30d';
+
+/** LETHE_NATS_MAX_AGE: JetStream refuses an age limit shorter than the duplicate window. */
+export function streamMaxAge(value: string, duplicateWindowMs: number): number {
+  const ms = parseDuration(value, 'LETHE_NATS_MAX_AGE');
+  if (ms < duplicateWindowMs) throw new ConfigError(`must be at least the duplicate window (${duplicateWindowMs / 1000}s)`, 'LETHE_NATS_MAX_AGE');
+  return ms;
 }
 
 export interface ServeFlags {
@@ -134,6 +147,8 @@ const envSchema = z.object({
   LETHE_NATS_STREAM: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be letters, digits, _ or - (at most 64)').default('LETHE_PRIVACY'),
   LETHE_NATS_STREAM_REPLICAS: z.enum(['1', '3', '5'], { message: 'must be 1, 3 or 5' }).default('1'),
   LETHE_NATS_DUPLICATE_WINDOW: z.string().default('2m'),
+  LETHE_NATS_MAX_AGE: z.string().default(STREAM_MAX_AGE_DEFAULT),
+  LETHE_OUTBOX_RETENTION: z.string().default('7d'),
   LETHE_DOWNSTREAM_SERVICES: z.string().default(''),
   LETHE_CONFIRMATION_TIMEOUT: z.string().default('24h'),
   LETHE_EVENT_SOURCE: z.string().min(1).max(256).default('lethe'),
@@ -194,13 +209,16 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
   for (const svc of services) {
     if (!SERVICE_NAME.test(svc)) throw new ConfigError(`'${svc}' is not a service name: ${SERVICE_NAME_RULE}`, 'LETHE_DOWNSTREAM_SERVICES');
   }
+  const duplicateWindowMs = parseDuration(e.LETHE_NATS_DUPLICATE_WINDOW, 'LETHE_NATS_DUPLICATE_WINDOW');
   const events: EventsConfig = {
     natsUrl: e.LETHE_NATS_URL,
     stream: {
       name: e.LETHE_NATS_STREAM,
       replicas: Number(e.LETHE_NATS_STREAM_REPLICAS),
-      duplicateWindowMs: parseDuration(e.LETHE_NATS_DUPLICATE_WINDOW, 'LETHE_NATS_DUPLICATE_WINDOW'),
+      duplicateWindowMs,
+      maxAgeMs: streamMaxAge(e.LETHE_NATS_MAX_AGE, duplicateWindowMs),
     },
+    outboxRetentionMs: parseDuration(e.LETHE_OUTBOX_RETENTION, 'LETHE_OUTBOX_RETENTION'),
     expectedServices: [...new Set(services)],
     confirmationTimeoutMs: parseDuration(e.LETHE_CONFIRMATION_TIMEOUT, 'LETHE_CONFIRMATION_TIMEOUT'),
     source: e.LETHE_EVENT_SOURCE,

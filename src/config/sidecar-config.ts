@@ -7,7 +7,7 @@ import type { DataMap } from '../privacy/data-map.js';
 import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../failpoints.js';
 import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber } from './common.js';
-import { type Env, type ListenAddress, parseListen } from './config.js';
+import { type Env, type ListenAddress, STREAM_MAX_AGE_DEFAULT, parseListen, streamMaxAge } from './config.js';
 
 /**
  * The configuration of `lethe sidecar`, the purge agent a downstream service runs beside
@@ -77,6 +77,7 @@ const envSchema = z.object({
   LETHE_HASH_KEY: hashKey,
   LETHE_LOG_LEVEL: logLevel,
   LETHE_FAILPOINTS: z.string().optional(),
+  LETHE_NATS_MAX_AGE: z.string().default(STREAM_MAX_AGE_DEFAULT),
 });
 
 export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<SidecarConfig> {
@@ -99,7 +100,12 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
     dataMapPath: resolve(flags.dataMap),
     databaseUrl: e.DATABASE_URL,
     natsUrl: e.LETHE_NATS_URL,
-    stream: Object.freeze({ name: e.LETHE_NATS_STREAM, replicas: 1, duplicateWindowMs: STREAM_DUPLICATE_WINDOW_MS }),
+    stream: Object.freeze({
+      name: e.LETHE_NATS_STREAM,
+      replicas: 1,
+      duplicateWindowMs: STREAM_DUPLICATE_WINDOW_MS,
+      maxAgeMs: streamMaxAge(e.LETHE_NATS_MAX_AGE, STREAM_DUPLICATE_WINDOW_MS),
+    }),
     concurrency: e.LETHE_SIDECAR_CONCURRENCY,
     maxDeliveries: e.LETHE_SIDECAR_MAX_DELIVERIES,
     ackWaitMs: e.LETHE_SIDECAR_ACK_WAIT * 1000,

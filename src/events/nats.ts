@@ -8,6 +8,8 @@ export interface StreamSettings {
   readonly name: string;
   readonly replicas: number;
   readonly duplicateWindowMs: number;
+  /** How long the stream keeps a message (events, receipts): each holds a subject id. */
+  readonly maxAgeMs: number;
 }
 
 /**
@@ -31,11 +33,20 @@ export async function connectNats(url: string, name: string, logger: Logger): Pr
   return nc;
 }
 
-/** Creates the privacy stream when absent; an existing stream is left as its owner configured it. */
-export async function ensureStream(nc: NatsConnection, s: StreamSettings): Promise<JetStreamManager> {
+/**
+ * Creates the privacy stream when absent. An existing stream is left as its owner configured
+ * it, except that one without an age limit (made before Lethe set one) gets `maxAgeMs`: every
+ * message holds a subject id, and none may stay for ever.
+ */
+export async function ensureStream(nc: NatsConnection, s: StreamSettings, logger?: Logger): Promise<JetStreamManager> {
   const jsm = await jetstreamManager(nc);
+  const maxAge = s.maxAgeMs * 1_000_000;
   try {
-    await jsm.streams.info(s.name);
+    const { config } = await jsm.streams.info(s.name);
+    if (config.max_age === 0) {
+      await jsm.streams.update(s.name, { ...config, max_age: maxAge });
+      logger?.info({ stream: s.name, maxAgeMs: s.maxAgeMs }, 'the stream had no age limit: set one');
+    }
   } catch (err) {
     // 404: no such stream.
     if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
@@ -44,6 +55,7 @@ export async function ensureStream(nc: NatsConnection, s: StreamSettings): Promi
       subjects: [STREAM_SUBJECTS],
       num_replicas: s.replicas,
       duplicate_window: s.duplicateWindowMs * 1_000_000,
+      max_age: maxAge,
     });
   }
   return jsm;

@@ -2,7 +2,7 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
-import { type OutboxEvent, relayPending } from '../store/outbox.js';
+import { type OutboxEvent, deletePublished, relayPending } from '../store/outbox.js';
 import { backoffDelay, sleep } from '../backoff.js';
 
 export interface RelayOptions {
@@ -10,7 +10,14 @@ export interface RelayOptions {
   /** How often to look for events when nobody said there are some. */
   readonly pollMs?: number;
   readonly maxBackoffMs?: number;
+  /** Published rows older than this are deleted (LETHE_OUTBOX_RETENTION). */
+  readonly retentionMs: number;
+  /** How often, at most, to look for rows past the retention. */
+  readonly cleanupIntervalMs?: number;
+  readonly now?: () => Date;
 }
+
+const CLEANUP_BATCH = 1000;
 
 /**
  * Publishes the outbox to JetStream. Each event goes out with `Nats-Msg-Id` = its id, so a
@@ -27,8 +34,9 @@ export class OutboxRelay {
     private readonly knex: Knex,
     private readonly js: JetStreamClient,
     private readonly logger: Logger,
-    private readonly opts: RelayOptions = {},
+    private readonly opts: RelayOptions,
   ) {}
+  private nextCleanup = 0;
 
   start(): void {
     this.loop ??= this.run();
@@ -54,6 +62,7 @@ export class OutboxRelay {
         if (failures > 0) this.logger.info({ failures }, 'outbox relay recovered');
         failures = 0;
         if (sent > 0) continue;
+        await this.cleanUp();
         await sleep(this.opts.pollMs ?? 1_000, AbortSignal.any([wake.signal, this.stopping.signal]));
       } catch (err) {
         failures += 1;
@@ -65,6 +74,17 @@ export class OutboxRelay {
       }
       if (wake.signal.aborted) this.wake = new AbortController();
     }
+  }
+
+  /** When idle, now and then: deletes published rows past the retention, a batch at a time. */
+  private async cleanUp(): Promise<void> {
+    const now = (this.opts.now ?? (() => new Date()))();
+    if (now.getTime() < this.nextCleanup) return;
+    this.nextCleanup = now.getTime() + (this.opts.cleanupIntervalMs ?? 60_000);
+    const before = new Date(now.getTime() - this.opts.retentionMs);
+    let deleted = 0;
+    for (let n = CLEANUP_BATCH; n === CLEANUP_BATCH && !this.stopping.signal.aborted; deleted += n) n = await deletePublished(this.knex, before, CLEANUP_BATCH);
+    if (deleted > 0) this.logger.info({ deleted, retentionMs: this.opts.retentionMs }, 'deleted published outbox rows past their retention');
   }
 
   private async publish(e: OutboxEvent): Promise<void> {

@@ -12,6 +12,9 @@ export interface ServerEventsOptions {
   readonly natsUrl: string;
   readonly stream: StreamSettings;
   readonly expectedServices: readonly string[];
+  /** Published outbox rows are deleted after this long. */
+  readonly outboxRetentionMs: number;
+  readonly outboxCleanupIntervalMs?: number;
 }
 
 /**
@@ -60,9 +63,9 @@ export class ServerEvents {
     let attempt = 0;
     while (!this.stopping.signal.aborted) {
       try {
-        const jsm = await ensureStream(nc, this.opts.stream);
+        const jsm = await ensureStream(nc, this.opts.stream, this.logger);
         const js: JetStreamClient = jetstream(nc);
-        this.relay = new OutboxRelay(this.knex, js, this.logger);
+        this.relay = new OutboxRelay(this.knex, js, this.logger, { retentionMs: this.opts.outboxRetentionMs, cleanupIntervalMs: this.opts.outboxCleanupIntervalMs });
         this.relay.start();
         this.receipts = new ReceiptConsumer(this.knex, js, jsm, this.opts.stream.name, this.opts.expectedServices, this.logger);
         await this.receipts.start();

@@ -59,7 +59,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     // ForgetUser calls never starves them (PGlite has a single connection to share).
     eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }) : undefined;
     const events =
-      ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices }, logger);
+      ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices, outboxRetentionMs: ev.outboxRetentionMs }, logger);
     const engine = new PrivacyEngine({
       knex: db.knex,
       dataMap,

@@ -116,7 +116,7 @@ export class PurgeSidecar {
       const nc = await connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger);
       this.nc = nc;
       this.watchConnection(nc);
-      const jsm = await ensureStream(nc, c.stream);
+      const jsm = await ensureStream(nc, c.stream, this.logger);
       await ensureDurableConsumer(jsm, { stream: c.stream.name, service: c.service, ackWaitMs: c.ackWaitMs });
       this.jsm = jsm;
       this.js = jsm.jetstream();

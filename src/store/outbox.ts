@@ -39,6 +39,16 @@ export async function relayPending(knex: Knex, limit: number, publish: (e: Outbo
   return sent;
 }
 
+/**
+ * Deletes up to `limit` events published before `before`: their only purpose was to reach NATS,
+ * and each holds a subject id. Pending rows are never touched. Returns how many went.
+ */
+export async function deletePublished(knex: Knex, before: Date, limit: number): Promise<number> {
+  const ids = knex(TABLE).select('id').whereNotNull('sent_at').andWhere('sent_at', '<', before).orderBy('sent_at').limit(limit);
+  const deleted = await knex(TABLE).whereIn('id', ids).delete();
+  return typeof deleted === 'number' ? deleted : Number((deleted as { affectedRows?: number }).affectedRows ?? 0);
+}
+
 export async function countPending(knex: Knex): Promise<number> {
   const rows = (await knex(TABLE).whereNull('sent_at').count('* as n')) as Array<{ n: number | string }>;
   return Number(rows[0]?.n ?? 0);

@@ -46,7 +46,7 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('sidecar metrics on
 
     const nc = await connect({ servers: nats.url });
     try {
-      await ensureStream(nc, { name: 'LETHE_PRIVACY', replicas: 1, duplicateWindowMs: 120_000 });
+      await ensureStream(nc, { name: 'LETHE_PRIVACY', replicas: 1, duplicateWindowMs: 120_000, maxAgeMs: 86_400_000 });
       const js = jetstream(nc);
       const publish = async (userId: string, requestId: string) => {
         const event = anonymizedEventFor({ source: '/lethe/test', userId, requestId, anonymizedAt: new Date() });

@@ -80,7 +80,7 @@ async function startBus(server: NatsServer, opts: { streamSubjects?: string[]; l
   let jsm = await jetstreamManager(nc);
   if ((await jsm.streams.names().next()).includes(STREAM)) await jsm.streams.delete(STREAM);
   // The privacy stream exists before any event is published (the server's relay creates it).
-  if (opts.streamSubjects === undefined) jsm = await ensureStream(nc, { name: STREAM, replicas: 1, duplicateWindowMs: 120_000 });
+  if (opts.streamSubjects === undefined) jsm = await ensureStream(nc, { name: STREAM, replicas: 1, duplicateWindowMs: 120_000, maxAgeMs: 86_400_000 });
   else await jsm.streams.add({ name: STREAM, subjects: opts.streamSubjects });
   const js = jetstream(nc);
   const receipts: Array<{ subject: string; event: PurgedEvent }> = [];
