@@ -132,7 +132,8 @@ export class PrivacyEngine {
       return this.recordExport(actor, userId, reason, undefined, undefined);
     });
 
-    let outcome: Outcome = { kind: 'failed', error: 'The export was interrupted before it finished' };
+    // Stays as it is only when the consumer stops iterating (a cancelled call): not delivered.
+    let outcome: Outcome = { kind: 'cancelled', error: 'The export was interrupted before it finished' };
     try {
       // The generator resumes after its last yield only once the trailer was handed on: the
       // document was delivered, and only then is the disclosure audited as done.
@@ -143,7 +144,6 @@ export class PrivacyEngine {
       outcome = failed;
       throw failed.thrown;
     } finally {
-      if (outcome.kind === 'failed' && signal.aborted) outcome = { kind: 'cancelled', error: CANCELLED_EXPORT };
       await this.recordOutcome(request, outcome, EXPORT_AUDIT);
     }
   }
@@ -348,7 +348,6 @@ export class PrivacyEngine {
     } finally {
       if (!snapshot.isCompleted()) await snapshot.rollback().catch(() => undefined);
       // Outside the lock's transaction, which rolls back: the ledger and the audit keep the failure.
-      if (outcome.kind === 'failed' && signal.aborted) outcome = { kind: 'cancelled', error: CANCELLED_EXPORT };
       if (outcome.kind !== 'delivered') await this.recordOutcome(request, outcome, EXPORT_AUDIT);
     }
   }
@@ -373,7 +372,7 @@ export class PrivacyEngine {
     }
     const dataCipher = artifact.keyScheme === 'master' ? cipher : await this.dataKeyOf(artifact, cipher);
     yield { kind: 'artifact', artifact };
-    let outcome: Outcome = { kind: 'failed', error: 'The download was interrupted' };
+    let outcome: Outcome = { kind: 'cancelled', error: 'The download was interrupted' };
     try {
       for await (const bytes of readArtifact(dataCipher, artifact, artifacts.chunks(this.knex, requestId, readChunks ?? 4, signal))) yield { kind: 'chunk', bytes };
       outcome = { kind: 'delivered' };
@@ -385,7 +384,6 @@ export class PrivacyEngine {
       outcome = failed;
       throw failed.thrown;
     } finally {
-      if (outcome.kind === 'failed' && signal.aborted) outcome = { kind: 'cancelled', error: 'The download was cancelled' };
       await this.recordOutcome(r, outcome, ARTIFACT_READ_AUDIT, false);
     }
   }
@@ -549,7 +547,6 @@ function missingArtifact(r: PrivacyRequestRecord): LetheError {
 
 type Outcome = { readonly kind: 'delivered' } | { readonly kind: 'cancelled' | 'failed'; readonly error: string; readonly thrown?: unknown };
 
-const CANCELLED_EXPORT = 'The export was cancelled by the caller before the document was delivered';
 const EXPORT_AUDIT = { delivered: 'user_data_exported', cancelled: 'user_data_export_cancelled', failed: 'user_data_export_failed' } as const;
 const ARTIFACT_READ_AUDIT = { delivered: 'export_artifact_read', cancelled: 'export_artifact_read_cancelled', failed: 'export_artifact_read_failed' } as const;
 

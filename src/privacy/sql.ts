@@ -145,8 +145,19 @@ export function referencedColumns(category: Category): Array<{ table: string; co
   const out: Array<{ table: string; column: string; where: string }> = [];
   const at = `categories.${category.name}`;
   const rel = category.subject;
-  const kind = 'column' in rel ? 'column' : 'columns' in rel ? 'columns' : 'via';
-  for (const l of subjectLinks(category)) out.push({ table: l.table, column: l.column, where: `${at}.subject.${kind}` });
+  if ('via' in rel) {
+    let from = category.table;
+    rel.via.forEach((hop, i) => {
+      const path = rel.via.length === 1 ? `${at}.subject.via` : `${at}.subject.via[${i}]`;
+      out.push({ table: from, column: hop.column, where: `${path}.column` });
+      out.push({ table: hop.table, column: hop.references, where: `${path}.references` });
+      if (hop.subject_column !== undefined) out.push({ table: hop.table, column: hop.subject_column, where: `${path}.subject_column` });
+      from = hop.table;
+    });
+  } else {
+    const kind = 'column' in rel ? 'column' : 'columns';
+    for (const l of subjectLinks(category)) out.push({ table: l.table, column: l.column, where: `${at}.subject.${kind}` });
+  }
   for (const j of category.joins) {
     out.push({ table: category.table, column: j.column, where: `${at}.joins.${joinAlias(j)}.column` });
     out.push({ table: j.table, column: j.references, where: `${at}.joins.${joinAlias(j)}.references` });

@@ -92,6 +92,8 @@ describe.runIf(bin !== undefined)('consistency under concurrency (PostgreSQL)', 
     const r = await engine.getRequest(platform, requestId);
     expect(r.state).toBe('failed');
     expect(r.error).toBe('The export was cancelled');
+    // Audited as cancelled, never as a disclosure.
+    expect(await db.knex('audit_log').where('details', '@>', JSON.stringify({ request_id: requestId })).pluck('event_type')).toEqual(['user_data_export_cancelled']);
     const open = await db.knex.raw(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`);
     expect((open as { rows: Array<{ n: number }> }).rows[0]?.n).toBe(0);
   });
@@ -105,6 +107,7 @@ describe.runIf(bin !== undefined)('consistency under concurrency (PostgreSQL)', 
     }
     const r = await engine.getRequest(platform, requestId);
     expect(r).toMatchObject({ state: 'failed', error: 'The export was interrupted before it finished' });
+    expect(await db.knex('audit_log').where('details', '@>', JSON.stringify({ request_id: requestId })).pluck('event_type')).toEqual(['user_data_export_cancelled']);
     const open = await db.knex.raw(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`);
     expect((open as { rows: Array<{ n: number }> }).rows[0]?.n).toBe(0);
   });

@@ -31,12 +31,13 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled']);
     const k = dbs[0]?.knex;
     if (k === undefined) throw new Error('no database');
-    expect(await k('lethe_migrations').orderBy('id').pluck('name')).toEqual(['001-ledger', '002-events', '003-export-artifacts']);
+    expect(await k('lethe_migrations').orderBy('id').pluck('name')).toEqual(['001-ledger', '002-events', '003-export-artifacts', '004-erasure']);
     const tables = (await k('pg_tables').where({ schemaname: 'public' }).andWhere('tablename', 'like', 'lethe\\_%').orderBy('tablename').pluck('tablename')) as string[];
     expect(tables).toEqual([
       'lethe_confirmations',
       'lethe_erasures',
       'lethe_export_artifact_chunks',
+      'lethe_export_artifact_keys',
       'lethe_export_artifacts',
       'lethe_migrations',
       'lethe_migrations_lock',
