@@ -8,6 +8,7 @@ import { isEmbedded, lockKey, lockKeyShared, withAdvisoryLock } from '../store/a
 import { type ArtifactRecord, artifacts } from '../store/artifacts.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { enqueueEvent } from '../store/outbox.js';
+import { workers } from '../store/workers.js';
 import { type ListFilter, type PrivacyRequestRecord, type RequestState, type TableRows, ledger } from '../store/ledger.js';
 import { type ArtifactCipher, WRONG_ARTIFACT_KEY } from './artifact-cipher.js';
 import { type AuditEventType, writeAudit } from './audit.js';
@@ -90,6 +91,8 @@ export interface EngineOptions {
   readonly confirmationTimeoutMs?: number;
   /** Called after a forget committed its outbox event, so the relay publishes it at once. */
   readonly onEventEnqueued?: () => void;
+  /** This server replica, named on the requests it runs (see recoverInterrupted). */
+  readonly workerId?: string;
   /** Stored exports (StoreExport, GetExportArtifact); unset: those calls fail. */
   readonly artifacts?: ArtifactOptions | undefined;
 }
@@ -172,7 +175,7 @@ export class PrivacyEngine {
 
   /** The export's ledger entry (running), committed before the export reads anything; audited when it ends. */
   private async recordExport(actor: Principal, userId: string, reason: string, idempotencyKey: string | undefined, requestedBy: string | undefined): Promise<PrivacyRequestRecord> {
-    return ledger.insert(this.knex, { type: 'export', subjectId: userId, requester: actor.id, requestedBy, reason, state: 'running', idempotencyKey, receivedAt: this.now() });
+    return ledger.insert(this.knex, { type: 'export', subjectId: userId, requester: actor.id, requestedBy, reason, state: 'running', idempotencyKey, receivedAt: this.now(), workerId: this.opts.workerId });
   }
 
   private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
@@ -284,7 +287,7 @@ export class PrivacyEngine {
           request = await this.recordExport(actor, userId, reason, key, requestedBy);
         } else {
           request = prior;
-          await ledger.restart(this.knex, prior.id);
+          await ledger.restart(this.knex, prior.id, this.opts.workerId);
         }
         const requestId = request.id;
         // A forget of this subject waits until the artifact is stored, then erases it; a forget
@@ -395,6 +398,23 @@ export class PrivacyEngine {
     const now = await this.db(() => artifacts.get(this.knex, artifact.requestId));
     if (now !== undefined && now.state !== 'available') throw unavailableArtifact(now);
     throw new DataLossError('Export artifact is damaged (its data key is missing); run the export again');
+  }
+
+  /**
+   * Fails the requests left `running` by a replica that died (no heartbeat for `staleMs`), and
+   * audits each as failed. `othersAreDead`: this process alone uses the database (embedded).
+   */
+  async recoverInterrupted(opts: { staleMs: number; othersAreDead: boolean }): Promise<number> {
+    const self = this.opts.workerId;
+    if (self === undefined) return 0;
+    const failed = await this.db(() => workers.failOrphans(this.knex, { self, ...opts, error: INTERRUPTED }));
+    for (const r of failed) {
+      await writeAudit(this.knex, this.map, { eventType: EXPORT_AUDIT.failed, actorId: r.requester, targetId: r.subjectId, details: auditDetails(r), timestamp: this.now() }).catch((err: unknown) => {
+        this.opts.logger.warn({ requestId: r.id, err: errorSummary(err) }, 'could not audit an interrupted request');
+      });
+    }
+    if (failed.length > 0) this.opts.logger.warn({ requestIds: failed.map((r) => r.id) }, 'requests interrupted by a server that stopped were marked failed');
+    return failed.length;
   }
 
   /** Deletes the chunks of every artifact past its expiry and marks it expired; returns how many. */
@@ -547,6 +567,7 @@ function missingArtifact(r: PrivacyRequestRecord): LetheError {
 
 type Outcome = { readonly kind: 'delivered' } | { readonly kind: 'cancelled' | 'failed'; readonly error: string; readonly thrown?: unknown };
 
+const INTERRUPTED = 'interrupted: the server carrying it out stopped before it finished; run it again';
 const EXPORT_AUDIT = { delivered: 'user_data_exported', cancelled: 'user_data_export_cancelled', failed: 'user_data_export_failed' } as const;
 const ARTIFACT_READ_AUDIT = { delivered: 'export_artifact_read', cancelled: 'export_artifact_read_cancelled', failed: 'export_artifact_read_failed' } as const;
 

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -7,7 +7,8 @@ import type { ServerConfig } from '../config/config.js';
 import { ConfigError, UnavailableError } from '../errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
 import { ArtifactCipher, artifactKeyId } from '../privacy/artifact-cipher.js';
-import { ArtifactSweeper } from '../privacy/artifact-sweeper.js';
+import { PeriodicTask } from '../runtime/periodic-task.js';
+import { workers } from '../store/workers.js';
 import { PrivacyEngine } from '../privacy/engine.js';
 import { usesHash } from '../privacy/forget.js';
 import { prepareServerDataMap } from '../privacy/lethe-tables.js';
@@ -29,6 +30,11 @@ export interface RunningServer {
   /** The ordered shutdown: health NOT_SERVING, stop accepting, finish or cancel calls, close the pool. */
   stop(graceMs?: number): Promise<void>;
 }
+
+/** How often a replica beats, and after how long without a beat its running requests are failed. */
+const HEARTBEAT_MS = 5_000;
+const WORKER_STALE_MS = 15_000;
+const RECOVERY_MS = 5_000;
 
 /** Starts Lethe's PrivacyService as configured. Everything is checked before it listens. */
 export async function startLetheServer(config: ServerConfig, logger: Logger): Promise<RunningServer> {
@@ -60,6 +66,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }) : undefined;
     const events =
       ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices, outboxRetentionMs: ev.outboxRetentionMs }, logger);
+    const workerId = randomUUID();
     const engine = new PrivacyEngine({
       knex: db.knex,
       dataMap,
@@ -70,20 +77,45 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       expectedServices: ev.expectedServices,
       confirmationTimeoutMs: ev.confirmationTimeoutMs,
       onEventEnqueued: () => events?.notify(),
+      workerId,
       artifacts: { cipher: new ArtifactCipher(artifactKey), ttlMs: config.artifacts.ttlMs },
     });
-    const sweeper = new ArtifactSweeper(() => engine.expireArtifacts(), config.artifacts.sweepIntervalMs, logger);
+    const sweeper = new PeriodicTask(
+      'expiring export artifacts',
+      async () => {
+        const expired = await engine.expireArtifacts();
+        if (expired > 0) logger.info({ expired }, 'export artifacts expired');
+      },
+      config.artifacts.sweepIntervalMs,
+      logger,
+    );
+    // This replica's heartbeat, and the search for requests left running by replicas that died.
+    const heartbeat = new PeriodicTask('worker heartbeat', () => workers.beat(db.knex, workerId), HEARTBEAT_MS, logger);
+    const recovery = new PeriodicTask(
+      'recovering interrupted requests',
+      async () => void (await engine.recoverInterrupted({ staleMs: WORKER_STALE_MS, othersAreDead: config.database.kind === 'pglite' })),
+      RECOVERY_MS,
+      logger,
+    );
+    await heartbeat.runOnce();
+    const background = [sweeper, heartbeat, recovery];
+    const stopBackground = async () => {
+      await Promise.all(background.map((t) => t.stop()));
+      await events?.stop();
+      await workers.remove(db.knex, workerId).catch(() => undefined);
+    };
     if (events === undefined) {
       logger.warn({ pendingEvents: await countPending(db.knex) }, 'no LETHE_NATS_URL: anonymization events wait in the outbox until NATS is configured');
     } else {
       events.start();
     }
     sweeper.start();
+    heartbeat.start();
+    recovery.start({ now: true });
     const outboxDb = (eventsDb ?? db).knex;
     const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(() => countPending(outboxDb));
     const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port, metrics }).catch(async (err: unknown) => {
-      await sweeper.stop();
-      await events?.stop();
+      await stopBackground();
       throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
     });
     // The metrics listener also answers /healthz and /readyz (ready until shutdown begins).
@@ -93,8 +125,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     if (metrics !== undefined && metricsListen !== undefined) {
       http = await startHealthServer(metricsListen, () => serving, { metrics: metrics.registry }).catch(async (err: unknown) => {
         await grpc.shutdown(0);
-        await sweeper.stop();
-        await events?.stop();
+        await stopBackground();
         throw new ConfigError(`cannot listen on ${metricsListen.host}:${metricsListen.port} (in use, or not an address of this machine)`, 'LETHE_METRICS_LISTEN', { cause: err });
       });
     }
@@ -116,8 +147,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         serving = false;
         await grpc.shutdown(graceMs);
         await http?.close();
-        await sweeper.stop();
-        await events?.stop();
+        await stopBackground();
         await eventsDb?.close();
         await db.close();
         await unlock();

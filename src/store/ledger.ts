@@ -129,6 +129,8 @@ export interface NewRequest {
   readonly receivedAt: Date;
   readonly completedAt?: Date | undefined;
   readonly rowsAffected?: readonly TableRows[] | undefined;
+  /** The server replica carrying out a running request (see workers.failOrphans). */
+  readonly workerId?: string | undefined;
 }
 
 export interface ListFilter {
@@ -162,7 +164,7 @@ export const ledger = {
       error: null,
       result: JSON.stringify({ rows_affected: req.rowsAffected ?? [] }),
     };
-    await db(TABLE).insert(row);
+    await db(TABLE).insert({ ...row, worker_id: req.workerId ?? null });
     return toRecord({ ...row, result: { rows_affected: [...(req.rowsAffected ?? [])] } });
   },
 
@@ -171,8 +173,8 @@ export const ledger = {
   },
 
   /** An export whose earlier attempt never finished runs again under the same id. */
-  async restart(db: Knex | Knex.Transaction, id: string): Promise<void> {
-    await db(TABLE).where({ id }).update({ state: 'running', completed_at: null, error: null });
+  async restart(db: Knex | Knex.Transaction, id: string, workerId: string | undefined): Promise<void> {
+    await db(TABLE).where({ id }).update({ state: 'running', completed_at: null, error: null, worker_id: workerId ?? null });
   },
 
   async get(db: Knex | Knex.Transaction, id: string): Promise<PrivacyRequestRecord | undefined> {

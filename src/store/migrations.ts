@@ -5,6 +5,7 @@ import * as lethe001 from './migrations/lethe/001-ledger.js';
 import * as lethe002 from './migrations/lethe/002-events.js';
 import * as lethe003 from './migrations/lethe/003-export-artifacts.js';
 import * as lethe004 from './migrations/lethe/004-erasure.js';
+import * as lethe005 from './migrations/lethe/005-workers.js';
 import * as sidecar001 from './migrations/sidecar/001-purges.js';
 
 interface Migration {
@@ -28,7 +29,7 @@ class StaticMigrationSource implements Knex.MigrationSource<string> {
   }
 }
 
-const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002, '003-export-artifacts': lethe003, '004-erasure': lethe004 });
+const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002, '003-export-artifacts': lethe003, '004-erasure': lethe004, '005-workers': lethe005 });
 const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001 });
 const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
 
