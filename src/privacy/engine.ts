@@ -168,9 +168,13 @@ export class PrivacyEngine {
       });
   }
 
+  /**
+   * The rules first, then existence: a caller who could not export the subject if it existed
+   * gets the same answer whether or not it exists (a missing subject has no memberships).
+   */
   private async authorizeExportOf(actor: Principal, userId: string): Promise<void> {
-    if (!(await this.facts.subjectExists(this.knex, userId))) throw new NotFoundError(USER_NOT_FOUND);
     authorizeExport(actor, userId, await this.facts.subject(this.knex, userId), await this.facts.actor(this.knex, actor.id));
+    if (!(await this.facts.subjectExists(this.knex, userId))) throw new NotFoundError(USER_NOT_FOUND);
   }
 
   /** The export's ledger entry (running), committed before the export reads anything; audited when it ends. */
@@ -454,8 +458,9 @@ export class PrivacyEngine {
         if (prior !== undefined) return replay(prior, actor, userId);
 
         await lockKey(trx, subjectLockKey(userId));
-        if (!(await this.facts.subjectExists(trx, userId))) throw new NotFoundError(USER_NOT_FOUND);
+        // The rules before existence, as for exports: no answer tells an unauthorized caller who exists.
         authorizeForget(actor, await this.facts.subject(trx, userId), await this.facts.actor(trx, actor.id));
+        if (!(await this.facts.subjectExists(trx, userId))) throw new NotFoundError(USER_NOT_FOUND);
 
         const at = this.now();
         const requestId = randomUUID();

@@ -35,6 +35,10 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
     cluster = await startPostgres(bin ?? '');
     url = await cluster.createDatabase();
     t = await startTestServer({ DATABASE_URL: url, LETHE_PLATFORM_PRINCIPALS: 'privacy-bot' });
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    await c.query(`INSERT INTO users (id, email) VALUES ('lonely-user', 'lonely@example.com')`);
+    await c.end();
   });
   afterAll(async () => {
     await t?.stop();
@@ -54,6 +58,10 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       ['owner-user-id-1', 'platform-owner-id', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
       ['untrusted-bot', 'member-user-id-456', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
       ['platform-owner-id', 'no-such-user', 'NOT_FOUND', 'User not found'],
+      ['no-such-user', 'no-such-user', 'NOT_FOUND', 'User not found'],
+      // Who may not act on a subject learns nothing about whether it exists.
+      ['owner-user-id-1', 'no-such-user', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
+      ['untrusted-bot', 'no-such-user', 'PERMISSION_DENIED', "You do not have permission to export this user's data"],
     ])('%s exporting %s → %s', async (actor, subject, code, details) => {
       expect(await exportStatus(await as(actor), subject)).toEqual({ code, details });
     });
@@ -91,9 +99,14 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       expect(await status(client.forgetUser({ userId: subject, reason: REASON, idempotencyKey: key() }))).toEqual({ code: 'PERMISSION_DENIED', details });
     });
 
-    it('refuses an unknown user with NOT_FOUND', async () => {
+    it('refuses an unknown user with NOT_FOUND, and tells a caller without the right nothing about existence', async () => {
       const client = await as('platform-owner-id');
       expect(await status(client.forgetUser({ userId: 'no-such-user', reason: REASON, idempotencyKey: key() }))).toEqual({ code: 'NOT_FOUND', details: 'User not found' });
+      const owner = await as('owner-user-id-1');
+      const denied = { code: 'PERMISSION_DENIED', details: 'You do not have permission to anonymize this user' };
+      expect(await status(owner.forgetUser({ userId: 'no-such-user', reason: REASON, idempotencyKey: key() }))).toEqual(denied);
+      // The same answer as for an existing user who belongs to no organization.
+      expect(await status(owner.forgetUser({ userId: 'lonely-user', reason: REASON, idempotencyKey: key() }))).toEqual(denied);
     });
 
     it('lets an owner of all the member’s organizations forget them', async () => {
