@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'FAILED_PRECONDITION'
   | 'UNAVAILABLE'
   | 'CANCELLED'
+  | 'RESOURCE_EXHAUSTED'
   | 'DATA_LOSS';
 
 export abstract class LetheError extends Error {
@@ -55,6 +56,11 @@ export class UnavailableError extends LetheError {
 
 export class CancelledError extends LetheError {
   readonly code = 'CANCELLED';
+}
+
+/** A bounded resource (export slots) is taken; the message says when to retry. */
+export class ResourceExhaustedError extends LetheError {
+  readonly code = 'RESOURCE_EXHAUSTED';
 }
 
 /** A configuration or data map problem found at start-up. `source` names the file or variable. */

@@ -55,6 +55,8 @@ export interface ServerConfig {
   readonly artifacts: ArtifactsConfig;
   /** Where `GET /metrics` (Prometheus) is served; unset: no HTTP listener at all. */
   readonly metricsListen: ListenAddress | undefined;
+  /** Exports running at once (LETHE_MAX_CONCURRENT_EXPORTS). */
+  readonly maxConcurrentExports: number;
 }
 
 /** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
@@ -161,6 +163,7 @@ const envSchema = z.object({
   LETHE_ARTIFACT_SWEEP_INTERVAL: z.string().default('1m'),
   // Metrics: off unless asked for (the server listens on loopback only unless told otherwise).
   LETHE_METRICS_LISTEN: z.string().optional(),
+  LETHE_MAX_CONCURRENT_EXPORTS: z.string().regex(/^[1-9]\d{0,3}$/, 'must be a whole number from 1 to 9999').transform(Number).optional(),
 });
 
 function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget): ArtifactsConfig {
@@ -239,6 +242,8 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     migrateIdentitySchema: database.kind === 'pglite' || demo || (e.LETHE_MIGRATE_IDENTITY_SCHEMA ?? false),
     events,
     artifacts: artifactsConfig(e, database),
+    // A stored export holds two pooled connections (of 10); two stay free for every other call.
+    maxConcurrentExports: e.LETHE_MAX_CONCURRENT_EXPORTS ?? (database.kind === 'pglite' ? 1 : 4),
     metricsListen: e.LETHE_METRICS_LISTEN === undefined || e.LETHE_METRICS_LISTEN.trim() === '' ? undefined : parseListen(e.LETHE_METRICS_LISTEN.trim(), 'LETHE_METRICS_LISTEN'),
   });
 }

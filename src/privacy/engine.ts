@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
-import { DataLossError, FailedPreconditionError, InvalidArgumentError, LetheError, NotFoundError, USER_NOT_FOUND, errorSummary } from '../errors.js';
+import { DataLossError, FailedPreconditionError, InvalidArgumentError, LetheError, NotFoundError, ResourceExhaustedError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
 import { isEmbedded, lockKey, lockKeyShared, withAdvisoryLock } from '../store/advisory-lock.js';
@@ -91,6 +91,11 @@ export interface EngineOptions {
   readonly confirmationTimeoutMs?: number;
   /** Called after a forget committed its outbox event, so the relay publishes it at once. */
   readonly onEventEnqueued?: () => void;
+  /**
+   * Exports (ExportUser, StoreExport) running at once; more are refused at once with
+   * RESOURCE_EXHAUSTED, so that exports never take every pooled connection from other calls.
+   */
+  readonly maxConcurrentExports?: number;
   /** This server replica, named on the requests it runs (see recoverInterrupted). */
   readonly workerId?: string;
   /** Stored exports (StoreExport, GetExportArtifact); unset: those calls fail. */
@@ -110,6 +115,7 @@ export class PrivacyEngine {
   private readonly batchChars: number;
   private readonly expected: readonly string[];
   private readonly confirmationTimeoutMs: number;
+  private exportsRunning = 0;
 
   constructor(private readonly opts: EngineOptions) {
     this.knex = opts.knex;
@@ -130,6 +136,15 @@ export class PrivacyEngine {
   async *exportUser(actor: Principal, input: { userId: string; reason: string }, signal: AbortSignal): AsyncGenerator<ExportEvent> {
     const userId = requireId(input.userId, 'user_id');
     const reason = checkReason(input.reason, { required: false }) || DEFAULT_EXPORT_REASON;
+    const release = this.takeExportSlot();
+    try {
+      yield* this.exportAuthorized(actor, userId, reason, signal);
+    } finally {
+      release();
+    }
+  }
+
+  private async *exportAuthorized(actor: Principal, userId: string, reason: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
     const request = await this.db(async () => {
       await this.authorizeExportOf(actor, userId);
       return this.recordExport(actor, userId, reason, undefined, undefined);
@@ -172,9 +187,24 @@ export class PrivacyEngine {
    * The rules first, then existence: a caller who could not export the subject if it existed
    * gets the same answer whether or not it exists (a missing subject has no memberships).
    */
-  private async authorizeExportOf(actor: Principal, userId: string): Promise<void> {
-    authorizeExport(actor, userId, await this.facts.subject(this.knex, userId), await this.facts.actor(this.knex, actor.id));
-    if (!(await this.facts.subjectExists(this.knex, userId))) throw new NotFoundError(USER_NOT_FOUND);
+  private async authorizeExportOf(actor: Principal, userId: string, db: Knex | Knex.Transaction = this.knex): Promise<void> {
+    authorizeExport(actor, userId, await this.facts.subject(db, userId), await this.facts.actor(db, actor.id));
+    if (!(await this.facts.subjectExists(db, userId))) throw new NotFoundError(USER_NOT_FOUND);
+  }
+
+  /** One of the export slots, or RESOURCE_EXHAUSTED at once; the returned function gives it back. */
+  private takeExportSlot(): () => void {
+    const max = this.opts.maxConcurrentExports ?? Number.POSITIVE_INFINITY;
+    if (this.exportsRunning >= max) {
+      throw new ResourceExhaustedError(`${max} exports are already running on this server; retry in a few seconds`);
+    }
+    this.exportsRunning += 1;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.exportsRunning -= 1;
+    };
   }
 
   /** The export's ledger entry (running), committed before the export reads anything; audited when it ends. */
@@ -275,17 +305,35 @@ export class PrivacyEngine {
     const requestedBy = optionalId(input.requestedBy ?? '', 'requested_by');
     this.artifactOptions();
 
+    const release = this.takeExportSlot();
+    try {
+      return await this.storeExportLocked(actor, { userId, reason, key, requestedBy }, signal);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * On PostgreSQL a call holds two pooled connections: the key's lock (which also does the small
+   * reads, so no third one is needed meanwhile) and the snapshot.
+   */
+  private async storeExportLocked(
+    actor: Principal,
+    { userId, reason, key, requestedBy }: { userId: string; reason: string; key: string; requestedBy: string | undefined },
+    signal: AbortSignal,
+  ): Promise<StoredExport> {
     return this.db(() =>
       withAdvisoryLock(this.knex, idempotencyLock(key), async (lockTrx) => {
-        const prior = await ledger.byIdempotencyKey(this.knex, key);
+        const db = lockTrx ?? this.knex;
+        const prior = await ledger.byIdempotencyKey(db, key);
         if (prior !== undefined) {
           if (prior.type !== 'export' || prior.subjectId !== userId || prior.requester !== actor.id) throw new FailedPreconditionError(KEY_REUSED);
-          const stored = await artifacts.get(this.knex, prior.id);
+          const stored = await artifacts.get(db, prior.id);
           // Never the old bytes of a forgotten subject, nor a description that promises them.
           if (stored?.state === 'erased') throw new FailedPreconditionError(ARTIFACT_KEY_ERASED);
           if (stored !== undefined) return { requestId: prior.id, artifact: this.artifactView(stored, this.now()), replayed: true };
         }
-        await this.authorizeExportOf(actor, userId);
+        await this.authorizeExportOf(actor, userId, db);
         let request: PrivacyRequestRecord;
         if (prior === undefined) {
           request = await this.recordExport(actor, userId, reason, key, requestedBy);

@@ -78,6 +78,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       confirmationTimeoutMs: ev.confirmationTimeoutMs,
       onEventEnqueued: () => events?.notify(),
       workerId,
+      maxConcurrentExports: config.maxConcurrentExports,
       artifacts: { cipher: new ArtifactCipher(artifactKey), ttlMs: config.artifacts.ttlMs },
     });
     const sweeper = new PeriodicTask(
