@@ -35,8 +35,11 @@ export function errorsAndLogging(logger: Logger, metrics?: ServerMetrics) {
   return async function* <Req, Res>(call: ServerMiddlewareCall<Req, Res>, context: CallContext) {
     const started = performance.now();
     let code: Status = Status.OK;
+    let finished = false;
     try {
-      return yield* call.next(call.request, context);
+      const result = yield* call.next(call.request, context);
+      finished = true;
+      return result;
     } catch (err) {
       if (err instanceof ServerError) {
         code = err.code;
@@ -55,6 +58,8 @@ export function errorsAndLogging(logger: Logger, metrics?: ServerMetrics) {
       logger.error({ incident, method: call.method.path, err: errorSummary(err), stack: stackWithoutMessage(err) }, 'internal error');
       throw new ServerError(Status.INTERNAL, `Internal error (incident ${incident}); see the server log`);
     } finally {
+      // A stream the caller abandoned is closed by nice-grpc with return(): no error, not done.
+      if (code === Status.OK && (!finished || context.signal.aborted)) code = Status.CANCELLED;
       const ms = performance.now() - started;
       logger.info({ method: call.method.path, code: Status[code], ms: Math.round(ms) }, 'call');
       metrics?.observeCall(call.method.path, Status[code], ms / 1_000);

@@ -70,4 +70,19 @@ describe.runIf(bin !== undefined)('server metrics (LETHE_METRICS_LISTEN) on Post
       expect(body).not.toContain(personal);
     }
   });
+
+  it('counts an export stream the caller abandoned as CANCELLED, not OK', async () => {
+    const before = sample((await scrape(metricsPort)).body, 'lethe_grpc_requests_total', { method: EXPORT, code: 'CANCELLED' }) ?? 0;
+    const self = await t.clientAs('user-id-123');
+    const abort = new AbortController();
+    const stream = self.exportUser({ userId: 'user-id-123', reason: '' }, { signal: abort.signal });
+    await expect(
+      (async () => {
+        for await (const _ of stream) abort.abort();
+      })(),
+    ).rejects.toThrow();
+    await expect
+      .poll(async () => sample((await scrape(metricsPort)).body, 'lethe_grpc_requests_total', { method: EXPORT, code: 'CANCELLED' }), { timeout: 5_000 })
+      .toBe(before + 1);
+  });
 });
