@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'UNAVAILABLE'
   | 'CANCELLED'
   | 'RESOURCE_EXHAUSTED'
+  | 'ABORTED'
   | 'DATA_LOSS';
 
 export abstract class LetheError extends Error {
@@ -56,6 +57,11 @@ export class UnavailableError extends LetheError {
 
 export class CancelledError extends LetheError {
   readonly code = 'CANCELLED';
+}
+
+/** The call was stopped by the server (an export whose caller stopped reading); it may be run again. */
+export class AbortedError extends LetheError {
+  readonly code = 'ABORTED';
 }
 
 /** A bounded resource (export slots) is taken; the message says when to retry. */

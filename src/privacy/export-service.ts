@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { NotFoundError, ResourceExhaustedError, USER_NOT_FOUND, errorSummary } from '../errors.js';
+import { AbortedError, NotFoundError, ResourceExhaustedError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { workers } from '../store/workers.js';
 import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';
 import { writeAudit } from './audit.js';
@@ -11,6 +11,8 @@ import { readJsonRows } from './row-cursor.js';
 import { type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';
 import { checkReason, requireId } from './validation.js';
 import { auditDetails, type EngineOptions, EnginePart, EXPORT_AUDIT, failureOutcome, INTERRUPTED, type Outcome } from './engine-part.js';
+
+const stalledMessage = (ms: number): string => `The export was stopped: the caller read nothing for ${ms / 1000}s; read the stream as it comes, or run the export again`;
 
 export const DEFAULT_EXPORT_REASON = 'Data subject access request (GDPR Art. 15)';
 
@@ -27,12 +29,14 @@ export type ExportEvent =
 export class ExportService extends EnginePart {
   private readonly fetchRows: number;
   private readonly batchChars: number;
+  private readonly stallMs: number;
   private exportsRunning = 0;
 
   constructor(opts: EngineOptions) {
     super(opts);
     this.fetchRows = opts.exportFetchRows ?? 2000;
     this.batchChars = opts.exportBatchChars ?? 128 * 1024;
+    this.stallMs = opts.exportStallTimeoutMs ?? 30_000;
   }
 
   /**
@@ -59,17 +63,20 @@ export class ExportService extends EnginePart {
 
     // Stays as it is only when the consumer stops iterating (a cancelled call): not delivered.
     let outcome: Outcome = { kind: 'cancelled', error: 'The export was interrupted before it finished' };
+    // Once: a stalled export is recorded when its snapshot is released, not when (if) its caller returns.
+    let recorded: Promise<void> | undefined;
+    const record = (o: Outcome) => (recorded ??= this.recordOutcome(request, o, EXPORT_AUDIT));
     try {
       // The generator resumes after its last yield only once the trailer was handed on: the
       // document was delivered, and only then is the disclosure audited as done.
-      yield* this.streamSnapshot(userId, request.id, signal);
+      yield* this.streamSnapshot(userId, request.id, signal, () => record({ kind: 'failed', error: stalledMessage(this.stallMs) }));
       outcome = { kind: 'delivered' };
     } catch (err) {
       const failed = failureOutcome(err, signal, 'The export failed');
       outcome = failed;
       throw failed.thrown;
     } finally {
-      await this.recordOutcome(request, outcome, EXPORT_AUDIT);
+      await record(outcome);
     }
   }
 
@@ -102,15 +109,39 @@ export class ExportService extends EnginePart {
     return ledger.insert(this.knex, { type: 'export', subjectId: userId, requester: actor.id, requestedBy, reason, state: 'running', idempotencyKey, receivedAt: this.now(), workerId: this.opts.workerId });
   }
 
-  private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
+  /**
+   * The snapshot, streamed to a caller who sets the pace. A caller who takes nothing for
+   * exportStallTimeoutMs does not keep the snapshot's pooled connection: the read is stopped and
+   * the transaction rolled back at once, while the stream waits, and the call ends ABORTED.
+   */
+  private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal, onStall: () => Promise<void>): AsyncGenerator<ExportEvent> {
     const trx = await this.openSnapshot({ readOnly: true });
+    const events = this.readSnapshot(trx, userId, requestId, signal);
+    let stalled = false;
+    const release = async () => {
+      stalled = true;
+      // The reader is suspended at its yield: return() runs its clean-up (a COPY's socket is
+      // closed, which ends the query), then the rollback gives the connection back.
+      await events.return(undefined).catch(() => undefined);
+      await trx.rollback().catch(() => undefined);
+      this.opts.logger.warn({ requestId, stallTimeoutMs: this.stallMs }, 'export stalled: the caller read nothing; its snapshot was released');
+      await onStall();
+    };
+    let timer: NodeJS.Timeout | undefined;
     try {
-      for await (const event of this.readSnapshot(trx, userId, requestId, signal)) {
+      for (;;) {
+        const next = await events.next();
+        if (next.done === true) break;
+        const event = next.value;
         // The trailer says the export is whole: only once the snapshot closed cleanly.
         if (event.kind === 'trailer') await trx.commit();
+        timer = setTimeout(() => void release(), this.stallMs);
         yield event;
+        clearTimeout(timer);
+        if (stalled) throw new AbortedError(stalledMessage(this.stallMs));
       }
     } finally {
+      clearTimeout(timer);
       if (!trx.isCompleted()) await trx.rollback().catch(() => undefined);
     }
   }

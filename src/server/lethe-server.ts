@@ -79,6 +79,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       onEventEnqueued: () => events?.notify(),
       workerId,
       maxConcurrentExports: config.maxConcurrentExports,
+      exportStallTimeoutMs: config.exportStallTimeoutMs,
       artifacts: { cipher: new ArtifactCipher(artifactKey), ttlMs: config.artifacts.ttlMs },
     });
     const sweeper = new PeriodicTask(

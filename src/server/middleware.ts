@@ -22,6 +22,7 @@ const STATUS_OF: Record<LetheError['code'], Status> = {
   UNAVAILABLE: Status.UNAVAILABLE,
   CANCELLED: Status.CANCELLED,
   RESOURCE_EXHAUSTED: Status.RESOURCE_EXHAUSTED,
+  ABORTED: Status.ABORTED,
   DATA_LOSS: Status.DATA_LOSS,
 };
 
