@@ -59,6 +59,8 @@ export interface ServerConfig {
   readonly maxConcurrentExports: number;
   /** An ExportUser caller reading nothing this long loses its export (LETHE_EXPORT_STALL_TIMEOUT). */
   readonly exportStallTimeoutMs: number;
+  /** A person's own erasure runs this long after they asked; 0: at once (LETHE_SELF_ERASURE_GRACE). */
+  readonly selfErasureGraceMs: number;
 }
 
 /** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
@@ -166,6 +168,7 @@ const envSchema = z.object({
   // Metrics: off unless asked for (the server listens on loopback only unless told otherwise).
   LETHE_METRICS_LISTEN: z.string().optional(),
   LETHE_EXPORT_STALL_TIMEOUT: z.string().default('30s'),
+  LETHE_SELF_ERASURE_GRACE: z.string().default('7d'),
   LETHE_MAX_CONCURRENT_EXPORTS: z.string().regex(/^[1-9]\d{0,3}$/, 'must be a whole number from 1 to 9999').transform(Number).optional(),
 });
 
@@ -246,6 +249,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     events,
     artifacts: artifactsConfig(e, database),
     // A stored export holds two pooled connections (of 10); two stay free for every other call.
+    selfErasureGraceMs: e.LETHE_SELF_ERASURE_GRACE.trim() === '0' ? 0 : parseDuration(e.LETHE_SELF_ERASURE_GRACE, 'LETHE_SELF_ERASURE_GRACE'),
     exportStallTimeoutMs: parseDuration(e.LETHE_EXPORT_STALL_TIMEOUT, 'LETHE_EXPORT_STALL_TIMEOUT'),
     maxConcurrentExports: e.LETHE_MAX_CONCURRENT_EXPORTS ?? (database.kind === 'pglite' ? 1 : 4),
     metricsListen: e.LETHE_METRICS_LISTEN === undefined || e.LETHE_METRICS_LISTEN.trim() === '' ? undefined : parseListen(e.LETHE_METRICS_LISTEN.trim(), 'LETHE_METRICS_LISTEN'),

@@ -14,7 +14,10 @@ export type AuditEventType =
   | 'user_data_export_stored'
   | 'export_artifact_read'
   | 'export_artifact_read_cancelled'
-  | 'export_artifact_read_failed';
+  | 'export_artifact_read_failed'
+  | 'user_erasure_scheduled'
+  | 'user_erasure_cancelled'
+  | 'privacy_request_extended';
 
 export interface AuditEntry {
   readonly eventType: AuditEventType;

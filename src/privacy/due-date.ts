@@ -3,14 +3,14 @@
  * day of the month at the same UTC time, or the month's last day when it has no such day
  * (31 January → 28 or 29 February).
  */
-export function dueDate(receivedAt: Date): Date {
+export function dueDate(receivedAt: Date, months = 1): Date {
   const y = receivedAt.getUTCFullYear();
   const m = receivedAt.getUTCMonth();
   const d = receivedAt.getUTCDate();
-  const lastDayOfNextMonth = new Date(Date.UTC(y, m + 2, 0)).getUTCDate();
+  const lastDayOfThatMonth = new Date(Date.UTC(y, m + months + 1, 0)).getUTCDate();
   const due = new Date(receivedAt.getTime());
   due.setUTCDate(1);
-  due.setUTCMonth(m + 1);
-  due.setUTCDate(Math.min(d, lastDayOfNextMonth));
+  due.setUTCMonth(m + months);
+  due.setUTCDate(Math.min(d, lastDayOfThatMonth));
   return due;
 }

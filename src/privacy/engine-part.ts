@@ -41,6 +41,8 @@ export interface EngineOptions {
   readonly logger: Logger;
   /** Rows per cursor fetch during an export. */
   readonly exportFetchRows?: number;
+  /** A person's own erasure runs this long after they asked (0: at once; default 7 days). */
+  readonly selfErasureGraceMs?: number;
   /** An ExportUser caller that takes nothing for this long loses the export (default 30 s). */
   readonly exportStallTimeoutMs?: number;
   /** Upper bound on the characters of records in one batch message. */

@@ -57,13 +57,29 @@ export class PrivacyEngine {
     return this.erasure.forgetUser(actor, input);
   }
 
+  /** Carries out the scheduled erasures whose time has come; returns how many ran. */
+  runScheduled(): Promise<number> {
+    return this.erasure.runScheduled();
+  }
+
+  /** Cancels a scheduled request (CancelPrivacyRequest) and returns it as it now stands. */
+  async cancelRequest(actor: Principal, input: { id: string; reason: string }): Promise<PrivacyRequestView> {
+    await this.erasure.cancelRequest(actor, input);
+    return this.ledger.getRequest(actor, input.id);
+  }
+
+  /** Extends an open request's due date once by one or two months (ExtendPrivacyRequest). */
+  extendRequest(actor: Principal, input: { id: string; months: number; reason: string }): Promise<PrivacyRequestView> {
+    return this.ledger.extendRequest(actor, input);
+  }
+
   getRequest(actor: Principal, id: string): Promise<PrivacyRequestView> {
     return this.ledger.getRequest(actor, id);
   }
 
   listRequests(
     actor: Principal,
-    input: { subjectId?: string | undefined; state?: RequestState | undefined; overdueOnly: boolean; pageSize: number; after?: { receivedAt: Date; id: string } | undefined },
+    input: Parameters<LedgerQueries['listRequests']>[1],
   ): Promise<PrivacyRequestView[]> {
     return this.ledger.listRequests(actor, input);
   }

@@ -1,19 +1,22 @@
 import { randomUUID } from 'node:crypto';
-import { FailedPreconditionError, NotFoundError, USER_NOT_FOUND } from '../errors.js';
+import type { Knex } from 'knex';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError, USER_NOT_FOUND } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
 import { lockKey } from '../store/advisory-lock.js';
 import { enqueueEvent } from '../store/outbox.js';
 import { type PrivacyRequestRecord, type TableRows, ledger } from '../store/ledger.js';
 import { writeAudit } from './audit.js';
-import { authorizeForget } from './authorization.js';
+import { PLATFORM_OWNER_PROTECTED, authorizeForget } from './authorization.js';
+import { type EngineOptions, EnginePart, KEY_REUSED, REQUEST_NOT_FOUND, UUID, idempotencyLock } from './engine-part.js';
 import { applyForget } from './forget.js';
 import { subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 import { checkReason, optionalId, requireId } from './validation.js';
-import { type EngineOptions, EnginePart, idempotencyLock, KEY_REUSED } from './engine-part.js';
 
 export const FORGET_MESSAGE = 'User data has been anonymized. PII has been removed while preserving audit logs.';
+export const scheduledMessage = (at: Date, requestId: string): string =>
+  `Your erasure is scheduled for ${at.toISOString()}; until then you can cancel it (privacy request ${requestId})`;
 
 export interface ForgetResult {
   readonly userId: string;
@@ -21,15 +24,32 @@ export interface ForgetResult {
   readonly message: string;
   readonly rowsAffected: readonly TableRows[];
   readonly replayed: boolean;
+  /** A person's own erasure: when it will run (nothing was changed yet). */
+  readonly scheduledFor?: Date | undefined;
 }
 
-/** ForgetUser: the subject anonymized in one transaction, with the outbox event that tells the copies. */
+interface ErasureInput {
+  readonly requestId: string;
+  readonly userId: string;
+  readonly actorId: string;
+  readonly reason: string;
+  readonly requestedBy: string | undefined;
+  readonly at: Date;
+}
+
+/**
+ * ForgetUser: the subject anonymized in one transaction, with the outbox event that tells the
+ * copies. A person's own erasure is scheduled after a grace period instead, carried out by
+ * runScheduled (any replica, exactly once) unless cancelled before.
+ */
 export class Erasure extends EnginePart {
   private readonly expected: readonly string[];
+  private readonly graceMs: number;
 
   constructor(opts: EngineOptions) {
     super(opts);
     this.expected = opts.expectedServices ?? [];
+    this.graceMs = opts.selfErasureGraceMs ?? 7 * 86_400_000;
   }
 
   /**
@@ -50,26 +70,19 @@ export class Erasure extends EnginePart {
         if (prior !== undefined) return replay(prior, actor, userId);
 
         await lockKey(trx, subjectLockKey(userId));
-        // The rules before existence, as for exports: no answer tells an unauthorized caller who exists.
-        authorizeForget(actor, await this.facts.subject(trx, userId), await this.facts.actor(trx, actor.id));
+        const subject = await this.facts.subject(trx, userId);
+        const self = actor.role === 'user' && actor.id === userId;
+        // The rules before existence, as for exports: no answer tells an unauthorized caller who
+        // exists. A person may always ask for their own erasure (platform owners excepted).
+        if (self && subject.isPlatformOwner) throw new PermissionDeniedError(PLATFORM_OWNER_PROTECTED);
+        if (!self) authorizeForget(actor, subject, await this.facts.actor(trx, actor.id));
         if (!(await this.facts.subjectExists(trx, userId))) throw new NotFoundError(USER_NOT_FOUND);
 
         const at = this.now();
+        if (self && this.graceMs > 0) return this.schedule(trx, { requestId: randomUUID(), userId, actorId: actor.id, reason, requestedBy, at }, key);
+
         const requestId = randomUUID();
-        const erased: unknown = await trx('lethe_erasures').where({ subject_id: userId }).first();
-        let rowsAffected: TableRows[] = [];
-        if (erased === undefined) {
-          // Also scrubs the subject's earlier audit entries, so the entry below is written after.
-          rowsAffected = await applyForget(trx, this.opts.forgetPlan, userId, { timestamp: at.getTime(), requestId });
-          await trx('lethe_erasures').insert({ subject_id: userId, request_id: requestId, anonymized_at: at });
-        }
-        // The erasure's entry is the reference's {"reason": …}; a repeated forget names its request.
-        const onBehalf = requestedBy === undefined ? {} : { requested_by: requestedBy };
-        if (erased === undefined) {
-          await writeAudit(trx, this.map, { eventType: 'user_anonymized', actorId: actor.id, targetId: userId, details: { reason, ...onBehalf }, timestamp: at });
-        } else {
-          await writeAudit(trx, this.map, { eventType: 'user_already_anonymized', actorId: actor.id, targetId: userId, details: { reason, request_id: requestId, ...onBehalf }, timestamp: at });
-        }
+        const rowsAffected = await this.erase(trx, { requestId, userId, actorId: actor.id, reason, requestedBy, at });
         const waiting = this.expected.length > 0;
         await ledger.insert(trx, {
           id: requestId,
@@ -84,21 +97,132 @@ export class Erasure extends EnginePart {
           completedAt: waiting ? undefined : at,
           rowsAffected,
         });
-        // Even for a subject erased before: downstream copies may have come back since.
-        const event = anonymizedEventFor({ source: this.opts.eventSource ?? 'lethe', userId, requestId, anonymizedAt: at });
-        await enqueueEvent(trx, { id: event.id, subject: ANONYMIZED_SUBJECT, payload: JSON.stringify(event) }, at);
-        this.opts.logger.info({ requestId, subjectId: userId, actor: actor.id, alreadyErased: erased !== undefined }, 'user anonymized');
         return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false };
       }),
     );
-    if (!result.replayed) this.opts.onEventEnqueued?.();
+    if (!result.replayed && result.scheduledFor === undefined) this.opts.onEventEnqueued?.();
     return result;
+  }
+
+  /**
+   * Anonymizes inside the caller's transaction (the subject's lock held): the data map's forget
+   * and Lethe's own tables, the erasure record, the audit entry and the outbox event. A subject
+   * erased before is left as it is; the event goes out again (copies may have come back).
+   */
+  private async erase(trx: Knex.Transaction, e: ErasureInput): Promise<TableRows[]> {
+    const erased: unknown = await trx('lethe_erasures').where({ subject_id: e.userId }).first();
+    let rowsAffected: TableRows[] = [];
+    if (erased === undefined) {
+      // Also scrubs the subject's earlier audit entries, so the entry below is written after.
+      rowsAffected = await applyForget(trx, this.opts.forgetPlan, e.userId, { timestamp: e.at.getTime(), requestId: e.requestId });
+      await trx('lethe_erasures').insert({ subject_id: e.userId, request_id: e.requestId, anonymized_at: e.at });
+    }
+    // The erasure's entry is the reference's {"reason": …}; a repeated forget names its request.
+    const onBehalf = e.requestedBy === undefined ? {} : { requested_by: e.requestedBy };
+    if (erased === undefined) {
+      await writeAudit(trx, this.map, { eventType: 'user_anonymized', actorId: e.actorId, targetId: e.userId, details: { reason: e.reason, ...onBehalf }, timestamp: e.at });
+    } else {
+      await writeAudit(trx, this.map, {
+        eventType: 'user_already_anonymized',
+        actorId: e.actorId,
+        targetId: e.userId,
+        details: { reason: e.reason, request_id: e.requestId, ...onBehalf },
+        timestamp: e.at,
+      });
+    }
+    const event = anonymizedEventFor({ source: this.opts.eventSource ?? 'lethe', userId: e.userId, requestId: e.requestId, anonymizedAt: e.at });
+    await enqueueEvent(trx, { id: event.id, subject: ANONYMIZED_SUBJECT, payload: JSON.stringify(event) }, e.at);
+    this.opts.logger.info({ requestId: e.requestId, subjectId: e.userId, actor: e.actorId, alreadyErased: erased !== undefined }, 'user anonymized');
+    return rowsAffected;
+  }
+
+  /** A person's own erasure, accepted now and carried out after the grace period. One per subject at a time. */
+  private async schedule(trx: Knex.Transaction, e: ErasureInput, key: string): Promise<ForgetResult> {
+    const pending = await ledger.scheduledFor(trx, e.userId);
+    if (pending !== undefined && pending.scheduledFor !== null) {
+      return { userId: e.userId, requestId: pending.id, message: scheduledMessage(pending.scheduledFor, pending.id), rowsAffected: [], replayed: false, scheduledFor: pending.scheduledFor };
+    }
+    const scheduledFor = new Date(e.at.getTime() + this.graceMs);
+    await ledger.insert(trx, {
+      id: e.requestId,
+      type: 'forget',
+      subjectId: e.userId,
+      requester: e.actorId,
+      requestedBy: e.requestedBy,
+      reason: e.reason,
+      state: 'scheduled',
+      idempotencyKey: key,
+      receivedAt: e.at,
+      scheduledFor,
+    });
+    await writeAudit(trx, this.map, {
+      eventType: 'user_erasure_scheduled',
+      actorId: e.actorId,
+      targetId: e.userId,
+      details: { request_id: e.requestId, reason: e.reason, scheduled_for: scheduledFor.toISOString() },
+      timestamp: e.at,
+    });
+    this.opts.logger.info({ requestId: e.requestId, subjectId: e.userId, scheduledFor }, 'erasure scheduled');
+    return { userId: e.userId, requestId: e.requestId, message: scheduledMessage(scheduledFor, e.requestId), rowsAffected: [], replayed: false, scheduledFor };
+  }
+
+  /**
+   * Carries out the scheduled erasures whose time has come, one transaction each: the row's lock
+   * (other replicas skip it) and its state change commit with the anonymization, so each runs
+   * exactly once, on time after restarts. Returns how many ran.
+   */
+  async runScheduled(): Promise<number> {
+    let ran = 0;
+    for (;;) {
+      const done = await this.db(() =>
+        this.knex.transaction(async (trx) => {
+          const at = this.now();
+          const [r] = await ledger.lockDue(trx, at, 1);
+          if (r === undefined) return false;
+          await lockKey(trx, subjectLockKey(r.subjectId));
+          if (!(await this.facts.subjectExists(trx, r.subjectId))) {
+            await ledger.finish(trx, r.id, 'failed', at, USER_NOT_FOUND);
+          } else if ((await this.facts.subject(trx, r.subjectId)).isPlatformOwner) {
+            await ledger.finish(trx, r.id, 'failed', at, PLATFORM_OWNER_PROTECTED);
+          } else {
+            const rowsAffected = await this.erase(trx, { requestId: r.id, userId: r.subjectId, actorId: r.requester, reason: r.reason, requestedBy: r.requestedBy ?? undefined, at });
+            await ledger.carriedOut(trx, r.id, this.expected.length > 0 ? 'anonymized' : 'completed', at, rowsAffected);
+          }
+          return true;
+        }),
+      );
+      if (!done) break;
+      ran += 1;
+    }
+    if (ran > 0) this.opts.onEventEnqueued?.();
+    return ran;
+  }
+
+  /** Cancels a scheduled request (CancelPrivacyRequest): the requester, the subject or a platform principal. */
+  async cancelRequest(actor: Principal, input: { id: string; reason: string }): Promise<void> {
+    if (!UUID.test(input.id)) throw new InvalidArgumentError('id must be a privacy request id (a UUID)');
+    const reason = checkReason(input.reason, { required: false });
+    const r = await this.db(() => ledger.get(this.knex, input.id));
+    if (r === undefined || !(await this.mayRead(actor, r))) throw new NotFoundError(REQUEST_NOT_FOUND);
+    await this.db(() =>
+      this.knex.transaction(async (trx) => {
+        // Waits for a scheduler carrying it out right now, then sees what it did.
+        const current = await ledger.lock(trx, input.id);
+        if (current?.state !== 'scheduled') throw new FailedPreconditionError(`Only a scheduled request can be cancelled; this one is ${current?.state ?? 'gone'}`);
+        const at = this.now();
+        await ledger.cancel(trx, current.id, at);
+        await writeAudit(trx, this.map, { eventType: 'user_erasure_cancelled', actorId: actor.id, targetId: current.subjectId, details: { request_id: current.id, reason }, timestamp: at });
+      }),
+    );
   }
 }
 
 function replay(prior: PrivacyRequestRecord, actor: Principal, userId: string): ForgetResult {
   if (prior.type !== 'forget' || prior.subjectId !== userId || prior.requester !== actor.id) {
     throw new FailedPreconditionError(KEY_REUSED);
+  }
+  if (prior.state === 'scheduled' && prior.scheduledFor !== null) {
+    return { userId, requestId: prior.id, message: scheduledMessage(prior.scheduledFor, prior.id), rowsAffected: [], replayed: true, scheduledFor: prior.scheduledFor };
   }
   return { userId, requestId: prior.id, message: FORGET_MESSAGE, rowsAffected: prior.rowsAffected, replayed: true };
 }

@@ -1,8 +1,13 @@
-import { InvalidArgumentError, NotFoundError } from '../errors.js';
-import { type ListFilter, type PrivacyRequestRecord, type RequestState, ledger } from '../store/ledger.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from '../errors.js';
+import { type ListFilter, OPEN_STATES, type PrivacyRequestRecord, type RequestState, ledger } from '../store/ledger.js';
+import { writeAudit } from './audit.js';
+import { dueDate } from './due-date.js';
 import type { Principal } from './principal.js';
-import { requireId } from './validation.js';
+import { checkReason, requireId } from './validation.js';
 import { type EngineOptions, EnginePart, REQUEST_NOT_FOUND, UUID } from './engine-part.js';
+
+export const EXTEND_DENIED = "Only platform owners may extend a request's due date";
+export const ALREADY_EXTENDED = 'The due date was already extended once; GDPR Art. 12(3) allows one extension of at most two months';
 
 /** A ledger entry as callers see it: with `overdue`, and a pending entry for every expected service not yet heard from. */
 export type PrivacyRequestView = PrivacyRequestRecord & { readonly overdue: boolean; readonly pending: readonly string[] };
@@ -27,13 +32,21 @@ export class LedgerQueries extends EnginePart {
 
   async listRequests(
     actor: Principal,
-    input: { subjectId?: string | undefined; state?: RequestState | undefined; overdueOnly: boolean; pageSize: number; after?: { receivedAt: Date; id: string } | undefined },
+    input: {
+      subjectId?: string | undefined;
+      state?: RequestState | undefined;
+      overdueOnly: boolean;
+      dueBefore?: Date | undefined;
+      pageSize: number;
+      after?: { receivedAt: Date; id: string } | undefined;
+    },
   ): Promise<PrivacyRequestView[]> {
     const now = this.now();
     const filter: ListFilter = {
       subjectId: input.subjectId === undefined ? undefined : requireId(input.subjectId, 'subject_id'),
       state: input.state,
       overdueOnly: input.overdueOnly,
+      dueBefore: input.dueBefore,
       visibleTo: (await this.isPlatform(actor)) ? undefined : actor.id,
       limit: input.pageSize,
       after: input.after,
@@ -44,8 +57,40 @@ export class LedgerQueries extends EnginePart {
     return rows.map((r) => this.view(r, now));
   }
 
+  /**
+   * Extends an open request's due date once, by one or two months after the original one
+   * (GDPR Art. 12(3): "by two further months where necessary"). Platform owners and platform
+   * principals only; the ledger keeps the original date and the reason, the audit log the act.
+   */
+  async extendRequest(actor: Principal, input: { id: string; months: number; reason: string }): Promise<PrivacyRequestView> {
+    if (!UUID.test(input.id)) throw new InvalidArgumentError('id must be a privacy request id (a UUID)');
+    if (input.months !== 1 && input.months !== 2) throw new InvalidArgumentError('months must be 1 or 2 (GDPR Art. 12(3) allows two further months at most)');
+    const reason = checkReason(input.reason, { required: true });
+    const r = await this.db(() => ledger.get(this.knex, input.id));
+    if (r === undefined || !(await this.mayRead(actor, r))) throw new NotFoundError(REQUEST_NOT_FOUND);
+    if (!(await this.isPlatform(actor))) throw new PermissionDeniedError(EXTEND_DENIED);
+    const at = this.now();
+    await this.db(() =>
+      this.knex.transaction(async (trx) => {
+        const current = await ledger.lock(trx, input.id);
+        if (current === undefined) throw new NotFoundError(REQUEST_NOT_FOUND);
+        if (!OPEN_STATES.includes(current.state)) throw new FailedPreconditionError(`Only an open request can be extended; this one is ${current.state}`);
+        if (current.originalDueAt !== null) throw new FailedPreconditionError(ALREADY_EXTENDED);
+        await ledger.extend(trx, current.id, dueDate(current.dueAt, input.months), current.dueAt, reason);
+        await writeAudit(trx, this.map, {
+          eventType: 'privacy_request_extended',
+          actorId: actor.id,
+          targetId: current.subjectId,
+          details: { request_id: current.id, months: input.months, reason },
+          timestamp: at,
+        });
+      }),
+    );
+    return this.getRequest(actor, input.id);
+  }
+
   private view(r: PrivacyRequestRecord, now: Date): PrivacyRequestView {
-    const open = r.state !== 'completed' && r.state !== 'failed';
+    const open = OPEN_STATES.includes(r.state);
     const overdue = open && (r.dueAt.getTime() < now.getTime() || (r.state === 'anonymized' && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
     const heard = new Set(r.confirmations.map((c) => c.service));
     const pending = r.type === 'forget' && r.state === 'anonymized' ? this.expected.filter((s) => !heard.has(s)) : [];

@@ -35,6 +35,8 @@ export interface RunningServer {
 const HEARTBEAT_MS = 5_000;
 const WORKER_STALE_MS = 15_000;
 const RECOVERY_MS = 5_000;
+/** How often each replica looks for scheduled erasures whose time has come. */
+const SCHEDULER_MS = 5_000;
 
 /** Starts Lethe's PrivacyService as configured. Everything is checked before it listens. */
 export async function startLetheServer(config: ServerConfig, logger: Logger): Promise<RunningServer> {
@@ -80,6 +82,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       workerId,
       maxConcurrentExports: config.maxConcurrentExports,
       exportStallTimeoutMs: config.exportStallTimeoutMs,
+      selfErasureGraceMs: config.selfErasureGraceMs,
       artifacts: { cipher: new ArtifactCipher(artifactKey), ttlMs: config.artifacts.ttlMs },
     });
     const sweeper = new PeriodicTask(
@@ -99,8 +102,18 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       RECOVERY_MS,
       logger,
     );
+    // Scheduled erasures (a person's own, after its grace period), carried out by any replica.
+    const scheduler = new PeriodicTask(
+      'carrying out scheduled erasures',
+      async () => {
+        const ran = await engine.runScheduled();
+        if (ran > 0) logger.info({ ran }, 'scheduled erasures carried out');
+      },
+      SCHEDULER_MS,
+      logger,
+    );
     await heartbeat.runOnce();
-    const background = [sweeper, heartbeat, recovery];
+    const background = [sweeper, heartbeat, recovery, scheduler];
     const stopBackground = async () => {
       await Promise.all(background.map((t) => t.stop()));
       await events?.stop();
@@ -114,6 +127,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     sweeper.start();
     heartbeat.start();
     recovery.start({ now: true });
+    scheduler.start({ now: true });
     const outboxDb = (eventsDb ?? db).knex;
     const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(() => countPending(outboxDb));
     const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port, metrics }).catch(async (err: unknown) => {

@@ -22,6 +22,10 @@ import {
   type PrivacyServiceImplementation,
   RequestState,
   RequestType,
+  type CancelPrivacyRequestRequest,
+  type CancelPrivacyRequestResponse,
+  type ExtendPrivacyRequestRequest,
+  type ExtendPrivacyRequestResponse,
 } from '../gen/lethe/privacy/v1/privacy.js';
 import { type ArtifactView, type ExportEvent, type PrivacyEngine, type PrivacyRequestView, UUID } from '../privacy/engine.js';
 import type { PrivacyRequestRecord, RequestState as LedgerState } from '../store/ledger.js';
@@ -43,7 +47,16 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
 
     async forgetUser(request: ForgetUserRequest, context: CallContext & AuthContext): Promise<DeepPartial<ForgetUserResponse>> {
       const r = await engine.forgetUser(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey, requestedBy: request.requestedBy });
-      return { success: true, message: r.message, userId: r.userId, requestId: r.requestId, rowsAffected: [...r.rowsAffected], replayed: r.replayed };
+      return {
+        success: true,
+        message: r.message,
+        userId: r.userId,
+        requestId: r.requestId,
+        rowsAffected: [...r.rowsAffected],
+        replayed: r.replayed,
+        scheduled: r.scheduledFor !== undefined,
+        scheduledFor: r.scheduledFor,
+      };
     },
 
     async getPrivacyRequest(request: GetPrivacyRequestRequest, context: CallContext & AuthContext): Promise<DeepPartial<GetPrivacyRequestResponse>> {
@@ -57,6 +70,7 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
         subjectId: request.subjectId === '' ? undefined : request.subjectId,
         state: fromStateMessage(request.state),
         overdueOnly: request.overdueOnly,
+        dueBefore: request.dueBefore,
         pageSize: pageSize + 1,
         after: request.pageToken === '' ? undefined : decodePageToken(request.pageToken),
       });
@@ -66,6 +80,14 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
         requests: page.map(toMessage),
         nextPageToken: rows.length > pageSize && last !== undefined ? encodePageToken(last) : '',
       };
+    },
+
+    async cancelPrivacyRequest(request: CancelPrivacyRequestRequest, context: CallContext & AuthContext): Promise<DeepPartial<CancelPrivacyRequestResponse>> {
+      return { request: toMessage(await engine.cancelRequest(context.principal, { id: request.id, reason: request.reason })) };
+    },
+
+    async extendPrivacyRequest(request: ExtendPrivacyRequestRequest, context: CallContext & AuthContext): Promise<DeepPartial<ExtendPrivacyRequestResponse>> {
+      return { request: toMessage(await engine.extendRequest(context.principal, { id: request.id, months: request.months, reason: request.reason })) };
     },
 
     async storeExport(request: StoreExportRequest, context: CallContext & AuthContext): Promise<DeepPartial<StoreExportResponse>> {
@@ -123,6 +145,8 @@ const STATE_TO_MESSAGE: Record<LedgerState, RequestState> = {
   anonymized: RequestState.REQUEST_STATE_ANONYMIZED,
   completed: RequestState.REQUEST_STATE_COMPLETED,
   failed: RequestState.REQUEST_STATE_FAILED,
+  scheduled: RequestState.REQUEST_STATE_SCHEDULED,
+  cancelled: RequestState.REQUEST_STATE_CANCELLED,
 };
 
 function fromStateMessage(state: RequestState): LedgerState | undefined {
@@ -158,6 +182,9 @@ function toMessage(r: PrivacyRequestView): DeepPartial<PrivacyRequest> {
       ...r.pending.map((service) => ({ service, state: ConfirmationState.CONFIRMATION_STATE_PENDING })),
     ],
     artifact: r.artifact === null ? undefined : toArtifactMessage(r.artifact),
+    scheduledFor: r.scheduledFor ?? undefined,
+    originalDueAt: r.originalDueAt ?? undefined,
+    extensionReason: r.extensionReason ?? '',
   };
 }
 

@@ -6,7 +6,9 @@ import { type ArtifactRecord, artifacts } from './artifacts.js';
 /** The request ledger: every export and forget, its dates and its outcome. */
 
 export type RequestType = 'export' | 'forget';
-export type RequestState = 'running' | 'anonymized' | 'completed' | 'failed';
+export type RequestState = 'running' | 'anonymized' | 'completed' | 'failed' | 'scheduled' | 'cancelled';
+/** States in which a request is still being answered. */
+export const OPEN_STATES: readonly RequestState[] = ['running', 'anonymized', 'scheduled'];
 
 export interface TableRows {
   readonly table: string;
@@ -40,6 +42,11 @@ export interface PrivacyRequestRecord {
   readonly confirmations: readonly Confirmation[];
   /** Exports made with StoreExport: the stored artifact, once it is stored. */
   readonly artifact: ArtifactRecord | null;
+  /** Scheduled requests: when they run. */
+  readonly scheduledFor: Date | null;
+  /** Set once the due date was extended: the due date before, and why. */
+  readonly originalDueAt: Date | null;
+  readonly extensionReason: string | null;
 }
 
 interface Row {
@@ -56,7 +63,12 @@ interface Row {
   completed_at: Date | string | null;
   error: string | null;
   result: { rows_affected?: TableRows[] } | string | null;
+  scheduled_for?: Date | string | null;
+  original_due_at?: Date | string | null;
+  extension_reason?: string | null;
 }
+
+const date = (v: Date | string | null | undefined): Date | null => (v === null || v === undefined ? null : new Date(v));
 
 const TABLE = 'lethe_privacy_requests';
 
@@ -78,6 +90,9 @@ function toRecord(r: Row): PrivacyRequestRecord {
     rowsAffected: result?.rows_affected ?? [],
     confirmations: [],
     artifact: null,
+    scheduledFor: date(r.scheduled_for),
+    originalDueAt: date(r.original_due_at),
+    extensionReason: r.extension_reason ?? null,
   };
 }
 
@@ -131,12 +146,15 @@ export interface NewRequest {
   readonly rowsAffected?: readonly TableRows[] | undefined;
   /** The server replica carrying out a running request (see workers.failOrphans). */
   readonly workerId?: string | undefined;
+  readonly scheduledFor?: Date | undefined;
 }
 
 export interface ListFilter {
   readonly subjectId?: string | undefined;
   readonly state?: RequestState | undefined;
   readonly overdueOnly?: boolean | undefined;
+  /** Only open requests due before this time. */
+  readonly dueBefore?: Date | undefined;
   /** Only requests this principal made or is the subject of. */
   readonly visibleTo?: string | undefined;
   readonly limit: number;
@@ -164,8 +182,8 @@ export const ledger = {
       error: null,
       result: JSON.stringify({ rows_affected: req.rowsAffected ?? [] }),
     };
-    await db(TABLE).insert({ ...row, worker_id: req.workerId ?? null });
-    return toRecord({ ...row, result: { rows_affected: [...(req.rowsAffected ?? [])] } });
+    await db(TABLE).insert({ ...row, worker_id: req.workerId ?? null, scheduled_for: req.scheduledFor ?? null });
+    return toRecord({ ...row, scheduled_for: req.scheduledFor ?? null, result: { rows_affected: [...(req.rowsAffected ?? [])] } });
   },
 
   async finish(db: Knex | Knex.Transaction, id: string, state: 'completed' | 'failed', at: Date, error?: string): Promise<void> {
@@ -175,6 +193,39 @@ export const ledger = {
   /** An export whose earlier attempt never finished runs again under the same id. */
   async restart(db: Knex | Knex.Transaction, id: string, workerId: string | undefined): Promise<void> {
     await db(TABLE).where({ id }).update({ state: 'running', completed_at: null, error: null, worker_id: workerId ?? null });
+  },
+
+  /** A request's row, locked until the transaction ends (a cancel against the scheduler). */
+  async lock(trx: Knex.Transaction, id: string): Promise<PrivacyRequestRecord | undefined> {
+    const row = (await trx(TABLE).where({ id }).forUpdate().first()) as Row | undefined;
+    return row === undefined ? undefined : toRecord(row);
+  },
+
+  /** Scheduled requests whose time has come, locked; other replicas skip them. */
+  async lockDue(trx: Knex.Transaction, now: Date, limit: number): Promise<PrivacyRequestRecord[]> {
+    const rows = (await trx(TABLE).where({ state: 'scheduled' }).andWhere('scheduled_for', '<=', now).orderBy('scheduled_for').limit(limit).forUpdate().skipLocked()) as Row[];
+    return rows.map(toRecord);
+  },
+
+  /** A scheduled forget carried out: its outcome, in the erasure's transaction. */
+  async carriedOut(trx: Knex.Transaction, id: string, state: RequestState, at: Date, rowsAffected: readonly TableRows[]): Promise<void> {
+    await trx(TABLE)
+      .where({ id })
+      .update({ state, completed_at: state === 'completed' ? at : null, result: JSON.stringify({ rows_affected: rowsAffected }) });
+  },
+
+  async cancel(trx: Knex.Transaction, id: string, at: Date): Promise<void> {
+    await trx(TABLE).where({ id }).update({ state: 'cancelled', completed_at: at });
+  },
+
+  async extend(trx: Knex.Transaction, id: string, dueAt: Date, originalDueAt: Date, reason: string): Promise<void> {
+    await trx(TABLE).where({ id }).update({ due_at: dueAt, original_due_at: originalDueAt, extension_reason: reason });
+  },
+
+  /** The subject's forget waiting for its time, if any. */
+  async scheduledFor(db: Knex | Knex.Transaction, subjectId: string): Promise<PrivacyRequestRecord | undefined> {
+    const row = (await db(TABLE).where({ subject_id: subjectId, type: 'forget', state: 'scheduled' }).first()) as Row | undefined;
+    return row === undefined ? undefined : toRecord(row);
   },
 
   async get(db: Knex | Knex.Transaction, id: string): Promise<PrivacyRequestRecord | undefined> {
@@ -195,10 +246,11 @@ export const ledger = {
       const confirmBy = new Date(f.now.getTime() - f.confirmationTimeoutMs);
       q.where((w) =>
         w
-          .where((w2) => w2.whereNotIn('state', ['completed', 'failed']).andWhere('due_at', '<', f.now))
+          .where((w2) => w2.whereIn('state', OPEN_STATES).andWhere('due_at', '<', f.now))
           .orWhere((w2) => w2.where('state', 'anonymized').andWhere('received_at', '<', confirmBy)),
       );
     }
+    if (f.dueBefore !== undefined) q.whereIn('state', OPEN_STATES).andWhere('due_at', '<', f.dueBefore);
     if (f.visibleTo !== undefined) {
       const who = f.visibleTo;
       q.where((w) => w.where('requester', who).orWhere('subject_id', who));

@@ -6,6 +6,7 @@ import * as lethe002 from './migrations/lethe/002-events.js';
 import * as lethe003 from './migrations/lethe/003-export-artifacts.js';
 import * as lethe004 from './migrations/lethe/004-erasure.js';
 import * as lethe005 from './migrations/lethe/005-workers.js';
+import * as lethe006 from './migrations/lethe/006-scheduling.js';
 import * as sidecar001 from './migrations/sidecar/001-purges.js';
 
 interface Migration {
@@ -29,7 +30,7 @@ class StaticMigrationSource implements Knex.MigrationSource<string> {
   }
 }
 
-const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002, '003-export-artifacts': lethe003, '004-erasure': lethe004, '005-workers': lethe005 });
+const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002, '003-export-artifacts': lethe003, '004-erasure': lethe004, '005-workers': lethe005, '006-scheduling': lethe006 });
 const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001 });
 const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
 

@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,7 +9,8 @@ import { connectPrivacyService } from '../../src/client/privacy-client.js';
 import { RequestState } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { openDatabase } from '../../src/store/database.js';
 import { startTestServer } from '../support/server-fixture.js';
-import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../support/postgres.js';
+import { type LetheProcess, startLetheProcess } from '../support/lethe-process.js';
+import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
 
 /**
  * Crash recovery of the ledger: a request whose server died (kill -9) does not stay `running`.
@@ -18,14 +18,10 @@ import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '
  * retry with the same idempotency key runs it again.
  */
 
-const LETHE = join(process.cwd(), 'bin', 'lethe.js');
 const INTERRUPTED = /^interrupted: the server carrying it out stopped/;
 const pgBin = requirePostgres();
 
-interface Replica {
-  readonly address: string;
-  readonly process: ChildProcess;
-}
+type Replica = LetheProcess;
 
 describe.runIf(pgBin !== undefined)('requests interrupted by a crash (PostgreSQL, two replicas)', () => {
   let cluster: PostgresCluster;
@@ -35,22 +31,7 @@ describe.runIf(pgBin !== undefined)('requests interrupted by a crash (PostgreSQL
   const replicas: Replica[] = [];
 
   async function startReplica(): Promise<Replica> {
-    const address = `127.0.0.1:${await freePort()}`;
-    const child = spawn('node', [LETHE, 'serve', '--demo', '--listen', address, '--data-dir', dataDir], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, DATABASE_URL: url, LETHE_ARTIFACT_KEY: artifactKey, LETHE_LOG_LEVEL: 'info' },
-    });
-    let log = '';
-    child.stdout?.on('data', (d: Buffer) => (log += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
-    await vi.waitFor(
-      () => {
-        if (child.exitCode !== null) throw new Error(`lethe serve exited:\n${log}`);
-        expect(log).toContain('lethe PrivacyService listening');
-      },
-      { timeout: 60_000, interval: 100 },
-    );
-    const r = { address, process: child };
+    const r = await startLetheProcess({ dataDir, env: { DATABASE_URL: url, LETHE_ARTIFACT_KEY: artifactKey } });
     replicas.push(r);
     return r;
   }

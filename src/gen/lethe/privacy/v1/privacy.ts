@@ -104,6 +104,10 @@ export enum RequestState {
   REQUEST_STATE_COMPLETED = 3,
   /** REQUEST_STATE_FAILED - Could not be carried out; `error` says why. */
   REQUEST_STATE_FAILED = 4,
+  /** REQUEST_STATE_SCHEDULED - Accepted and waiting for its time (a person's own erasure, during its grace period). */
+  REQUEST_STATE_SCHEDULED = 5,
+  /** REQUEST_STATE_CANCELLED - Cancelled while it was scheduled; nothing was changed. */
+  REQUEST_STATE_CANCELLED = 6,
   UNRECOGNIZED = -1,
 }
 
@@ -124,6 +128,12 @@ export function requestStateFromJSON(object: any): RequestState {
     case 4:
     case "REQUEST_STATE_FAILED":
       return RequestState.REQUEST_STATE_FAILED;
+    case 5:
+    case "REQUEST_STATE_SCHEDULED":
+      return RequestState.REQUEST_STATE_SCHEDULED;
+    case 6:
+    case "REQUEST_STATE_CANCELLED":
+      return RequestState.REQUEST_STATE_CANCELLED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -143,6 +153,10 @@ export function requestStateToJSON(object: RequestState): string {
       return "REQUEST_STATE_COMPLETED";
     case RequestState.REQUEST_STATE_FAILED:
       return "REQUEST_STATE_FAILED";
+    case RequestState.REQUEST_STATE_SCHEDULED:
+      return "REQUEST_STATE_SCHEDULED";
+    case RequestState.REQUEST_STATE_CANCELLED:
+      return "REQUEST_STATE_CANCELLED";
     case RequestState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -343,6 +357,12 @@ export interface ForgetUserResponse {
   rowsAffected: TableRowsAffected[];
   /** True when this response replays an earlier call with the same idempotency key. */
   replayed: boolean;
+  /**
+   * A person's own erasure is scheduled, not carried out at once: it runs at scheduled_for
+   * (after the grace period, LETHE_SELF_ERASURE_GRACE) unless cancelled before.
+   */
+  scheduled: boolean;
+  scheduledFor: Date | undefined;
 }
 
 export interface TableRowsAffected {
@@ -381,6 +401,13 @@ export interface PrivacyRequest {
     | undefined;
   /** The person who asked, when the requester acted for someone (empty otherwise). */
   requestedBy: string;
+  /** Scheduled requests: when they run. */
+  scheduledFor:
+    | Date
+    | undefined;
+  /** Set once the due date was extended: the due date before, and why. */
+  originalDueAt: Date | undefined;
+  extensionReason: string;
 }
 
 export interface DownstreamConfirmation {
@@ -410,6 +437,8 @@ export interface ListPrivacyRequestsRequest {
   pageSize: number;
   /** From ListPrivacyRequestsResponse.next_page_token. */
   pageToken: string;
+  /** Only open requests due before this time (e.g. now + 7 days). */
+  dueBefore: Date | undefined;
 }
 
 export interface ListPrivacyRequestsResponse {
@@ -469,6 +498,33 @@ export interface GetExportArtifactRequest {
  */
 export interface GetExportArtifactResponse {
   part: { $case: "artifact"; value: ExportArtifact } | { $case: "chunk"; value: Buffer } | undefined;
+}
+
+export interface CancelPrivacyRequestRequest {
+  /** The scheduled request's id (a UUID). */
+  id: string;
+  /** Why, recorded in the audit log. Optional, at most 256 bytes. */
+  reason: string;
+}
+
+export interface CancelPrivacyRequestResponse {
+  request: PrivacyRequest | undefined;
+}
+
+export interface ExtendPrivacyRequestRequest {
+  /** The request's id (a UUID). */
+  id: string;
+  /** By how many months: 1 or 2 (at most two further months in all). */
+  months: number;
+  /**
+   * Why the request is complex enough to need it. Required, at most 256 bytes; recorded in the
+   * ledger and the audit log.
+   */
+  reason: string;
+}
+
+export interface ExtendPrivacyRequestResponse {
+  request: PrivacyRequest | undefined;
 }
 
 function createBaseExportUserRequest(): ExportUserRequest {
@@ -1379,7 +1435,16 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
 };
 
 function createBaseForgetUserResponse(): ForgetUserResponse {
-  return { success: false, message: "", userId: "", requestId: "", rowsAffected: [], replayed: false };
+  return {
+    success: false,
+    message: "",
+    userId: "",
+    requestId: "",
+    rowsAffected: [],
+    replayed: false,
+    scheduled: false,
+    scheduledFor: undefined,
+  };
 }
 
 export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
@@ -1401,6 +1466,12 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
     }
     if (message.replayed !== false) {
       writer.uint32(48).bool(message.replayed);
+    }
+    if (message.scheduled !== false) {
+      writer.uint32(56).bool(message.scheduled);
+    }
+    if (message.scheduledFor !== undefined) {
+      Timestamp.encode(toTimestamp(message.scheduledFor), writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -1466,6 +1537,22 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
             message.replayed = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.scheduled = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.scheduledFor = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1498,6 +1585,12 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
         ? object.rows_affected.map((e: any) => TableRowsAffected.fromJSON(e))
         : [],
       replayed: isSet(object.replayed) ? globalThis.Boolean(object.replayed) : false,
+      scheduled: isSet(object.scheduled) ? globalThis.Boolean(object.scheduled) : false,
+      scheduledFor: isSet(object.scheduledFor)
+        ? fromJsonTimestamp(object.scheduledFor)
+        : isSet(object.scheduled_for)
+        ? fromJsonTimestamp(object.scheduled_for)
+        : undefined,
     };
   },
 
@@ -1521,6 +1614,12 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
     if (message.replayed !== false) {
       obj.replayed = message.replayed;
     }
+    if (message.scheduled !== false) {
+      obj.scheduled = message.scheduled;
+    }
+    if (message.scheduledFor !== undefined) {
+      obj.scheduledFor = message.scheduledFor.toISOString();
+    }
     return obj;
   },
 
@@ -1535,6 +1634,8 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
     message.requestId = object.requestId ?? "";
     message.rowsAffected = object.rowsAffected?.map((e) => TableRowsAffected.fromPartial(e)) || [];
     message.replayed = object.replayed ?? false;
+    message.scheduled = object.scheduled ?? false;
+    message.scheduledFor = object.scheduledFor ?? undefined;
     return message;
   },
 };
@@ -1657,6 +1758,9 @@ function createBasePrivacyRequest(): PrivacyRequest {
     confirmations: [],
     artifact: undefined,
     requestedBy: "",
+    scheduledFor: undefined,
+    originalDueAt: undefined,
+    extensionReason: "",
   };
 }
 
@@ -1706,6 +1810,15 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     }
     if (message.requestedBy !== "") {
       writer.uint32(122).string(message.requestedBy);
+    }
+    if (message.scheduledFor !== undefined) {
+      Timestamp.encode(toTimestamp(message.scheduledFor), writer.uint32(130).fork()).join();
+    }
+    if (message.originalDueAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.originalDueAt), writer.uint32(138).fork()).join();
+    }
+    if (message.extensionReason !== "") {
+      writer.uint32(146).string(message.extensionReason);
     }
     return writer;
   },
@@ -1843,6 +1956,30 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
             message.requestedBy = reader.string();
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.scheduledFor = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.originalDueAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.extensionReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1898,6 +2035,21 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
         : isSet(object.requested_by)
         ? globalThis.String(object.requested_by)
         : "",
+      scheduledFor: isSet(object.scheduledFor)
+        ? fromJsonTimestamp(object.scheduledFor)
+        : isSet(object.scheduled_for)
+        ? fromJsonTimestamp(object.scheduled_for)
+        : undefined,
+      originalDueAt: isSet(object.originalDueAt)
+        ? fromJsonTimestamp(object.originalDueAt)
+        : isSet(object.original_due_at)
+        ? fromJsonTimestamp(object.original_due_at)
+        : undefined,
+      extensionReason: isSet(object.extensionReason)
+        ? globalThis.String(object.extensionReason)
+        : isSet(object.extension_reason)
+        ? globalThis.String(object.extension_reason)
+        : "",
     };
   },
 
@@ -1948,6 +2100,15 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     if (message.requestedBy !== "") {
       obj.requestedBy = message.requestedBy;
     }
+    if (message.scheduledFor !== undefined) {
+      obj.scheduledFor = message.scheduledFor.toISOString();
+    }
+    if (message.originalDueAt !== undefined) {
+      obj.originalDueAt = message.originalDueAt.toISOString();
+    }
+    if (message.extensionReason !== "") {
+      obj.extensionReason = message.extensionReason;
+    }
     return obj;
   },
 
@@ -1973,6 +2134,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
       ? ExportArtifact.fromPartial(object.artifact)
       : undefined;
     message.requestedBy = object.requestedBy ?? "";
+    message.scheduledFor = object.scheduledFor ?? undefined;
+    message.originalDueAt = object.originalDueAt ?? undefined;
+    message.extensionReason = object.extensionReason ?? "";
     return message;
   },
 };
@@ -2255,7 +2419,7 @@ export const GetPrivacyRequestResponse: MessageFns<GetPrivacyRequestResponse> = 
 };
 
 function createBaseListPrivacyRequestsRequest(): ListPrivacyRequestsRequest {
-  return { subjectId: "", state: 0, overdueOnly: false, pageSize: 0, pageToken: "" };
+  return { subjectId: "", state: 0, overdueOnly: false, pageSize: 0, pageToken: "", dueBefore: undefined };
 }
 
 export const ListPrivacyRequestsRequest: MessageFns<ListPrivacyRequestsRequest> = {
@@ -2274,6 +2438,9 @@ export const ListPrivacyRequestsRequest: MessageFns<ListPrivacyRequestsRequest> 
     }
     if (message.pageToken !== "") {
       writer.uint32(42).string(message.pageToken);
+    }
+    if (message.dueBefore !== undefined) {
+      Timestamp.encode(toTimestamp(message.dueBefore), writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -2331,6 +2498,14 @@ export const ListPrivacyRequestsRequest: MessageFns<ListPrivacyRequestsRequest> 
             message.pageToken = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.dueBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2366,6 +2541,11 @@ export const ListPrivacyRequestsRequest: MessageFns<ListPrivacyRequestsRequest> 
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      dueBefore: isSet(object.dueBefore)
+        ? fromJsonTimestamp(object.dueBefore)
+        : isSet(object.due_before)
+        ? fromJsonTimestamp(object.due_before)
+        : undefined,
     };
   },
 
@@ -2386,6 +2566,9 @@ export const ListPrivacyRequestsRequest: MessageFns<ListPrivacyRequestsRequest> 
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.dueBefore !== undefined) {
+      obj.dueBefore = message.dueBefore.toISOString();
+    }
     return obj;
   },
 
@@ -2399,6 +2582,7 @@ export const ListPrivacyRequestsRequest: MessageFns<ListPrivacyRequestsRequest> 
     message.overdueOnly = object.overdueOnly ?? false;
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.dueBefore = object.dueBefore ?? undefined;
     return message;
   },
 };
@@ -3114,6 +3298,330 @@ export const GetExportArtifactResponse: MessageFns<GetExportArtifactResponse> = 
   },
 };
 
+function createBaseCancelPrivacyRequestRequest(): CancelPrivacyRequestRequest {
+  return { id: "", reason: "" };
+}
+
+export const CancelPrivacyRequestRequest: MessageFns<CancelPrivacyRequestRequest> = {
+  encode(message: CancelPrivacyRequestRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelPrivacyRequestRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelPrivacyRequestRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelPrivacyRequestRequest {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: CancelPrivacyRequestRequest): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CancelPrivacyRequestRequest>): CancelPrivacyRequestRequest {
+    return CancelPrivacyRequestRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CancelPrivacyRequestRequest>): CancelPrivacyRequestRequest {
+    const message = createBaseCancelPrivacyRequestRequest();
+    message.id = object.id ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseCancelPrivacyRequestResponse(): CancelPrivacyRequestResponse {
+  return { request: undefined };
+}
+
+export const CancelPrivacyRequestResponse: MessageFns<CancelPrivacyRequestResponse> = {
+  encode(message: CancelPrivacyRequestResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      PrivacyRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelPrivacyRequestResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelPrivacyRequestResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = PrivacyRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelPrivacyRequestResponse {
+    return { request: isSet(object.request) ? PrivacyRequest.fromJSON(object.request) : undefined };
+  },
+
+  toJSON(message: CancelPrivacyRequestResponse): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = PrivacyRequest.toJSON(message.request);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CancelPrivacyRequestResponse>): CancelPrivacyRequestResponse {
+    return CancelPrivacyRequestResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CancelPrivacyRequestResponse>): CancelPrivacyRequestResponse {
+    const message = createBaseCancelPrivacyRequestResponse();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? PrivacyRequest.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseExtendPrivacyRequestRequest(): ExtendPrivacyRequestRequest {
+  return { id: "", months: 0, reason: "" };
+}
+
+export const ExtendPrivacyRequestRequest: MessageFns<ExtendPrivacyRequestRequest> = {
+  encode(message: ExtendPrivacyRequestRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.months !== 0) {
+      writer.uint32(16).uint32(message.months);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExtendPrivacyRequestRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExtendPrivacyRequestRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.months = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExtendPrivacyRequestRequest {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      months: isSet(object.months) ? globalThis.Number(object.months) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: ExtendPrivacyRequestRequest): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.months !== 0) {
+      obj.months = Math.round(message.months);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExtendPrivacyRequestRequest>): ExtendPrivacyRequestRequest {
+    return ExtendPrivacyRequestRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExtendPrivacyRequestRequest>): ExtendPrivacyRequestRequest {
+    const message = createBaseExtendPrivacyRequestRequest();
+    message.id = object.id ?? "";
+    message.months = object.months ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseExtendPrivacyRequestResponse(): ExtendPrivacyRequestResponse {
+  return { request: undefined };
+}
+
+export const ExtendPrivacyRequestResponse: MessageFns<ExtendPrivacyRequestResponse> = {
+  encode(message: ExtendPrivacyRequestResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      PrivacyRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExtendPrivacyRequestResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExtendPrivacyRequestResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = PrivacyRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExtendPrivacyRequestResponse {
+    return { request: isSet(object.request) ? PrivacyRequest.fromJSON(object.request) : undefined };
+  },
+
+  toJSON(message: ExtendPrivacyRequestResponse): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = PrivacyRequest.toJSON(message.request);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExtendPrivacyRequestResponse>): ExtendPrivacyRequestResponse {
+    return ExtendPrivacyRequestResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExtendPrivacyRequestResponse>): ExtendPrivacyRequestResponse {
+    const message = createBaseExtendPrivacyRequestResponse();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? PrivacyRequest.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * PrivacyService answers the data subject requests of GDPR: access and portability
  * (Art. 15 and 20) through ExportUser, erasure (Art. 17) through ForgetUser. Every call
@@ -3195,6 +3703,31 @@ export const PrivacyServiceDefinition = {
       responseStream: true,
       options: {},
     },
+    /**
+     * CancelPrivacyRequest cancels a scheduled request (a person's own erasure during its grace
+     * period). Allowed to the requester, the subject and platform principals; FAILED_PRECONDITION
+     * when the request is no longer scheduled.
+     */
+    cancelPrivacyRequest: {
+      name: "CancelPrivacyRequest",
+      requestType: CancelPrivacyRequestRequest as typeof CancelPrivacyRequestRequest,
+      requestStream: false,
+      responseType: CancelPrivacyRequestResponse as typeof CancelPrivacyRequestResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * ExtendPrivacyRequest extends an open request's due date once, by one or two months, for a
+     * complex request (GDPR Art. 12(3)). Platform owners and platform principals only; audited.
+     */
+    extendPrivacyRequest: {
+      name: "ExtendPrivacyRequest",
+      requestType: ExtendPrivacyRequestRequest as typeof ExtendPrivacyRequestRequest,
+      requestStream: false,
+      responseType: ExtendPrivacyRequestResponse as typeof ExtendPrivacyRequestResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -3245,6 +3778,23 @@ export interface PrivacyServiceImplementation<CallContextExt = {}> {
     request: GetExportArtifactRequest,
     context: CallContext & CallContextExt,
   ): ServerStreamingMethodResult<DeepPartial<GetExportArtifactResponse>>;
+  /**
+   * CancelPrivacyRequest cancels a scheduled request (a person's own erasure during its grace
+   * period). Allowed to the requester, the subject and platform principals; FAILED_PRECONDITION
+   * when the request is no longer scheduled.
+   */
+  cancelPrivacyRequest(
+    request: CancelPrivacyRequestRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<CancelPrivacyRequestResponse>>;
+  /**
+   * ExtendPrivacyRequest extends an open request's due date once, by one or two months, for a
+   * complex request (GDPR Art. 12(3)). Platform owners and platform principals only; audited.
+   */
+  extendPrivacyRequest(
+    request: ExtendPrivacyRequestRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<ExtendPrivacyRequestResponse>>;
 }
 
 export interface PrivacyServiceClient<CallOptionsExt = {}> {
@@ -3294,6 +3844,23 @@ export interface PrivacyServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<GetExportArtifactRequest>,
     options?: CallOptions & CallOptionsExt,
   ): AsyncIterable<GetExportArtifactResponse>;
+  /**
+   * CancelPrivacyRequest cancels a scheduled request (a person's own erasure during its grace
+   * period). Allowed to the requester, the subject and platform principals; FAILED_PRECONDITION
+   * when the request is no longer scheduled.
+   */
+  cancelPrivacyRequest(
+    request: DeepPartial<CancelPrivacyRequestRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<CancelPrivacyRequestResponse>;
+  /**
+   * ExtendPrivacyRequest extends an open request's due date once, by one or two months, for a
+   * complex request (GDPR Art. 12(3)). Platform owners and platform principals only; audited.
+   */
+  extendPrivacyRequest(
+    request: DeepPartial<ExtendPrivacyRequestRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<ExtendPrivacyRequestResponse>;
 }
 
 function bytesFromBase64(b64: string): Uint8Array {

@@ -1,0 +1,32 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { vi } from 'vitest';
+import { freePort } from './postgres.js';
+
+/** `lethe serve` as a process of its own (the built bin/lethe.js), for crash and multi-replica tests. */
+export interface LetheProcess {
+  readonly address: string;
+  readonly process: ChildProcess;
+  log(): string;
+}
+
+const LETHE = join(process.cwd(), 'bin', 'lethe.js');
+
+export async function startLetheProcess(opts: { dataDir: string; env: Record<string, string> }): Promise<LetheProcess> {
+  const address = `127.0.0.1:${await freePort()}`;
+  const child = spawn('node', [LETHE, 'serve', '--demo', '--listen', address, '--data-dir', opts.dataDir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, LETHE_LOG_LEVEL: 'info', ...opts.env },
+  });
+  let log = '';
+  child.stdout?.on('data', (d: Buffer) => (log += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+  await vi.waitFor(
+    () => {
+      if (child.exitCode !== null) throw new Error(`lethe serve exited:\n${log}`);
+      if (!log.includes('lethe PrivacyService listening')) throw new Error('not listening yet');
+    },
+    { timeout: 60_000, interval: 100 },
+  );
+  return { address, process: child, log: () => log };
+}
