@@ -2,7 +2,8 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { type LogLevel, flag, hashKey, logLevel, parseEnv } from './common.js';
+import { type LogLevel, flag, hashKey, logLevel, parseDuration, parseEnv } from './common.js';
+import { type GrpcLimits, databaseTimeouts, databaseTimeoutsEnv, grpcLimits, grpcLimitsEnv } from './limits.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
@@ -14,6 +15,8 @@ import type { DatabaseTarget } from '../store/database.js';
  */
 
 export type Env = Readonly<Record<string, string | undefined>>;
+
+export { parseDuration } from './common.js';
 
 export interface ListenAddress {
   readonly host: string;
@@ -54,6 +57,8 @@ export interface ServerConfig {
   readonly artifacts: ArtifactsConfig;
   /** Where `GET /metrics` (Prometheus) is served; unset: no HTTP listener at all. */
   readonly metricsListen: ListenAddress | undefined;
+  /** gRPC transport limits (message sizes, streams, keepalive, connection age). */
+  readonly grpc: GrpcLimits;
 }
 
 /** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
@@ -73,16 +78,6 @@ export interface EventsConfig {
   readonly confirmationTimeoutMs: number;
   /** The CloudEvents `source` attribute. */
   readonly source: string;
-}
-
-const DURATION = /^(\d+)(ms|s|m|h|d)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** `90s`, `2m`, `24h`, `7d` → milliseconds. */
-export function parseDuration(value: string, source: string): number {
-  const m = DURATION.exec(value.trim());
-  if (m === null) throw new ConfigError(`'${value}' is not a duration such as 90s, 2m, 24h or 7d`, source);
-  return Number(m[1]) * (UNIT_MS[m[2] ?? 's'] ?? 1_000);
 }
 
 export interface ServeFlags {
@@ -146,6 +141,8 @@ const envSchema = z.object({
   LETHE_ARTIFACT_SWEEP_INTERVAL: z.string().default('1m'),
   // Metrics: off unless asked for (the server listens on loopback only unless told otherwise).
   LETHE_METRICS_LISTEN: z.string().optional(),
+  ...grpcLimitsEnv,
+  ...databaseTimeoutsEnv,
 });
 
 function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget): ArtifactsConfig {
@@ -164,7 +161,10 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
   const e = parseEnv(envSchema, env);
   const listen = flags.listen !== undefined ? parseListen(flags.listen, '--listen') : parseListen(e.LETHE_LISTEN ?? DEFAULT_LISTEN, 'LETHE_LISTEN');
   const dataDir = resolve(flags.dataDir ?? defaultDataDir(env));
-  const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
+  // Checked with PGlite too (a typo fails at once), used with PostgreSQL only: PGlite runs in
+  // this process and cannot stall apart from it.
+  const timeouts = databaseTimeouts(e);
+  const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL, timeouts } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
 
   let auth: AuthConfig;
   if (e.LETHE_JWKS_URL !== undefined || e.LETHE_JWT_PUBLIC_KEY_FILE !== undefined) {
@@ -221,6 +221,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     migrateIdentitySchema: database.kind === 'pglite' || demo || (e.LETHE_MIGRATE_IDENTITY_SCHEMA ?? false),
     events,
     artifacts: artifactsConfig(e, database),
+    grpc: grpcLimits(e),
     metricsListen: e.LETHE_METRICS_LISTEN === undefined || e.LETHE_METRICS_LISTEN.trim() === '' ? undefined : parseListen(e.LETHE_METRICS_LISTEN.trim(), 'LETHE_METRICS_LISTEN'),
   });
 }

@@ -23,12 +23,13 @@ import {
   RequestState,
   RequestType,
 } from '../gen/lethe/privacy/v1/privacy.js';
-import { type ArtifactView, type ExportEvent, type PrivacyEngine, type PrivacyRequestView, UUID } from '../privacy/engine.js';
-import type { PrivacyRequestRecord, RequestState as LedgerState } from '../store/ledger.js';
+import type { ArtifactView, ExportEvent, PrivacyEngine, PrivacyRequestView } from '../privacy/engine.js';
+import type { RequestState as LedgerState } from '../store/ledger.js';
 import type { AuthContext } from './middleware.js';
+import type { PageTokens } from './page-token.js';
 
 /** The gRPC front end: translates messages to engine calls and back, nothing more. */
-export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementation<AuthContext> {
+export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): PrivacyServiceImplementation<AuthContext> {
   return {
     async *exportUser(request: ExportUserRequest, context: CallContext & AuthContext): AsyncGenerator<DeepPartial<ExportUserResponse>> {
       const events = engine.exportUser(context.principal, { userId: request.userId, reason: request.reason }, context.signal);
@@ -52,13 +53,13 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
         state: fromStateMessage(request.state),
         overdueOnly: request.overdueOnly,
         pageSize: pageSize + 1,
-        after: request.pageToken === '' ? undefined : decodePageToken(request.pageToken),
+        after: request.pageToken === '' ? undefined : pageTokens.decode(request.pageToken),
       });
       const page = rows.slice(0, pageSize);
       const last = page.at(-1);
       return {
         requests: page.map(toMessage),
-        nextPageToken: rows.length > pageSize && last !== undefined ? encodePageToken(last) : '',
+        nextPageToken: rows.length > pageSize && last !== undefined ? pageTokens.encode(last) : '',
       };
     },
 
@@ -165,19 +166,4 @@ function toArtifactMessage(a: ArtifactView): ExportArtifact {
     expiresAt: a.expiresAt,
     state: a.state === 'available' ? ArtifactState.ARTIFACT_STATE_AVAILABLE : ArtifactState.ARTIFACT_STATE_EXPIRED,
   };
-}
-
-function encodePageToken(r: PrivacyRequestRecord): string {
-  return Buffer.from(JSON.stringify([r.receivedAt.toISOString(), r.id])).toString('base64url');
-}
-
-function decodePageToken(token: string): { receivedAt: Date; id: string } {
-  try {
-    const [at, id] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [unknown, unknown];
-    const receivedAt = new Date(String(at));
-    if (typeof id !== 'string' || !UUID.test(id) || Number.isNaN(receivedAt.getTime())) throw new Error('bad token');
-    return { receivedAt, id };
-  } catch {
-    throw new InvalidArgumentError('page_token is not a token this server issued');
-  }
 }
