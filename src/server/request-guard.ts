@@ -28,7 +28,7 @@ interface Undecodable {
   readonly limit: number;
 }
 
-function isUndecodable(value: unknown): value is Undecodable {
+export function isUndecodable(value: unknown): value is Undecodable {
   return typeof value === 'object' && value !== null && UNDECODABLE in value;
 }
 
