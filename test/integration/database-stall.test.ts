@@ -1,0 +1,77 @@
+import { createChannel, createClient } from 'nice-grpc';
+import { HealthDefinition } from 'nice-grpc-server-health';
+import { HealthCheckResponse_ServingStatus as ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LIVENESS_SERVICE } from '../../src/server/grpc-server.js';
+import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
+import { status } from '../support/grpc-status.js';
+import { type TestServer, startTestServer } from '../support/server-fixture.js';
+
+/**
+ * A stalled database (every PostgreSQL process SIGSTOPped: connections are accepted and nothing
+ * answers, as in a network partition) with the default timeouts: calls answer UNAVAILABLE within
+ * 30 s instead of hanging until the client gives up; readiness (health '') turns NOT_SERVING
+ * within 30 s while liveness stays SERVING; both come back when the database does.
+ */
+
+const bin = requirePostgres();
+const BOUND_MS = 30_000;
+const list = { subjectId: '', state: 0, overdueOnly: false, pageSize: 5, pageToken: '' };
+
+describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeouts', () => {
+  let cluster: PostgresCluster;
+  let t: TestServer;
+
+  beforeAll(async () => {
+    cluster = await startPostgres(bin ?? '');
+    t = await startTestServer({ DATABASE_URL: await cluster.createDatabase() });
+  });
+  afterAll(async () => {
+    cluster?.resume();
+    await t?.stop();
+    await cluster?.destroy();
+  });
+
+  it('answers UNAVAILABLE within 30 s, reports NOT_SERVING for readiness (not liveness), and recovers', async () => {
+    const client = await t.clientAs('platform-owner-id');
+    const health = createClient(HealthDefinition, createChannel(t.address));
+    const check = async (service: string) => (await health.check({ service }, { signal: AbortSignal.timeout(5_000) })).status;
+    // Warm: the pool holds connections that will now stall mid-query.
+    expect((await client.listPrivacyRequests(list)).requests).toBeInstanceOf(Array);
+    expect(await check('')).toBe(ServingStatus.SERVING);
+
+    cluster.pause();
+    const stalledAt = performance.now();
+    const since = () => Math.round(performance.now() - stalledAt);
+    // The clients would wait a minute: whatever comes sooner is the server's answer.
+    const deadline = () => ({ signal: AbortSignal.timeout(60_000) });
+    const calls = Promise.all([
+      status(client.listPrivacyRequests(list, deadline())).then((s) => ({ ...s, ms: since() })),
+      status(client.forgetUser({ userId: 'member-user-id-456', reason: 'stall', idempotencyKey: 'stall-1' }, deadline())).then((s) => ({ ...s, ms: since() })),
+      status(client.getPrivacyRequest({ id: '00000000-0000-4000-8000-000000000000' }, deadline())).then((s) => ({ ...s, ms: since() })),
+    ]);
+    let notServingMs: number | undefined;
+    while (notServingMs === undefined && since() < BOUND_MS + 5_000) {
+      if ((await check('')) === ServingStatus.NOT_SERVING) notServingMs = since();
+      else await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(await check(LIVENESS_SERVICE)).toBe(ServingStatus.SERVING);
+    expect(await check('lethe.privacy.v1.PrivacyService')).toBe(ServingStatus.NOT_SERVING);
+    const answered = await calls;
+    console.log(`database stall: NOT_SERVING after ${notServingMs} ms; calls answered ${JSON.stringify(answered)}`);
+    expect(notServingMs).toBeLessThan(BOUND_MS);
+    for (const a of answered) {
+      expect(a).toMatchObject({ code: 'UNAVAILABLE', details: 'The database is unavailable; retry later' });
+      expect(a.ms).toBeLessThan(BOUND_MS);
+    }
+
+    cluster.resume();
+    const resumedAt = performance.now();
+    while ((await check('')) !== ServingStatus.SERVING) {
+      expect(performance.now() - resumedAt).toBeLessThan(BOUND_MS);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    console.log(`database stall: SERVING again ${Math.round(performance.now() - resumedAt)} ms after SIGCONT`);
+    expect((await client.listPrivacyRequests(list)).requests).toBeInstanceOf(Array);
+  }, 120_000);
+});
