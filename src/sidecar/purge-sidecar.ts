@@ -106,7 +106,7 @@ export class PurgeSidecar {
       const map = await loadDataMap(c.dataMapPath);
       this.hashKey = hashKeyFor(c, map);
       this.map = map;
-      const db = await openDatabase({ kind: 'postgres', url: c.databaseUrl, poolMax: c.concurrency + 1 });
+      const db = await openDatabase({ kind: 'postgres', url: c.databaseUrl, poolMax: c.concurrency + 1, timeouts: c.databaseTimeouts }, this.logger);
       this.db = db;
       try {
         await migrateSidecar(db.knex);
