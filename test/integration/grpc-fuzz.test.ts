@@ -182,7 +182,7 @@ function call(client: grpc.Client, m: Method, payload: Buffer, token: string | u
   });
 }
 
-/** One gRPC request over raw HTTP/2: headers and body as given; answers the grpc-status (or the HTTP status when there is none). */
+/** One gRPC request over raw HTTP/2: headers and body as given; answers the grpc-status (OK once a message arrives), or only the HTTP status when there is none. */
 function rawCall(address: string, path: string, body: Buffer, headers: Record<string, string> = {}): Promise<{ httpStatus: number; grpcStatus: number | undefined }> {
   return new Promise((resolve, reject) => {
     const session = http2Connect(`http://${address}`);
@@ -197,7 +197,11 @@ function rawCall(address: string, path: string, body: Buffer, headers: Record<st
     req.on('trailers', (t) => {
       if (t['grpc-status'] !== undefined) grpcStatus = Number(t['grpc-status']);
     });
-    req.on('data', () => undefined);
+    // A message means the request was decoded and served (Watch would stream for ever).
+    req.on('data', () => {
+      grpcStatus ??= grpc.status.OK;
+      req.close();
+    });
     req.on('close', () => {
       session.close();
       resolve({ httpStatus, grpcStatus });
@@ -384,4 +388,16 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
     fuzzClient.close();
     probeClient.close();
   }, 180_000);
+
+  it('applies the transport limits: the receive size and the concurrent streams per connection', async () => {
+    const client = new grpc.Client(address, grpc.credentials.createInsecure());
+    const forget = METHODS.find((m) => m.path.endsWith('/ForgetUser')) as Method;
+    const big = Buffer.from(ForgetUserRequest.encode({ userId: 'x', reason: 'r'.repeat(300 * 1024), idempotencyKey: 'k' }).finish());
+    expect(grpc.status[(await call(client, forget, big, token)).code]).toBe('RESOURCE_EXHAUSTED');
+    client.close();
+    const session = http2Connect(`http://${address}`);
+    await new Promise<void>((resolve) => session.once('remoteSettings', () => resolve()));
+    expect(session.remoteSettings.maxConcurrentStreams).toBe(100);
+    session.close();
+  });
 });
