@@ -12,6 +12,7 @@ import { authentication, errorsAndLogging, exportRecordCounting } from './middle
 import type { PageTokens } from './page-token.js';
 import { privacyService } from './privacy-service.js';
 import { RequestSchemas, guardGrpcJsService, guardTsProtoService, refuseUndecodable } from './request-guard.js';
+import { useInvalidArgumentForBadInput } from './grpc-js-input-errors.js';
 
 const DESCRIPTOR_SET = new URL('../gen/descriptor-set.binpb', import.meta.url);
 const HEALTH_SERVICE = 'grpc.health.v1.Health';
@@ -64,6 +65,7 @@ function channelOptions(l: GrpcLimits) {
  * request of every service passes the request guard first.
  */
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServer> {
+  useInvalidArgumentForBadInput();
   const health = HealthState();
   const descriptorSet = readFileSync(DESCRIPTOR_SET);
   const schemas = new RequestSchemas(descriptorSet);
