@@ -2,7 +2,11 @@ import { createChannel, createClient } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
 import { HealthCheckResponse_ServingStatus as ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_DATABASE_TIMEOUTS } from '../../src/config/limits.js';
+import { UnavailableError } from '../../src/errors.js';
 import { LIVENESS_SERVICE } from '../../src/server/grpc-server.js';
+import { openDatabase } from '../../src/store/database.js';
+import { translateDatabaseError } from '../../src/store/errors.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
 import { status } from '../support/grpc-status.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
@@ -24,7 +28,7 @@ describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeout
 
   beforeAll(async () => {
     cluster = await startPostgres(bin ?? '');
-    t = await startTestServer({ DATABASE_URL: await cluster.createDatabase() });
+    t = await startTestServer({ DATABASE_URL: await cluster.createDatabase(), LETHE_METRICS_LISTEN: '127.0.0.1:0' });
   });
   afterAll(async () => {
     cluster?.resume();
@@ -36,6 +40,7 @@ describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeout
     const client = await t.clientAs('platform-owner-id');
     const health = createClient(HealthDefinition, createChannel(t.address));
     const check = async (service: string) => (await health.check({ service }, { signal: AbortSignal.timeout(5_000) })).status;
+    const readyz = async () => (await fetch(`http://127.0.0.1:${t.server.metricsPort}/readyz`)).status;
     // Warm: the pool holds connections that will now stall mid-query.
     expect((await client.listPrivacyRequests(list)).requests).toBeInstanceOf(Array);
     expect(await check('')).toBe(ServingStatus.SERVING);
@@ -57,6 +62,7 @@ describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeout
     }
     expect(await check(LIVENESS_SERVICE)).toBe(ServingStatus.SERVING);
     expect(await check('lethe.privacy.v1.PrivacyService')).toBe(ServingStatus.NOT_SERVING);
+    expect(await readyz()).toBe(503);
     const answered = await calls;
     console.log(`database stall: NOT_SERVING after ${notServingMs} ms; calls answered ${JSON.stringify(answered)}`);
     expect(notServingMs).toBeLessThan(BOUND_MS);
@@ -73,5 +79,25 @@ describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeout
     }
     console.log(`database stall: SERVING again ${Math.round(performance.now() - resumedAt)} ms after SIGCONT`);
     expect((await client.listPrivacyRequests(list)).requests).toBeInstanceOf(Array);
+    expect(await readyz()).toBe(200);
   }, 120_000);
+
+  it('sets the server-side timeouts on every connection; a statement over them is UNAVAILABLE', async () => {
+    const db = await openDatabase({ kind: 'postgres', url: await cluster.createDatabase(), timeouts: { ...DEFAULT_DATABASE_TIMEOUTS, statementTimeoutMs: 300, queryTimeoutMs: 5_000 } });
+    try {
+      const show = async (name: string) => ((await db.knex.raw(`SHOW ${name}`)) as { rows: Array<Record<string, string>> }).rows[0]?.[name];
+      expect(await show('statement_timeout')).toBe('300ms');
+      expect(await show('lock_timeout')).toBe('10s');
+      expect(await show('idle_in_transaction_session_timeout')).toBe('5min');
+      const err = await db.knex.raw('SELECT pg_sleep(2)').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(translateDatabaseError(err)).toBeInstanceOf(UnavailableError);
+      // The connection stays usable: the server ended the statement cleanly.
+      expect(await show('statement_timeout')).toBe('300ms');
+    } finally {
+      await db.close();
+    }
+  });
 });
