@@ -7,6 +7,7 @@ import { UnavailableError } from '../../src/errors.js';
 import { LIVENESS_SERVICE } from '../../src/server/grpc-server.js';
 import { openDatabase } from '../../src/store/database.js';
 import { translateDatabaseError } from '../../src/store/errors.js';
+import { readJsonRows } from '../../src/privacy/row-cursor.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
 import { status } from '../support/grpc-status.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
@@ -96,6 +97,29 @@ describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeout
       expect(translateDatabaseError(err)).toBeInstanceOf(UnavailableError);
       // The connection stays usable: the server ended the statement cleanly.
       expect(await show('statement_timeout')).toBe('300ms');
+    } finally {
+      await db.close();
+    }
+  });
+
+  it("lets an export's COPY outlast both statement timeouts while its reader is slow", async () => {
+    const timeouts = { ...DEFAULT_DATABASE_TIMEOUTS, statementTimeoutMs: 300, queryTimeoutMs: 600 };
+    const db = await openDatabase({ kind: 'postgres', url: await cluster.createDatabase(), timeouts });
+    try {
+      // ~16 MB: more than the socket buffers hold, so the server waits on the reader.
+      const query = { sql: "SELECT repeat('x', 800) AS j FROM generate_series(1, 20000)", bindings: [] };
+      let rows = 0;
+      const started = performance.now();
+      await db.knex.transaction(async (trx) => {
+        for await (const page of readJsonRows(trx, query, 1_000, new AbortController().signal)) {
+          rows += page.length;
+          if (rows <= 3_000) await new Promise((r) => setTimeout(r, 400));
+        }
+      });
+      expect(rows).toBe(20_000);
+      expect(performance.now() - started).toBeGreaterThan(timeouts.queryTimeoutMs);
+      // Other statements still have them.
+      expect(((await db.knex.raw('SHOW statement_timeout')) as { rows: Array<{ statement_timeout: string }> }).rows[0]?.statement_timeout).toBe('300ms');
     } finally {
       await db.close();
     }
