@@ -1,10 +1,11 @@
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { DEFAULT_DATABASE_TIMEOUTS, type DatabaseTimeouts } from '../store/database.js';
 import { boundedDuration, parseSize, wholeNumber } from './common.js';
 
 /**
  * Bounds on what one client or one sick dependency can cost the server: gRPC transport limits
- * and database timeouts. Each default is written once, here, as the environment's default.
+ * and database timeouts (whose defaults the database layer owns, in DEFAULT_DATABASE_TIMEOUTS).
  */
 
 export interface GrpcLimits {
@@ -50,45 +51,35 @@ export function grpcLimits(e: GrpcLimitsEnv): GrpcLimits {
   };
 }
 
-export interface DatabaseTimeouts {
-  /** PostgreSQL's statement_timeout, lock_timeout and idle_in_transaction_session_timeout, set on every connection. */
-  readonly statementTimeoutMs: number;
-  readonly lockTimeoutMs: number;
-  readonly idleInTransactionTimeoutMs: number;
-  /** Client side: a query without an answer for this long fails and its connection is closed (a stalled server or network). */
-  readonly queryTimeoutMs: number;
-  /** Opening a connection (TCP and start-up). */
-  readonly connectTimeoutMs: number;
-  /** Waiting for a free connection of the pool. */
-  readonly acquireTimeoutMs: number;
-  /** The health probe: `SELECT 1` this often, failing after the timeout. */
-  readonly healthIntervalMs: number;
-  readonly healthTimeoutMs: number;
-}
-
+/** Unset: the database layer's defaults (DEFAULT_DATABASE_TIMEOUTS, where they are written once). */
 export const databaseTimeoutsEnv = {
-  LETHE_DB_STATEMENT_TIMEOUT: z.string().default('20s'),
-  LETHE_DB_LOCK_TIMEOUT: z.string().default('10s'),
-  LETHE_DB_IDLE_IN_TRANSACTION_TIMEOUT: z.string().default('5m'),
-  LETHE_DB_QUERY_TIMEOUT: z.string().default('25s'),
-  LETHE_DB_CONNECT_TIMEOUT: z.string().default('5s'),
-  LETHE_DB_ACQUIRE_TIMEOUT: z.string().default('10s'),
-  LETHE_DB_HEALTH_INTERVAL: z.string().default('5s'),
-  LETHE_DB_HEALTH_TIMEOUT: z.string().default('3s'),
+  LETHE_DB_STATEMENT_TIMEOUT: z.string().optional(),
+  LETHE_DB_LOCK_TIMEOUT: z.string().optional(),
+  LETHE_DB_IDLE_IN_TRANSACTION_TIMEOUT: z.string().optional(),
+  LETHE_DB_QUERY_TIMEOUT: z.string().optional(),
+  LETHE_DB_CONNECT_TIMEOUT: z.string().optional(),
+  LETHE_DB_ACQUIRE_TIMEOUT: z.string().optional(),
+  LETHE_DB_HEALTH_INTERVAL: z.string().optional(),
+  LETHE_DB_HEALTH_TIMEOUT: z.string().optional(),
 };
 
-type DatabaseTimeoutsEnv = { [K in keyof typeof databaseTimeoutsEnv]: z.output<(typeof databaseTimeoutsEnv)[K]> };
+type DatabaseTimeoutsEnv = { readonly [K in keyof typeof databaseTimeoutsEnv]?: string | undefined };
 
 export function databaseTimeouts(e: DatabaseTimeoutsEnv): DatabaseTimeouts {
+  const d = DEFAULT_DATABASE_TIMEOUTS;
+  const duration = (name: keyof DatabaseTimeoutsEnv, min: string, max: string, fallback: number) => {
+    const value = e[name];
+    return value === undefined ? fallback : boundedDuration(value, name, min, max);
+  };
   const t: DatabaseTimeouts = {
-    statementTimeoutMs: boundedDuration(e.LETHE_DB_STATEMENT_TIMEOUT, 'LETHE_DB_STATEMENT_TIMEOUT', '100ms', '1h'),
-    lockTimeoutMs: boundedDuration(e.LETHE_DB_LOCK_TIMEOUT, 'LETHE_DB_LOCK_TIMEOUT', '100ms', '1h'),
-    idleInTransactionTimeoutMs: boundedDuration(e.LETHE_DB_IDLE_IN_TRANSACTION_TIMEOUT, 'LETHE_DB_IDLE_IN_TRANSACTION_TIMEOUT', '1s', '1d'),
-    queryTimeoutMs: boundedDuration(e.LETHE_DB_QUERY_TIMEOUT, 'LETHE_DB_QUERY_TIMEOUT', '100ms', '1h'),
-    connectTimeoutMs: boundedDuration(e.LETHE_DB_CONNECT_TIMEOUT, 'LETHE_DB_CONNECT_TIMEOUT', '100ms', '5m'),
-    acquireTimeoutMs: boundedDuration(e.LETHE_DB_ACQUIRE_TIMEOUT, 'LETHE_DB_ACQUIRE_TIMEOUT', '100ms', '5m'),
-    healthIntervalMs: boundedDuration(e.LETHE_DB_HEALTH_INTERVAL, 'LETHE_DB_HEALTH_INTERVAL', '100ms', '5m'),
-    healthTimeoutMs: boundedDuration(e.LETHE_DB_HEALTH_TIMEOUT, 'LETHE_DB_HEALTH_TIMEOUT', '100ms', '5m'),
+    statementTimeoutMs: duration('LETHE_DB_STATEMENT_TIMEOUT', '100ms', '1h', d.statementTimeoutMs),
+    lockTimeoutMs: duration('LETHE_DB_LOCK_TIMEOUT', '100ms', '1h', d.lockTimeoutMs),
+    idleInTransactionTimeoutMs: duration('LETHE_DB_IDLE_IN_TRANSACTION_TIMEOUT', '1s', '1d', d.idleInTransactionTimeoutMs),
+    queryTimeoutMs: duration('LETHE_DB_QUERY_TIMEOUT', '100ms', '1h', d.queryTimeoutMs),
+    connectTimeoutMs: duration('LETHE_DB_CONNECT_TIMEOUT', '100ms', '5m', d.connectTimeoutMs),
+    acquireTimeoutMs: duration('LETHE_DB_ACQUIRE_TIMEOUT', '100ms', '5m', d.acquireTimeoutMs),
+    healthIntervalMs: duration('LETHE_DB_HEALTH_INTERVAL', '100ms', '5m', d.healthIntervalMs),
+    healthTimeoutMs: duration('LETHE_DB_HEALTH_TIMEOUT', '100ms', '5m', d.healthTimeoutMs),
   };
   // The server's own timeout should end a slow statement cleanly (the connection stays usable);
   // the client's is the backstop for a server that does not answer at all.
@@ -100,6 +91,3 @@ export function databaseTimeouts(e: DatabaseTimeoutsEnv): DatabaseTimeouts {
   }
   return t;
 }
-
-/** The defaults, for database handles opened without configuration (tests, tools). */
-export const DEFAULT_DATABASE_TIMEOUTS: DatabaseTimeouts = databaseTimeouts(z.object(databaseTimeoutsEnv).parse({}));

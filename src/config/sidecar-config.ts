@@ -8,7 +8,8 @@ import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../failpoints.js';
 import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type Env, type ListenAddress, parseListen } from './config.js';
-import { type DatabaseTimeouts, databaseTimeouts, databaseTimeoutsEnv } from './limits.js';
+import type { DatabaseTimeouts } from '../store/database.js';
+import { databaseTimeouts, databaseTimeoutsEnv } from './limits.js';
 
 /**
  * The configuration of `lethe sidecar`, the purge agent a downstream service runs beside

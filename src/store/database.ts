@@ -4,7 +4,6 @@ import type { Knex } from 'knex';
 import ClientPgLite from 'knex-pglite';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { DEFAULT_DATABASE_TIMEOUTS, type DatabaseTimeouts } from '../config/limits.js';
 import { errorSummary } from '../errors.js';
 
 // knex's ESM build exposes the factory on the default export only.
@@ -13,6 +12,35 @@ const { knex } = knexPkg;
 // Return bigint (COUNT(*) and bigserial) as a JS number, as PGlite does: counts here stay far
 // below 2^53.
 pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number.parseInt(v, 10));
+
+/** PostgreSQL only: PGlite runs in this process and cannot stall apart from it. */
+export interface DatabaseTimeouts {
+  /** PostgreSQL's statement_timeout, lock_timeout and idle_in_transaction_session_timeout, set on every connection. */
+  readonly statementTimeoutMs: number;
+  readonly lockTimeoutMs: number;
+  readonly idleInTransactionTimeoutMs: number;
+  /** Client side: a query without an answer for this long fails and its connection is closed (a stalled server or network). */
+  readonly queryTimeoutMs: number;
+  /** Opening a connection (TCP and start-up). */
+  readonly connectTimeoutMs: number;
+  /** Waiting for a free connection of the pool. */
+  readonly acquireTimeoutMs: number;
+  /** The health probe: `SELECT 1` this often, failing after the timeout. */
+  readonly healthIntervalMs: number;
+  readonly healthTimeoutMs: number;
+}
+
+/** The defaults (LETHE_DB_* overrides them): a stalled database answers UNAVAILABLE within 25 s, health within 8 s. */
+export const DEFAULT_DATABASE_TIMEOUTS: DatabaseTimeouts = Object.freeze({
+  statementTimeoutMs: 20_000,
+  lockTimeoutMs: 10_000,
+  idleInTransactionTimeoutMs: 300_000,
+  queryTimeoutMs: 25_000,
+  connectTimeoutMs: 5_000,
+  acquireTimeoutMs: 10_000,
+  healthIntervalMs: 5_000,
+  healthTimeoutMs: 3_000,
+});
 
 export type DatabaseTarget =
   | { kind: 'postgres'; url: string; poolMax?: number; timeouts?: DatabaseTimeouts }

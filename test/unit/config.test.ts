@@ -1,6 +1,6 @@
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_DATABASE_TIMEOUTS } from '../../src/config/limits.js';
+import { DEFAULT_DATABASE_TIMEOUTS } from '../../src/store/database.js';
 import { DEFAULT_LISTEN, type Env, LOCAL_AUDIENCE, LOCAL_ISSUER, loadServerConfig, parseListen } from '../../src/config/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { DEFAULT_DATA_MAP_PATH } from '../../src/privacy/data-map.js';
