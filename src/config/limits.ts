@@ -26,7 +26,8 @@ export interface GrpcLimits {
 }
 
 export const grpcLimitsEnv = {
-  LETHE_GRPC_MAX_RECEIVE_MESSAGE_SIZE: z.string().default('256KiB'),
+  // PrivacyService requests hold a few fields of at most 256 bytes; decoding cost grows with size.
+  LETHE_GRPC_MAX_RECEIVE_MESSAGE_SIZE: z.string().default('16KiB'),
   LETHE_GRPC_MAX_SEND_MESSAGE_SIZE: z.string().default('16MiB'),
   LETHE_GRPC_MAX_CONCURRENT_STREAMS: wholeNumber(1, 10_000, 100),
   LETHE_GRPC_KEEPALIVE_TIME: z.string().default('2m'),

@@ -374,14 +374,15 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
 
     expect(bad).toEqual([]);
     expect(codes.get('INVALID_ARGUMENT') ?? 0).toBeGreaterThan(CASES / 4);
-    // Other callers were answered, and quickly, all along (bounds with margin for a shared 2-core machine).
+    // Other callers were answered all along, each within seconds (the issue's callers timed out):
+    // coarse bounds, as the fuzzing clients share this process and the machine's two cores.
     expect(others.length).toBeGreaterThan(2);
     expect(others.every((o) => o.code === grpc.status.OK)).toBe(true);
-    expect(worst).toBeLessThan(2_000);
+    expect(worst).toBeLessThan(5_000);
     // No request held the event loop for long (the issue's held it for three minutes). Measured in
     // this process, which also runs the fuzzing clients and the database driver: a coarse bound;
     // test/unit/request-guard.test.ts times the decoding itself.
-    expect(loop.max / 1e6).toBeLessThan(1_000);
+    expect(loop.max / 1e6).toBeLessThan(2_000);
 
     // Alive afterwards.
     expect((await call(probeClient, health, Buffer.alloc(0), undefined)).code).toBe(grpc.status.OK);

@@ -154,7 +154,7 @@ describe('loadServerConfig: gRPC limits and database timeouts', () => {
   it('has documented defaults', () => {
     const c = loadServerConfig({ HOME, DATABASE_URL: 'postgres://db/lethe', LETHE_ARTIFACT_KEY: ARTIFACT_KEY });
     expect(c.grpc).toEqual({
-      maxReceiveMessageBytes: 256 * 1024,
+      maxReceiveMessageBytes: 16 * 1024,
       maxSendMessageBytes: 16 * 1024 * 1024,
       maxConcurrentStreams: 100,
       keepaliveTimeMs: 120_000,
