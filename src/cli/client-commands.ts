@@ -1,13 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
-import { once } from 'node:events';
 import { mintLocalToken } from '../auth/local-key.js';
 import { connectPrivacyService, type PrivacyClient } from '../client/privacy-client.js';
 import { receiveArtifact } from '../client/artifact-receiver.js';
 import { receiveExport } from '../client/export-receiver.js';
 import { loadClientConfig } from '../config/client-config.js';
 import { ConfigError, InvalidArgumentError } from '../errors.js';
+import { type Write, writeOutput } from './output-target.js';
 import { ArtifactState, ConfirmationState, type PrivacyRequest, RequestState, RequestType } from '../gen/lethe/privacy/v1/privacy.js';
 
 interface ClientFlags {
@@ -33,35 +31,10 @@ async function withClient<T>(flags: ClientFlags, defaultActor: string | undefine
   }
 }
 
-type Write = (chunk: string | Uint8Array) => Promise<void>;
-
-/**
- * Writes a verified document to `target`, or to standard output: into `<target>.partial`,
- * renamed only once `receive` has checked the digest. Returns the line to report.
- */
-async function writeVerified(target: string | undefined, receive: (write: Write) => Promise<string>): Promise<void> {
-  const partial = target === undefined ? undefined : `${target}.partial`;
-  const out = partial === undefined ? process.stdout : createWriteStream(partial, { mode: 0o600 });
-  const write: Write = async (chunk) => {
-    if (!out.write(chunk)) await once(out, 'drain');
-  };
-  try {
-    const summary = await receive(write);
-    // A file holds exactly the canonical document, so `sha256sum` matches the digest.
-    if (partial === undefined) await write('\n');
-    if (partial !== undefined && target !== undefined) {
-      out.end();
-      await once(out, 'finish');
-      await rename(partial, target);
-      console.error(`wrote ${target}: ${summary}`);
-    }
-  } catch (err) {
-    if (partial !== undefined) {
-      out.destroy();
-      await rm(partial, { force: true });
-    }
-    throw err;
-  }
+/** Writes a verified document as `-o` says (src/cli/output-target.ts) and reports where to standard error. */
+async function writeVerified(output: string | undefined, receive: (write: Write) => Promise<string>): Promise<void> {
+  const summary = await writeOutput(output, receive);
+  if (output !== undefined) console.error(`wrote ${output === '-' ? 'standard output' : output}: ${summary}`);
 }
 
 export async function exportCommand(userId: string | undefined, flags: ClientFlags & { output?: string; reason?: string; request?: string }): Promise<void> {

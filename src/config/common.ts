@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import type { Env } from './config.js';
 
+
 /** Pieces every command's configuration shares. */
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -47,4 +48,36 @@ export function commaList(value: string | undefined): string[] {
         .filter((s) => s.length > 0),
     ),
   ];
+}
+
+const DURATION = /^(\d+)(ms|s|m|h|d)$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `90s`, `2m`, `24h`, `7d` → milliseconds. */
+export function parseDuration(value: string, source: string): number {
+  const m = DURATION.exec(value.trim());
+  if (m === null) throw new ConfigError(`'${value}' is not a duration such as 90s, 2m, 24h or 7d`, source);
+  return Number(m[1]) * (UNIT_MS[m[2] ?? 's'] ?? 1_000);
+}
+
+/** A duration within bounds (inclusive), e.g. a timeout. */
+export function boundedDuration(value: string, source: string, min: string, max: string): number {
+  const ms = parseDuration(value, source);
+  if (ms < parseDuration(min, source) || ms > parseDuration(max, source)) throw new ConfigError(`must be from ${min} to ${max}`, source);
+  return ms;
+}
+
+const SIZE = /^(\d+)(B|KiB|MiB)$/;
+const UNIT_BYTES: Record<string, number> = { B: 1, KiB: 1024, MiB: 1024 * 1024 };
+
+/** `512B`, `64KiB`, `4MiB` → bytes, within bounds (inclusive). */
+export function parseSize(value: string, source: string, min: string, max: string): number {
+  const parse = (v: string) => {
+    const m = SIZE.exec(v.trim());
+    if (m === null) throw new ConfigError(`'${v}' is not a size such as 512B, 64KiB or 4MiB`, source);
+    return Number(m[1]) * (UNIT_BYTES[m[2] ?? 'B'] ?? 1);
+  };
+  const bytes = parse(value);
+  if (bytes < parse(min) || bytes > parse(max)) throw new ConfigError(`must be from ${min} to ${max}`, source);
+  return bytes;
 }

@@ -3,7 +3,8 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { StreamSettings } from '../events/nats.js';
 import { ConfigError } from '../errors.js';
-import { type LogLevel, flag, hashKey, logLevel, parseEnv } from './common.js';
+import { type LogLevel, flag, hashKey, logLevel, parseDuration, parseEnv } from './common.js';
+import { type GrpcLimits, databaseTimeouts, databaseTimeoutsEnv, grpcLimits, grpcLimitsEnv } from './limits.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
@@ -15,6 +16,8 @@ import type { DatabaseTarget } from '../store/database.js';
  */
 
 export type Env = Readonly<Record<string, string | undefined>>;
+
+export { parseDuration } from './common.js';
 
 export interface ListenAddress {
   readonly host: string;
@@ -61,6 +64,8 @@ export interface ServerConfig {
   readonly exportStallTimeoutMs: number;
   /** A person's own erasure runs this long after they asked; 0: at once (LETHE_SELF_ERASURE_GRACE). */
   readonly selfErasureGraceMs: number;
+  /** gRPC transport limits (message sizes, streams, keepalive, connection age). */
+  readonly grpc: GrpcLimits;
 }
 
 /** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
@@ -82,16 +87,6 @@ export interface EventsConfig {
   readonly confirmationTimeoutMs: number;
   /** The CloudEvents `source` attribute. */
   readonly source: string;
-}
-
-const DURATION = /^(\d+)(ms|s|m|h|d)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** `90s`, `2m`, `24h`, `7d` → milliseconds. */
-export function parseDuration(value: string, source: string): number {
-  const m = DURATION.exec(value.trim());
-  if (m === null) throw new ConfigError(`'${value}' is not a duration such as 90s, 2m, 24h or 7d`, source);
-  return Number(m[1]) * (UNIT_MS[m[2] ?? 's'] ?? 1_000);
 }
 
 /** Default age limit of the privacy stream's messages (LETHE_NATS_MAX_AGE), for server and sidecar. */
@@ -170,6 +165,8 @@ const envSchema = z.object({
   LETHE_EXPORT_STALL_TIMEOUT: z.string().default('30s'),
   LETHE_SELF_ERASURE_GRACE: z.string().default('7d'),
   LETHE_MAX_CONCURRENT_EXPORTS: z.string().regex(/^[1-9]\d{0,3}$/, 'must be a whole number from 1 to 9999').transform(Number).optional(),
+  ...grpcLimitsEnv,
+  ...databaseTimeoutsEnv,
 });
 
 function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget): ArtifactsConfig {
@@ -188,7 +185,10 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
   const e = parseEnv(envSchema, env);
   const listen = flags.listen !== undefined ? parseListen(flags.listen, '--listen') : parseListen(e.LETHE_LISTEN ?? DEFAULT_LISTEN, 'LETHE_LISTEN');
   const dataDir = resolve(flags.dataDir ?? defaultDataDir(env));
-  const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
+  // Checked with PGlite too (a typo fails at once), used with PostgreSQL only: PGlite runs in
+  // this process and cannot stall apart from it.
+  const timeouts = databaseTimeouts(e);
+  const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL, timeouts } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
 
   let auth: AuthConfig;
   if (e.LETHE_JWKS_URL !== undefined || e.LETHE_JWT_PUBLIC_KEY_FILE !== undefined) {
@@ -252,6 +252,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     selfErasureGraceMs: e.LETHE_SELF_ERASURE_GRACE.trim() === '0' ? 0 : parseDuration(e.LETHE_SELF_ERASURE_GRACE, 'LETHE_SELF_ERASURE_GRACE'),
     exportStallTimeoutMs: parseDuration(e.LETHE_EXPORT_STALL_TIMEOUT, 'LETHE_EXPORT_STALL_TIMEOUT'),
     maxConcurrentExports: e.LETHE_MAX_CONCURRENT_EXPORTS ?? (database.kind === 'pglite' ? 1 : 4),
+    grpc: grpcLimits(e),
     metricsListen: e.LETHE_METRICS_LISTEN === undefined || e.LETHE_METRICS_LISTEN.trim() === '' ? undefined : parseListen(e.LETHE_METRICS_LISTEN.trim(), 'LETHE_METRICS_LISTEN'),
   });
 }

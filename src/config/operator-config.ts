@@ -104,8 +104,13 @@ export function loadOperatorConfig(env: Env): Readonly<OperatorConfig> {
     renewDeadlineMs: parseDuration(e.LETHE_LEADER_ELECTION_RENEW_DEADLINE, 'LETHE_LEADER_ELECTION_RENEW_DEADLINE'),
     retryPeriodMs: parseDuration(e.LETHE_LEADER_ELECTION_RETRY, 'LETHE_LEADER_ELECTION_RETRY'),
   };
-  if (!(leaderElection.leaseDurationMs > leaderElection.renewDeadlineMs && leaderElection.renewDeadlineMs > leaderElection.retryPeriodMs)) {
+  // client-go's rules: a leader gives up at the renew deadline, which must come before its lease
+  // can expire for others, and leave room for more than one retry (jittered by up to 1.2).
+  if (!(leaderElection.leaseDurationMs > leaderElection.renewDeadlineMs)) {
     throw new ConfigError('the lease duration must exceed the renew deadline, which must exceed the retry period (defaults 15s > 10s > 2s)', 'LETHE_LEADER_ELECTION_LEASE');
+  }
+  if (!(leaderElection.renewDeadlineMs > 1.2 * leaderElection.retryPeriodMs)) {
+    throw new ConfigError('the renew deadline must exceed 1.2 times the retry period (defaults 15s > 10s > 2s)', 'LETHE_LEADER_ELECTION_RENEW_DEADLINE');
   }
 
   const pollIntervalMs = parseDuration(e.LETHE_OPERATOR_POLL_INTERVAL, 'LETHE_OPERATOR_POLL_INTERVAL');

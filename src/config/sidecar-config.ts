@@ -8,6 +8,8 @@ import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../failpoints.js';
 import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type Env, type ListenAddress, STREAM_MAX_AGE_DEFAULT, parseListen, streamMaxAge } from './config.js';
+import type { DatabaseTimeouts } from '../store/database.js';
+import { databaseTimeouts, databaseTimeoutsEnv } from './limits.js';
 
 /**
  * The configuration of `lethe sidecar`, the purge agent a downstream service runs beside
@@ -37,6 +39,8 @@ export interface SidecarConfig {
   readonly logLevel: LogLevel;
   /** Test only: where to crash on purpose (see src/failpoints.ts). */
   readonly failpoints: ReadonlySet<Failpoint>;
+  /** Statement, lock, query, connect and pool timeouts of the service's database (the same settings as the server's). */
+  readonly databaseTimeouts: DatabaseTimeouts;
 }
 
 export interface SidecarFlags {
@@ -78,6 +82,7 @@ const envSchema = z.object({
   LETHE_LOG_LEVEL: logLevel,
   LETHE_FAILPOINTS: z.string().optional(),
   LETHE_NATS_MAX_AGE: z.string().default(STREAM_MAX_AGE_DEFAULT),
+  ...databaseTimeoutsEnv,
 });
 
 export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<SidecarConfig> {
@@ -114,6 +119,7 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
     hashKey: e.LETHE_HASH_KEY === undefined ? undefined : Buffer.from(e.LETHE_HASH_KEY, 'hex'),
     logLevel: e.LETHE_LOG_LEVEL,
     failpoints: parseFailpoints(e.LETHE_FAILPOINTS),
+    databaseTimeouts: databaseTimeouts(e),
   });
 }
 

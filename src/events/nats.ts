@@ -1,5 +1,6 @@
 import { type JetStreamManager, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection, Status } from '@nats-io/nats-core';
+import { errorSummary } from '../errors.js';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { STREAM_SUBJECTS } from './subjects.js';
@@ -26,11 +27,37 @@ export async function connectNats(url: string, name: string, logger: Logger): Pr
     pingInterval: 10_000,
   });
   void (async () => {
-    for await (const s of nc.status()) {
-      if (s.type === 'disconnect' || s.type === 'reconnect') logger.info({ nats: s.type }, 'nats connection');
-    }
+    for await (const s of nc.status()) logNatsStatus(logger, s);
   })();
   return nc;
+}
+
+/**
+ * The client's status events as JSON log lines: connection changes at info, trouble (server
+ * errors, a stale connection, a slow consumer, lame-duck mode) at warn, by class and code only.
+ * Pings and cluster updates are routine.
+ */
+export function logNatsStatus(logger: Logger, s: Status): void {
+  switch (s.type) {
+    case 'disconnect':
+    case 'reconnect':
+    case 'close':
+      logger.info({ nats: s.type }, 'nats connection');
+      return;
+    case 'error':
+      logger.warn({ nats: s.type, err: errorSummary(s.error) }, 'nats error');
+      return;
+    case 'ldm':
+    case 'staleConnection':
+    case 'forceReconnect':
+      logger.warn({ nats: s.type }, 'nats connection');
+      return;
+    case 'slowConsumer':
+      logger.warn({ nats: s.type, pending: s.pending }, 'nats slow consumer');
+      return;
+    default:
+      return;
+  }
 }
 
 /**

@@ -6,6 +6,7 @@ import { CancelledError } from '../errors.js';
 import type { Fragment } from './sql.js';
 
 let cursorSeq = 0;
+const NO_READ_TIMEOUT_MS = 2 ** 31 - 1;
 
 /**
  * Reads a query's single text column `j` inside the caller's transaction, in pages of
@@ -19,8 +20,13 @@ export async function* readJsonRows(trx: Knex.Transaction, query: Fragment, page
   // A transaction's client hands out the transaction's own connection.
   const conn: unknown = await (trx.client as { acquireConnection(): Promise<unknown> }).acquireConnection();
   // COPY takes no parameters: only a query that reads its values from settings can use it.
-  if (conn instanceof pg.Client && query.bindings.length === 0) yield* copyRows(conn, query.sql, pageRows, signal);
-  else yield* cursorRows(trx, query, pageRows, signal);
+  if (conn instanceof pg.Client && query.bindings.length === 0) {
+    // COPY runs at the pace of the client reading the export (backpressure), which may be slower
+    // than any statement timeout: this one statement runs without (the caller's deadline or
+    // cancellation still ends it).
+    await trx.raw("SELECT set_config('statement_timeout', '0', true)");
+    yield* copyRows(conn, query.sql, pageRows, signal);
+  } else yield* cursorRows(trx, query, pageRows, signal);
 }
 
 async function* cursorRows(trx: Knex.Transaction, query: Fragment, fetchRows: number, signal: AbortSignal): AsyncGenerator<string[]> {
@@ -38,7 +44,9 @@ async function* cursorRows(trx: Knex.Transaction, query: Fragment, fetchRows: nu
 }
 
 async function* copyRows(conn: pg.Client, sql: string, pageRows: number, signal: AbortSignal): AsyncGenerator<string[]> {
-  const copy = conn.query(copyTo(`COPY (${sql}) TO STDOUT`));
+  // pg's query_timeout would fail a COPY that outlasts it; 0 means "the connection's default",
+  // so the longest timer Node has (24.8 days) stands for none.
+  const copy = conn.query(Object.assign(copyTo(`COPY (${sql}) TO STDOUT`), { query_timeout: NO_READ_TIMEOUT_MS }));
   let settled = false;
   // The listener also keeps an error that arrives after we stopped reading from being unhandled.
   copy.on('end', () => (settled = true)).on('error', () => (settled = true));

@@ -4,50 +4,103 @@ import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-serv
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import type { Logger } from 'pino';
 import type { Verifier } from '../auth/verifier.js';
+import type { GrpcLimits } from '../config/limits.js';
 import { PrivacyServiceDefinition } from '../gen/lethe/privacy/v1/privacy.js';
 import type { PrivacyEngine } from '../privacy/engine.js';
 import type { ServerMetrics } from '../metrics/server-metrics.js';
 import { authentication, errorsAndLogging, exportRecordCounting } from './middleware.js';
+import type { PageTokens } from './page-token.js';
 import { privacyService } from './privacy-service.js';
+import { RequestSchemas, guardGrpcJsService, guardTsProtoService, refuseUndecodable } from './request-guard.js';
+import { useInvalidArgumentForBadInput } from './grpc-js-input-errors.js';
 
 const DESCRIPTOR_SET = new URL('../gen/descriptor-set.binpb', import.meta.url);
 const HEALTH_SERVICE = 'grpc.health.v1.Health';
+/** The health service name that answers SERVING while the process runs, whatever the database does: for liveness probes. */
+export const LIVENESS_SERVICE = 'liveness';
+/** Health and reflection requests are a few dozen bytes; nothing bigger is read. */
+const SMALL_REQUEST_BYTES = 4 * 1024;
+const REFLECTION_V1 = '/grpc.reflection.v1.ServerReflection/';
+const REFLECTION_V1ALPHA = '/grpc.reflection.v1alpha.ServerReflection/';
 
 export interface GrpcServer {
   readonly port: number;
-  readonly health: HealthState;
+  /** The overall status and PrivacyService's (what readiness probes ask); ignored once shutdown began. */
+  setServing(serving: boolean): void;
   /** Health NOT_SERVING, stop accepting calls, let running calls finish for up to `graceMs`, then cancel the rest. */
   shutdown(graceMs: number): Promise<void>;
 }
 
-/**
- * PrivacyService (authenticated), the standard health service and server reflection, which
- * need no token so that probes and grpcurl work.
- */
-export async function startGrpcServer(opts: { engine: PrivacyEngine; verify: Verifier; logger: Logger; host: string; port: number; metrics?: ServerMetrics }): Promise<GrpcServer> {
-  const health = HealthState();
-  const server: Server = createServer({
+export interface GrpcServerOptions {
+  readonly engine: PrivacyEngine;
+  readonly verify: Verifier;
+  readonly logger: Logger;
+  readonly host: string;
+  readonly port: number;
+  readonly limits: GrpcLimits;
+  readonly pageTokens: PageTokens;
+  readonly metrics?: ServerMetrics | undefined;
+}
+
+/** grpc-js options from the configured limits. */
+function channelOptions(l: GrpcLimits) {
+  return {
+    'grpc.max_receive_message_length': l.maxReceiveMessageBytes,
+    'grpc.max_send_message_length': l.maxSendMessageBytes,
+    'grpc.max_concurrent_streams': l.maxConcurrentStreams,
+    'grpc.keepalive_time_ms': l.keepaliveTimeMs,
+    'grpc.keepalive_timeout_ms': l.keepaliveTimeoutMs,
+    'grpc.max_connection_idle_ms': l.maxConnectionIdleMs,
+    'grpc.max_connection_age_ms': l.maxConnectionAgeMs,
+    'grpc.max_connection_age_grace_ms': l.maxConnectionAgeGraceMs,
+    // Clients may keep idle connections alive with pings (grpc-js 1.14 does not police their
+    // rate on the server; Node's HTTP/2 layer ends sessions that flood it with pings or settings).
     'grpc.keepalive_permit_without_calls': 1,
-    'grpc.max_receive_message_length': 1024 * 1024,
-  }).use(errorsAndLogging(opts.logger, opts.metrics));
+  };
+}
+
+/**
+ * PrivacyService (authenticated), the standard health service and server reflection (v1, and
+ * v1alpha for older clients), which need no token so that probes and grpcurl work. Every
+ * request of every service passes the request guard first.
+ */
+export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServer> {
+  useInvalidArgumentForBadInput();
+  const health = HealthState();
+  const descriptorSet = readFileSync(DESCRIPTOR_SET);
+  const schemas = new RequestSchemas(descriptorSet);
+  const small = { schemas, maxRequestBytes: Math.min(SMALL_REQUEST_BYTES, opts.limits.maxReceiveMessageBytes) };
+  const server: Server = createServer(channelOptions(opts.limits)).use(errorsAndLogging(opts.logger, opts.metrics)).use(refuseUndecodable(opts.logger));
   const authenticated = server.with(authentication(opts.verify));
-  (opts.metrics === undefined ? authenticated : authenticated.with(exportRecordCounting(opts.metrics))).add(PrivacyServiceDefinition, privacyService(opts.engine));
-  server.add(HealthDefinition, HealthServiceImpl(health));
-  server.add(
-    ServerReflectionService,
-    ServerReflection(readFileSync(DESCRIPTOR_SET), [PrivacyServiceDefinition.fullName, HEALTH_SERVICE]),
+  (opts.metrics === undefined ? authenticated : authenticated.with(exportRecordCounting(opts.metrics))).add(
+    guardTsProtoService(PrivacyServiceDefinition, { schemas, maxRequestBytes: opts.limits.maxReceiveMessageBytes }),
+    privacyService(opts.engine, opts.pageTokens),
   );
+  server.add(guardTsProtoService(HealthDefinition, small), HealthServiceImpl(health));
+  const reflection = ServerReflection(descriptorSet, [PrivacyServiceDefinition.fullName, HEALTH_SERVICE]);
+  server.add(guardGrpcJsService(ServerReflectionService, small), reflection);
+  // v1alpha has the same messages under another package name.
+  const toAlpha = (path: string) => path.replace(REFLECTION_V1, REFLECTION_V1ALPHA);
+  server.add(guardGrpcJsService(ServerReflectionService, { ...small, rename: toAlpha }), reflection);
+
   const host = opts.host.includes(':') && !opts.host.startsWith('[') ? `[${opts.host}]` : opts.host;
   const port = await server.listen(`${host}:${opts.port}`);
-  health.setStatus('healthy');
-  health.setStatus('healthy', PrivacyServiceDefinition.fullName);
+  let stopping = false;
+  const setServing = (serving: boolean) => {
+    if (stopping) return;
+    const status = serving ? 'healthy' : 'unhealthy';
+    health.setStatus(status);
+    health.setStatus(status, PrivacyServiceDefinition.fullName);
+  };
+  setServing(true);
+  health.setStatus('healthy', LIVENESS_SERVICE);
 
   return {
     port,
-    health,
+    setServing,
     async shutdown(graceMs) {
-      health.setStatus('unhealthy');
-      health.setStatus('unhealthy', PrivacyServiceDefinition.fullName);
+      setServing(false);
+      stopping = true;
       let timer: NodeJS.Timeout | undefined;
       const forced = new Promise<void>((resolve) => {
         timer = setTimeout(() => {

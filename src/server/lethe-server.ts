@@ -12,12 +12,14 @@ import { workers } from '../store/workers.js';
 import { PrivacyEngine } from '../privacy/engine.js';
 import { usesHash } from '../privacy/forget.js';
 import { prepareServerDataMap } from '../privacy/lethe-tables.js';
-import { type Database, openDatabase } from '../store/database.js';
+import { DEFAULT_DATABASE_TIMEOUTS, type Database, openDatabase } from '../store/database.js';
 import { lockDataDir } from '../store/data-dir-lock.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { loadDemoData } from '../store/demo-data.js';
 import { migrateIdentitySchema, migrateLethe } from '../store/migrations.js';
 import { startGrpcServer } from './grpc-server.js';
+import { DatabaseHealth } from './database-health.js';
+import { PageTokens } from './page-token.js';
 import { ServerEvents } from '../events/server-events.js';
 import { countPending } from '../store/outbox.js';
 import { type HealthServer, startHealthServer } from '../health-server.js';
@@ -49,7 +51,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals, { serviceAccounts: config.serviceAccounts, logger });
 
   const unlock = config.database.kind === 'pglite' ? await lockDataDir(config.dataDir) : async () => undefined;
-  const db = await openDatabase(config.database);
+  const db = await openDatabase(config.database, logger);
   let eventsDb: Database | undefined;
   try {
     await migrateLethe(db.knex).catch((err: unknown) => {
@@ -65,7 +67,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     const ev = config.events;
     // The relay and the receipt consumer get a small pool of their own, so that a queue of
     // ForgetUser calls never starves them (PGlite has a single connection to share).
-    eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }) : undefined;
+    eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }, logger) : undefined;
     const events =
       ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices, outboxRetentionMs: ev.outboxRetentionMs }, logger);
     const workerId = randomUUID();
@@ -130,16 +132,32 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     scheduler.start({ now: true });
     const outboxDb = (eventsDb ?? db).knex;
     const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(() => countPending(outboxDb));
-    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port, metrics }).catch(async (err: unknown) => {
+    const grpc = await startGrpcServer({
+      engine,
+      verify,
+      logger,
+      host: config.listen.host,
+      port: config.listen.port,
+      limits: config.grpc,
+      // Derived from the artifact key, which every replica shares: a token works on any of them.
+      pageTokens: new PageTokens(artifactKey),
+      metrics,
+    }).catch(async (err: unknown) => {
       await stopBackground();
       throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
     });
+    // Readiness (gRPC health and /readyz) follows the database; liveness does not.
+    const t = config.database.kind === 'postgres' ? (config.database.timeouts ?? DEFAULT_DATABASE_TIMEOUTS) : undefined;
+    const dbHealth =
+      t === undefined ? undefined : new DatabaseHealth((ms) => db.ping(ms), { intervalMs: t.healthIntervalMs, timeoutMs: t.healthTimeoutMs, logger, onChange: (ok) => grpc.setServing(ok) });
+    dbHealth?.start();
     // The metrics listener also answers /healthz and /readyz (ready until shutdown begins).
     let serving = true;
     let http: HealthServer | undefined;
     const metricsListen = config.metricsListen;
     if (metrics !== undefined && metricsListen !== undefined) {
-      http = await startHealthServer(metricsListen, () => serving, { metrics: metrics.registry }).catch(async (err: unknown) => {
+      http = await startHealthServer(metricsListen, () => serving && (dbHealth?.isServing() ?? true), { metrics: metrics.registry }).catch(async (err: unknown) => {
+        await dbHealth?.stop();
         await grpc.shutdown(0);
         await stopBackground();
         throw new ConfigError(`cannot listen on ${metricsListen.host}:${metricsListen.port} (in use, or not an address of this machine)`, 'LETHE_METRICS_LISTEN', { cause: err });
@@ -161,6 +179,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       metricsPort: http?.address.port,
       async stop(graceMs = 10_000) {
         serving = false;
+        await dbHealth?.stop();
         await grpc.shutdown(graceMs);
         await http?.close();
         await stopBackground();

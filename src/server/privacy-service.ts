@@ -27,9 +27,10 @@ import {
   type ExtendPrivacyRequestRequest,
   type ExtendPrivacyRequestResponse,
 } from '../gen/lethe/privacy/v1/privacy.js';
-import { type ArtifactView, type ExportEvent, type PrivacyEngine, type PrivacyRequestView, UUID } from '../privacy/engine.js';
-import type { PrivacyRequestRecord, RequestState as LedgerState } from '../store/ledger.js';
+import type { ArtifactView, ExportEvent, PrivacyEngine, PrivacyRequestView } from '../privacy/engine.js';
+import type { RequestState as LedgerState } from '../store/ledger.js';
 import type { AuthContext } from './middleware.js';
+import type { PageTokens } from './page-token.js';
 
 /** The gRPC front end: translates messages to engine calls and back, nothing more. */
 const ARTIFACT_STATES = {
@@ -38,7 +39,7 @@ const ARTIFACT_STATES = {
   erased: ArtifactState.ARTIFACT_STATE_ERASED,
 } as const;
 
-export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementation<AuthContext> {
+export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): PrivacyServiceImplementation<AuthContext> {
   return {
     async *exportUser(request: ExportUserRequest, context: CallContext & AuthContext): AsyncGenerator<DeepPartial<ExportUserResponse>> {
       const events = engine.exportUser(context.principal, { userId: request.userId, reason: request.reason }, context.signal);
@@ -72,13 +73,13 @@ export function privacyService(engine: PrivacyEngine): PrivacyServiceImplementat
         overdueOnly: request.overdueOnly,
         dueBefore: request.dueBefore,
         pageSize: pageSize + 1,
-        after: request.pageToken === '' ? undefined : decodePageToken(request.pageToken),
+        after: request.pageToken === '' ? undefined : pageTokens.decode(request.pageToken),
       });
       const page = rows.slice(0, pageSize);
       const last = page.at(-1);
       return {
         requests: page.map(toMessage),
-        nextPageToken: rows.length > pageSize && last !== undefined ? encodePageToken(last) : '',
+        nextPageToken: rows.length > pageSize && last !== undefined ? pageTokens.encode(last) : '',
       };
     },
 
@@ -199,19 +200,4 @@ function toArtifactMessage(a: ArtifactView): ExportArtifact {
     expiresAt: a.expiresAt,
     state: ARTIFACT_STATES[a.state],
   };
-}
-
-function encodePageToken(r: PrivacyRequestRecord): string {
-  return Buffer.from(JSON.stringify([r.receivedAt.toISOString(), r.id])).toString('base64url');
-}
-
-function decodePageToken(token: string): { receivedAt: Date; id: string } {
-  try {
-    const [at, id] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [unknown, unknown];
-    const receivedAt = new Date(String(at));
-    if (typeof id !== 'string' || !UUID.test(id) || Number.isNaN(receivedAt.getTime())) throw new Error('bad token');
-    return { receivedAt, id };
-  } catch {
-    throw new InvalidArgumentError('page_token is not a token this server issued');
-  }
 }

@@ -105,7 +105,7 @@ export class PurgeSidecar {
       });
       const map = await loadDataMap(c.dataMapPath);
       const hashKey = hashKeyFor(c, map);
-      const db = await openDatabase({ kind: 'postgres', url: c.databaseUrl, poolMax: c.concurrency + 1 });
+      const db = await openDatabase({ kind: 'postgres', url: c.databaseUrl, poolMax: c.concurrency + 1, timeouts: c.databaseTimeouts }, this.logger);
       this.db = db;
       try {
         await migrateSidecar(db.knex);

@@ -1,6 +1,6 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createReadStream, existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -66,6 +66,64 @@ describe('the lethe command on the embedded default', () => {
     const doc = JSON.parse(bytes.toString('utf8')) as { user_id: string; login_events_count: number; login_events: unknown[] };
     expect(doc).toMatchObject({ user_id: 'user-id-123', login_events_count: 247 });
     expect(doc.login_events).toHaveLength(50);
+  });
+
+  describe('where -o writes', () => {
+    const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+    const digestOf = (stderr: string) => /sha256 ([0-9a-f]{64}) \(verified\)/.exec(stderr)?.[1];
+    const exportTo = (target: string) => lethe('export', 'user-id-123', '--as', 'platform-owner-id', '-o', target);
+
+    it('writes /dev/null in place: it stays a character device', async () => {
+      const r = await exportTo('/dev/null');
+      expect(r.code).toBe(0);
+      expect(r.stderr).toMatch(/^wrote \/dev\/null: 59 records, sha256 [0-9a-f]{64} \(verified\)/);
+      expect(statSync('/dev/null').isCharacterDevice()).toBe(true);
+      expect(existsSync('/dev/null.partial')).toBe(false);
+    });
+
+    it('writes exactly the document to standard output with -o - (the same bytes as a file)', async () => {
+      const r = await run('node', [LETHE, 'export', 'user-id-123', '--as', 'platform-owner-id', '-o', '-', '--server', address, '--data-dir', dataDir], { encoding: 'buffer' });
+      const file = join(dataDir, 'stdout-twin.json');
+      const twin = await exportTo(file);
+      expect(twin.code).toBe(0);
+      expect(sha256(r.stdout)).toBe(digestOf(r.stderr.toString()));
+      expect(r.stdout.equals(readFileSync(file))).toBe(true);
+    });
+
+    it('writes into a FIFO', async () => {
+      const fifo = join(dataDir, 'export.fifo');
+      await run('mkfifo', [fifo]);
+      const chunks: Buffer[] = [];
+      const read = new Promise<void>((resolve, reject) => createReadStream(fifo).on('data', (c) => chunks.push(Buffer.from(c))).on('end', resolve).on('error', reject));
+      const r = await exportTo(fifo);
+      await read;
+      expect(r.code).toBe(0);
+      expect(sha256(Buffer.concat(chunks))).toBe(digestOf(r.stderr));
+      expect(statSync(fifo).isFIFO()).toBe(true);
+    });
+
+    it('refuses a directory, before exporting, with a clear message', async () => {
+      const dir = mkdtempSync(join(dataDir, 'out-'));
+      const r = await exportTo(dir);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`lethe: -o ${dir}: is a directory; give a file name, such as ${join(dir, 'export.json')}\n`);
+      expect(statSync(dir).isDirectory()).toBe(true);
+    });
+
+    it('follows a symbolic link to a regular file (the link stays), and refuses a dangling one', async () => {
+      const file = join(dataDir, 'linked.json');
+      const link = join(dataDir, 'link.json');
+      writeFileSync(file, 'old');
+      symlinkSync(file, link);
+      const r = await exportTo(link);
+      expect(r.code).toBe(0);
+      expect(lstatSync(link).isSymbolicLink()).toBe(true);
+      expect(readlinkSync(link)).toBe(file);
+      expect(sha256(readFileSync(file))).toBe(digestOf(r.stderr));
+      const dangling = join(dataDir, 'dangling.json');
+      symlinkSync(join(dataDir, 'missing', 'x.json'), dangling);
+      expect(await exportTo(dangling)).toMatchObject({ code: 1, stderr: `lethe: -o ${dangling}: is a symbolic link to nothing; give the path of the file to write\n` });
+    });
   });
 
   it('mints tokens with the local key and enforces the rules', async () => {

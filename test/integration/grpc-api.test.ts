@@ -153,8 +153,15 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       expect(overdue.requests).toEqual([]);
       expect(await status(client.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: false, pageSize: 10, pageToken: 'garbage' }))).toEqual({
         code: 'INVALID_ARGUMENT',
-        details: 'page_token is not a token this server issued',
+        details: 'page_token is not valid',
       });
+      // The issue's forgery: the old unsigned token format with a date outside PostgreSQL's range.
+      const outOfRange = Buffer.from(JSON.stringify(['+275760-09-13T00:00:00.000Z', '00000000-0000-4000-8000-000000000000'])).toString('base64url');
+      const [version, payload, mac] = first.nextPageToken.split('.');
+      const altered = `${version}.${Buffer.from(Buffer.from(payload ?? '', 'base64url').toString().replace(/\d{4}-/, '2999-')).toString('base64url')}.${mac}`;
+      for (const pageToken of [outOfRange, altered, `${first.nextPageToken}x`, `v1.${outOfRange}.AAAAAAAAAAAAAAAAAAAAAA`]) {
+        expect(await status(client.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: false, pageSize: 10, pageToken }))).toEqual({ code: 'INVALID_ARGUMENT', details: 'page_token is not valid' });
+      }
       expect(await status(client.getPrivacyRequest({ id: 'not-a-uuid' }))).toEqual({ code: 'INVALID_ARGUMENT', details: 'id must be a privacy request id (a UUID)' });
       expect(await status(client.getPrivacyRequest({ id: '00000000-0000-4000-8000-000000000000' }))).toEqual({ code: 'NOT_FOUND', details: 'Privacy request not found' });
     });

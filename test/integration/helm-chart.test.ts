@@ -236,6 +236,10 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(envOf(c, 'LETHE_ARTIFACT_TTL')?.value).toBe('7d');
     expect(envOf(c, 'LETHE_JWKS_URL')).toBeUndefined();
     for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 50051 } });
+    // Readiness follows the database (the overall status); liveness must not restart pods for its outage.
+    expect(c.readinessProbe?.grpc).toEqual({ port: 50051 });
+    expect(c.livenessProbe?.grpc).toEqual({ port: 50051, service: 'liveness' });
+    expect(c.startupProbe?.grpc).toEqual({ port: 50051, service: 'liveness' });
     expect(c.volumeMounts?.map((m) => m.mountPath).sort()).toEqual(['/etc/lethe', '/tmp', '/var/lib/lethe']);
 
     const cm = one<{ data: Record<string, string> }>(defaults, 'ConfigMap', 'lethe-config');

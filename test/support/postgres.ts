@@ -58,6 +58,10 @@ export interface PostgresCluster {
   stop(): Promise<void>;
   /** Starts it again on the same port. */
   start(): Promise<void>;
+  /** SIGSTOP to the postmaster and every backend: a database that accepts TCP connections and answers nothing (a stall). */
+  pause(): void;
+  /** SIGCONT to the same processes. */
+  resume(): void;
   destroy(): Promise<void>;
 }
 
@@ -122,10 +126,25 @@ export async function startPostgres(bin: string): Promise<PostgresCluster> {
     child = undefined;
   };
 
+  // The postmaster and its children (backends, background workers), as pause() found them.
+  let paused: number[] = [];
+  const postmasterPid = () => Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+
   await start();
   return {
     port,
     dataDir,
+    pause() {
+      const pid = postmasterPid();
+      const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' }).split('\n').map(Number).filter((n) => n > 0);
+      paused = [pid, ...children];
+      for (const p of paused) process.kill(p, 'SIGSTOP');
+    },
+    resume() {
+      // runuser (when run as root) stops itself when its child stops: continue it too.
+      for (const p of [...paused, ...(child?.pid === undefined ? [] : [child.pid])]) process.kill(p, 'SIGCONT');
+      paused = [];
+    },
     async createDatabase(name) {
       const db = name ?? `lethe_test_${process.pid}_${++dbSeq}`;
       const c = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' });

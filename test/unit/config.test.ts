@@ -1,5 +1,6 @@
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { DEFAULT_DATABASE_TIMEOUTS } from '../../src/store/database.js';
 import { DEFAULT_LISTEN, type Env, LOCAL_AUDIENCE, LOCAL_ISSUER, loadServerConfig, parseListen } from '../../src/config/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { DEFAULT_DATA_MAP_PATH } from '../../src/privacy/data-map.js';
@@ -68,7 +69,7 @@ describe('loadServerConfig: defaults', () => {
 describe('loadServerConfig: PostgreSQL', () => {
   it.each(['postgres://lethe@db:5432/lethe', 'postgresql://lethe:pw@db/lethe?sslmode=require'])('DATABASE_URL %s switches to postgres', (url) => {
     const c = loadServerConfig({ HOME, DATABASE_URL: url, LETHE_ARTIFACT_KEY: ARTIFACT_KEY });
-    expect(c.database).toEqual({ kind: 'postgres', url });
+    expect(c.database).toEqual({ kind: 'postgres', url, timeouts: DEFAULT_DATABASE_TIMEOUTS });
     expect(c.migrateIdentitySchema).toBe(false);
   });
 
@@ -146,6 +147,62 @@ describe('loadServerConfig: bad values name the variable', () => {
   it('refuses a hash key with an odd number of hex digits instead of silently dropping the last one', () => {
     const err = configErrorOf({ HOME, LETHE_HASH_KEY: `${HASH_KEY}a` });
     expect(err.source).toBe('LETHE_HASH_KEY');
+  });
+});
+
+describe('loadServerConfig: gRPC limits and database timeouts', () => {
+  it('has documented defaults', () => {
+    const c = loadServerConfig({ HOME, DATABASE_URL: 'postgres://db/lethe', LETHE_ARTIFACT_KEY: ARTIFACT_KEY });
+    expect(c.grpc).toEqual({
+      maxReceiveMessageBytes: 16 * 1024,
+      maxSendMessageBytes: 16 * 1024 * 1024,
+      maxConcurrentStreams: 100,
+      keepaliveTimeMs: 120_000,
+      keepaliveTimeoutMs: 20_000,
+      maxConnectionIdleMs: 900_000,
+      maxConnectionAgeMs: 1_800_000,
+      maxConnectionAgeGraceMs: 300_000,
+    });
+    expect(c.database).toMatchObject({
+      timeouts: {
+        statementTimeoutMs: 20_000,
+        lockTimeoutMs: 10_000,
+        idleInTransactionTimeoutMs: 300_000,
+        queryTimeoutMs: 25_000,
+        connectTimeoutMs: 5_000,
+        acquireTimeoutMs: 10_000,
+        healthIntervalMs: 5_000,
+        healthTimeoutMs: 3_000,
+      },
+    });
+  });
+
+  it('reads sizes and durations with units', () => {
+    const c = loadServerConfig({
+      HOME,
+      DATABASE_URL: 'postgres://db/lethe',
+      LETHE_ARTIFACT_KEY: ARTIFACT_KEY,
+      LETHE_GRPC_MAX_RECEIVE_MESSAGE_SIZE: '64KiB',
+      LETHE_GRPC_MAX_SEND_MESSAGE_SIZE: '4MiB',
+      LETHE_GRPC_MAX_CONCURRENT_STREAMS: '10',
+      LETHE_DB_STATEMENT_TIMEOUT: '2s',
+      LETHE_DB_QUERY_TIMEOUT: '2500ms',
+      LETHE_DB_HEALTH_INTERVAL: '1s',
+    });
+    expect(c.grpc).toMatchObject({ maxReceiveMessageBytes: 65_536, maxSendMessageBytes: 4 * 1024 * 1024, maxConcurrentStreams: 10 });
+    expect(c.database).toMatchObject({ timeouts: { statementTimeoutMs: 2_000, queryTimeoutMs: 2_500, healthIntervalMs: 1_000 } });
+  });
+
+  it.each([
+    ['LETHE_GRPC_MAX_RECEIVE_MESSAGE_SIZE', '1GiB', "LETHE_GRPC_MAX_RECEIVE_MESSAGE_SIZE: '1GiB' is not a size such as 512B, 64KiB or 4MiB"],
+    ['LETHE_GRPC_MAX_RECEIVE_MESSAGE_SIZE', '100MiB', 'LETHE_GRPC_MAX_RECEIVE_MESSAGE_SIZE: must be from 4KiB to 64MiB'],
+    ['LETHE_GRPC_MAX_CONCURRENT_STREAMS', '0', 'LETHE_GRPC_MAX_CONCURRENT_STREAMS: must be a whole number from 1 to 10000'],
+    ['LETHE_GRPC_KEEPALIVE_TIME', '1s', 'LETHE_GRPC_KEEPALIVE_TIME: must be from 10s to 24h'],
+    ['LETHE_DB_STATEMENT_TIMEOUT', '30', "LETHE_DB_STATEMENT_TIMEOUT: '30' is not a duration such as 90s, 2m, 24h or 7d"],
+    ['LETHE_DB_QUERY_TIMEOUT', '20s', 'LETHE_DB_QUERY_TIMEOUT: must be longer than LETHE_DB_STATEMENT_TIMEOUT'],
+    ['LETHE_DB_ACQUIRE_TIMEOUT', '1s', 'LETHE_DB_ACQUIRE_TIMEOUT: must be at least LETHE_DB_CONNECT_TIMEOUT'],
+  ])('%s=%s is refused, naming the setting', (name, value, message) => {
+    expect(() => loadServerConfig({ HOME, [name]: value })).toThrow(message);
   });
 });
 

@@ -24,6 +24,11 @@ describe('translateDatabaseError: unavailable database', () => {
     ['a KnexTimeoutError', knexTimeout],
     ['an AggregateError of ECONNREFUSED', dualStack],
     ['a terminated connection', new Error('Connection terminated unexpectedly')],
+    ['SQLSTATE 57014 (statement_timeout)', withCode('57014', 'canceling statement due to statement timeout')],
+    ['SQLSTATE 55P03 (lock_timeout)', withCode('55P03', 'canceling statement due to lock timeout')],
+    ['SQLSTATE 25P03 (idle in transaction too long)', withCode('25P03', 'terminating connection due to idle-in-transaction timeout')],
+    ["pg's query_timeout", new Error('Query read timeout')],
+    ["pg's connection timeout", new Error('timeout exceeded when trying to connect')],
   ])('%s becomes UNAVAILABLE', (_label, err) => {
     const translated = translateDatabaseError(err);
     expect(translated).toBeInstanceOf(UnavailableError);
@@ -37,7 +42,6 @@ describe('translateDatabaseError: everything else passes through unchanged', () 
   it.each<[string, unknown]>([
     ['a syntax error (42601)', withCode('42601', 'syntax error at or near "SELEC"')],
     ['a unique violation (23505)', withCode('23505', 'duplicate key value violates unique constraint')],
-    ['a query canceled (57014)', withCode('57014', 'canceling statement due to statement timeout')],
     ['an AggregateError of syntax errors', new AggregateError([withCode('42601')], '')],
     ['a plain Error', new Error('boom')],
     ['a string', 'boom'],
