@@ -89,7 +89,6 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
     it.each([
       ['owner-user-id-1', 'user-id-123', "You must be an owner of organization 'dev-team' to anonymize this user"],
       ['member-user-id-456', 'owner-user-id-1', "You must be an owner of organization 'acme-corp' to anonymize this user"],
-      ['user-id-123', 'user-id-123', "You must be an owner of organization 'acme-corp' to anonymize this user"],
       ['platform-owner-id', 'platform-owner-id', 'Platform owners cannot be anonymized'],
       ['owner-user-id-2', 'platform-owner-id', 'Platform owners cannot be anonymized'],
       ['privacy-bot', 'platform-owner-id', 'Platform owners cannot be anonymized'],
@@ -97,6 +96,14 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
     ])('%s forgetting %s is refused', async (actor, subject, details) => {
       const client = await as(actor);
       expect(await status(client.forgetUser({ userId: subject, reason: REASON, idempotencyKey: key() }))).toEqual({ code: 'PERMISSION_DENIED', details });
+    });
+
+    it('schedules a user’s own erasure instead of refusing it (carried out after the grace period)', async () => {
+      const self = await as('user-id-123');
+      const r = await self.forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: key(), requestedBy: '' });
+      expect(r).toMatchObject({ success: true, scheduled: true, rowsAffected: [] });
+      expect((r.scheduledFor?.getTime() ?? 0) - Date.now()).toBeGreaterThan(6 * 86_400_000);
+      expect((await self.cancelPrivacyRequest({ id: r.requestId, reason: '' })).request?.requestedBy).toBe('');
     });
 
     it('refuses an unknown user with NOT_FOUND, and tells a caller without the right nothing about existence', async () => {

@@ -31,7 +31,7 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled']);
     const k = dbs[0]?.knex;
     if (k === undefined) throw new Error('no database');
-    expect(await k('lethe_migrations').orderBy('id').pluck('name')).toEqual(['001-ledger', '002-events', '003-export-artifacts', '004-erasure']);
+    expect(await k('lethe_migrations').orderBy('id').pluck('name')).toEqual(['001-ledger', '002-events', '003-export-artifacts', '004-erasure', '005-workers', '006-scheduling']);
     const tables = (await k('pg_tables').where({ schemaname: 'public' }).andWhere('tablename', 'like', 'lethe\\_%').orderBy('tablename').pluck('tablename')) as string[];
     expect(tables).toEqual([
       'lethe_confirmations',
@@ -43,6 +43,7 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
       'lethe_migrations_lock',
       'lethe_outbox',
       'lethe_privacy_requests',
+      'lethe_workers',
     ]);
   });
 
