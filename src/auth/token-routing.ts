@@ -12,7 +12,7 @@ export type Verifier = (authorization: string | undefined) => Promise<Principal>
 export function bearerToken(authorization: string | undefined): string {
   const m = authorization === undefined ? null : /^Bearer\s+([A-Za-z0-9._~+/=-]+)$/i.exec(authorization);
   if (m === null || m[1] === undefined) {
-    throw new UnauthenticatedError('Missing bearer token: send `authorization: Bearer <JWT>` metadata');
+    throw new UnauthenticatedError('Missing bearer token: send `authorization: Bearer <JWT>` (gRPC metadata or HTTP header)');
   }
   return m[1];
 }

@@ -24,6 +24,7 @@ program
   .description('run the PrivacyService (embedded PGlite unless DATABASE_URL is set)')
   .option('--demo', 'load the demo data (idempotent)')
   .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:50051, or LETHE_LISTEN)')
+  .option('--http-listen <host:port>', "serve the reference's HTTP API there too (or LETHE_HTTP_LISTEN; with --demo: 127.0.0.1:8080)")
   .option('--data-dir <dir>', 'where the embedded database and the local signing key live (default ~/.lethe, or LETHE_DATA_DIR)')
   .action(serveCommand);
 

@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { StreamSettings } from '../events/nats.js';
 import { ConfigError } from '../errors.js';
-import { type LogLevel, flag, hashKey, logLevel, parseDuration, parseEnv } from './common.js';
+import { type LogLevel, flag, hashKey, logLevel, parseDuration, parseEnv, commaList, wholeNumber } from './common.js';
 import { type GrpcLimits, databaseTimeouts, databaseTimeoutsEnv, grpcLimits, grpcLimitsEnv } from './limits.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
@@ -64,6 +64,8 @@ export interface ServerConfig {
   readonly exportStallTimeoutMs: number;
   /** A person's own erasure runs this long after they asked; 0: at once (LETHE_SELF_ERASURE_GRACE). */
   readonly selfErasureGraceMs: number;
+  /** The reference's HTTP API; undefined: not served. */
+  readonly http: HttpConfig | undefined;
   /** gRPC transport limits (message sizes, streams, keepalive, connection age). */
   readonly grpc: GrpcLimits;
 }
@@ -99,8 +101,17 @@ export function streamMaxAge(value: string, duplicateWindowMs: number): number {
   return ms;
 }
 
+export interface HttpConfig {
+  readonly listen: ListenAddress;
+  /** CORS origins; empty: CORS off. */
+  readonly corsOrigins: readonly string[];
+  readonly rateLimitPerMinute: number;
+}
+
 export interface ServeFlags {
   readonly listen?: string | undefined;
+  /** The HTTP API's address; with --demo it defaults to DEMO_HTTP_LISTEN. */
+  readonly httpListen?: string | undefined;
   readonly dataDir?: string | undefined;
   readonly demo?: boolean | undefined;
 }
@@ -108,6 +119,8 @@ export interface ServeFlags {
 export const LOCAL_ISSUER = 'lethe-local';
 export const LOCAL_AUDIENCE = 'lethe';
 export const DEFAULT_LISTEN = '127.0.0.1:50051';
+/** Where `lethe serve --demo` serves the HTTP API unless told otherwise. */
+export const DEMO_HTTP_LISTEN = '127.0.0.1:8080';
 
 export function defaultDataDir(env: Env): string {
   return env.LETHE_DATA_DIR ?? join(env.HOME ?? homedir(), '.lethe');
@@ -164,6 +177,9 @@ const envSchema = z.object({
   LETHE_METRICS_LISTEN: z.string().optional(),
   LETHE_EXPORT_STALL_TIMEOUT: z.string().default('30s'),
   LETHE_SELF_ERASURE_GRACE: z.string().default('7d'),
+  LETHE_HTTP_LISTEN: z.string().optional(),
+  LETHE_HTTP_CORS_ORIGINS: z.string().optional(),
+  LETHE_HTTP_RATE_LIMIT: wholeNumber(1, 1_000_000, 600, ' (requests per minute per client)'),
   LETHE_MAX_CONCURRENT_EXPORTS: z.string().regex(/^[1-9]\d{0,3}$/, 'must be a whole number from 1 to 9999').transform(Number).optional(),
   ...grpcLimitsEnv,
   ...databaseTimeoutsEnv,
@@ -179,6 +195,17 @@ function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget)
   const sweepIntervalMs = parseDuration(e.LETHE_ARTIFACT_SWEEP_INTERVAL, 'LETHE_ARTIFACT_SWEEP_INTERVAL');
   if (sweepIntervalMs < 1_000) throw new ConfigError('must be at least 1s', 'LETHE_ARTIFACT_SWEEP_INTERVAL');
   return { key: e.LETHE_ARTIFACT_KEY === undefined ? undefined : Buffer.from(e.LETHE_ARTIFACT_KEY, 'hex'), ttlMs, sweepIntervalMs };
+}
+
+function httpConfig(e: z.infer<typeof envSchema>, flags: ServeFlags): HttpConfig | undefined {
+  const value = flags.httpListen ?? e.LETHE_HTTP_LISTEN ?? (flags.demo === true ? DEMO_HTTP_LISTEN : undefined);
+  if (value === undefined || value.trim() === '') return undefined;
+  const corsOrigins = commaList(e.LETHE_HTTP_CORS_ORIGINS);
+  for (const origin of corsOrigins) {
+    if (!/^https?:\/\/[^/\s]+$/.test(origin)) throw new ConfigError(`'${origin}' is not an origin such as https://app.example.com`, 'LETHE_HTTP_CORS_ORIGINS');
+  }
+  const source = flags.httpListen !== undefined ? '--http-listen' : 'LETHE_HTTP_LISTEN';
+  return { listen: parseListen(value.trim(), source), corsOrigins, rateLimitPerMinute: e.LETHE_HTTP_RATE_LIMIT };
 }
 
 export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<ServerConfig> {
@@ -249,6 +276,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     events,
     artifacts: artifactsConfig(e, database),
     // A stored export holds two pooled connections (of 10); two stay free for every other call.
+    http: httpConfig(e, flags),
     selfErasureGraceMs: e.LETHE_SELF_ERASURE_GRACE.trim() === '0' ? 0 : parseDuration(e.LETHE_SELF_ERASURE_GRACE, 'LETHE_SELF_ERASURE_GRACE'),
     exportStallTimeoutMs: parseDuration(e.LETHE_EXPORT_STALL_TIMEOUT, 'LETHE_EXPORT_STALL_TIMEOUT'),
     maxConcurrentExports: e.LETHE_MAX_CONCURRENT_EXPORTS ?? (database.kind === 'pglite' ? 1 : 4),

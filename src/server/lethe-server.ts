@@ -8,6 +8,8 @@ import { ConfigError, UnavailableError } from '../errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
 import { ArtifactCipher, artifactKeyId } from '../privacy/artifact-cipher.js';
 import { PeriodicTask } from '../runtime/periodic-task.js';
+import { startHttpServer } from '../http/http-server.js';
+import { LETHE_VERSION } from '../runtime/version.js';
 import { workers } from '../store/workers.js';
 import { PrivacyEngine } from '../privacy/engine.js';
 import { usesHash } from '../privacy/forget.js';
@@ -29,6 +31,8 @@ export interface RunningServer {
   readonly port: number;
   /** The bound port of `GET /metrics`; undefined without LETHE_METRICS_LISTEN. */
   readonly metricsPort: number | undefined;
+  /** The bound port of the HTTP API; undefined when it is not served. */
+  readonly httpPort: number | undefined;
   /** The ordered shutdown: health NOT_SERVING, stop accepting, finish or cancel calls, close the pool. */
   stop(graceMs?: number): Promise<void>;
 }
@@ -132,6 +136,8 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     scheduler.start({ now: true });
     const outboxDb = (eventsDb ?? db).knex;
     const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(() => countPending(outboxDb));
+    // Derived from the artifact key, which every replica shares: a token works on any of them.
+    const pageTokens = new PageTokens(artifactKey);
     const grpc = await startGrpcServer({
       engine,
       verify,
@@ -139,8 +145,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       host: config.listen.host,
       port: config.listen.port,
       limits: config.grpc,
-      // Derived from the artifact key, which every replica shares: a token works on any of them.
-      pageTokens: new PageTokens(artifactKey),
+      pageTokens,
       metrics,
     }).catch(async (err: unknown) => {
       await stopBackground();
@@ -163,9 +168,23 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         throw new ConfigError(`cannot listen on ${metricsListen.host}:${metricsListen.port} (in use, or not an address of this machine)`, 'LETHE_METRICS_LISTEN', { cause: err });
       });
     }
+    const httpConfig = config.http;
+    const api =
+      httpConfig === undefined
+        ? undefined
+        : await startHttpServer({ engine, verify, pageTokens, logger, host: httpConfig.listen.host, port: httpConfig.listen.port, corsOrigins: httpConfig.corsOrigins, rateLimitPerMinute: httpConfig.rateLimitPerMinute, version: LETHE_VERSION }).catch(
+            async (err: unknown) => {
+              await dbHealth?.stop();
+              await grpc.shutdown(0);
+              await http?.close();
+              await stopBackground();
+              throw new ConfigError(`cannot listen on ${httpConfig.listen.host}:${httpConfig.listen.port} (in use, or not an address of this machine)`, '--http-listen', { cause: err });
+            },
+          );
     logger.info(
       {
         listen: `${config.listen.host}:${grpc.port}`,
+        http: api === undefined ? 'off (--http-listen or LETHE_HTTP_LISTEN)' : `http://${httpConfig?.listen.host ?? ''}:${api.port}/api/privacy`,
         database: db.description,
         dataMap: config.dataMapPath,
         auth: config.auth.mode === 'local' ? `local signing key in ${config.dataDir} (mint tokens with: lethe token --as <user-id>)` : config.auth.mode,
@@ -177,9 +196,11 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     return {
       port: grpc.port,
       metricsPort: http?.address.port,
+      httpPort: api?.port,
       async stop(graceMs = 10_000) {
         serving = false;
         await dbHealth?.stop();
+        await api?.close();
         await grpc.shutdown(graceMs);
         await http?.close();
         await stopBackground();

@@ -31,6 +31,7 @@ import type { ArtifactView, ExportEvent, PrivacyEngine, PrivacyRequestView } fro
 import type { RequestState as LedgerState } from '../store/ledger.js';
 import type { AuthContext } from './middleware.js';
 import type { PageTokens } from './page-token.js';
+import { listRequestsPage } from './request-pages.js';
 
 /** The gRPC front end: translates messages to engine calls and back, nothing more. */
 const ARTIFACT_STATES = {
@@ -65,22 +66,20 @@ export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): P
     },
 
     async listPrivacyRequests(request: ListPrivacyRequestsRequest, context: CallContext & AuthContext): Promise<DeepPartial<ListPrivacyRequestsResponse>> {
-      const pageSize = request.pageSize === 0 ? 50 : request.pageSize;
-      if (pageSize > 500) throw new InvalidArgumentError('page_size must be at most 500');
-      const rows = await engine.listRequests(context.principal, {
-        subjectId: request.subjectId === '' ? undefined : request.subjectId,
-        state: fromStateMessage(request.state),
-        overdueOnly: request.overdueOnly,
-        dueBefore: request.dueBefore,
-        pageSize: pageSize + 1,
-        after: request.pageToken === '' ? undefined : pageTokens.decode(request.pageToken),
-      });
-      const page = rows.slice(0, pageSize);
-      const last = page.at(-1);
-      return {
-        requests: page.map(toMessage),
-        nextPageToken: rows.length > pageSize && last !== undefined ? pageTokens.encode(last) : '',
-      };
+      const page = await listRequestsPage(
+        engine,
+        context.principal,
+        {
+          subjectId: request.subjectId === '' ? undefined : request.subjectId,
+          state: fromStateMessage(request.state),
+          overdueOnly: request.overdueOnly,
+          dueBefore: request.dueBefore,
+          pageSize: request.pageSize,
+          pageToken: request.pageToken,
+        },
+        pageTokens,
+      );
+      return { requests: page.requests.map(toMessage), nextPageToken: page.nextPageToken };
     },
 
     async cancelPrivacyRequest(request: CancelPrivacyRequestRequest, context: CallContext & AuthContext): Promise<DeepPartial<CancelPrivacyRequestResponse>> {

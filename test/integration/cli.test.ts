@@ -34,7 +34,7 @@ describe('the lethe command on the embedded default', () => {
   beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'lethe-cli-'));
     address = `127.0.0.1:${await freePort()}`;
-    server = spawn('node', [LETHE, 'serve', '--demo', '--listen', address, '--data-dir', dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    server = spawn('node', [LETHE, 'serve', '--demo', '--listen', address, '--http-listen', '127.0.0.1:0', '--data-dir', dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
     server.stdout?.on('data', (d: Buffer) => (log += d.toString()));
     server.stderr?.on('data', (d: Buffer) => (log += d.toString()));
     const deadline = Date.now() + 60_000;

@@ -208,7 +208,7 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       const bare = createClient(PrivacyServiceDefinition, channel);
       expect(await status(bare.forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: key() }))).toEqual({
         code: 'UNAUTHENTICATED',
-        details: 'Missing bearer token: send `authorization: Bearer <JWT>` metadata',
+        details: 'Missing bearer token: send `authorization: Bearer <JWT>` (gRPC metadata or HTTP header)',
       });
       channel.close();
     });

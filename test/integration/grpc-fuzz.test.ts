@@ -244,7 +244,7 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
     });
     const config = loadServerConfig(
       { DATABASE_URL: await cluster.createDatabase(), LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'), LETHE_METRICS_LISTEN: '127.0.0.1:0', LETHE_LOG_LEVEL: 'info' },
-      { demo: true, listen: '127.0.0.1:0', dataDir },
+      { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir },
     );
     server = await startLetheServer(config, pino({ level: 'info' }, logStream));
     address = `127.0.0.1:${server.port}`;

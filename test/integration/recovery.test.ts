@@ -136,7 +136,7 @@ describe('requests interrupted by a crash (embedded PGlite)', () => {
     const { loadServerConfig } = await import('../../src/config/config.js');
     const { startLetheServer } = await import('../../src/server/lethe-server.js');
     const { silentLogger } = await import('../support/engine-fixture.js');
-    const again = await startLetheServer(loadServerConfig({ LETHE_LOG_LEVEL: 'silent' }, { demo: true, listen: '127.0.0.1:0', dataDir }), silentLogger);
+    const again = await startLetheServer(loadServerConfig({ LETHE_LOG_LEVEL: 'silent' }, { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir }), silentLogger);
     try {
       const check = await openStateReader(again, dataDir);
       await vi.waitFor(async () => expect(await check(id)).toMatchObject({ state: RequestState.REQUEST_STATE_FAILED, error: expect.stringMatching(INTERRUPTED) as string }), {

@@ -16,7 +16,7 @@ export async function startLetheProcess(opts: { dataDir: string; env: Record<str
   const address = `127.0.0.1:${await freePort()}`;
   const child = spawn('node', [LETHE, 'serve', '--demo', '--listen', address, '--data-dir', opts.dataDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, LETHE_LOG_LEVEL: 'info', ...opts.env },
+    env: { ...process.env, LETHE_LOG_LEVEL: 'info', LETHE_HTTP_LISTEN: '127.0.0.1:0', ...opts.env },
   });
   let log = '';
   child.stdout?.on('data', (d: Buffer) => (log += d.toString()));
