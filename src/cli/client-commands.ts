@@ -14,6 +14,9 @@ interface ClientFlags {
   as?: string;
   server?: string;
   dataDir?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 const TOKEN_TTL_SECONDS = 300;
@@ -25,7 +28,7 @@ async function withClient<T>(flags: ClientFlags, defaultActor: string | undefine
   if (actor !== undefined) token = await mintLocalToken(config.dataDir, actor, TOKEN_TTL_SECONDS);
   else if (config.token !== undefined) token = config.token;
   else throw new ConfigError('no identity: pass --as <user-id> (mints a token with the local key) or set LETHE_TOKEN', '--as');
-  const { client, close } = connectPrivacyService(config.server, token);
+  const { client, close } = connectPrivacyService(config.server, token, config.tls);
   try {
     return await fn(client);
   } finally {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { type LogLevel, flag, hashKey, logLevel, parseEnv } from './common.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
+import { type NatsTlsConfig, type ServerTlsConfig, type ServerTlsFlags, checkPostgresTls, natsTls, serverTls } from './tls-config.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
 import type { DatabaseTarget } from '../store/database.js';
@@ -54,6 +55,13 @@ export interface ServerConfig {
   readonly artifacts: ArtifactsConfig;
   /** Where `GET /metrics` (Prometheus) is served; unset: no HTTP listener at all. */
   readonly metricsListen: ListenAddress | undefined;
+  /** Unset: plaintext gRPC (the local demo). */
+  readonly tls: ServerTlsConfig | undefined;
+  /**
+   * A plaintext listener serving only grpc.health.v1.Health, for Kubernetes gRPC probes (which
+   * cannot speak TLS). Unset: none.
+   */
+  readonly healthListen: ListenAddress | undefined;
 }
 
 /** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
@@ -67,6 +75,7 @@ export interface ArtifactsConfig {
 export interface EventsConfig {
   /** Unset: anonymization events wait in the outbox. */
   readonly natsUrl: string | undefined;
+  readonly natsTls: NatsTlsConfig | undefined;
   readonly stream: { readonly name: string; readonly replicas: number; readonly duplicateWindowMs: number };
   /** Downstream services that must confirm their purge before a forget is completed. */
   readonly expectedServices: readonly string[];
@@ -85,7 +94,7 @@ export function parseDuration(value: string, source: string): number {
   return Number(m[1]) * (UNIT_MS[m[2] ?? 's'] ?? 1_000);
 }
 
-export interface ServeFlags {
+export interface ServeFlags extends ServerTlsFlags {
   readonly listen?: string | undefined;
   readonly dataDir?: string | undefined;
   readonly demo?: boolean | undefined;
@@ -146,7 +155,20 @@ const envSchema = z.object({
   LETHE_ARTIFACT_SWEEP_INTERVAL: z.string().default('1m'),
   // Metrics: off unless asked for (the server listens on loopback only unless told otherwise).
   LETHE_METRICS_LISTEN: z.string().optional(),
+  // TLS (see tls-config.ts): how often the certificate files are checked for a rotation.
+  LETHE_TLS_RELOAD_INTERVAL: z.string().default('10s'),
+  LETHE_GRPC_HEALTH_LISTEN: z.string().optional(),
 });
+
+/** At most a minute: new connections must get a rotated certificate within one. */
+function tlsReloadInterval(value: string): number {
+  const ms = parseDuration(value, 'LETHE_TLS_RELOAD_INTERVAL');
+  if (ms < 100 || ms > 60_000) throw new ConfigError('must be from 100ms to 1m (new connections get a rotated certificate within this)', 'LETHE_TLS_RELOAD_INTERVAL');
+  return ms;
+}
+
+const optionalListen = (value: string | undefined, source: string): ListenAddress | undefined =>
+  value === undefined || value.trim() === '' ? undefined : parseListen(value.trim(), source);
 
 function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget): ArtifactsConfig {
   // Replicas sharing a database must share the key: none of them may make up its own.
@@ -165,6 +187,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
   const listen = flags.listen !== undefined ? parseListen(flags.listen, '--listen') : parseListen(e.LETHE_LISTEN ?? DEFAULT_LISTEN, 'LETHE_LISTEN');
   const dataDir = resolve(flags.dataDir ?? defaultDataDir(env));
   const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
+  if (e.DATABASE_URL !== undefined) checkPostgresTls(e.DATABASE_URL, 'DATABASE_URL');
 
   let auth: AuthConfig;
   if (e.LETHE_JWKS_URL !== undefined || e.LETHE_JWT_PUBLIC_KEY_FILE !== undefined) {
@@ -196,6 +219,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
   }
   const events: EventsConfig = {
     natsUrl: e.LETHE_NATS_URL,
+    natsTls: natsTls(env, e.LETHE_NATS_URL),
     stream: {
       name: e.LETHE_NATS_STREAM,
       replicas: Number(e.LETHE_NATS_STREAM_REPLICAS),
@@ -221,7 +245,9 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     migrateIdentitySchema: database.kind === 'pglite' || demo || (e.LETHE_MIGRATE_IDENTITY_SCHEMA ?? false),
     events,
     artifacts: artifactsConfig(e, database),
-    metricsListen: e.LETHE_METRICS_LISTEN === undefined || e.LETHE_METRICS_LISTEN.trim() === '' ? undefined : parseListen(e.LETHE_METRICS_LISTEN.trim(), 'LETHE_METRICS_LISTEN'),
+    metricsListen: optionalListen(e.LETHE_METRICS_LISTEN, 'LETHE_METRICS_LISTEN'),
+    tls: serverTls(env, flags, tlsReloadInterval(e.LETHE_TLS_RELOAD_INTERVAL)),
+    healthListen: optionalListen(e.LETHE_GRPC_HEALTH_LISTEN, 'LETHE_GRPC_HEALTH_LISTEN'),
   });
 }
 

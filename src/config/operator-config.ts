@@ -6,6 +6,7 @@ import { type Failpoint, parseFailpoints } from '../failpoints.js';
 import { type Env, type ListenAddress, parseDuration, parseListen } from './config.js';
 import { type LogLevel, commaList, flag, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
+import { type ClientTlsConfig, clientTls } from './tls-config.js';
 
 /**
  * The configuration of `lethe operator`: where the PrivacyService is and how to prove who we
@@ -31,6 +32,8 @@ export interface LeaderElectionConfig {
 export interface OperatorConfig {
   /** host:port of the PrivacyService. */
   readonly server: string;
+  /** TLS to the PrivacyService (LETHE_TLS_CA, and LETHE_TLS_CERT/KEY for mTLS); unset: plaintext. */
+  readonly tls: ClientTlsConfig | undefined;
   readonly token: OperatorToken;
   /** The cluster: a kubeconfig file, or the pod's own service account. */
   readonly kubernetes: KubernetesAccess;
@@ -115,6 +118,7 @@ export function loadOperatorConfig(env: Env): Readonly<OperatorConfig> {
 
   return Object.freeze({
     server: e.LETHE_SERVER,
+    tls: clientTls(env, {}),
     token,
     kubernetes: kubernetesAccess(env, { setting: 'KUBECONFIG', why: 'the operator watches PrivacyRequests on the Kubernetes API server' }),
     namespaces,

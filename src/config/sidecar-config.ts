@@ -8,6 +8,7 @@ import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../failpoints.js';
 import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type Env, type ListenAddress, parseListen } from './config.js';
+import { type NatsTlsConfig, checkPostgresTls, natsTls } from './tls-config.js';
 
 /**
  * The configuration of `lethe sidecar`, the purge agent a downstream service runs beside
@@ -21,6 +22,8 @@ export interface SidecarConfig {
   /** The service's own database (a secret: log `describePostgresUrl(databaseUrl)` only). */
   readonly databaseUrl: string;
   readonly natsUrl: string;
+  /** NATS over TLS (a tls:// URL or LETHE_NATS_TLS_CA); the receipts go this way too. */
+  readonly natsTls: NatsTlsConfig | undefined;
   /** The privacy stream; created with these settings only when it does not exist yet. */
   readonly stream: StreamSettings;
   /** Events purged at the same time, at most. */
@@ -93,12 +96,14 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
   const healthListen = parseListen(flags.healthListen ?? DEFAULT_HEALTH_LISTEN, '--health-listen');
 
   const e = parseEnv(envSchema, env);
+  checkPostgresTls(e.DATABASE_URL, 'DATABASE_URL');
 
   return Object.freeze({
     service: flags.service,
     dataMapPath: resolve(flags.dataMap),
     databaseUrl: e.DATABASE_URL,
     natsUrl: e.LETHE_NATS_URL,
+    natsTls: natsTls(env, e.LETHE_NATS_URL),
     stream: Object.freeze({ name: e.LETHE_NATS_STREAM, replicas: 1, duplicateWindowMs: STREAM_DUPLICATE_WINDOW_MS }),
     concurrency: e.LETHE_SIDECAR_CONCURRENCY,
     maxDeliveries: e.LETHE_SIDECAR_MAX_DELIVERIES,

@@ -1,5 +1,5 @@
 import { type JetStreamManager, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection, TlsOptions } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { STREAM_SUBJECTS } from './subjects.js';
@@ -12,12 +12,14 @@ export interface StreamSettings {
 
 /**
  * Connects to NATS and keeps reconnecting for ever: a NATS that is away delays events, it
- * never stops Lethe. The promise resolves on the first successful connection.
+ * never stops Lethe. The promise resolves on the first successful connection. `tls` (from
+ * natsTlsOptions) makes TLS required, as does a tls:// URL.
  */
-export async function connectNats(url: string, name: string, logger: Logger): Promise<NatsConnection> {
+export async function connectNats(url: string, name: string, logger: Logger, tls?: TlsOptions): Promise<NatsConnection> {
   const nc = await connect({
     servers: url,
     name,
+    ...(tls === undefined ? {} : { tls }),
     waitOnFirstConnect: true,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 1_000,

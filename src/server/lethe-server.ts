@@ -21,9 +21,15 @@ import { ServerEvents } from '../events/server-events.js';
 import { countPending } from '../store/outbox.js';
 import { type HealthServer, startHealthServer } from '../health-server.js';
 import { ServerMetrics } from '../metrics/server-metrics.js';
+import { natsTlsOptions } from '../tls/client-credentials.js';
+import { ReloadingServerCredentials, logHandshakeFailure, observeHandshakeFailures } from '../tls/server-credentials.js';
 
 export interface RunningServer {
   readonly port: number;
+  /** The plaintext health-only port (LETHE_GRPC_HEALTH_LISTEN); undefined without it. */
+  readonly healthPort: number | undefined;
+  /** The serving TLS credentials; undefined for plaintext. */
+  readonly tls: ReloadingServerCredentials | undefined;
   /** The bound port of `GET /metrics`; undefined without LETHE_METRICS_LISTEN. */
   readonly metricsPort: number | undefined;
   /** The ordered shutdown: health NOT_SERVING, stop accepting, finish or cancel calls, close the pool. */
@@ -38,6 +44,9 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   }
   const hashKey = usesHash(dataMap) ? await resolveHashKey(config) : undefined;
   const artifactKey = config.artifacts.key ?? (await keyInDataDir(config.dataDir, 'artifact-key'));
+  // TLS files are checked before anything else starts: a wrong file stops start-up, naming it.
+  const tls = config.tls === undefined ? undefined : await ReloadingServerCredentials.load(config.tls, logger);
+  const natsTls = natsTlsOptions(config.events.natsTls);
   const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals, { serviceAccounts: config.serviceAccounts, logger });
 
   const unlock = config.database.kind === 'pglite' ? await lockDataDir(config.dataDir) : async () => undefined;
@@ -59,7 +68,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     // ForgetUser calls never starves them (PGlite has a single connection to share).
     eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }) : undefined;
     const events =
-      ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices }, logger);
+      ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, tls: natsTls, stream: ev.stream, expectedServices: ev.expectedServices }, logger);
     const engine = new PrivacyEngine({
       knex: db.knex,
       dataMap,
@@ -81,11 +90,20 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     sweeper.start();
     const outboxDb = (eventsDb ?? db).knex;
     const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(() => countPending(outboxDb));
-    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port, metrics }).catch(async (err: unknown) => {
+    const grpc = await startGrpcServer({ engine, verify, logger, host: config.listen.host, port: config.listen.port, metrics, credentials: tls, health: config.healthListen }).catch(async (err: unknown) => {
+      tls?.close();
       await sweeper.stop();
       await events?.stop();
+      if (err instanceof ConfigError) throw err;
       throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
     });
+    const stopObserving =
+      tls === undefined
+        ? () => undefined
+        : observeHandshakeFailures(grpc.port, (reason, err) => {
+            metrics?.tlsHandshakeFailed(reason);
+            logHandshakeFailure(logger, reason, err);
+          });
     // The metrics listener also answers /healthz and /readyz (ready until shutdown begins).
     let serving = true;
     let http: HealthServer | undefined;
@@ -106,15 +124,21 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         auth: config.auth.mode === 'local' ? `local signing key in ${config.dataDir} (mint tokens with: lethe token --as <user-id>)` : config.auth.mode,
         artifactKeyId: artifactKeyId(artifactKey),
         metrics: http === undefined ? 'off (set LETHE_METRICS_LISTEN)' : `http://${http.address.host}:${http.address.port}/metrics`,
+        tls: tls === undefined ? 'off: plaintext (set --tls-cert and --tls-key)' : { mutual: tls.mutualTls, certificate: tls.certificate, reloadInterval: `${config.tls?.reloadIntervalMs ?? 0}ms` },
+        ...(grpc.healthPort === undefined ? {} : { healthProbes: `${config.healthListen?.host ?? ''}:${grpc.healthPort} (plaintext, grpc.health.v1 only)` }),
       },
       'lethe PrivacyService listening',
     );
     return {
       port: grpc.port,
+      healthPort: grpc.healthPort,
+      tls,
       metricsPort: http?.address.port,
       async stop(graceMs = 10_000) {
         serving = false;
         await grpc.shutdown(graceMs);
+        stopObserving();
+        tls?.close();
         await http?.close();
         await sweeper.stop();
         await events?.stop();

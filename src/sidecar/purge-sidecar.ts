@@ -7,6 +7,7 @@ import { type SidecarConfig, hashKeyFor } from '../config/sidecar-config.js';
 import { ConfigError } from '../errors.js';
 import { parseAnonymizedEvent } from '../events/cloudevents.js';
 import { connectNats, ensureStream } from '../events/nats.js';
+import { natsTlsOptions } from '../tls/client-credentials.js';
 import { type DataMap, loadDataMap } from '../privacy/data-map.js';
 import { purgeForRequest } from '../privacy/purge.js';
 import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
@@ -114,7 +115,7 @@ export class PurgeSidecar {
       } catch (err) {
         throw translateDatabaseError(err);
       }
-      const nc = await connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger);
+      const nc = await connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger, natsTlsOptions(c.natsTls));
       this.nc = nc;
       this.watchConnection(nc);
       const jsm = await ensureStream(nc, c.stream);
