@@ -100,9 +100,9 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     const stopObserving =
       tls === undefined
         ? () => undefined
-        : observeHandshakeFailures(grpc.port, (reason, err) => {
+        : observeHandshakeFailures(grpc.port, (reason, code) => {
             metrics?.tlsHandshakeFailed(reason);
-            logHandshakeFailure(logger, reason, err);
+            logHandshakeFailure(logger, reason, code);
           });
     // The metrics listener also answers /healthz and /readyz (ready until shutdown begins).
     let serving = true;

@@ -3,7 +3,6 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { type SecureContextOptions, Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ServerTlsConfig } from '../config/tls-config.js';
-import { errorSummary } from '../errors.js';
 import { type KeyPair, checkCaBundle, checkKeyPair, describeCertificate, readTlsFile } from './tls-files.js';
 
 /**
@@ -126,7 +125,13 @@ export class ReloadingServerCredentials extends ServerCredentials {
 /** Why a handshake was refused: a bounded set, fit for a metric label; never the peer or its certificate. */
 export type HandshakeFailureReason = 'no_client_certificate' | 'untrusted_client_certificate' | 'certificate_rejected_by_client' | 'not_tls' | 'protocol_version' | 'aborted' | 'other';
 
-export function handshakeFailureReason(err: unknown): HandshakeFailureReason {
+/**
+ * `socket` is the TLS socket the error came with. Node verifies a client certificate only after
+ * OpenSSL's handshake and then destroys the socket, which surfaces as a "socket hang up" whose
+ * socket carries the verification error: that is an untrusted certificate, not a client that left.
+ */
+export function handshakeFailureReason(err: unknown, socket?: { authorizationError?: unknown }): HandshakeFailureReason {
+  if (socket?.authorizationError !== undefined && socket.authorizationError !== null) return 'untrusted_client_certificate';
   const code = String((err as { code?: unknown }).code ?? '');
   if (code.includes('PEER_DID_NOT_RETURN_A_CERTIFICATE')) return 'no_client_certificate';
   if (/CERTIFICATE_VERIFY_FAILED|UNABLE_TO_GET_ISSUER|SELF_SIGNED|CERT_NOT_YET_VALID|CERT_HAS_EXPIRED|UNABLE_TO_VERIFY/.test(code)) return 'untrusted_client_certificate';
@@ -147,7 +152,7 @@ const SERVER_SOCKET_CHANNEL = 'net.server.socket';
  * is reachable without touching grpc-js internals. Returns the function that stops listening
  * for new servers.
  */
-export function observeHandshakeFailures(port: number, onFailure: (reason: HandshakeFailureReason, err: unknown) => void): () => void {
+export function observeHandshakeFailures(port: number, onFailure: (reason: HandshakeFailureReason, code: string) => void): () => void {
   const attached = new WeakSet<TlsServer>();
   const onSocket = (message: unknown) => {
     const server = (message as { socket?: { server?: unknown } }).socket?.server;
@@ -155,13 +160,16 @@ export function observeHandshakeFailures(port: number, onFailure: (reason: Hands
     const address = server.address();
     if (address === null || typeof address === 'string' || address.port !== port) return;
     attached.add(server);
-    server.on('tlsClientError', (err) => onFailure(handshakeFailureReason(err), err));
+    server.on('tlsClientError', (err, socket: { authorizationError?: unknown }) => {
+      const verifyError = socket.authorizationError;
+      onFailure(handshakeFailureReason(err, socket), String(verifyError ?? (err as { code?: unknown }).code ?? 'unknown'));
+    });
   };
   subscribe(SERVER_SOCKET_CHANNEL, onSocket);
   return () => unsubscribe(SERVER_SOCKET_CHANNEL, onSocket);
 }
 
 /** The log line of a refused handshake: the reason and the TLS error code, never the peer's address or certificate. */
-export function logHandshakeFailure(logger: Logger, reason: HandshakeFailureReason, err: unknown): void {
-  logger.warn({ reason, error: errorSummary(err) }, 'TLS handshake refused');
+export function logHandshakeFailure(logger: Logger, reason: HandshakeFailureReason, code: string): void {
+  logger.warn({ reason, code }, 'TLS handshake refused');
 }
