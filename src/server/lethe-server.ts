@@ -22,6 +22,7 @@ import { countPending } from '../store/outbox.js';
 import { type HealthServer, startHealthServer } from '../health-server.js';
 import { ServerMetrics } from '../metrics/server-metrics.js';
 import { natsTlsOptions } from '../tls/client-credentials.js';
+import { describeTlsFailure } from '../tls/tls-errors.js';
 import { ReloadingServerCredentials, logHandshakeFailure, observeHandshakeFailures } from '../tls/server-credentials.js';
 
 export interface RunningServer {
@@ -54,6 +55,8 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   let eventsDb: Database | undefined;
   try {
     await migrateLethe(db.knex).catch((err: unknown) => {
+      const tlsFailure = describeTlsFailure(err);
+      if (tlsFailure !== undefined) throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
       const e = translateDatabaseError(err);
       if (e instanceof UnavailableError) {
         throw new UnavailableError(`cannot reach the database (${db.description}); check DATABASE_URL and that the server is up`, { cause: err });

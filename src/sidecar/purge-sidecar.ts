@@ -8,6 +8,7 @@ import { ConfigError } from '../errors.js';
 import { parseAnonymizedEvent } from '../events/cloudevents.js';
 import { connectNats, ensureStream } from '../events/nats.js';
 import { natsTlsOptions } from '../tls/client-credentials.js';
+import { describeTlsFailure } from '../tls/tls-errors.js';
 import { type DataMap, loadDataMap } from '../privacy/data-map.js';
 import { purgeForRequest } from '../privacy/purge.js';
 import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
@@ -113,6 +114,8 @@ export class PurgeSidecar {
         await migrateSidecar(db.knex);
         await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath);
       } catch (err) {
+        const tlsFailure = describeTlsFailure(err);
+        if (tlsFailure !== undefined) throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
         throw translateDatabaseError(err);
       }
       const nc = await connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger, natsTlsOptions(c.natsTls));
