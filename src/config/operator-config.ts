@@ -118,7 +118,7 @@ export function loadOperatorConfig(env: Env): Readonly<OperatorConfig> {
 
   return Object.freeze({
     server: e.LETHE_SERVER,
-    tls: clientTls(env, {}),
+    tls: clientTls(env),
     token,
     kubernetes: kubernetesAccess(env, { setting: 'KUBECONFIG', why: 'the operator watches PrivacyRequests on the Kubernetes API server' }),
     namespaces,

@@ -39,11 +39,13 @@ interface Setting {
   readonly source: string;
 }
 
-/** A flag wins over its environment variable. */
-function setting(flag: string | undefined, flagName: string, env: Env, envName: string): Setting {
+/** A flag wins over its environment variable; without flags (`flagName` undefined) only the variable counts. */
+function setting(flag: string | undefined, flagName: string | undefined, env: Env, envName: string): Setting {
   const fromFlag = nonEmpty(flag);
-  if (fromFlag !== undefined) return { value: fromFlag, source: flagName };
-  return { value: nonEmpty(env[envName]), source: envName };
+  if (fromFlag !== undefined && flagName !== undefined) return { value: fromFlag, source: flagName };
+  const value = nonEmpty(env[envName]);
+  // Unset, it is named both ways: either would do.
+  return { value, source: value !== undefined || flagName === undefined ? envName : `${flagName} (${envName})` };
 }
 
 function pair(cert: Setting, key: Setting, what: string): { certFile: string; keyFile: string } | undefined {
@@ -82,10 +84,11 @@ export interface ClientTlsFlags {
  * A client speaks TLS exactly when it is given a CA to trust (`--tls-ca`, LETHE_TLS_CA); a client
  * certificate (`--tls-cert`/`--tls-key`) is only sent over TLS, so it requires the CA too.
  */
-export function clientTls(env: Env, flags: ClientTlsFlags): ClientTlsConfig | undefined {
-  const ca = setting(flags.tlsCa, '--tls-ca', env, 'LETHE_TLS_CA');
-  const cert = setting(flags.tlsCert, '--tls-cert', env, 'LETHE_TLS_CERT');
-  const key = setting(flags.tlsKey, '--tls-key', env, 'LETHE_TLS_KEY');
+export function clientTls(env: Env, flags?: ClientTlsFlags): ClientTlsConfig | undefined {
+  const withFlags = flags !== undefined;
+  const ca = setting(flags?.tlsCa, withFlags ? '--tls-ca' : undefined, env, 'LETHE_TLS_CA');
+  const cert = setting(flags?.tlsCert, withFlags ? '--tls-cert' : undefined, env, 'LETHE_TLS_CERT');
+  const key = setting(flags?.tlsKey, withFlags ? '--tls-key' : undefined, env, 'LETHE_TLS_KEY');
   const files = pair(cert, key, 'a client certificate');
   if (ca.value === undefined) {
     if (files !== undefined) throw new ConfigError(`is set but ${ca.source} is not: a client certificate is sent over TLS only; set the CA that signed the server's certificate`, cert.source);
