@@ -73,7 +73,7 @@ describe('the PrivacyService over TLS', () => {
     live = { cert: join(dir, 'tls.crt'), key: join(dir, 'tls.key') };
     copyFileSync(first.certFile, live.cert);
     copyFileSync(first.keyFile, live.key);
-    r = await startTlsServer({ LETHE_TLS_RELOAD_INTERVAL: '200ms' }, { tlsCert: live.cert, tlsKey: live.key });
+    r = await startTlsServer({ LETHE_TLS_RELOAD_INTERVAL: '200ms', LETHE_GRPC_HEALTH_LISTEN: '127.0.0.1:0' }, { tlsCert: live.cert, tlsKey: live.key });
   });
   afterAll(async () => {
     await r?.server.stop(1_000);
@@ -106,6 +106,15 @@ describe('the PrivacyService over TLS', () => {
     const refused = r.log.lines().filter((l) => l.msg === 'TLS handshake refused');
     expect(refused.map((l) => l.reason)).toContain('not_tls');
     for (const l of refused) expect(Object.keys(l).sort()).toEqual(['code', 'hostname', 'level', 'msg', 'pid', 'reason', 'time']);
+  });
+
+  it('answers probes in plaintext on the health-only port, and serves nothing else there', async () => {
+    const channel = createChannel(`127.0.0.1:${r.server.healthPort ?? 0}`);
+    expect(await createClient(HealthDefinition, channel).check({ service: 'lethe.privacy.v1.PrivacyService' })).toEqual({ status: 1 });
+    channel.close();
+    const { client, close } = connectPrivacyService(`127.0.0.1:${r.server.healthPort ?? 0}`, await mintLocalToken(r.dataDir, 'user-id-123', 60));
+    expect((await status(client.getPrivacyRequest({ id: '00000000-0000-0000-0000-000000000000' }))).code).toBe('UNIMPLEMENTED');
+    close();
   });
 
   it('the CLI exports with --tls-ca', async () => {
