@@ -476,16 +476,13 @@ describe.runIf(helm !== undefined)('the Helm chart: TLS', () => {
     expect(operator.spec.template.spec.volumes.find((v) => v.name === 'tls-client')?.secret?.secretName).toBe('privacy-operator-tls');
   });
 
-  it('with tls.enabled=false: plaintext, no TLS files, probes on the gRPC port, and NOTES.txt warns', async () => {
+  it('with tls.enabled=false: plaintext, no TLS files, probes on the gRPC port', () => {
     const c = container(one<Deployment>(off, 'Deployment', 'lethe-server'), 'server');
     expect(c.env.filter((e) => e.name.startsWith('LETHE_TLS') || e.name === 'LETHE_GRPC_HEALTH_LISTEN')).toEqual([]);
     for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 50051 } });
     expect(c.volumeMounts?.map((m) => m.mountPath)).not.toContain('/etc/lethe/tls');
     const oc = container(one<Deployment>(off, 'Deployment', 'lethe-operator'), 'operator');
     expect(envOf(oc, 'LETHE_TLS_CA')).toBeUndefined();
-    const notes = await runHelm(['install', 'lethe', CHART_DIR, '--namespace', RELEASE_NS, '--dry-run=client', '--set', 'tls.enabled=false']);
-    expect(notes.code).toBe(0);
-    expect(notes.stdout).toContain('WARNING: TLS is off (tls.enabled=false)');
   });
 });
 
@@ -638,6 +635,14 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     expect((await kubectl(['get', 'deployment', '-n', RELEASE_NS, '-o', 'name'])).stdout).toBe('');
     const request = await kubectl(['get', 'preq', 'forget-user-123', '-n', RELEASE_NS, '-o', 'jsonpath={.spec.subjectId}']);
     expect(request).toMatchObject({ code: 0, stdout: 'user-id-123' });
+  });
+
+  it('warns in NOTES.txt when TLS is turned off', async () => {
+    const r = await runHelm(['install', 'lethe-plain', CHART_DIR, '--namespace', RELEASE_NS, '--kubeconfig', kube.kubeconfigPath, '--dry-run=server', '--set', 'tls.enabled=false,crds.enabled=false']);
+    expect(r.code).toBe(0);
+    const notes = r.stdout.slice(r.stdout.indexOf('NOTES:'));
+    expect(notes).toContain('WARNING: TLS is off (tls.enabled=false): the PrivacyService, its tokens and the personal data it\nexports travel in plaintext.');
+    expect(notes).not.toContain('Clients trust its CA');
   });
 
   it.each([
