@@ -10,10 +10,11 @@ export type TokenSource = string | (() => Promise<string>);
 
 /**
  * A PrivacyService client that sends the token as `authorization: Bearer …` on every call; over
- * TLS when `tls` is given (a bad file throws a ConfigError naming it), else plaintext.
+ * TLS when `tls` is given (a bad file throws a ConfigError naming it), else plaintext; with
+ * `reload`, the TLS files are read again as they rotate (long-running clients).
  */
-export function connectPrivacyService(address: string, token: TokenSource, tls?: ClientTlsConfig): { client: PrivacyClient; close(): void } {
-  const channel = createChannel(address, channelCredentials(tls), { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+export function connectPrivacyService(address: string, token: TokenSource, tls?: ClientTlsConfig, reload?: Parameters<typeof channelCredentials>[1]): { client: PrivacyClient; close(): void } {
+  const channel = createChannel(address, channelCredentials(tls, reload), { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
   const current = typeof token === 'string' ? () => Promise.resolve(token) : token;
   const client = createClientFactory()
     .use(async function* bearer<Req, Res>(call: ClientMiddlewareCall<Req, Res>, options: CallOptions) {

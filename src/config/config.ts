@@ -161,7 +161,7 @@ const envSchema = z.object({
 });
 
 /** At most a minute: new connections must get a rotated certificate within one. */
-function tlsReloadInterval(value: string): number {
+export function tlsReloadInterval(value: string): number {
   const ms = parseDuration(value, 'LETHE_TLS_RELOAD_INTERVAL');
   if (ms < 100 || ms > 60_000) throw new ConfigError('must be from 100ms to 1m (new connections get a rotated certificate within this)', 'LETHE_TLS_RELOAD_INTERVAL');
   return ms;

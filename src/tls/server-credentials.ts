@@ -3,6 +3,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { type SecureContextOptions, Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ServerTlsConfig } from '../config/tls-config.js';
+import { TlsFileWatcher } from './tls-file-watcher.js';
 import { type KeyPair, checkCaBundle, checkKeyPair, describeCertificate, readTlsFile } from './tls-files.js';
 
 /**
@@ -27,7 +28,8 @@ async function readMaterial(config: ServerTlsConfig): Promise<Material> {
   return { pair, clientCa };
 }
 
-const sameBytes = (a: Buffer | undefined, b: Buffer | undefined) => (a === undefined || b === undefined ? a === b : a.equals(b));
+export const sameBytes = (a: Buffer | undefined, b: Buffer | undefined) => (a === undefined || b === undefined ? a === b : a.equals(b));
+const sameMaterial = (a: Material, b: Material) => sameBytes(a.pair.cert, b.pair.cert) && sameBytes(a.pair.key, b.pair.key) && sameBytes(a.clientCa, b.clientCa);
 
 // Node's tls.Server keeps minVersion across setSecureContext, but only `ca` given each time
 // stays: every update carries the whole context.
@@ -43,18 +45,26 @@ const contextOptions = (m: Material): SecureContextOptions => ({ cert: m.pair.ce
  * the last good certificate and say which file is wrong.
  */
 export class ReloadingServerCredentials extends ServerCredentials {
-  private timer: NodeJS.Timeout | undefined;
-  private checking: Promise<boolean> | undefined;
-  /** The file set last refused, so that a broken file is reported once, not every interval. */
-  private lastRefused: string | undefined;
+  private readonly files: TlsFileWatcher<Material>;
 
   private constructor(
     private readonly config: ServerTlsConfig,
-    private current: Material,
-    private readonly logger: Logger,
+    current: Material,
+    logger: Logger,
   ) {
     const mtls = config.clientCaFile !== undefined;
     super({ requestCert: mtls, rejectUnauthorized: mtls, minVersion: 'TLSv1.2' }, contextOptions(current));
+    this.files = new TlsFileWatcher(current, {
+      read: () => readMaterial(config),
+      same: sameMaterial,
+      onChange: (next) => {
+        this.updateSecureContextOptions(contextOptions(next));
+        logger.info({ certificate: describeCertificate(next.pair.leaf), clientCa: next.clientCa !== undefined }, 'TLS certificate reloaded: new connections use it');
+      },
+      intervalMs: config.reloadIntervalMs,
+      logger,
+      what: 'server certificate',
+    });
   }
 
   /** Reads and checks the files once: start-up stops here, naming the file, when one is wrong. */
@@ -63,7 +73,7 @@ export class ReloadingServerCredentials extends ServerCredentials {
   }
 
   get certificate() {
-    return describeCertificate(this.current.pair.leaf);
+    return describeCertificate(this.files.value.pair.leaf);
   }
 
   get mutualTls(): boolean {
@@ -78,10 +88,7 @@ export class ReloadingServerCredentials extends ServerCredentials {
   // files are polled exactly while something listens.
   override _addWatcher(watcher: Parameters<ServerCredentials['_addWatcher']>[0]): void {
     super._addWatcher(watcher);
-    if (this.timer === undefined) {
-      this.timer = setInterval(() => void this.reload(), this.config.reloadIntervalMs);
-      this.timer.unref();
-    }
+    this.files.start();
   }
 
   override _removeWatcher(watcher: Parameters<ServerCredentials['_removeWatcher']>[0]): void {
@@ -90,35 +97,12 @@ export class ReloadingServerCredentials extends ServerCredentials {
   }
 
   close(): void {
-    clearInterval(this.timer);
-    this.timer = undefined;
+    this.files.stop();
   }
 
   /** Checks the files now; true when a new certificate was taken. */
   reload(): Promise<boolean> {
-    this.checking ??= this.check().finally(() => {
-      this.checking = undefined;
-    });
-    return this.checking;
-  }
-
-  private async check(): Promise<boolean> {
-    let next: Material;
-    try {
-      next = await readMaterial(this.config);
-    } catch (err) {
-      // Mid-rotation (a certificate written before its key) or broken: keep serving the last good one.
-      const message = err instanceof Error ? err.message : String(err);
-      if (message !== this.lastRefused) this.logger.warn({ problem: message }, 'TLS files changed but cannot be used: still serving the previous certificate');
-      this.lastRefused = message;
-      return false;
-    }
-    this.lastRefused = undefined;
-    if (sameBytes(next.pair.cert, this.current.pair.cert) && sameBytes(next.pair.key, this.current.pair.key) && sameBytes(next.clientCa, this.current.clientCa)) return false;
-    this.current = next;
-    this.updateSecureContextOptions(contextOptions(next));
-    this.logger.info({ certificate: describeCertificate(next.pair.leaf), clientCa: next.clientCa !== undefined }, 'TLS certificate reloaded: new connections use it');
-    return true;
+    return this.files.check();
   }
 }
 

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer as createTlsServer } from 'node:tls';
 import { promisify } from 'node:util';
 import { createChannel, createClient } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
@@ -152,8 +153,8 @@ describe('the PrivacyService over TLS', () => {
     // A broken write first (the key of another certificate): refused, the old certificate stays.
     const second = ca.issue('server-2', { cn: 'localhost', dns: ['localhost'], ips: ['127.0.0.1'] });
     writeFileSync(live.cert, readFileSync(second.certFile));
-    await eventually(async () => r.log.lines().some((l) => l.msg === 'TLS files changed but cannot be used: still serving the previous certificate'), Boolean, 3_000);
-    const refused = r.log.lines().find((l) => l.msg === 'TLS files changed but cannot be used: still serving the previous certificate');
+    await eventually(async () => r.log.lines().some((l) => l.msg === 'TLS files changed but cannot be used: still using the previous server certificate'), Boolean, 3_000);
+    const refused = r.log.lines().find((l) => l.msg === 'TLS files changed but cannot be used: still using the previous server certificate');
     expect(String(refused?.problem)).toContain(`${live.key}: is not the private key of the certificate in ${live.cert}`);
     expect(await peerCertificateSerial(r.server.port, { caFile: ca.certFile })).toBe(first.serial);
 
@@ -295,5 +296,51 @@ describe('bad TLS files stop start-up, naming the file and never printing it', (
     rmSync(dataDir, { recursive: true, force: true });
     expect((e as { code: number }).code).toBe(2);
     expect((e as { stderr: string }).stderr.trim()).toBe(`lethe: configuration: ${b.keyFile}: is not the private key of the certificate in ${a.certFile} (they do not match)`);
+  });
+});
+
+describe('a long-running client (the operator) and its rotated client certificate', () => {
+  let dir: string;
+
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'lethe-tls-client-rotation-'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('new connections present the new certificate once the files change', async () => {
+    const ca = createTestCa(dir, 'ca');
+    const server = ca.issue('server', { cn: 'localhost', dns: ['localhost'], ips: ['127.0.0.1'] });
+    const first = ca.issue('client-1', { cn: 'lethe-operator', client: true });
+    const second = ca.issue('client-2', { cn: 'lethe-operator', client: true });
+    const live = { cert: join(dir, 'tls.crt'), key: join(dir, 'tls.key') };
+    copyFileSync(first.certFile, live.cert);
+    copyFileSync(first.keyFile, live.key);
+    // A TLS server that only records which client certificate each connection presented.
+    const seen: string[] = [];
+    const tlsServer = createTlsServer(
+      { cert: readFileSync(server.certFile), key: readFileSync(server.keyFile), ca: readFileSync(ca.certFile), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] },
+      (socket) => {
+        seen.push(socket.getPeerCertificate().serialNumber.toUpperCase());
+        socket.destroy();
+      },
+    );
+    await new Promise<void>((res) => tlsServer.listen(0, '127.0.0.1', res));
+    const port = (tlsServer.address() as { port: number }).port;
+    const log = capturingLogger();
+    const channel = createChannel(`localhost:${port}`, channelCredentials({ caFile: ca.certFile, certFile: live.cert, keyFile: live.key }, { intervalMs: 100, logger: log.logger }));
+    const health = createClient(HealthDefinition, channel);
+    const attempt = () => health.check({ service: '' }, { signal: AbortSignal.timeout(500) }).catch(() => undefined);
+    try {
+      await eventually(async () => (await attempt(), seen), (s) => s.includes(first.serial), 10_000);
+      expect(seen).toContain(first.serial);
+      writeFileSync(live.key, readFileSync(second.keyFile));
+      writeFileSync(live.cert, readFileSync(second.certFile));
+      await eventually(async () => (await attempt(), seen), (s) => s.includes(second.serial), 15_000);
+      expect(seen).toContain(second.serial);
+      expect(log.lines().some((l) => l.msg === 'TLS client files reloaded: new connections use them')).toBe(true);
+    } finally {
+      channel.close();
+      tlsServer.close();
+    }
   });
 });
