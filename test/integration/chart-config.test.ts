@@ -126,6 +126,7 @@ describe.runIf(helm !== undefined)("the chart's rendered configuration is what t
         // It trusts the server's CA, from a mounted file; with mutual TLS it has a client certificate.
         expect(container.volumeMounts?.some((m) => c.tls?.caFile.startsWith(`${m.mountPath}/`))).toBe(true);
         expect(c.tls?.certFile !== undefined).toBe(valuesFiles.length > 0);
+        expect(c.tlsReloadIntervalMs).toBe(valuesFiles.length > 0 ? 30_000 : 10_000);
         const path = c.token.kind === 'file' ? c.token.path : '';
         expect(container.volumeMounts?.some((m) => path.startsWith(`${m.mountPath}/`))).toBe(true);
       }
