@@ -153,7 +153,11 @@ export function observeHandshakeFailures(port: number, onFailure: (reason: Hands
   return () => unsubscribe(SERVER_SOCKET_CHANNEL, onSocket);
 }
 
-/** The log line of a refused handshake: the reason and the TLS error code, never the peer's address or certificate. */
+/**
+ * The log line of a refused handshake: the reason and the TLS error code, never the peer's address
+ * or certificate. A peer that just hangs up (a load balancer's or a port scanner's TCP check) is
+ * counted but logged at debug only, so that such checks do not flood the log.
+ */
 export function logHandshakeFailure(logger: Logger, reason: HandshakeFailureReason, code: string): void {
-  logger.warn({ reason, code }, 'TLS handshake refused');
+  logger[reason === 'aborted' ? 'debug' : 'warn']({ reason, code }, 'TLS handshake refused');
 }
