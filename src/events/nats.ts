@@ -2,6 +2,8 @@ import { type JetStreamManager, JetStreamApiError, jetstreamManager } from '@nat
 import type { NatsConnection, TlsOptions } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
+import { errorSummary } from '../errors.js';
+import { describeTlsFailure } from '../tls/tls-errors.js';
 import { STREAM_SUBJECTS } from './subjects.js';
 
 export interface StreamSettings {
@@ -16,15 +18,27 @@ export interface StreamSettings {
  * natsTlsOptions) makes TLS required, as does a tls:// URL.
  */
 export async function connectNats(url: string, name: string, logger: Logger, tls?: TlsOptions): Promise<NatsConnection> {
-  const nc = await connect({
+  const options = {
     servers: url,
     name,
     ...(tls === undefined ? {} : { tls }),
-    waitOnFirstConnect: true,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 1_000,
     pingInterval: 10_000,
-  });
+  };
+  let nc: NatsConnection;
+  try {
+    // A first attempt that fails fast, so that the reason is logged once: waiting for the first
+    // connection reports nothing, and a NATS that refuses our TLS would look like one that is away.
+    nc = await connect(options);
+  } catch (err) {
+    const tlsFailure = describeTlsFailure(err);
+    logger.warn(
+      { nats: describeNatsUrl(url), ...(tlsFailure === undefined ? { error: errorSummary(err) } : { tls: `${tlsFailure}; check LETHE_NATS_TLS_CA (and LETHE_NATS_TLS_CERT/KEY)` }) },
+      'cannot connect to NATS yet: retrying until it answers',
+    );
+    nc = await connect({ ...options, waitOnFirstConnect: true });
+  }
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect' || s.type === 'reconnect') logger.info({ nats: s.type }, 'nats connection');

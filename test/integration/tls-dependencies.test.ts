@@ -11,6 +11,7 @@ import { ConfigError } from '../../src/errors.js';
 import { ConfirmationState, RequestState } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { startLetheServer } from '../../src/server/lethe-server.js';
 import { type Database, openDatabase } from '../../src/store/database.js';
+import { connectNats } from '../../src/events/nats.js';
 import { natsTlsOptions } from '../../src/tls/client-credentials.js';
 import { ORDERS_DATA_MAP, ORDERS_SERVICE, createOrdersSchema, expectedOrdersRowsAffected, ordersOf, seedOrders } from '../fixtures/downstream/index.js';
 import { type TestSidecar, startTestSidecar } from '../fixtures/downstream/sidecar.js';
@@ -132,6 +133,15 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('PostgreSQL and NAT
     expect(await connect({ servers: nats.url.replace('tls://', 'nats://'), reconnect: false, timeout: 3_000, tls: null }).then(async (nc) => (await nc.close(), 'connected'), () => 'refused')).toBe('refused');
     // And the same options with the right CA and certificate connect.
     expect(await attempt(natsTlsOptions({ caFile: ca.certFile, certFile: natsClientCert.certFile, keyFile: natsClientCert.keyFile }))).toBe('connected');
+  });
+
+  it('NATS: a client that does not trust the server says why, once, and keeps retrying', async () => {
+    const log = capturingLogger();
+    // Never resolves (it waits for a NATS it can trust); the suite's NATS goes away in afterAll.
+    void connectNats(nats.url, 'lethe-wrong-ca', log.logger, natsTlsOptions({ caFile: other.certFile, certFile: natsClientCert.certFile, keyFile: natsClientCert.keyFile }));
+    const line = await waitFor('the warning', async () => log.lines().find((l) => l.msg === 'cannot connect to NATS yet: retrying until it answers'), 10_000);
+    expect(line).toMatchObject({ nats: nats.url, tls: expect.stringContaining("the server's certificate is not trusted") });
+    expect(String(line.tls)).toContain('check LETHE_NATS_TLS_CA');
   });
 
   it('NATS: a missing CA file stops start-up naming it', () => {
