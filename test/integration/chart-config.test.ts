@@ -109,6 +109,10 @@ describe.runIf(helm !== undefined)("the chart's rendered configuration is what t
         }
         expect(c.tls?.reloadIntervalMs).toBe(valuesFiles.length > 0 ? 30_000 : 10_000);
         expect(c.healthListen?.host).toBe('0.0.0.0');
+        if (valuesFiles.length > 0) {
+          expect(c.events.natsTls).toEqual({ caFile: '/etc/lethe/nats-tls/ca.crt', certFile: '/etc/lethe/nats-tls/tls.crt', keyFile: '/etc/lethe/nats-tls/tls.key' });
+          expect(container.volumeMounts?.some((m) => m.mountPath === '/etc/lethe/nats-tls')).toBe(true);
+        }
         // The data map the server is pointed at is the one in the chart's ConfigMap, and it is valid.
         const mount = container.volumeMounts?.find((m) => c.dataMapPath.startsWith(`${m.mountPath}/`));
         expect(mount, `a volume mounted at the directory of ${c.dataMapPath}`).toBeDefined();

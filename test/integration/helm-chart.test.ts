@@ -266,7 +266,7 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(allServer.image).toBe('registry.example.com/platform/lethe@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef');
     const secret = one<{ stringData: Record<string, string> }>(all, 'Secret', 'privacy-secrets');
     expect(secret.stringData).toEqual({
-      databaseUrl: 'postgresql://lethe:secret@postgres.data.svc:5432/identity',
+      databaseUrl: 'postgresql://lethe:secret@postgres.data.svc:5432/identity?sslmode=verify-full&sslrootcert=/etc/lethe/database-tls/ca.crt',
       artifactKey: '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff',
     });
     const allCm = one<{ data: Record<string, string> }>(all, 'ConfigMap', 'privacy-config');
@@ -474,6 +474,22 @@ describe.runIf(helm !== undefined)('the Helm chart: TLS', () => {
     expect(envOf(oc, 'LETHE_TLS_KEY')?.value).toBe('/etc/lethe/tls-client/tls.key');
     expect(operator.spec.template.spec.volumes.find((v) => v.name === 'tls-ca')?.secret?.secretName).toBe('privacy-server-tls');
     expect(operator.spec.template.spec.volumes.find((v) => v.name === 'tls-client')?.secret?.secretName).toBe('privacy-operator-tls');
+  });
+
+  it("mounts the CA Secrets of NATS and the database when named, and points the NATS client at them", () => {
+    const server = one<Deployment>(all, 'Deployment', 'privacy-server');
+    const c = container(server, 'server');
+    expect(envOf(c, 'LETHE_NATS_TLS_CA')?.value).toBe('/etc/lethe/nats-tls/ca.crt');
+    expect(envOf(c, 'LETHE_NATS_TLS_CERT')?.value).toBe('/etc/lethe/nats-tls/tls.crt');
+    expect(envOf(c, 'LETHE_NATS_TLS_KEY')?.value).toBe('/etc/lethe/nats-tls/tls.key');
+    expect(c.volumeMounts).toEqual(expect.arrayContaining([
+      { name: 'nats-tls', mountPath: '/etc/lethe/nats-tls', readOnly: true },
+      { name: 'database-tls', mountPath: '/etc/lethe/database-tls', readOnly: true },
+    ]));
+    expect(server.spec.template.spec.volumes.find((v) => v.name === 'nats-tls')?.secret).toEqual({ secretName: 'platform-nats-tls' });
+    expect(server.spec.template.spec.volumes.find((v) => v.name === 'database-tls')?.secret).toEqual({ secretName: 'platform-db-ca' });
+    const d = container(one<Deployment>(defaults, 'Deployment', 'lethe-server'), 'server');
+    expect(d.env.filter((e) => e.name.startsWith('LETHE_NATS_TLS'))).toEqual([]);
   });
 
   it('with tls.enabled=false: plaintext, no TLS files, probes on the gRPC port', () => {
