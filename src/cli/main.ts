@@ -58,7 +58,8 @@ const clientOptions = (c: Command) =>
     .option('--data-dir <dir>', 'the data directory of `lethe serve`, for --as')
     .option('--tls-ca <file>', "speak TLS, trusting this CA for the server's certificate (or LETHE_TLS_CA); without it: plaintext")
     .option('--tls-cert <file>', 'a client certificate, for a server that requires one (mutual TLS; or LETHE_TLS_CERT)')
-    .option('--tls-key <file>', 'the private key of --tls-cert (or LETHE_TLS_KEY)');
+    .option('--tls-key <file>', 'the private key of --tls-cert (or LETHE_TLS_KEY)')
+    .option('--tls-server-name <name>', "the name the server's certificate carries, when it is not the host dialled (or LETHE_TLS_SERVER_NAME)");
 
 clientOptions(
   program

@@ -22,6 +22,8 @@ export interface ClientTlsConfig {
   readonly caFile: string;
   readonly certFile: string | undefined;
   readonly keyFile: string | undefined;
+  /** The name the server's certificate must carry, when it is not the host dialled (a port-forward, an IP). */
+  readonly serverName?: string | undefined;
 }
 
 /** NATS over TLS: the CA (unset: the system's roots) and an optional client certificate. */
@@ -78,6 +80,7 @@ export interface ClientTlsFlags {
   readonly tlsCa?: string | undefined;
   readonly tlsCert?: string | undefined;
   readonly tlsKey?: string | undefined;
+  readonly tlsServerName?: string | undefined;
 }
 
 /**
@@ -89,12 +92,15 @@ export function clientTls(env: Env, flags?: ClientTlsFlags): ClientTlsConfig | u
   const ca = setting(flags?.tlsCa, withFlags ? '--tls-ca' : undefined, env, 'LETHE_TLS_CA');
   const cert = setting(flags?.tlsCert, withFlags ? '--tls-cert' : undefined, env, 'LETHE_TLS_CERT');
   const key = setting(flags?.tlsKey, withFlags ? '--tls-key' : undefined, env, 'LETHE_TLS_KEY');
+  const serverName = setting(flags?.tlsServerName, withFlags ? '--tls-server-name' : undefined, env, 'LETHE_TLS_SERVER_NAME');
   const files = pair(cert, key, 'a client certificate');
   if (ca.value === undefined) {
     if (files !== undefined) throw new ConfigError(`is set but ${ca.source} is not: a client certificate is sent over TLS only; set the CA that signed the server's certificate`, cert.source);
+    if (serverName.value !== undefined) throw new ConfigError(`is set but ${ca.source} is not: set the CA that signed the server's certificate`, serverName.source);
     return undefined;
   }
-  return Object.freeze({ caFile: resolve(ca.value), certFile: files?.certFile, keyFile: files?.keyFile });
+  if (serverName.value !== undefined && !/^[A-Za-z0-9.*-]{1,253}$/.test(serverName.value)) throw new ConfigError('must be a DNS name', serverName.source);
+  return Object.freeze({ caFile: resolve(ca.value), certFile: files?.certFile, keyFile: files?.keyFile, serverName: serverName.value });
 }
 
 /**

@@ -125,6 +125,21 @@ describe('the PrivacyService over TLS', () => {
     expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user_id: 'user-id-123' });
   });
 
+  it('--tls-server-name: dialled by IP, the certificate checked against the name given', async () => {
+    const named = ca.issue('named', { cn: 'lethe-server', dns: ['lethe-server.lethe.svc'] });
+    const s = await startTlsServer({}, { tlsCert: named.certFile, tlsKey: named.keyFile });
+    try {
+      const args = ['requests', 'list', '--server', s.address, '--data-dir', s.dataDir, '--as', 'platform-owner-id', '--tls-ca', ca.certFile];
+      const refused = await run('node', [LETHE, ...args], { encoding: 'utf8' }).catch((e: { code: number; stderr: string }) => e);
+      expect((refused as { stderr: string }).stderr).toMatch(/^lethe: UNAVAILABLE: .*(IP: 127\.0\.0\.1 is not in the cert's list|does not match)/);
+      const { stdout } = await run('node', [LETHE, ...args, '--tls-server-name', 'lethe-server.lethe.svc'], { encoding: 'utf8' });
+      expect(stdout).toContain('ID');
+    } finally {
+      await s.server.stop(1_000);
+      rmSync(s.dataDir, { recursive: true, force: true });
+    }
+  });
+
   it('the CLI without --tls-ca cannot reach it, and says so in one line', async () => {
     const r2 = await run('node', [LETHE, 'requests', 'list', '--server', r.address, '--data-dir', r.dataDir, '--as', 'platform-owner-id'], { encoding: 'utf8' }).catch((e: { code: number; stderr: string }) => e);
     expect((r2 as { code: number }).code).toBe(1);

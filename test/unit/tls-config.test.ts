@@ -41,8 +41,9 @@ describe('server TLS settings', () => {
 describe('client TLS settings (CLI and operator)', () => {
   it('TLS exactly when a CA is given; a client certificate needs the CA', () => {
     expect(loadClientConfig({ HOME }, {}).tls).toBeUndefined();
-    expect(loadClientConfig({ HOME, LETHE_TLS_CA: '/ca.crt' }, {}).tls).toEqual({ caFile: '/ca.crt', certFile: undefined, keyFile: undefined });
-    expect(loadClientConfig({ HOME }, { tlsCa: '/a.crt', tlsCert: '/c.crt', tlsKey: '/c.key' }).tls).toEqual({ caFile: '/a.crt', certFile: '/c.crt', keyFile: '/c.key' });
+    expect(loadClientConfig({ HOME, LETHE_TLS_CA: '/ca.crt' }, {}).tls).toEqual({ caFile: '/ca.crt', certFile: undefined, keyFile: undefined, serverName: undefined });
+    expect(loadClientConfig({ HOME }, { tlsCa: '/a.crt', tlsCert: '/c.crt', tlsKey: '/c.key', tlsServerName: 'lethe-server.lethe.svc' }).tls).toEqual({ caFile: '/a.crt', certFile: '/c.crt', keyFile: '/c.key', serverName: 'lethe-server.lethe.svc' });
+    expect(() => loadClientConfig({ HOME }, { tlsServerName: 'x' })).toThrow('--tls-server-name: is set but --tls-ca (LETHE_TLS_CA) is not');
     expect(() => loadClientConfig({ HOME }, { tlsCert: '/c.crt', tlsKey: '/c.key' })).toThrow("--tls-cert: is set but --tls-ca (LETHE_TLS_CA) is not: a client certificate is sent over TLS only");
     expect(() => loadClientConfig({ HOME, LETHE_TLS_CA: '/a.crt' }, { tlsCert: '/c.crt' })).toThrow('--tls-cert: is set but --tls-key (LETHE_TLS_KEY) is not');
   });
@@ -50,7 +51,7 @@ describe('client TLS settings (CLI and operator)', () => {
   it('the operator reads the same variables (it has no flags)', () => {
     const base = { LETHE_TOKEN: 'abc.def.ghi', KUBECONFIG: '/kubeconfig' };
     expect(loadOperatorConfig(base).tls).toBeUndefined();
-    expect(loadOperatorConfig({ ...base, LETHE_TLS_CA: '/ca.crt', LETHE_TLS_CERT: '/op.crt', LETHE_TLS_KEY: '/op.key' }).tls).toEqual({ caFile: '/ca.crt', certFile: '/op.crt', keyFile: '/op.key' });
+    expect(loadOperatorConfig({ ...base, LETHE_TLS_CA: '/ca.crt', LETHE_TLS_CERT: '/op.crt', LETHE_TLS_KEY: '/op.key' }).tls).toEqual({ caFile: '/ca.crt', certFile: '/op.crt', keyFile: '/op.key', serverName: undefined });
     expect(() => loadOperatorConfig({ ...base, LETHE_TLS_CERT: '/op.crt', LETHE_TLS_KEY: '/op.key' })).toThrow('LETHE_TLS_CERT: is set but LETHE_TLS_CA is not');
   });
 });
