@@ -28,11 +28,10 @@ async function readMaterial(config: ServerTlsConfig): Promise<Material> {
   return { pair, clientCa };
 }
 
-export const sameBytes = (a: Buffer | undefined, b: Buffer | undefined) => (a === undefined || b === undefined ? a === b : a.equals(b));
+const sameBytes = (a: Buffer | undefined, b: Buffer | undefined) => (a === undefined || b === undefined ? a === b : a.equals(b));
 const sameMaterial = (a: Material, b: Material) => sameBytes(a.pair.cert, b.pair.cert) && sameBytes(a.pair.key, b.pair.key) && sameBytes(a.clientCa, b.clientCa);
 
-// Node's tls.Server keeps minVersion across setSecureContext, but only `ca` given each time
-// stays: every update carries the whole context.
+// setSecureContext replaces the whole context (a `ca` left out is dropped): every update carries all of it.
 const contextOptions = (m: Material): SecureContextOptions => ({ cert: m.pair.cert, key: m.pair.key, ca: m.clientCa, minVersion: 'TLSv1.2' });
 
 /**
