@@ -98,6 +98,14 @@ describe('the PrivacyService over TLS', () => {
     expect(await eventually(() => failures(r, 'not_tls'), (n) => n > before, 2_000)).toBeGreaterThan(before);
   });
 
+  it('refuses TLS 1.1 (openssl s_client -tls1_1), and counts it', async () => {
+    const before = await failures(r, 'protocol_version');
+    const o = await runCommand(findOpenssl(), ['s_client', '-connect', r.address, '-servername', 'localhost', '-tls1_1', '-cipher', 'DEFAULT:@SECLEVEL=0']);
+    expect(o.code).not.toBe(0);
+    expect(o.stdout + o.stderr).toContain('alert protocol version');
+    expect(await eventually(() => failures(r, 'protocol_version'), (n) => n > before, 2_000)).toBe(before + 1);
+  });
+
   it('is refused by a client that does not trust its CA', async () => {
     const { client, close } = connectPrivacyService(r.address, 'x', { caFile: other.certFile, certFile: undefined, keyFile: undefined });
     const got = await status(client.getPrivacyRequest({ id: '00000000-0000-0000-0000-000000000000' }, { signal: AbortSignal.timeout(5_000) }));
