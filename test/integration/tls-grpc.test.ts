@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +17,7 @@ import { channelCredentials } from '../../src/tls/client-credentials.js';
 import { status } from '../support/grpc-status.js';
 import { sample, scrape } from '../support/prometheus.js';
 import { runCommand } from '../support/helm.js';
+import { freePort } from '../support/postgres.js';
 import { type CertFiles, type TestCa, createTestCa, findOpenssl } from '../support/tls.js';
 import { type CapturedLogger, capturingLogger, eventually, peerCertificateSerial } from '../support/tls-server.js';
 
@@ -366,4 +367,44 @@ describe('a long-running client (the operator) and its rotated client certificat
       tlsServer.close();
     }
   });
+});
+
+describe('`lethe serve` as a process: certificate files rotated under it, default settings', () => {
+  it('openssl s_client sees the new serial within the default check interval; the CLI keeps working', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lethe-tls-process-'));
+    const ca = createTestCa(dir, 'ca');
+    const first = ca.issue('server-1', { cn: 'localhost', dns: ['localhost'], ips: ['127.0.0.1'] });
+    const second = ca.issue('server-2', { cn: 'localhost', dns: ['localhost'], ips: ['127.0.0.1'] });
+    const live = { cert: join(dir, 'server.crt'), key: join(dir, 'server.key') };
+    copyFileSync(first.certFile, live.cert);
+    copyFileSync(first.keyFile, live.key);
+    const port = await freePort();
+    const child = spawn('node', [LETHE, 'serve', '--demo', '--listen', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data'), '--tls-cert', live.cert, '--tls-key', live.key], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH, HOME: dir },
+    });
+    let log = '';
+    child.stdout?.on('data', (d: Buffer) => (log += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+    const served = async () => {
+      const o = await runCommand(findOpenssl(), ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', ca.certFile, '-verify_return_error']);
+      return /serial=([0-9A-F]+)/.exec((await runCommand(findOpenssl(), ['x509', '-noout', '-serial'], o.stdout)).stdout)?.[1];
+    };
+    try {
+      await eventually(async () => log.includes('lethe PrivacyService listening'), Boolean, 60_000);
+      expect(await served()).toBe(first.serial);
+      // Rewritten in place, key first, as a cp of both files does.
+      copyFileSync(second.keyFile, live.key);
+      copyFileSync(second.certFile, live.cert);
+      const rotatedAt = Date.now();
+      expect(await eventually(served, (s) => s === second.serial, 30_000)).toBe(second.serial);
+      expect(Date.now() - rotatedAt).toBeLessThan(15_000);
+      const { stderr } = await run('node', [LETHE, 'export', 'user-id-123', '-o', join(dir, 'u.json'), '--server', `localhost:${port}`, '--data-dir', join(dir, 'data'), '--tls-ca', ca.certFile], { encoding: 'utf8' });
+      expect(stderr).toContain('(verified)');
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((res) => child.once('exit', res));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
