@@ -1,4 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -388,7 +389,8 @@ describe('`lethe serve` as a process: certificate files rotated under it, defaul
     child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
     const served = async () => {
       const o = await runCommand(findOpenssl(), ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', ca.certFile, '-verify_return_error']);
-      return /serial=([0-9A-F]+)/.exec((await runCommand(findOpenssl(), ['x509', '-noout', '-serial'], o.stdout)).stdout)?.[1];
+      const pem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(o.stdout)?.[0];
+      return pem === undefined ? undefined : new X509Certificate(pem).serialNumber.toUpperCase();
     };
     try {
       await eventually(async () => log.includes('lethe PrivacyService listening'), Boolean, 60_000);
