@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { isIP } from 'node:net';
 import { mintLocalToken } from '../auth/local-key.js';
 import { connectPrivacyService, type PrivacyClient } from '../client/privacy-client.js';
 import { receiveArtifact } from '../client/artifact-receiver.js';
@@ -12,6 +13,10 @@ interface ClientFlags {
   as?: string;
   server?: string;
   dataDir?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsServerName?: string;
 }
 
 const TOKEN_TTL_SECONDS = 300;
@@ -23,7 +28,10 @@ async function withClient<T>(flags: ClientFlags, defaultActor: string | undefine
   if (actor !== undefined) token = await mintLocalToken(config.dataDir, actor, TOKEN_TTL_SECONDS);
   else if (config.token !== undefined) token = config.token;
   else throw new ConfigError('no identity: pass --as <user-id> (mints a token with the local key) or set LETHE_TOKEN', '--as');
-  const { client, close } = connectPrivacyService(config.server, token);
+  // grpc-js hands a dialled IP address to TLS as the server name, which Node answers with a
+  // deprecation warning (DEP0123) on stderr; the command's stderr is for its own one line.
+  if (config.tls !== undefined && config.tls.serverName === undefined && isIP(config.server.replace(/^\[|\]?:\d+$/g, '')) !== 0) process.noDeprecation = true;
+  const { client, close } = connectPrivacyService(config.server, token, config.tls);
   try {
     return await fn(client);
   } finally {

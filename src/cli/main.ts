@@ -26,11 +26,14 @@ program
   .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:50051, or LETHE_LISTEN)')
   .option('--http-listen <host:port>', "serve the reference's HTTP API there too (or LETHE_HTTP_LISTEN; with --demo: 127.0.0.1:8080)")
   .option('--data-dir <dir>', 'where the embedded database and the local signing key live (default ~/.lethe, or LETHE_DATA_DIR)')
+  .option('--tls-cert <file>', 'serve TLS with this PEM certificate (chain), re-read when it changes (or LETHE_TLS_CERT)')
+  .option('--tls-key <file>', 'the PEM private key of --tls-cert (or LETHE_TLS_KEY)')
+  .option('--tls-client-ca <file>', 'require client certificates signed by this CA: mutual TLS (or LETHE_TLS_CLIENT_CA)')
   .action(serveCommand);
 
 program
   .command('operator')
-  .description('carry out PrivacyRequest resources through the PrivacyService (KUBECONFIG or in-cluster; LETHE_SERVER, LETHE_TOKEN_FILE)')
+  .description('carry out PrivacyRequest resources through the PrivacyService (KUBECONFIG or in-cluster; LETHE_SERVER, LETHE_TOKEN_FILE, LETHE_TLS_CA)')
   .action(operatorCommand);
 
 program
@@ -53,7 +56,11 @@ const clientOptions = (c: Command) =>
   c
     .option('--as <user-id>', 'act as this user, with a token minted from the local signing key (otherwise LETHE_TOKEN)')
     .option('--server <host:port>', 'the PrivacyService address (default 127.0.0.1:50051, or LETHE_SERVER)')
-    .option('--data-dir <dir>', 'the data directory of `lethe serve`, for --as');
+    .option('--data-dir <dir>', 'the data directory of `lethe serve`, for --as')
+    .option('--tls-ca <file>', "speak TLS, trusting this CA for the server's certificate (or LETHE_TLS_CA); without it: plaintext")
+    .option('--tls-cert <file>', 'a client certificate, for a server that requires one (mutual TLS; or LETHE_TLS_CERT)')
+    .option('--tls-key <file>', 'the private key of --tls-cert (or LETHE_TLS_KEY)')
+    .option('--tls-server-name <name>', "the name the server's certificate carries, when it is not the host dialled (or LETHE_TLS_SERVER_NAME)");
 
 clientOptions(
   program

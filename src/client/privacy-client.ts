@@ -1,14 +1,21 @@
 import { type CallOptions, type Client, type ClientMiddlewareCall, Metadata, createChannel, createClientFactory } from 'nice-grpc';
+import type { ClientTlsConfig } from '../config/tls-config.js';
 import { PrivacyServiceDefinition } from '../gen/lethe/privacy/v1/privacy.js';
+import { channelCredentials } from '../tls/client-credentials.js';
 
 export type PrivacyClient = Client<typeof PrivacyServiceDefinition>;
 
 /** A bearer token, or a function giving the current one (a projected token the kubelet rotates). */
 export type TokenSource = string | (() => Promise<string>);
 
-/** A PrivacyService client that sends the token as `authorization: Bearer …` on every call. */
-export function connectPrivacyService(address: string, token: TokenSource): { client: PrivacyClient; close(): void } {
-  const channel = createChannel(address, undefined, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+/**
+ * A PrivacyService client that sends the token as `authorization: Bearer …` on every call; over
+ * TLS when `tls` is given (a bad file throws a ConfigError naming it), else plaintext; with
+ * `reload`, the TLS files are read again as they rotate (long-running clients).
+ */
+export function connectPrivacyService(address: string, token: TokenSource, tls?: ClientTlsConfig, reload?: Parameters<typeof channelCredentials>[1]): { client: PrivacyClient; close(): void } {
+  const serverName = tls?.serverName === undefined ? {} : { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName };
+  const channel = createChannel(address, channelCredentials(tls, reload), { 'grpc.max_receive_message_length': 64 * 1024 * 1024, ...serverName });
   const current = typeof token === 'string' ? () => Promise.resolve(token) : token;
   const client = createClientFactory()
     .use(async function* bearer<Req, Res>(call: ClientMiddlewareCall<Req, Res>, options: CallOptions) {

@@ -6,6 +6,7 @@ import { ConfigError } from '../errors.js';
 import { type LogLevel, flag, hashKey, logLevel, parseDuration, parseEnv, commaList, wholeNumber } from './common.js';
 import { type GrpcLimits, databaseTimeouts, databaseTimeoutsEnv, grpcLimits, grpcLimitsEnv } from './limits.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
+import { type NatsTlsConfig, type ServerTlsConfig, type ServerTlsFlags, checkPostgresTls, natsTls, serverTls } from './tls-config.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import { DEFAULT_DATA_MAP_PATH } from '../privacy/data-map.js';
 import type { DatabaseTarget } from '../store/database.js';
@@ -68,6 +69,13 @@ export interface ServerConfig {
   readonly http: HttpConfig | undefined;
   /** gRPC transport limits (message sizes, streams, keepalive, connection age). */
   readonly grpc: GrpcLimits;
+  /** Unset: plaintext gRPC (the local demo). */
+  readonly tls: ServerTlsConfig | undefined;
+  /**
+   * A plaintext listener serving only grpc.health.v1.Health, for Kubernetes gRPC probes (which
+   * cannot speak TLS). Unset: none.
+   */
+  readonly healthListen: ListenAddress | undefined;
 }
 
 /** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
@@ -81,6 +89,7 @@ export interface ArtifactsConfig {
 export interface EventsConfig {
   /** Unset: anonymization events wait in the outbox. */
   readonly natsUrl: string | undefined;
+  readonly natsTls: NatsTlsConfig | undefined;
   readonly stream: StreamSettings;
   /** Published outbox rows are deleted after this long. */
   readonly outboxRetentionMs: number;
@@ -108,7 +117,7 @@ export interface HttpConfig {
   readonly rateLimitPerMinute: number;
 }
 
-export interface ServeFlags {
+export interface ServeFlags extends ServerTlsFlags {
   readonly listen?: string | undefined;
   /** The HTTP API's address; with --demo it defaults to DEMO_HTTP_LISTEN. */
   readonly httpListen?: string | undefined;
@@ -183,7 +192,20 @@ const envSchema = z.object({
   LETHE_MAX_CONCURRENT_EXPORTS: z.string().regex(/^[1-9]\d{0,3}$/, 'must be a whole number from 1 to 9999').transform(Number).optional(),
   ...grpcLimitsEnv,
   ...databaseTimeoutsEnv,
+  // TLS (see tls-config.ts): how often the certificate files are checked for a rotation.
+  LETHE_TLS_RELOAD_INTERVAL: z.string().default('10s'),
+  LETHE_GRPC_HEALTH_LISTEN: z.string().optional(),
 });
+
+/** At most a minute: new connections must get a rotated certificate within one. */
+export function tlsReloadInterval(value: string): number {
+  const ms = parseDuration(value, 'LETHE_TLS_RELOAD_INTERVAL');
+  if (ms < 100 || ms > 60_000) throw new ConfigError('must be from 100ms to 1m (new connections get a rotated certificate within this)', 'LETHE_TLS_RELOAD_INTERVAL');
+  return ms;
+}
+
+const optionalListen = (value: string | undefined, source: string): ListenAddress | undefined =>
+  value === undefined || value.trim() === '' ? undefined : parseListen(value.trim(), source);
 
 function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget): ArtifactsConfig {
   // Replicas sharing a database must share the key: none of them may make up its own.
@@ -216,6 +238,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
   // this process and cannot stall apart from it.
   const timeouts = databaseTimeouts(e);
   const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL, timeouts } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
+  if (e.DATABASE_URL !== undefined) checkPostgresTls(e.DATABASE_URL, 'DATABASE_URL');
 
   let auth: AuthConfig;
   if (e.LETHE_JWKS_URL !== undefined || e.LETHE_JWT_PUBLIC_KEY_FILE !== undefined) {
@@ -248,6 +271,7 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
   const duplicateWindowMs = parseDuration(e.LETHE_NATS_DUPLICATE_WINDOW, 'LETHE_NATS_DUPLICATE_WINDOW');
   const events: EventsConfig = {
     natsUrl: e.LETHE_NATS_URL,
+    natsTls: natsTls(env, e.LETHE_NATS_URL),
     stream: {
       name: e.LETHE_NATS_STREAM,
       replicas: Number(e.LETHE_NATS_STREAM_REPLICAS),
@@ -281,7 +305,9 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     exportStallTimeoutMs: parseDuration(e.LETHE_EXPORT_STALL_TIMEOUT, 'LETHE_EXPORT_STALL_TIMEOUT'),
     maxConcurrentExports: e.LETHE_MAX_CONCURRENT_EXPORTS ?? (database.kind === 'pglite' ? 1 : 4),
     grpc: grpcLimits(e),
-    metricsListen: e.LETHE_METRICS_LISTEN === undefined || e.LETHE_METRICS_LISTEN.trim() === '' ? undefined : parseListen(e.LETHE_METRICS_LISTEN.trim(), 'LETHE_METRICS_LISTEN'),
+    metricsListen: optionalListen(e.LETHE_METRICS_LISTEN, 'LETHE_METRICS_LISTEN'),
+    tls: serverTls(env, flags, tlsReloadInterval(e.LETHE_TLS_RELOAD_INTERVAL)),
+    healthListen: optionalListen(e.LETHE_GRPC_HEALTH_LISTEN, 'LETHE_GRPC_HEALTH_LISTEN'),
   });
 }
 

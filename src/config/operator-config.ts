@@ -3,9 +3,10 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { type Failpoint, parseFailpoints } from '../failpoints.js';
-import { type Env, type ListenAddress, parseDuration, parseListen } from './config.js';
+import { type Env, type ListenAddress, parseDuration, parseListen, tlsReloadInterval } from './config.js';
 import { type LogLevel, commaList, flag, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
+import { type ClientTlsConfig, clientTls } from './tls-config.js';
 
 /**
  * The configuration of `lethe operator`: where the PrivacyService is and how to prove who we
@@ -31,6 +32,10 @@ export interface LeaderElectionConfig {
 export interface OperatorConfig {
   /** host:port of the PrivacyService. */
   readonly server: string;
+  /** TLS to the PrivacyService (LETHE_TLS_CA, and LETHE_TLS_CERT/KEY for mTLS); unset: plaintext. */
+  readonly tls: ClientTlsConfig | undefined;
+  /** How often the TLS files are read again (cert-manager renews the client certificate in place). */
+  readonly tlsReloadIntervalMs: number;
   readonly token: OperatorToken;
   /** The cluster: a kubeconfig file, or the pod's own service account. */
   readonly kubernetes: KubernetesAccess;
@@ -70,6 +75,7 @@ const envSchema = z.object({
   LETHE_HEALTH_LISTEN: z.string().default('127.0.0.1:8081'),
   LETHE_LOG_LEVEL: logLevel,
   LETHE_FAILPOINTS: z.string().optional(),
+  LETHE_TLS_RELOAD_INTERVAL: z.string().default('10s'),
 });
 
 export function loadOperatorConfig(env: Env): Readonly<OperatorConfig> {
@@ -120,6 +126,8 @@ export function loadOperatorConfig(env: Env): Readonly<OperatorConfig> {
 
   return Object.freeze({
     server: e.LETHE_SERVER,
+    tls: clientTls(env),
+    tlsReloadIntervalMs: tlsReloadInterval(e.LETHE_TLS_RELOAD_INTERVAL),
     token,
     kubernetes: kubernetesAccess(env, { setting: 'KUBECONFIG', why: 'the operator watches PrivacyRequests on the Kubernetes API server' }),
     namespaces,

@@ -10,6 +10,7 @@ import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber } from './commo
 import { type Env, type ListenAddress, STREAM_MAX_AGE_DEFAULT, parseListen, streamMaxAge } from './config.js';
 import type { DatabaseTimeouts } from '../store/database.js';
 import { databaseTimeouts, databaseTimeoutsEnv } from './limits.js';
+import { type NatsTlsConfig, checkPostgresTls, natsTls } from './tls-config.js';
 
 /**
  * The configuration of `lethe sidecar`, the purge agent a downstream service runs beside
@@ -23,6 +24,8 @@ export interface SidecarConfig {
   /** The service's own database (a secret: log `describePostgresUrl(databaseUrl)` only). */
   readonly databaseUrl: string;
   readonly natsUrl: string;
+  /** NATS over TLS (a tls:// URL or LETHE_NATS_TLS_CA); the receipts go this way too. */
+  readonly natsTls: NatsTlsConfig | undefined;
   /** The privacy stream; created with these settings only when it does not exist yet. */
   readonly stream: StreamSettings;
   /** Events purged at the same time, at most. */
@@ -99,12 +102,14 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
   const healthListen = parseListen(flags.healthListen ?? DEFAULT_HEALTH_LISTEN, '--health-listen');
 
   const e = parseEnv(envSchema, env);
+  checkPostgresTls(e.DATABASE_URL, 'DATABASE_URL');
 
   return Object.freeze({
     service: flags.service,
     dataMapPath: resolve(flags.dataMap),
     databaseUrl: e.DATABASE_URL,
     natsUrl: e.LETHE_NATS_URL,
+    natsTls: natsTls(env, e.LETHE_NATS_URL),
     stream: Object.freeze({
       name: e.LETHE_NATS_STREAM,
       replicas: 1,

@@ -1,8 +1,9 @@
 import { type JetStreamManager, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
-import type { NatsConnection, Status } from '@nats-io/nats-core';
-import { errorSummary } from '../errors.js';
+import type { NatsConnection, Status, TlsOptions } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
+import { errorSummary } from '../errors.js';
+import { describeTlsFailure } from '../tls/tls-errors.js';
 import { STREAM_SUBJECTS } from './subjects.js';
 
 export interface StreamSettings {
@@ -15,17 +16,31 @@ export interface StreamSettings {
 
 /**
  * Connects to NATS and keeps reconnecting for ever: a NATS that is away delays events, it
- * never stops Lethe. The promise resolves on the first successful connection.
+ * never stops Lethe. The promise resolves on the first successful connection. `tls` (from
+ * natsTlsOptions) makes TLS required, as does a tls:// URL.
  */
-export async function connectNats(url: string, name: string, logger: Logger): Promise<NatsConnection> {
-  const nc = await connect({
+export async function connectNats(url: string, name: string, logger: Logger, tls?: TlsOptions): Promise<NatsConnection> {
+  const options = {
     servers: url,
     name,
-    waitOnFirstConnect: true,
+    ...(tls === undefined ? {} : { tls }),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 1_000,
     pingInterval: 10_000,
-  });
+  };
+  let nc: NatsConnection;
+  try {
+    // A first attempt that fails fast, so that the reason is logged once: waiting for the first
+    // connection reports nothing, and a NATS that refuses our TLS would look like one that is away.
+    nc = await connect(options);
+  } catch (err) {
+    const tlsFailure = describeTlsFailure(err);
+    logger.warn(
+      { nats: describeNatsUrl(url), ...(tlsFailure === undefined ? { error: errorSummary(err) } : { tls: `${tlsFailure}; check LETHE_NATS_TLS_CA (and LETHE_NATS_TLS_CERT/KEY)` }) },
+      'cannot connect to NATS yet: retrying until it answers',
+    );
+    nc = await connect({ ...options, waitOnFirstConnect: true });
+  }
   void (async () => {
     for await (const s of nc.status()) logNatsStatus(logger, s);
   })();

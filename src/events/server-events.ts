@@ -1,5 +1,5 @@
 import { type JetStreamClient, jetstream } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection, TlsOptions } from '@nats-io/nats-core';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
@@ -10,6 +10,8 @@ import { ReceiptConsumer } from './receipt-consumer.js';
 
 export interface ServerEventsOptions {
   readonly natsUrl: string;
+  /** From natsTlsOptions: the files were checked at start-up. */
+  readonly tls: TlsOptions | undefined;
   readonly stream: StreamSettings;
   readonly expectedServices: readonly string[];
   /** Published outbox rows are deleted after this long. */
@@ -53,13 +55,13 @@ export class ServerEvents {
   }
 
   private async connectAndRun(): Promise<void> {
-    const nc = await connectNats(this.opts.natsUrl, 'lethe-server', this.logger);
+    const nc = await connectNats(this.opts.natsUrl, 'lethe-server', this.logger, this.opts.tls);
     if (this.stopping.signal.aborted) {
       await nc.close();
       return;
     }
     this.nc = nc;
-    this.logger.info({ nats: describeNatsUrl(this.opts.natsUrl), stream: this.opts.stream.name }, 'connected to NATS');
+    this.logger.info({ nats: describeNatsUrl(this.opts.natsUrl), tls: this.opts.tls !== undefined, stream: this.opts.stream.name }, 'connected to NATS');
     let attempt = 0;
     while (!this.stopping.signal.aborted) {
       try {

@@ -1,6 +1,8 @@
 import cors from '@fastify/cors';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
+import type { Server as HttpsServer } from 'node:https';
+import type { ServerCredentials } from '@grpc/grpc-js';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Verifier } from '../auth/verifier.js';
@@ -21,6 +23,8 @@ export interface HttpOptions {
   /** Requests per minute per client address. */
   readonly rateLimitPerMinute: number;
   readonly version: string;
+  /** The gRPC server's TLS credentials: the API is served over HTTPS with the same certificate (and client CA), rotated with it. */
+  readonly tls?: ServerCredentials | undefined;
 }
 
 export interface HttpServer {
@@ -48,8 +52,10 @@ const OPENAPI_PATH = '/api/privacy/openapi.json';
 
 /** Builds the HTTP API (not listening): the routes, bearer-token authentication, errors as {"error": …}. */
 export async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Promise<FastifyInstance> {
+  const tls = opts.tls?._isSecure() === true ? opts.tls : undefined;
+  const https = tls === undefined ? null : { ...tls._getConstructorOptions(), ...tls._getSecureContextOptions() };
   // Ids are checked by the engine (at most 256 bytes, the same message as over gRPC): the router lets longer ones through to it.
-  const app = Fastify({ logger: false, bodyLimit: BODY_LIMIT, maxParamLength: 2048, trustProxy: false, return503OnClosing: true,
+  const app = Fastify({ https, logger: false, bodyLimit: BODY_LIMIT, maxParamLength: 2048, trustProxy: false, return503OnClosing: true,
     // An unknown field is an error, not something to drop silently; no type coercion of bodies.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
@@ -100,6 +106,13 @@ export async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Pr
 /** Starts the HTTP API on host:port (0: a free port). */
 export async function startHttpServer(opts: HttpOptions): Promise<HttpServer> {
   const app = await buildHttpApp(opts);
+  const tls = opts.tls?._isSecure() === true ? opts.tls : undefined;
+  // A rotated certificate reaches new HTTPS connections as it reaches gRPC's (the credentials' watchers).
+  const rotate = (context: Parameters<HttpsServer['setSecureContext']>[0] | null) => {
+    if (context !== null) (app.server as HttpsServer).setSecureContext(context);
+  };
+  tls?._addWatcher(rotate);
+  app.addHook('onClose', async () => tls?._removeWatcher(rotate));
   await app.listen({ host: opts.host, port: opts.port });
   const address = app.server.address();
   return { port: typeof address === 'object' && address !== null ? address.port : opts.port, close: () => app.close() };

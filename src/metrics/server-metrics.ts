@@ -43,6 +43,13 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
+  private readonly handshakeFailures = new Counter({
+    name: 'lethe_tls_handshake_failures_total',
+    help: 'TLS handshakes the gRPC listener refused, by reason (no_client_certificate, untrusted_client_certificate, certificate_rejected_by_client, not_tls, protocol_version, aborted, other)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
   constructor(countPendingEvents: () => Promise<number>) {
     const pending = sampleWithTimeout(countPendingEvents, OUTBOX_COUNT_TIMEOUT_MS);
     new Gauge({
@@ -62,6 +69,10 @@ export class ServerMetrics {
     this.callSeconds.observe({ method }, seconds);
     const type = REQUEST_TYPE[method];
     if (type !== undefined) this.requests.inc({ type, outcome: code === 'OK' ? 'succeeded' : REFUSALS.has(code) ? 'refused' : 'failed' });
+  }
+
+  tlsHandshakeFailed(reason: string): void {
+    this.handshakeFailures.inc({ reason });
   }
 
   exported(records: number): void {

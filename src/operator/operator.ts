@@ -31,7 +31,7 @@ export interface RunningOperator {
 export async function startOperator(config: OperatorConfig, logger: Logger): Promise<RunningOperator> {
   const kc = loadKubeConfig(config.kubernetes);
 
-  const { client: privacy, close: closePrivacy } = connectPrivacyService(config.server, tokenSource(config.token));
+  const { client: privacy, close: closePrivacy } = connectPrivacyService(config.server, tokenSource(config.token), config.tls, { intervalMs: config.tlsReloadIntervalMs, logger });
   let queue: WorkQueue | undefined;
   const cache = new PrivacyRequestCache(kc, { namespaces: config.namespaces, onChange: (key) => queue?.add(key), logger });
   const reconciler = new PrivacyRequestReconciler({

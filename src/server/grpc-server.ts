@@ -1,10 +1,12 @@
 import { readFileSync } from 'node:fs';
+import type { ServerCredentials } from '@grpc/grpc-js';
 import { type Server, createServer } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import type { Logger } from 'pino';
 import type { Verifier } from '../auth/verifier.js';
 import type { GrpcLimits } from '../config/limits.js';
+import { ConfigError } from '../errors.js';
 import { PrivacyServiceDefinition } from '../gen/lethe/privacy/v1/privacy.js';
 import type { PrivacyEngine } from '../privacy/engine.js';
 import type { ServerMetrics } from '../metrics/server-metrics.js';
@@ -25,6 +27,8 @@ const REFLECTION_V1ALPHA = '/grpc.reflection.v1alpha.ServerReflection/';
 
 export interface GrpcServer {
   readonly port: number;
+  /** The plaintext health-only listener's port, when one was asked for. */
+  readonly healthPort: number | undefined;
   /** The overall status and PrivacyService's (what readiness probes ask); ignored once shutdown began. */
   setServing(serving: boolean): void;
   /** Health NOT_SERVING, stop accepting calls, let running calls finish for up to `graceMs`, then cancel the rest. */
@@ -40,7 +44,13 @@ export interface GrpcServerOptions {
   readonly limits: GrpcLimits;
   readonly pageTokens: PageTokens;
   readonly metrics?: ServerMetrics | undefined;
+  /** TLS (or mTLS) credentials; unset: plaintext. */
+  readonly credentials?: ServerCredentials | undefined;
+  /** A plaintext listener with only the health service, for probes that cannot speak TLS. */
+  readonly health?: { host: string; port: number } | undefined;
 }
+
+const bracketed = (host: string) => (host.includes(':') && !host.startsWith('[') ? `[${host}]` : host);
 
 /** grpc-js options from the configured limits. */
 function channelOptions(l: GrpcLimits) {
@@ -83,8 +93,22 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServ
   const toAlpha = (path: string) => path.replace(REFLECTION_V1, REFLECTION_V1ALPHA);
   server.add(guardGrpcJsService(ServerReflectionService, { ...small, rename: toAlpha }), reflection);
 
-  const host = opts.host.includes(':') && !opts.host.startsWith('[') ? `[${opts.host}]` : opts.host;
-  const port = await server.listen(`${host}:${opts.port}`);
+  const port = await server.listen(`${bracketed(opts.host)}:${opts.port}`, opts.credentials);
+  // Kubernetes' gRPC probes cannot speak TLS: they get a listener of their own that answers
+  // grpc.health.v1 only (the same states, liveness included), so nothing else is ever served
+  // without TLS.
+  let probes: Server | undefined;
+  let healthPort: number | undefined;
+  if (opts.health !== undefined) {
+    probes = createServer(channelOptions(opts.limits)).use(refuseUndecodable(opts.logger));
+    probes.add(guardTsProtoService(HealthDefinition, small), HealthServiceImpl(health));
+    try {
+      healthPort = await probes.listen(`${bracketed(opts.health.host)}:${opts.health.port}`);
+    } catch (err) {
+      server.forceShutdown();
+      throw new ConfigError(`cannot listen on ${opts.health.host}:${opts.health.port} (in use, or not an address of this machine)`, 'LETHE_GRPC_HEALTH_LISTEN', { cause: err });
+    }
+  }
   let stopping = false;
   const setServing = (serving: boolean) => {
     if (stopping) return;
@@ -97,6 +121,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServ
 
   return {
     port,
+    healthPort,
     setServing,
     async shutdown(graceMs) {
       setServing(false);
@@ -110,6 +135,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServ
       });
       await Promise.race([server.shutdown(), forced]);
       clearTimeout(timer);
+      probes?.forceShutdown();
     },
   };
 }

@@ -26,9 +26,16 @@ import { ServerEvents } from '../events/server-events.js';
 import { countPending } from '../store/outbox.js';
 import { type HealthServer, startHealthServer } from '../health-server.js';
 import { ServerMetrics } from '../metrics/server-metrics.js';
+import { natsTlsOptions } from '../tls/client-credentials.js';
+import { describeTlsFailure } from '../tls/tls-errors.js';
+import { ReloadingServerCredentials, logHandshakeFailure, observeHandshakeFailures } from '../tls/server-credentials.js';
 
 export interface RunningServer {
   readonly port: number;
+  /** The plaintext health-only port (LETHE_GRPC_HEALTH_LISTEN); undefined without it. */
+  readonly healthPort: number | undefined;
+  /** The serving TLS credentials; undefined for plaintext. */
+  readonly tls: ReloadingServerCredentials | undefined;
   /** The bound port of `GET /metrics`; undefined without LETHE_METRICS_LISTEN. */
   readonly metricsPort: number | undefined;
   /** The bound port of the HTTP API; undefined when it is not served. */
@@ -52,6 +59,9 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   }
   const hashKey = usesHash(dataMap) ? await resolveHashKey(config) : undefined;
   const artifactKey = config.artifacts.key ?? (await keyInDataDir(config.dataDir, 'artifact-key'));
+  // TLS files are checked before anything else starts: a wrong file stops start-up, naming it.
+  const tls = config.tls === undefined ? undefined : await ReloadingServerCredentials.load(config.tls, logger);
+  const natsTls = natsTlsOptions(config.events.natsTls);
   const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals, { serviceAccounts: config.serviceAccounts, logger });
 
   const unlock = config.database.kind === 'pglite' ? await lockDataDir(config.dataDir) : async () => undefined;
@@ -59,6 +69,8 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   let eventsDb: Database | undefined;
   try {
     await migrateLethe(db.knex).catch((err: unknown) => {
+      const tlsFailure = describeTlsFailure(err);
+      if (tlsFailure !== undefined) throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
       const e = translateDatabaseError(err);
       if (e instanceof UnavailableError) {
         throw new UnavailableError(`cannot reach the database (${db.description}); check DATABASE_URL and that the server is up`, { cause: err });
@@ -73,7 +85,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     // ForgetUser calls never starves them (PGlite has a single connection to share).
     eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }, logger) : undefined;
     const events =
-      ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, stream: ev.stream, expectedServices: ev.expectedServices, outboxRetentionMs: ev.outboxRetentionMs }, logger);
+      ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, tls: natsTls, stream: ev.stream, expectedServices: ev.expectedServices, outboxRetentionMs: ev.outboxRetentionMs }, logger);
     const workerId = randomUUID();
     const engine = new PrivacyEngine({
       knex: db.knex,
@@ -147,10 +159,21 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       limits: config.grpc,
       pageTokens,
       metrics,
+      credentials: tls,
+      health: config.healthListen,
     }).catch(async (err: unknown) => {
+      tls?.close();
       await stopBackground();
+      if (err instanceof ConfigError) throw err;
       throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
     });
+    const stopObserving =
+      tls === undefined
+        ? () => undefined
+        : observeHandshakeFailures(grpc.port, (reason, code) => {
+            metrics?.tlsHandshakeFailed(reason);
+            logHandshakeFailure(logger, reason, code);
+          });
     // Readiness (gRPC health and /readyz) follows the database; liveness does not.
     const t = config.database.kind === 'postgres' ? (config.database.timeouts ?? DEFAULT_DATABASE_TIMEOUTS) : undefined;
     const dbHealth =
@@ -172,7 +195,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     const api =
       httpConfig === undefined
         ? undefined
-        : await startHttpServer({ engine, verify, pageTokens, logger, host: httpConfig.listen.host, port: httpConfig.listen.port, corsOrigins: httpConfig.corsOrigins, rateLimitPerMinute: httpConfig.rateLimitPerMinute, version: LETHE_VERSION }).catch(
+        : await startHttpServer({ engine, verify, pageTokens, logger, host: httpConfig.listen.host, port: httpConfig.listen.port, corsOrigins: httpConfig.corsOrigins, rateLimitPerMinute: httpConfig.rateLimitPerMinute, version: LETHE_VERSION, tls }).catch(
             async (err: unknown) => {
               await dbHealth?.stop();
               await grpc.shutdown(0);
@@ -184,17 +207,21 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     logger.info(
       {
         listen: `${config.listen.host}:${grpc.port}`,
-        http: api === undefined ? 'off (--http-listen or LETHE_HTTP_LISTEN)' : `http://${httpConfig?.listen.host ?? ''}:${api.port}/api/privacy`,
+        http: api === undefined ? 'off (--http-listen or LETHE_HTTP_LISTEN)' : `${tls === undefined ? 'http' : 'https'}://${httpConfig?.listen.host ?? ''}:${api.port}/api/privacy`,
         database: db.description,
         dataMap: config.dataMapPath,
         auth: config.auth.mode === 'local' ? `local signing key in ${config.dataDir} (mint tokens with: lethe token --as <user-id>)` : config.auth.mode,
         artifactKeyId: artifactKeyId(artifactKey),
         metrics: http === undefined ? 'off (set LETHE_METRICS_LISTEN)' : `http://${http.address.host}:${http.address.port}/metrics`,
+        tls: tls === undefined ? 'off: plaintext (set --tls-cert and --tls-key)' : { mutual: tls.mutualTls, certificate: tls.certificate, reloadInterval: `${config.tls?.reloadIntervalMs ?? 0}ms` },
+        ...(grpc.healthPort === undefined ? {} : { healthProbes: `${config.healthListen?.host ?? ''}:${grpc.healthPort} (plaintext, grpc.health.v1 only)` }),
       },
       'lethe PrivacyService listening',
     );
     return {
       port: grpc.port,
+      healthPort: grpc.healthPort,
+      tls,
       metricsPort: http?.address.port,
       httpPort: api?.port,
       async stop(graceMs = 10_000) {
@@ -202,6 +229,8 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         await dbHealth?.stop();
         await api?.close();
         await grpc.shutdown(graceMs);
+        stopObserving();
+        tls?.close();
         await http?.close();
         await stopBackground();
         await eventsDb?.close();

@@ -7,6 +7,8 @@ import { type SidecarConfig, hashKeyFor } from '../config/sidecar-config.js';
 import { ConfigError } from '../errors.js';
 import { parseAnonymizedEvent } from '../events/cloudevents.js';
 import { connectNats, ensureStream } from '../events/nats.js';
+import { natsTlsOptions } from '../tls/client-credentials.js';
+import { describeTlsFailure } from '../tls/tls-errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
 import { type ForgetPlan, compileForget } from '../privacy/forget.js';
 import { purgeForRequest } from '../privacy/purge.js';
@@ -111,9 +113,11 @@ export class PurgeSidecar {
         await migrateSidecar(db.knex);
         this.plan = compileForget(map, await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath), hashKey, c.dataMapPath);
       } catch (err) {
+        const tlsFailure = describeTlsFailure(err);
+        if (tlsFailure !== undefined) throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
         throw translateDatabaseError(err);
       }
-      const nc = await connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger);
+      const nc = await connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger, natsTlsOptions(c.natsTls));
       this.nc = nc;
       this.watchConnection(nc);
       const jsm = await ensureStream(nc, c.stream, this.logger);

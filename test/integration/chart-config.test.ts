@@ -103,6 +103,16 @@ describe.runIf(helm !== undefined)("the chart's rendered configuration is what t
         expect(c.database.kind).toBe('postgres');
         expect([...c.platformPrincipals]).toContain(`system:serviceaccount:lethe:${operatorServiceAccount(docs)}`);
         expect(c.serviceAccounts?.apiServer).toMatchObject({ source: 'in-cluster', host: '10.96.0.1' });
+        // TLS from the mounted Secret (the files themselves are read at start-up), probes on the health-only port.
+        for (const file of [c.tls?.certFile, c.tls?.keyFile, ...(valuesFiles.length > 0 ? [c.tls?.clientCaFile] : [])]) {
+          expect(container.volumeMounts?.some((m) => file?.startsWith(`${m.mountPath}/`)), `${file} is on a mounted volume`).toBe(true);
+        }
+        expect(c.tls?.reloadIntervalMs).toBe(valuesFiles.length > 0 ? 30_000 : 10_000);
+        expect(c.healthListen?.host).toBe('0.0.0.0');
+        if (valuesFiles.length > 0) {
+          expect(c.events.natsTls).toEqual({ caFile: '/etc/lethe/nats-tls/ca.crt', certFile: '/etc/lethe/nats-tls/tls.crt', keyFile: '/etc/lethe/nats-tls/tls.key' });
+          expect(container.volumeMounts?.some((m) => m.mountPath === '/etc/lethe/nats-tls')).toBe(true);
+        }
         // The data map the server is pointed at is the one in the chart's ConfigMap, and it is valid.
         const mount = container.volumeMounts?.find((m) => c.dataMapPath.startsWith(`${m.mountPath}/`));
         expect(mount, `a volume mounted at the directory of ${c.dataMapPath}`).toBeDefined();
@@ -117,6 +127,10 @@ describe.runIf(helm !== undefined)("the chart's rendered configuration is what t
         expect(c.healthListen.host).toBe('0.0.0.0');
         // The token file is where the projected ServiceAccount token is mounted.
         expect(c.token.kind).toBe('file');
+        // It trusts the server's CA, from a mounted file; with mutual TLS it has a client certificate.
+        expect(container.volumeMounts?.some((m) => c.tls?.caFile.startsWith(`${m.mountPath}/`))).toBe(true);
+        expect(c.tls?.certFile !== undefined).toBe(valuesFiles.length > 0);
+        expect(c.tlsReloadIntervalMs).toBe(valuesFiles.length > 0 ? 30_000 : 10_000);
         const path = c.token.kind === 'file' ? c.token.path : '';
         expect(container.volumeMounts?.some((m) => path.startsWith(`${m.mountPath}/`))).toBe(true);
       }

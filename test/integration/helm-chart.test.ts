@@ -17,6 +17,7 @@ const ALL_FEATURES = join(repo, 'test', 'fixtures', 'helm', 'all-features.yaml')
 const CRD_FILE = join(CHART_DIR, 'files', 'privacyrequests.privacy.lethe.dev.yaml');
 const SIDECAR_SNIPPET = join(CHART_DIR, 'examples', 'sidecar-snippet.yaml');
 const SERVICE_MONITOR_CRD = join(repo, 'test', 'fixtures', 'helm', 'servicemonitors.monitoring.coreos.com.yaml');
+const CERTIFICATE_CRD = join(repo, 'test', 'fixtures', 'helm', 'certificates.cert-manager.io.yaml');
 const RELEASE_NS = 'lethe';
 const RESTRICTED_CONTAINER = {
   runAsNonRoot: true,
@@ -59,7 +60,7 @@ interface PodSpec {
   securityContext?: Record<string, unknown>;
   containers: Container[];
   initContainers?: Container[];
-  volumes: Array<{ name: string; projected?: { sources: Array<{ serviceAccountToken?: Record<string, unknown> }> } }>;
+  volumes: Array<{ name: string; projected?: { sources: Array<{ serviceAccountToken?: Record<string, unknown> }> }; secret?: { secretName: string; items: Array<{ key: string; path: string }> } }>;
 }
 interface Deployment {
   metadata: Meta;
@@ -149,6 +150,9 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     ['a malformed duration', 'server:\n  artifactTtl: 1week\n', "at '/server/artifactTtl'"],
     ['a misspelt ServiceMonitor key', 'metrics:\n  serviceMonitor:\n    intervall: 30s\n', "at '/metrics/serviceMonitor': additional properties 'intervall' not allowed"],
     ['a misspelt metrics NetworkPolicy peer', 'metrics:\n  networkPolicy:\n    from:\n      - namespaceSelectr: {}\n', "additional properties 'namespaceSelectr' not allowed"],
+    ['a misspelt TLS key', 'tls:\n  certManger:\n    enabled: true\n', "at '/tls': additional properties 'certManger' not allowed"],
+    ['an issuer kind that does not exist', 'tls:\n  certManager:\n    issuerRef:\n      kind: Issuerr\n', "at '/tls/certManager/issuerRef/kind'"],
+    ['a reload interval in hours', 'tls:\n  reloadInterval: 1h\n', "at '/tls/reloadInterval'"],
   ])('refuses %s, naming it', async (_, text, message) => {
     const r = await runHelm(templateArgs({ valuesFiles: [valuesFile('bad.yaml', text)] }));
     expect(r.code).not.toBe(0);
@@ -161,6 +165,11 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     ['two operators without leader election', { 'operator.leaderElection': 'false' }, 'operator.leaderElection must stay on with more than one operator replica'],
     ['a ServiceMonitor without metrics', { 'metrics.enabled': 'false', 'metrics.serviceMonitor.enabled': 'true' }, 'metrics.serviceMonitor.enabled needs metrics.enabled'],
     ['a metrics port that is the gRPC port', { 'metrics.port': '50051' }, 'metrics.port (50051) must differ from server.port and server.service.port'],
+    ['TLS without a certificate', { 'tls.existingSecret': '' }, 'TLS is on by default and needs a certificate: set tls.existingSecret'],
+    ['cert-manager without an issuer', { 'tls.certManager.enabled': 'true' }, 'tls.certManager.issuerRef.name is required with tls.certManager.enabled'],
+    ["mutual TLS without the operator's certificate", { 'tls.mutual.enabled': 'true' }, 'tls.mutual.operatorSecret is required with tls.mutual.enabled'],
+    ['mutual TLS without TLS', { 'tls.enabled': 'false', 'tls.mutual.enabled': 'true' }, 'tls.mutual.enabled needs tls.enabled'],
+    ['a health port that is the gRPC port', { 'tls.healthPort': '50051' }, 'tls.healthPort (50051) must differ from server.port'],
   ])('refuses %s with a message saying what to set', async (_, set, message) => {
     await expect(renderChart({ set })).rejects.toThrow(message);
   });
@@ -235,12 +244,13 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(envOf(c, 'LETHE_SERVICE_ACCOUNT_AUDIENCE')?.value).toBe('lethe');
     expect(envOf(c, 'LETHE_ARTIFACT_TTL')?.value).toBe('7d');
     expect(envOf(c, 'LETHE_JWKS_URL')).toBeUndefined();
-    for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 50051 } });
-    // Readiness follows the database (the overall status); liveness must not restart pods for its outage.
-    expect(c.readinessProbe?.grpc).toEqual({ port: 50051 });
-    expect(c.livenessProbe?.grpc).toEqual({ port: 50051, service: 'liveness' });
-    expect(c.startupProbe?.grpc).toEqual({ port: 50051, service: 'liveness' });
-    expect(c.volumeMounts?.map((m) => m.mountPath).sort()).toEqual(['/etc/lethe', '/tmp', '/var/lib/lethe']);
+    // TLS by default: the probes use the plaintext health-only port. Readiness follows the
+    // database (the overall status); liveness must not restart pods for its outage.
+    for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 8086 } });
+    expect(c.readinessProbe?.grpc).toEqual({ port: 8086 });
+    expect(c.livenessProbe?.grpc).toEqual({ port: 8086, service: 'liveness' });
+    expect(c.startupProbe?.grpc).toEqual({ port: 8086, service: 'liveness' });
+    expect(c.volumeMounts?.map((m) => m.mountPath).sort()).toEqual(['/etc/lethe', '/etc/lethe/tls', '/tmp', '/var/lib/lethe']);
 
     const cm = one<{ data: Record<string, string> }>(defaults, 'ConfigMap', 'lethe-config');
     expect(cm.data['datamap.yaml']).toBe(readFileSync(join(repo, 'datamaps', 'identity.yaml'), 'utf8'));
@@ -260,7 +270,7 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(allServer.image).toBe('registry.example.com/platform/lethe@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef');
     const secret = one<{ stringData: Record<string, string> }>(all, 'Secret', 'privacy-secrets');
     expect(secret.stringData).toEqual({
-      databaseUrl: 'postgresql://lethe:secret@postgres.data.svc:5432/identity',
+      databaseUrl: 'postgresql://lethe:secret@postgres.data.svc:5432/identity?sslmode=verify-full&sslrootcert=/etc/lethe/database-tls/ca.crt',
       artifactKey: '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff',
     });
     const allCm = one<{ data: Record<string, string> }>(all, 'ConfigMap', 'privacy-config');
@@ -275,6 +285,9 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(envOf(c, 'KUBECONFIG')).toBeUndefined();
     expect(envOf(c, 'LETHE_SERVER')?.value).toBe('lethe-server.lethe.svc:50051');
     expect(envOf(c, 'LETHE_TOKEN_FILE')?.value).toBe('/var/run/secrets/lethe/token');
+    expect(envOf(c, 'LETHE_TLS_CA')?.value).toBe('/etc/lethe/tls-ca/ca.crt');
+    expect(envOf(c, 'LETHE_TLS_CERT')).toBeUndefined();
+    expect(d.spec.template.spec.volumes.find((v) => v.name === 'tls-ca')?.secret).toEqual({ secretName: 'lethe-tls', items: [{ key: 'ca.crt', path: 'ca.crt' }] });
     expect(envOf(c, 'LETHE_OPERATOR_NAMESPACES')?.value).toBe('');
     expect(envOf(c, 'LETHE_OPERATOR_CONCURRENCY')?.value).toBe('4');
     expect(envOf(c, 'LETHE_LEADER_ELECTION')?.value).toBe('true');
@@ -409,6 +422,90 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
   });
 });
 
+describe.runIf(helm !== undefined)('the Helm chart: TLS', () => {
+  let defaults: Manifest[];
+  let all: Manifest[];
+  let off: Manifest[];
+  const ports = (d: Deployment) => (container(d, d.metadata.name.endsWith('server') ? 'server' : 'operator') as Container & { ports?: Array<{ name: string; containerPort: number }> }).ports;
+
+  beforeAll(async () => {
+    [defaults, all, off] = await Promise.all([renderChart(), renderChart({ valuesFiles: [ALL_FEATURES] }), renderChart({ set: { 'tls.enabled': 'false' } })]);
+  });
+
+  it('by default: the server serves TLS from the Secret lethe-tls (mounted whole, so rotations reach it) and answers probes on a plaintext health-only port', () => {
+    const d = one<Deployment>(defaults, 'Deployment', 'lethe-server');
+    const c = container(d, 'server');
+    expect(envOf(c, 'LETHE_TLS_CERT')?.value).toBe('/etc/lethe/tls/tls.crt');
+    expect(envOf(c, 'LETHE_TLS_KEY')?.value).toBe('/etc/lethe/tls/tls.key');
+    expect(envOf(c, 'LETHE_TLS_CLIENT_CA')).toBeUndefined();
+    expect(envOf(c, 'LETHE_TLS_RELOAD_INTERVAL')?.value).toBe('10s');
+    expect(envOf(c, 'LETHE_GRPC_HEALTH_LISTEN')?.value).toBe('0.0.0.0:8086');
+    expect(c.volumeMounts).toContainEqual({ name: 'tls', mountPath: '/etc/lethe/tls', readOnly: true });
+    expect(c.volumeMounts?.some((m) => 'subPath' in m)).toBe(false);
+    expect(d.spec.template.spec.volumes.find((v) => v.name === 'tls')?.secret).toEqual({
+      secretName: 'lethe-tls',
+      items: [{ key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }],
+    });
+    for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 8086 } });
+    expect(ofKind(defaults, 'Certificate')).toEqual([]);
+  });
+
+  it('with cert-manager and mutual TLS: Certificates naming the Service, the client CA, and a client certificate for the operator', () => {
+    const certs = ofKind<{ metadata: Meta; spec: Record<string, unknown> }>(all, 'Certificate');
+    expect(certs.map((x) => x.metadata.name)).toEqual(['privacy-server-tls', 'privacy-operator-tls']);
+    expect(certs[0]?.spec).toMatchObject({
+      secretName: 'privacy-server-tls',
+      duration: '720h',
+      renewBefore: '240h',
+      usages: ['server auth'],
+      dnsNames: ['privacy-server', 'privacy-server.lethe', 'privacy-server.lethe.svc', 'privacy-server.lethe.svc.cluster.local'],
+      issuerRef: { name: 'platform-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' },
+      privateKey: { rotationPolicy: 'Always' },
+    });
+    expect(certs[1]?.spec).toMatchObject({ secretName: 'privacy-operator-tls', usages: ['client auth'], issuerRef: { name: 'platform-ca' } });
+    const server = one<Deployment>(all, 'Deployment', 'privacy-server');
+    const sc = container(server, 'server');
+    expect(envOf(sc, 'LETHE_TLS_CLIENT_CA')?.value).toBe('/etc/lethe/tls-client-ca/ca.crt');
+    expect(envOf(sc, 'LETHE_TLS_RELOAD_INTERVAL')?.value).toBe('30s');
+    expect(server.spec.template.spec.volumes.find((v) => v.name === 'tls')?.secret?.secretName).toBe('privacy-server-tls');
+    expect(server.spec.template.spec.volumes.find((v) => v.name === 'tls-client-ca')?.secret).toEqual({ secretName: 'platform-client-ca', items: [{ key: 'ca.crt', path: 'ca.crt' }] });
+    for (const probe of [sc.startupProbe, sc.readinessProbe, sc.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 8090 } });
+    expect(ports(server)).toContainEqual({ name: 'health', containerPort: 8090, protocol: 'TCP' });
+    const operator = one<Deployment>(all, 'Deployment', 'privacy-operator');
+    const oc = container(operator, 'operator');
+    expect(envOf(oc, 'LETHE_TLS_CA')?.value).toBe('/etc/lethe/tls-ca/ca.crt');
+    expect(envOf(oc, 'LETHE_TLS_CERT')?.value).toBe('/etc/lethe/tls-client/tls.crt');
+    expect(envOf(oc, 'LETHE_TLS_KEY')?.value).toBe('/etc/lethe/tls-client/tls.key');
+    expect(operator.spec.template.spec.volumes.find((v) => v.name === 'tls-ca')?.secret?.secretName).toBe('privacy-server-tls');
+    expect(operator.spec.template.spec.volumes.find((v) => v.name === 'tls-client')?.secret?.secretName).toBe('privacy-operator-tls');
+  });
+
+  it("mounts the CA Secrets of NATS and the database when named, and points the NATS client at them", () => {
+    const server = one<Deployment>(all, 'Deployment', 'privacy-server');
+    const c = container(server, 'server');
+    expect(envOf(c, 'LETHE_NATS_TLS_CA')?.value).toBe('/etc/lethe/nats-tls/ca.crt');
+    expect(envOf(c, 'LETHE_NATS_TLS_CERT')?.value).toBe('/etc/lethe/nats-tls/tls.crt');
+    expect(envOf(c, 'LETHE_NATS_TLS_KEY')?.value).toBe('/etc/lethe/nats-tls/tls.key');
+    expect(c.volumeMounts).toEqual(expect.arrayContaining([
+      { name: 'nats-tls', mountPath: '/etc/lethe/nats-tls', readOnly: true },
+      { name: 'database-tls', mountPath: '/etc/lethe/database-tls', readOnly: true },
+    ]));
+    expect(server.spec.template.spec.volumes.find((v) => v.name === 'nats-tls')?.secret).toEqual({ secretName: 'platform-nats-tls' });
+    expect(server.spec.template.spec.volumes.find((v) => v.name === 'database-tls')?.secret).toEqual({ secretName: 'platform-db-ca' });
+    const d = container(one<Deployment>(defaults, 'Deployment', 'lethe-server'), 'server');
+    expect(d.env.filter((e) => e.name.startsWith('LETHE_NATS_TLS'))).toEqual([]);
+  });
+
+  it('with tls.enabled=false: plaintext, no TLS files, probes on the gRPC port', () => {
+    const c = container(one<Deployment>(off, 'Deployment', 'lethe-server'), 'server');
+    expect(c.env.filter((e) => e.name.startsWith('LETHE_TLS') || e.name === 'LETHE_GRPC_HEALTH_LISTEN')).toEqual([]);
+    for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 50051 } });
+    expect(c.volumeMounts?.map((m) => m.mountPath)).not.toContain('/etc/lethe/tls');
+    const oc = container(one<Deployment>(off, 'Deployment', 'lethe-operator'), 'operator');
+    expect(envOf(oc, 'LETHE_TLS_CA')).toBeUndefined();
+  });
+});
+
 interface ServicePort {
   name: string;
   port: number;
@@ -442,6 +539,7 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
     expect(ports(server, 'server')).toEqual([
       { name: 'grpc', containerPort: 50051, protocol: 'TCP' },
       { name: 'metrics', containerPort: 9090, protocol: 'TCP' },
+      { name: 'health', containerPort: 8086, protocol: 'TCP' },
     ]);
     expect(one<Service>(defaults, 'Service', 'lethe-server').spec.ports).toEqual([
       { name: 'grpc', port: 50051, targetPort: 'grpc', protocol: 'TCP', appProtocol: 'grpc' },
@@ -466,7 +564,7 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
   it('with metrics.enabled=false: no listener, no metrics ports, no operator metrics Service, no NetworkPolicy rule', () => {
     const server = one<Deployment>(off, 'Deployment', 'lethe-server');
     expect(envOf(container(server, 'server'), 'LETHE_METRICS_LISTEN')).toBeUndefined();
-    expect(ports(server, 'server')?.map((p) => p.name)).toEqual(['grpc']);
+    expect(ports(server, 'server')?.map((p) => p.name)).toEqual(['grpc', 'health']);
     expect(one<Service>(off, 'Service', 'lethe-server').spec.ports.map((p) => p.name)).toEqual(['grpc']);
     expect(off.filter((m) => meta(m).name === 'lethe-operator-metrics')).toEqual([]);
     const np = one<{ spec: { ingress: Array<{ ports: Array<{ port: string }> }> } }>(off, 'NetworkPolicy', 'lethe-server');
@@ -520,6 +618,9 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     // The prometheus-operator's ServiceMonitor CRD, as a cluster with kube-prometheus-stack has it.
     expect((await kubectl(['apply', '-f', SERVICE_MONITOR_CRD])).code).toBe(0);
     expect((await kubectl(['wait', '--for=condition=Established', 'crd/servicemonitors.monitoring.coreos.com', '--timeout=30s'])).code).toBe(0);
+    // cert-manager's Certificate CRD, as a cluster with cert-manager has it.
+    expect((await kubectl(['apply', '-f', CERTIFICATE_CRD])).code).toBe(0);
+    expect((await kubectl(['wait', '--for=condition=Established', 'crd/certificates.cert-manager.io', '--timeout=30s'])).code).toBe(0);
   });
   afterAll(async () => {
     await kube?.destroy();
@@ -535,6 +636,8 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     expect(notes).toContain(`kubectl apply -n ${RELEASE_NS} -f - <<'YAML'`);
     expect(notes).toContain('kind: PrivacyRequest');
     expect(notes).toContain(`kubectl get preq -n ${RELEASE_NS} --watch`);
+    expect(notes).toContain("TLS: the certificate in Secret lethe-tls. Clients trust its CA:");
+    expect(notes).not.toContain('WARNING: TLS is off');
 
     // The request NOTES.txt shows, applied as printed.
     const example = /<<'YAML'\n([\s\S]*?)\n\s*YAML\n/.exec(notes)?.[1];
@@ -552,6 +655,14 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     expect((await kubectl(['get', 'deployment', '-n', RELEASE_NS, '-o', 'name'])).stdout).toBe('');
     const request = await kubectl(['get', 'preq', 'forget-user-123', '-n', RELEASE_NS, '-o', 'jsonpath={.spec.subjectId}']);
     expect(request).toMatchObject({ code: 0, stdout: 'user-id-123' });
+  });
+
+  it('warns in NOTES.txt when TLS is turned off', async () => {
+    const r = await runHelm(['install', 'lethe-plain', CHART_DIR, '--namespace', RELEASE_NS, '--kubeconfig', kube.kubeconfigPath, '--dry-run=server', '--set', 'tls.enabled=false,crds.enabled=false']);
+    expect(r.code).toBe(0);
+    const notes = r.stdout.slice(r.stdout.indexOf('NOTES:'));
+    expect(notes).toContain('WARNING: TLS is off (tls.enabled=false): the PrivacyService, its tokens and the personal data it\nexports travel in plaintext.');
+    expect(notes).not.toContain('Clients trust its CA');
   });
 
   it.each([
@@ -580,6 +691,8 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     const accepted = dry.stdout.trim().split('\n');
     expect(accepted.length).toBe(rest.length);
     for (const line of accepted) expect(line).toMatch(/ (created|configured|unchanged) \(server dry run\)$/);
+    const certificates = accepted.filter((line) => line.startsWith('certificate.cert-manager.io/'));
+    expect(certificates).toEqual(valuesFiles.length === 0 ? [] : ['certificate.cert-manager.io/privacy-server-tls created (server dry run)', 'certificate.cert-manager.io/privacy-operator-tls created (server dry run)']);
     const monitors = accepted.filter((line) => line.startsWith('servicemonitor.monitoring.coreos.com/'));
     expect(monitors).toEqual(valuesFiles.length === 0 ? [] : ['servicemonitor.monitoring.coreos.com/privacy-server created (server dry run)', 'servicemonitor.monitoring.coreos.com/privacy-operator created (server dry run)']);
   });

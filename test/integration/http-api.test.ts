@@ -171,3 +171,44 @@ describe('the reference HTTP API (embedded demo)', () => {
     expect((await call('GET', '/nothing-here')).status).toBe(404);
   });
 });
+
+describe('the HTTP API with TLS on', () => {
+  it('is served over HTTPS with the gRPC certificate, never in plaintext', async () => {
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const https = await import('node:https');
+    const { readFileSync } = await import('node:fs');
+    const { createTestCa } = await import('../support/tls.js');
+    const { loadServerConfig } = await import('../../src/config/config.js');
+    const { startLetheServer } = await import('../../src/server/lethe-server.js');
+    const { silentLogger } = await import('../support/engine-fixture.js');
+    const dir = mkdtempSync(join(tmpdir(), 'lethe-https-'));
+    const ca = createTestCa(dir, 'ca');
+    const cert = ca.issue('server', { cn: 'lethe', dns: ['localhost'], ips: ['127.0.0.1'] });
+    const server = await startLetheServer(
+      loadServerConfig({ LETHE_LOG_LEVEL: 'silent' }, { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir: join(dir, 'data'), tlsCert: cert.certFile, tlsKey: cert.keyFile }),
+      silentLogger,
+    );
+    try {
+      const token = await mintLocalToken(join(dir, 'data'), 'user-id-123', 60);
+      const status = await new Promise<number>((resolve, reject) => {
+        https
+          .get(`https://127.0.0.1:${server.httpPort ?? 0}/api/privacy/export/user-id-123`, { ca: readFileSync(ca.certFile), headers: { authorization: `Bearer ${token}` } }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          })
+          .on('error', reject);
+      });
+      expect(status).toBe(200);
+      const plain = await fetch(`http://127.0.0.1:${server.httpPort ?? 0}/api/privacy/openapi.json`).then(
+        (r) => r.status,
+        () => 'refused',
+      );
+      expect(plain).not.toBe(200);
+    } finally {
+      await server.stop(1_000);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

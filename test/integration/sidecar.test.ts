@@ -506,6 +506,8 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
       return { status: r.status, body: await r.text() };
     };
     expect(await get('/healthz')).toEqual({ status: 200, body: 'ok\n' });
+    // Ready once the consumer's first pull is open, which start() does not wait for (a loaded CI machine sees the gap).
+    await eventually('/readyz to answer 200', async () => ((await get('/readyz')).status === 200 ? true : undefined), 20_000, 50);
     expect(await get('/readyz')).toEqual({ status: 200, body: 'ready\n' });
     expect((await get('/metrics')).status).toBe(200);
     expect((await get('/nope')).status).toBe(404);

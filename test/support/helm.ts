@@ -63,6 +63,9 @@ export function runCommand(bin: string, args: readonly string[], stdin = ''): Pr
     p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     p.on('error', reject);
     p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    // A command that exits without reading its input (e.g. it failed at once) closes the pipe
+    // under us: its exit code says what happened, the EPIPE adds nothing.
+    p.stdin.on('error', () => undefined);
     p.stdin.end(stdin);
   });
 }

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,14 +39,31 @@ export interface NatsServer {
   destroy(): Promise<void>;
 }
 
-export async function startNatsServer(bin: string): Promise<NatsServer> {
+export interface NatsTlsServerOptions {
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** Client certificates must be signed by this CA (nats-server's `verify: true`). */
+  readonly clientCaFile?: string;
+}
+
+/** `tls`: a `tls {}` block, so that every client must speak TLS (and with `clientCaFile`, present a certificate). */
+export async function startNatsServer(bin: string, options: { tls?: NatsTlsServerOptions } = {}): Promise<NatsServer> {
   const storeDir = mkdtempSync(join(tmpdir(), 'lethe-nats-'));
   const port = await freePort();
   let child: ChildProcess | undefined;
   const kill = () => child?.kill('SIGKILL');
+  const args = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir];
+  const tls = options.tls;
+  if (tls !== undefined) {
+    const conf = join(storeDir, 'tls.conf');
+    const lines = [`cert_file: ${JSON.stringify(tls.certFile)}`, `key_file: ${JSON.stringify(tls.keyFile)}`, 'timeout: 2'];
+    if (tls.clientCaFile !== undefined) lines.push(`ca_file: ${JSON.stringify(tls.clientCaFile)}`, 'verify: true');
+    writeFileSync(conf, `tls {\n  ${lines.join('\n  ')}\n}\n`);
+    args.push('-c', conf);
+  }
 
   const start = async () => {
-    const c = spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const c = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     child = c;
     process.once('exit', kill);
     let stderr = '';
@@ -71,7 +88,7 @@ export async function startNatsServer(bin: string): Promise<NatsServer> {
 
   await start();
   return {
-    url: `nats://127.0.0.1:${port}`,
+    url: `${tls === undefined ? 'nats' : 'tls'}://127.0.0.1:${port}`,
     port,
     stop,
     start,

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -67,7 +67,8 @@ export interface PostgresCluster {
 
 let dbSeq = 0;
 
-export async function startPostgres(bin: string): Promise<PostgresCluster> {
+/** `tls`: serve TLS (ssl=on) with this certificate and key; plaintext connections stay allowed. */
+export async function startPostgres(bin: string, options: { tls?: { certFile: string; keyFile: string } } = {}): Promise<PostgresCluster> {
   const root = process.getuid?.() === 0;
   const dataDir = mkdtempSync(join(tmpdir(), 'lethe-pg-'));
   // initdb refuses to run as root: run the server as the postgres user then.
@@ -75,13 +76,23 @@ export async function startPostgres(bin: string): Promise<PostgresCluster> {
   if (root) chownSync(dataDir, uidOf('postgres'), gidOf('postgres'));
   const [initCmd, initArgs] = asPg(join(bin, 'initdb'), ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8', '--locale=C']);
   execFileSync(initCmd, initArgs, { stdio: 'ignore' });
+  const tlsArgs: string[] = [];
+  if (options.tls !== undefined) {
+    // PostgreSQL refuses a key file that others can read or that it does not own.
+    for (const [from, name] of [[options.tls.certFile, 'server.crt'], [options.tls.keyFile, 'server.key']] as const) {
+      copyFileSync(from, join(dataDir, name));
+      chmodSync(join(dataDir, name), 0o600);
+      if (root) chownSync(join(dataDir, name), uidOf('postgres'), gidOf('postgres'));
+    }
+    tlsArgs.push('-c', 'ssl=on', '-c', `ssl_cert_file=${join(dataDir, 'server.crt')}`, '-c', `ssl_key_file=${join(dataDir, 'server.key')}`);
+  }
   const port = await freePort();
   let child: ChildProcess | undefined;
 
   const start = async () => {
     const [cmd, args] = asPg(join(bin, 'postgres'), [
       '-D', dataDir, '-p', String(port), '-h', '127.0.0.1', '-k', dataDir,
-      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200',
+      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200', ...tlsArgs,
     ]);
     child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     // A test run that dies must not leave a server behind.

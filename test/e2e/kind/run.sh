@@ -3,7 +3,8 @@
 #
 #   1. creates a kind cluster, builds the image (Dockerfile) and loads it into the nodes;
 #   2. installs PostgreSQL and NATS with JetStream (postgres.yaml, nats.yaml beside this file);
-#   3. creates the Secrets and `helm install`s deploy/helm/lethe with values.yaml (demo data on);
+#   3. creates the Secrets (a TLS certificate from a throwaway CA too) and `helm install`s
+#      deploy/helm/lethe with values.yaml (demo data on, TLS on);
 #   4. deploys the downstream "orders" service with the purge sidecar
 #      (deploy/helm/lethe/examples/sidecar-snippet.yaml, its tables from orders-schema.sql);
 #   5. applies a Forget PrivacyRequest and waits for Succeeded with the orders purge confirmed in
@@ -105,6 +106,15 @@ nats_url="nats://nats.$ns.svc:4222"
 k create secret generic lethe-database --from-literal=url="$db_url/identity" >&2
 k create secret generic lethe-nats --from-literal=url="$nats_url" >&2
 k create secret generic lethe-artifact-key --from-literal=key="$(openssl rand -hex 32)" >&2
+# TLS (on by default): a throwaway CA and a certificate for the Service's names, and localhost for
+# the port-forward below.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=lethe e2e CA" \
+  -keyout "$work/ca.key" -out "$work/ca.crt" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+printf 'subjectAltName=DNS:lethe-server,DNS:lethe-server.%s,DNS:lethe-server.%s.svc,DNS:lethe-server.%s.svc.cluster.local,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
+  "$ns" "$ns" "$ns" >"$work/server.ext"
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=lethe-server" -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 2 -extfile "$work/server.ext" -out "$work/server.crt" 2>/dev/null
+k create secret generic lethe-tls --from-file=tls.crt="$work/server.crt" --from-file=tls.key="$work/server.key" --from-file=ca.crt="$work/ca.crt" >&2
 k create serviceaccount e2e-client >&2
 log "helm install lethe"
 "$helm" install lethe deploy/helm/lethe --namespace "$ns" --values "$here/values.yaml" --wait --timeout 5m >&2
@@ -157,7 +167,7 @@ for _ in $(seq 1 50); do
 done
 [ -n "${port:-}" ] || die "kubectl port-forward did not start: $(cat "$work/port-forward.log")"
 LETHE_TOKEN="$(k create token e2e-client --audience "$(jsonpath deployment/lethe-server '{.spec.template.spec.containers[0].env[?(@.name=="LETHE_SERVICE_ACCOUNT_AUDIENCE")].value}')")" \
-  node bin/lethe.js export --request "$request_id" --server "127.0.0.1:$port" -o "$work/export.json" >&2
+  node bin/lethe.js export --request "$request_id" --server "localhost:$port" --tls-ca "$work/ca.crt" -o "$work/export.json" >&2
 got_sha="$(sha256sum "$work/export.json" | cut -d' ' -f1)"
 [ "$got_sha" = "$want_sha" ] || die "the artifact's SHA-256 is $got_sha, status.artifact.sha256 says $want_sha"
 grep -q '"user_id":"member-user-id-456"' "$work/export.json" || die "the artifact is not member-user-id-456's export"

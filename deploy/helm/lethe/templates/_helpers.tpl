@@ -164,3 +164,50 @@ podAntiAffinity:
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/* TLS: the Secret of the server's certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "lethe.tls.serverSecret" -}}
+{{- if .Values.tls.certManager.enabled }}
+{{- printf "%s-tls" (include "lethe.server.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- .Values.tls.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* TLS: the Secret whose ca.crt client certificates must chain to (mutual TLS). */}}
+{{- define "lethe.tls.clientCaSecret" -}}
+{{- default (include "lethe.tls.serverSecret" .) .Values.tls.mutual.clientCaSecret }}
+{{- end }}
+
+{{/* TLS: the Secret of the operator's client certificate (mutual TLS). */}}
+{{- define "lethe.tls.operatorSecret" -}}
+{{- if .Values.tls.mutual.operatorSecret }}
+{{- .Values.tls.mutual.operatorSecret }}
+{{- else }}
+{{- printf "%s-tls" (include "lethe.operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* TLS: the values checked once, with a message saying what to set. */}}
+{{- define "lethe.tls.validate" -}}
+{{- $t := .Values.tls }}
+{{- if $t.enabled }}
+{{- if and $t.certManager.enabled (not $t.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.issuerRef.name is required with tls.certManager.enabled: the Issuer or ClusterIssuer that signs the server's certificate" }}
+{{- end }}
+{{- if and (not $t.certManager.enabled) (not $t.existingSecret) }}
+{{- fail "TLS is on by default and needs a certificate: set tls.existingSecret (a Secret with tls.crt, tls.key and ca.crt), or tls.certManager.enabled=true with tls.certManager.issuerRef.name; tls.enabled=false serves plaintext (for trying out only)" }}
+{{- end }}
+{{- if and $t.mutual.enabled .Values.operator.enabled (not $t.certManager.enabled) (not $t.mutual.operatorSecret) }}
+{{- fail "tls.mutual.operatorSecret is required with tls.mutual.enabled (the operator's client certificate: tls.crt, tls.key), unless tls.certManager.enabled issues one" }}
+{{- end }}
+{{- if eq (int $t.healthPort) (int .Values.server.port) }}
+{{- fail (printf "tls.healthPort (%v) must differ from server.port, the gRPC port" $t.healthPort) }}
+{{- end }}
+{{- if and .Values.metrics.enabled (eq (int $t.healthPort) (int .Values.metrics.port)) }}
+{{- fail (printf "tls.healthPort (%v) must differ from metrics.port" $t.healthPort) }}
+{{- end }}
+{{- else if $t.mutual.enabled }}
+{{- fail "tls.mutual.enabled needs tls.enabled" }}
+{{- end }}
+{{- end }}
