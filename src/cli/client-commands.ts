@@ -75,16 +75,44 @@ async function fetchStoredExport(requestId: string, flags: ClientFlags & { outpu
 export async function forgetCommand(userId: string, flags: ClientFlags & { reason: string; idempotencyKey?: string }): Promise<void> {
   await withClient(flags, undefined, async (client) => {
     const r = await client.forgetUser({ userId, reason: flags.reason, idempotencyKey: flags.idempotencyKey ?? randomUUID() });
-    console.log(JSON.stringify({ success: r.success, message: r.message, user_id: r.userId, request_id: r.requestId, replayed: r.replayed, rows_affected: r.rowsAffected }, null, 2));
+    const scheduled = r.scheduled ? { scheduled: true, scheduled_for: iso(r.scheduledFor) } : {};
+    console.log(JSON.stringify({ success: r.success, message: r.message, user_id: r.userId, request_id: r.requestId, replayed: r.replayed, ...scheduled, rows_affected: r.rowsAffected }, null, 2));
   });
 }
 
-export async function requestsListCommand(flags: ClientFlags & { subject?: string; state?: string; overdue?: boolean; limit: number }): Promise<void> {
+export async function requestsListCommand(
+  flags: ClientFlags & { subject?: string; state?: string; overdue?: boolean; dueWithin?: number; limit: number; json?: boolean },
+): Promise<void> {
   await withClient(flags, undefined, async (client) => {
     const state = flags.state === undefined ? RequestState.REQUEST_STATE_UNSPECIFIED : RequestState[`REQUEST_STATE_${flags.state.toUpperCase()}` as keyof typeof RequestState];
-    const r = await client.listPrivacyRequests({ subjectId: flags.subject ?? '', state, overdueOnly: flags.overdue === true, pageSize: Math.min(flags.limit, 500), pageToken: '' });
+    const r = await client.listPrivacyRequests({
+      subjectId: flags.subject ?? '',
+      state,
+      overdueOnly: flags.overdue === true,
+      dueBefore: flags.dueWithin === undefined ? undefined : new Date(Date.now() + flags.dueWithin),
+      pageSize: Math.min(flags.limit, 500),
+      pageToken: '',
+    });
+    if (flags.json === true) {
+      console.log(JSON.stringify(r.requests.map(toJson), null, 2));
+      return;
+    }
     const rows = r.requests.map((q) => [q.id, typeName(q.type), q.subjectId, stateName(q.state) + (q.overdue ? ' (overdue)' : ''), iso(q.receivedAt), iso(q.dueAt)]);
     printTable(['ID', 'TYPE', 'SUBJECT', 'STATE', 'RECEIVED', 'DUE'], rows);
+  });
+}
+
+export async function requestsCancelCommand(id: string, flags: ClientFlags & { reason?: string }): Promise<void> {
+  await withClient(flags, undefined, async (client) => {
+    const { request } = await client.cancelPrivacyRequest({ id, reason: flags.reason ?? '' });
+    if (request !== undefined) console.log(JSON.stringify(toJson(request), null, 2));
+  });
+}
+
+export async function requestsExtendCommand(id: string, flags: ClientFlags & { months: number; reason: string }): Promise<void> {
+  await withClient(flags, undefined, async (client) => {
+    const { request } = await client.extendPrivacyRequest({ id, months: flags.months, reason: flags.reason });
+    if (request !== undefined) console.log(JSON.stringify(toJson(request), null, 2));
   });
 }
 
@@ -101,11 +129,15 @@ function toJson(q: PrivacyRequest) {
     type: typeName(q.type),
     subject_id: q.subjectId,
     requester: q.requester,
+    requested_by: q.requestedBy === '' ? null : q.requestedBy,
     reason: q.reason,
     state: stateName(q.state),
     overdue: q.overdue,
     received_at: iso(q.receivedAt),
     due_at: iso(q.dueAt),
+    original_due_at: q.originalDueAt === undefined ? null : iso(q.originalDueAt),
+    extension_reason: q.extensionReason === '' ? null : q.extensionReason,
+    scheduled_for: q.scheduledFor === undefined ? null : iso(q.scheduledFor),
     completed_at: q.completedAt === undefined ? null : iso(q.completedAt),
     error: q.error === '' ? null : q.error,
     rows_affected: q.rowsAffected,

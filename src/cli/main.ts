@@ -2,7 +2,8 @@ import { Command, InvalidArgumentError as CommanderArgError, Option } from 'comm
 import { ClientError, Status } from 'nice-grpc';
 import { ConfigError, LetheError } from '../errors.js';
 import { IncompleteExportError } from '../client/export-receiver.js';
-import { exportCommand, forgetCommand, requestsGetCommand, requestsListCommand } from './client-commands.js';
+import { exportCommand, forgetCommand, requestsCancelCommand, requestsExtendCommand, requestsGetCommand, requestsListCommand } from './client-commands.js';
+import { parseDuration } from '../config/common.js';
 import { operatorCommand } from './operator-command.js';
 import { serveCommand } from './serve-command.js';
 import { sidecarCommand } from './sidecar-command.js';
@@ -12,6 +13,14 @@ const program = new Command('lethe')
   .description('GDPR export and erasure for microservice platforms')
   .showHelpAfterError()
   .configureOutput({ outputError: (str, write) => write(str) });
+
+const duration = (v: string) => {
+  try {
+    return parseDuration(v, '--due-within');
+  } catch {
+    throw new CommanderArgError('must be a duration such as 24h or 7d');
+  }
+};
 
 const positiveInt = (v: string) => {
   const n = Number(v);
@@ -85,11 +94,26 @@ clientOptions(
     .command('list', { isDefault: true })
     .description('list privacy requests, newest first')
     .option('--subject <user-id>', 'only requests about this user')
-    .addOption(new Option('--state <state>', 'only requests in this state').choices(['running', 'anonymized', 'completed', 'failed']))
+    .addOption(new Option('--state <state>', 'only requests in this state').choices(['scheduled', 'running', 'anonymized', 'completed', 'failed', 'cancelled']))
     .option('--overdue', 'only requests past their due date')
+    .option('--due-within <duration>', 'only open requests due within this time, e.g. 7d', duration)
+    .option('--json', 'print the requests as JSON')
     .addOption(new Option('--limit <n>', 'at most this many').default(50).argParser(positiveInt)),
 ).action(requestsListCommand);
 clientOptions(requests.command('get <id>').description('show one privacy request')).action(requestsGetCommand);
+clientOptions(
+  requests
+    .command('cancel <id>')
+    .description("cancel a scheduled request (a person's own erasure during its grace period)")
+    .option('--reason <text>', 'why, recorded in the audit log'),
+).action(requestsCancelCommand);
+clientOptions(
+  requests
+    .command('extend <id>')
+    .description("extend an open request's due date once by 1 or 2 months (GDPR Art. 12(3); platform owners)")
+    .requiredOption('--months <n>', '1 or 2', positiveInt)
+    .requiredOption('--reason <text>', 'why the request needs more time'),
+).action(requestsExtendCommand);
 
 /** One clear line and a non-zero exit for every failure a user can cause or fix. */
 function report(err: unknown): number {

@@ -4,6 +4,7 @@ import { sampleWithTimeout } from './sample-with-timeout.js';
 
 /** How long a scrape waits for the outbox count before reporting it unknown (NaN). */
 const OUTBOX_COUNT_TIMEOUT_MS = 2_000;
+const DUE_SOON_MS = 7 * 86_400_000;
 
 /** The privacy requests a gRPC method carries out (the ledger's types). */
 const REQUEST_TYPE: Readonly<Record<string, 'export' | 'forget'>> = {
@@ -50,8 +51,30 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
-  constructor(countPendingEvents: () => Promise<number>) {
+  /**
+   * `countOpenDueBefore(at)`: open requests (scheduled, running, waiting for downstream) whose
+   * GDPR due date is before `at`; read on scrape, like the outbox.
+   */
+  constructor(countPendingEvents: () => Promise<number>, countOpenDueBefore: (at: Date) => Promise<number>) {
     const pending = sampleWithTimeout(countPendingEvents, OUTBOX_COUNT_TIMEOUT_MS);
+    const overdue = sampleWithTimeout(() => countOpenDueBefore(new Date()), OUTBOX_COUNT_TIMEOUT_MS);
+    const dueSoon = sampleWithTimeout(async () => (await countOpenDueBefore(new Date(Date.now() + DUE_SOON_MS))) - (await countOpenDueBefore(new Date())), OUTBOX_COUNT_TIMEOUT_MS);
+    new Gauge({
+      name: 'lethe_privacy_requests_overdue',
+      help: 'Open privacy requests past their GDPR due date (NaN when the database did not answer in time)',
+      registers: [this.registry],
+      async collect() {
+        this.set((await overdue()) ?? Number.NaN);
+      },
+    });
+    new Gauge({
+      name: 'lethe_privacy_requests_due_within_7d',
+      help: 'Open privacy requests not yet overdue whose GDPR due date is within 7 days',
+      registers: [this.registry],
+      async collect() {
+        this.set((await dueSoon()) ?? Number.NaN);
+      },
+    });
     new Gauge({
       name: 'lethe_outbox_pending',
       help: 'Anonymization events in the outbox not yet published to NATS (NaN when the database did not answer in time)',

@@ -11,6 +11,7 @@ import { PeriodicTask } from '../runtime/periodic-task.js';
 import { startHttpServer } from '../http/http-server.js';
 import { LETHE_VERSION } from '../runtime/version.js';
 import { workers } from '../store/workers.js';
+import { ledger } from '../store/ledger.js';
 import { PrivacyEngine } from '../privacy/engine.js';
 import { usesHash } from '../privacy/forget.js';
 import { prepareServerDataMap } from '../privacy/lethe-tables.js';
@@ -147,7 +148,10 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     recovery.start({ now: true });
     scheduler.start({ now: true });
     const outboxDb = (eventsDb ?? db).knex;
-    const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(() => countPending(outboxDb));
+    const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(
+            () => countPending(outboxDb),
+            (at) => ledger.countOpenDueBefore(outboxDb, at),
+          );
     // Derived from the artifact key, which every replica shares: a token works on any of them.
     const pageTokens = new PageTokens(artifactKey);
     const grpc = await startGrpcServer({

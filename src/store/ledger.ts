@@ -222,6 +222,12 @@ export const ledger = {
     await trx(TABLE).where({ id }).update({ due_at: dueAt, original_due_at: originalDueAt, extension_reason: reason });
   },
 
+  /** Open requests whose due date is before `at` (metrics). */
+  async countOpenDueBefore(db: Knex | Knex.Transaction, at: Date): Promise<number> {
+    const rows = (await db(TABLE).whereIn('state', OPEN_STATES).andWhere('due_at', '<', at).count('* as n')) as Array<{ n: number | string }>;
+    return Number(rows[0]?.n ?? 0);
+  },
+
   /** The subject's forget waiting for its time, if any. */
   async scheduledFor(db: Knex | Knex.Transaction, subjectId: string): Promise<PrivacyRequestRecord | undefined> {
     const row = (await db(TABLE).where({ subject_id: subjectId, type: 'forget', state: 'scheduled' }).first()) as Row | undefined;

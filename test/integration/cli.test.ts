@@ -149,6 +149,20 @@ describe('the lethe command on the embedded default', () => {
     expect(JSON.parse(get.stdout)).toMatchObject({ id: result.request_id, type: 'forget', state: 'completed', subject_id: 'user-id-123', requester: 'owner-user-id-2' });
   });
 
+  it("schedules a person's own erasure, lists what is due soon as JSON, and cancels it", async () => {
+    const r = await lethe('forget', 'member-user-id-456', '--reason', 'closing my account', '--as', 'member-user-id-456');
+    expect(r.code).toBe(0);
+    const scheduled = JSON.parse(r.stdout) as { scheduled: boolean; scheduled_for: string; request_id: string };
+    expect(scheduled).toMatchObject({ success: true, scheduled: true });
+    const soon = await lethe('requests', 'list', '--due-within', '40d', '--json', '--as', 'platform-owner-id');
+    expect((JSON.parse(soon.stdout) as Array<{ id: string; state: string }>).find((x) => x.id === scheduled.request_id)).toMatchObject({ state: 'scheduled', scheduled_for: scheduled.scheduled_for });
+    const bad = await lethe('requests', 'list', '--due-within', 'soon', '--as', 'platform-owner-id');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("option '--due-within <duration>' argument 'soon' is invalid. must be a duration such as 24h or 7d");
+    const cancelled = await lethe('requests', 'cancel', scheduled.request_id, '--as', 'member-user-id-456');
+    expect(JSON.parse(cancelled.stdout)).toMatchObject({ id: scheduled.request_id, state: 'cancelled' });
+  });
+
   it('prints one clear line for a server that is not there', async () => {
     const port = await freePort();
     const { code, stderr } = await run('node', [LETHE, 'export', 'user-id-123', '--server', `127.0.0.1:${port}`, '--data-dir', dataDir]).then(

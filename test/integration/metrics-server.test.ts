@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { receiveExport } from '../../src/client/export-receiver.js';
 import { status } from '../support/grpc-status.js';
@@ -14,10 +16,12 @@ describe.runIf(bin !== undefined)('server metrics (LETHE_METRICS_LISTEN) on Post
   let t: TestServer;
   let off: TestServer;
   let metricsPort: number;
+  let url: string;
 
   beforeAll(async () => {
     cluster = await startPostgres(bin ?? '');
-    t = await startTestServer({ DATABASE_URL: await cluster.createDatabase(), LETHE_METRICS_LISTEN: '127.0.0.1:0' });
+    url = await cluster.createDatabase();
+    t = await startTestServer({ DATABASE_URL: url, LETHE_METRICS_LISTEN: '127.0.0.1:0' });
     metricsPort = t.server.metricsPort ?? 0;
   });
   afterAll(async () => {
@@ -84,5 +88,24 @@ describe.runIf(bin !== undefined)('server metrics (LETHE_METRICS_LISTEN) on Post
     await expect
       .poll(async () => sample((await scrape(metricsPort)).body, 'lethe_grpc_requests_total', { method: EXPORT, code: 'CANCELLED' }), { timeout: 5_000 })
       .toBe(before + 1);
+  });
+
+  it('shows open requests overdue and due within 7 days', async () => {
+    const before = (await scrape(metricsPort)).body;
+    const overdue0 = sample(before, 'lethe_privacy_requests_overdue') ?? 0;
+    const soon0 = sample(before, 'lethe_privacy_requests_due_within_7d') ?? 0;
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    try {
+      const insert = `INSERT INTO lethe_privacy_requests (id, type, subject_id, requester, reason, state, received_at, due_at) VALUES ($1, 'export', 'user-id-123', 'x', '', $2, now() - interval '40 days', $3)`;
+      await c.query(insert, [randomUUID(), 'running', new Date(Date.now() - 86_400_000)]);
+      await c.query(insert, [randomUUID(), 'scheduled', new Date(Date.now() + 3 * 86_400_000)]);
+      await c.query(insert, [randomUUID(), 'completed', new Date(Date.now() - 86_400_000)]);
+    } finally {
+      await c.end();
+    }
+    const after = (await scrape(metricsPort)).body;
+    expect(sample(after, 'lethe_privacy_requests_overdue')).toBe(overdue0 + 1);
+    expect(sample(after, 'lethe_privacy_requests_due_within_7d')).toBe(soon0 + 1);
   });
 });
