@@ -399,14 +399,17 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(checksum(withMap)).not.toBe(checksum(withServices));
   });
 
-  it('lets only the operator and labelled clients reach the gRPC port', () => {
+  it('lets only the operator and labelled clients reach the gRPC and HTTP ports', () => {
     const np = one<{ spec: Record<string, unknown> }>(defaults, 'NetworkPolicy', 'lethe-server');
     expect(np.spec).toEqual({
       podSelector: { matchLabels: { 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe', 'app.kubernetes.io/component': 'server' } },
       policyTypes: ['Ingress'],
       ingress: [
         {
-          ports: [{ port: 'grpc', protocol: 'TCP' }],
+          ports: [
+            { port: 'grpc', protocol: 'TCP' },
+            { port: 'http', protocol: 'TCP' },
+          ],
           from: [
             { podSelector: { matchLabels: { 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe', 'app.kubernetes.io/component': 'operator' } } },
             { podSelector: { matchLabels: { 'lethe.dev/client': 'true' } }, namespaceSelector: {} },
@@ -538,13 +541,17 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
     expect(envOf(container(server, 'server'), 'LETHE_METRICS_LISTEN')?.value).toBe('0.0.0.0:9090');
     expect(ports(server, 'server')).toEqual([
       { name: 'grpc', containerPort: 50051, protocol: 'TCP' },
+      { name: 'http', containerPort: 8080, protocol: 'TCP' },
       { name: 'metrics', containerPort: 9090, protocol: 'TCP' },
       { name: 'health', containerPort: 8086, protocol: 'TCP' },
     ]);
     expect(one<Service>(defaults, 'Service', 'lethe-server').spec.ports).toEqual([
       { name: 'grpc', port: 50051, targetPort: 'grpc', protocol: 'TCP', appProtocol: 'grpc' },
+      { name: 'http', port: 8080, targetPort: 'http', protocol: 'TCP' },
       { name: 'metrics', port: 9090, targetPort: 'metrics', protocol: 'TCP' },
     ]);
+    // The HTTP API on all addresses of the pod, HTTPS with the chart's TLS.
+    expect(envOf(container(server, 'server'), 'LETHE_HTTP_LISTEN')?.value).toBe('0.0.0.0:8080');
     const operatorMetrics = one<Service>(defaults, 'Service', 'lethe-operator-metrics');
     expect(operatorMetrics.spec.selector).toEqual(selector('lethe', 'operator'));
     expect(operatorMetrics.spec.ports).toEqual([{ name: 'metrics', port: 8081, targetPort: 'health', protocol: 'TCP' }]);
@@ -564,8 +571,8 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
   it('with metrics.enabled=false: no listener, no metrics ports, no operator metrics Service, no NetworkPolicy rule', () => {
     const server = one<Deployment>(off, 'Deployment', 'lethe-server');
     expect(envOf(container(server, 'server'), 'LETHE_METRICS_LISTEN')).toBeUndefined();
-    expect(ports(server, 'server')?.map((p) => p.name)).toEqual(['grpc', 'health']);
-    expect(one<Service>(off, 'Service', 'lethe-server').spec.ports.map((p) => p.name)).toEqual(['grpc']);
+    expect(ports(server, 'server')?.map((p) => p.name)).toEqual(['grpc', 'http', 'health']);
+    expect(one<Service>(off, 'Service', 'lethe-server').spec.ports.map((p) => p.name)).toEqual(['grpc', 'http']);
     expect(off.filter((m) => meta(m).name === 'lethe-operator-metrics')).toEqual([]);
     const np = one<{ spec: { ingress: Array<{ ports: Array<{ port: string }> }> } }>(off, 'NetworkPolicy', 'lethe-server');
     expect(np.spec.ingress.map((r) => r.ports[0]?.port)).toEqual(['grpc']);
