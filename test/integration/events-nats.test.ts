@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jetstream } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mintLocalToken } from '../../src/auth/local-key.js';
 import { connectPrivacyService } from '../../src/client/privacy-client.js';
@@ -13,7 +12,7 @@ import { purgedEventFor } from '../../src/events/cloudevents.js';
 import { receiptSubject } from '../../src/events/subjects.js';
 import { ConfirmationState, RequestState } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { type NatsServer, requireNatsServer, startNatsServer } from '../support/nats.js';
-import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../support/postgres.js';
+import { type PostgresCluster, freePort, requirePostgres, startPostgres, sqlOn } from '../support/postgres.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 import { natsClient, storedMessages, waitFor } from '../support/streams.js';
 
@@ -34,15 +33,7 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
   let url: string;
   let t: TestServer;
   let nc: NatsConnection;
-  const sql = async <R extends pg.QueryResultRow>(text: string, params: unknown[] = []) => {
-    const c = new pg.Client({ connectionString: url });
-    await c.connect();
-    try {
-      return (await c.query<R>(text, params)).rows;
-    } finally {
-      await c.end();
-    }
-  };
+  const sql = sqlOn(() => url);
   const receipt = async (service: string, userId: string, requestId: string, status: 'purged' | 'failed' = 'purged') => {
     const event = purgedEventFor(`lethe-sidecar/${service}`, {
       user_id: userId,

@@ -1,8 +1,7 @@
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { status } from '../support/grpc-status.js';
-import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
+import { type PostgresCluster, requirePostgres, startPostgres, sqlOn } from '../support/postgres.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 
 /**
@@ -18,15 +17,7 @@ describe.runIf(bin !== undefined)('stalled export streams (PostgreSQL)', () => {
   let cluster: PostgresCluster;
   let url: string;
   let t: TestServer;
-  const sql = async <R extends pg.QueryResultRow>(text: string, params: unknown[] = []) => {
-    const c = new pg.Client({ connectionString: url });
-    await c.connect();
-    try {
-      return (await c.query<R>(text, params)).rows;
-    } finally {
-      await c.end();
-    }
-  };
+  const sql = sqlOn(() => url);
   const exportsInFlight = async () =>
     Number((await sql<{ n: string }>(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (%' AND state <> 'idle'`))[0]?.n);
 

@@ -10,7 +10,7 @@ import { RequestState } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { openDatabase } from '../../src/store/database.js';
 import { startTestServer } from '../support/server-fixture.js';
 import { type LetheProcess, startLetheProcess } from '../support/lethe-process.js';
-import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
+import { type PostgresCluster, requirePostgres, startPostgres, sqlOn } from '../support/postgres.js';
 
 /**
  * Crash recovery of the ledger: a request whose server died (kill -9) does not stay `running`.
@@ -36,15 +36,7 @@ describe.runIf(pgBin !== undefined)('requests interrupted by a crash (PostgreSQL
     return r;
   }
 
-  const sql = async <R extends pg.QueryResultRow>(text: string, params: unknown[] = []) => {
-    const c = new pg.Client({ connectionString: url });
-    await c.connect();
-    try {
-      return (await c.query<R>(text, params)).rows;
-    } finally {
-      await c.end();
-    }
-  };
+  const sql = sqlOn(() => url);
 
   beforeAll(async () => {
     cluster = await startPostgres(pgBin ?? '');

@@ -2,14 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { mintLocalToken } from '../../src/auth/local-key.js';
 import { type PrivacyClient, connectPrivacyService } from '../../src/client/privacy-client.js';
 import { RequestState } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { status } from '../support/grpc-status.js';
 import { type LetheProcess, startLetheProcess } from '../support/lethe-process.js';
-import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
+import { type PostgresCluster, requirePostgres, startPostgres, sqlOn } from '../support/postgres.js';
 
 /**
  * A person's own erasure is scheduled after a grace period and carried out exactly once by one
@@ -26,15 +25,7 @@ describe.runIf(pgBin !== undefined)('scheduled self-erasure and deadlines (Postg
   let dataDir: string;
   const replicas: LetheProcess[] = [];
   const closers: Array<() => void> = [];
-  const sql = async <R extends pg.QueryResultRow>(text: string, params: unknown[] = []) => {
-    const c = new pg.Client({ connectionString: url });
-    await c.connect();
-    try {
-      return (await c.query<R>(text, params)).rows;
-    } finally {
-      await c.end();
-    }
-  };
+  const sql = sqlOn(() => url);
   const as = async (who: string, replica = 0): Promise<PrivacyClient> => {
     const { client, close } = connectPrivacyService(replicas[replica]?.address ?? '', await mintLocalToken(dataDir, who, 300));
     closers.push(close);

@@ -179,3 +179,16 @@ function uidOf(user: string): number {
 function gidOf(user: string): number {
   return Number(execFileSync('id', ['-g', user], { encoding: 'utf8' }).trim());
 }
+
+/** Runs one statement on a connection of its own (the database at `url()` when called) and returns its rows. */
+export function sqlOn(url: () => string) {
+  return async <R extends pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> => {
+    const c = new pg.Client({ connectionString: url() });
+    await c.connect();
+    try {
+      return (await c.query<R>(text, params)).rows;
+    } finally {
+      await c.end();
+    }
+  };
+}
