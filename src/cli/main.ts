@@ -1,16 +1,23 @@
 import { Command, InvalidArgumentError as CommanderArgError, Option } from 'commander';
-import { ClientError, Status } from 'nice-grpc';
 import { ConfigError, LetheError } from '../errors.js';
-import { IncompleteExportError } from '../client/export-receiver.js';
-import { exportCommand, forgetCommand, requestsCancelCommand, requestsExtendCommand, requestsGetCommand, requestsListCommand } from './client-commands.js';
 import { parseDuration } from '../config/common.js';
-import { operatorCommand } from './operator-command.js';
-import { serveCommand } from './serve-command.js';
-import { sidecarCommand } from './sidecar-command.js';
-import { tokenCommand } from './token-command.js';
+import { LETHE_VERSION } from '../runtime/version.js';
+
+/**
+ * Each command's module (gRPC, the database, Kubernetes clients) is loaded only when that
+ * command runs, so `lethe --help`, `--version` and mistakes answer at once.
+ */
+function lazy<M, K extends keyof M>(load: () => Promise<M>, name: K) {
+  return async (...args: unknown[]): Promise<void> => {
+    const command = (await load())[name] as unknown as (...a: unknown[]) => Promise<void>;
+    await command(...args);
+  };
+}
+const clientCommands = () => import('./client-commands.js');
 
 const program = new Command('lethe')
   .description('GDPR export and erasure for microservice platforms')
+  .version(LETHE_VERSION, '-V, --version', 'print the version')
   .showHelpAfterError()
   .configureOutput({ outputError: (str, write) => write(str) });
 
@@ -38,12 +45,12 @@ program
   .option('--tls-cert <file>', 'serve TLS with this PEM certificate (chain), re-read when it changes (or LETHE_TLS_CERT)')
   .option('--tls-key <file>', 'the PEM private key of --tls-cert (or LETHE_TLS_KEY)')
   .option('--tls-client-ca <file>', 'require client certificates signed by this CA: mutual TLS (or LETHE_TLS_CLIENT_CA)')
-  .action(serveCommand);
+  .action(lazy(() => import('./serve-command.js'), 'serveCommand'));
 
 program
   .command('operator')
   .description('carry out PrivacyRequest resources through the PrivacyService (KUBECONFIG or in-cluster; LETHE_SERVER, LETHE_TOKEN_FILE, LETHE_TLS_CA)')
-  .action(operatorCommand);
+  .action(lazy(() => import('./operator-command.js'), 'operatorCommand'));
 
 program
   .command('sidecar')
@@ -51,7 +58,7 @@ program
   .requiredOption('--service <name>', 'this service: the durable consumer and the receipt subject privacy.v1.user.purged.<name>')
   .requiredOption('--data-map <file>', "this service's data map (its forget half is applied)")
   .option('--health-listen <host:port>', 'address of /healthz and /readyz (default 127.0.0.1:8081)')
-  .action(sidecarCommand);
+  .action(lazy(() => import('./sidecar-command.js'), 'sidecarCommand'));
 
 program
   .command('token')
@@ -59,7 +66,7 @@ program
   .requiredOption('--as <user-id>', 'the user (token subject) to act as')
   .addOption(new Option('--ttl <seconds>', 'lifetime in seconds').default(900).argParser(positiveInt))
   .option('--data-dir <dir>', 'the data directory of `lethe serve`')
-  .action(tokenCommand);
+  .action(lazy(() => import('./token-command.js'), 'tokenCommand'));
 
 const clientOptions = (c: Command) =>
   c
@@ -78,7 +85,7 @@ clientOptions(
     .option('-o, --output <file>', "write to this file, replaced only once the document verified; '-' for standard output; a device or FIFO is written in place (default: standard output)")
     .option('--reason <text>', 'why, recorded in the ledger and the audit log')
     .option('--request <id>', 'fetch the export artifact of this privacy request (made with StoreExport, e.g. by the operator) instead of exporting <user-id>'),
-).action(exportCommand);
+).action(lazy(clientCommands, 'exportCommand'));
 
 clientOptions(
   program
@@ -86,7 +93,7 @@ clientOptions(
     .description('anonymize a user, preserving audit logs')
     .requiredOption('--reason <text>', 'why, recorded in the audit log (e.g. "GDPR Right to be Forgotten")')
     .option('--idempotency-key <key>', 'retrying with the same key returns the first result (default: a new UUID)'),
-).action(forgetCommand);
+).action(lazy(clientCommands, 'forgetCommand'));
 
 const requests = program.command('requests').description('read the privacy request ledger');
 clientOptions(
@@ -99,26 +106,28 @@ clientOptions(
     .option('--due-within <duration>', 'only open requests due within this time, e.g. 7d', duration)
     .option('--json', 'print the requests as JSON')
     .addOption(new Option('--limit <n>', 'at most this many').default(50).argParser(positiveInt)),
-).action(requestsListCommand);
-clientOptions(requests.command('get <id>').description('show one privacy request')).action(requestsGetCommand);
+).action(lazy(clientCommands, 'requestsListCommand'));
+clientOptions(requests.command('get <id>').description('show one privacy request')).action(lazy(clientCommands, 'requestsGetCommand'));
 clientOptions(
   requests
     .command('cancel <id>')
     .description("cancel a scheduled request (a person's own erasure during its grace period)")
     .option('--reason <text>', 'why, recorded in the audit log'),
-).action(requestsCancelCommand);
+).action(lazy(clientCommands, 'requestsCancelCommand'));
 clientOptions(
   requests
     .command('extend <id>')
     .description("extend an open request's due date once by 1 or 2 months (GDPR Art. 12(3); platform owners)")
     .requiredOption('--months <n>', '1 or 2', positiveInt)
     .requiredOption('--reason <text>', 'why the request needs more time'),
-).action(requestsExtendCommand);
+).action(lazy(clientCommands, 'requestsExtendCommand'));
 
 /** One clear line and a non-zero exit for every failure a user can cause or fix. */
-function report(err: unknown): number {
+async function report(err: unknown): Promise<number> {
   // The reader of our output went away (`lethe export … | head`): nothing to say.
   if ((err as { code?: unknown }).code === 'EPIPE') return 0;
+  const { ClientError, Status } = await import('nice-grpc');
+  const { IncompleteExportError } = await import('../client/export-receiver.js');
   if (err instanceof ClientError) {
     console.error(`lethe: ${Status[err.code]}: ${err.details}`);
     return 1;
@@ -138,5 +147,5 @@ function report(err: unknown): number {
 try {
   await program.parseAsync(process.argv);
 } catch (err) {
-  process.exitCode = report(err);
+  process.exitCode = await report(err);
 }
