@@ -212,3 +212,19 @@ describe('the HTTP API with TLS on', () => {
     }
   });
 });
+
+describe('the HTTP API rate limit', () => {
+  it('answers 429 with a retry hint past LETHE_HTTP_RATE_LIMIT requests a minute from one client', async () => {
+    const t = await startTestServer({ LETHE_HTTP_RATE_LIMIT: '3' });
+    try {
+      const url = `http://127.0.0.1:${t.server.httpPort ?? 0}/api/privacy/openapi.json`;
+      const codes: number[] = [];
+      for (let i = 0; i < 4; i++) codes.push((await fetch(url)).status);
+      expect(codes).toEqual([200, 200, 200, 429]);
+      const body = (await (await fetch(url)).json()) as { error: string };
+      expect(body.error).toMatch(/^Too many requests; retry in \d+s$/);
+    } finally {
+      await t.stop();
+    }
+  });
+});
