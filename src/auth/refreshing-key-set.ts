@@ -1,5 +1,5 @@
 import { type JSONWebKeySet, type JWTVerifyGetKey, createLocalJWKSet, errors } from 'jose';
-import { exponentialDelay } from '../backoff.js';
+import { exponentialDelay } from '../runtime/backoff.js';
 import { LetheError, UnavailableError } from '../errors.js';
 
 export interface RefreshingKeySetOptions {

@@ -1,9 +1,24 @@
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import type { Env } from './config.js';
 
 
 /** Pieces every command's configuration shares. */
+
+/** The environment a configuration is read from (process.env, or a test's own). */
+export type Env = Readonly<Record<string, string | undefined>>;
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** `127.0.0.1:50051`, `[::1]:50051`, `0.0.0.0:8080` → host and port; `source` names the setting in the error. */
+export function parseListen(value: string, source: string): ListenAddress {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) throw new ConfigError(`'${value}' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)`, source);
+  return { host: m[1] ?? '', port };
+}
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];

@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { StreamSettings } from '../events/nats.js';
 import { ConfigError } from '../errors.js';
-import { type LogLevel, flag, hashKey, logLevel, parseDuration, parseEnv, commaList, wholeNumber } from './common.js';
+import { type LogLevel, flag, hashKey, logLevel, parseDuration, parseEnv, commaList, wholeNumber, type Env, type ListenAddress, parseListen } from './common.js';
 import { type GrpcLimits, databaseTimeouts, databaseTimeoutsEnv, grpcLimits, grpcLimitsEnv } from './limits.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 import { type NatsTlsConfig, type ServerTlsConfig, type ServerTlsFlags, checkPostgresTls, natsTls, serverTls } from './tls-config.js';
@@ -16,14 +16,7 @@ import type { DatabaseTarget } from '../store/database.js';
  * before anything starts. Nothing else in Lethe reads process.env.
  */
 
-export type Env = Readonly<Record<string, string | undefined>>;
-
-export { parseDuration } from './common.js';
-
-export interface ListenAddress {
-  readonly host: string;
-  readonly port: number;
-}
+export { type Env, type ListenAddress, parseDuration, parseListen } from './common.js';
 
 export type AuthConfig =
   /** `lethe serve` keeps a signing key in its data directory; `lethe token` mints with it. */
@@ -135,12 +128,6 @@ export function defaultDataDir(env: Env): string {
   return env.LETHE_DATA_DIR ?? join(env.HOME ?? homedir(), '.lethe');
 }
 
-export function parseListen(value: string, source: string): ListenAddress {
-  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(value);
-  const port = m ? Number(m[2]) : NaN;
-  if (!m || port > 65535) throw new ConfigError(`'${value}' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)`, source);
-  return { host: m[1] ?? '', port };
-}
 
 const envSchema = z.object({
   DATABASE_URL: z

@@ -1,6 +1,6 @@
 import { delimiter, resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
-import type { Env } from './config.js';
+import type { Env } from './common.js';
 
 /** How a component reaches the Kubernetes API server. */
 export type KubernetesAccess =

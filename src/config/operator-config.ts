@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { type Failpoint, parseFailpoints } from '../failpoints.js';
+import { type Failpoint, parseFailpoints } from '../runtime/failpoints.js';
 import { type Env, type ListenAddress, parseDuration, parseListen, tlsReloadInterval } from './config.js';
 import { type LogLevel, commaList, flag, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';

@@ -5,7 +5,7 @@ import type { StreamSettings } from '../events/nats.js';
 import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import type { DataMap } from '../privacy/data-map.js';
 import { usesHash } from '../privacy/forget.js';
-import { type Failpoint, parseFailpoints } from '../failpoints.js';
+import { type Failpoint, parseFailpoints } from '../runtime/failpoints.js';
 import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber } from './common.js';
 import { type Env, type ListenAddress, STREAM_MAX_AGE_DEFAULT, parseListen, streamMaxAge } from './config.js';
 import type { DatabaseTimeouts } from '../store/database.js';

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
-import type { Env } from './config.js';
+import type { Env } from './common.js';
 
 /**
  * TLS settings of every front, read once at start-up. Only file paths live here: the files

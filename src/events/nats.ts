@@ -3,7 +3,7 @@ import type { NatsConnection, Status, TlsOptions } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
-import { describeTlsFailure } from '../tls/tls-errors.js';
+import { describeTlsFailure } from '../runtime/tls-errors.js';
 import { STREAM_SUBJECTS } from './subjects.js';
 
 export interface StreamSettings {

@@ -3,7 +3,7 @@ import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
 import { type OutboxEvent, deletePublished, relayPending } from '../store/outbox.js';
-import { backoffDelay, sleep } from '../backoff.js';
+import { backoffDelay, sleep } from '../runtime/backoff.js';
 
 export interface RelayOptions {
   readonly batchSize?: number;

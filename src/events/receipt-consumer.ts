@@ -3,7 +3,7 @@ import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
 import { ledger } from '../store/ledger.js';
-import { backoffDelay } from '../backoff.js';
+import { backoffDelay } from '../runtime/backoff.js';
 import { parsePurgedEvent } from './cloudevents.js';
 import { RECEIPTS_FILTER } from './subjects.js';
 

@@ -3,7 +3,7 @@ import type { NatsConnection, TlsOptions } from '@nats-io/nats-core';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
-import { backoffDelay, sleep } from '../backoff.js';
+import { backoffDelay, sleep } from '../runtime/backoff.js';
 import { type StreamSettings, connectNats, describeNatsUrl, ensureStream } from './nats.js';
 import { OutboxRelay } from './outbox-relay.js';
 import { ReceiptConsumer } from './receipt-consumer.js';

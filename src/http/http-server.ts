@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { Verifier } from '../auth/verifier.js';
 import { type ErrorCode, LetheError, errorSummary } from '../errors.js';
 import type { PrivacyEngine } from '../privacy/engine.js';
-import type { PageTokens } from '../server/page-token.js';
+import type { PageTokens } from '../api/page-token.js';
 import { privacyRoutes } from './routes.js';
 
 export interface HttpOptions {

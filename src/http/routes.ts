@@ -8,8 +8,8 @@ import type { ExportEvent, PrivacyEngine } from '../privacy/engine.js';
 import { ExportDocumentAssembler } from '../privacy/export-document.js';
 import type { Principal } from '../privacy/principal.js';
 import { OPEN_STATES, type RequestState } from '../store/ledger.js';
-import type { PageTokens } from '../server/page-token.js';
-import { listRequestsPage } from '../server/request-pages.js';
+import type { PageTokens } from '../api/page-token.js';
+import { listRequestsPage } from '../api/request-pages.js';
 import { requestJson } from './request-json.js';
 
 /** The reason recorded when the reference's DELETE comes without a body, as it does. */

@@ -1,7 +1,7 @@
 import { type ConfigurationOptions, type CoordinationV1Api, Observable, type RequestContext, type ResponseContext, type V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
-import { sleep } from '../backoff.js';
+import { sleep } from '../runtime/backoff.js';
 
 /**
  * Lease-based leader election, as client-go's: a candidate takes the Lease when it is free or

@@ -1,11 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { sleep } from '../backoff.js';
+import { sleep } from '../runtime/backoff.js';
 import { connectPrivacyService, type TokenSource } from '../client/privacy-client.js';
 import type { OperatorConfig, OperatorToken } from '../config/operator-config.js';
 import { ConfigError, errorSummary } from '../errors.js';
-import { type HealthServer, startHealthServer } from '../health-server.js';
+import { type HealthServer, startHealthServer } from '../metrics/health-server.js';
 import { loadKubeConfig } from '../kube/kube-config.js';
 import { OperatorMetrics } from '../metrics/operator-metrics.js';
 import { EventRecorder } from './event-recorder.js';

@@ -4,7 +4,7 @@ import { ClientError, Status } from 'nice-grpc';
 import type { Logger } from 'pino';
 import type { PrivacyClient } from '../client/privacy-client.js';
 import { errorSummary } from '../errors.js';
-import { type Failpoint, hitFailpoint } from '../failpoints.js';
+import { type Failpoint, hitFailpoint } from '../runtime/failpoints.js';
 import type { PrivacyRequest as LedgerEntry } from '../gen/lethe/privacy/v1/privacy.js';
 import { setCondition } from './conditions.js';
 import type { EventRecorder } from './event-recorder.js';

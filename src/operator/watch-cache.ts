@@ -1,6 +1,6 @@
 import { CustomObjectsApi, type Informer, type KubeConfig, type KubernetesListObject, type ObjectCache, makeInformer } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { backoffDelay } from '../backoff.js';
+import { backoffDelay } from '../runtime/backoff.js';
 import { errorSummary } from '../errors.js';
 import { GROUP, PLURAL, type PrivacyRequestResource, VERSION, keyOf } from './privacy-request.js';
 

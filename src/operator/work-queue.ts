@@ -1,4 +1,4 @@
-import { exponentialDelay } from '../backoff.js';
+import { exponentialDelay } from '../runtime/backoff.js';
 
 /**
  * A per-key deduplicated work queue, as controller-runtime's: a key added many times while it

@@ -1,5 +1,8 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { DataLossError } from '../errors.js';
+import type { SealedChunk, WrappedKey } from '../store/artifacts.js';
+
+export type { SealedChunk, WrappedKey } from '../store/artifacts.js';
 
 /**
  * AES-256-GCM for export artifacts, chunk by chunk. Every chunk has a fresh random 96-bit nonce
@@ -8,19 +11,7 @@ import { DataLossError } from '../errors.js';
  * reordered or a truncated artifact all fail to decrypt.
  */
 
-export interface SealedChunk {
-  readonly seq: number;
-  readonly nonce: Buffer;
-  readonly tag: Buffer;
-  readonly ciphertext: Buffer;
-}
 
-/** An artifact's own data key, encrypted with LETHE_ARTIFACT_KEY. */
-export interface WrappedKey {
-  readonly nonce: Buffer;
-  readonly tag: Buffer;
-  readonly wrappedKey: Buffer;
-}
 
 export const WRONG_ARTIFACT_KEY = 'Export artifact was encrypted with a different LETHE_ARTIFACT_KEY; configure the key it was stored with, or run the export again';
 export const damagedArtifact = (detail: string): DataLossError => new DataLossError(`Export artifact is damaged (${detail}); run the export again`);

@@ -1,5 +1,4 @@
 import type { Principal } from './principal.js';
-import type { RequestState } from '../store/ledger.js';
 import type { EngineOptions } from './engine-part.js';
 import { Erasure, type ForgetResult } from './erasure.js';
 import { type ExportEvent, ExportService } from './export-service.js';

@@ -12,6 +12,7 @@ import { type EngineOptions, EnginePart, KEY_REUSED, REQUEST_NOT_FOUND, UUID, id
 import { applyForget } from './forget.js';
 import { subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
+import { received } from './due-date.js';
 import { checkReason, optionalId, requireId } from './validation.js';
 
 export const FORGET_MESSAGE = 'User data has been anonymized. PII has been removed while preserving audit logs.';
@@ -93,7 +94,7 @@ export class Erasure extends EnginePart {
           reason,
           state: waiting ? 'anonymized' : 'completed',
           idempotencyKey: key,
-          receivedAt: at,
+          ...received(at),
           completedAt: waiting ? undefined : at,
           rowsAffected,
         });
@@ -152,7 +153,7 @@ export class Erasure extends EnginePart {
       reason: e.reason,
       state: 'scheduled',
       idempotencyKey: key,
-      receivedAt: e.at,
+      ...received(e.at),
       scheduledFor,
     });
     await writeAudit(trx, this.map, {

@@ -9,6 +9,7 @@ import { type DocumentCategory, ExportDocumentAssembler } from './export-documen
 import type { Principal } from './principal.js';
 import { readJsonRows } from './row-cursor.js';
 import { type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';
+import { received } from './due-date.js';
 import { checkReason, requireId } from './validation.js';
 import { auditDetails, type EngineOptions, EnginePart, EXPORT_AUDIT, failureOutcome, INTERRUPTED, type Outcome } from './engine-part.js';
 
@@ -106,7 +107,7 @@ export class ExportService extends EnginePart {
 
   /** The export's ledger entry (running), committed before the export reads anything; audited when it ends. */
   async recordExport(actor: Principal, userId: string, reason: string, idempotencyKey: string | undefined, requestedBy: string | undefined): Promise<PrivacyRequestRecord> {
-    return ledger.insert(this.knex, { type: 'export', subjectId: userId, requester: actor.id, requestedBy, reason, state: 'running', idempotencyKey, receivedAt: this.now(), workerId: this.opts.workerId });
+    return ledger.insert(this.knex, { type: 'export', subjectId: userId, requester: actor.id, requestedBy, reason, state: 'running', idempotencyKey, ...received(this.now()), workerId: this.opts.workerId });
   }
 
   /**

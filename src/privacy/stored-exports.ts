@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { DataLossError, FailedPreconditionError, InvalidArgumentError, LetheError, NotFoundError } from '../errors.js';
+import { DataLossError, FailedPreconditionError, InvalidArgumentError, type LetheError, NotFoundError } from '../errors.js';
 import { lockKeyShared, withAdvisoryLock } from '../store/advisory-lock.js';
 import { type ArtifactRecord, artifacts } from '../store/artifacts.js';
 import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';

@@ -11,7 +11,7 @@ import { PrivacyServiceDefinition } from '../gen/lethe/privacy/v1/privacy.js';
 import type { PrivacyEngine } from '../privacy/engine.js';
 import type { ServerMetrics } from '../metrics/server-metrics.js';
 import { authentication, errorsAndLogging, exportRecordCounting } from './middleware.js';
-import type { PageTokens } from './page-token.js';
+import type { PageTokens } from '../api/page-token.js';
 import { privacyService } from './privacy-service.js';
 import { RequestSchemas, guardGrpcJsService, guardTsProtoService, refuseUndecodable } from './request-guard.js';
 import { useInvalidArgumentForBadInput } from './grpc-js-input-errors.js';

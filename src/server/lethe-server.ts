@@ -22,13 +22,13 @@ import { loadDemoData } from '../store/demo-data.js';
 import { migrateIdentitySchema, migrateLethe } from '../store/migrations.js';
 import { startGrpcServer } from './grpc-server.js';
 import { DatabaseHealth } from './database-health.js';
-import { PageTokens } from './page-token.js';
+import { PageTokens } from '../api/page-token.js';
 import { ServerEvents } from '../events/server-events.js';
 import { countPending } from '../store/outbox.js';
-import { type HealthServer, startHealthServer } from '../health-server.js';
+import { type HealthServer, startHealthServer } from '../metrics/health-server.js';
 import { ServerMetrics } from '../metrics/server-metrics.js';
 import { natsTlsOptions } from '../tls/client-credentials.js';
-import { describeTlsFailure } from '../tls/tls-errors.js';
+import { describeTlsFailure } from '../runtime/tls-errors.js';
 import { ReloadingServerCredentials, logHandshakeFailure, observeHandshakeFailures } from '../tls/server-credentials.js';
 
 export interface RunningServer {

@@ -30,8 +30,8 @@ import {
 import type { ArtifactView, ExportEvent, PrivacyEngine, PrivacyRequestView } from '../privacy/engine.js';
 import type { RequestState as LedgerState } from '../store/ledger.js';
 import type { AuthContext } from './middleware.js';
-import type { PageTokens } from './page-token.js';
-import { listRequestsPage } from './request-pages.js';
+import type { PageTokens } from '../api/page-token.js';
+import { listRequestsPage } from '../api/request-pages.js';
 
 /** The gRPC front end: translates messages to engine calls and back, nothing more. */
 const ARTIFACT_STATES = {

@@ -1,4 +1,4 @@
-import { exponentialDelay } from '../backoff.js';
+import { exponentialDelay } from '../runtime/backoff.js';
 
 /** The longest a failed event waits before its next delivery. */
 export const MAX_RETRY_DELAY_MS = 60_000;

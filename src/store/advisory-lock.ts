@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import ClientPgLite from 'knex-pglite';
-import { exponentialDelay, sleep } from '../backoff.js';
+import { exponentialDelay, sleep } from '../runtime/backoff.js';
 import { CancelledError } from '../errors.js';
 
 /** A string key as PostgreSQL's 64-bit advisory lock id: the one mapping, so every lock on a key is the same lock. */

@@ -1,8 +1,23 @@
 import type { Knex } from 'knex';
 import { CancelledError } from '../errors.js';
-import type { SealedChunk, WrappedKey } from '../privacy/artifact-cipher.js';
 
 /** Stored exports: their descriptions and their encrypted chunks (see migration 003). */
+
+/** One encrypted chunk of an artifact, as stored (sealed by privacy/artifact-cipher.ts). */
+export interface SealedChunk {
+  readonly seq: number;
+  readonly nonce: Buffer;
+  readonly tag: Buffer;
+  readonly ciphertext: Buffer;
+}
+
+/** An artifact's own data key, encrypted with LETHE_ARTIFACT_KEY. */
+export interface WrappedKey {
+  readonly nonce: Buffer;
+  readonly tag: Buffer;
+  readonly wrappedKey: Buffer;
+}
+
 
 export type ArtifactState = 'available' | 'expired' | 'erased';
 /** 'data-key': sealed with the artifact's own wrapped key; 'master': with LETHE_ARTIFACT_KEY itself (stored before data keys). */

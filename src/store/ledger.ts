@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
-import { dueDate } from '../privacy/due-date.js';
 import { type ArtifactRecord, artifacts } from './artifacts.js';
 
 /** The request ledger: every export and forget, its dates and its outcome. */
@@ -142,6 +141,8 @@ export interface NewRequest {
   readonly state: RequestState;
   readonly idempotencyKey?: string | undefined;
   readonly receivedAt: Date;
+  /** When the answer is due (the domain's rule: GDPR Art. 12(3)). */
+  readonly dueAt: Date;
   readonly completedAt?: Date | undefined;
   readonly rowsAffected?: readonly TableRows[] | undefined;
   /** The server replica carrying out a running request (see workers.failOrphans). */
@@ -177,7 +178,7 @@ export const ledger = {
       state: req.state,
       idempotency_key: req.idempotencyKey ?? null,
       received_at: req.receivedAt,
-      due_at: dueDate(req.receivedAt),
+      due_at: req.dueAt,
       completed_at: req.completedAt ?? null,
       error: null,
       result: JSON.stringify({ rows_affected: req.rowsAffected ?? [] }),
@@ -250,20 +251,29 @@ export const ledger = {
     if (f.state !== undefined) q.where('state', f.state);
     if (f.overdueOnly === true) {
       const confirmBy = new Date(f.now.getTime() - f.confirmationTimeoutMs);
-      q.where((w) =>
-        w
-          .where((w2) => w2.whereIn('state', OPEN_STATES).andWhere('due_at', '<', f.now))
-          .orWhere((w2) => w2.where('state', 'anonymized').andWhere('received_at', '<', confirmBy)),
-      );
+      // Knex's builders are thenables: the callbacks build in place and return nothing.
+      q.where((w) => {
+        w.where((w2) => {
+          w2.whereIn('state', OPEN_STATES).andWhere('due_at', '<', f.now);
+        }).orWhere((w2) => {
+          w2.where('state', 'anonymized').andWhere('received_at', '<', confirmBy);
+        });
+      });
     }
     if (f.dueBefore !== undefined) q.whereIn('state', OPEN_STATES).andWhere('due_at', '<', f.dueBefore);
     if (f.visibleTo !== undefined) {
       const who = f.visibleTo;
-      q.where((w) => w.where('requester', who).orWhere('subject_id', who));
+      q.where((w) => {
+        w.where('requester', who).orWhere('subject_id', who);
+      });
     }
     if (f.after !== undefined) {
       const a = f.after;
-      q.where((w) => w.where('received_at', '<', a.receivedAt).orWhere((w2) => w2.where('received_at', a.receivedAt).andWhere('id', '<', a.id)));
+      q.where((w) => {
+        w.where('received_at', '<', a.receivedAt).orWhere((w2) => {
+          w2.where('received_at', a.receivedAt).andWhere('id', '<', a.id);
+        });
+      });
     }
     const rows = (await q.orderBy([{ column: 'received_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(f.limit)) as Row[];
     return withDetails(db, rows.map(toRecord));

@@ -31,7 +31,9 @@ export const workers = {
       if (!opts.othersAreDead) alive.orWhere('heartbeat_at', '>', trx.raw(`now() - make_interval(secs => ?)`, [opts.staleMs / 1000]));
       const ids = (await trx(REQUESTS)
         .where({ state: 'running' })
-        .andWhere((w) => w.whereNull('worker_id').orWhereNotIn('worker_id', alive))
+        .andWhere((w) => {
+          w.whereNull('worker_id').orWhereNotIn('worker_id', alive);
+        })
         .forUpdate()
         .skipLocked()
         .pluck('id')) as string[];

@@ -156,7 +156,7 @@ export function artifactSuite(
 
     it('runs an attempt that died mid-way again, under the same request id', async () => {
       // A running entry with the key and no artifact: the operator or a server died during the export.
-      const dead = await ledger.insert(db.knex, { type: 'export', subjectId: 'user-id-123', requester: 'platform-owner-id', reason: 'DSAR', state: 'running', idempotencyKey: 'died-1', receivedAt: new Date() });
+      const dead = await ledger.insert(db.knex, { type: 'export', subjectId: 'user-id-123', requester: 'platform-owner-id', reason: 'DSAR', state: 'running', idempotencyKey: 'died-1', receivedAt: new Date(), dueAt: new Date(Date.now() + 30 * 86_400_000) });
       // And a chunk left behind by something that never committed its artifact.
       await db.knex('lethe_export_artifact_chunks').insert({ request_id: dead.id, seq: 0, nonce: Buffer.alloc(12), tag: Buffer.alloc(16), ciphertext: Buffer.from('stale') });
       const r = await engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: 'DSAR', idempotencyKey: 'died-1' }, never);
@@ -233,7 +233,7 @@ export function artifactSuite(
       const header = events[0];
       if (header?.kind !== 'header') throw new Error('no header');
       await expect(fetchArtifact(engine, user('platform-owner-id'), header.requestId)).rejects.toThrow(new NotFoundError(NO_ARTIFACT));
-      const running = await ledger.insert(db.knex, { type: 'export', subjectId: 'user-id-123', requester: 'platform-owner-id', reason: '', state: 'running', idempotencyKey: 'running-1', receivedAt: new Date() });
+      const running = await ledger.insert(db.knex, { type: 'export', subjectId: 'user-id-123', requester: 'platform-owner-id', reason: '', state: 'running', idempotencyKey: 'running-1', receivedAt: new Date(), dueAt: new Date(Date.now() + 30 * 86_400_000) });
       await expect(fetchArtifact(engine, user('platform-owner-id'), running.id)).rejects.toThrow(
         new FailedPreconditionError('The export is still running; fetch the artifact once the request is completed'),
       );

@@ -367,8 +367,8 @@ function makePki(pkiDir: string): Pki {
       execFileSync('openssl', args, { cwd: pkiDir, stdio: ['ignore', 'ignore', 'pipe'], timeout: 20_000 });
     } catch (err) {
       const e = err as { code?: string; stderr?: Buffer };
-      if (e.code === 'ENOENT') throw new Error('openssl not found: the Kubernetes harness issues its certificates with it (apt-get install -y openssl)');
-      throw new Error(`openssl ${args.join(' ')}: ${e.stderr?.toString() ?? String(err)}`);
+      if (e.code === 'ENOENT') throw new Error('openssl not found: the Kubernetes harness issues its certificates with it (apt-get install -y openssl)', { cause: err });
+      throw new Error(`openssl ${args.join(' ')}: ${e.stderr?.toString() ?? String(err)}`, { cause: err });
     }
   };
   const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { startHealthServer } from '../../src/health-server.js';
+import { startHealthServer } from '../../src/metrics/health-server.js';
 import { OperatorMetrics } from '../../src/metrics/operator-metrics.js';
 import { sampleWithTimeout } from '../../src/metrics/sample-with-timeout.js';
 import type { Phase } from '../../src/operator/privacy-request.js';

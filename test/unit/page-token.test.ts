@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { INVALID_PAGE_TOKEN, PageTokens } from '../../src/server/page-token.js';
+import { INVALID_PAGE_TOKEN, PageTokens } from '../../src/api/page-token.js';
 
 const position = { receivedAt: new Date('2026-12-01T10:00:00.123Z'), id: '0f8e4b1a-1d51-4b8f-9a57-2f6a8c1e9d10' };
 

@@ -5,7 +5,7 @@ import { loadServerConfig } from '../../src/config/config.js';
 import { loadOperatorConfig } from '../../src/config/operator-config.js';
 import { loadSidecarConfig } from '../../src/config/sidecar-config.js';
 import { handshakeFailureReason } from '../../src/tls/server-credentials.js';
-import { describeTlsFailure } from '../../src/tls/tls-errors.js';
+import { describeTlsFailure } from '../../src/runtime/tls-errors.js';
 
 const HOME = '/home/lethe-test';
 

@@ -1,7 +1,7 @@
 import { type Server, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { ListenAddress } from './config/config.js';
-import type { Registry } from './metrics/registry.js';
+import type { ListenAddress } from '../config/config.js';
+import type { Registry } from './registry.js';
 
 /**
  * Kubernetes probes over plain HTTP: `GET /healthz` answers 200 while the process runs

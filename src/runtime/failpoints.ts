@@ -1,4 +1,4 @@
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../errors.js';
 
 /**
  * Failpoints, after etcd's gofail: named places where a test can make a process crash, to
