@@ -105,10 +105,13 @@ export async function run(args: string[]): Promise<void> {
       ...processes.map((p): [string, () => number] => [p.name, () => cpuSeconds(p.pid)]),
       ['postgres', () => treeCpuSeconds(pgPid)],
       ['nats', () => (natsPid === 0 ? Number.NaN : cpuSeconds(natsPid))],
-      ['bench', () => {
-        const u = process.cpuUsage();
-        return (u.user + u.system) / 1e6;
-      }],
+      [
+        'bench',
+        () => {
+          const u = process.cpuUsage();
+          return (u.user + u.system) / 1e6;
+        },
+      ],
     ];
     const cpuBefore = meters.map(([, read]) => read());
     const machineBefore = machineCpu();
@@ -229,7 +232,6 @@ export async function run(args: string[]): Promise<void> {
   }
 }
 
-
 const ms = (v: number): string => (Number.isNaN(v) ? 'n/a' : v.toFixed(0));
 
 /** Nearest-rank percentile (q = 1 is the maximum); NaN for no values. */
@@ -241,15 +243,20 @@ function pct(values: readonly number[], q: number): number {
 
 async function startServer(databaseUrl: string, natsUrl: string, dataDir: string, processes: LetheProcess[], nodeFlags: string[]): Promise<{ port: number }> {
   const port = await freePort();
-  const server = new LetheProcess('server', ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], {
-    DATABASE_URL: databaseUrl,
-    LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'),
-    LETHE_NATS_URL: natsUrl,
-    LETHE_DOWNSTREAM_SERVICES: DOWNSTREAM.map((s) => s.name).join(','),
-    LETHE_MIGRATE_IDENTITY_SCHEMA: 'true',
-    LETHE_LOG_LEVEL: 'warn',
-    LETHE_PLATFORM_PRINCIPALS: PRINCIPAL,
-  }, nodeFlags);
+  const server = new LetheProcess(
+    'server',
+    ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir],
+    {
+      DATABASE_URL: databaseUrl,
+      LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'),
+      LETHE_NATS_URL: natsUrl,
+      LETHE_DOWNSTREAM_SERVICES: DOWNSTREAM.map((s) => s.name).join(','),
+      LETHE_MIGRATE_IDENTITY_SCHEMA: 'true',
+      LETHE_LOG_LEVEL: 'warn',
+      LETHE_PLATFORM_PRINCIPALS: PRINCIPAL,
+    },
+    nodeFlags,
+  );
   processes.push(server);
   await server.waitReady(() => grpcServing(`127.0.0.1:${port}`));
   return { port };
@@ -270,7 +277,12 @@ async function startSidecar(s: DownstreamService, databaseUrl: string, natsUrl: 
   const healthPort = await freePort();
   const env: Record<string, string> = { DATABASE_URL: databaseUrl, LETHE_NATS_URL: natsUrl, LETHE_LOG_LEVEL: 'warn' };
   if (s.usesHash) env.LETHE_HASH_KEY = FIXTURE_HASH_KEY;
-  const sidecar = new LetheProcess(s.name, ['sidecar', '--service', s.name, '--data-map', s.dataMap, '--health-listen', `127.0.0.1:${healthPort}`], env, nodeFlags);
+  const sidecar = new LetheProcess(
+    s.name,
+    ['sidecar', '--service', s.name, '--data-map', s.dataMap, '--health-listen', `127.0.0.1:${healthPort}`],
+    env,
+    nodeFlags,
+  );
   processes.push(sidecar);
   // "lethe sidecar running" is logged at info too: /readyz answers 200 once it consumes.
   await sidecar.waitReady(async () => (await fetch(`http://127.0.0.1:${healthPort}/readyz`, { signal: AbortSignal.timeout(1_000) })).status === 200);

@@ -136,7 +136,12 @@ export async function run(args: string[]): Promise<void> {
             version: VERSION,
             namespace: NAMESPACE,
             plural: PLURAL,
-            body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'PrivacyRequest', metadata: { name: `forget-${i + 1}` }, spec: { type: 'Forget', subjectId: userId(i + 1), reason: 'benchmark', requestedBy: 'bench' } },
+            body: {
+              apiVersion: `${GROUP}/${VERSION}`,
+              kind: 'PrivacyRequest',
+              metadata: { name: `forget-${i + 1}` },
+              spec: { type: 'Forget', subjectId: userId(i + 1), reason: 'benchmark', requestedBy: 'bench' },
+            },
           });
         }
       }),
@@ -158,10 +163,14 @@ export async function run(args: string[]): Promise<void> {
     const operatorSeconds = (performance.now() - operatorStart) / 1000;
     await watcher.stop();
     if (outcome.succeeded !== count) {
-      const listed = (await api.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NAMESPACE, plural: PLURAL })) as { items: Array<{ status?: { phase?: string } }> };
+      const listed = (await api.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NAMESPACE, plural: PLURAL })) as {
+        items: Array<{ status?: { phase?: string } }>;
+      };
       const byPhase = new Map<string, number>();
       for (const r of listed.items) byPhase.set(r.status?.phase ?? 'none', (byPhase.get(r.status?.phase ?? 'none') ?? 0) + 1);
-      throw new Error(`after 600 s the watch saw ${outcome.succeeded} of ${count} Succeeded; the API server lists ${JSON.stringify(Object.fromEntries(byPhase))}`);
+      throw new Error(
+        `after 600 s the watch saw ${outcome.succeeded} of ${count} Succeeded; the API server lists ${JSON.stringify(Object.fromEntries(byPhase))}`,
+      );
     }
     const cpu = meters.map(([name, read], i) => `${name} ${(read() - (cpuBefore[i] ?? 0)).toFixed(1)}`).join(', ');
 

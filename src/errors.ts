@@ -83,7 +83,6 @@ export class ConfigError extends Error {
 
 export const USER_NOT_FOUND = 'User not found';
 
-
 /** An error's class and code, never its message (which may quote data): safe to log. */
 export function errorSummary(err: unknown): { type: string; code?: string } {
   if (err instanceof Error) {

@@ -27,7 +27,11 @@ export class LetheProcess {
     nodeFlags: readonly string[] = [],
   ) {
     const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('LETHE_') && k !== 'DATABASE_URL'));
-    this.child = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', MAIN, ...args], { cwd: ROOT, env: { ...inherited, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', MAIN, ...args], {
+      cwd: ROOT,
+      env: { ...inherited, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     for (const stream of [this.child.stdout, this.child.stderr]) {
       if (stream === null) continue;
       createInterface({ input: stream }).on('line', (line) => {

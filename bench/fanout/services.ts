@@ -53,10 +53,13 @@ const orders: DownstreamService = {
        FROM ${USERS_SQL} CROSS JOIN generate_series(0, 1) AS k`,
       users,
     );
-    n += ((await knex.raw(
-      `INSERT INTO shipping_addresses (order_id, recipient, street, city, postal_code)
+    n +=
+      (
+        (await knex.raw(
+          `INSERT INTO shipping_addresses (order_id, recipient, street, city, postal_code)
        SELECT id, customer_name, '1 rue de la Paix', 'Paris', '75002' FROM orders`,
-    )) as { rowCount: number | null }).rowCount ?? 0;
+        )) as { rowCount: number | null }
+      ).rowCount ?? 0;
     await knex.raw('ANALYZE orders, shipping_addresses');
     return n;
   },

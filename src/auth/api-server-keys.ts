@@ -26,7 +26,10 @@ export function createApiServerKeySet(kc: KubeConfig, logger?: Logger): Refreshi
         return jwks;
       } catch (err) {
         const cause = err instanceof Error && err.cause !== undefined ? errorSummary(err.cause) : undefined;
-        logger?.warn({ apiServer: server, err: errorSummary(err), cause, reason: err instanceof UnavailableError ? err.message : undefined }, 'cannot fetch the service-account keys');
+        logger?.warn(
+          { apiServer: server, err: errorSummary(err), cause, reason: err instanceof UnavailableError ? err.message : undefined },
+          'cannot fetch the service-account keys',
+        );
         throw err;
       }
     },
@@ -47,7 +50,9 @@ export async function fetchServiceAccountKeys(kc: KubeConfig, timeoutMs = TIMEOU
     throw new UnavailableError('Cannot reach the Kubernetes API server to fetch its service-account keys; retry later', { cause: err });
   });
   if (status === 401) {
-    throw new UnavailableError(`The Kubernetes API server did not accept this server's own credentials (HTTP 401 on ${JWKS_PATH}); check its service-account token or kubeconfig`);
+    throw new UnavailableError(
+      `The Kubernetes API server did not accept this server's own credentials (HTTP 401 on ${JWKS_PATH}); check its service-account token or kubeconfig`,
+    );
   }
   if (status === 403) {
     throw new UnavailableError(
@@ -66,7 +71,12 @@ export async function fetchServiceAccountKeys(kc: KubeConfig, timeoutMs = TIMEOU
 }
 
 function isJwks(v: unknown): v is JSONWebKeySet {
-  return typeof v === 'object' && v !== null && Array.isArray((v as { keys?: unknown }).keys) && (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null);
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    Array.isArray((v as { keys?: unknown }).keys) &&
+    (v as { keys: unknown[] }).keys.every((k) => typeof k === 'object' && k !== null)
+  );
 }
 
 function get(url: URL, opts: RequestOptions): Promise<{ status: number; body: string }> {

@@ -46,7 +46,8 @@ export class RefreshingKeySet {
   /** Fetches now unless the last attempt is too recent (then `otherwise`, or the last failure, is thrown). */
   refresh(otherwise: Error | undefined): Promise<void> {
     if (this.inFlight !== undefined) return this.inFlight;
-    const wait = this.lastFailure === undefined ? this.options.cooldownMs : exponentialDelay(this.failures - 1, this.options.retryBaseMs, this.options.cooldownMs);
+    const wait =
+      this.lastFailure === undefined ? this.options.cooldownMs : exponentialDelay(this.failures - 1, this.options.retryBaseMs, this.options.cooldownMs);
     if (this.now() - this.lastAttemptAt < wait) {
       const reason = this.lastFailure ?? otherwise;
       if (reason !== undefined) return Promise.reject(reason);

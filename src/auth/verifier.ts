@@ -74,7 +74,8 @@ export async function createUserTokenCheck(auth: AuthConfig, dataDir: string, pl
       const sub = payload.sub ?? '';
       if (sub.length === 0 || sub.length > 256) throw new UnauthenticatedError('Token subject (sub) is empty or too long');
       // Only the cluster may speak for its service accounts: another issuer naming one is refused.
-      if (sub.startsWith(SERVICE_ACCOUNT_PREFIX)) throw new UnauthenticatedError("Service-account subjects are accepted only from the cluster's service-account issuer");
+      if (sub.startsWith(SERVICE_ACCOUNT_PREFIX))
+        throw new UnauthenticatedError("Service-account subjects are accepted only from the cluster's service-account issuer");
       return { id: sub, role: platformPrincipals.has(sub) ? 'platform' : 'user' };
     } catch (err) {
       throw translateJoseError(err);

@@ -76,7 +76,21 @@ export async function forgetCommand(userId: string, flags: ClientFlags & { reaso
   await withClient(flags, undefined, async (client) => {
     const r = await client.forgetUser({ userId, reason: flags.reason, idempotencyKey: flags.idempotencyKey ?? randomUUID() });
     const scheduled = r.scheduled ? { scheduled: true, scheduled_for: iso(r.scheduledFor) } : {};
-    console.log(JSON.stringify({ success: r.success, message: r.message, user_id: r.userId, request_id: r.requestId, replayed: r.replayed, ...scheduled, rows_affected: r.rowsAffected }, null, 2));
+    console.log(
+      JSON.stringify(
+        {
+          success: r.success,
+          message: r.message,
+          user_id: r.userId,
+          request_id: r.requestId,
+          replayed: r.replayed,
+          ...scheduled,
+          rows_affected: r.rowsAffected,
+        },
+        null,
+        2,
+      ),
+    );
   });
 }
 
@@ -84,7 +98,10 @@ export async function requestsListCommand(
   flags: ClientFlags & { subject?: string; state?: string; overdue?: boolean; dueWithin?: number; limit: number; json?: boolean },
 ): Promise<void> {
   await withClient(flags, undefined, async (client) => {
-    const state = flags.state === undefined ? RequestState.REQUEST_STATE_UNSPECIFIED : RequestState[`REQUEST_STATE_${flags.state.toUpperCase()}` as keyof typeof RequestState];
+    const state =
+      flags.state === undefined
+        ? RequestState.REQUEST_STATE_UNSPECIFIED
+        : RequestState[`REQUEST_STATE_${flags.state.toUpperCase()}` as keyof typeof RequestState];
     const r = await client.listPrivacyRequests({
       subjectId: flags.subject ?? '',
       state,
@@ -97,7 +114,14 @@ export async function requestsListCommand(
       console.log(JSON.stringify(r.requests.map(toJson), null, 2));
       return;
     }
-    const rows = r.requests.map((q) => [q.id, typeName(q.type), q.subjectId, stateName(q.state) + (q.overdue ? ' (overdue)' : ''), iso(q.receivedAt), iso(q.dueAt)]);
+    const rows = r.requests.map((q) => [
+      q.id,
+      typeName(q.type),
+      q.subjectId,
+      stateName(q.state) + (q.overdue ? ' (overdue)' : ''),
+      iso(q.receivedAt),
+      iso(q.dueAt),
+    ]);
     printTable(['ID', 'TYPE', 'SUBJECT', 'STATE', 'RECEIVED', 'DUE'], rows);
   });
 }
@@ -168,5 +192,11 @@ const iso = (d: Date | undefined) => (d === undefined ? '' : d.toISOString().rep
 
 function printTable(head: string[], rows: string[][]): void {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  for (const r of [head, ...rows]) console.log(r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
+  for (const r of [head, ...rows])
+    console.log(
+      r
+        .map((c, i) => c.padEnd(widths[i] ?? 0))
+        .join('  ')
+        .trimEnd(),
+    );
 }

@@ -81,8 +81,13 @@ const clientOptions = (c: Command) =>
 clientOptions(
   program
     .command('export [user-id]')
-    .description("write everything held about a user as one JSON document, verified against the stream's digest; or, with --request, fetch an export stored on the server")
-    .option('-o, --output <file>', "write to this file, replaced only once the document verified; '-' for standard output; a device or FIFO is written in place (default: standard output)")
+    .description(
+      "write everything held about a user as one JSON document, verified against the stream's digest; or, with --request, fetch an export stored on the server",
+    )
+    .option(
+      '-o, --output <file>',
+      "write to this file, replaced only once the document verified; '-' for standard output; a device or FIFO is written in place (default: standard output)",
+    )
     .option('--reason <text>', 'why, recorded in the ledger and the audit log')
     .option('--request <id>', 'fetch the export artifact of this privacy request (made with StoreExport, e.g. by the operator) instead of exporting <user-id>'),
 ).action(lazy(clientCommands, 'exportCommand'));

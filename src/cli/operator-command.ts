@@ -10,6 +10,10 @@ export async function operatorCommand(): Promise<void> {
   // Assigned once the operator started; the signal handler may run before that.
   // eslint-disable-next-line prefer-const
   let operator: Awaited<ReturnType<typeof startOperator>> | undefined;
-  stopOnSignals(logger, () => operator?.stop() ?? Promise.resolve(), () => operator !== undefined);
+  stopOnSignals(
+    logger,
+    () => operator?.stop() ?? Promise.resolve(),
+    () => operator !== undefined,
+  );
   operator = await startOperator(config, logger);
 }

@@ -58,7 +58,9 @@ export async function writeOutput(option: string | undefined, receive: (write: W
   // planted under that name is never followed.
   if (partial !== undefined) await rm(partial, { force: true });
   const out: Writable =
-    target.kind === 'stdout' ? process.stdout : createWriteStream(partial ?? target.path, partial === undefined ? { flags: 'w' } : { flags: 'wx', mode: 0o600 });
+    target.kind === 'stdout'
+      ? process.stdout
+      : createWriteStream(partial ?? target.path, partial === undefined ? { flags: 'w' } : { flags: 'wx', mode: 0o600 });
   // A FIFO opens once a reader does.
   if (out !== process.stdout) await once(out, 'open');
   const write: Write = (chunk) => new Promise<void>((resolve, reject) => out.write(chunk, (err) => (err ? reject(err) : resolve())));

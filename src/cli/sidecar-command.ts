@@ -11,7 +11,11 @@ export async function sidecarCommand(flags: { service?: string; dataMap?: string
   const sidecar = new PurgeSidecar(config, logger);
 
   let started = false;
-  stopOnSignals(logger, () => sidecar.stop(), () => started);
+  stopOnSignals(
+    logger,
+    () => sidecar.stop(),
+    () => started,
+  );
 
   if (config.failpoints.size > 0) logger.warn({ failpoints: [...config.failpoints] }, 'failpoints are armed: for tests only');
   await sidecar.start();

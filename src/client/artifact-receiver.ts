@@ -7,7 +7,10 @@ import { IncompleteExportError } from './export-receiver.js';
  * bytes, handed to `write` as they arrive (awaited, so a slow disk slows the stream). Checks the
  * size and the SHA-256 against the description; throws IncompleteExportError otherwise.
  */
-export async function receiveArtifact(stream: AsyncIterable<GetExportArtifactResponse>, write: (chunk: Uint8Array) => Promise<void> | void): Promise<ExportArtifact> {
+export async function receiveArtifact(
+  stream: AsyncIterable<GetExportArtifactResponse>,
+  write: (chunk: Uint8Array) => Promise<void> | void,
+): Promise<ExportArtifact> {
   let artifact: ExportArtifact | undefined;
   const hash = createHash('sha256');
   let size = 0;

@@ -13,7 +13,12 @@ export type TokenSource = string | (() => Promise<string>);
  * TLS when `tls` is given (a bad file throws a ConfigError naming it), else plaintext; with
  * `reload`, the TLS files are read again as they rotate (long-running clients).
  */
-export function connectPrivacyService(address: string, token: TokenSource, tls?: ClientTlsConfig, reload?: Parameters<typeof channelCredentials>[1]): { client: PrivacyClient; close(): void } {
+export function connectPrivacyService(
+  address: string,
+  token: TokenSource,
+  tls?: ClientTlsConfig,
+  reload?: Parameters<typeof channelCredentials>[1],
+): { client: PrivacyClient; close(): void } {
   const serverName = tls?.serverName === undefined ? {} : { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName };
   const channel = createChannel(address, channelCredentials(tls, reload), { 'grpc.max_receive_message_length': 64 * 1024 * 1024, ...serverName });
   const current = typeof token === 'string' ? () => Promise.resolve(token) : token;

@@ -1,7 +1,6 @@
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 
-
 /** Pieces every command's configuration shares. */
 
 /** The environment a configuration is read from (process.env, or a test's own). */

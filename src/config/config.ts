@@ -3,7 +3,19 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { StreamSettings } from '../events/nats.js';
 import { ConfigError } from '../errors.js';
-import { type LogLevel, flag, hashKey, logLevel, parseDuration, parseEnv, commaList, wholeNumber, type Env, type ListenAddress, parseListen } from './common.js';
+import {
+  type LogLevel,
+  flag,
+  hashKey,
+  logLevel,
+  parseDuration,
+  parseEnv,
+  commaList,
+  wholeNumber,
+  type Env,
+  type ListenAddress,
+  parseListen,
+} from './common.js';
 import { type GrpcLimits, databaseTimeouts, databaseTimeoutsEnv, grpcLimits, grpcLimitsEnv } from './limits.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
 import { type NatsTlsConfig, type ServerTlsConfig, type ServerTlsFlags, checkPostgresTls, natsTls, serverTls } from './tls-config.js';
@@ -128,7 +140,6 @@ export function defaultDataDir(env: Env): string {
   return env.LETHE_DATA_DIR ?? join(env.HOME ?? homedir(), '.lethe');
 }
 
-
 const envSchema = z.object({
   DATABASE_URL: z
     .string()
@@ -142,7 +153,10 @@ const envSchema = z.object({
   LETHE_JWT_AUDIENCE: z.string().min(1).optional(),
   LETHE_PLATFORM_PRINCIPALS: z.string().optional(),
   // Service principals: Kubernetes service-account tokens (see serviceAccountAuth below).
-  LETHE_SERVICE_ACCOUNT_ISSUER: z.string().regex(/^\S+$/, 'must be the cluster\'s service-account issuer, e.g. https://kubernetes.default.svc.cluster.local').optional(),
+  LETHE_SERVICE_ACCOUNT_ISSUER: z
+    .string()
+    .regex(/^\S+$/, "must be the cluster's service-account issuer, e.g. https://kubernetes.default.svc.cluster.local")
+    .optional(),
   LETHE_SERVICE_ACCOUNT_AUDIENCE: z.string().regex(/^\S+$/, 'must be one audience without spaces').default('lethe'),
   KUBECONFIG: z.string().optional(),
   KUBERNETES_SERVICE_HOST: z.string().optional(),
@@ -154,7 +168,10 @@ const envSchema = z.object({
     .string()
     .regex(/^(nats|tls):\/\/[^\s]+$/, 'must be a nats:// or tls:// URL (comma-separate several servers)')
     .optional(),
-  LETHE_NATS_STREAM: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be letters, digits, _ or - (at most 64)').default('LETHE_PRIVACY'),
+  LETHE_NATS_STREAM: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be letters, digits, _ or - (at most 64)')
+    .default('LETHE_PRIVACY'),
   LETHE_NATS_STREAM_REPLICAS: z.enum(['1', '3', '5'], { message: 'must be 1, 3 or 5' }).default('1'),
   LETHE_NATS_DUPLICATE_WINDOW: z.string().default('2m'),
   LETHE_NATS_MAX_AGE: z.string().default(STREAM_MAX_AGE_DEFAULT),
@@ -176,7 +193,11 @@ const envSchema = z.object({
   LETHE_HTTP_LISTEN: z.string().optional(),
   LETHE_HTTP_CORS_ORIGINS: z.string().optional(),
   LETHE_HTTP_RATE_LIMIT: wholeNumber(1, 1_000_000, 600, ' (requests per minute per client)'),
-  LETHE_MAX_CONCURRENT_EXPORTS: z.string().regex(/^[1-9]\d{0,3}$/, 'must be a whole number from 1 to 9999').transform(Number).optional(),
+  LETHE_MAX_CONCURRENT_EXPORTS: z
+    .string()
+    .regex(/^[1-9]\d{0,3}$/, 'must be a whole number from 1 to 9999')
+    .transform(Number)
+    .optional(),
   ...grpcLimitsEnv,
   ...databaseTimeoutsEnv,
   // TLS (see tls-config.ts): how often the certificate files are checked for a rotation.
@@ -187,7 +208,8 @@ const envSchema = z.object({
 /** At most a minute: new connections must get a rotated certificate within one. */
 export function tlsReloadInterval(value: string): number {
   const ms = parseDuration(value, 'LETHE_TLS_RELOAD_INTERVAL');
-  if (ms < 100 || ms > 60_000) throw new ConfigError('must be from 100ms to 1m (new connections get a rotated certificate within this)', 'LETHE_TLS_RELOAD_INTERVAL');
+  if (ms < 100 || ms > 60_000)
+    throw new ConfigError('must be from 100ms to 1m (new connections get a rotated certificate within this)', 'LETHE_TLS_RELOAD_INTERVAL');
   return ms;
 }
 
@@ -197,7 +219,10 @@ const optionalListen = (value: string | undefined, source: string): ListenAddres
 function artifactsConfig(e: z.infer<typeof envSchema>, database: DatabaseTarget): ArtifactsConfig {
   // Replicas sharing a database must share the key: none of them may make up its own.
   if (e.LETHE_ARTIFACT_KEY === undefined && database.kind === 'postgres') {
-    throw new ConfigError('required with DATABASE_URL: the key export artifacts are encrypted with, the same for every replica (openssl rand -hex 32)', 'LETHE_ARTIFACT_KEY');
+    throw new ConfigError(
+      'required with DATABASE_URL: the key export artifacts are encrypted with, the same for every replica (openssl rand -hex 32)',
+      'LETHE_ARTIFACT_KEY',
+    );
   }
   const ttlMs = parseDuration(e.LETHE_ARTIFACT_TTL, 'LETHE_ARTIFACT_TTL');
   if (ttlMs < 10_000) throw new ConfigError('must be at least 10s', 'LETHE_ARTIFACT_TTL');
@@ -224,7 +249,8 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
   // Checked with PGlite too (a typo fails at once), used with PostgreSQL only: PGlite runs in
   // this process and cannot stall apart from it.
   const timeouts = databaseTimeouts(e);
-  const database: DatabaseTarget = e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL, timeouts } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
+  const database: DatabaseTarget =
+    e.DATABASE_URL !== undefined ? { kind: 'postgres', url: e.DATABASE_URL, timeouts } : { kind: 'pglite', dataDir: join(dataDir, 'pgdata') };
   if (e.DATABASE_URL !== undefined) checkPostgresTls(e.DATABASE_URL, 'DATABASE_URL');
 
   let auth: AuthConfig;
@@ -232,8 +258,10 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     if (e.LETHE_JWKS_URL !== undefined && e.LETHE_JWT_PUBLIC_KEY_FILE !== undefined) {
       throw new ConfigError('set either LETHE_JWKS_URL or LETHE_JWT_PUBLIC_KEY_FILE, not both', 'LETHE_JWKS_URL');
     }
-    if (e.LETHE_JWT_ISSUER === undefined) throw new ConfigError('required with a JWKS URL or public key: the issuer (iss) tokens must carry', 'LETHE_JWT_ISSUER');
-    if (e.LETHE_JWT_AUDIENCE === undefined) throw new ConfigError('required with a JWKS URL or public key: the audience (aud) tokens must carry', 'LETHE_JWT_AUDIENCE');
+    if (e.LETHE_JWT_ISSUER === undefined)
+      throw new ConfigError('required with a JWKS URL or public key: the issuer (iss) tokens must carry', 'LETHE_JWT_ISSUER');
+    if (e.LETHE_JWT_AUDIENCE === undefined)
+      throw new ConfigError('required with a JWKS URL or public key: the audience (aud) tokens must carry', 'LETHE_JWT_AUDIENCE');
     auth =
       e.LETHE_JWKS_URL !== undefined
         ? { mode: 'jwks', jwksUrl: new URL(e.LETHE_JWKS_URL), issuer: e.LETHE_JWT_ISSUER, audience: e.LETHE_JWT_AUDIENCE }
@@ -314,12 +342,17 @@ function serviceAccountAuth(e: ServiceAccountEnv, auth: AuthConfig): ServiceAcco
   if (issuer === undefined) return undefined;
   if (issuer === auth.issuer) {
     // Tokens are routed by their issuer: one issuer cannot name two trust sources.
-    throw new ConfigError(`'${issuer}' is also the issuer of user tokens (${auth.mode === 'local' ? 'the local signing key' : 'LETHE_JWT_ISSUER'}): the two trust sources need distinct issuers`, 'LETHE_SERVICE_ACCOUNT_ISSUER');
+    throw new ConfigError(
+      `'${issuer}' is also the issuer of user tokens (${auth.mode === 'local' ? 'the local signing key' : 'LETHE_JWT_ISSUER'}): the two trust sources need distinct issuers`,
+      'LETHE_SERVICE_ACCOUNT_ISSUER',
+    );
   }
   return {
     issuer,
     audience: e.LETHE_SERVICE_ACCOUNT_AUDIENCE,
-    apiServer: kubernetesAccess(e, { setting: 'LETHE_SERVICE_ACCOUNT_ISSUER', why: 'is set, but verifying service-account tokens needs the Kubernetes API server' }),
+    apiServer: kubernetesAccess(e, {
+      setting: 'LETHE_SERVICE_ACCOUNT_ISSUER',
+      why: 'is set, but verifying service-account tokens needs the Kubernetes API server',
+    }),
   };
 }
-

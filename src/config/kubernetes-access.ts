@@ -25,6 +25,7 @@ export function kubernetesAccess(env: Env, neededBy: { readonly setting: string;
     throw new ConfigError(`${neededBy.why}: run in a pod (in-cluster: KUBERNETES_SERVICE_HOST) or set KUBECONFIG`, neededBy.setting);
   }
   const port = Number(env.KUBERNETES_SERVICE_PORT ?? '443');
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`'${env.KUBERNETES_SERVICE_PORT ?? ''}' is not a port`, 'KUBERNETES_SERVICE_PORT');
+  if (!Number.isInteger(port) || port < 1 || port > 65535)
+    throw new ConfigError(`'${env.KUBERNETES_SERVICE_PORT ?? ''}' is not a port`, 'KUBERNETES_SERVICE_PORT');
   return { source: 'in-cluster', host, port, neededBy: neededBy.setting };
 }

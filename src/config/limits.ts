@@ -85,7 +85,10 @@ export function databaseTimeouts(e: DatabaseTimeoutsEnv): DatabaseTimeouts {
   // The server's own timeout should end a slow statement cleanly (the connection stays usable);
   // the client's is the backstop for a server that does not answer at all.
   if (t.queryTimeoutMs <= t.statementTimeoutMs) {
-    throw new ConfigError('must be longer than LETHE_DB_STATEMENT_TIMEOUT (the server ends slow statements; this catches a server that does not answer)', 'LETHE_DB_QUERY_TIMEOUT');
+    throw new ConfigError(
+      'must be longer than LETHE_DB_STATEMENT_TIMEOUT (the server ends slow statements; this catches a server that does not answer)',
+      'LETHE_DB_QUERY_TIMEOUT',
+    );
   }
   if (t.connectTimeoutMs > t.acquireTimeoutMs) {
     throw new ConfigError('must be at least LETHE_DB_CONNECT_TIMEOUT (acquiring may have to open a connection)', 'LETHE_DB_ACQUIRE_TIMEOUT');

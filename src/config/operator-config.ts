@@ -15,8 +15,7 @@ import { type ClientTlsConfig, clientTls } from './tls-config.js';
 
 export type OperatorToken =
   /** Re-read on every call: the kubelet rotates a projected ServiceAccount token in place. */
-  | { readonly kind: 'file'; readonly path: string }
-  | { readonly kind: 'static'; readonly token: string };
+  { readonly kind: 'file'; readonly path: string } | { readonly kind: 'static'; readonly token: string };
 
 export interface LeaderElectionConfig {
   readonly enabled: boolean;
@@ -113,7 +112,10 @@ export function loadOperatorConfig(env: Env): Readonly<OperatorConfig> {
   // client-go's rules: a leader gives up at the renew deadline, which must come before its lease
   // can expire for others, and leave room for more than one retry (jittered by up to 1.2).
   if (!(leaderElection.leaseDurationMs > leaderElection.renewDeadlineMs)) {
-    throw new ConfigError('the lease duration must exceed the renew deadline, which must exceed the retry period (defaults 15s > 10s > 2s)', 'LETHE_LEADER_ELECTION_LEASE');
+    throw new ConfigError(
+      'the lease duration must exceed the renew deadline, which must exceed the retry period (defaults 15s > 10s > 2s)',
+      'LETHE_LEADER_ELECTION_LEASE',
+    );
   }
   if (!(leaderElection.renewDeadlineMs > 1.2 * leaderElection.retryPeriodMs)) {
     throw new ConfigError('the renew deadline must exceed 1.2 times the retry period (defaults 15s > 10s > 2s)', 'LETHE_LEADER_ELECTION_RENEW_DEADLINE');

@@ -95,8 +95,13 @@ export function clientTls(env: Env, flags?: ClientTlsFlags): ClientTlsConfig | u
   const serverName = setting(flags?.tlsServerName, withFlags ? '--tls-server-name' : undefined, env, 'LETHE_TLS_SERVER_NAME');
   const files = pair(cert, key, 'a client certificate');
   if (ca.value === undefined) {
-    if (files !== undefined) throw new ConfigError(`is set but ${ca.source} is not: a client certificate is sent over TLS only; set the CA that signed the server's certificate`, cert.source);
-    if (serverName.value !== undefined) throw new ConfigError(`is set but ${ca.source} is not: set the CA that signed the server's certificate`, serverName.source);
+    if (files !== undefined)
+      throw new ConfigError(
+        `is set but ${ca.source} is not: a client certificate is sent over TLS only; set the CA that signed the server's certificate`,
+        cert.source,
+      );
+    if (serverName.value !== undefined)
+      throw new ConfigError(`is set but ${ca.source} is not: set the CA that signed the server's certificate`, serverName.source);
     return undefined;
   }
   if (serverName.value !== undefined && !/^[A-Za-z0-9.*-]{1,253}$/.test(serverName.value)) throw new ConfigError('must be a DNS name', serverName.source);
@@ -109,7 +114,11 @@ export function clientTls(env: Env, flags?: ClientTlsFlags): ClientTlsConfig | u
  */
 export function natsTls(env: Env, natsUrl: string | undefined): NatsTlsConfig | undefined {
   const ca = nonEmpty(env.LETHE_NATS_TLS_CA);
-  const files = pair({ value: nonEmpty(env.LETHE_NATS_TLS_CERT), source: 'LETHE_NATS_TLS_CERT' }, { value: nonEmpty(env.LETHE_NATS_TLS_KEY), source: 'LETHE_NATS_TLS_KEY' }, 'a NATS client certificate');
+  const files = pair(
+    { value: nonEmpty(env.LETHE_NATS_TLS_CERT), source: 'LETHE_NATS_TLS_CERT' },
+    { value: nonEmpty(env.LETHE_NATS_TLS_KEY), source: 'LETHE_NATS_TLS_KEY' },
+    'a NATS client certificate',
+  );
   const tlsUrl = natsUrl !== undefined && natsUrl.split(',').some((u) => u.trim().startsWith('tls://'));
   if (ca === undefined && files === undefined && !tlsUrl) return undefined;
   if (natsUrl === undefined) throw new ConfigError('is set but LETHE_NATS_URL is not', ca !== undefined ? 'LETHE_NATS_TLS_CA' : 'LETHE_NATS_TLS_CERT');
@@ -133,5 +142,6 @@ export function checkPostgresTls(url: string, source: string): void {
   }
   const mode = params.get('sslmode');
   if (mode !== null && !SSLMODES.has(mode)) throw new ConfigError(`sslmode '${mode}' is not one of ${[...SSLMODES].join(', ')}`, source);
-  if (mode === 'no-verify') throw new ConfigError('sslmode=no-verify accepts any certificate, including an attacker\'s: use sslmode=verify-full&sslrootcert=<CA file>', source);
+  if (mode === 'no-verify')
+    throw new ConfigError("sslmode=no-verify accepts any certificate, including an attacker's: use sslmode=verify-full&sslrootcert=<CA file>", source);
 }

@@ -36,7 +36,10 @@ export async function connectNats(url: string, name: string, logger: Logger, tls
   } catch (err) {
     const tlsFailure = describeTlsFailure(err);
     logger.warn(
-      { nats: describeNatsUrl(url), ...(tlsFailure === undefined ? { error: errorSummary(err) } : { tls: `${tlsFailure}; check LETHE_NATS_TLS_CA (and LETHE_NATS_TLS_CERT/KEY)` }) },
+      {
+        nats: describeNatsUrl(url),
+        ...(tlsFailure === undefined ? { error: errorSummary(err) } : { tls: `${tlsFailure}; check LETHE_NATS_TLS_CA (and LETHE_NATS_TLS_CERT/KEY)` }),
+      },
       'cannot connect to NATS yet: retrying until it answers',
     );
     nc = await connect({ ...options, waitOnFirstConnect: true });

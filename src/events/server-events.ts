@@ -67,7 +67,10 @@ export class ServerEvents {
       try {
         const jsm = await ensureStream(nc, this.opts.stream, this.logger);
         const js: JetStreamClient = jetstream(nc);
-        this.relay = new OutboxRelay(this.knex, js, this.logger, { retentionMs: this.opts.outboxRetentionMs, cleanupIntervalMs: this.opts.outboxCleanupIntervalMs });
+        this.relay = new OutboxRelay(this.knex, js, this.logger, {
+          retentionMs: this.opts.outboxRetentionMs,
+          cleanupIntervalMs: this.opts.outboxCleanupIntervalMs,
+        });
         this.relay.start();
         this.receipts = new ReceiptConsumer(this.knex, js, jsm, this.opts.stream.name, this.opts.expectedServices, this.logger);
         await this.receipts.start();

@@ -55,13 +55,23 @@ export async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Pr
   const tls = opts.tls?._isSecure() === true ? opts.tls : undefined;
   const https = tls === undefined ? null : { ...tls._getConstructorOptions(), ...tls._getSecureContextOptions() };
   // Ids are checked by the engine (at most 256 bytes, the same message as over gRPC): the router lets longer ones through to it.
-  const app = Fastify({ https, logger: false, bodyLimit: BODY_LIMIT, maxParamLength: 2048, trustProxy: false, return503OnClosing: true,
+  const app = Fastify({
+    https,
+    logger: false,
+    bodyLimit: BODY_LIMIT,
+    maxParamLength: 2048,
+    trustProxy: false,
+    return503OnClosing: true,
     // An unknown field is an error, not something to drop silently; no type coercion of bodies.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
   await app.register(swagger, {
     openapi: {
-      info: { title: 'Lethe privacy API', version: opts.version, description: 'GDPR access and erasure: the reference privacy API, served by the same engine as the gRPC PrivacyService.' },
+      info: {
+        title: 'Lethe privacy API',
+        version: opts.version,
+        description: 'GDPR access and erasure: the reference privacy API, served by the same engine as the gRPC PrivacyService.',
+      },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } } },
       security: [{ bearer: [] }],
     },
@@ -71,7 +81,12 @@ export async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Pr
     timeWindow: 60_000,
     errorResponseBuilder: (_req, ctx) => Object.assign(new Error(`Too many requests; retry in ${Math.ceil(ctx.ttl / 1000)}s`), { statusCode: 429 }),
   });
-  if (opts.corsOrigins.length > 0) await app.register(cors, { origin: [...opts.corsOrigins], methods: ['GET', 'DELETE', 'POST'], allowedHeaders: ['authorization', 'content-type', 'idempotency-key'] });
+  if (opts.corsOrigins.length > 0)
+    await app.register(cors, {
+      origin: [...opts.corsOrigins],
+      methods: ['GET', 'DELETE', 'POST'],
+      allowedHeaders: ['authorization', 'content-type', 'idempotency-key'],
+    });
 
   app.addHook('onRequest', async (request) => {
     // The OpenAPI document and unknown paths (404) need no token.
@@ -89,7 +104,11 @@ export async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Pr
       const v = fe.validation[0];
       const extra = (v?.params as { additionalProperty?: string } | undefined)?.additionalProperty;
       if (extra !== undefined) return reply.code(400).send({ error: `${fe.validationContext ?? 'request'}.${extra} is not a known field` });
-      const field = (v?.instancePath ?? '').replace(/^\//, '').replaceAll('/', '.') || (v?.params as { missingProperty?: string } | undefined)?.missingProperty || fe.validationContext || 'request';
+      const field =
+        (v?.instancePath ?? '').replace(/^\//, '').replaceAll('/', '.') ||
+        (v?.params as { missingProperty?: string } | undefined)?.missingProperty ||
+        fe.validationContext ||
+        'request';
       return reply.code(400).send({ error: `${field} ${v?.message ?? 'is not valid'}` });
     }
     if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) return reply.code(fe.statusCode).send({ error: clientError(fe) });
@@ -122,6 +141,7 @@ export async function startHttpServer(opts: HttpOptions): Promise<HttpServer> {
 function clientError(err: FastifyError): string {
   if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return `Request body is larger than ${BODY_LIMIT} bytes`;
   if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return 'Request body must be JSON (content-type: application/json)';
-  if (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError) return 'Request body is not valid JSON';
+  if (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError)
+    return 'Request body is not valid JSON';
   return err.message.length < 200 ? err.message : 'Bad request';
 }

@@ -100,7 +100,10 @@ export function privacyRoutes(app: FastifyInstance, engine: PrivacyEngine, pageT
           },
           additionalProperties: false,
         },
-        response: { 200: { type: 'object', properties: { requests: { type: 'array', items: requestObject }, next_page_token: { type: 'string' } } }, ...errors },
+        response: {
+          200: { type: 'object', properties: { requests: { type: 'array', items: requestObject }, next_page_token: { type: 'string' } } },
+          ...errors,
+        },
       },
     },
     async (request) => {
@@ -147,16 +150,26 @@ export function privacyRoutes(app: FastifyInstance, engine: PrivacyEngine, pageT
       schema: {
         summary: 'Extend an open request’s due date once by 1 or 2 months (GDPR Art. 12(3))',
         params: idParams,
-        body: { type: 'object', properties: { months: { type: 'integer' }, reason: { type: 'string' } }, required: ['months', 'reason'], additionalProperties: false },
+        body: {
+          type: 'object',
+          properties: { months: { type: 'integer' }, reason: { type: 'string' } },
+          required: ['months', 'reason'],
+          additionalProperties: false,
+        },
         response: { 200: requestObject, ...errors },
       },
     },
-    async (request) => requestJson(await engine.extendRequest(request.principal, { id: request.params.id, months: request.body.months, reason: request.body.reason })),
+    async (request) =>
+      requestJson(await engine.extendRequest(request.principal, { id: request.params.id, months: request.body.months, reason: request.body.reason })),
   );
 }
 
 /** The canonical document's text as the export streams, by the one rule the CLI uses too. */
-async function* documentText(header: Extract<ExportEvent, { kind: 'header' }>, events: AsyncIterator<ExportEvent>, onDigest: (sha256: string) => void): AsyncGenerator<string> {
+async function* documentText(
+  header: Extract<ExportEvent, { kind: 'header' }>,
+  events: AsyncIterator<ExportEvent>,
+  onDigest: (sha256: string) => void,
+): AsyncGenerator<string> {
   let pending: string[] = [];
   const assembler = new ExportDocumentAssembler(header.categories, (text) => pending.push(text));
   for (let next = await events.next(); next.done !== true; next = await events.next()) {

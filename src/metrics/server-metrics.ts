@@ -58,7 +58,10 @@ export class ServerMetrics {
   constructor(countPendingEvents: () => Promise<number>, countOpenDueBefore: (at: Date) => Promise<number>) {
     const pending = sampleWithTimeout(countPendingEvents, OUTBOX_COUNT_TIMEOUT_MS);
     const overdue = sampleWithTimeout(() => countOpenDueBefore(new Date()), OUTBOX_COUNT_TIMEOUT_MS);
-    const dueSoon = sampleWithTimeout(async () => (await countOpenDueBefore(new Date(Date.now() + DUE_SOON_MS))) - (await countOpenDueBefore(new Date())), OUTBOX_COUNT_TIMEOUT_MS);
+    const dueSoon = sampleWithTimeout(
+      async () => (await countOpenDueBefore(new Date(Date.now() + DUE_SOON_MS))) - (await countOpenDueBefore(new Date())),
+      OUTBOX_COUNT_TIMEOUT_MS,
+    );
     new Gauge({
       name: 'lethe_privacy_requests_overdue',
       help: 'Open privacy requests past their GDPR due date (NaN when the database did not answer in time)',

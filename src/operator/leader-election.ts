@@ -1,4 +1,11 @@
-import { type ConfigurationOptions, type CoordinationV1Api, Observable, type RequestContext, type ResponseContext, type V1Lease } from '@kubernetes/client-node';
+import {
+  type ConfigurationOptions,
+  type CoordinationV1Api,
+  Observable,
+  type RequestContext,
+  type ResponseContext,
+  type V1Lease,
+} from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
 import { sleep } from '../runtime/backoff.js';
@@ -122,7 +129,8 @@ export class LeaderElector {
       const holder = lease.spec?.holderIdentity ?? '';
       const renewTime = String(lease.spec?.renewTime ?? '');
       const rv = lease.metadata?.resourceVersion ?? '';
-      if (this.observed?.holder !== holder || this.observed.renewTime !== renewTime || this.observed.resourceVersion !== rv) this.observe(holder, renewTime, rv);
+      if (this.observed?.holder !== holder || this.observed.renewTime !== renewTime || this.observed.resourceVersion !== rv)
+        this.observe(holder, renewTime, rv);
       const heldByOther = holder !== '' && holder !== identity;
       if (heldByOther && this.observedAt + this.leaseMs > Date.now()) return false;
       const transitions = (lease.spec?.leaseTransitions ?? 0) + (holder === identity ? 0 : 1);
@@ -132,7 +140,12 @@ export class LeaderElector {
           namespace,
           body: {
             ...lease,
-            spec: { ...lease.spec, ...spec, acquireTime: holder === identity && lease.spec?.acquireTime !== undefined ? microTime(new Date(lease.spec.acquireTime)) : microTime(now), leaseTransitions: transitions },
+            spec: {
+              ...lease.spec,
+              ...spec,
+              acquireTime: holder === identity && lease.spec?.acquireTime !== undefined ? microTime(new Date(lease.spec.acquireTime)) : microTime(now),
+              leaseTransitions: transitions,
+            },
           },
         },
         options,
@@ -152,7 +165,10 @@ export class LeaderElector {
     try {
       const lease = await this.api.readNamespacedLease({ name, namespace }, options);
       if (lease.spec?.holderIdentity !== identity) return;
-      await this.api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: { ...lease.spec, holderIdentity: '', leaseDurationSeconds: 1 } } }, options);
+      await this.api.replaceNamespacedLease(
+        { name, namespace, body: { ...lease, spec: { ...lease.spec, holderIdentity: '', leaseDurationSeconds: 1 } } },
+        options,
+      );
     } catch (err) {
       this.opts.logger.warn({ err: errorSummary(err), lease: name }, 'cannot release the lease; it will expire');
     }
@@ -184,4 +200,3 @@ function withSignal(signal: AbortSignal): ConfigurationOptions {
     middlewareMergeStrategy: 'append',
   };
 }
-

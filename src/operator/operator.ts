@@ -31,7 +31,10 @@ export interface RunningOperator {
 export async function startOperator(config: OperatorConfig, logger: Logger): Promise<RunningOperator> {
   const kc = loadKubeConfig(config.kubernetes);
 
-  const { client: privacy, close: closePrivacy } = connectPrivacyService(config.server, tokenSource(config.token), config.tls, { intervalMs: config.tlsReloadIntervalMs, logger });
+  const { client: privacy, close: closePrivacy } = connectPrivacyService(config.server, tokenSource(config.token), config.tls, {
+    intervalMs: config.tlsReloadIntervalMs,
+    logger,
+  });
   let queue: WorkQueue | undefined;
   const cache = new PrivacyRequestCache(kc, { namespaces: config.namespaces, onChange: (key) => queue?.add(key), logger });
   const reconciler = new PrivacyRequestReconciler({
@@ -46,7 +49,9 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
   });
 
   const stopping = new AbortController();
-  const elector = config.leaderElection.enabled ? new LeaderElector(kc.makeApiClient(CoordinationV1Api), { ...config.leaderElection, releaseOnStop: true, logger }) : undefined;
+  const elector = config.leaderElection.enabled
+    ? new LeaderElector(kc.makeApiClient(CoordinationV1Api), { ...config.leaderElection, releaseOnStop: true, logger })
+    : undefined;
   const isLeader = () => (elector === undefined ? true : elector.isLeader());
   const metrics = new OperatorMetrics({
     queueDepth: () => queue?.length ?? 0,
@@ -83,7 +88,10 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
   const running = (elector !== undefined ? elector.run(stopping.signal, lead) : lead(stopping.signal)).catch((err: unknown) =>
     logger.error({ err: errorSummary(err) }, 'the operator stopped working'),
   );
-  logger.info({ server: config.server, namespaces: config.namespaces.length === 0 ? 'all' : config.namespaces, leaderElection: config.leaderElection.enabled }, 'operator started');
+  logger.info(
+    { server: config.server, namespaces: config.namespaces.length === 0 ? 'all' : config.namespaces, leaderElection: config.leaderElection.enabled },
+    'operator started',
+  );
 
   const healthAddress = health.address;
   let stopped: Promise<void> | undefined;
@@ -126,7 +134,11 @@ function tokenSource(token: OperatorToken): TokenSource {
     try {
       return (await readFile(token.path, 'utf8')).trim();
     } catch (err) {
-      throw new ConfigError(`cannot read the token file (${(err as NodeJS.ErrnoException).code ?? 'error'}); is the projected ServiceAccount token mounted?`, 'LETHE_TOKEN_FILE', { cause: err });
+      throw new ConfigError(
+        `cannot read the token file (${(err as NodeJS.ErrnoException).code ?? 'error'}); is the projected ServiceAccount token mounted?`,
+        'LETHE_TOKEN_FILE',
+        { cause: err },
+      );
     }
   };
 }

@@ -83,7 +83,10 @@ export class PrivacyRequestReconciler {
     try {
       const signal = AbortSignal.timeout(this.opts.callTimeoutMs);
       if (current.spec.type === 'Forget') {
-        const r = await this.opts.privacy.forgetUser({ userId: subjectId, reason: reason ?? 'GDPR Art. 17 erasure request (PrivacyRequest)', idempotencyKey, requestedBy }, { signal });
+        const r = await this.opts.privacy.forgetUser(
+          { userId: subjectId, reason: reason ?? 'GDPR Art. 17 erasure request (PrivacyRequest)', idempotencyKey, requestedBy },
+          { signal },
+        );
         requestId = r.requestId;
       } else {
         const r = await this.opts.privacy.storeExport({ userId: subjectId, reason: reason ?? '', idempotencyKey, requestedBy }, { signal });
@@ -143,7 +146,14 @@ export class PrivacyRequestReconciler {
       }
       const message = `The PrivacyService answered ${Status[err.code]}: ${err.details}; retrying with backoff`;
       const generation = obj.metadata.generation ?? 0;
-      const status = { ...obj.status, conditions: setCondition(obj.status?.conditions, { type: READY, status: 'False', reason: 'Retrying', message, observedGeneration: generation }, this.now()) };
+      const status = {
+        ...obj.status,
+        conditions: setCondition(
+          obj.status?.conditions,
+          { type: READY, status: 'False', reason: 'Retrying', message, observedGeneration: generation },
+          this.now(),
+        ),
+      };
       await this.writeStatus(obj, status).catch((e: unknown) => this.opts.logger.debug({ err: errorSummary(e) }, 'could not record the retry'));
     }
     throw err;

@@ -1,10 +1,4 @@
-import {
-  ArtifactState,
-  ConfirmationState,
-  type ExportArtifact,
-  type PrivacyRequest as LedgerEntry,
-  RequestState,
-} from '../gen/lethe/privacy/v1/privacy.js';
+import { ArtifactState, ConfirmationState, type ExportArtifact, type PrivacyRequest as LedgerEntry, RequestState } from '../gen/lethe/privacy/v1/privacy.js';
 import { setCondition } from './conditions.js';
 import type { ArtifactStatus, Condition, DownstreamStatus, Phase, PrivacyRequestResource, PrivacyRequestStatus } from './privacy-request.js';
 
@@ -31,7 +25,11 @@ export function runningStatus(obj: PrivacyRequestResource, now: Date): PrivacyRe
     phase: 'Running',
     observedGeneration: generation,
     startedAt: obj.status?.startedAt ?? now.toISOString(),
-    conditions: setCondition(obj.status?.conditions, { type: READY, status: 'False', reason: 'Running', message: `${verb} through the PrivacyService`, observedGeneration: generation }, now),
+    conditions: setCondition(
+      obj.status?.conditions,
+      { type: READY, status: 'False', reason: 'Running', message: `${verb} through the PrivacyService`, observedGeneration: generation },
+      now,
+    ),
   });
 }
 
@@ -67,7 +65,11 @@ export function ledgerStatus(obj: PrivacyRequestResource, entry: LedgerEntry, no
         type: DOWNSTREAM_PURGED,
         status: purged ? 'True' : 'False',
         reason: purged ? 'AllConfirmed' : failed.length > 0 ? 'PurgeFailed' : 'Waiting',
-        message: purged ? `All ${downstream.length} downstream services confirmed their purge` : failed.length > 0 ? `Purge failed in: ${failed.join(', ')}` : `Waiting for: ${pending.join(', ')}`,
+        message: purged
+          ? `All ${downstream.length} downstream services confirmed their purge`
+          : failed.length > 0
+            ? `Purge failed in: ${failed.join(', ')}`
+            : `Waiting for: ${pending.join(', ')}`,
         observedGeneration: generation,
       },
       now,
@@ -101,27 +103,56 @@ function phaseOf(entry: LedgerEntry): Phase {
   }
 }
 
-function readyCondition(obj: PrivacyRequestResource, entry: LedgerEntry, phase: Phase, downstream: readonly DownstreamStatus[], artifact: ArtifactStatus | undefined): Omit<Condition, 'lastTransitionTime'> {
+function readyCondition(
+  obj: PrivacyRequestResource,
+  entry: LedgerEntry,
+  phase: Phase,
+  downstream: readonly DownstreamStatus[],
+  artifact: ArtifactStatus | undefined,
+): Omit<Condition, 'lastTransitionTime'> {
   switch (phase) {
     case 'Succeeded':
       if (obj.spec.type === 'Export') {
         if (artifact?.state === 'Erased') {
-          return { type: READY, status: 'True', reason: 'ArtifactErased', message: 'The subject was forgotten: the export artifact was erased with the rest of their data' };
+          return {
+            type: READY,
+            status: 'True',
+            reason: 'ArtifactErased',
+            message: 'The subject was forgotten: the export artifact was erased with the rest of their data',
+          };
         }
         return artifact?.state === 'Expired'
-          ? { type: READY, status: 'True', reason: 'ArtifactExpired', message: `The export artifact expired at ${artifact.expiresAt ?? 'its expiry'} and was deleted; create a new Export request to export again` }
+          ? {
+              type: READY,
+              status: 'True',
+              reason: 'ArtifactExpired',
+              message: `The export artifact expired at ${artifact.expiresAt ?? 'its expiry'} and was deleted; create a new Export request to export again`,
+            }
           : { type: READY, status: 'True', reason: 'ArtifactStored', message: `Fetch the export with: lethe export --request ${entry.id} -o export.json` };
       }
       return {
         type: READY,
         status: 'True',
         reason: 'Erased',
-        message: downstream.length > 0 ? `Anonymized, and ${downstream.length} downstream services confirmed their purge` : 'Anonymized; no downstream services are configured to confirm',
+        message:
+          downstream.length > 0
+            ? `Anonymized, and ${downstream.length} downstream services confirmed their purge`
+            : 'Anonymized; no downstream services are configured to confirm',
       };
     case 'WaitingForDownstream':
-      return { type: READY, status: 'False', reason: 'WaitingForDownstream', message: `Anonymized in the primary database; ${downstream.filter((d) => d.state !== 'Purged').length} of ${downstream.length} downstream services have not confirmed` };
+      return {
+        type: READY,
+        status: 'False',
+        reason: 'WaitingForDownstream',
+        message: `Anonymized in the primary database; ${downstream.filter((d) => d.state !== 'Purged').length} of ${downstream.length} downstream services have not confirmed`,
+      };
     case 'Failed':
-      return { type: READY, status: 'False', reason: 'Failed', message: entry.error === '' ? 'The PrivacyService could not carry out the request' : entry.error };
+      return {
+        type: READY,
+        status: 'False',
+        reason: 'Failed',
+        message: entry.error === '' ? 'The PrivacyService could not carry out the request' : entry.error,
+      };
     default:
       return { type: READY, status: 'False', reason: 'Running', message: 'The PrivacyService is carrying out the request' };
   }
@@ -134,10 +165,18 @@ export function transitions(before: PrivacyRequestStatus | undefined, after: Pri
   if (before?.phase !== after.phase) {
     switch (after.phase) {
       case 'Running':
-        out.push({ type: 'Normal', reason: 'Started', message: kind === 'Forget' ? 'Anonymizing the subject through the PrivacyService' : 'Exporting the subject to an encrypted artifact' });
+        out.push({
+          type: 'Normal',
+          reason: 'Started',
+          message: kind === 'Forget' ? 'Anonymizing the subject through the PrivacyService' : 'Exporting the subject to an encrypted artifact',
+        });
         break;
       case 'WaitingForDownstream':
-        out.push({ type: 'Normal', reason: 'Anonymized', message: `Anonymized in the primary database (request ${after.requestId ?? ''}); waiting for downstream services to confirm their purge` });
+        out.push({
+          type: 'Normal',
+          reason: 'Anonymized',
+          message: `Anonymized in the primary database (request ${after.requestId ?? ''}); waiting for downstream services to confirm their purge`,
+        });
         break;
       case 'Succeeded':
         out.push({ type: 'Normal', reason: kind === 'Forget' ? 'Erased' : 'ArtifactStored', message: ready?.message ?? 'Succeeded' });
@@ -152,7 +191,11 @@ export function transitions(before: PrivacyRequestStatus | undefined, after: Pri
   for (const d of after.downstream ?? []) {
     const was = before?.downstream?.find((b) => b.service === d.service)?.state;
     if (was === d.state || d.state === 'Pending') continue;
-    out.push(d.state === 'Purged' ? { type: 'Normal', reason: 'DownstreamPurged', message: `${d.service} confirmed its purge` } : { type: 'Warning', reason: 'DownstreamPurgeFailed', message: `${d.service} could not purge: ${d.error ?? 'no reason given'}` });
+    out.push(
+      d.state === 'Purged'
+        ? { type: 'Normal', reason: 'DownstreamPurged', message: `${d.service} confirmed its purge` }
+        : { type: 'Warning', reason: 'DownstreamPurgeFailed', message: `${d.service} could not purge: ${d.error ?? 'no reason given'}` },
+    );
   }
   if (before?.artifact?.state === 'Available' && after.artifact?.state === 'Expired') {
     out.push({ type: 'Normal', reason: 'ArtifactExpired', message: 'The export artifact expired and was deleted' });

@@ -108,7 +108,10 @@ export class PrivacyRequestCache {
     const delay = backoffDelay(w.failures++, this.opts.restartBaseMs ?? 500, this.opts.restartMaxMs ?? 30_000);
     const problem = describeKubeError(err);
     const hint = problem.status === 403 ? FORBIDDEN : problem.status === 404 ? NO_CRD : undefined;
-    this.opts.logger[hint === undefined ? 'warn' : 'error']({ scope: w.scope, ...problem, retryInMs: delay }, hint ?? 'PrivacyRequest watch failed; restarting it');
+    this.opts.logger[hint === undefined ? 'warn' : 'error'](
+      { scope: w.scope, ...problem, retryInMs: delay },
+      hint ?? 'PrivacyRequest watch failed; restarting it',
+    );
     w.timer = setTimeout(() => {
       w.timer = undefined;
       if (this.stopped) return;

@@ -11,9 +11,8 @@ export type { SealedChunk, WrappedKey } from '../store/artifacts.js';
  * reordered or a truncated artifact all fail to decrypt.
  */
 
-
-
-export const WRONG_ARTIFACT_KEY = 'Export artifact was encrypted with a different LETHE_ARTIFACT_KEY; configure the key it was stored with, or run the export again';
+export const WRONG_ARTIFACT_KEY =
+  'Export artifact was encrypted with a different LETHE_ARTIFACT_KEY; configure the key it was stored with, or run the export again';
 export const damagedArtifact = (detail: string): DataLossError => new DataLossError(`Export artifact is damaged (${detail}); run the export again`);
 
 const KEY_BYTES = 32;

@@ -16,9 +16,7 @@ const tableName = z
   .string()
   .regex(/^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'must be a table name, optionally schema-qualified (schema.table)');
 /** A column of the category's table, or `joined_table.column` for a column of a join. */
-const columnRef = z
-  .string()
-  .regex(/^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'must be a column name, or join_table.column');
+const columnRef = z.string().regex(/^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'must be a column name, or join_table.column');
 const documentKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be a letter or _ then letters, digits or _');
 
 /**
@@ -28,7 +26,7 @@ const documentKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be 
  */
 const viaHop = z.strictObject({
   table: tableName,
-  column: identifier.describe('the column of the previous table (the category\'s own for the first hop) that references this table'),
+  column: identifier.describe("the column of the previous table (the category's own for the first hop) that references this table"),
   references: identifier,
   subject_column: identifier.optional(),
 });
@@ -65,34 +63,31 @@ const columnAction = z.union([
   z.strictObject({ keep_keys: z.array(z.string().min(1)).default([]) }),
 ]);
 
-const category = z
-  .strictObject({
-    name: identifier,
-    description: z.string().optional(),
-    table: tableName,
-    subject: subjectRelation,
-    joins: z.array(join).default([]),
-    /** Columns never exported (password hashes, secrets, tokens). */
-    secret: z.array(identifier).default([]),
-    export: z
-      .strictObject({
-        shape: z.enum(['object', 'list']).default('list'),
-        key: documentKey.optional(),
-        fields: z.array(field).min(1),
-        order_by: z
-          .array(z.strictObject({ column: columnRef, direction: z.enum(['asc', 'desc']).default('asc') }))
-          .default([]),
-        limit: z.number().int().positive().optional(),
-        count_key: documentKey.optional(),
-      })
-      .optional(),
-    forget: z.union([
-      z.literal('delete'),
-      z.literal('keep'),
-      z.strictObject({ keep: keepReason }),
-      z.strictObject({ columns: z.record(identifier, columnAction) }),
-    ]),
-  });
+const category = z.strictObject({
+  name: identifier,
+  description: z.string().optional(),
+  table: tableName,
+  subject: subjectRelation,
+  joins: z.array(join).default([]),
+  /** Columns never exported (password hashes, secrets, tokens). */
+  secret: z.array(identifier).default([]),
+  export: z
+    .strictObject({
+      shape: z.enum(['object', 'list']).default('list'),
+      key: documentKey.optional(),
+      fields: z.array(field).min(1),
+      order_by: z.array(z.strictObject({ column: columnRef, direction: z.enum(['asc', 'desc']).default('asc') })).default([]),
+      limit: z.number().int().positive().optional(),
+      count_key: documentKey.optional(),
+    })
+    .optional(),
+  forget: z.union([
+    z.literal('delete'),
+    z.literal('keep'),
+    z.strictObject({ keep: keepReason }),
+    z.strictObject({ columns: z.record(identifier, columnAction) }),
+  ]),
+});
 
 const dataMapSchema = z.strictObject({
   /** The table whose row is the subject: a missing row means "User not found". */
@@ -136,7 +131,11 @@ export async function loadDataMap(path: string): Promise<DataMap> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(`cannot read the data map (${(err as NodeJS.ErrnoException).code ?? String(err)}); set LETHE_DATA_MAP to a readable YAML file`, path, { cause: err });
+    throw new ConfigError(
+      `cannot read the data map (${(err as NodeJS.ErrnoException).code ?? String(err)}); set LETHE_DATA_MAP to a readable YAML file`,
+      path,
+      { cause: err },
+    );
   }
   return parseDataMap(text, path);
 }
@@ -235,7 +234,8 @@ function checkConsistency(map: DataMap, source: string): void {
     if ('via' in c.subject) {
       c.subject.via.forEach((hop, j) => {
         const last = j === (c.subject as { via: ViaHop[] }).via.length - 1;
-        if (last && hop.subject_column === undefined) fail(`${at}.subject.via[${j}]`, 'the last hop needs subject_column: the column of its table that holds the subject id');
+        if (last && hop.subject_column === undefined)
+          fail(`${at}.subject.via[${j}]`, 'the last hop needs subject_column: the column of its table that holds the subject id');
         if (!last && hop.subject_column !== undefined) fail(`${at}.subject.via[${j}].subject_column`, 'only the last hop names the subject column');
       });
     }
@@ -245,7 +245,10 @@ function checkConsistency(map: DataMap, source: string): void {
           const name = m[1] ?? '';
           const column = /^column:(.*)$/.exec(name)?.[1];
           if (column !== undefined ? !IDENTIFIER.test(column) : !(TEMPLATE_PLACEHOLDERS as readonly string[]).includes(name)) {
-            fail(`${at}.forget.columns.${col}.template`, `unknown placeholder {${name}}: use {timestamp}, {request_id} or {column:NAME} (a column of the same row)`);
+            fail(
+              `${at}.forget.columns.${col}.template`,
+              `unknown placeholder {${name}}: use {timestamp}, {request_id} or {column:NAME} (a column of the same row)`,
+            );
           }
         }
       }

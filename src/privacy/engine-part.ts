@@ -89,12 +89,18 @@ export abstract class EnginePart {
    * Closes a request in the ledger and audits how it ended, in one transaction: delivered,
    * cancelled by the caller, or failed. Never throws (the caller's answer is already decided).
    */
-  protected async recordOutcome(r: PrivacyRequestRecord, outcome: Outcome, events: Readonly<Record<Outcome['kind'], AuditEventType>>, ledgerToo = true): Promise<void> {
+  protected async recordOutcome(
+    r: PrivacyRequestRecord,
+    outcome: Outcome,
+    events: Readonly<Record<Outcome['kind'], AuditEventType>>,
+    ledgerToo = true,
+  ): Promise<void> {
     const at = this.now();
     const details = auditDetails(r);
     await this.knex
       .transaction(async (trx) => {
-        if (ledgerToo) await ledger.finish(trx, r.id, outcome.kind === 'delivered' ? 'completed' : 'failed', at, outcome.kind === 'delivered' ? undefined : outcome.error);
+        if (ledgerToo)
+          await ledger.finish(trx, r.id, outcome.kind === 'delivered' ? 'completed' : 'failed', at, outcome.kind === 'delivered' ? undefined : outcome.error);
         await writeAudit(trx, this.map, { eventType: events[outcome.kind], actorId: r.requester, targetId: r.subjectId, details, timestamp: at });
       })
       .catch((err: unknown) => {
@@ -128,7 +134,11 @@ export type Outcome = { readonly kind: 'delivered' } | { readonly kind: 'cancell
 
 export const INTERRUPTED = 'interrupted: the server carrying it out stopped before it finished; run it again';
 export const EXPORT_AUDIT = { delivered: 'user_data_exported', cancelled: 'user_data_export_cancelled', failed: 'user_data_export_failed' } as const;
-export const ARTIFACT_READ_AUDIT = { delivered: 'export_artifact_read', cancelled: 'export_artifact_read_cancelled', failed: 'export_artifact_read_failed' } as const;
+export const ARTIFACT_READ_AUDIT = {
+  delivered: 'export_artifact_read',
+  cancelled: 'export_artifact_read_cancelled',
+  failed: 'export_artifact_read_failed',
+} as const;
 
 /** How a call that threw ended. Only domain messages go into the ledger: a driver's message may quote data. */
 export function failureOutcome(err: unknown, signal: AbortSignal, fallback: string): Outcome & { readonly thrown: unknown } {

@@ -37,7 +37,11 @@ export class PrivacyEngine {
   }
 
   /** Runs an export on the server and keeps the document encrypted (StoreExport). */
-  storeExport(actor: Principal, input: { userId: string; reason: string; idempotencyKey: string; requestedBy?: string }, signal: AbortSignal): Promise<StoredExport> {
+  storeExport(
+    actor: Principal,
+    input: { userId: string; reason: string; idempotencyKey: string; requestedBy?: string },
+    signal: AbortSignal,
+  ): Promise<StoredExport> {
     return this.stored.storeExport(actor, input, signal);
   }
 
@@ -76,10 +80,7 @@ export class PrivacyEngine {
     return this.ledger.getRequest(actor, id);
   }
 
-  listRequests(
-    actor: Principal,
-    input: Parameters<LedgerQueries['listRequests']>[1],
-  ): Promise<PrivacyRequestView[]> {
+  listRequests(actor: Principal, input: Parameters<LedgerQueries['listRequests']>[1]): Promise<PrivacyRequestView[]> {
     return this.ledger.listRequests(actor, input);
   }
 

@@ -121,7 +121,13 @@ export class Erasure extends EnginePart {
     // The erasure's entry is the reference's {"reason": …}; a repeated forget names its request.
     const onBehalf = e.requestedBy === undefined ? {} : { requested_by: e.requestedBy };
     if (erased === undefined) {
-      await writeAudit(trx, this.map, { eventType: 'user_anonymized', actorId: e.actorId, targetId: e.userId, details: { reason: e.reason, ...onBehalf }, timestamp: e.at });
+      await writeAudit(trx, this.map, {
+        eventType: 'user_anonymized',
+        actorId: e.actorId,
+        targetId: e.userId,
+        details: { reason: e.reason, ...onBehalf },
+        timestamp: e.at,
+      });
     } else {
       await writeAudit(trx, this.map, {
         eventType: 'user_already_anonymized',
@@ -141,7 +147,14 @@ export class Erasure extends EnginePart {
   private async schedule(trx: Knex.Transaction, e: ErasureInput, key: string): Promise<ForgetResult> {
     const pending = await ledger.scheduledFor(trx, e.userId);
     if (pending !== undefined && pending.scheduledFor !== null) {
-      return { userId: e.userId, requestId: pending.id, message: scheduledMessage(pending.scheduledFor, pending.id), rowsAffected: [], replayed: false, scheduledFor: pending.scheduledFor };
+      return {
+        userId: e.userId,
+        requestId: pending.id,
+        message: scheduledMessage(pending.scheduledFor, pending.id),
+        rowsAffected: [],
+        replayed: false,
+        scheduledFor: pending.scheduledFor,
+      };
     }
     const scheduledFor = new Date(e.at.getTime() + this.graceMs);
     await ledger.insert(trx, {
@@ -186,7 +199,14 @@ export class Erasure extends EnginePart {
           } else if ((await this.facts.subject(trx, r.subjectId)).isPlatformOwner) {
             await ledger.finish(trx, r.id, 'failed', at, PLATFORM_OWNER_PROTECTED);
           } else {
-            const rowsAffected = await this.erase(trx, { requestId: r.id, userId: r.subjectId, actorId: r.requester, reason: r.reason, requestedBy: r.requestedBy ?? undefined, at });
+            const rowsAffected = await this.erase(trx, {
+              requestId: r.id,
+              userId: r.subjectId,
+              actorId: r.requester,
+              reason: r.reason,
+              requestedBy: r.requestedBy ?? undefined,
+              at,
+            });
             await ledger.carriedOut(trx, r.id, this.expected.length > 0 ? 'anonymized' : 'completed', at, rowsAffected);
           }
           return true;
@@ -209,10 +229,17 @@ export class Erasure extends EnginePart {
       this.knex.transaction(async (trx) => {
         // Waits for a scheduler carrying it out right now, then sees what it did.
         const current = await ledger.lock(trx, input.id);
-        if (current?.state !== 'scheduled') throw new FailedPreconditionError(`Only a scheduled request can be cancelled; this one is ${current?.state ?? 'gone'}`);
+        if (current?.state !== 'scheduled')
+          throw new FailedPreconditionError(`Only a scheduled request can be cancelled; this one is ${current?.state ?? 'gone'}`);
         const at = this.now();
         await ledger.cancel(trx, current.id, at);
-        await writeAudit(trx, this.map, { eventType: 'user_erasure_cancelled', actorId: actor.id, targetId: current.subjectId, details: { request_id: current.id, reason }, timestamp: at });
+        await writeAudit(trx, this.map, {
+          eventType: 'user_erasure_cancelled',
+          actorId: actor.id,
+          targetId: current.subjectId,
+          details: { request_id: current.id, reason },
+          timestamp: at,
+        });
       }),
     );
   }
@@ -223,7 +250,14 @@ function replay(prior: PrivacyRequestRecord, actor: Principal, userId: string): 
     throw new FailedPreconditionError(KEY_REUSED);
   }
   if (prior.state === 'scheduled' && prior.scheduledFor !== null) {
-    return { userId, requestId: prior.id, message: scheduledMessage(prior.scheduledFor, prior.id), rowsAffected: [], replayed: true, scheduledFor: prior.scheduledFor };
+    return {
+      userId,
+      requestId: prior.id,
+      message: scheduledMessage(prior.scheduledFor, prior.id),
+      rowsAffected: [],
+      replayed: true,
+      scheduledFor: prior.scheduledFor,
+    };
   }
   return { userId, requestId: prior.id, message: FORGET_MESSAGE, rowsAffected: prior.rowsAffected, replayed: true };
 }

@@ -7,7 +7,8 @@ export const ARTIFACT_CHUNK_BYTES = 256 * 1024;
 
 export const artifactExpired = (at: Date): string => `Export artifact expired at ${at.toISOString()}; run the export again`;
 export const ARTIFACT_ERASED = 'Export artifact was erased when its subject was forgotten';
-export const ARTIFACT_KEY_ERASED = 'The export stored under this idempotency key was erased when its subject was forgotten; use a new idempotency key to export again';
+export const ARTIFACT_KEY_ERASED =
+  'The export stored under this idempotency key was erased when its subject was forgotten; use a new idempotency key to export again';
 
 /**
  * Takes the canonical document's text as the export assembles it and writes it encrypted, one

@@ -13,7 +13,8 @@ import { received } from './due-date.js';
 import { checkReason, requireId } from './validation.js';
 import { auditDetails, type EngineOptions, EnginePart, EXPORT_AUDIT, failureOutcome, INTERRUPTED, type Outcome } from './engine-part.js';
 
-const stalledMessage = (ms: number): string => `The export was stopped: the caller read nothing for ${ms / 1000}s; read the stream as it comes, or run the export again`;
+const stalledMessage = (ms: number): string =>
+  `The export was stopped: the caller read nothing for ${ms / 1000}s; read the stream as it comes, or run the export again`;
 
 export const DEFAULT_EXPORT_REASON = 'Data subject access request (GDPR Art. 15)';
 
@@ -22,7 +23,13 @@ export interface ExportCategoryInfo extends DocumentCategory {
 }
 
 export type ExportEvent =
-  | { readonly kind: 'header'; readonly userId: string; readonly requestId: string; readonly generatedAt: Date; readonly categories: readonly ExportCategoryInfo[] }
+  | {
+      readonly kind: 'header';
+      readonly userId: string;
+      readonly requestId: string;
+      readonly generatedAt: Date;
+      readonly categories: readonly ExportCategoryInfo[];
+    }
   | { readonly kind: 'batch'; readonly category: string; readonly records: string[] }
   | { readonly kind: 'trailer'; readonly counts: ReadonlyMap<string, number>; readonly sha256: string; readonly totalRecords: number };
 
@@ -106,8 +113,24 @@ export class ExportService extends EnginePart {
   }
 
   /** The export's ledger entry (running), committed before the export reads anything; audited when it ends. */
-  async recordExport(actor: Principal, userId: string, reason: string, idempotencyKey: string | undefined, requestedBy: string | undefined): Promise<PrivacyRequestRecord> {
-    return ledger.insert(this.knex, { type: 'export', subjectId: userId, requester: actor.id, requestedBy, reason, state: 'running', idempotencyKey, ...received(this.now()), workerId: this.opts.workerId });
+  async recordExport(
+    actor: Principal,
+    userId: string,
+    reason: string,
+    idempotencyKey: string | undefined,
+    requestedBy: string | undefined,
+  ): Promise<PrivacyRequestRecord> {
+    return ledger.insert(this.knex, {
+      type: 'export',
+      subjectId: userId,
+      requester: actor.id,
+      requestedBy,
+      reason,
+      state: 'running',
+      idempotencyKey,
+      ...received(this.now()),
+      workerId: this.opts.workerId,
+    });
   }
 
   /**
@@ -158,7 +181,13 @@ export class ExportService extends EnginePart {
    * The export itself, in the caller's snapshot: a header, batches, a trailer. `sink` receives
    * the canonical document's text as it is assembled (the text the trailer's SHA-256 covers).
    */
-  async *readSnapshot(trx: Knex.Transaction, userId: string, requestId: string, signal: AbortSignal, sink?: (text: string) => void): AsyncGenerator<ExportEvent> {
+  async *readSnapshot(
+    trx: Knex.Transaction,
+    userId: string,
+    requestId: string,
+    signal: AbortSignal,
+    sink?: (text: string) => void,
+  ): AsyncGenerator<ExportEvent> {
     const exported = this.map.categories.filter((c) => c.export !== undefined);
     const categories: ExportCategoryInfo[] = [];
     for (const c of exported) {
@@ -221,7 +250,13 @@ export class ExportService extends EnginePart {
     if (self === undefined) return 0;
     const failed = await this.db(() => workers.failOrphans(this.knex, { self, ...opts, error: INTERRUPTED }));
     for (const r of failed) {
-      await writeAudit(this.knex, this.map, { eventType: EXPORT_AUDIT.failed, actorId: r.requester, targetId: r.subjectId, details: auditDetails(r), timestamp: this.now() }).catch((err: unknown) => {
+      await writeAudit(this.knex, this.map, {
+        eventType: EXPORT_AUDIT.failed,
+        actorId: r.requester,
+        targetId: r.subjectId,
+        details: auditDetails(r),
+        timestamp: this.now(),
+      }).catch((err: unknown) => {
         this.opts.logger.warn({ requestId: r.id, err: errorSummary(err) }, 'could not audit an interrupted request');
       });
     }

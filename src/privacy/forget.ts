@@ -81,7 +81,10 @@ export function forgetOrder(map: DataMap, source = 'data map'): Category[] {
     const next = cats.findIndex((_, i) => !done.has(i) && [...(before[i] ?? [])].every((r) => done.has(r)));
     if (next < 0) {
       const stuck = cats.filter((_, i) => !done.has(i)).map((c) => c.name);
-      throw new ConfigError(`categories ${stuck.join(', ')}: each deletes or changes what another's subject relation goes through, so no order erases them all; link them through columns forget keeps`, source);
+      throw new ConfigError(
+        `categories ${stuck.join(', ')}: each deletes or changes what another's subject relation goes through, so no order erases them all; link them through columns forget keeps`,
+        source,
+      );
     }
     done.add(next);
     const c = cats[next];
@@ -90,7 +93,12 @@ export function forgetOrder(map: DataMap, source = 'data map'): Category[] {
   return out;
 }
 
-function assignment(column: string, action: Exclude<ColumnAction, 'keep' | { keep: string }>, type: string | undefined, hashKey: Buffer | undefined): { sql: string; bindings: Binding[] } {
+function assignment(
+  column: string,
+  action: Exclude<ColumnAction, 'keep' | { keep: string }>,
+  type: string | undefined,
+  hashKey: Buffer | undefined,
+): { sql: string; bindings: Binding[] } {
   const col = quoteIdent(column);
   if (action === 'null') return { sql: 'NULL', bindings: [] };
   if (action === 'hash') {
@@ -101,7 +109,10 @@ function assignment(column: string, action: Exclude<ColumnAction, 'keep' | { kee
   if ('set' in action) return { sql: '?', bindings: [action.set] };
   if ('keep_keys' in action) {
     const keys = action.keep_keys;
-    const kept = keys.length === 0 ? "'{}'::jsonb" : `(SELECT coalesce(jsonb_object_agg("k"."key", "k"."value"), '{}'::jsonb) FROM jsonb_each(${col}::jsonb) AS "k" WHERE "k"."key" IN (${keys.map(() => '?').join(', ')}))`;
+    const kept =
+      keys.length === 0
+        ? "'{}'::jsonb"
+        : `(SELECT coalesce(jsonb_object_agg("k"."key", "k"."value"), '{}'::jsonb) FROM jsonb_each(${col}::jsonb) AS "k" WHERE "k"."key" IN (${keys.map(() => '?').join(', ')}))`;
     // Non-object JSON (a string, an array) holds no reference worth keeping.
     const expr = `CASE WHEN ${col} IS NULL THEN NULL WHEN jsonb_typeof(${col}::jsonb) = 'object' THEN ${kept} ELSE '{}'::jsonb END`;
     return { sql: type === 'json' ? `(${expr})::json` : expr, bindings: [...keys] };

@@ -91,7 +91,8 @@ export class LedgerQueries extends EnginePart {
 
   private view(r: PrivacyRequestRecord, now: Date): PrivacyRequestView {
     const open = OPEN_STATES.includes(r.state);
-    const overdue = open && (r.dueAt.getTime() < now.getTime() || (r.state === 'anonymized' && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
+    const overdue =
+      open && (r.dueAt.getTime() < now.getTime() || (r.state === 'anonymized' && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
     const heard = new Set(r.confirmations.map((c) => c.service));
     const pending = r.type === 'forget' && r.state === 'anonymized' ? this.expected.filter((s) => !heard.has(s)) : [];
     return { ...r, overdue, pending, artifact: r.artifact === null ? null : this.artifactView(r.artifact, now) };

@@ -61,5 +61,8 @@ export async function prepareServerDataMap(knex: Knex, map: DataMap, source: str
   const platform = compileForget(map, columnTypes, hashKey, source);
   const ownMap = letheTablesDataMap();
   const own = compileForget(ownMap, await checkDataMapAgainstDatabase(knex, ownMap, LETHE_TABLES_SOURCE), undefined, LETHE_TABLES_SOURCE);
-  return { columnTypes, forgetPlan: { steps: [...platform.steps, ...own.steps.map((s) => ({ ...s, reportWhenZero: false }))], order: [...platform.order, ...own.order] } };
+  return {
+    columnTypes,
+    forgetPlan: { steps: [...platform.steps, ...own.steps.map((s) => ({ ...s, reportWhenZero: false }))], order: [...platform.order, ...own.order] },
+  };
 }

@@ -15,11 +15,7 @@ export interface PurgeResult {
  * own database (the sidecar's engine entry). One transaction; a request already purged here
  * (a redelivered event) changes nothing more and returns the first result.
  */
-export async function purgeForRequest(
-  knex: Knex,
-  plan: ForgetPlan,
-  input: { subjectId: string; requestId: string; now: Date },
-): Promise<PurgeResult> {
+export async function purgeForRequest(knex: Knex, plan: ForgetPlan, input: { subjectId: string; requestId: string; now: Date }): Promise<PurgeResult> {
   return knex.transaction(async (trx) => {
     await lockKey(trx, subjectLockKey(input.subjectId));
     const prior = (await trx('lethe_purges').where({ request_id: input.requestId }).first()) as { rows_affected: TableRows[] | string } | undefined;
@@ -28,7 +24,12 @@ export async function purgeForRequest(
       return { rowsAffected: rows, replayed: true };
     }
     const rowsAffected = await applyForget(trx, plan, input.subjectId, { timestamp: input.now.getTime(), requestId: input.requestId });
-    await trx('lethe_purges').insert({ request_id: input.requestId, subject_id: input.subjectId, rows_affected: JSON.stringify(rowsAffected), purged_at: input.now });
+    await trx('lethe_purges').insert({
+      request_id: input.requestId,
+      subject_id: input.subjectId,
+      rows_affected: JSON.stringify(rowsAffected),
+      purged_at: input.now,
+    });
     return { rowsAffected, replayed: false };
   });
 }

@@ -59,7 +59,10 @@ export async function checkDataMapAgainstDatabase(knex: Knex, map: DataMap, sour
         throw new ConfigError(`categories.${c.name}.forget.columns.${column}: hash and template need a text column, but '${column}' is ${type}`, source);
       }
       if (typeof action === 'object' && 'keep_keys' in action && type !== 'json' && type !== 'jsonb') {
-        throw new ConfigError(`categories.${c.name}.forget.columns.${column}: keep_keys needs a json or jsonb column, but '${column}' is ${type ?? 'unknown'}`, source);
+        throw new ConfigError(
+          `categories.${c.name}.forget.columns.${column}: keep_keys needs a json or jsonb column, but '${column}' is ${type ?? 'unknown'}`,
+          source,
+        );
       }
     }
   }
@@ -84,15 +87,27 @@ export function checkCoverage(map: DataMap, types: ColumnTypes, keys: ReadonlyMa
       throw new ConfigError(`${at}.forget: a category kept as a whole needs a reason: write forget: {keep: "why these rows stay"}`, source);
     }
     const declared = forgetColumns(c) ?? {};
-    const exempt = new Set([...(keys.get(c.table) ?? []), ...subjectLinks(c).filter((l) => l.table === c.table).map((l) => l.column), ...c.joins.map((j) => j.column)]);
+    const exempt = new Set([
+      ...(keys.get(c.table) ?? []),
+      ...subjectLinks(c)
+        .filter((l) => l.table === c.table)
+        .map((l) => l.column),
+      ...c.joins.map((j) => j.column),
+    ]);
     for (const [column, type] of types.get(c.table) ?? []) {
       if (!PERSONAL_TYPES.has(type) || exempt.has(column)) continue;
       const action = declared[column];
       if (action === undefined) {
-        throw new ConfigError(`${at}: column '${column}' of table '${c.table}' (${type}) is not declared: say what forget does to it under forget.columns, or keep it with a reason: ${column}: {keep: "why"}`, source);
+        throw new ConfigError(
+          `${at}: column '${column}' of table '${c.table}' (${type}) is not declared: say what forget does to it under forget.columns, or keep it with a reason: ${column}: {keep: "why"}`,
+          source,
+        );
       }
       if (action === 'keep') {
-        throw new ConfigError(`${at}.forget.columns.${column}: column '${column}' of table '${c.table}' is kept without a reason: write ${column}: {keep: "why"}`, source);
+        throw new ConfigError(
+          `${at}.forget.columns.${column}: column '${column}' of table '${c.table}' is kept without a reason: write ${column}: {keep: "why"}`,
+          source,
+        );
       }
     }
   }

@@ -9,7 +9,22 @@ import { ARTIFACT_KEY_ERASED, ArtifactWriter, readArtifact } from './export-arti
 import { subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 import { checkReason, optionalId, requireId } from './validation.js';
-import { ARTIFACT_READ_AUDIT, type ArtifactOptions, type ArtifactView, auditDetails, type EngineOptions, EnginePart, EXPORT_AUDIT, failureOutcome, idempotencyLock, KEY_REUSED, type Outcome, REQUEST_NOT_FOUND, unavailableArtifact, UUID } from './engine-part.js';
+import {
+  ARTIFACT_READ_AUDIT,
+  type ArtifactOptions,
+  type ArtifactView,
+  auditDetails,
+  type EngineOptions,
+  EnginePart,
+  EXPORT_AUDIT,
+  failureOutcome,
+  idempotencyLock,
+  KEY_REUSED,
+  type Outcome,
+  REQUEST_NOT_FOUND,
+  unavailableArtifact,
+  UUID,
+} from './engine-part.js';
 import { DEFAULT_EXPORT_REASON, type ExportEvent, type ExportService } from './export-service.js';
 
 export const NO_ARTIFACT = 'Privacy request has no export artifact (only exports made with StoreExport are stored)';
@@ -39,7 +54,11 @@ export class StoredExports extends EnginePart {
    * artifact's description and the ledger's `completed` commit together, so an attempt that
    * dies leaves nothing half-written.
    */
-  async storeExport(actor: Principal, input: { userId: string; reason: string; idempotencyKey: string; requestedBy?: string }, signal: AbortSignal): Promise<StoredExport> {
+  async storeExport(
+    actor: Principal,
+    input: { userId: string; reason: string; idempotencyKey: string; requestedBy?: string },
+    signal: AbortSignal,
+  ): Promise<StoredExport> {
     const userId = requireId(input.userId, 'user_id');
     const reason = checkReason(input.reason, { required: false }) || DEFAULT_EXPORT_REASON;
     const key = requireId(input.idempotencyKey, 'idempotency_key');
@@ -64,32 +83,40 @@ export class StoredExports extends EnginePart {
     signal: AbortSignal,
   ): Promise<StoredExport> {
     return this.db(() =>
-      withAdvisoryLock(this.knex, idempotencyLock(key), async (lockTrx) => {
-        const db = lockTrx ?? this.knex;
-        const prior = await ledger.byIdempotencyKey(db, key);
-        if (prior !== undefined) {
-          if (prior.type !== 'export' || prior.subjectId !== userId || prior.requester !== actor.id) throw new FailedPreconditionError(KEY_REUSED);
-          const stored = await artifacts.get(db, prior.id);
-          // Never the old bytes of a forgotten subject, nor a description that promises them.
-          if (stored?.state === 'erased') throw new FailedPreconditionError(ARTIFACT_KEY_ERASED);
-          if (stored !== undefined) return { requestId: prior.id, artifact: this.artifactView(stored, this.now()), replayed: true };
-        }
-        await this.exports.authorizeExportOf(actor, userId, db);
-        let request: PrivacyRequestRecord;
-        if (prior === undefined) {
-          request = await this.exports.recordExport(actor, userId, reason, key, requestedBy);
-        } else {
-          request = prior;
-          await ledger.restart(this.knex, prior.id, this.opts.workerId);
-        }
-        const requestId = request.id;
-        // A forget of this subject waits until the artifact is stored, then erases it; a forget
-        // that came first is in the snapshot. (PGlite's single connection serializes them anyway.)
-        if (lockTrx !== undefined) await lockKeyShared(lockTrx, subjectLockKey(userId));
-        const artifact = await this.exportToArtifact(request, lockTrx, signal);
-        this.opts.logger.info({ requestId, subjectId: userId, actor: actor.id, sizeBytes: artifact.sizeBytes, rerun: prior !== undefined }, 'export artifact stored');
-        return { requestId, artifact, replayed: false };
-      }, signal),
+      withAdvisoryLock(
+        this.knex,
+        idempotencyLock(key),
+        async (lockTrx) => {
+          const db = lockTrx ?? this.knex;
+          const prior = await ledger.byIdempotencyKey(db, key);
+          if (prior !== undefined) {
+            if (prior.type !== 'export' || prior.subjectId !== userId || prior.requester !== actor.id) throw new FailedPreconditionError(KEY_REUSED);
+            const stored = await artifacts.get(db, prior.id);
+            // Never the old bytes of a forgotten subject, nor a description that promises them.
+            if (stored?.state === 'erased') throw new FailedPreconditionError(ARTIFACT_KEY_ERASED);
+            if (stored !== undefined) return { requestId: prior.id, artifact: this.artifactView(stored, this.now()), replayed: true };
+          }
+          await this.exports.authorizeExportOf(actor, userId, db);
+          let request: PrivacyRequestRecord;
+          if (prior === undefined) {
+            request = await this.exports.recordExport(actor, userId, reason, key, requestedBy);
+          } else {
+            request = prior;
+            await ledger.restart(this.knex, prior.id, this.opts.workerId);
+          }
+          const requestId = request.id;
+          // A forget of this subject waits until the artifact is stored, then erases it; a forget
+          // that came first is in the snapshot. (PGlite's single connection serializes them anyway.)
+          if (lockTrx !== undefined) await lockKeyShared(lockTrx, subjectLockKey(userId));
+          const artifact = await this.exportToArtifact(request, lockTrx, signal);
+          this.opts.logger.info(
+            { requestId, subjectId: userId, actor: actor.id, sizeBytes: artifact.sizeBytes, rerun: prior !== undefined },
+            'export artifact stored',
+          );
+          return { requestId, artifact, replayed: false };
+        },
+        signal,
+      ),
     );
   }
 
@@ -133,7 +160,13 @@ export class StoredExports extends EnginePart {
         expiresAt: new Date(at.getTime() + ttlMs),
       });
       await ledger.finish(target, requestId, 'completed', at);
-      await writeAudit(target, this.map, { eventType: 'user_data_export_stored', actorId: request.requester, targetId: userId, details: auditDetails(request), timestamp: at });
+      await writeAudit(target, this.map, {
+        eventType: 'user_data_export_stored',
+        actorId: request.requester,
+        targetId: userId,
+        details: auditDetails(request),
+        timestamp: at,
+      });
       if (target === snapshot) await snapshot.commit();
       outcome = { kind: 'delivered' };
       return artifact;
@@ -170,7 +203,8 @@ export class StoredExports extends EnginePart {
     yield { kind: 'artifact', artifact };
     let outcome: Outcome = { kind: 'cancelled', error: 'The download was interrupted' };
     try {
-      for await (const bytes of readArtifact(dataCipher, artifact, artifacts.chunks(this.knex, requestId, readChunks ?? 4, signal))) yield { kind: 'chunk', bytes };
+      for await (const bytes of readArtifact(dataCipher, artifact, artifacts.chunks(this.knex, requestId, readChunks ?? 4, signal)))
+        yield { kind: 'chunk', bytes };
       outcome = { kind: 'delivered' };
     } catch (err) {
       // The sweeper or a forget may have deleted the chunks while they were read.

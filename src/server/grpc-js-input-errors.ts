@@ -34,7 +34,9 @@ export function useInvalidArgumentForBadInput(): void {
   const { BaseServerInterceptingCall } = require('@grpc/grpc-js/build/src/server-interceptors.js') as { BaseServerInterceptingCall?: { prototype: BaseCall } };
   const proto = BaseServerInterceptingCall?.prototype;
   if (proto === undefined || typeof proto.handleTimeoutHeader !== 'function' || typeof proto.decompressMessage !== 'function') {
-    throw new Error('@grpc/grpc-js changed: BaseServerInterceptingCall.handleTimeoutHeader/decompressMessage are gone; review src/server/grpc-js-input-errors.ts');
+    throw new Error(
+      '@grpc/grpc-js changed: BaseServerInterceptingCall.handleTimeoutHeader/decompressMessage are gone; review src/server/grpc-js-input-errors.ts',
+    );
   }
   const handleTimeoutHeader = proto.handleTimeoutHeader;
   const decompressMessage = proto.decompressMessage;

@@ -106,7 +106,11 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServ
       healthPort = await probes.listen(`${bracketed(opts.health.host)}:${opts.health.port}`);
     } catch (err) {
       server.forceShutdown();
-      throw new ConfigError(`cannot listen on ${opts.health.host}:${opts.health.port} (in use, or not an address of this machine)`, 'LETHE_GRPC_HEALTH_LISTEN', { cause: err });
+      throw new ConfigError(
+        `cannot listen on ${opts.health.host}:${opts.health.port} (in use, or not an address of this machine)`,
+        'LETHE_GRPC_HEALTH_LISTEN',
+        { cause: err },
+      );
     }
   }
   let stopping = false;

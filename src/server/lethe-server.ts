@@ -71,7 +71,8 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   try {
     await migrateLethe(db.knex).catch((err: unknown) => {
       const tlsFailure = describeTlsFailure(err);
-      if (tlsFailure !== undefined) throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
+      if (tlsFailure !== undefined)
+        throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
       const e = translateDatabaseError(err);
       if (e instanceof UnavailableError) {
         throw new UnavailableError(`cannot reach the database (${db.description}); check DATABASE_URL and that the server is up`, { cause: err });
@@ -86,7 +87,13 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     // ForgetUser calls never starves them (PGlite has a single connection to share).
     eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }, logger) : undefined;
     const events =
-      ev.natsUrl === undefined ? undefined : new ServerEvents((eventsDb ?? db).knex, { natsUrl: ev.natsUrl, tls: natsTls, stream: ev.stream, expectedServices: ev.expectedServices, outboxRetentionMs: ev.outboxRetentionMs }, logger);
+      ev.natsUrl === undefined
+        ? undefined
+        : new ServerEvents(
+            (eventsDb ?? db).knex,
+            { natsUrl: ev.natsUrl, tls: natsTls, stream: ev.stream, expectedServices: ev.expectedServices, outboxRetentionMs: ev.outboxRetentionMs },
+            logger,
+          );
     const workerId = randomUUID();
     const engine = new PrivacyEngine({
       knex: db.knex,
@@ -148,7 +155,10 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     recovery.start({ now: true });
     scheduler.start({ now: true });
     const outboxDb = (eventsDb ?? db).knex;
-    const metrics = config.metricsListen === undefined ? undefined : new ServerMetrics(
+    const metrics =
+      config.metricsListen === undefined
+        ? undefined
+        : new ServerMetrics(
             () => countPending(outboxDb),
             (at) => ledger.countOpenDueBefore(outboxDb, at),
           );
@@ -169,7 +179,9 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       tls?.close();
       await stopBackground();
       if (err instanceof ConfigError) throw err;
-      throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', { cause: err });
+      throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', {
+        cause: err,
+      });
     });
     const stopObserving =
       tls === undefined
@@ -181,43 +193,75 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     // Readiness (gRPC health and /readyz) follows the database; liveness does not.
     const t = config.database.kind === 'postgres' ? (config.database.timeouts ?? DEFAULT_DATABASE_TIMEOUTS) : undefined;
     const dbHealth =
-      t === undefined ? undefined : new DatabaseHealth((ms) => db.ping(ms), { intervalMs: t.healthIntervalMs, timeoutMs: t.healthTimeoutMs, logger, onChange: (ok) => grpc.setServing(ok) });
+      t === undefined
+        ? undefined
+        : new DatabaseHealth((ms) => db.ping(ms), {
+            intervalMs: t.healthIntervalMs,
+            timeoutMs: t.healthTimeoutMs,
+            logger,
+            onChange: (ok) => grpc.setServing(ok),
+          });
     dbHealth?.start();
     // The metrics listener also answers /healthz and /readyz (ready until shutdown begins).
     let serving = true;
     let http: HealthServer | undefined;
     const metricsListen = config.metricsListen;
     if (metrics !== undefined && metricsListen !== undefined) {
-      http = await startHealthServer(metricsListen, () => serving && (dbHealth?.isServing() ?? true), { metrics: metrics.registry }).catch(async (err: unknown) => {
-        await dbHealth?.stop();
-        await grpc.shutdown(0);
-        await stopBackground();
-        throw new ConfigError(`cannot listen on ${metricsListen.host}:${metricsListen.port} (in use, or not an address of this machine)`, 'LETHE_METRICS_LISTEN', { cause: err });
-      });
+      http = await startHealthServer(metricsListen, () => serving && (dbHealth?.isServing() ?? true), { metrics: metrics.registry }).catch(
+        async (err: unknown) => {
+          await dbHealth?.stop();
+          await grpc.shutdown(0);
+          await stopBackground();
+          throw new ConfigError(
+            `cannot listen on ${metricsListen.host}:${metricsListen.port} (in use, or not an address of this machine)`,
+            'LETHE_METRICS_LISTEN',
+            { cause: err },
+          );
+        },
+      );
     }
     const httpConfig = config.http;
     const api =
       httpConfig === undefined
         ? undefined
-        : await startHttpServer({ engine, verify, pageTokens, logger, host: httpConfig.listen.host, port: httpConfig.listen.port, corsOrigins: httpConfig.corsOrigins, rateLimitPerMinute: httpConfig.rateLimitPerMinute, version: LETHE_VERSION, tls }).catch(
-            async (err: unknown) => {
-              await dbHealth?.stop();
-              await grpc.shutdown(0);
-              await http?.close();
-              await stopBackground();
-              throw new ConfigError(`cannot listen on ${httpConfig.listen.host}:${httpConfig.listen.port} (in use, or not an address of this machine)`, '--http-listen', { cause: err });
-            },
-          );
+        : await startHttpServer({
+            engine,
+            verify,
+            pageTokens,
+            logger,
+            host: httpConfig.listen.host,
+            port: httpConfig.listen.port,
+            corsOrigins: httpConfig.corsOrigins,
+            rateLimitPerMinute: httpConfig.rateLimitPerMinute,
+            version: LETHE_VERSION,
+            tls,
+          }).catch(async (err: unknown) => {
+            await dbHealth?.stop();
+            await grpc.shutdown(0);
+            await http?.close();
+            await stopBackground();
+            throw new ConfigError(
+              `cannot listen on ${httpConfig.listen.host}:${httpConfig.listen.port} (in use, or not an address of this machine)`,
+              '--http-listen',
+              { cause: err },
+            );
+          });
     logger.info(
       {
         listen: `${config.listen.host}:${grpc.port}`,
-        http: api === undefined ? 'off (--http-listen or LETHE_HTTP_LISTEN)' : `${tls === undefined ? 'http' : 'https'}://${httpConfig?.listen.host ?? ''}:${api.port}/api/privacy`,
+        http:
+          api === undefined
+            ? 'off (--http-listen or LETHE_HTTP_LISTEN)'
+            : `${tls === undefined ? 'http' : 'https'}://${httpConfig?.listen.host ?? ''}:${api.port}/api/privacy`,
         database: db.description,
         dataMap: config.dataMapPath,
         auth: config.auth.mode === 'local' ? `local signing key in ${config.dataDir} (mint tokens with: lethe token --as <user-id>)` : config.auth.mode,
         artifactKeyId: artifactKeyId(artifactKey),
         metrics: http === undefined ? 'off (set LETHE_METRICS_LISTEN)' : `http://${http.address.host}:${http.address.port}/metrics`,
-        tls: tls === undefined ? 'off: plaintext (set --tls-cert and --tls-key)' : { mutual: tls.mutualTls, certificate: tls.certificate, reloadInterval: `${config.tls?.reloadIntervalMs ?? 0}ms` },
+        tls:
+          tls === undefined
+            ? 'off: plaintext (set --tls-cert and --tls-key)'
+            : { mutual: tls.mutualTls, certificate: tls.certificate, reloadInterval: `${config.tls?.reloadIntervalMs ?? 0}ms` },
         ...(grpc.healthPort === undefined ? {} : { healthProbes: `${config.healthListen?.host ?? ''}:${grpc.healthPort} (plaintext, grpc.health.v1 only)` }),
       },
       'lethe PrivacyService listening',

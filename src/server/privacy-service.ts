@@ -48,7 +48,12 @@ export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): P
     },
 
     async forgetUser(request: ForgetUserRequest, context: CallContext & AuthContext): Promise<DeepPartial<ForgetUserResponse>> {
-      const r = await engine.forgetUser(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey, requestedBy: request.requestedBy });
+      const r = await engine.forgetUser(context.principal, {
+        userId: request.userId,
+        reason: request.reason,
+        idempotencyKey: request.idempotencyKey,
+        requestedBy: request.requestedBy,
+      });
       return {
         success: true,
         message: r.message,
@@ -91,13 +96,19 @@ export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): P
     },
 
     async storeExport(request: StoreExportRequest, context: CallContext & AuthContext): Promise<DeepPartial<StoreExportResponse>> {
-      const r = await engine.storeExport(context.principal, { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey, requestedBy: request.requestedBy }, context.signal);
+      const r = await engine.storeExport(
+        context.principal,
+        { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey, requestedBy: request.requestedBy },
+        context.signal,
+      );
       return { requestId: r.requestId, artifact: toArtifactMessage(r.artifact), replayed: r.replayed };
     },
 
     async *getExportArtifact(request: GetExportArtifactRequest, context: CallContext & AuthContext): AsyncGenerator<DeepPartial<GetExportArtifactResponse>> {
       for await (const part of engine.exportArtifact(context.principal, request.requestId, context.signal)) {
-        yield part.kind === 'artifact' ? { part: { $case: 'artifact', value: toArtifactMessage(part.artifact) } } : { part: { $case: 'chunk', value: part.bytes } };
+        yield part.kind === 'artifact'
+          ? { part: { $case: 'artifact', value: toArtifactMessage(part.artifact) } }
+          : { part: { $case: 'chunk', value: part.bytes } };
       }
     },
   };

@@ -99,7 +99,10 @@ export function guardTsProtoService<D extends TsProtoDefinition>(definition: D, 
 }
 
 /** The same for a grpc-js service definition (server reflection's); `rename` publishes it under another path too. */
-export function guardGrpcJsService<D extends Readonly<Record<string, GrpcJsMethod>>>(definition: D, opts: GuardOptions & { rename?: (path: string) => string }): D {
+export function guardGrpcJsService<D extends Readonly<Record<string, GrpcJsMethod>>>(
+  definition: D,
+  opts: GuardOptions & { rename?: (path: string) => string },
+): D {
   const guarded: Record<string, GrpcJsMethod> = {};
   for (const [key, method] of Object.entries(definition)) {
     const path = opts.rename?.(method.path) ?? method.path;

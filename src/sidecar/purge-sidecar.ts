@@ -114,7 +114,8 @@ export class PurgeSidecar {
         this.plan = compileForget(map, await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath), hashKey, c.dataMapPath);
       } catch (err) {
         const tlsFailure = describeTlsFailure(err);
-        if (tlsFailure !== undefined) throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
+        if (tlsFailure !== undefined)
+          throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
         throw translateDatabaseError(err);
       }
       const nc = await connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger, natsTlsOptions(c.natsTls));
@@ -276,7 +277,11 @@ export class PurgeSidecar {
 
     try {
       const ack = await this.keepAlive(msg, () =>
-        publishReceipt(this.need(this.js), purgedReceipt({ service: c.service, userId, requestId, purgedAt: now, rowsAffected: purged.rowsAffected }), PUBLISH_TIMEOUT_MS),
+        publishReceipt(
+          this.need(this.js),
+          purgedReceipt({ service: c.service, userId, requestId, purgedAt: now, rowsAffected: purged.rowsAffected }),
+          PUBLISH_TIMEOUT_MS,
+        ),
       );
       log.info(
         { replayed: purged.replayed, rows: purged.rowsAffected.reduce((n, r) => n + r.rows, 0), duplicateReceipt: ack.duplicate },
@@ -286,7 +291,10 @@ export class PurgeSidecar {
     } catch (err) {
       // The data is purged; only a `purged` receipt would be true, so keep trying to send it.
       const delayMs = retryDelayMs(deliveries, c.retryBaseMs);
-      (deliveries >= c.maxDeliveries ? log.error.bind(log) : log.warn.bind(log))({ err: safeErrorSummary(err), retryInMs: delayMs }, 'purged, but the receipt was not published: will retry');
+      (deliveries >= c.maxDeliveries ? log.error.bind(log) : log.warn.bind(log))(
+        { err: safeErrorSummary(err), retryInMs: delayMs },
+        'purged, but the receipt was not published: will retry',
+      );
       this.settle(msg, 'nak', delayMs);
       this.metrics.event('retried');
       return;
@@ -311,7 +319,14 @@ export class PurgeSidecar {
       return;
     }
     try {
-      const receipt = failedReceipt({ service: c.service, userId: f.userId, requestId: f.requestId, failedAt: new Date(), deliveries: f.deliveries, error: f.err });
+      const receipt = failedReceipt({
+        service: c.service,
+        userId: f.userId,
+        requestId: f.requestId,
+        failedAt: new Date(),
+        deliveries: f.deliveries,
+        error: f.err,
+      });
       await publishReceipt(this.need(this.js), receipt, PUBLISH_TIMEOUT_MS);
     } catch (err) {
       // Without a receipt the failure would be silent: keep the event and try again later.

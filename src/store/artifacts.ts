@@ -18,7 +18,6 @@ export interface WrappedKey {
   readonly wrappedKey: Buffer;
 }
 
-
 export type ArtifactState = 'available' | 'expired' | 'erased';
 /** 'data-key': sealed with the artifact's own wrapped key; 'master': with LETHE_ARTIFACT_KEY itself (stored before data keys). */
 export type KeyScheme = 'data-key' | 'master';
@@ -144,7 +143,12 @@ export const artifacts = {
     let after = -1;
     for (;;) {
       if (signal.aborted) throw new CancelledError('The download was cancelled');
-      const rows = (await db(CHUNKS).where({ request_id: requestId }).andWhere('seq', '>', after).orderBy('seq').limit(pageSize).select('seq', 'nonce', 'tag', 'ciphertext')) as ChunkRow[];
+      const rows = (await db(CHUNKS)
+        .where({ request_id: requestId })
+        .andWhere('seq', '>', after)
+        .orderBy('seq')
+        .limit(pageSize)
+        .select('seq', 'nonce', 'tag', 'ciphertext')) as ChunkRow[];
       for (const r of rows) yield { seq: r.seq, nonce: asBuffer(r.nonce), tag: asBuffer(r.tag), ciphertext: asBuffer(r.ciphertext) };
       const last = rows.at(-1);
       if (last === undefined || rows.length < pageSize) return;

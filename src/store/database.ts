@@ -43,8 +43,7 @@ export const DEFAULT_DATABASE_TIMEOUTS: DatabaseTimeouts = Object.freeze({
 });
 
 export type DatabaseTarget =
-  | { kind: 'postgres'; url: string; poolMax?: number; timeouts?: DatabaseTimeouts }
-  | { kind: 'pglite'; dataDir?: string | undefined };
+  { kind: 'postgres'; url: string; poolMax?: number; timeouts?: DatabaseTimeouts } | { kind: 'pglite'; dataDir?: string | undefined };
 
 export interface Database {
   readonly knex: Knex;
@@ -182,7 +181,8 @@ function closeOnReadTimeout(conn: pg.Client): void {
     const last = args.at(-1);
     if (typeof last === 'function') {
       args[args.length - 1] = (err: unknown, res: unknown) => {
-        if (err instanceof Error && err.message === QUERY_READ_TIMEOUT) (conn as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+        if (err instanceof Error && err.message === QUERY_READ_TIMEOUT)
+          (conn as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
         (last as (e: unknown, r: unknown) => void)(err, res);
       };
     }
@@ -204,4 +204,3 @@ function knexLog(logger: Logger | undefined): Knex.Logger {
     deprecate: (method, alternative) => logger?.warn({ source: 'knex', method, alternative }, 'deprecated knex method'),
   };
 }
-

@@ -15,7 +15,13 @@ function isUnavailable(err: unknown): boolean {
     if (CONNECTION_CODES.has(e.code) || e.code.startsWith('08') || e.code.startsWith('57P') || TIMEOUT_CODES.has(e.code)) return true;
   }
   if (e.name === 'KnexTimeoutError') return true;
-  if (typeof e.message === 'string' && /Connection terminated|connection is closed|Client has encountered a connection error|Query read timeout|timeout exceeded when trying to connect/i.test(e.message)) return true;
+  if (
+    typeof e.message === 'string' &&
+    /Connection terminated|connection is closed|Client has encountered a connection error|Query read timeout|timeout exceeded when trying to connect/i.test(
+      e.message,
+    )
+  )
+    return true;
   // AggregateError from a dual-stack connect attempt.
   if (Array.isArray(e.errors)) return e.errors.some(isUnavailable);
   return false;

@@ -123,7 +123,10 @@ async function withConfirmations(db: Knex | Knex.Transaction, records: PrivacyRe
 }
 
 async function withArtifacts(db: Knex | Knex.Transaction, records: PrivacyRequestRecord[]): Promise<PrivacyRequestRecord[]> {
-  const found = await artifacts.forRequests(db, records.filter((r) => r.type === 'export' && r.idempotencyKey !== null).map((r) => r.id));
+  const found = await artifacts.forRequests(
+    db,
+    records.filter((r) => r.type === 'export' && r.idempotencyKey !== null).map((r) => r.id),
+  );
   return records.map((r) => ({ ...r, artifact: found.get(r.id) ?? null }));
 }
 
@@ -188,12 +191,16 @@ export const ledger = {
   },
 
   async finish(db: Knex | Knex.Transaction, id: string, state: 'completed' | 'failed', at: Date, error?: string): Promise<void> {
-    await db(TABLE).where({ id }).update({ state, completed_at: state === 'completed' ? at : null, error: error ?? null });
+    await db(TABLE)
+      .where({ id })
+      .update({ state, completed_at: state === 'completed' ? at : null, error: error ?? null });
   },
 
   /** An export whose earlier attempt never finished runs again under the same id. */
   async restart(db: Knex | Knex.Transaction, id: string, workerId: string | undefined): Promise<void> {
-    await db(TABLE).where({ id }).update({ state: 'running', completed_at: null, error: null, worker_id: workerId ?? null });
+    await db(TABLE)
+      .where({ id })
+      .update({ state: 'running', completed_at: null, error: null, worker_id: workerId ?? null });
   },
 
   /** A request's row, locked until the transaction ends (a cancel against the scheduler). */
@@ -204,7 +211,13 @@ export const ledger = {
 
   /** Scheduled requests whose time has come, locked; other replicas skip them. */
   async lockDue(trx: Knex.Transaction, now: Date, limit: number): Promise<PrivacyRequestRecord[]> {
-    const rows = (await trx(TABLE).where({ state: 'scheduled' }).andWhere('scheduled_for', '<=', now).orderBy('scheduled_for').limit(limit).forUpdate().skipLocked()) as Row[];
+    const rows = (await trx(TABLE)
+      .where({ state: 'scheduled' })
+      .andWhere('scheduled_for', '<=', now)
+      .orderBy('scheduled_for')
+      .limit(limit)
+      .forUpdate()
+      .skipLocked()) as Row[];
     return rows.map(toRecord);
   },
 
@@ -275,7 +288,12 @@ export const ledger = {
         });
       });
     }
-    const rows = (await q.orderBy([{ column: 'received_at', order: 'desc' }, { column: 'id', order: 'desc' }]).limit(f.limit)) as Row[];
+    const rows = (await q
+      .orderBy([
+        { column: 'received_at', order: 'desc' },
+        { column: 'id', order: 'desc' },
+      ])
+      .limit(f.limit)) as Row[];
     return withDetails(db, rows.map(toRecord));
   },
 

@@ -30,7 +30,14 @@ class StaticMigrationSource implements Knex.MigrationSource<string> {
   }
 }
 
-const LETHE = new StaticMigrationSource({ '001-ledger': lethe001, '002-events': lethe002, '003-export-artifacts': lethe003, '004-erasure': lethe004, '005-workers': lethe005, '006-scheduling': lethe006 });
+const LETHE = new StaticMigrationSource({
+  '001-ledger': lethe001,
+  '002-events': lethe002,
+  '003-export-artifacts': lethe003,
+  '004-erasure': lethe004,
+  '005-workers': lethe005,
+  '006-scheduling': lethe006,
+});
 const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001 });
 const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
 

@@ -25,7 +25,13 @@ export async function relayPending(knex: Knex, limit: number, publish: (e: Outbo
   let failure: unknown;
   let sent = 0;
   await knex.transaction(async (trx) => {
-    const rows = (await trx(TABLE).select('id', 'subject', 'payload').whereNull('sent_at').orderBy('created_at').limit(limit).forUpdate().skipLocked()) as OutboxEvent[];
+    const rows = (await trx(TABLE)
+      .select('id', 'subject', 'payload')
+      .whereNull('sent_at')
+      .orderBy('created_at')
+      .limit(limit)
+      .forUpdate()
+      .skipLocked()) as OutboxEvent[];
     if (rows.length === 0) return;
     const results = await Promise.allSettled(rows.map((row) => publish(row)));
     const ok = rows.filter((_, i) => results[i]?.status === 'fulfilled').map((r) => r.id);

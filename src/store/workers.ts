@@ -10,10 +10,7 @@ const REQUESTS = 'lethe_privacy_requests';
 export const workers = {
   /** Records a heartbeat, registering the worker when it is not (or no longer) known. */
   async beat(knex: Knex, id: string): Promise<void> {
-    await knex(TABLE)
-      .insert({ id, started_at: knex.fn.now(), heartbeat_at: knex.fn.now() })
-      .onConflict('id')
-      .merge({ heartbeat_at: knex.fn.now() });
+    await knex(TABLE).insert({ id, started_at: knex.fn.now(), heartbeat_at: knex.fn.now() }).onConflict('id').merge({ heartbeat_at: knex.fn.now() });
   },
 
   async remove(knex: Knex, id: string): Promise<void> {

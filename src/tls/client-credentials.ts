@@ -29,15 +29,27 @@ function checkMaterial(tls: ClientTlsConfig, ca: Buffer, cert: Buffer | undefine
 }
 
 const readMaterialSync = (tls: ClientTlsConfig): ClientMaterial =>
-  checkMaterial(tls, readTlsFileSync(tls.caFile), tls.certFile === undefined ? undefined : readTlsFileSync(tls.certFile), tls.keyFile === undefined ? undefined : readTlsFileSync(tls.keyFile));
+  checkMaterial(
+    tls,
+    readTlsFileSync(tls.caFile),
+    tls.certFile === undefined ? undefined : readTlsFileSync(tls.certFile),
+    tls.keyFile === undefined ? undefined : readTlsFileSync(tls.keyFile),
+  );
 
 async function readMaterial(tls: ClientTlsConfig): Promise<ClientMaterial> {
-  const [ca, cert, key] = await Promise.all([readTlsFile(tls.caFile), tls.certFile === undefined ? undefined : readTlsFile(tls.certFile), tls.keyFile === undefined ? undefined : readTlsFile(tls.keyFile)]);
+  const [ca, cert, key] = await Promise.all([
+    readTlsFile(tls.caFile),
+    tls.certFile === undefined ? undefined : readTlsFile(tls.certFile),
+    tls.keyFile === undefined ? undefined : readTlsFile(tls.keyFile),
+  ]);
   return checkMaterial(tls, ca, cert, key);
 }
 
 const sameMaterial = (a: ClientMaterial, b: ClientMaterial) =>
-  a.ca.equals(b.ca) && (a.identity === undefined || b.identity === undefined ? a.identity === b.identity : a.identity.cert.equals(b.identity.cert) && a.identity.key.equals(b.identity.key));
+  a.ca.equals(b.ca) &&
+  (a.identity === undefined || b.identity === undefined
+    ? a.identity === b.identity
+    : a.identity.cert.equals(b.identity.cert) && a.identity.key.equals(b.identity.key));
 
 /**
  * gRPC channel credentials: TLS with the configured CA (and client certificate), or plaintext
@@ -54,7 +66,9 @@ export function channelCredentials(tls: ClientTlsConfig | undefined, reload?: { 
     return experimental.createCertificateProviderChannelCredentials(provider, material.identity === undefined ? null : provider);
   }
   try {
-    return credentials.createFromSecureContext(createSecureContext({ ca: material.ca, cert: material.identity?.cert, key: material.identity?.key, minVersion: MIN_VERSION }));
+    return credentials.createFromSecureContext(
+      createSecureContext({ ca: material.ca, cert: material.identity?.cert, key: material.identity?.key, minVersion: MIN_VERSION }),
+    );
   } catch (err) {
     throw new ConfigError('cannot be used for TLS (OpenSSL refused it)', tls.caFile, { cause: err });
   }
@@ -73,7 +87,10 @@ class FileCertificateProvider implements experimental.CertificateProvider {
       onChange: (next) => {
         for (const l of this.caListeners) l({ caCertificate: next.ca });
         for (const l of this.identityListeners) l(FileCertificateProvider.identityOf(next));
-        logger.info({ clientCertificate: next.identity === undefined ? undefined : describeCertificate(next.identity.leaf) }, 'TLS client files reloaded: new connections use them');
+        logger.info(
+          { clientCertificate: next.identity === undefined ? undefined : describeCertificate(next.identity.leaf) },
+          'TLS client files reloaded: new connections use them',
+        );
       },
       intervalMs,
       logger,
@@ -120,7 +137,8 @@ class FileCertificateProvider implements experimental.CertificateProvider {
 export function natsTlsOptions(tls: NatsTlsConfig | undefined): NatsTlsOptions | undefined {
   if (tls === undefined) return undefined;
   if (tls.caFile !== undefined) checkCaBundle(readTlsFileSync(tls.caFile), tls.caFile);
-  if (tls.certFile !== undefined && tls.keyFile !== undefined) checkKeyPair(readTlsFileSync(tls.certFile), tls.certFile, readTlsFileSync(tls.keyFile), tls.keyFile);
+  if (tls.certFile !== undefined && tls.keyFile !== undefined)
+    checkKeyPair(readTlsFileSync(tls.certFile), tls.certFile, readTlsFileSync(tls.keyFile), tls.keyFile);
   // Passed through to tls.connect by the Node transport.
   const options: NatsTlsOptions & { minVersion: typeof MIN_VERSION } = { minVersion: MIN_VERSION };
   if (tls.caFile !== undefined) options.caFile = tls.caFile;

@@ -29,7 +29,8 @@ async function readMaterial(config: ServerTlsConfig): Promise<Material> {
 }
 
 const sameBytes = (a: Buffer | undefined, b: Buffer | undefined) => (a === undefined || b === undefined ? a === b : a.equals(b));
-const sameMaterial = (a: Material, b: Material) => sameBytes(a.pair.cert, b.pair.cert) && sameBytes(a.pair.key, b.pair.key) && sameBytes(a.clientCa, b.clientCa);
+const sameMaterial = (a: Material, b: Material) =>
+  sameBytes(a.pair.cert, b.pair.cert) && sameBytes(a.pair.key, b.pair.key) && sameBytes(a.clientCa, b.clientCa);
 
 // setSecureContext replaces the whole context (a `ca` left out is dropped): every update carries all of it.
 const contextOptions = (m: Material): SecureContextOptions => ({ cert: m.pair.cert, key: m.pair.key, ca: m.clientCa, minVersion: 'TLSv1.2' });
@@ -58,7 +59,10 @@ export class ReloadingServerCredentials extends ServerCredentials {
       same: sameMaterial,
       onChange: (next) => {
         this.updateSecureContextOptions(contextOptions(next));
-        logger.info({ certificate: describeCertificate(next.pair.leaf), clientCa: next.clientCa !== undefined }, 'TLS certificate reloaded: new connections use it');
+        logger.info(
+          { certificate: describeCertificate(next.pair.leaf), clientCa: next.clientCa !== undefined },
+          'TLS certificate reloaded: new connections use it',
+        );
       },
       intervalMs: config.reloadIntervalMs,
       logger,
@@ -106,7 +110,8 @@ export class ReloadingServerCredentials extends ServerCredentials {
 }
 
 /** Why a handshake was refused: a bounded set, fit for a metric label; never the peer or its certificate. */
-export type HandshakeFailureReason = 'no_client_certificate' | 'untrusted_client_certificate' | 'certificate_rejected_by_client' | 'not_tls' | 'protocol_version' | 'aborted' | 'other';
+export type HandshakeFailureReason =
+  'no_client_certificate' | 'untrusted_client_certificate' | 'certificate_rejected_by_client' | 'not_tls' | 'protocol_version' | 'aborted' | 'other';
 
 /**
  * `socket` is the TLS socket the error came with. Node verifies a client certificate only after
@@ -117,7 +122,8 @@ export function handshakeFailureReason(err: unknown, socket?: { authorizationErr
   if (socket?.authorizationError !== undefined && socket.authorizationError !== null) return 'untrusted_client_certificate';
   const code = String((err as { code?: unknown }).code ?? '');
   if (code.includes('PEER_DID_NOT_RETURN_A_CERTIFICATE')) return 'no_client_certificate';
-  if (/CERTIFICATE_VERIFY_FAILED|UNABLE_TO_GET_ISSUER|SELF_SIGNED|CERT_NOT_YET_VALID|CERT_HAS_EXPIRED|UNABLE_TO_VERIFY/.test(code)) return 'untrusted_client_certificate';
+  if (/CERTIFICATE_VERIFY_FAILED|UNABLE_TO_GET_ISSUER|SELF_SIGNED|CERT_NOT_YET_VALID|CERT_HAS_EXPIRED|UNABLE_TO_VERIFY/.test(code))
+    return 'untrusted_client_certificate';
   if (/ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|CERTIFICATE_EXPIRED|DECRYPT_ERROR)/.test(code)) return 'certificate_rejected_by_client';
   if (/WRONG_VERSION_NUMBER|HTTP_REQUEST|UNKNOWN_PROTOCOL|PACKET_LENGTH_TOO_LONG/.test(code)) return 'not_tls';
   if (/UNSUPPORTED_PROTOCOL|VERSION_TOO_LOW|NO_PROTOCOLS_AVAILABLE|PROTOCOL_VERSION/.test(code)) return 'protocol_version';

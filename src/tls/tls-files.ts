@@ -21,7 +21,14 @@ const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g
 
 function unreadable(err: unknown, file: string): ConfigError {
   const code = (err as { code?: unknown }).code;
-  const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' || code === 'EPERM' ? 'cannot be read (permission denied)' : code === 'EISDIR' ? 'is a directory, not a file' : `cannot be read (${typeof code === 'string' ? code : 'I/O error'})`;
+  const why =
+    code === 'ENOENT'
+      ? 'does not exist'
+      : code === 'EACCES' || code === 'EPERM'
+        ? 'cannot be read (permission denied)'
+        : code === 'EISDIR'
+          ? 'is a directory, not a file'
+          : `cannot be read (${typeof code === 'string' ? code : 'I/O error'})`;
   return new ConfigError(why, file, { cause: err });
 }
 

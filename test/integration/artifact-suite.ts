@@ -14,7 +14,11 @@ const never = new AbortController().signal;
 const TTL_MS = 7 * 86_400_000;
 const EMAIL = 'user@example.com';
 
-async function fetchArtifact(engine: PrivacyEngine, actor: Principal, requestId: string): Promise<{ artifact: ArtifactView | undefined; bytes: Buffer; messages: string[] }> {
+async function fetchArtifact(
+  engine: PrivacyEngine,
+  actor: Principal,
+  requestId: string,
+): Promise<{ artifact: ArtifactView | undefined; bytes: Buffer; messages: string[] }> {
   let artifact: ArtifactView | undefined;
   const chunks: Buffer[] = [];
   const messages: string[] = [];
@@ -42,8 +46,13 @@ export function artifactSuite(
     // Several chunks for a ~15 KB document, read two per query.
     const artifactOptions = { cipher, ttlMs: TTL_MS, chunkBytes: 4096, readChunks: 2 };
     const chunkRows = async (requestId: string) =>
-      (await db.knex('lethe_export_artifact_chunks').where({ request_id: requestId }).orderBy('seq')) as Array<{ seq: number; nonce: Uint8Array; ciphertext: Uint8Array }>;
-    const rowsWithKey = async (key: string) => Number(((await db.knex('lethe_privacy_requests').where({ idempotency_key: key }).count('* as n')) as Array<{ n: number | string }>)[0]?.n);
+      (await db.knex('lethe_export_artifact_chunks').where({ request_id: requestId }).orderBy('seq')) as Array<{
+        seq: number;
+        nonce: Uint8Array;
+        ciphertext: Uint8Array;
+      }>;
+    const rowsWithKey = async (key: string) =>
+      Number(((await db.knex('lethe_privacy_requests').where({ idempotency_key: key }).count('* as n')) as Array<{ n: number | string }>)[0]?.n);
 
     beforeAll(async () => {
       db = await open();
@@ -58,7 +67,10 @@ export function artifactSuite(
       let stored: Awaited<ReturnType<PrivacyEngine['storeExport']>>;
       let auditsBefore: Record<string, number>;
       const countAudits = async () => {
-        const rows = (await db.knex('audit_log').where({ target_id: 'user-id-123' }).groupBy('event_type').select('event_type').count('* as n')) as Array<{ event_type: string; n: number | string }>;
+        const rows = (await db.knex('audit_log').where({ target_id: 'user-id-123' }).groupBy('event_type').select('event_type').count('* as n')) as Array<{
+          event_type: string;
+          n: number | string;
+        }>;
         return Object.fromEntries(rows.map((r) => [r.event_type, Number(r.n)]));
       };
 
@@ -72,7 +84,14 @@ export function artifactSuite(
         const trailer = events.at(-1);
         if (trailer?.kind !== 'trailer') throw new Error('no trailer');
         expect(stored.replayed).toBe(false);
-        expect(stored.artifact).toMatchObject({ requestId: stored.requestId, sha256: trailer.sha256, sizeBytes: Buffer.byteLength(text), totalRecords: 59, state: 'available', keyId: cipher.keyId });
+        expect(stored.artifact).toMatchObject({
+          requestId: stored.requestId,
+          sha256: trailer.sha256,
+          sizeBytes: Buffer.byteLength(text),
+          totalRecords: 59,
+          state: 'available',
+          keyId: cipher.keyId,
+        });
         expect(stored.artifact.counts).toEqual([...trailer.counts].map(([category, exported]) => ({ category, exported })));
         expect(stored.artifact.expiresAt.getTime() - stored.artifact.createdAt.getTime()).toBe(TTL_MS);
 
@@ -103,7 +122,14 @@ export function artifactSuite(
 
       it('records a completed export in the ledger with its artifact, and one audit entry', async () => {
         const r = await engine.getRequest(user('user-id-123'), stored.requestId);
-        expect(r).toMatchObject({ type: 'export', subjectId: 'user-id-123', requester: 'user-id-123', state: 'completed', idempotencyKey: 'store-123', error: null });
+        expect(r).toMatchObject({
+          type: 'export',
+          subjectId: 'user-id-123',
+          requester: 'user-id-123',
+          state: 'completed',
+          idempotencyKey: 'store-123',
+          error: null,
+        });
         expect(r.artifact).toEqual(stored.artifact);
         // Stored once, delivered once by ExportUser above, and read back twice by the tests above.
         const audits = await countAudits();
@@ -123,16 +149,31 @@ export function artifactSuite(
       });
 
       it('refuses the key for a different subject, requester or request type', async () => {
-        await expect(engine.storeExport(user('platform-owner-id'), { userId: 'member-user-id-456', reason: '', idempotencyKey: 'store-123' }, never)).rejects.toThrow(new FailedPreconditionError(KEY_REUSED));
-        await expect(engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'store-123' }, never)).rejects.toThrow(new FailedPreconditionError(KEY_REUSED));
-        await expect(engine.forgetUser(user('platform-owner-id'), { userId: 'member-user-id-456', reason: 'erasure', idempotencyKey: 'store-123' })).rejects.toThrow(new FailedPreconditionError(KEY_REUSED));
+        await expect(
+          engine.storeExport(user('platform-owner-id'), { userId: 'member-user-id-456', reason: '', idempotencyKey: 'store-123' }, never),
+        ).rejects.toThrow(new FailedPreconditionError(KEY_REUSED));
+        await expect(engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'store-123' }, never)).rejects.toThrow(
+          new FailedPreconditionError(KEY_REUSED),
+        );
+        await expect(
+          engine.forgetUser(user('platform-owner-id'), { userId: 'member-user-id-456', reason: 'erasure', idempotencyKey: 'store-123' }),
+        ).rejects.toThrow(new FailedPreconditionError(KEY_REUSED));
         expect(((await db.knex('users').where({ id: 'member-user-id-456' }).first()) as { email: string }).email).toBe('member@example.com');
         expect(await rowsWithKey('store-123')).toBe(1);
       });
 
       it('is readable by the requester, the subject and platform principals, and no one else', async () => {
-        const other = await engine.storeExport(user('owner-user-id-1'), { userId: 'member-user-id-456', reason: 'Compliance audit', idempotencyKey: 'store-456' }, never);
-        for (const actor of [user('owner-user-id-1'), user('member-user-id-456'), user('platform-owner-id'), { id: 'system:serviceaccount:lethe:lethe-operator', role: 'platform' as const }]) {
+        const other = await engine.storeExport(
+          user('owner-user-id-1'),
+          { userId: 'member-user-id-456', reason: 'Compliance audit', idempotencyKey: 'store-456' },
+          never,
+        );
+        for (const actor of [
+          user('owner-user-id-1'),
+          user('member-user-id-456'),
+          user('platform-owner-id'),
+          { id: 'system:serviceaccount:lethe:lethe-operator', role: 'platform' as const },
+        ]) {
           expect((await fetchArtifact(engine, actor, other.requestId)).artifact?.sha256).toBe(other.artifact.sha256);
         }
         for (const actor of [user('user-id-123'), user('owner-user-id-2')]) {
@@ -145,8 +186,12 @@ export function artifactSuite(
       await expect(engine.storeExport(user('member-user-id-456'), { userId: 'user-id-123', reason: '', idempotencyKey: 'denied-1' }, never)).rejects.toThrow(
         new PermissionDeniedError("You do not have permission to export this user's data"),
       );
-      await expect(engine.storeExport(user('platform-owner-id'), { userId: 'no-such-user', reason: '', idempotencyKey: 'denied-2' }, never)).rejects.toThrow(new NotFoundError('User not found'));
-      await expect(engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: '' }, never)).rejects.toThrow(new InvalidArgumentError('idempotency_key is required'));
+      await expect(engine.storeExport(user('platform-owner-id'), { userId: 'no-such-user', reason: '', idempotencyKey: 'denied-2' }, never)).rejects.toThrow(
+        new NotFoundError('User not found'),
+      );
+      await expect(engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: '' }, never)).rejects.toThrow(
+        new InvalidArgumentError('idempotency_key is required'),
+      );
       await expect(engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'has space' }, never)).rejects.toThrow(
         new InvalidArgumentError('idempotency_key must be printable ASCII with no spaces'),
       );
@@ -156,9 +201,20 @@ export function artifactSuite(
 
     it('runs an attempt that died mid-way again, under the same request id', async () => {
       // A running entry with the key and no artifact: the operator or a server died during the export.
-      const dead = await ledger.insert(db.knex, { type: 'export', subjectId: 'user-id-123', requester: 'platform-owner-id', reason: 'DSAR', state: 'running', idempotencyKey: 'died-1', receivedAt: new Date(), dueAt: new Date(Date.now() + 30 * 86_400_000) });
+      const dead = await ledger.insert(db.knex, {
+        type: 'export',
+        subjectId: 'user-id-123',
+        requester: 'platform-owner-id',
+        reason: 'DSAR',
+        state: 'running',
+        idempotencyKey: 'died-1',
+        receivedAt: new Date(),
+        dueAt: new Date(Date.now() + 30 * 86_400_000),
+      });
       // And a chunk left behind by something that never committed its artifact.
-      await db.knex('lethe_export_artifact_chunks').insert({ request_id: dead.id, seq: 0, nonce: Buffer.alloc(12), tag: Buffer.alloc(16), ciphertext: Buffer.from('stale') });
+      await db
+        .knex('lethe_export_artifact_chunks')
+        .insert({ request_id: dead.id, seq: 0, nonce: Buffer.alloc(12), tag: Buffer.alloc(16), ciphertext: Buffer.from('stale') });
       const r = await engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: 'DSAR', idempotencyKey: 'died-1' }, never);
       expect(r).toMatchObject({ requestId: dead.id, replayed: false });
       expect(await rowsWithKey('died-1')).toBe(1);
@@ -171,9 +227,9 @@ export function artifactSuite(
       // The caller cancels once the export has begun (its ledger entry takes the time).
       const cancelled = new AbortController();
       const cancelling = await demoEngine(db, { artifacts: artifactOptions, now: () => (cancelled.abort(), new Date()) });
-      await expect(cancelling.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'failed-1' }, cancelled.signal)).rejects.toThrow(
-        new CancelledError('The export was cancelled'),
-      );
+      await expect(
+        cancelling.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'failed-1' }, cancelled.signal),
+      ).rejects.toThrow(new CancelledError('The export was cancelled'));
       const failed = await ledger.byIdempotencyKey(db.knex, 'failed-1');
       expect(failed).toMatchObject({ state: 'failed', error: 'The export was cancelled' });
       if (failed === undefined) return;
@@ -205,7 +261,9 @@ export function artifactSuite(
       gaveUp.abort();
       await expect(second).rejects.toThrow(new CancelledError('The call was cancelled while it waited for an earlier call with the same key'));
       expect(await first).toMatchObject({ replayed: false });
-      expect(await engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'waiting-1' }, never)).toMatchObject({ replayed: true });
+      expect(await engine.storeExport(user('platform-owner-id'), { userId: 'user-id-123', reason: '', idempotencyKey: 'waiting-1' }, never)).toMatchObject({
+        replayed: true,
+      });
     });
 
     it.runIf(options.openReplica !== undefined)('serializes calls with one key across replicas (separate pools)', async () => {
@@ -227,13 +285,26 @@ export function artifactSuite(
     });
 
     it('answers requests without an artifact clearly', async () => {
-      await expect(fetchArtifact(engine, user('platform-owner-id'), 'not-a-uuid')).rejects.toThrow(new InvalidArgumentError('request_id must be a privacy request id (a UUID)'));
-      await expect(fetchArtifact(engine, user('platform-owner-id'), '00000000-0000-4000-8000-000000000000')).rejects.toThrow(new NotFoundError(REQUEST_NOT_FOUND));
+      await expect(fetchArtifact(engine, user('platform-owner-id'), 'not-a-uuid')).rejects.toThrow(
+        new InvalidArgumentError('request_id must be a privacy request id (a UUID)'),
+      );
+      await expect(fetchArtifact(engine, user('platform-owner-id'), '00000000-0000-4000-8000-000000000000')).rejects.toThrow(
+        new NotFoundError(REQUEST_NOT_FOUND),
+      );
       const { events } = await collectExport(engine.exportUser(user('platform-owner-id'), { userId: 'member-user-id-456', reason: '' }, never));
       const header = events[0];
       if (header?.kind !== 'header') throw new Error('no header');
       await expect(fetchArtifact(engine, user('platform-owner-id'), header.requestId)).rejects.toThrow(new NotFoundError(NO_ARTIFACT));
-      const running = await ledger.insert(db.knex, { type: 'export', subjectId: 'user-id-123', requester: 'platform-owner-id', reason: '', state: 'running', idempotencyKey: 'running-1', receivedAt: new Date(), dueAt: new Date(Date.now() + 30 * 86_400_000) });
+      const running = await ledger.insert(db.knex, {
+        type: 'export',
+        subjectId: 'user-id-123',
+        requester: 'platform-owner-id',
+        reason: '',
+        state: 'running',
+        idempotencyKey: 'running-1',
+        receivedAt: new Date(),
+        dueAt: new Date(Date.now() + 30 * 86_400_000),
+      });
       await expect(fetchArtifact(engine, user('platform-owner-id'), running.id)).rejects.toThrow(
         new FailedPreconditionError('The export is still running; fetch the artifact once the request is completed'),
       );
@@ -267,7 +338,11 @@ export function artifactSuite(
 
       expect(await engine.expireArtifacts()).toBeGreaterThanOrEqual(1);
       expect(await chunkRows(r.requestId)).toEqual([]);
-      const row = (await db.knex('lethe_export_artifacts').where({ request_id: r.requestId }).first()) as { state: string; deleted_at: Date | null; sha256: string };
+      const row = (await db.knex('lethe_export_artifacts').where({ request_id: r.requestId }).first()) as {
+        state: string;
+        deleted_at: Date | null;
+        sha256: string;
+      };
       expect(row.state).toBe('expired');
       expect(row.deleted_at).not.toBeNull();
       expect(row.sha256).toBe(r.artifact.sha256);

@@ -75,8 +75,14 @@ describe.runIf(bin !== undefined)('export artifacts over gRPC on PostgreSQL', ()
 
     it('refuses bad arguments and a reused key', async () => {
       const client = await as(OPERATOR);
-      expect(await status(client.storeExport({ userId: 'user-id-123', reason: '', idempotencyKey: '' }))).toEqual({ code: 'INVALID_ARGUMENT', details: 'idempotency_key is required' });
-      expect(await status(client.storeExport({ userId: '', reason: '', idempotencyKey: key() }))).toEqual({ code: 'INVALID_ARGUMENT', details: 'user_id is required' });
+      expect(await status(client.storeExport({ userId: 'user-id-123', reason: '', idempotencyKey: '' }))).toEqual({
+        code: 'INVALID_ARGUMENT',
+        details: 'idempotency_key is required',
+      });
+      expect(await status(client.storeExport({ userId: '', reason: '', idempotencyKey: key() }))).toEqual({
+        code: 'INVALID_ARGUMENT',
+        details: 'user_id is required',
+      });
       const k = key();
       await client.storeExport({ userId: 'user-id-123', reason: '', idempotencyKey: k });
       expect(await status(client.storeExport({ userId: 'member-user-id-456', reason: '', idempotencyKey: k }))).toEqual({
@@ -115,7 +121,9 @@ describe.runIf(bin !== undefined)('export artifacts over gRPC on PostgreSQL', ()
     });
 
     it('replays a retried call', async () => {
-      const again = await (await as(OPERATOR)).storeExport({ userId: 'member-user-id-456', reason: 'PrivacyRequest default/dsar-1', idempotencyKey: 'uid-dsar-1' });
+      const again = await (
+        await as(OPERATOR)
+      ).storeExport({ userId: 'member-user-id-456', reason: 'PrivacyRequest default/dsar-1', idempotencyKey: 'uid-dsar-1' });
       expect(again).toEqual({ requestId: stored.requestId, artifact: stored.artifact, replayed: true });
     });
 
@@ -126,13 +134,18 @@ describe.runIf(bin !== undefined)('export artifacts over gRPC on PostgreSQL', ()
       for (const actor of ['owner-user-id-1', 'user-id-123', 'untrusted-bot']) {
         expect(await status(fetch(await as(actor), stored.requestId))).toEqual({ code: 'NOT_FOUND', details: 'Privacy request not found' });
       }
-      expect(await status(fetch(await as(OPERATOR), 'dsar-1'))).toEqual({ code: 'INVALID_ARGUMENT', details: 'request_id must be a privacy request id (a UUID)' });
+      expect(await status(fetch(await as(OPERATOR), 'dsar-1'))).toEqual({
+        code: 'INVALID_ARGUMENT',
+        details: 'request_id must be a privacy request id (a UUID)',
+      });
     });
 
     it('shows in the ledger with its artifact', async () => {
       const { request } = await (await as(OPERATOR)).getPrivacyRequest({ id: stored.requestId });
       expect(request?.artifact).toEqual(stored.artifact);
-      const list = await (await as('platform-owner-id')).listPrivacyRequests({ subjectId: 'member-user-id-456', state: 0, overdueOnly: false, pageSize: 0, pageToken: '' });
+      const list = await (
+        await as('platform-owner-id')
+      ).listPrivacyRequests({ subjectId: 'member-user-id-456', state: 0, overdueOnly: false, pageSize: 0, pageToken: '' });
       expect(list.requests.find((q) => q.id === stored.requestId)?.artifact?.sha256).toBe(stored.artifact.sha256);
     });
 
@@ -156,9 +169,20 @@ describe.runIf(bin !== undefined)('export artifacts over gRPC on PostgreSQL', ()
         stderr: 'lethe: give either a <user-id> to export or --request <id> to fetch a stored export, not both\n',
       });
       expect(await cli()).toMatchObject({ code: 1, stderr: 'lethe: give the <user-id> to export, or --request <id> to fetch a stored export\n' });
-      const denied = await run('node', [LETHE, 'export', '--request', stored.requestId, '-o', join(t.dataDir, 'x.json'), '--server', t.address, '--data-dir', t.dataDir, '--as', 'user-id-123']).catch(
-        (e: { code: number; stderr: string }) => e,
-      );
+      const denied = await run('node', [
+        LETHE,
+        'export',
+        '--request',
+        stored.requestId,
+        '-o',
+        join(t.dataDir, 'x.json'),
+        '--server',
+        t.address,
+        '--data-dir',
+        t.dataDir,
+        '--as',
+        'user-id-123',
+      ]).catch((e: { code: number; stderr: string }) => e);
       expect(denied).toMatchObject({ code: 1, stderr: 'lethe: NOT_FOUND: Privacy request not found\n' });
       expect(existsSync(join(t.dataDir, 'x.json.partial'))).toBe(false);
     });
@@ -177,11 +201,20 @@ describe.runIf(bin !== undefined)('export artifacts over gRPC on PostgreSQL', ()
       const r = await client.storeExport({ userId: 'user-id-123', reason: '', idempotencyKey: key() });
       const expiredAt = new Date(Date.now() - 1_000);
       await sql('UPDATE lethe_export_artifacts SET expires_at = $2 WHERE request_id = $1', [r.requestId, expiredAt]);
-      await waitFor('the sweeper', async () => (await sql<{ n: number }>('SELECT count(*)::int AS n FROM lethe_export_artifact_chunks WHERE request_id = $1', [r.requestId]))[0]?.n === 0, 15_000);
-      expect(await sql('SELECT state FROM lethe_export_artifacts WHERE request_id = $1 AND deleted_at IS NOT NULL', [r.requestId])).toEqual([{ state: 'expired' }]);
+      await waitFor(
+        'the sweeper',
+        async () => (await sql<{ n: number }>('SELECT count(*)::int AS n FROM lethe_export_artifact_chunks WHERE request_id = $1', [r.requestId]))[0]?.n === 0,
+        15_000,
+      );
+      expect(await sql('SELECT state FROM lethe_export_artifacts WHERE request_id = $1 AND deleted_at IS NOT NULL', [r.requestId])).toEqual([
+        { state: 'expired' },
+      ]);
       const { request } = await client.getPrivacyRequest({ id: r.requestId });
       expect(request?.artifact?.state).toBe(ArtifactState.ARTIFACT_STATE_EXPIRED);
-      expect(await status(fetch(client, r.requestId))).toEqual({ code: 'FAILED_PRECONDITION', details: `Export artifact expired at ${expiredAt.toISOString()}; run the export again` });
+      expect(await status(fetch(client, r.requestId))).toEqual({
+        code: 'FAILED_PRECONDITION',
+        details: `Export artifact expired at ${expiredAt.toISOString()}; run the export again`,
+      });
       // The other artifact is still there.
       expect((await fetch(client, stored.requestId)).bytes.length).toBe(stored.artifact.sizeBytes);
     });

@@ -42,7 +42,9 @@ interface Container {
 const containers = (docs: Doc[]) =>
   docs
     .filter((d) => d.kind === 'Deployment')
-    .flatMap((d) => ((d.spec as { template: { spec: { containers: Container[] } } }).template.spec.containers ?? []).map((c) => ({ deployment: d, container: c })));
+    .flatMap((d) =>
+      ((d.spec as { template: { spec: { containers: Container[] } } }).template.spec.containers ?? []).map((c) => ({ deployment: d, container: c })),
+    );
 
 function resolveEnv(docs: Doc[], env: readonly EnvVar[]): Record<string, string> {
   const out: Record<string, string> = { ...KUBELET };
@@ -105,12 +107,19 @@ describe.runIf(helm !== undefined)("the chart's rendered configuration is what t
         expect(c.serviceAccounts?.apiServer).toMatchObject({ source: 'in-cluster', host: '10.96.0.1' });
         // TLS from the mounted Secret (the files themselves are read at start-up), probes on the health-only port.
         for (const file of [c.tls?.certFile, c.tls?.keyFile, ...(valuesFiles.length > 0 ? [c.tls?.clientCaFile] : [])]) {
-          expect(container.volumeMounts?.some((m) => file?.startsWith(`${m.mountPath}/`)), `${file} is on a mounted volume`).toBe(true);
+          expect(
+            container.volumeMounts?.some((m) => file?.startsWith(`${m.mountPath}/`)),
+            `${file} is on a mounted volume`,
+          ).toBe(true);
         }
         expect(c.tls?.reloadIntervalMs).toBe(valuesFiles.length > 0 ? 30_000 : 10_000);
         expect(c.healthListen?.host).toBe('0.0.0.0');
         if (valuesFiles.length > 0) {
-          expect(c.events.natsTls).toEqual({ caFile: '/etc/lethe/nats-tls/ca.crt', certFile: '/etc/lethe/nats-tls/tls.crt', keyFile: '/etc/lethe/nats-tls/tls.key' });
+          expect(c.events.natsTls).toEqual({
+            caFile: '/etc/lethe/nats-tls/ca.crt',
+            certFile: '/etc/lethe/nats-tls/tls.crt',
+            keyFile: '/etc/lethe/nats-tls/tls.key',
+          });
           expect(container.volumeMounts?.some((m) => m.mountPath === '/etc/lethe/nats-tls')).toBe(true);
         }
         // The data map the server is pointed at is the one in the chart's ConfigMap, and it is valid.
@@ -142,7 +151,11 @@ describe.runIf(helm !== undefined)("the chart's rendered configuration is what t
     const sidecar = containers(docs).find((f) => f.container.args?.[0] === 'sidecar')?.container;
     expect(sidecar).toBeDefined();
     const flags = flagsOf(sidecar?.args ?? []);
-    const c = loadSidecarConfig(resolveEnv(docs, sidecar?.env ?? []), { service: String(flags.service), dataMap: String(flags.dataMap), healthListen: String(flags.healthListen) });
+    const c = loadSidecarConfig(resolveEnv(docs, sidecar?.env ?? []), {
+      service: String(flags.service),
+      dataMap: String(flags.dataMap),
+      healthListen: String(flags.healthListen),
+    });
     expect(c.service).toBe('orders');
     expect(c.healthListen.host).toBe('0.0.0.0');
   });

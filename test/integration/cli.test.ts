@@ -34,7 +34,9 @@ describe('the lethe command on the embedded default', () => {
   beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'lethe-cli-'));
     address = `127.0.0.1:${await freePort()}`;
-    server = spawn('node', [LETHE, 'serve', '--demo', '--listen', address, '--http-listen', '127.0.0.1:0', '--data-dir', dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    server = spawn('node', [LETHE, 'serve', '--demo', '--listen', address, '--http-listen', '127.0.0.1:0', '--data-dir', dataDir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     server.stdout?.on('data', (d: Buffer) => (log += d.toString()));
     server.stderr?.on('data', (d: Buffer) => (log += d.toString()));
     const deadline = Date.now() + 60_000;
@@ -82,7 +84,9 @@ describe('the lethe command on the embedded default', () => {
     });
 
     it('writes exactly the document to standard output with -o - (the same bytes as a file)', async () => {
-      const r = await run('node', [LETHE, 'export', 'user-id-123', '--as', 'platform-owner-id', '-o', '-', '--server', address, '--data-dir', dataDir], { encoding: 'buffer' });
+      const r = await run('node', [LETHE, 'export', 'user-id-123', '--as', 'platform-owner-id', '-o', '-', '--server', address, '--data-dir', dataDir], {
+        encoding: 'buffer',
+      });
       const file = join(dataDir, 'stdout-twin.json');
       const twin = await exportTo(file);
       expect(twin.code).toBe(0);
@@ -94,7 +98,12 @@ describe('the lethe command on the embedded default', () => {
       const fifo = join(dataDir, 'export.fifo');
       await run('mkfifo', [fifo]);
       const chunks: Buffer[] = [];
-      const read = new Promise<void>((resolve, reject) => createReadStream(fifo).on('data', (c) => chunks.push(Buffer.from(c))).on('end', resolve).on('error', reject));
+      const read = new Promise<void>((resolve, reject) =>
+        createReadStream(fifo)
+          .on('data', (c) => chunks.push(Buffer.from(c)))
+          .on('end', resolve)
+          .on('error', reject),
+      );
       const r = await exportTo(fifo);
       await read;
       expect(r.code).toBe(0);
@@ -122,7 +131,10 @@ describe('the lethe command on the embedded default', () => {
       expect(sha256(readFileSync(file))).toBe(digestOf(r.stderr));
       const dangling = join(dataDir, 'dangling.json');
       symlinkSync(join(dataDir, 'missing', 'x.json'), dangling);
-      expect(await exportTo(dangling)).toMatchObject({ code: 1, stderr: `lethe: -o ${dangling}: is a symbolic link to nothing; give the path of the file to write\n` });
+      expect(await exportTo(dangling)).toMatchObject({
+        code: 1,
+        stderr: `lethe: -o ${dangling}: is a symbolic link to nothing; give the path of the file to write\n`,
+      });
     });
   });
 
@@ -146,7 +158,13 @@ describe('the lethe command on the embedded default', () => {
     const list = await lethe('requests', 'list', '--as', 'platform-owner-id', '--subject', 'user-id-123');
     expect(list.stdout).toContain(result.request_id);
     const get = await lethe('requests', 'get', result.request_id, '--as', 'owner-user-id-2');
-    expect(JSON.parse(get.stdout)).toMatchObject({ id: result.request_id, type: 'forget', state: 'completed', subject_id: 'user-id-123', requester: 'owner-user-id-2' });
+    expect(JSON.parse(get.stdout)).toMatchObject({
+      id: result.request_id,
+      type: 'forget',
+      state: 'completed',
+      subject_id: 'user-id-123',
+      requester: 'owner-user-id-2',
+    });
   });
 
   it("schedules a person's own erasure, lists what is due soon as JSON, and cancels it", async () => {
@@ -155,7 +173,10 @@ describe('the lethe command on the embedded default', () => {
     const scheduled = JSON.parse(r.stdout) as { scheduled: boolean; scheduled_for: string; request_id: string };
     expect(scheduled).toMatchObject({ success: true, scheduled: true });
     const soon = await lethe('requests', 'list', '--due-within', '40d', '--json', '--as', 'platform-owner-id');
-    expect((JSON.parse(soon.stdout) as Array<{ id: string; state: string }>).find((x) => x.id === scheduled.request_id)).toMatchObject({ state: 'scheduled', scheduled_for: scheduled.scheduled_for });
+    expect((JSON.parse(soon.stdout) as Array<{ id: string; state: string }>).find((x) => x.id === scheduled.request_id)).toMatchObject({
+      state: 'scheduled',
+      scheduled_for: scheduled.scheduled_for,
+    });
     const bad = await lethe('requests', 'list', '--due-within', 'soon', '--as', 'platform-owner-id');
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toContain("option '--due-within <duration>' argument 'soon' is invalid. must be a duration such as 24h or 7d");

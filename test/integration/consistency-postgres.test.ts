@@ -37,7 +37,9 @@ describe.runIf(bin !== undefined)('consistency under concurrency (PostgreSQL)', 
     const forget = (key: string) => engine.forgetUser(platform, { userId: 'member-user-id-456', reason: 'GDPR Right to be Forgotten', idempotencyKey: key });
     const results = await Promise.all([forget('concurrent-a'), forget('concurrent-b'), forget('concurrent-c')]);
     expect(results.filter((r) => r.rowsAffected.length > 0)).toHaveLength(1);
-    expect(await db.knex('audit_log').where({ event_type: 'user_anonymized', target_id: 'member-user-id-456' }).pluck('actor_id')).toEqual(['platform-owner-id']);
+    expect(await db.knex('audit_log').where({ event_type: 'user_anonymized', target_id: 'member-user-id-456' }).pluck('actor_id')).toEqual([
+      'platform-owner-id',
+    ]);
   });
 
   it('two concurrent calls with one idempotency key run once and answer alike', async () => {
@@ -93,7 +95,12 @@ describe.runIf(bin !== undefined)('consistency under concurrency (PostgreSQL)', 
     expect(r.state).toBe('failed');
     expect(r.error).toBe('The export was cancelled');
     // Audited as cancelled, never as a disclosure.
-    expect(await db.knex('audit_log').where('details', '@>', JSON.stringify({ request_id: requestId })).pluck('event_type')).toEqual(['user_data_export_cancelled']);
+    expect(
+      await db
+        .knex('audit_log')
+        .where('details', '@>', JSON.stringify({ request_id: requestId }))
+        .pluck('event_type'),
+    ).toEqual(['user_data_export_cancelled']);
     const open = await db.knex.raw(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`);
     expect((open as { rows: Array<{ n: number }> }).rows[0]?.n).toBe(0);
   });
@@ -107,7 +114,12 @@ describe.runIf(bin !== undefined)('consistency under concurrency (PostgreSQL)', 
     }
     const r = await engine.getRequest(platform, requestId);
     expect(r).toMatchObject({ state: 'failed', error: 'The export was interrupted before it finished' });
-    expect(await db.knex('audit_log').where('details', '@>', JSON.stringify({ request_id: requestId })).pluck('event_type')).toEqual(['user_data_export_cancelled']);
+    expect(
+      await db
+        .knex('audit_log')
+        .where('details', '@>', JSON.stringify({ request_id: requestId }))
+        .pluck('event_type'),
+    ).toEqual(['user_data_export_cancelled']);
     const open = await db.knex.raw(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`);
     expect((open as { rows: Array<{ n: number }> }).rows[0]?.n).toBe(0);
   });

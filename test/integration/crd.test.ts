@@ -33,7 +33,10 @@ ${requestedBy}${spec}
   });
 
   it('accepts the issue example and shows type, subject, phase, due date and age', async () => {
-    const created = await kubectl(['apply', '-f', '-'], request('forget-user-123', '  type: Forget\n  subjectId: user-id-123\n  reason: GDPR Right to be Forgotten'));
+    const created = await kubectl(
+      ['apply', '-f', '-'],
+      request('forget-user-123', '  type: Forget\n  subjectId: user-id-123\n  reason: GDPR Right to be Forgotten'),
+    );
     expect(created).toMatchObject({ code: 0, stdout: 'privacyrequest.privacy.lethe.dev/forget-user-123 created\n' });
     const got = await kubectl(['get', 'preq', '-n', ns]);
     expect(got.stdout.split('\n')[0]?.split(/\s+/)).toEqual(['NAME', 'TYPE', 'SUBJECT', 'PHASE', 'DUE', 'AGE']);
@@ -44,8 +47,18 @@ ${requestedBy}${spec}
     ['an unknown type', 'bad-type', '  type: Delete\n  subjectId: user-id-123', 'spec.type: Unsupported value: "Delete": supported values: "Export", "Forget"'],
     ['a missing subject', 'no-subject', '  type: Export', 'spec.subjectId: Required value'],
     ['an oversized subject', 'long-subject', `  type: Export\n  subjectId: ${'x'.repeat(257)}`, 'spec.subjectId: Too long: may not be more than 256 bytes'],
-    ['a subject with spaces', 'spaced-subject', '  type: Export\n  subjectId: "jane doe"', 'spec.subjectId: Invalid value: "jane doe": spec.subjectId in body should match'],
-    ['an oversized reason', 'long-reason', `  type: Forget\n  subjectId: u-1\n  reason: ${'r'.repeat(257)}`, 'spec.reason: Too long: may not be more than 256 bytes'],
+    [
+      'a subject with spaces',
+      'spaced-subject',
+      '  type: Export\n  subjectId: "jane doe"',
+      'spec.subjectId: Invalid value: "jane doe": spec.subjectId in body should match',
+    ],
+    [
+      'an oversized reason',
+      'long-reason',
+      `  type: Forget\n  subjectId: u-1\n  reason: ${'r'.repeat(257)}`,
+      'spec.reason: Too long: may not be more than 256 bytes',
+    ],
   ])('refuses %s with a clear message', async (_, name, spec, message) => {
     const r = await kubectl(['apply', '-f', '-'], request(name, spec));
     expect(r.code).not.toBe(0);

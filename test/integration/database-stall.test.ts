@@ -83,7 +83,11 @@ describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeout
   }, 120_000);
 
   it('sets the server-side timeouts on every connection; a statement over them is UNAVAILABLE', async () => {
-    const db = await openDatabase({ kind: 'postgres', url: await cluster.createDatabase(), timeouts: { ...DEFAULT_DATABASE_TIMEOUTS, statementTimeoutMs: 300, queryTimeoutMs: 5_000 } });
+    const db = await openDatabase({
+      kind: 'postgres',
+      url: await cluster.createDatabase(),
+      timeouts: { ...DEFAULT_DATABASE_TIMEOUTS, statementTimeoutMs: 300, queryTimeoutMs: 5_000 },
+    });
     try {
       const show = async (name: string) => ((await db.knex.raw(`SHOW ${name}`)) as { rows: Array<Record<string, string>> }).rows[0]?.[name];
       expect(await show('statement_timeout')).toBe('300ms');

@@ -49,25 +49,50 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
       expect(Object.fromEntries(trailer.counts)).toEqual({ profile: 1, memberships: 2, login_events: 50, oauth_identities: 2, mfa_events: 3, passkeys: 1 });
       expect(trailer.totalRecords).toBe(59);
       const header = events[0];
-      expect(header?.kind === 'header' && header.categories.find((c) => c.name === 'login_events')).toMatchObject({ totalCount: 247, limit: 50, countKey: 'login_events_count' });
+      expect(header?.kind === 'header' && header.categories.find((c) => c.name === 'login_events')).toMatchObject({
+        totalCount: 247,
+        limit: 50,
+        countKey: 'login_events_count',
+      });
     });
 
     it('never exports secret columns', async () => {
       const { text } = await collectExport(engine.exportUser(user('user-id-123'), { userId: 'user-id-123', reason: '' }, never));
-      for (const secret of ['$argon2id', 'gho_demoAccessToken', 'ghr_demoRefreshToken', 'JBSWY3DPEHPK3PXP', 'cred-demo-xyz', 'demo-session-1', 'demo-recovery-1']) {
+      for (const secret of [
+        '$argon2id',
+        'gho_demoAccessToken',
+        'ghr_demoRefreshToken',
+        'JBSWY3DPEHPK3PXP',
+        'cred-demo-xyz',
+        'demo-session-1',
+        'demo-recovery-1',
+      ]) {
         expect(text).not.toContain(secret);
       }
     });
 
     it('records each export in the ledger and the audit log', async () => {
-      const before = await db.knex('audit_log').where({ event_type: 'user_data_exported', target_id: 'member-user-id-456' }).count<{ count: number }[]>('* as count');
+      const before = await db
+        .knex('audit_log')
+        .where({ event_type: 'user_data_exported', target_id: 'member-user-id-456' })
+        .count<{ count: number }[]>('* as count');
       const { events } = await collectExport(engine.exportUser(user('owner-user-id-1'), { userId: 'member-user-id-456', reason: 'Compliance audit' }, never));
       const header = events[0];
       if (header?.kind !== 'header') throw new Error('no header');
       const r = await engine.getRequest(user('owner-user-id-1'), header.requestId);
-      expect(r).toMatchObject({ type: 'export', subjectId: 'member-user-id-456', requester: 'owner-user-id-1', reason: 'Compliance audit', state: 'completed', overdue: false });
+      expect(r).toMatchObject({
+        type: 'export',
+        subjectId: 'member-user-id-456',
+        requester: 'owner-user-id-1',
+        reason: 'Compliance audit',
+        state: 'completed',
+        overdue: false,
+      });
       expect(r.completedAt).toBeInstanceOf(Date);
-      const after = await db.knex('audit_log').where({ event_type: 'user_data_exported', target_id: 'member-user-id-456' }).count<{ count: number }[]>('* as count');
+      const after = await db
+        .knex('audit_log')
+        .where({ event_type: 'user_data_exported', target_id: 'member-user-id-456' })
+        .count<{ count: number }[]>('* as count');
       expect(Number(after[0]?.count) - Number(before[0]?.count)).toBe(1);
     });
 
@@ -75,7 +100,9 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
       await expect(collectExport(engine.exportUser(user('member-user-id-456'), { userId: 'user-id-123', reason: '' }, never))).rejects.toThrow(
         new PermissionDeniedError("You do not have permission to export this user's data"),
       );
-      await expect(collectExport(engine.exportUser(user('platform-owner-id'), { userId: 'no-such-user', reason: '' }, never))).rejects.toThrow(new NotFoundError('User not found'));
+      await expect(collectExport(engine.exportUser(user('platform-owner-id'), { userId: 'no-such-user', reason: '' }, never))).rejects.toThrow(
+        new NotFoundError('User not found'),
+      );
       await expect(collectExport(engine.exportUser(user('platform-owner-id'), { userId: '', reason: '' }, never))).rejects.toBeInstanceOf(InvalidArgumentError);
     });
 
@@ -111,7 +138,12 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
         expect(u.password_hash).toBeNull();
         expect(new Date(u.created_at).toISOString()).toBe('2024-06-15T10:00:00.000Z');
 
-        const logins = (await k('login_events').where({ user_id: 'user-id-123' })) as Array<{ ip_address: string; user_agent: string; provider: string; geo_city: string }>;
+        const logins = (await k('login_events').where({ user_id: 'user-id-123' })) as Array<{
+          ip_address: string;
+          user_agent: string;
+          provider: string;
+          geo_city: string;
+        }>;
         expect(logins).toHaveLength(247);
         expect(new Set(logins.map((l) => l.ip_address))).toEqual(new Set(['0.0.0.0']));
         expect(new Set(logins.map((l) => l.user_agent))).toEqual(new Set(['anonymized']));
@@ -124,7 +156,11 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
         expect(await k('mfa_events').where({ user_id: 'user-id-123' }).pluck('event_type')).toHaveLength(3);
 
         const audit = (await k('audit_log').where('actor_id', 'user-id-123').orWhere('target_id', 'user-id-123').orderBy('id')) as Array<{
-          event_type: string; actor_id: string; ip_address: string | null; user_agent: string | null; details: unknown;
+          event_type: string;
+          actor_id: string;
+          ip_address: string | null;
+          user_agent: string | null;
+          details: unknown;
         }>;
         const old = audit.filter((a) => a.event_type !== 'user_anonymized');
         expect(old.length).toBeGreaterThanOrEqual(2);
@@ -171,9 +207,9 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
       });
 
       it('refuses an idempotency key reused for another subject', async () => {
-        await expect(engine.forgetUser(user('owner-user-id-2'), { userId: 'member-user-id-456', reason, idempotencyKey: `forget-123-${slug}` })).rejects.toThrow(
-          new FailedPreconditionError('idempotency_key was already used for a different request; use a new key'),
-        );
+        await expect(
+          engine.forgetUser(user('owner-user-id-2'), { userId: 'member-user-id-456', reason, idempotencyKey: `forget-123-${slug}` }),
+        ).rejects.toThrow(new FailedPreconditionError('idempotency_key was already used for a different request; use a new key'));
         expect(((await db.knex('users').where({ id: 'member-user-id-456' }).first()) as { email: string }).email).toBe('member@example.com');
       });
 
@@ -194,7 +230,10 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
       await k.raw(`CREATE TABLE shop_customers (id text PRIMARY KEY, name text, email text)`);
       await k.raw(`CREATE TABLE shop_orders (id text PRIMARY KEY, customer_id text, total_cents integer, placed_at timestamptz, note text)`);
       await k.raw(`CREATE TABLE shop_addresses (id text PRIMARY KEY, order_id text, street text, city text)`);
-      await k('shop_customers').insert([{ id: 'c1', name: 'Ada', email: 'ada@example.com' }, { id: 'c2', name: 'Bob', email: 'bob@example.com' }]);
+      await k('shop_customers').insert([
+        { id: 'c1', name: 'Ada', email: 'ada@example.com' },
+        { id: 'c2', name: 'Bob', email: 'bob@example.com' },
+      ]);
       await k('shop_orders').insert([
         { id: 'o1', customer_id: 'c1', total_cents: 1200, placed_at: new Date('2025-03-01T12:00:00.250Z'), note: 'ring twice' },
         { id: 'o2', customer_id: 'c1', total_cents: 300, placed_at: new Date('2025-03-02T12:00:00Z'), note: null },
@@ -270,7 +309,11 @@ categories:
         "partial.yaml: categories.logins: column 'provider' of table 'login_events' (text) is not declared",
       );
       await expect(
-        checkDataMapAgainstDatabase(db.knex, map('{columns: {ip_address: "null", user_agent: "null", provider: keep, risk_factors: "null", geo_country: "null", geo_city: "null"}}'), 'partial.yaml'),
+        checkDataMapAgainstDatabase(
+          db.knex,
+          map('{columns: {ip_address: "null", user_agent: "null", provider: keep, risk_factors: "null", geo_country: "null", geo_city: "null"}}'),
+          'partial.yaml',
+        ),
       ).rejects.toThrow("partial.yaml: categories.logins.forget.columns.provider: column 'provider' of table 'login_events' is kept without a reason");
       await expect(checkDataMapAgainstDatabase(db.knex, map('keep'), 'partial.yaml')).rejects.toThrow('a category kept as a whole needs a reason');
       // Rows that are deleted, and a category kept with a reason, declare every column.
@@ -283,7 +326,10 @@ categories:
       await k.raw(`CREATE TABLE bill_customers (id text PRIMARY KEY, user_id text, email text UNIQUE)`);
       await k.raw(`CREATE TABLE bill_invoices (id text PRIMARY KEY, customer_id text, billing_email text UNIQUE)`);
       await k.raw(`CREATE TABLE bill_lines (id text PRIMARY KEY, invoice_id text, description text)`);
-      await k('bill_customers').insert([{ id: 'bc1', user_id: 'u1', email: 'u1@example.com' }, { id: 'bc2', user_id: 'u2', email: 'u2@example.com' }]);
+      await k('bill_customers').insert([
+        { id: 'bc1', user_id: 'u1', email: 'u1@example.com' },
+        { id: 'bc2', user_id: 'u2', email: 'u2@example.com' },
+      ]);
       await k('bill_invoices').insert([
         { id: 'i1', customer_id: 'bc1', billing_email: 'u1+1@example.com' },
         { id: 'i2', customer_id: 'bc1', billing_email: 'u1+2@example.com' },
@@ -348,9 +394,13 @@ categories:
 `,
         'bad.yaml',
       );
-      await expect(checkDataMapAgainstDatabase(db.knex, map, 'bad.yaml')).rejects.toThrow("bad.yaml: categories.things.export.fields.nick: column 'nickname' does not exist in table 'users'");
+      await expect(checkDataMapAgainstDatabase(db.knex, map, 'bad.yaml')).rejects.toThrow(
+        "bad.yaml: categories.things.export.fields.nick: column 'nickname' does not exist in table 'users'",
+      );
       const missing = parseDataMap('categories: [{name: t, table: nope, subject: {column: id}, forget: delete}]', 'missing.yaml');
-      await expect(checkDataMapAgainstDatabase(db.knex, missing, 'missing.yaml')).rejects.toThrow("missing.yaml: categories.t.subject.column: table 'nope' does not exist in the database");
+      await expect(checkDataMapAgainstDatabase(db.knex, missing, 'missing.yaml')).rejects.toThrow(
+        "missing.yaml: categories.t.subject.column: table 'nope' does not exist in the database",
+      );
     });
   });
 }

@@ -55,7 +55,11 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('erasure across dow
     analytics = await openDatabase({ kind: 'postgres', url: analyticsUrl });
     await createOrdersSchema(orders.knex);
     await createAnalyticsSchema(analytics.knex);
-    server = await startTestServer({ DATABASE_URL: identityUrl, LETHE_NATS_URL: nats.url, LETHE_DOWNSTREAM_SERVICES: `${ORDERS_SERVICE},${ANALYTICS_SERVICE}` });
+    server = await startTestServer({
+      DATABASE_URL: identityUrl,
+      LETHE_NATS_URL: nats.url,
+      LETHE_DOWNSTREAM_SERVICES: `${ORDERS_SERVICE},${ANALYTICS_SERVICE}`,
+    });
     sidecars = [
       await startTestSidecar({ service: ORDERS_SERVICE, databaseUrl: ordersUrl, natsUrl: nats.url }),
       await startTestSidecar({ service: ANALYTICS_SERVICE, databaseUrl: analyticsUrl, natsUrl: nats.url }),
@@ -124,11 +128,23 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('erasure across dow
     await nats.start();
 
     const ids = new Set(requests);
-    await waitFor('all 100 requests completed', async () => {
-      const list = await client.listPrivacyRequests({ subjectId: '', state: RequestState.REQUEST_STATE_COMPLETED, overdueOnly: false, pageSize: 500, pageToken: '' });
-      return list.requests.filter((q) => ids.has(q.id)).length === 100;
-    }, 90_000);
-    const events = (await storedMessages(nc, 'LETHE_PRIVACY', 'privacy.v1.user.anonymized')).filter((m) => ids.has((m.json.data as { request_id: string }).request_id));
+    await waitFor(
+      'all 100 requests completed',
+      async () => {
+        const list = await client.listPrivacyRequests({
+          subjectId: '',
+          state: RequestState.REQUEST_STATE_COMPLETED,
+          overdueOnly: false,
+          pageSize: 500,
+          pageToken: '',
+        });
+        return list.requests.filter((q) => ids.has(q.id)).length === 100;
+      },
+      90_000,
+    );
+    const events = (await storedMessages(nc, 'LETHE_PRIVACY', 'privacy.v1.user.anonymized')).filter((m) =>
+      ids.has((m.json.data as { request_id: string }).request_id),
+    );
     expect(events).toHaveLength(100);
     expect(new Set(events.map((e) => e.msgId)).size).toBe(100);
     for (const u of bulk.slice(0, 5)) expect(await searchCount(analytics.knex, u)).toBe(0);

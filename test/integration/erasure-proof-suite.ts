@@ -34,7 +34,18 @@ const KEPT_BY_DESIGN: Readonly<Record<string, readonly string[]>> = {
   sessions: ['id', 'user_id', 'created_at', 'expires_at'],
   device_trust_tokens: ['id', 'user_id', 'created_at', 'expires_at'],
   // Audit entries stay; in details only references survive.
-  audit_log: ['id', 'event_type', 'actor_id', 'target_id', 'timestamp', 'details.request_id', 'details.requested_by', 'details.organization_id', 'details.role', 'details.provider'],
+  audit_log: [
+    'id',
+    'event_type',
+    'actor_id',
+    'target_id',
+    'timestamp',
+    'details.request_id',
+    'details.requested_by',
+    'details.organization_id',
+    'details.role',
+    'details.provider',
+  ],
 };
 
 const platform: Principal = { id: 'platform-owner-id', role: 'user' };
@@ -49,10 +60,15 @@ interface Cell {
 
 /** Every string in every column of every row of every table: JSON values leaf by leaf (`column.key`). */
 async function dumpDatabase(knex: Knex): Promise<Cell[]> {
-  const tables = (await knex('information_schema.tables').where({ table_type: 'BASE TABLE' }).andWhere('table_schema', knex.raw('current_schema()')).pluck('table_name')) as string[];
+  const tables = (await knex('information_schema.tables')
+    .where({ table_type: 'BASE TABLE' })
+    .andWhere('table_schema', knex.raw('current_schema()'))
+    .pluck('table_name')) as string[];
   const cells: Cell[] = [];
   for (const table of tables) {
-    const { rows } = (await knex.raw(`SELECT ctid::text AS ctid, to_jsonb(t) AS row FROM "${table}" AS t`)) as { rows: Array<{ ctid: string; row: Record<string, unknown> | string }> };
+    const { rows } = (await knex.raw(`SELECT ctid::text AS ctid, to_jsonb(t) AS row FROM "${table}" AS t`)) as {
+      rows: Array<{ ctid: string; row: Record<string, unknown> | string }>;
+    };
     for (const r of rows) {
       const row = typeof r.row === 'string' ? (JSON.parse(r.row) as Record<string, unknown>) : r.row;
       for (const [column, value] of Object.entries(row)) leaves(value, column, (path, v) => cells.push({ table, ctid: r.ctid, column: path, value: v }));
@@ -124,20 +140,59 @@ async function insertGeneratedSubject(knex: Knex, id: string): Promise<string[]>
   };
   await knex('users').insert({ id, email: planted.email, password_hash: planted.hash, created_at: at });
   await knex('memberships').insert({ user_id: id, organization_id: 'org-id-456', role: 'member', joined_at: at });
-  await knex('login_events').insert([1, 2, 3].map((n) => ({
-    id: `${id}-login-${n}`, user_id: id, timestamp: new Date(at.getTime() + n * 1000), ip_address: planted.ip, user_agent: planted.ua,
-    provider: 'password', success: true, risk_score: 1, risk_factors: '[]', geo_country: planted.country, geo_city: planted.city,
-  })));
-  await knex('oauth_identities').insert({ id: `${id}-oauth`, user_id: id, provider: 'github', provider_user_id: planted.providerUser, access_token: `${planted.token}-a`, refresh_token: `${planted.token}-r`, linked_at: at });
+  await knex('login_events').insert(
+    [1, 2, 3].map((n) => ({
+      id: `${id}-login-${n}`,
+      user_id: id,
+      timestamp: new Date(at.getTime() + n * 1000),
+      ip_address: planted.ip,
+      user_agent: planted.ua,
+      provider: 'password',
+      success: true,
+      risk_score: 1,
+      risk_factors: '[]',
+      geo_country: planted.country,
+      geo_city: planted.city,
+    })),
+  );
+  await knex('oauth_identities').insert({
+    id: `${id}-oauth`,
+    user_id: id,
+    provider: 'github',
+    provider_user_id: planted.providerUser,
+    access_token: `${planted.token}-a`,
+    refresh_token: `${planted.token}-r`,
+    linked_at: at,
+  });
   await knex('mfa_secrets').insert({ user_id: id, secret: planted.secret, created_at: at });
   await knex('mfa_recovery_codes').insert({ id: `${id}-rc`, user_id: id, code_hash: `${planted.token}-rc` });
   await knex('mfa_events').insert({ id: `${id}-mfa`, user_id: id, event_type: 'totp_enabled', success: true, timestamp: at });
-  await knex('passkeys').insert({ id: `${id}-pk`, user_id: id, name: planted.passkey, credential_id: `${planted.token}-cred`, public_key: `${planted.token}-pub`, aaguid: `aaguid-${t}`, created_at: at });
-  await knex('sessions').insert({ id: `${id}-s`, user_id: id, token_hash: `${planted.token}-s`, ip_address: planted.ip, user_agent: planted.ua, expires_at: at });
+  await knex('passkeys').insert({
+    id: `${id}-pk`,
+    user_id: id,
+    name: planted.passkey,
+    credential_id: `${planted.token}-cred`,
+    public_key: `${planted.token}-pub`,
+    aaguid: `aaguid-${t}`,
+    created_at: at,
+  });
+  await knex('sessions').insert({
+    id: `${id}-s`,
+    user_id: id,
+    token_hash: `${planted.token}-s`,
+    ip_address: planted.ip,
+    user_agent: planted.ua,
+    expires_at: at,
+  });
   await knex('device_trust_tokens').insert({ id: `${id}-d`, user_id: id, token_hash: `${planted.token}-d`, expires_at: at });
   await knex('audit_log').insert({
-    event_type: 'email_changed', actor_id: id, target_id: id, details: JSON.stringify({ old_email: planted.oldEmail, new_email: planted.email, note: { city: planted.city } }),
-    ip_address: planted.ip, user_agent: planted.ua, timestamp: at,
+    event_type: 'email_changed',
+    actor_id: id,
+    target_id: id,
+    details: JSON.stringify({ old_email: planted.oldEmail, new_email: planted.email, note: { city: planted.city } }),
+    ip_address: planted.ip,
+    user_agent: planted.ua,
+    timestamp: at,
   });
   const { token, ...values } = planted;
   return [...Object.values(values), `${token}-a`, `${token}-cred`, `${token}-s`, `aaguid-${t}`];
@@ -183,7 +238,11 @@ export function erasureProofSuite(name: string, open: () => Promise<Database>, c
         expected.set(c.table, (expected.get(c.table) ?? 0) + Number(rows[0]?.n ?? 0));
       }
 
-      const result = await engine.forgetUser(platform, { userId: subjectId, reason: 'GDPR Right to be Forgotten', idempotencyKey: `proof-forget-${subjectId}` });
+      const result = await engine.forgetUser(platform, {
+        userId: subjectId,
+        reason: 'GDPR Right to be Forgotten',
+        idempotencyKey: `proof-forget-${subjectId}`,
+      });
       for (const [table, n] of expected) {
         expect(result.rowsAffected.find((r) => r.table === table)?.rows, `rows of ${table}`).toBe(n);
       }
@@ -204,7 +263,10 @@ export function erasureProofSuite(name: string, open: () => Promise<Database>, c
       // Forgetting again changes nothing and is audited as such.
       const again = await engine.forgetUser(platform, { userId: subjectId, reason: 'again', idempotencyKey: `proof-forget-again-${subjectId}` });
       expect(again.rowsAffected).toEqual([]);
-      const audits = (await k('audit_log').where({ target_id: subjectId }).whereIn('event_type', ['user_anonymized', 'user_already_anonymized']).pluck('event_type')) as string[];
+      const audits = (await k('audit_log')
+        .where({ target_id: subjectId })
+        .whereIn('event_type', ['user_anonymized', 'user_already_anonymized'])
+        .pluck('event_type')) as string[];
       expect(audits.sort()).toEqual(['user_already_anonymized', 'user_anonymized']);
     });
   });

@@ -71,7 +71,9 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
   it('publishes a CloudEvent for a forget, with the event id as Nats-Msg-Id, and marks the outbox row sent', async () => {
     const client = await t.clientAs('platform-owner-id');
     const r = await client.forgetUser({ userId: 'member-user-id-456', reason: REASON, idempotencyKey: randomUUID() });
-    const stored = await waitFor('the event in the stream', async () => (await storedMessages(nc, STREAM, 'privacy.v1.user.anonymized')).find((m) => (m.json.data as { request_id?: string }).request_id === r.requestId));
+    const stored = await waitFor('the event in the stream', async () =>
+      (await storedMessages(nc, STREAM, 'privacy.v1.user.anonymized')).find((m) => (m.json.data as { request_id?: string }).request_id === r.requestId),
+    );
     expect(stored.subject).toBe('privacy.v1.user.anonymized');
     expect(stored.json).toEqual({
       specversion: '1.0',
@@ -84,7 +86,10 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
       data: { user_id: 'member-user-id-456', request_id: r.requestId, anonymized_at: (stored.json as { time: string }).time },
     });
     expect(JSON.stringify(stored.json)).not.toMatch(/@example\.com/);
-    await waitFor('the outbox row marked sent', async () => (await sql<{ sent_at: Date | null }>('SELECT sent_at FROM lethe_outbox WHERE id = $1', [stored.msgId]))[0]?.sent_at !== null);
+    await waitFor(
+      'the outbox row marked sent',
+      async () => (await sql<{ sent_at: Date | null }>('SELECT sent_at FROM lethe_outbox WHERE id = $1', [stored.msgId]))[0]?.sent_at !== null,
+    );
 
     const { request } = await client.getPrivacyRequest({ id: r.requestId });
     expect(request?.state).toBe(RequestState.REQUEST_STATE_ANONYMIZED);
@@ -109,8 +114,20 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
     });
     expect(completed.completedAt).toBeInstanceOf(Date);
     expect(completed.confirmations).toEqual([
-      { service: 'analytics', state: ConfirmationState.CONFIRMATION_STATE_PURGED, purgedAt: expect.any(Date) as Date, rowsAffected: [{ table: 'orders', action: 'update', rows: 2 }], error: '' },
-      { service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_PURGED, purgedAt: expect.any(Date) as Date, rowsAffected: [{ table: 'orders', action: 'update', rows: 2 }], error: '' },
+      {
+        service: 'analytics',
+        state: ConfirmationState.CONFIRMATION_STATE_PURGED,
+        purgedAt: expect.any(Date) as Date,
+        rowsAffected: [{ table: 'orders', action: 'update', rows: 2 }],
+        error: '',
+      },
+      {
+        service: 'orders',
+        state: ConfirmationState.CONFIRMATION_STATE_PURGED,
+        purgedAt: expect.any(Date) as Date,
+        rowsAffected: [{ table: 'orders', action: 'update', rows: 2 }],
+        error: '',
+      },
     ]);
 
     const failed = await waitFor('the failure recorded', async () => {
@@ -124,10 +141,14 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
     ]);
 
     // LETHE_CONFIRMATION_TIMEOUT is 3 s here.
-    const overdue = await waitFor('the stuck request overdue', async () => {
-      const list = await client.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: true, pageSize: 50, pageToken: '' });
-      return list.requests.some((q) => q.id === stuck.requestId) ? list : undefined;
-    }, 10_000);
+    const overdue = await waitFor(
+      'the stuck request overdue',
+      async () => {
+        const list = await client.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: true, pageSize: 50, pageToken: '' });
+        return list.requests.some((q) => q.id === stuck.requestId) ? list : undefined;
+      },
+      10_000,
+    );
     expect(overdue.requests.map((q) => q.id)).not.toContain(done.requestId);
     expect(overdue.requests.every((q) => q.overdue)).toBe(true);
   });
@@ -142,10 +163,14 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
     expect((await sql<{ n: number }>('SELECT count(*)::int AS n FROM lethe_outbox WHERE sent_at IS NULL'))[0]?.n).toBeGreaterThanOrEqual(100);
     await nats.start();
     const ids = new Set(results.map((r) => r.requestId));
-    const events = await waitFor('100 events in the stream', async () => {
-      const all = (await storedMessages(nc, STREAM, 'privacy.v1.user.anonymized')).filter((m) => ids.has((m.json.data as { request_id: string }).request_id));
-      return all.length >= 100 ? all : undefined;
-    }, 60_000);
+    const events = await waitFor(
+      '100 events in the stream',
+      async () => {
+        const all = (await storedMessages(nc, STREAM, 'privacy.v1.user.anonymized')).filter((m) => ids.has((m.json.data as { request_id: string }).request_id));
+        return all.length >= 100 ? all : undefined;
+      },
+      60_000,
+    );
     expect(events).toHaveLength(100);
     expect(new Set(events.map((e) => e.msgId)).size).toBe(100);
     expect(new Set(events.map((e) => (e.json.data as { request_id: string }).request_id))).toEqual(ids);
@@ -155,10 +180,16 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
       await receipt('orders', r.userId, r.requestId);
       await receipt('analytics', r.userId, r.requestId);
     }
-    await waitFor('all 100 requests completed', async () => {
-      const rows = await sql<{ n: number }>(`SELECT count(*)::int AS n FROM lethe_privacy_requests WHERE id = ANY($1::uuid[]) AND state = 'completed'`, [[...ids]]);
-      return rows[0]?.n === 100;
-    }, 60_000);
+    await waitFor(
+      'all 100 requests completed',
+      async () => {
+        const rows = await sql<{ n: number }>(`SELECT count(*)::int AS n FROM lethe_privacy_requests WHERE id = ANY($1::uuid[]) AND state = 'completed'`, [
+          [...ids],
+        ]);
+        return rows[0]?.n === 100;
+      },
+      60_000,
+    );
   });
 
   it('publishes after a crash: a server killed after the forget committed publishes on restart', async () => {
@@ -166,7 +197,14 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
     const port = await freePort();
     const serve = (): ChildProcess =>
       spawn('node', [join(process.cwd(), 'bin', 'lethe.js'), 'serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], {
-        env: { ...process.env, DATABASE_URL: url, LETHE_ARTIFACT_KEY: 'ab'.repeat(32), LETHE_NATS_URL: nats.url, LETHE_DOWNSTREAM_SERVICES: 'orders,analytics', LETHE_LOG_LEVEL: 'info' },
+        env: {
+          ...process.env,
+          DATABASE_URL: url,
+          LETHE_ARTIFACT_KEY: 'ab'.repeat(32),
+          LETHE_NATS_URL: nats.url,
+          LETHE_DOWNSTREAM_SERVICES: 'orders,analytics',
+          LETHE_LOG_LEVEL: 'info',
+        },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
     const started = async (p: ChildProcess) => {
@@ -188,14 +226,18 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
       const exited = new Promise((res) => first.once('exit', res));
       first.kill('SIGKILL');
       await exited;
-      expect((await sql<{ sent_at: Date | null }>(`SELECT o.sent_at FROM lethe_outbox o WHERE o.payload::jsonb -> 'data' ->> 'request_id' = $1`, [r.requestId]))[0]).toEqual({ sent_at: null });
+      expect(
+        (await sql<{ sent_at: Date | null }>(`SELECT o.sent_at FROM lethe_outbox o WHERE o.payload::jsonb -> 'data' ->> 'request_id' = $1`, [r.requestId]))[0],
+      ).toEqual({ sent_at: null });
 
       await nats.start();
       const second = serve();
       await started(second);
       try {
         const stored = await waitFor('the event published after the restart', async () => {
-          const found = (await storedMessages(nc, STREAM, 'privacy.v1.user.anonymized')).filter((m) => (m.json.data as { request_id: string }).request_id === r.requestId);
+          const found = (await storedMessages(nc, STREAM, 'privacy.v1.user.anonymized')).filter(
+            (m) => (m.json.data as { request_id: string }).request_id === r.requestId,
+          );
           return found.length > 0 ? found : undefined;
         });
         expect(stored).toHaveLength(1);

@@ -43,7 +43,9 @@ describe.runIf(bin !== undefined)('concurrent exports on PostgreSQL', () => {
     for (const r of refused) expect(r.details).toBe('4 exports are already running on this server; retry in a few seconds');
     expect(listed.requests.length).toBeGreaterThanOrEqual(0);
     expect(unaryMs).toBeLessThan(5_000);
-    console.info(`exports: ${codes.get('OK')} stored, ${refused.length} refused at once, in ${Date.now() - started} ms; a unary call meanwhile took ${unaryMs} ms`);
+    console.info(
+      `exports: ${codes.get('OK')} stored, ${refused.length} refused at once, in ${Date.now() - started} ms; a unary call meanwhile took ${unaryMs} ms`,
+    );
 
     // The refused ones, retried one at a time, all complete.
     for (const [i, r] of results.entries()) {

@@ -19,7 +19,11 @@ describe.runIf(bin !== undefined)('stalled export streams (PostgreSQL)', () => {
   let t: TestServer;
   const sql = sqlOn(() => url);
   const exportsInFlight = async () =>
-    Number((await sql<{ n: string }>(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (%' AND state <> 'idle'`))[0]?.n);
+    Number(
+      (
+        await sql<{ n: string }>(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (%' AND state <> 'idle'`)
+      )[0]?.n,
+    );
 
   beforeAll(async () => {
     cluster = await startPostgres(bin ?? '');
@@ -52,7 +56,10 @@ describe.runIf(bin !== undefined)('stalled export streams (PostgreSQL)', () => {
     // ...the ledger says why...
     const requestId = first.value?.part?.$case === 'header' ? first.value.part.value.requestId : '';
     const [entry] = await sql<{ state: string; error: string }>(`SELECT state, error FROM lethe_privacy_requests WHERE id = $1`, [requestId]);
-    expect(entry).toEqual({ state: 'failed', error: 'The export was stopped: the caller read nothing for 2s; read the stream as it comes, or run the export again' });
+    expect(entry).toEqual({
+      state: 'failed',
+      error: 'The export was stopped: the caller read nothing for 2s; read the stream as it comes, or run the export again',
+    });
     // ...and another caller is served at once.
     const other = await t.clientAs('platform-owner-id');
     const started = Date.now();
@@ -67,7 +74,10 @@ describe.runIf(bin !== undefined)('stalled export streams (PostgreSQL)', () => {
         }
       })(),
     );
-    expect(await rest).toEqual({ code: 'ABORTED', details: 'The export was stopped: the caller read nothing for 2s; read the stream as it comes, or run the export again' });
+    expect(await rest).toEqual({
+      code: 'ABORTED',
+      details: 'The export was stopped: the caller read nothing for 2s; read the stream as it comes, or run the export again',
+    });
     console.info(`stall: snapshot released ${releasedMs} ms after the stall was observed (timeout 2 s)`);
   });
 });

@@ -108,7 +108,10 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
 
     it('refuses an unknown user with NOT_FOUND, and tells a caller without the right nothing about existence', async () => {
       const client = await as('platform-owner-id');
-      expect(await status(client.forgetUser({ userId: 'no-such-user', reason: REASON, idempotencyKey: key() }))).toEqual({ code: 'NOT_FOUND', details: 'User not found' });
+      expect(await status(client.forgetUser({ userId: 'no-such-user', reason: REASON, idempotencyKey: key() }))).toEqual({
+        code: 'NOT_FOUND',
+        details: 'User not found',
+      });
       const owner = await as('owner-user-id-1');
       const denied = { code: 'PERMISSION_DENIED', details: 'You do not have permission to anonymize this user' };
       expect(await status(owner.forgetUser({ userId: 'no-such-user', reason: REASON, idempotencyKey: key() }))).toEqual(denied);
@@ -122,7 +125,9 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       expect(r.rowsAffected).toContainEqual({ table: 'users', action: 'update', rows: 1 });
       const c = new pg.Client({ connectionString: url });
       await c.connect();
-      const { rows } = await c.query<{ email: string; password_hash: string | null }>('SELECT email, password_hash FROM users WHERE id = $1', ['member-user-id-456']);
+      const { rows } = await c.query<{ email: string; password_hash: string | null }>('SELECT email, password_hash FROM users WHERE id = $1', [
+        'member-user-id-456',
+      ]);
       await c.end();
       expect(rows[0]?.email).toMatch(/^anonymized-\d+@deleted\.local$/);
       expect(rows[0]?.password_hash).toBeNull();
@@ -137,8 +142,23 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       expect(again).toEqual({ ...r, replayed: true });
 
       const { request } = await client.getPrivacyRequest({ id: r.requestId });
-      expect(request).toMatchObject({ id: r.requestId, type: RequestType.REQUEST_TYPE_FORGET, subjectId: 'user-id-123', requester: 'owner-user-id-2', reason: REASON, state: RequestState.REQUEST_STATE_COMPLETED, overdue: false, error: '' });
-      const list = await client.listPrivacyRequests({ subjectId: 'user-id-123', state: RequestState.REQUEST_STATE_UNSPECIFIED, overdueOnly: false, pageSize: 0, pageToken: '' });
+      expect(request).toMatchObject({
+        id: r.requestId,
+        type: RequestType.REQUEST_TYPE_FORGET,
+        subjectId: 'user-id-123',
+        requester: 'owner-user-id-2',
+        reason: REASON,
+        state: RequestState.REQUEST_STATE_COMPLETED,
+        overdue: false,
+        error: '',
+      });
+      const list = await client.listPrivacyRequests({
+        subjectId: 'user-id-123',
+        state: RequestState.REQUEST_STATE_UNSPECIFIED,
+        overdueOnly: false,
+        pageSize: 0,
+        pageToken: '',
+      });
       expect(list.requests.map((q) => q.id)).toContain(r.requestId);
     });
 
@@ -165,12 +185,25 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       // The issue's forgery: the old unsigned token format with a date outside PostgreSQL's range.
       const outOfRange = Buffer.from(JSON.stringify(['+275760-09-13T00:00:00.000Z', '00000000-0000-4000-8000-000000000000'])).toString('base64url');
       const [version, payload, mac] = first.nextPageToken.split('.');
-      const altered = `${version}.${Buffer.from(Buffer.from(payload ?? '', 'base64url').toString().replace(/\d{4}-/, '2999-')).toString('base64url')}.${mac}`;
+      const altered = `${version}.${Buffer.from(
+        Buffer.from(payload ?? '', 'base64url')
+          .toString()
+          .replace(/\d{4}-/, '2999-'),
+      ).toString('base64url')}.${mac}`;
       for (const pageToken of [outOfRange, altered, `${first.nextPageToken}x`, `v1.${outOfRange}.AAAAAAAAAAAAAAAAAAAAAA`]) {
-        expect(await status(client.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: false, pageSize: 10, pageToken }))).toEqual({ code: 'INVALID_ARGUMENT', details: 'page_token is not valid' });
+        expect(await status(client.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: false, pageSize: 10, pageToken }))).toEqual({
+          code: 'INVALID_ARGUMENT',
+          details: 'page_token is not valid',
+        });
       }
-      expect(await status(client.getPrivacyRequest({ id: 'not-a-uuid' }))).toEqual({ code: 'INVALID_ARGUMENT', details: 'id must be a privacy request id (a UUID)' });
-      expect(await status(client.getPrivacyRequest({ id: '00000000-0000-4000-8000-000000000000' }))).toEqual({ code: 'NOT_FOUND', details: 'Privacy request not found' });
+      expect(await status(client.getPrivacyRequest({ id: 'not-a-uuid' }))).toEqual({
+        code: 'INVALID_ARGUMENT',
+        details: 'id must be a privacy request id (a UUID)',
+      });
+      expect(await status(client.getPrivacyRequest({ id: '00000000-0000-4000-8000-000000000000' }))).toEqual({
+        code: 'NOT_FOUND',
+        details: 'Privacy request not found',
+      });
     });
   });
 
@@ -182,7 +215,11 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       ['malformed user_id', { userId: 'jane doe@example.com', reason: REASON, idempotencyKey: 'k3' }, 'user_id must be printable ASCII with no spaces'],
       ['empty reason', { userId: 'user-id-123', reason: '', idempotencyKey: 'k4' }, 'reason is required'],
       ['oversized reason', { userId: 'user-id-123', reason: 'é'.repeat(129), idempotencyKey: 'k5' }, 'reason must be at most 256 bytes'],
-      ['control characters in reason', { userId: 'user-id-123', reason: 'jane@example.com\u0000', idempotencyKey: 'k6' }, 'reason must not contain control characters'],
+      [
+        'control characters in reason',
+        { userId: 'user-id-123', reason: 'jane@example.com\u0000', idempotencyKey: 'k6' },
+        'reason must not contain control characters',
+      ],
       ['empty idempotency key', { userId: 'user-id-123', reason: REASON, idempotencyKey: '' }, 'idempotency_key is required'],
       ['oversized idempotency key', { userId: 'user-id-123', reason: REASON, idempotencyKey: long }, 'idempotency_key must be at most 256 bytes'],
     ])('%s', async (_, request, details) => {
@@ -190,7 +227,10 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
     });
 
     it('refuses a bad export subject the same way', async () => {
-      expect(await exportStatus(await as('platform-owner-id'), 'jane doe')).toEqual({ code: 'INVALID_ARGUMENT', details: 'user_id must be printable ASCII with no spaces' });
+      expect(await exportStatus(await as('platform-owner-id'), 'jane doe')).toEqual({
+        code: 'INVALID_ARGUMENT',
+        details: 'user_id must be printable ASCII with no spaces',
+      });
     });
   });
 
@@ -219,13 +259,26 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
     });
 
     it('refuses an expired token', async () => {
-      const token = await new SignJWT({}).setProtectedHeader({ alg: 'ES256' }).setSubject('platform-owner-id').setIssuer('lethe-local').setAudience('lethe').setIssuedAt(1_700_000_000).setExpirationTime(1_700_000_060).sign(await localSigner());
+      const token = await new SignJWT({})
+        .setProtectedHeader({ alg: 'ES256' })
+        .setSubject('platform-owner-id')
+        .setIssuer('lethe-local')
+        .setAudience('lethe')
+        .setIssuedAt(1_700_000_000)
+        .setExpirationTime(1_700_000_060)
+        .sign(await localSigner());
       expect(await forgetWith(token)).toEqual({ code: 'UNAUTHENTICATED', details: 'Token has expired' });
     });
 
     it('refuses a token signed by another key', async () => {
       const { privateKey } = await generateKeyPair('ES256');
-      const token = await new SignJWT({}).setProtectedHeader({ alg: 'ES256' }).setSubject('platform-owner-id').setIssuer('lethe-local').setAudience('lethe').setExpirationTime('1m').sign(privateKey);
+      const token = await new SignJWT({})
+        .setProtectedHeader({ alg: 'ES256' })
+        .setSubject('platform-owner-id')
+        .setIssuer('lethe-local')
+        .setAudience('lethe')
+        .setExpirationTime('1m')
+        .sign(privateKey);
       expect(await forgetWith(token)).toEqual({ code: 'UNAUTHENTICATED', details: 'Token signature is invalid' });
     });
 
@@ -233,7 +286,13 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
       ['iss', 'someone-else', 'lethe'],
       ['aud', 'lethe-local', 'another-service'],
     ])('refuses a token with the wrong %s', async (claim, iss, aud) => {
-      const token = await new SignJWT({}).setProtectedHeader({ alg: 'ES256' }).setSubject('platform-owner-id').setIssuer(iss).setAudience(aud).setExpirationTime('1m').sign(await localSigner());
+      const token = await new SignJWT({})
+        .setProtectedHeader({ alg: 'ES256' })
+        .setSubject('platform-owner-id')
+        .setIssuer(iss)
+        .setAudience(aud)
+        .setExpirationTime('1m')
+        .sign(await localSigner());
       expect(await forgetWith(token)).toEqual({ code: 'UNAUTHENTICATED', details: `Token claim '${claim}' is not accepted` });
     });
 
@@ -254,15 +313,24 @@ describe.runIf(bin !== undefined)('PrivacyService over gRPC on PostgreSQL', () =
     it('answers server reflection, so grpcurl and buf curl need no proto files', async () => {
       const buf = join(process.cwd(), 'node_modules', '.bin', 'buf');
       // Asynchronously: the server runs in this process and must keep answering.
-      const { stdout: out } = await promisify(execFile)(buf, ['curl', '--protocol', 'grpc', '--http2-prior-knowledge', '--list-methods', `http://${t.address}`], { encoding: 'utf8' });
-      expect(out.split('\n')).toEqual(expect.arrayContaining(['lethe.privacy.v1.PrivacyService/ExportUser', 'lethe.privacy.v1.PrivacyService/ForgetUser', 'grpc.health.v1.Health/Check']));
+      const { stdout: out } = await promisify(execFile)(
+        buf,
+        ['curl', '--protocol', 'grpc', '--http2-prior-knowledge', '--list-methods', `http://${t.address}`],
+        { encoding: 'utf8' },
+      );
+      expect(out.split('\n')).toEqual(
+        expect.arrayContaining(['lethe.privacy.v1.PrivacyService/ExportUser', 'lethe.privacy.v1.PrivacyService/ForgetUser', 'grpc.health.v1.Health/Check']),
+      );
     });
 
     it('answers UNAVAILABLE while the database is down and recovers by itself', async () => {
       const client = await as('platform-owner-id');
       await cluster.stop();
       try {
-        expect(await status(client.forgetUser({ userId: 'owner-user-id-2', reason: REASON, idempotencyKey: key() }))).toEqual({ code: 'UNAVAILABLE', details: 'The database is unavailable; retry later' });
+        expect(await status(client.forgetUser({ userId: 'owner-user-id-2', reason: REASON, idempotencyKey: key() }))).toEqual({
+          code: 'UNAVAILABLE',
+          details: 'The database is unavailable; retry later',
+        });
         expect(await exportStatus(client, 'owner-user-id-2')).toEqual({ code: 'UNAVAILABLE', details: 'The database is unavailable; retry later' });
       } finally {
         await cluster.start();

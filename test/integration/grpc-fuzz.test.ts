@@ -70,29 +70,78 @@ interface Method {
 }
 
 const METHODS: readonly Method[] = [
-  { path: '/lethe.privacy.v1.PrivacyService/ExportUser', kind: 'server-stream', authenticated: true, valid: () => ExportUserRequest.encode({ userId: 'user-id-123', reason: 'fuzz' }).finish() },
+  {
+    path: '/lethe.privacy.v1.PrivacyService/ExportUser',
+    kind: 'server-stream',
+    authenticated: true,
+    valid: () => ExportUserRequest.encode({ userId: 'user-id-123', reason: 'fuzz' }).finish(),
+  },
   {
     path: '/lethe.privacy.v1.PrivacyService/ForgetUser',
     kind: 'unary',
     authenticated: true,
-    valid: (r) => ForgetUserRequest.encode({ userId: r.pick(['member-user-id-456', 'nobody']), reason: 'fuzz', idempotencyKey: `k-${r.int(1000)}`, requestedBy: '' }).finish(),
+    valid: (r) =>
+      ForgetUserRequest.encode({
+        userId: r.pick(['member-user-id-456', 'nobody']),
+        reason: 'fuzz',
+        idempotencyKey: `k-${r.int(1000)}`,
+        requestedBy: '',
+      }).finish(),
   },
-  { path: '/lethe.privacy.v1.PrivacyService/GetPrivacyRequest', kind: 'unary', authenticated: true, valid: () => GetPrivacyRequestRequest.encode({ id: UUID }).finish() },
+  {
+    path: '/lethe.privacy.v1.PrivacyService/GetPrivacyRequest',
+    kind: 'unary',
+    authenticated: true,
+    valid: () => GetPrivacyRequestRequest.encode({ id: UUID }).finish(),
+  },
   {
     path: '/lethe.privacy.v1.PrivacyService/ListPrivacyRequests',
     kind: 'unary',
     authenticated: true,
-    valid: (r) => ListPrivacyRequestsRequest.encode({ subjectId: '', state: r.int(6), overdueOnly: r.next() < 0.5, pageSize: r.int(600), pageToken: r.pick(['', 'v1.x.y']), dueBefore: undefined }).finish(),
+    valid: (r) =>
+      ListPrivacyRequestsRequest.encode({
+        subjectId: '',
+        state: r.int(6),
+        overdueOnly: r.next() < 0.5,
+        pageSize: r.int(600),
+        pageToken: r.pick(['', 'v1.x.y']),
+        dueBefore: undefined,
+      }).finish(),
   },
   {
     path: '/lethe.privacy.v1.PrivacyService/StoreExport',
     kind: 'unary',
     authenticated: true,
-    valid: (r) => StoreExportRequest.encode({ userId: r.pick(['member-user-id-456', 'nobody']), reason: 'fuzz', idempotencyKey: `s-${r.int(50)}`, requestedBy: '' }).finish(),
+    valid: (r) =>
+      StoreExportRequest.encode({
+        userId: r.pick(['member-user-id-456', 'nobody']),
+        reason: 'fuzz',
+        idempotencyKey: `s-${r.int(50)}`,
+        requestedBy: '',
+      }).finish(),
   },
-  { path: '/lethe.privacy.v1.PrivacyService/GetExportArtifact', kind: 'server-stream', authenticated: true, valid: () => GetExportArtifactRequest.encode({ requestId: UUID }).finish() },
-  { path: '/grpc.health.v1.Health/Check', kind: 'unary', authenticated: false, valid: (r) => writer().tag(1, WireType.LengthDelimited).string(r.pick(['', 'lethe.privacy.v1.PrivacyService', 'liveness', 'nope'])).finish() },
-  { path: '/grpc.health.v1.Health/Watch', kind: 'server-stream', authenticated: false, valid: () => writer().tag(1, WireType.LengthDelimited).string('').finish() },
+  {
+    path: '/lethe.privacy.v1.PrivacyService/GetExportArtifact',
+    kind: 'server-stream',
+    authenticated: true,
+    valid: () => GetExportArtifactRequest.encode({ requestId: UUID }).finish(),
+  },
+  {
+    path: '/grpc.health.v1.Health/Check',
+    kind: 'unary',
+    authenticated: false,
+    valid: (r) =>
+      writer()
+        .tag(1, WireType.LengthDelimited)
+        .string(r.pick(['', 'lethe.privacy.v1.PrivacyService', 'liveness', 'nope']))
+        .finish(),
+  },
+  {
+    path: '/grpc.health.v1.Health/Watch',
+    kind: 'server-stream',
+    authenticated: false,
+    valid: () => writer().tag(1, WireType.LengthDelimited).string('').finish(),
+  },
   { path: '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', kind: 'bidi', authenticated: false, valid: reflectionRequest },
   { path: '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo', kind: 'bidi', authenticated: false, valid: reflectionRequest },
 ];
@@ -126,7 +175,11 @@ const MUTATIONS: ReadonlyArray<readonly [string, (r: Rng, valid: Uint8Array) => 
   ['truncated valid message', (r, valid) => Buffer.from(valid).subarray(0, valid.length === 0 ? 0 : r.int(valid.length))],
   ['valid prefix, garbage tail', (r, valid) => Buffer.concat([Buffer.from(valid), r.bytes(1 + r.int(20))])],
   // The issue's 149-byte reflection request: a string whose length field reads 4,294,967,295.
-  ['absurd string length', (r) => Buffer.concat([Buffer.from([(r.pick([1, 3, 4, 7]) << 3) | WireType.LengthDelimited]), Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]), r.bytes(r.int(144))])],
+  [
+    'absurd string length',
+    (r) =>
+      Buffer.concat([Buffer.from([(r.pick([1, 3, 4, 7]) << 3) | WireType.LengthDelimited]), Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]), r.bytes(r.int(144))]),
+  ],
   [
     'absurd nested length',
     (r) => {
@@ -142,7 +195,10 @@ const MUTATIONS: ReadonlyArray<readonly [string, (r: Rng, valid: Uint8Array) => 
   ['field number zero', (r) => Buffer.concat([Buffer.from([r.pick([0, 2, 5])]), r.bytes(r.int(8))])],
   ['deep groups', (r) => Buffer.alloc(200 + r.int(2000), (9 << 3) | WireType.StartGroup)],
   ['invalid UTF-8 string', (r) => Buffer.concat([Buffer.from([(1 << 3) | WireType.LengthDelimited, 4]), Buffer.from([0xff, 0xfe, 0xc0, r.int(256)])])],
-  ['oversized for health and reflection', (r) => Buffer.concat([Buffer.from([(1 << 3) | WireType.LengthDelimited]), varint(8_000), Buffer.alloc(8_000, 0x61 + r.int(20))])],
+  [
+    'oversized for health and reflection',
+    (r) => Buffer.concat([Buffer.from([(1 << 3) | WireType.LengthDelimited]), varint(8_000), Buffer.alloc(8_000, 0x61 + r.int(20))]),
+  ],
 ];
 
 interface Outcome {
@@ -160,10 +216,15 @@ function call(client: grpc.Client, m: Method, payload: Buffer, token: string | u
   return new Promise((resolve) => {
     const done = (code: number) => resolve({ code, ms: performance.now() - started });
     if (m.kind === 'unary') {
-      client.makeUnaryRequest(m.path, identity, identity, payload, md, { deadline }, (err) => done(err === null ? grpc.status.OK : (err.code ?? grpc.status.UNKNOWN)));
+      client.makeUnaryRequest(m.path, identity, identity, payload, md, { deadline }, (err) =>
+        done(err === null ? grpc.status.OK : (err.code ?? grpc.status.UNKNOWN)),
+      );
       return;
     }
-    const stream = m.kind === 'server-stream' ? client.makeServerStreamRequest(m.path, identity, identity, payload, md, { deadline }) : client.makeBidiStreamRequest(m.path, identity, identity, md, { deadline });
+    const stream =
+      m.kind === 'server-stream'
+        ? client.makeServerStreamRequest(m.path, identity, identity, payload, md, { deadline })
+        : client.makeBidiStreamRequest(m.path, identity, identity, md, { deadline });
     let answered = false;
     // A message means the request was decoded and served: enough (Watch would go on forever).
     stream.on('data', () => {
@@ -183,11 +244,22 @@ function call(client: grpc.Client, m: Method, payload: Buffer, token: string | u
 }
 
 /** One gRPC request over raw HTTP/2: headers and body as given; answers the grpc-status (OK once a message arrives), or only the HTTP status when there is none. */
-function rawCall(address: string, path: string, body: Buffer, headers: Record<string, string> = {}): Promise<{ httpStatus: number; grpcStatus: number | undefined; grpcMessage: string }> {
+function rawCall(
+  address: string,
+  path: string,
+  body: Buffer,
+  headers: Record<string, string> = {},
+): Promise<{ httpStatus: number; grpcStatus: number | undefined; grpcMessage: string }> {
   return new Promise((resolve, reject) => {
     const session = http2Connect(`http://${address}`);
     session.on('error', reject);
-    const req = session.request({ [h2.HTTP2_HEADER_METHOD]: 'POST', [h2.HTTP2_HEADER_PATH]: path, 'content-type': 'application/grpc', te: 'trailers', ...headers });
+    const req = session.request({
+      [h2.HTTP2_HEADER_METHOD]: 'POST',
+      [h2.HTTP2_HEADER_PATH]: path,
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      ...headers,
+    });
     let httpStatus = 0;
     let grpcStatus: number | undefined;
     let grpcMessage = '';
@@ -243,7 +315,12 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
       },
     });
     const config = loadServerConfig(
-      { DATABASE_URL: await cluster.createDatabase(), LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'), LETHE_METRICS_LISTEN: '127.0.0.1:0', LETHE_LOG_LEVEL: 'info' },
+      {
+        DATABASE_URL: await cluster.createDatabase(),
+        LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'),
+        LETHE_METRICS_LISTEN: '127.0.0.1:0',
+        LETHE_LOG_LEVEL: 'info',
+      },
       { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir },
     );
     server = await startLetheServer(config, pino({ level: 'info' }, logStream));
@@ -293,7 +370,14 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
       while (fuzzing) {
         const [h, l] = await Promise.all([
           call(probeClient, health, Buffer.from(writer().tag(1, WireType.LengthDelimited).string('').finish()), undefined),
-          call(probeClient, list, Buffer.from(ListPrivacyRequestsRequest.encode({ subjectId: '', state: 0, overdueOnly: false, pageSize: 5, pageToken: '', dueBefore: undefined }).finish()), token),
+          call(
+            probeClient,
+            list,
+            Buffer.from(
+              ListPrivacyRequestsRequest.encode({ subjectId: '', state: 0, overdueOnly: false, pageSize: 5, pageToken: '', dueBefore: undefined }).finish(),
+            ),
+            token,
+          ),
         ]);
         others.push(h, l);
         await new Promise((res) => setTimeout(res, 100));

@@ -60,7 +60,11 @@ interface PodSpec {
   securityContext?: Record<string, unknown>;
   containers: Container[];
   initContainers?: Container[];
-  volumes: Array<{ name: string; projected?: { sources: Array<{ serviceAccountToken?: Record<string, unknown> }> }; secret?: { secretName: string; items: Array<{ key: string; path: string }> } }>;
+  volumes: Array<{
+    name: string;
+    projected?: { sources: Array<{ serviceAccountToken?: Record<string, unknown> }> };
+    secret?: { secretName: string; items: Array<{ key: string; path: string }> };
+  }>;
 }
 interface Deployment {
   metadata: Meta;
@@ -144,12 +148,24 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
   it.each([
     ['a misspelt nested key', 'server:\n  replicaCont: 3\n', "at '/server': additional properties 'replicaCont' not allowed"],
     ['a misspelt top-level key', 'databse:\n  existingSecret: pg\n', "at '': additional properties 'databse' not allowed"],
-    ['a misspelt key in a security context', 'containerSecurityContext:\n  readOnlyRootFileSystem: true\n', "additional properties 'readOnlyRootFileSystem' not allowed"],
+    [
+      'a misspelt key in a security context',
+      'containerSecurityContext:\n  readOnlyRootFileSystem: true\n',
+      "additional properties 'readOnlyRootFileSystem' not allowed",
+    ],
     ['a wrong type', 'operator:\n  replicaCount: two\n', "at '/operator/replicaCount'"],
     ['an empty database Secret name', 'database:\n  existingSecret: ""\n', "at '/database/existingSecret'"],
     ['a malformed duration', 'server:\n  artifactTtl: 1week\n', "at '/server/artifactTtl'"],
-    ['a misspelt ServiceMonitor key', 'metrics:\n  serviceMonitor:\n    intervall: 30s\n', "at '/metrics/serviceMonitor': additional properties 'intervall' not allowed"],
-    ['a misspelt metrics NetworkPolicy peer', 'metrics:\n  networkPolicy:\n    from:\n      - namespaceSelectr: {}\n', "additional properties 'namespaceSelectr' not allowed"],
+    [
+      'a misspelt ServiceMonitor key',
+      'metrics:\n  serviceMonitor:\n    intervall: 30s\n',
+      "at '/metrics/serviceMonitor': additional properties 'intervall' not allowed",
+    ],
+    [
+      'a misspelt metrics NetworkPolicy peer',
+      'metrics:\n  networkPolicy:\n    from:\n      - namespaceSelectr: {}\n',
+      "additional properties 'namespaceSelectr' not allowed",
+    ],
     ['a misspelt TLS key', 'tls:\n  certManger:\n    enabled: true\n', "at '/tls': additional properties 'certManger' not allowed"],
     ['an issuer kind that does not exist', 'tls:\n  certManager:\n    issuerRef:\n      kind: Issuerr\n', "at '/tls/certManager/issuerRef/kind'"],
     ['a reload interval in hours', 'tls:\n  reloadInterval: 1h\n', "at '/tls/reloadInterval'"],
@@ -161,9 +177,21 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
   });
 
   it.each([
-    ['user-token verification without an issuer', { 'server.userTokens.jwksUrl': 'https://sso.example.com/jwks' }, 'server.userTokens.issuer and server.userTokens.audience are required'],
-    ['two operators without leader election', { 'operator.leaderElection': 'false' }, 'operator.leaderElection must stay on with more than one operator replica'],
-    ['a ServiceMonitor without metrics', { 'metrics.enabled': 'false', 'metrics.serviceMonitor.enabled': 'true' }, 'metrics.serviceMonitor.enabled needs metrics.enabled'],
+    [
+      'user-token verification without an issuer',
+      { 'server.userTokens.jwksUrl': 'https://sso.example.com/jwks' },
+      'server.userTokens.issuer and server.userTokens.audience are required',
+    ],
+    [
+      'two operators without leader election',
+      { 'operator.leaderElection': 'false' },
+      'operator.leaderElection must stay on with more than one operator replica',
+    ],
+    [
+      'a ServiceMonitor without metrics',
+      { 'metrics.enabled': 'false', 'metrics.serviceMonitor.enabled': 'true' },
+      'metrics.serviceMonitor.enabled needs metrics.enabled',
+    ],
     ['a metrics port that is the gRPC port', { 'metrics.port': '50051' }, 'metrics.port (50051) must differ from server.port and server.service.port'],
     ['TLS without a certificate', { 'tls.existingSecret': '' }, 'TLS is on by default and needs a certificate: set tls.existingSecret'],
     ['cert-manager without an issuer', { 'tls.certManager.enabled': 'true' }, 'tls.certManager.issuerRef.name is required with tls.certManager.enabled'],
@@ -175,7 +203,10 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
   });
 
   it('refuses a data map that hashes without a shared hash key, and takes it with one', async () => {
-    const map = valuesFile('hashing-map.yaml', 'dataMap: |\n  categories:\n    - name: orders\n      table: orders\n      subject: {column: user_id}\n      forget:\n        columns:\n          customer_name: hash\n');
+    const map = valuesFile(
+      'hashing-map.yaml',
+      'dataMap: |\n  categories:\n    - name: orders\n      table: orders\n      subject: {column: user_id}\n      forget:\n        columns:\n          customer_name: hash\n',
+    );
     await expect(renderChart({ valuesFiles: [map] })).rejects.toThrow('the data map uses the hash action: set hashKey.existingSecret');
     const withKey = await renderChart({ valuesFiles: [map], set: { 'hashKey.existingSecret': 'orders-hash-key' } });
     const c = container(one<Deployment>(withKey, 'Deployment', 'lethe-server'), 'server');
@@ -202,7 +233,10 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     lines.forEach((line, i) => {
       const key = /^\s*([\w./-]+):/.exec(line);
       if (key === null) return;
-      const previous = lines.slice(0, i).reverse().find((l) => l.trim() !== '');
+      const previous = lines
+        .slice(0, i)
+        .reverse()
+        .find((l) => l.trim() !== '');
       if (previous?.trim().startsWith('#') !== true) uncommented.push(`${i + 1}: ${key[1] ?? ''}`);
     });
     expect(uncommented).toEqual([]);
@@ -221,8 +255,24 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     const kinds = defaults.map((m) => m.kind).sort();
     expect(kinds).toEqual(
       [
-        'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'ConfigMap', 'CustomResourceDefinition', 'Deployment', 'Deployment',
-        'NetworkPolicy', 'NetworkPolicy', 'PodDisruptionBudget', 'PodDisruptionBudget', 'Role', 'RoleBinding', 'Service', 'Service', 'ServiceAccount', 'ServiceAccount',
+        'ClusterRole',
+        'ClusterRole',
+        'ClusterRoleBinding',
+        'ClusterRoleBinding',
+        'ConfigMap',
+        'CustomResourceDefinition',
+        'Deployment',
+        'Deployment',
+        'NetworkPolicy',
+        'NetworkPolicy',
+        'PodDisruptionBudget',
+        'PodDisruptionBudget',
+        'Role',
+        'RoleBinding',
+        'Service',
+        'Service',
+        'ServiceAccount',
+        'ServiceAccount',
       ].sort(),
     );
     // No Secret unless asked for (createSecret), no ServiceMonitor unless asked for (it needs the prometheus-operator's CRD).
@@ -261,7 +311,9 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(envOf(allServer, 'LETHE_ARTIFACT_KEY')?.valueFrom?.secretKeyRef).toEqual({ name: 'privacy-secrets', key: 'artifactKey' });
     expect(envOf(allServer, 'LETHE_NATS_URL')?.valueFrom?.secretKeyRef).toEqual({ name: 'platform-nats', key: 'nats-url' });
     expect(envOf(allServer, 'LETHE_HASH_KEY')?.valueFrom?.secretKeyRef).toEqual({ name: 'platform-hash-key', key: 'hex' });
-    expect(envOf(allServer, 'LETHE_PLATFORM_PRINCIPALS')?.value).toBe('system:serviceaccount:lethe:lethe-privacy-operator,system:serviceaccount:ops:privacy-admin,dpo-user-id');
+    expect(envOf(allServer, 'LETHE_PLATFORM_PRINCIPALS')?.value).toBe(
+      'system:serviceaccount:lethe:lethe-privacy-operator,system:serviceaccount:ops:privacy-admin,dpo-user-id',
+    );
     expect(envOf(allServer, 'LETHE_JWKS_URL')?.value).toBe('https://sso.example.com/.well-known/jwks.json');
     expect(envOf(allServer, 'LETHE_JWT_ISSUER')?.value).toBe('https://sso.example.com');
     expect(envOf(allServer, 'LETHE_JWT_AUDIENCE')?.value).toBe('lethe');
@@ -287,7 +339,10 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     expect(envOf(c, 'LETHE_TOKEN_FILE')?.value).toBe('/var/run/secrets/lethe/token');
     expect(envOf(c, 'LETHE_TLS_CA')?.value).toBe('/etc/lethe/tls-ca/ca.crt');
     expect(envOf(c, 'LETHE_TLS_CERT')).toBeUndefined();
-    expect(d.spec.template.spec.volumes.find((v) => v.name === 'tls-ca')?.secret).toEqual({ secretName: 'lethe-tls', items: [{ key: 'ca.crt', path: 'ca.crt' }] });
+    expect(d.spec.template.spec.volumes.find((v) => v.name === 'tls-ca')?.secret).toEqual({
+      secretName: 'lethe-tls',
+      items: [{ key: 'ca.crt', path: 'ca.crt' }],
+    });
     expect(envOf(c, 'LETHE_OPERATOR_NAMESPACES')?.value).toBe('');
     expect(envOf(c, 'LETHE_OPERATOR_CONCURRENCY')?.value).toBe('4');
     expect(envOf(c, 'LETHE_LEADER_ELECTION')?.value).toBe('true');
@@ -411,7 +466,11 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
             { port: 'http', protocol: 'TCP' },
           ],
           from: [
-            { podSelector: { matchLabels: { 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe', 'app.kubernetes.io/component': 'operator' } } },
+            {
+              podSelector: {
+                matchLabels: { 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe', 'app.kubernetes.io/component': 'operator' },
+              },
+            },
             { podSelector: { matchLabels: { 'lethe.dev/client': 'true' } }, namespaceSelector: {} },
           ],
         },
@@ -429,7 +488,8 @@ describe.runIf(helm !== undefined)('the Helm chart: TLS', () => {
   let defaults: Manifest[];
   let all: Manifest[];
   let off: Manifest[];
-  const ports = (d: Deployment) => (container(d, d.metadata.name.endsWith('server') ? 'server' : 'operator') as Container & { ports?: Array<{ name: string; containerPort: number }> }).ports;
+  const ports = (d: Deployment) =>
+    (container(d, d.metadata.name.endsWith('server') ? 'server' : 'operator') as Container & { ports?: Array<{ name: string; containerPort: number }> }).ports;
 
   beforeAll(async () => {
     [defaults, all, off] = await Promise.all([renderChart(), renderChart({ valuesFiles: [ALL_FEATURES] }), renderChart({ set: { 'tls.enabled': 'false' } })]);
@@ -447,7 +507,10 @@ describe.runIf(helm !== undefined)('the Helm chart: TLS', () => {
     expect(c.volumeMounts?.some((m) => 'subPath' in m)).toBe(false);
     expect(d.spec.template.spec.volumes.find((v) => v.name === 'tls')?.secret).toEqual({
       secretName: 'lethe-tls',
-      items: [{ key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }],
+      items: [
+        { key: 'tls.crt', path: 'tls.crt' },
+        { key: 'tls.key', path: 'tls.key' },
+      ],
     });
     for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 8086 } });
     expect(ofKind(defaults, 'Certificate')).toEqual([]);
@@ -471,7 +534,10 @@ describe.runIf(helm !== undefined)('the Helm chart: TLS', () => {
     expect(envOf(sc, 'LETHE_TLS_CLIENT_CA')?.value).toBe('/etc/lethe/tls-client-ca/ca.crt');
     expect(envOf(sc, 'LETHE_TLS_RELOAD_INTERVAL')?.value).toBe('30s');
     expect(server.spec.template.spec.volumes.find((v) => v.name === 'tls')?.secret?.secretName).toBe('privacy-server-tls');
-    expect(server.spec.template.spec.volumes.find((v) => v.name === 'tls-client-ca')?.secret).toEqual({ secretName: 'platform-client-ca', items: [{ key: 'ca.crt', path: 'ca.crt' }] });
+    expect(server.spec.template.spec.volumes.find((v) => v.name === 'tls-client-ca')?.secret).toEqual({
+      secretName: 'platform-client-ca',
+      items: [{ key: 'ca.crt', path: 'ca.crt' }],
+    });
     for (const probe of [sc.startupProbe, sc.readinessProbe, sc.livenessProbe]) expect(probe).toMatchObject({ grpc: { port: 8090 } });
     expect(ports(server)).toContainEqual({ name: 'health', containerPort: 8090, protocol: 'TCP' });
     const operator = one<Deployment>(all, 'Deployment', 'privacy-operator');
@@ -483,16 +549,18 @@ describe.runIf(helm !== undefined)('the Helm chart: TLS', () => {
     expect(operator.spec.template.spec.volumes.find((v) => v.name === 'tls-client')?.secret?.secretName).toBe('privacy-operator-tls');
   });
 
-  it("mounts the CA Secrets of NATS and the database when named, and points the NATS client at them", () => {
+  it('mounts the CA Secrets of NATS and the database when named, and points the NATS client at them', () => {
     const server = one<Deployment>(all, 'Deployment', 'privacy-server');
     const c = container(server, 'server');
     expect(envOf(c, 'LETHE_NATS_TLS_CA')?.value).toBe('/etc/lethe/nats-tls/ca.crt');
     expect(envOf(c, 'LETHE_NATS_TLS_CERT')?.value).toBe('/etc/lethe/nats-tls/tls.crt');
     expect(envOf(c, 'LETHE_NATS_TLS_KEY')?.value).toBe('/etc/lethe/nats-tls/tls.key');
-    expect(c.volumeMounts).toEqual(expect.arrayContaining([
-      { name: 'nats-tls', mountPath: '/etc/lethe/nats-tls', readOnly: true },
-      { name: 'database-tls', mountPath: '/etc/lethe/database-tls', readOnly: true },
-    ]));
+    expect(c.volumeMounts).toEqual(
+      expect.arrayContaining([
+        { name: 'nats-tls', mountPath: '/etc/lethe/nats-tls', readOnly: true },
+        { name: 'database-tls', mountPath: '/etc/lethe/database-tls', readOnly: true },
+      ]),
+    );
     expect(server.spec.template.spec.volumes.find((v) => v.name === 'nats-tls')?.secret).toEqual({ secretName: 'platform-nats-tls' });
     expect(server.spec.template.spec.volumes.find((v) => v.name === 'database-tls')?.secret).toEqual({ secretName: 'platform-db-ca' });
     const d = container(one<Deployment>(defaults, 'Deployment', 'lethe-server'), 'server');
@@ -525,7 +593,11 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
   let off: Manifest[];
   let noPeers: Manifest[];
   const ports = (d: Deployment, name: string) => (container(d, name) as Container & { ports?: Array<{ name: string; containerPort: number }> }).ports;
-  const selector = (release: string, component: string) => ({ 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': release, 'app.kubernetes.io/component': component });
+  const selector = (release: string, component: string) => ({
+    'app.kubernetes.io/name': 'lethe',
+    'app.kubernetes.io/instance': release,
+    'app.kubernetes.io/component': component,
+  });
 
   beforeAll(async () => {
     [defaults, all, off, noPeers] = await Promise.all([
@@ -555,7 +627,11 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
     const operatorMetrics = one<Service>(defaults, 'Service', 'lethe-operator-metrics');
     expect(operatorMetrics.spec.selector).toEqual(selector('lethe', 'operator'));
     expect(operatorMetrics.spec.ports).toEqual([{ name: 'metrics', port: 8081, targetPort: 'health', protocol: 'TCP' }]);
-    expect(ports(one<Deployment>(defaults, 'Deployment', 'lethe-operator'), 'operator')).toContainEqual({ name: 'health', containerPort: 8081, protocol: 'TCP' });
+    expect(ports(one<Deployment>(defaults, 'Deployment', 'lethe-operator'), 'operator')).toContainEqual({
+      name: 'health',
+      containerPort: 8081,
+      protocol: 'TCP',
+    });
   });
 
   it("admits only the metrics peers to the operator's health/metrics port, and nobody when there are none", () => {
@@ -563,7 +639,9 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
     expect(np.spec).toEqual({
       podSelector: { matchLabels: { 'app.kubernetes.io/name': 'lethe', 'app.kubernetes.io/instance': 'lethe', 'app.kubernetes.io/component': 'operator' } },
       policyTypes: ['Ingress'],
-      ingress: [{ ports: [{ port: 'health', protocol: 'TCP' }], from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }] }],
+      ingress: [
+        { ports: [{ port: 'health', protocol: 'TCP' }], from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }] },
+      ],
     });
     for (const rendered of [off, noPeers]) expect(one<{ spec: { ingress: unknown[] } }>(rendered, 'NetworkPolicy', 'lethe-operator').spec.ingress).toEqual([]);
   });
@@ -589,7 +667,10 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
       ['monitoring.coreos.com/v1', 'privacy-server', 'lethe'],
       ['monitoring.coreos.com/v1', 'privacy-operator', 'lethe'],
     ]);
-    for (const [m, component] of [[monitors[0], 'server'], [monitors[1], 'operator']] as const) {
+    for (const [m, component] of [
+      [monitors[0], 'server'],
+      [monitors[1], 'operator'],
+    ] as const) {
       expect(m?.metadata.labels).toMatchObject({ release: 'kube-prometheus-stack', team: 'platform', 'app.kubernetes.io/component': component });
       expect(m?.spec).toEqual({
         namespaceSelector: { matchNames: ['lethe'] },
@@ -608,7 +689,10 @@ describe.runIf(helm !== undefined)('the Helm chart: Prometheus metrics', () => {
     expect(np.spec.ingress[1]).toEqual({
       ports: [{ port: 'metrics', protocol: 'TCP' }],
       from: [
-        { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } }, podSelector: { matchLabels: { 'app.kubernetes.io/name': 'prometheus' } } },
+        {
+          namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } },
+          podSelector: { matchLabels: { 'app.kubernetes.io/name': 'prometheus' } },
+        },
         { ipBlock: { cidr: '10.0.0.0/8', except: ['10.0.1.0/24'] } },
       ],
     });
@@ -643,7 +727,7 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     expect(notes).toContain(`kubectl apply -n ${RELEASE_NS} -f - <<'YAML'`);
     expect(notes).toContain('kind: PrivacyRequest');
     expect(notes).toContain(`kubectl get preq -n ${RELEASE_NS} --watch`);
-    expect(notes).toContain("TLS: the certificate in Secret lethe-tls. Clients trust its CA:");
+    expect(notes).toContain('TLS: the certificate in Secret lethe-tls. Clients trust its CA:');
     expect(notes).not.toContain('WARNING: TLS is off');
 
     // The request NOTES.txt shows, applied as printed.
@@ -665,7 +749,18 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
   });
 
   it('warns in NOTES.txt when TLS is turned off', async () => {
-    const r = await runHelm(['install', 'lethe-plain', CHART_DIR, '--namespace', RELEASE_NS, '--kubeconfig', kube.kubeconfigPath, '--dry-run=server', '--set', 'tls.enabled=false,crds.enabled=false']);
+    const r = await runHelm([
+      'install',
+      'lethe-plain',
+      CHART_DIR,
+      '--namespace',
+      RELEASE_NS,
+      '--kubeconfig',
+      kube.kubeconfigPath,
+      '--dry-run=server',
+      '--set',
+      'tls.enabled=false,crds.enabled=false',
+    ]);
     expect(r.code).toBe(0);
     const notes = r.stdout.slice(r.stdout.indexOf('NOTES:'));
     expect(notes).toContain('WARNING: TLS is off (tls.enabled=false): the PrivacyService, its tokens and the personal data it\nexports travel in plaintext.');
@@ -699,9 +794,23 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
     expect(accepted.length).toBe(rest.length);
     for (const line of accepted) expect(line).toMatch(/ (created|configured|unchanged) \(server dry run\)$/);
     const certificates = accepted.filter((line) => line.startsWith('certificate.cert-manager.io/'));
-    expect(certificates).toEqual(valuesFiles.length === 0 ? [] : ['certificate.cert-manager.io/privacy-server-tls created (server dry run)', 'certificate.cert-manager.io/privacy-operator-tls created (server dry run)']);
+    expect(certificates).toEqual(
+      valuesFiles.length === 0
+        ? []
+        : [
+            'certificate.cert-manager.io/privacy-server-tls created (server dry run)',
+            'certificate.cert-manager.io/privacy-operator-tls created (server dry run)',
+          ],
+    );
     const monitors = accepted.filter((line) => line.startsWith('servicemonitor.monitoring.coreos.com/'));
-    expect(monitors).toEqual(valuesFiles.length === 0 ? [] : ['servicemonitor.monitoring.coreos.com/privacy-server created (server dry run)', 'servicemonitor.monitoring.coreos.com/privacy-operator created (server dry run)']);
+    expect(monitors).toEqual(
+      valuesFiles.length === 0
+        ? []
+        : [
+            'servicemonitor.monitoring.coreos.com/privacy-server created (server dry run)',
+            'servicemonitor.monitoring.coreos.com/privacy-operator created (server dry run)',
+          ],
+    );
   });
 
   it('accepts the documented sidecar snippet', async () => {
@@ -714,14 +823,21 @@ describe.runIf(helm !== undefined && assets !== undefined)('every manifest the c
   it("every pod template (defaults, every feature on, the sidecar snippet) passes the API server's restricted Pod Security admission", async () => {
     const ns = 'restricted';
     expect((await kubectl(['create', 'namespace', ns])).code).toBe(0);
-    expect((await kubectl(['label', 'namespace', ns, 'pod-security.kubernetes.io/enforce=restricted', 'pod-security.kubernetes.io/enforce-version=latest'])).code).toBe(0);
+    expect(
+      (await kubectl(['label', 'namespace', ns, 'pod-security.kubernetes.io/enforce=restricted', 'pod-security.kubernetes.io/enforce-version=latest'])).code,
+    ).toBe(0);
     const deployments = [
       ...(await renderChart({ namespace: ns })),
       ...(await renderChart({ namespace: ns, valuesFiles: [ALL_FEATURES] })),
       ...parseManifests(readFileSync(SIDECAR_SNIPPET, 'utf8')),
     ].filter((m) => m.kind === 'Deployment') as unknown as Array<{ metadata: Meta; spec: { template: { metadata?: unknown; spec: unknown } } }>;
     expect(deployments).toHaveLength(5);
-    const pods = deployments.map((d, i) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: `${d.metadata.name}-${i}`, namespace: ns }, spec: d.spec.template.spec }));
+    const pods = deployments.map((d, i) => ({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: `${d.metadata.name}-${i}`, namespace: ns },
+      spec: d.spec.template.spec,
+    }));
     const dry = await kubectl(['apply', '--dry-run=server', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: pods }));
     expect(dry.stderr).toBe('');
     expect(dry.code).toBe(0);

@@ -23,9 +23,17 @@ describe('the reference HTTP API (embedded demo)', () => {
   let t: TestServer;
   let base: string;
 
-  const call = async (method: string, path: string, opts: { as?: string; token?: string; body?: string; headers?: Record<string, string> } = {}): Promise<Answer> => {
+  const call = async (
+    method: string,
+    path: string,
+    opts: { as?: string; token?: string; body?: string; headers?: Record<string, string> } = {},
+  ): Promise<Answer> => {
     const token = opts.token ?? (opts.as === undefined ? undefined : await mintLocalToken(t.dataDir, opts.as, 300));
-    const headers: Record<string, string> = { ...(token === undefined ? {} : { authorization: `Bearer ${token}` }), ...(opts.body === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(opts.body)) }), ...opts.headers };
+    const headers: Record<string, string> = {
+      ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
+      ...(opts.body === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(opts.body)) }),
+      ...opts.headers,
+    };
     return new Promise((resolve, reject) => {
       const req = httpRequest(`${base}${path}`, { method, headers }, (res) => {
         const chunks: Buffer[] = [];
@@ -76,15 +84,50 @@ describe('the reference HTTP API (embedded demo)', () => {
   it.each([
     ['no token', 'GET', '/api/privacy/export/user-id-123', {}, 401, 'Missing bearer token: send `authorization: Bearer <JWT>` (gRPC metadata or HTTP header)'],
     ['a garbage token', 'GET', '/api/privacy/export/user-id-123', { token: 'not-a-jwt' }, 401, undefined],
-    ['a member exporting another', 'GET', '/api/privacy/export/user-id-123', { as: 'member-user-id-456' }, 403, "You do not have permission to export this user's data"],
+    [
+      'a member exporting another',
+      'GET',
+      '/api/privacy/export/user-id-123',
+      { as: 'member-user-id-456' },
+      403,
+      "You do not have permission to export this user's data",
+    ],
     ['an unknown user', 'GET', '/api/privacy/export/no-such-user', { as: 'platform-owner-id' }, 404, 'User not found'],
     ['an oversized id', 'GET', `/api/privacy/export/${'x'.repeat(257)}`, { as: 'platform-owner-id' }, 400, 'user_id must be at most 256 bytes'],
-    ['an owner of one of two organizations', 'DELETE', '/api/privacy/forget/user-id-123', { as: 'owner-user-id-1' }, 403, "You must be an owner of organization 'dev-team' to anonymize this user"],
+    [
+      'an owner of one of two organizations',
+      'DELETE',
+      '/api/privacy/forget/user-id-123',
+      { as: 'owner-user-id-1' },
+      403,
+      "You must be an owner of organization 'dev-team' to anonymize this user",
+    ],
     ['a platform owner as subject', 'DELETE', '/api/privacy/forget/platform-owner-id', { as: 'owner-user-id-2' }, 403, 'Platform owners cannot be anonymized'],
     ['an unknown user to forget', 'DELETE', '/api/privacy/forget/no-such-user', { as: 'platform-owner-id' }, 404, 'User not found'],
-    ['a body that is not JSON', 'DELETE', '/api/privacy/forget/member-user-id-456', { as: 'platform-owner-id', body: '{reason' }, 400, 'Request body is not valid JSON'],
-    ['an unknown body field', 'DELETE', '/api/privacy/forget/member-user-id-456', { as: 'platform-owner-id', body: '{"reasn": "x"}' }, 400, 'body.reasn is not a known field'],
-    ['a body over 16 KiB', 'DELETE', '/api/privacy/forget/member-user-id-456', { as: 'platform-owner-id', body: JSON.stringify({ reason: 'r'.repeat(20_000) }) }, 413, 'Request body is larger than 16384 bytes'],
+    [
+      'a body that is not JSON',
+      'DELETE',
+      '/api/privacy/forget/member-user-id-456',
+      { as: 'platform-owner-id', body: '{reason' },
+      400,
+      'Request body is not valid JSON',
+    ],
+    [
+      'an unknown body field',
+      'DELETE',
+      '/api/privacy/forget/member-user-id-456',
+      { as: 'platform-owner-id', body: '{"reasn": "x"}' },
+      400,
+      'body.reasn is not a known field',
+    ],
+    [
+      'a body over 16 KiB',
+      'DELETE',
+      '/api/privacy/forget/member-user-id-456',
+      { as: 'platform-owner-id', body: JSON.stringify({ reason: 'r'.repeat(20_000) }) },
+      413,
+      'Request body is larger than 16384 bytes',
+    ],
   ] as const)('refuses %s with the reference status and {"error": …}', async (_, method, path, opts, status, message) => {
     const r = await call(method, path, opts);
     expect(r.status).toBe(status);
@@ -125,7 +168,13 @@ describe('the reference HTTP API (embedded demo)', () => {
     expect((doc.json as { email: string }).email).toBe('member@example.com');
 
     const entry = await call('GET', `/api/privacy/requests/${body.request_id}`, { as: 'member-user-id-456' });
-    expect(entry.json).toMatchObject({ id: body.request_id, type: 'forget', state: 'scheduled', scheduled_for: body.scheduled_for, subject_id: 'member-user-id-456' });
+    expect(entry.json).toMatchObject({
+      id: body.request_id,
+      type: 'forget',
+      state: 'scheduled',
+      scheduled_for: body.scheduled_for,
+      subject_id: 'member-user-id-456',
+    });
     const cancelled = await call('POST', `/api/privacy/requests/${body.request_id}/cancel`, { as: 'member-user-id-456', body: '{}' });
     expect(cancelled.status).toBe(200);
     expect(cancelled.json).toMatchObject({ state: 'cancelled' });
@@ -143,13 +192,19 @@ describe('the reference HTTP API (embedded demo)', () => {
     const second = await call('GET', `/api/privacy/requests?page_size=2&page_token=${encodeURIComponent(page.next_page_token)}`, { as: 'platform-owner-id' });
     const ids = (second.json as { requests: Array<{ id: string }> }).requests.map((r) => r.id);
     expect(ids.some((id) => page.requests.some((r) => r.id === id))).toBe(false);
-    const forged = await call('GET', `/api/privacy/requests?page_token=${encodeURIComponent(`${page.next_page_token.slice(0, -2)}xx`)}`, { as: 'platform-owner-id' });
+    const forged = await call('GET', `/api/privacy/requests?page_token=${encodeURIComponent(`${page.next_page_token.slice(0, -2)}xx`)}`, {
+      as: 'platform-owner-id',
+    });
     expect(forged).toMatchObject({ status: 400, json: { error: 'page_token is not valid' } });
     const bad = await call('GET', '/api/privacy/requests?due_within=soon', { as: 'platform-owner-id' });
     expect(bad).toMatchObject({ status: 400, json: { error: 'due_within must be a duration such as 24h or 7d' } });
     // Others see only what they asked for or are the subject of.
     const own = await call('GET', '/api/privacy/requests', { as: 'member-user-id-456' });
-    expect((own.json as { requests: Array<{ subject_id: string; requester: string }> }).requests.every((r) => r.subject_id === 'member-user-id-456' || r.requester === 'member-user-id-456')).toBe(true);
+    expect(
+      (own.json as { requests: Array<{ subject_id: string; requester: string }> }).requests.every(
+        (r) => r.subject_id === 'member-user-id-456' || r.requester === 'member-user-id-456',
+      ),
+    ).toBe(true);
   });
 
   it('publishes an OpenAPI document generated from the routes, without a token; CORS stays off', async () => {
@@ -187,17 +242,24 @@ describe('the HTTP API with TLS on', () => {
     const ca = createTestCa(dir, 'ca');
     const cert = ca.issue('server', { cn: 'lethe', dns: ['localhost'], ips: ['127.0.0.1'] });
     const server = await startLetheServer(
-      loadServerConfig({ LETHE_LOG_LEVEL: 'silent' }, { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir: join(dir, 'data'), tlsCert: cert.certFile, tlsKey: cert.keyFile }),
+      loadServerConfig(
+        { LETHE_LOG_LEVEL: 'silent' },
+        { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir: join(dir, 'data'), tlsCert: cert.certFile, tlsKey: cert.keyFile },
+      ),
       silentLogger,
     );
     try {
       const token = await mintLocalToken(join(dir, 'data'), 'user-id-123', 60);
       const status = await new Promise<number>((resolve, reject) => {
         https
-          .get(`https://127.0.0.1:${server.httpPort ?? 0}/api/privacy/export/user-id-123`, { ca: readFileSync(ca.certFile), headers: { authorization: `Bearer ${token}` } }, (res) => {
-            res.resume();
-            resolve(res.statusCode ?? 0);
-          })
+          .get(
+            `https://127.0.0.1:${server.httpPort ?? 0}/api/privacy/export/user-id-123`,
+            { ca: readFileSync(ca.certFile), headers: { authorization: `Bearer ${token}` } },
+            (res) => {
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            },
+          )
           .on('error', reject);
       });
       expect(status).toBe(200);

@@ -117,7 +117,9 @@ describe.runIf(assets !== undefined)('Lease-based leader election on a real API 
       expect(await until(() => b.leading(), timing.leaseDurationMs + 3_000)).toBe(true);
       // Never two leaders: b began only after a had stopped.
       expect(b.startedAt()).toBeGreaterThan(a.endedAt());
-      console.log(`leader election: API server stalled; the leader stopped ${a.endedAt() - lastRenewal} ms after its last renewal (${a.endedAt() - stalledAt} ms after the stall), the other took over ${b.startedAt() - a.endedAt()} ms later`);
+      console.log(
+        `leader election: API server stalled; the leader stopped ${a.endedAt() - lastRenewal} ms after its last renewal (${a.endedAt() - stalledAt} ms after the stall), the other took over ${b.startedAt() - a.endedAt()} ms later`,
+      );
       a.stop.abort();
       b.stop.abort();
       await Promise.all([a.done, b.done]);

@@ -70,7 +70,15 @@ describe.runIf(bin !== undefined)('server metrics (LETHE_METRICS_LISTEN) on Post
     expect(sample(body, 'lethe_outbox_pending')).toBe(1);
     expect(sample(body, 'process_cpu_user_seconds_total')).toBeGreaterThan(0);
 
-    for (const personal of ['user-id-123', 'member-user-id-456', 'owner-user-id-2', '@example.com', forgot.requestId, stored.requestId, exported.header.requestId]) {
+    for (const personal of [
+      'user-id-123',
+      'member-user-id-456',
+      'owner-user-id-2',
+      '@example.com',
+      forgot.requestId,
+      stored.requestId,
+      exported.header.requestId,
+    ]) {
       expect(body).not.toContain(personal);
     }
   });

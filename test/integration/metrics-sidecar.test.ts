@@ -73,7 +73,11 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('sidecar metrics on
       let body = '';
       for (;;) {
         body = (await scrape(port)).body;
-        if (sample(body, 'lethe_sidecar_events_total', { outcome: 'failed' }) === 2 && sample(body, 'lethe_sidecar_events_total', { outcome: 'duplicate' }) === 1) break;
+        if (
+          sample(body, 'lethe_sidecar_events_total', { outcome: 'failed' }) === 2 &&
+          sample(body, 'lethe_sidecar_events_total', { outcome: 'duplicate' }) === 1
+        )
+          break;
         if (Date.now() > deadline) throw new Error(`timed out waiting for the counters:\n${body}`);
         await new Promise((r) => setTimeout(r, 100));
       }

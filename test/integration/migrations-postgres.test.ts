@@ -31,8 +31,19 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled']);
     const k = dbs[0]?.knex;
     if (k === undefined) throw new Error('no database');
-    expect(await k('lethe_migrations').orderBy('id').pluck('name')).toEqual(['001-ledger', '002-events', '003-export-artifacts', '004-erasure', '005-workers', '006-scheduling']);
-    const tables = (await k('pg_tables').where({ schemaname: 'public' }).andWhere('tablename', 'like', 'lethe\\_%').orderBy('tablename').pluck('tablename')) as string[];
+    expect(await k('lethe_migrations').orderBy('id').pluck('name')).toEqual([
+      '001-ledger',
+      '002-events',
+      '003-export-artifacts',
+      '004-erasure',
+      '005-workers',
+      '006-scheduling',
+    ]);
+    const tables = (await k('pg_tables')
+      .where({ schemaname: 'public' })
+      .andWhere('tablename', 'like', 'lethe\\_%')
+      .orderBy('tablename')
+      .pluck('tablename')) as string[];
     expect(tables).toEqual([
       'lethe_confirmations',
       'lethe_erasures',
@@ -50,9 +61,7 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
   it('the identity schema and the sidecar table too, alongside', async () => {
     const url = await cluster.createDatabase();
     const dbs = await replicas(4, url);
-    const results = await Promise.allSettled(
-      dbs.flatMap((d) => [migrateLethe(d.knex), migrateIdentitySchema(d.knex), migrateSidecar(d.knex)]),
-    );
+    const results = await Promise.allSettled(dbs.flatMap((d) => [migrateLethe(d.knex), migrateIdentitySchema(d.knex), migrateSidecar(d.knex)]));
     expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
     const k = dbs[0]?.knex;
     if (k === undefined) throw new Error('no database');

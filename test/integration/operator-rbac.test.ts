@@ -71,7 +71,13 @@ describe.runIf(assets !== undefined && helm !== undefined)("the operator under e
     const tokenFile = join(server.dataDir, `${sa}.token`);
     writeFileSync(tokenFile, await token(sa, 'lethe'), { mode: 0o600 });
     const operator = await startTestOperator(
-      { KUBECONFIG: kube.kubeconfigForToken(await token(sa)), LETHE_SERVER: server.address, LETHE_TOKEN_FILE: tokenFile, LETHE_LEADER_ELECTION_NAMESPACE: NS, POD_NAME: sa },
+      {
+        KUBECONFIG: kube.kubeconfigForToken(await token(sa)),
+        LETHE_SERVER: server.address,
+        LETHE_TOKEN_FILE: tokenFile,
+        LETHE_LEADER_ELECTION_NAMESPACE: NS,
+        POD_NAME: sa,
+      },
       logger,
     );
     operators.push(operator);
@@ -81,7 +87,11 @@ describe.runIf(assets !== undefined && helm !== undefined)("the operator under e
   it('carries out a Forget as system:serviceaccount:lethe:lethe-operator, with nothing but those rules', async () => {
     const operator = await startAs('lethe-operator');
     await waitFor('the cache to sync', async () => operator.isReady());
-    await mustKubectl(kubectl, ['apply', '-f', '-'], privacyRequestYaml('team-a', 'forget-user-123', { type: 'Forget', subjectId: 'user-id-123', reason: 'GDPR Right to be Forgotten' }));
+    await mustKubectl(
+      kubectl,
+      ['apply', '-f', '-'],
+      privacyRequestYaml('team-a', 'forget-user-123', { type: 'Forget', subjectId: 'user-id-123', reason: 'GDPR Right to be Forgotten' }),
+    );
     const done = await privacyRequests(kube.kubeconfigPath).waitForPhase('team-a', 'forget-user-123', 'Succeeded');
 
     // The ledger names the operator's ServiceAccount as the requester: the server verified its token.

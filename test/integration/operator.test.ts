@@ -142,7 +142,8 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     // Both who asked (spec.requestedBy) and who carried it out (the operator's principal).
     const ledgerRow = (await identity.query(`SELECT requester, requested_by FROM lethe_privacy_requests WHERE id = $1`, [s.requestId])).rows[0];
     expect(ledgerRow).toEqual({ requester: 'lethe-operator', requested_by: 'privacy-desk-ticket-1' });
-    const audit = (await identity.query(`SELECT actor_id, details FROM audit_log WHERE event_type = 'user_anonymized' AND target_id = $1`, ['user-id-123'])).rows[0];
+    const audit = (await identity.query(`SELECT actor_id, details FROM audit_log WHERE event_type = 'user_anonymized' AND target_id = $1`, ['user-id-123']))
+      .rows[0];
     expect(audit).toEqual({ actor_id: 'lethe-operator', details: { reason: REASON, requested_by: 'privacy-desk-ticket-1' } });
 
     const reasons = (await eventsOf('privacy', 'forget-user-123')).map((e) => e.reason);
@@ -162,14 +163,21 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(artifact?.sizeBytes).toBeGreaterThan(0);
     expect(Object.values(artifact?.counts ?? {}).reduce((a, b) => a + b, 0)).toBe(artifact?.totalRecords);
     expect(Date.parse(artifact?.expiresAt ?? '') - Date.parse(artifact?.createdAt ?? '')).toBe(15_000);
-    expect(done.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'ArtifactStored', message: `Fetch the export with: lethe export --request ${requestId} -o export.json` });
+    expect(done.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({
+      status: 'True',
+      reason: 'ArtifactStored',
+      message: `Fetch the export with: lethe export --request ${requestId} -o export.json`,
+    });
     // Personal data stays in the encrypted artifact: not in the resource, not in its Events.
     const events = await eventsOf('privacy', 'export-owner-1');
     expect(events.map((e) => e.reason)).toEqual(expect.arrayContaining(['Started', 'ArtifactStored']));
     expect(JSON.stringify([done, events])).not.toContain('owner1@example.com');
 
     const file = join(server.dataDir, 'export-owner-1.json');
-    const cli = (args: string[]) => run(process.execPath, [join(process.cwd(), 'bin', 'lethe.js'), ...args], { env: { PATH: process.env.PATH, HOME: server.dataDir, LETHE_TOKEN: operatorToken, LETHE_SERVER: server.address } });
+    const cli = (args: string[]) =>
+      run(process.execPath, [join(process.cwd(), 'bin', 'lethe.js'), ...args], {
+        env: { PATH: process.env.PATH, HOME: server.dataDir, LETHE_TOKEN: operatorToken, LETHE_SERVER: server.address },
+      });
     const fetched = await cli(['export', '--request', requestId, '-o', file]);
     expect(fetched.stderr).toContain(artifact?.sha256);
     const bytes = await readFile(file);
@@ -178,13 +186,19 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(JSON.parse(bytes.toString('utf8'))).toMatchObject({ user_id: 'owner-user-id-1', email: 'owner1@example.com' });
 
     // Past its expiry the server deletes it; the status and an Event say so.
-    const expired = await waitFor('the artifact to expire', async () => {
-      const obj = await resources.get('privacy', 'export-owner-1');
-      return obj.status?.artifact?.state === 'Expired' ? obj : undefined;
-    }, 40_000);
+    const expired = await waitFor(
+      'the artifact to expire',
+      async () => {
+        const obj = await resources.get('privacy', 'export-owner-1');
+        return obj.status?.artifact?.state === 'Expired' ? obj : undefined;
+      },
+      40_000,
+    );
     expect(expired.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'ArtifactExpired' });
     await waitFor('the ArtifactExpired event', async () => (await eventsOf('privacy', 'export-owner-1')).some((e) => e.reason === 'ArtifactExpired'));
-    await expect(cli(['export', '--request', requestId, '-o', file])).rejects.toMatchObject({ stderr: expect.stringContaining('FAILED_PRECONDITION: Export artifact expired at') });
+    await expect(cli(['export', '--request', requestId, '-o', file])).rejects.toMatchObject({
+      stderr: expect.stringContaining('FAILED_PRECONDITION: Export artifact expired at'),
+    });
   }, 60_000);
 
   it('fails a request refused by policy with the reason in a condition and a Warning Event, and does not retry it', async () => {
@@ -219,12 +233,16 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(expected.get('Failed')).toBe(2);
     const body = await waitFor('the phase gauges to match the API server', async () => {
       const text = await (await fetch(`http://127.0.0.1:${operator.healthAddress.port}/metrics`)).text();
-      const matches = ['Pending', 'Running', 'WaitingForDownstream', 'Succeeded', 'Failed'].every((phase) => sample(text, 'lethe_operator_privacy_requests', { phase }) === (expected.get(phase) ?? 0));
+      const matches = ['Pending', 'Running', 'WaitingForDownstream', 'Succeeded', 'Failed'].every(
+        (phase) => sample(text, 'lethe_operator_privacy_requests', { phase }) === (expected.get(phase) ?? 0),
+      );
       return matches ? text : undefined;
     });
     expect(sample(body, 'lethe_operator_leader')).toBe(1);
     expect(sample(body, 'lethe_operator_queue_depth')).toBeGreaterThanOrEqual(0);
-    const results = Object.fromEntries(['success', 'requeue', 'error', 'terminal'].map((result) => [result, sample(body, 'lethe_operator_reconciles_total', { result }) ?? -1]));
+    const results = Object.fromEntries(
+      ['success', 'requeue', 'error', 'terminal'].map((result) => [result, sample(body, 'lethe_operator_reconciles_total', { result }) ?? -1]),
+    );
     expect(results.success).toBeGreaterThanOrEqual(3);
     // The Forget was polled while it waited for the downstream confirmation.
     expect(results.requeue).toBeGreaterThanOrEqual(1);
@@ -276,7 +294,11 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     await apply('crash', 'export-owner-2', { type: 'Export', subjectId: 'owner-user-id-2', reason: 'GDPR Art. 15 access request' });
     expect(await crashing.exited).toBe('SIGKILL');
     expect((await resources.get('crash', 'export-owner-2')).status?.phase).toBe('Running');
-    const stored = (await identity.query(`SELECT r.id, a.sha256 FROM lethe_privacy_requests r JOIN lethe_export_artifacts a ON a.request_id = r.id WHERE r.subject_id = 'owner-user-id-2'`)).rows;
+    const stored = (
+      await identity.query(
+        `SELECT r.id, a.sha256 FROM lethe_privacy_requests r JOIN lethe_export_artifacts a ON a.request_id = r.id WHERE r.subject_id = 'owner-user-id-2'`,
+      )
+    ).rows;
     expect(stored).toHaveLength(1);
 
     const restarted = spawnOperator(operatorEnv('crash', { LETHE_LEADER_ELECTION: 'false' }));
@@ -284,7 +306,9 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     const done = await resources.waitForPhase('crash', 'export-owner-2', 'Succeeded');
     expect(done.status?.requestId).toBe(stored[0].id);
     expect(done.status?.artifact?.sha256).toBe(stored[0].sha256);
-    expect(Number((await identity.query(`SELECT count(*) AS n FROM lethe_privacy_requests WHERE type = 'export' AND subject_id = 'owner-user-id-2'`)).rows[0].n)).toBe(1);
+    expect(
+      Number((await identity.query(`SELECT count(*) AS n FROM lethe_privacy_requests WHERE type = 'export' AND subject_id = 'owner-user-id-2'`)).rows[0].n),
+    ).toBe(1);
     await restarted.kill('SIGTERM');
   }, 60_000);
 
@@ -305,10 +329,14 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
 
     const [dying, survivor] = leader === 'operator-a' ? [a, b] : [b, a];
     await dying.kill('SIGKILL');
-    const next = await waitFor('the other replica to take the lease', async () => {
-      const h = await holder();
-      return h !== undefined && h !== leader ? h : undefined;
-    }, 20_000);
+    const next = await waitFor(
+      'the other replica to take the lease',
+      async () => {
+        const h = await holder();
+        return h !== undefined && h !== leader ? h : undefined;
+      },
+      20_000,
+    );
     expect(next).toBe(leader === 'operator-a' ? 'operator-b' : 'operator-a');
     await addUser('ha-user-2');
     await apply('ha', 'forget-ha-2', { type: 'Forget', subjectId: 'ha-user-2', reason: REASON });

@@ -35,14 +35,23 @@ describe('production token verification', () => {
   let pem: TestServer;
   let scratch: string;
 
-  const idpToken = (sub: string) => new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'idp-1' }).setSubject(sub).setIssuer(ISSUER).setAudience(AUDIENCE).setExpirationTime('5m').sign(signer);
+  const idpToken = (sub: string) =>
+    new SignJWT({})
+      .setProtectedHeader({ alg: 'ES256', kid: 'idp-1' })
+      .setSubject(sub)
+      .setIssuer(ISSUER)
+      .setAudience(AUDIENCE)
+      .setExpirationTime('5m')
+      .sign(signer);
   const exportWith = async (t: TestServer, token: string) => {
     const stream = t.clientWithToken(token).exportUser({ userId: 'user-id-123', reason: '' });
-    return code((async () => {
-      for await (const _ of stream) {
-        // drain
-      }
-    })());
+    return code(
+      (async () => {
+        for await (const _ of stream) {
+          // drain
+        }
+      })(),
+    );
   };
 
   beforeAll(async () => {
@@ -84,9 +93,21 @@ describe('production token verification', () => {
   });
 
   it('refuses the right key with another issuer or audience', async () => {
-    const other = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'idp-1' }).setSubject('user-id-123').setIssuer('https://evil.test').setAudience(AUDIENCE).setExpirationTime('5m').sign(signer);
+    const other = await new SignJWT({})
+      .setProtectedHeader({ alg: 'ES256', kid: 'idp-1' })
+      .setSubject('user-id-123')
+      .setIssuer('https://evil.test')
+      .setAudience(AUDIENCE)
+      .setExpirationTime('5m')
+      .sign(signer);
     expect(await exportWith(jwks, other)).toBe('UNAUTHENTICATED');
-    const aud = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'idp-1' }).setSubject('user-id-123').setIssuer(ISSUER).setAudience('other').setExpirationTime('5m').sign(signer);
+    const aud = await new SignJWT({})
+      .setProtectedHeader({ alg: 'ES256', kid: 'idp-1' })
+      .setSubject('user-id-123')
+      .setIssuer(ISSUER)
+      .setAudience('other')
+      .setExpirationTime('5m')
+      .sign(signer);
     expect(await exportWith(pem, aud)).toBe('UNAUTHENTICATED');
   });
 });

@@ -69,7 +69,9 @@ describe.runIf(pgBin !== undefined)('requests interrupted by a crash (PostgreSQL
     })().catch((err: unknown) => err);
     const running = await vi.waitFor(
       async () => {
-        const rows = await sql<{ id: string; idempotency_key: string | null }>(`SELECT id, idempotency_key FROM lethe_privacy_requests WHERE state = 'running'`);
+        const rows = await sql<{ id: string; idempotency_key: string | null }>(
+          `SELECT id, idempotency_key FROM lethe_privacy_requests WHERE state = 'running'`,
+        );
         expect(rows).toHaveLength(2);
         return rows;
       },
@@ -86,7 +88,10 @@ describe.runIf(pgBin !== undefined)('requests interrupted by a crash (PostgreSQL
 
     const failed = await vi.waitFor(
       async () => {
-        const rows = await sql<{ id: string; state: string; error: string | null }>(`SELECT id, state, error FROM lethe_privacy_requests WHERE id = ANY($1) ORDER BY id`, [running.map((r) => r.id)]);
+        const rows = await sql<{ id: string; state: string; error: string | null }>(
+          `SELECT id, state, error FROM lethe_privacy_requests WHERE id = ANY($1) ORDER BY id`,
+          [running.map((r) => r.id)],
+        );
         expect(rows.map((r) => r.state)).toEqual(['failed', 'failed']);
         return rows;
       },
@@ -121,20 +126,33 @@ describe('requests interrupted by a crash (embedded PGlite)', () => {
     const db = await openDatabase({ kind: 'pglite', dataDir: join(dataDir, 'pgdata') });
     const id = randomUUID();
     await db.knex('lethe_privacy_requests').insert({
-      id, type: 'export', subject_id: 'user-id-123', requester: 'user-id-123', reason: '', state: 'running',
-      received_at: new Date(), due_at: new Date(), worker_id: randomUUID(),
+      id,
+      type: 'export',
+      subject_id: 'user-id-123',
+      requester: 'user-id-123',
+      reason: '',
+      state: 'running',
+      received_at: new Date(),
+      due_at: new Date(),
+      worker_id: randomUUID(),
     });
     await db.close();
     const { loadServerConfig } = await import('../../src/config/config.js');
     const { startLetheServer } = await import('../../src/server/lethe-server.js');
     const { silentLogger } = await import('../support/engine-fixture.js');
-    const again = await startLetheServer(loadServerConfig({ LETHE_LOG_LEVEL: 'silent' }, { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir }), silentLogger);
+    const again = await startLetheServer(
+      loadServerConfig({ LETHE_LOG_LEVEL: 'silent' }, { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir }),
+      silentLogger,
+    );
     try {
       const check = await openStateReader(again, dataDir);
-      await vi.waitFor(async () => expect(await check(id)).toMatchObject({ state: RequestState.REQUEST_STATE_FAILED, error: expect.stringMatching(INTERRUPTED) as string }), {
-        timeout: 10_000,
-        interval: 100,
-      });
+      await vi.waitFor(
+        async () => expect(await check(id)).toMatchObject({ state: RequestState.REQUEST_STATE_FAILED, error: expect.stringMatching(INTERRUPTED) as string }),
+        {
+          timeout: 10_000,
+          interval: 100,
+        },
+      );
     } finally {
       await again.stop(1_000);
       rmSync(dataDir, { recursive: true, force: true });

@@ -55,7 +55,13 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)("retention of Lethe
 
   it('deletes published outbox rows past the retention, never pending or recent ones', async () => {
     const now = new Date();
-    const row = (sentAt: Date | null, createdAt: Date) => ({ id: randomUUID(), subject: 'privacy.v1.user.anonymized', payload: '{"subject":"x"}', created_at: createdAt, sent_at: sentAt });
+    const row = (sentAt: Date | null, createdAt: Date) => ({
+      id: randomUUID(),
+      subject: 'privacy.v1.user.anonymized',
+      payload: '{"subject":"x"}',
+      created_at: createdAt,
+      sent_at: sentAt,
+    });
     const old = row(new Date(now.getTime() - 8 * DAY), new Date(now.getTime() - 8 * DAY));
     const recent = row(new Date(now.getTime() - DAY), new Date(now.getTime() - DAY));
     const pending = row(null, new Date(now.getTime() - 9 * DAY));
@@ -67,7 +73,10 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)("retention of Lethe
     const relay = new OutboxRelay(db.knex, jetstream(nc), silentLogger, { retentionMs: 7 * DAY, cleanupIntervalMs: 50, pollMs: 50 });
     relay.start();
     try {
-      await vi.waitFor(async () => expect(await db.knex('lethe_outbox').orderBy('created_at').pluck('id')).toEqual([pending.id, recent.id]), { timeout: 10_000, interval: 50 });
+      await vi.waitFor(async () => expect(await db.knex('lethe_outbox').orderBy('created_at').pluck('id')).toEqual([pending.id, recent.id]), {
+        timeout: 10_000,
+        interval: 50,
+      });
       // The pending row was published first, and stays until its own retention has passed.
       expect((await db.knex('lethe_outbox').where({ id: pending.id }).first())?.sent_at).not.toBeNull();
     } finally {

@@ -66,7 +66,9 @@ describe.runIf(pgBin !== undefined)('scheduled self-erasure and deadlines (Postg
     expect(done?.state).toBe(RequestState.REQUEST_STATE_COMPLETED);
     expect(done?.completedAt?.getTime()).toBeGreaterThanOrEqual(r.scheduledFor?.getTime() ?? 0);
     // Exactly once across both replicas: one anonymization, one erasure record, one outbox event.
-    expect(await sql(`SELECT actor_id FROM audit_log WHERE event_type = 'user_anonymized' AND target_id = 'user-id-123'`)).toEqual([{ actor_id: 'user-id-123' }]);
+    expect(await sql(`SELECT actor_id FROM audit_log WHERE event_type = 'user_anonymized' AND target_id = 'user-id-123'`)).toEqual([
+      { actor_id: 'user-id-123' },
+    ]);
     expect(await sql(`SELECT request_id FROM lethe_erasures WHERE subject_id = 'user-id-123'`)).toEqual([{ request_id: r.requestId }]);
     expect(await sql(`SELECT count(*)::int AS n FROM lethe_outbox WHERE payload LIKE $1`, [`%${r.requestId}%`])).toEqual([{ n: 1 }]);
   });
@@ -109,7 +111,10 @@ describe.runIf(pgBin !== undefined)('scheduled self-erasure and deadlines (Postg
     });
     const platform = await as('platform-owner-id');
     expect(await status(platform.extendPrivacyRequest({ id: stored.requestId, months: 3, reason: 'complex' }))).toMatchObject({ code: 'INVALID_ARGUMENT' });
-    expect(await status(platform.extendPrivacyRequest({ id: stored.requestId, months: 2, reason: '' }))).toEqual({ code: 'INVALID_ARGUMENT', details: 'reason is required' });
+    expect(await status(platform.extendPrivacyRequest({ id: stored.requestId, months: 2, reason: '' }))).toEqual({
+      code: 'INVALID_ARGUMENT',
+      details: 'reason is required',
+    });
     // A completed request is answered: nothing to extend.
     expect(await status(platform.extendPrivacyRequest({ id: stored.requestId, months: 2, reason: 'complex' }))).toEqual({
       code: 'FAILED_PRECONDITION',
@@ -132,9 +137,23 @@ describe.runIf(pgBin !== undefined)('scheduled self-erasure and deadlines (Postg
     expect(before?.originalDueAt).toBeUndefined();
 
     // Due within a week: none of these (each is due in a month or more).
-    const soon = await platform.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: false, pageSize: 50, pageToken: '', dueBefore: new Date(Date.now() + 7 * 86_400_000) });
+    const soon = await platform.listPrivacyRequests({
+      subjectId: '',
+      state: 0,
+      overdueOnly: false,
+      pageSize: 50,
+      pageToken: '',
+      dueBefore: new Date(Date.now() + 7 * 86_400_000),
+    });
     expect(soon.requests).toEqual([]);
-    const later = await platform.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: false, pageSize: 50, pageToken: '', dueBefore: new Date(Date.now() + 100 * 86_400_000) });
+    const later = await platform.listPrivacyRequests({
+      subjectId: '',
+      state: 0,
+      overdueOnly: false,
+      pageSize: 50,
+      pageToken: '',
+      dueBefore: new Date(Date.now() + 100 * 86_400_000),
+    });
     expect(later.requests.map((x) => x.id)).toContain(open.requestId);
     expect(later.requests.map((x) => x.id)).not.toContain(stored.requestId); // completed: not open
   });

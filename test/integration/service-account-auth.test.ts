@@ -30,7 +30,6 @@ const KEYS_RULE = { nonResourceURLs: ['/openid/v1/jwks', '/.well-known/openid-co
 let keySeq = 0;
 const idempotencyKey = () => `sa-key-${++keySeq}`;
 
-
 describe.runIf(assets !== undefined && bin !== undefined)('service-account tokens verified against a real kube-apiserver', () => {
   let kube: KubeApiServer;
   let cluster: PostgresCluster;
@@ -135,10 +134,12 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
     expect(decodeProtectedHeader(token).alg).toBe('RS256');
 
     // An organization owner may not forget user-id-123 (not an owner of dev-team)…
-    expect(await status((await t.clientAs('owner-user-id-1')).forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: idempotencyKey() }))).toEqual({
-      code: 'PERMISSION_DENIED',
-      details: "You must be an owner of organization 'dev-team' to anonymize this user",
-    });
+    expect(await status((await t.clientAs('owner-user-id-1')).forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: idempotencyKey() }))).toEqual(
+      {
+        code: 'PERMISSION_DENIED',
+        details: "You must be an owner of organization 'dev-team' to anonymize this user",
+      },
+    );
 
     // …the operator may. The server retries the key fetch with a growing delay after a
     // failure, so the first calls after the grant may still be UNAVAILABLE.
@@ -155,14 +156,21 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
     expect(r).toMatchObject({ success: true, message: FORGET_MESSAGE, userId: 'user-id-123', replayed: true });
     expect(r.rowsAffected).toContainEqual({ table: 'users', action: 'update', rows: 1 });
     const { request } = await client.getPrivacyRequest({ id: r.requestId });
-    expect(request).toMatchObject({ type: RequestType.REQUEST_TYPE_FORGET, subjectId: 'user-id-123', requester: operator, state: RequestState.REQUEST_STATE_COMPLETED });
+    expect(request).toMatchObject({
+      type: RequestType.REQUEST_TYPE_FORGET,
+      subjectId: 'user-id-123',
+      requester: operator,
+      state: RequestState.REQUEST_STATE_COMPLETED,
+    });
 
     const c = new pg.Client({ connectionString: url });
     await c.connect();
     try {
       const { rows } = await c.query<{ email: string }>('SELECT email FROM users WHERE id = $1', ['user-id-123']);
       expect(rows[0]?.email).toMatch(/^anonymized-\d+@deleted\.local$/);
-      const audit = await c.query<{ actor_id: string }>("SELECT actor_id FROM audit_log WHERE event_type = 'user_anonymized' AND target_id = $1", ['user-id-123']);
+      const audit = await c.query<{ actor_id: string }>("SELECT actor_id FROM audit_log WHERE event_type = 'user_anonymized' AND target_id = $1", [
+        'user-id-123',
+      ]);
       expect(audit.rows.map((a) => a.actor_id)).toEqual([operator]);
     } finally {
       await c.end();
@@ -188,7 +196,14 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
   it('refuses tokens signed by keys the API server does not hold, whatever issuer they claim', async () => {
     const { privateKey } = await generateKeyPair('RS256');
     const forge = (iss: string, kid: string) =>
-      new SignJWT({}).setProtectedHeader({ alg: 'RS256', kid }).setIssuer(iss).setSubject(operator).setAudience('lethe').setIssuedAt().setExpirationTime('5m').sign(privateKey);
+      new SignJWT({})
+        .setProtectedHeader({ alg: 'RS256', kid })
+        .setIssuer(iss)
+        .setSubject(operator)
+        .setAudience('lethe')
+        .setIssuedAt()
+        .setExpirationTime('5m')
+        .sign(privateKey);
     // Another issuer goes to the user token check, which trusts only the local (EC) key.
     expect(await forget(await forge('https://elsewhere.example', 'elsewhere-1'), 'member-user-id-456')).toEqual({
       code: 'UNAUTHENTICATED',
@@ -201,7 +216,10 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
     });
     const realKid = decodeProtectedHeader(await tokenFor('lethe-operator', { audiences: ['lethe'] })).kid ?? '';
     expect(realKid).not.toBe('');
-    expect(await forget(await forge(kube.serviceAccountIssuer, realKid), 'member-user-id-456')).toEqual({ code: 'UNAUTHENTICATED', details: 'Token signature is invalid' });
+    expect(await forget(await forge(kube.serviceAccountIssuer, realKid), 'member-user-id-456')).toEqual({
+      code: 'UNAUTHENTICATED',
+      details: 'Token signature is invalid',
+    });
   });
 
   it('keeps accepting user tokens from the local key beside service accounts', async () => {
@@ -212,14 +230,22 @@ describe.runIf(assets !== undefined && bin !== undefined)('service-account token
   });
 
   it('serves users from a JWKS URL and service accounts from the cluster side by side', async () => {
-    const userToken = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'idp-1' }).setIssuer(IDP_ISSUER).setAudience('lethe-api').setSubject('owner-user-id-1').setExpirationTime('5m').sign(idpKey);
+    const userToken = await new SignJWT({})
+      .setProtectedHeader({ alg: 'ES256', kid: 'idp-1' })
+      .setIssuer(IDP_ISSUER)
+      .setAudience('lethe-api')
+      .setSubject('owner-user-id-1')
+      .setExpirationTime('5m')
+      .sign(idpKey);
     const users = withIdp.clientWithToken(userToken);
     expect(await status(receiveExport(users.exportUser({ userId: 'member-user-id-456', reason: '' }), () => undefined))).toEqual({ code: 'OK', details: '' });
     expect(await status(users.forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: idempotencyKey() }))).toEqual({
       code: 'PERMISSION_DENIED',
       details: "You must be an owner of organization 'dev-team' to anonymize this user",
     });
-    const r = await withIdp.clientWithToken(await tokenFor('lethe-operator', { audiences: ['lethe'] })).forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: idempotencyKey() });
+    const r = await withIdp
+      .clientWithToken(await tokenFor('lethe-operator', { audiences: ['lethe'] }))
+      .forgetUser({ userId: 'user-id-123', reason: REASON, idempotencyKey: idempotencyKey() });
     expect(r).toMatchObject({ success: true, userId: 'user-id-123' });
     expect(await forgetOn(withIdp, await tokenFor('intruder', { audiences: ['lethe'] }), 'member-user-id-456')).toEqual({
       code: 'PERMISSION_DENIED',

@@ -135,7 +135,15 @@ async function storedReceipts(b: Bus): Promise<PurgedEvent[]> {
 }
 
 /** `lethe sidecar …` as a child process: the real command, run from the sources with tsx. */
-function spawnLethe(args: string[], env: Record<string, string>): { child: ChildProcess; output(): string; lines(): Array<Record<string, unknown>>; exited(timeoutMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }> } {
+function spawnLethe(
+  args: string[],
+  env: Record<string, string>,
+): {
+  child: ChildProcess;
+  output(): string;
+  lines(): Array<Record<string, unknown>>;
+  exited(timeoutMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+} {
   let output = '';
   const child = spawn(process.execPath, ['--import', 'tsx', join(process.cwd(), 'src/cli/main.ts'), ...args], {
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
@@ -152,7 +160,11 @@ function spawnLethe(args: string[], env: Record<string, string>): { child: Child
         .filter((l) => l.startsWith('{'))
         .map((l) => JSON.parse(l) as Record<string, unknown>),
     exited: (timeoutMs = 60_000) =>
-      eventually('the command to exit', () => (child.exitCode !== null || child.signalCode !== null ? { code: child.exitCode, signal: child.signalCode } : undefined), timeoutMs),
+      eventually(
+        'the command to exit',
+        () => (child.exitCode !== null || child.signalCode !== null ? { code: child.exitCode, signal: child.signalCode } : undefined),
+        timeoutMs,
+      ),
   };
 }
 
@@ -198,7 +210,12 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     later(() => s.stop());
     return s;
   }
-  const purgeRows = async (db: Database) => (await db.knex('lethe_purges').select('request_id', 'subject_id', 'rows_affected')) as Array<{ request_id: string; subject_id: string; rows_affected: unknown }>;
+  const purgeRows = async (db: Database) =>
+    (await db.knex('lethe_purges').select('request_id', 'subject_id', 'rows_affected')) as Array<{
+      request_id: string;
+      subject_id: string;
+      rows_affected: unknown;
+    }>;
   const consumerInfo = (b: Bus, service: string) => b.jsm.consumers.info(STREAM, service);
 
   it('two services, each with its own database: one event purges both exactly as their data maps say, one receipt each', async () => {
@@ -371,7 +388,9 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     await seedOrders(orders.db.knex, held);
     const before = await ordersOf(orders.db.knex, held);
     const attempts = async () => {
-      const r = (await orders.db.knex.raw('SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM purge_refusals')) as { rows: Array<{ n: number | string }> };
+      const r = (await orders.db.knex.raw('SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM purge_refusals')) as {
+        rows: Array<{ n: number | string }>;
+      };
       return Number(r.rows[0]?.n);
     };
 
@@ -405,7 +424,9 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     expect(info).toMatchObject({ num_ack_pending: 0, num_pending: 0, num_redelivered: 0, delivered: { consumer_seq: 3 } });
 
     // The retries were spaced by the backoff (100 ms, then 200 ms) and logged without the error message.
-    const tries = s.logs.filter((l) => l.requestId === requestId && (l.msg === 'purge failed: will retry' || String(l.msg).startsWith('purge failed on the last allowed delivery')));
+    const tries = s.logs.filter(
+      (l) => l.requestId === requestId && (l.msg === 'purge failed: will retry' || String(l.msg).startsWith('purge failed on the last allowed delivery')),
+    );
     expect(tries.map((l) => [l.deliveries, l.err, l.retryInMs])).toEqual([
       [1, 'SQLSTATE P0001', 100],
       [2, 'SQLSTATE P0001', 200],
@@ -483,7 +504,12 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     const done = b.receipts.map((r) => r.event.data);
     expect(done.length).toBeGreaterThanOrEqual(2);
     expect(done.length).toBeLessThanOrEqual(4); // the purges in flight plus at most `concurrency` pulled ahead
-    for (const r of done) expect(r).toMatchObject({ status: 'purged', user_id: requests.get(r.request_id), rows_affected: expectedOrdersRowsAffected({ orderIds: [], orders: 2, shippingAddresses: 3 }) });
+    for (const r of done)
+      expect(r).toMatchObject({
+        status: 'purged',
+        user_id: requests.get(r.request_id),
+        rows_affected: expectedOrdersRowsAffected({ orderIds: [], orders: 2, shippingAddresses: 3 }),
+      });
     expect((await purgeRows(orders.db)).map((r) => r.request_id).sort()).toEqual(done.map((r) => r.request_id).sort());
     const info = await consumerInfo(b, ORDERS_SERVICE);
     expect(info).toMatchObject({ num_ack_pending: 0, num_redelivered: 0, num_pending: 10 - done.length });
@@ -523,18 +549,27 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     // And it does consume again after the restart.
     const user = 'u-after-restart';
     await seedAnalytics(analytics.db.knex, user);
-    const requestId = await eventually('the test client to publish again', async () => {
-      try {
-        return await b.publishAnonymized(user);
-      } catch {
-        return undefined;
-      }
-    }, 30_000, 250);
+    const requestId = await eventually(
+      'the test client to publish again',
+      async () => {
+        try {
+          return await b.publishAnonymized(user);
+        } catch {
+          return undefined;
+        }
+      },
+      30_000,
+      250,
+    );
     const [receipt] = await eventually('a receipt after the restart', () => {
       const r = b.receiptsFor(requestId);
       return r.length > 0 ? r : undefined;
     });
-    expect(receipt?.data).toMatchObject({ status: 'purged', service: 'analytics', rows_affected: expectedAnalyticsRowsAffected({ pageViews: 4, searches: 2 }) });
+    expect(receipt?.data).toMatchObject({
+      status: 'purged',
+      service: 'analytics',
+      rows_affected: expectedAnalyticsRowsAffected({ pageViews: 4, searches: 2 }),
+    });
 
     await s.stop();
     await expect(fetch(`${s.healthUrl}/healthz`)).rejects.toThrow();
@@ -547,7 +582,9 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     await seedAnalytics(analytics.db.knex, user);
     // A one-second ack wait: a junk message that was not terminated would come back within the test.
     const s = await sidecar({ service: ANALYTICS_SERVICE, databaseUrl: analytics.url, natsUrl: b.server.url, env: { LETHE_SIDECAR_ACK_WAIT: '1' } });
-    await b.js.publish(ANONYMIZED_SUBJECT, JSON.stringify({ specversion: '1.0', type: 'something.else', data: { email: 'jane.doe@example.com' } }), { msgID: 'junk-1' });
+    await b.js.publish(ANONYMIZED_SUBJECT, JSON.stringify({ specversion: '1.0', type: 'something.else', data: { email: 'jane.doe@example.com' } }), {
+      msgID: 'junk-1',
+    });
     const requestId = await b.publishAnonymized(user);
     await eventually('the receipt of the valid event', () => (b.receiptsFor(requestId).length > 0 ? true : undefined));
     await new Promise((r) => setTimeout(r, 2_500));
@@ -564,12 +601,21 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     const orders = await database(createOrdersSchema);
     const user = 'u-no-receipt';
     const seed = await seedOrders(orders.db.knex, user);
-    const s = await sidecar({ service: ORDERS_SERVICE, databaseUrl: orders.url, natsUrl: b.server.url, env: { LETHE_SIDECAR_MAX_DELIVERIES: '2', LETHE_SIDECAR_RETRY_BASE_MS: '100' } });
+    const s = await sidecar({
+      service: ORDERS_SERVICE,
+      databaseUrl: orders.url,
+      natsUrl: b.server.url,
+      env: { LETHE_SIDECAR_MAX_DELIVERIES: '2', LETHE_SIDECAR_RETRY_BASE_MS: '100' },
+    });
     const requestId = await b.publishAnonymized(user);
     const notPublished = () => s.logs.filter((l) => l.requestId === requestId && l.msg === 'purged, but the receipt was not published: will retry');
     await eventually('three failed receipt publications', () => (notPublished().length >= 3 ? true : undefined));
     // Warned, then errors once the limit is passed; still retried with backoff.
-    expect(notPublished().slice(0, 3).map((l) => [l.deliveries, l.retryInMs, l.level])).toEqual([
+    expect(
+      notPublished()
+        .slice(0, 3)
+        .map((l) => [l.deliveries, l.retryInMs, l.level]),
+    ).toEqual([
       [1, 100, 40],
       [2, 200, 50],
       [3, 400, 50],
@@ -581,7 +627,14 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     await eventually('the event to be acked', async () => ((await consumerInfo(b, ORDERS_SERVICE)).num_ack_pending === 0 ? true : undefined));
     const stored = await storedReceipts(b);
     expect(stored.map((e) => e.data)).toEqual([
-      { user_id: user, request_id: requestId, service: 'orders', status: 'purged', purged_at: expect.any(String) as string, rows_affected: expectedOrdersRowsAffected(seed) },
+      {
+        user_id: user,
+        request_id: requestId,
+        service: 'orders',
+        status: 'purged',
+        purged_at: expect.any(String) as string,
+        rows_affected: expectedOrdersRowsAffected(seed),
+      },
     ]);
     expect(s.logs.some((l) => String(l.msg).startsWith('purge failed'))).toBe(false);
     expect(await ordersOf(orders.db.knex, user)).toEqual(purged);
@@ -596,14 +649,21 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     // The test cluster trusts every connection, so a password in the URL is accepted and ignored.
     const url = new URL(analytics.url);
     url.password = 'hunter2';
-    const cmd = spawnLethe(['sidecar', '--service', ANALYTICS_SERVICE, '--data-map', ANALYTICS_DATA_MAP, '--health-listen', '127.0.0.1:0'], { DATABASE_URL: url.toString(), LETHE_NATS_URL: b.server.url });
+    const cmd = spawnLethe(['sidecar', '--service', ANALYTICS_SERVICE, '--data-map', ANALYTICS_DATA_MAP, '--health-listen', '127.0.0.1:0'], {
+      DATABASE_URL: url.toString(),
+      LETHE_NATS_URL: b.server.url,
+    });
     later(async () => {
       if (cmd.child.exitCode === null && cmd.child.signalCode === null) cmd.child.kill('SIGKILL');
     });
-    const running = await eventually('the command to run', () => {
-      if (cmd.child.exitCode !== null) throw new Error(`lethe sidecar exited: ${cmd.output()}`);
-      return cmd.lines().find((l) => l.msg === 'lethe sidecar running');
-    }, 60_000);
+    const running = await eventually(
+      'the command to run',
+      () => {
+        if (cmd.child.exitCode !== null) throw new Error(`lethe sidecar exited: ${cmd.output()}`);
+        return cmd.lines().find((l) => l.msg === 'lethe sidecar running');
+      },
+      60_000,
+    );
     expect(running).toMatchObject({
       service: 'lethe-sidecar',
       downstream: 'analytics',
@@ -629,7 +689,11 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     expect(cmd.output()).not.toContain(user);
     expect(await consumerInfo(b, ANALYTICS_SERVICE)).toMatchObject({ num_ack_pending: 0, num_pending: 0 });
 
-    const bad = spawnLethe(['sidecar', '--service', ANALYTICS_SERVICE, '--data-map', ANALYTICS_DATA_MAP], { DATABASE_URL: url.toString(), LETHE_NATS_URL: b.server.url, LETHE_SIDECAR_CONCURRENCY: '0' });
+    const bad = spawnLethe(['sidecar', '--service', ANALYTICS_SERVICE, '--data-map', ANALYTICS_DATA_MAP], {
+      DATABASE_URL: url.toString(),
+      LETHE_NATS_URL: b.server.url,
+      LETHE_SIDECAR_CONCURRENCY: '0',
+    });
     expect(await bad.exited()).toEqual({ code: 2, signal: null });
     expect(bad.output()).toBe('lethe: configuration: LETHE_SIDECAR_CONCURRENCY: must be a whole number from 1 to 64\n');
   });
@@ -640,11 +704,14 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     const orders = await database(createOrdersSchema);
     const empty = await database(async () => undefined);
     await expect(startTestSidecar({ service: ORDERS_SERVICE, databaseUrl: empty.url, natsUrl: b.server.url })).rejects.toThrow(
-      new ConfigError("categories.shipping_addresses.subject.via.column: table 'shipping_addresses' does not exist in the database (run the migrations, or fix the data map)", ORDERS_DATA_MAP),
+      new ConfigError(
+        "categories.shipping_addresses.subject.via.column: table 'shipping_addresses' does not exist in the database (run the migrations, or fix the data map)",
+        ORDERS_DATA_MAP,
+      ),
     );
-    await expect(startTestSidecar({ service: ORDERS_SERVICE, databaseUrl: orders.url, natsUrl: b.server.url, env: { LETHE_HASH_KEY: undefined } })).rejects.toThrow(
-      new ConfigError(`required: the data map ${ORDERS_DATA_MAP} uses the hash action (openssl rand -hex 32)`, 'LETHE_HASH_KEY'),
-    );
+    await expect(
+      startTestSidecar({ service: ORDERS_SERVICE, databaseUrl: orders.url, natsUrl: b.server.url, env: { LETHE_HASH_KEY: undefined } }),
+    ).rejects.toThrow(new ConfigError(`required: the data map ${ORDERS_DATA_MAP} uses the hash action (openssl rand -hex 32)`, 'LETHE_HASH_KEY'));
 
     // A consumer named after the service that is something else is never taken over.
     await b.jsm.consumers.add(STREAM, { durable_name: ORDERS_SERVICE, filter_subject: RECEIPTS_FILTER, ack_policy: AckPolicy.Explicit });
@@ -657,7 +724,13 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (Pos
     expect((await consumerInfo(b, ORDERS_SERVICE)).config.filter_subject).toBe(RECEIPTS_FILTER);
 
     // Its own consumer, made with other settings (an older deployment), is brought in line.
-    await b.jsm.consumers.add(STREAM, { durable_name: ANALYTICS_SERVICE, filter_subject: ANONYMIZED_SUBJECT, ack_policy: AckPolicy.Explicit, ack_wait: 30_000_000_000, max_deliver: 10 });
+    await b.jsm.consumers.add(STREAM, {
+      durable_name: ANALYTICS_SERVICE,
+      filter_subject: ANONYMIZED_SUBJECT,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: 30_000_000_000,
+      max_deliver: 10,
+    });
     await sidecar({ service: ANALYTICS_SERVICE, databaseUrl: analytics.url, natsUrl: b.server.url, env: { LETHE_SIDECAR_ACK_WAIT: '2' } });
     expect((await consumerInfo(b, ANALYTICS_SERVICE)).config).toMatchObject({ ack_wait: 2_000_000_000, max_deliver: -1, filter_subject: ANONYMIZED_SUBJECT });
   });

@@ -45,7 +45,8 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('PostgreSQL and NAT
   let server: TestServer;
   let sidecar: TestSidecar;
   /** postgresql://…/db?sslmode=verify-full&sslrootcert=<ca> */
-  const tlsUrl = (db: string, caFile = ca.certFile) => `postgresql://postgres@127.0.0.1:${cluster.port}/${db}?sslmode=verify-full&sslrootcert=${encodeURIComponent(caFile)}`;
+  const tlsUrl = (db: string, caFile = ca.certFile) =>
+    `postgresql://postgres@127.0.0.1:${cluster.port}/${db}?sslmode=verify-full&sslrootcert=${encodeURIComponent(caFile)}`;
   let natsEnv: Record<string, string>;
 
   beforeAll(async () => {
@@ -57,7 +58,12 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('PostgreSQL and NAT
     natsClientCert = ca.issue('nats-client', { cn: 'lethe', client: true });
     cluster = await startPostgres(pgBin ?? '', { tls: pgCert });
     nats = await startNatsServer(natsBin ?? '', { tls: { ...natsCert, clientCaFile: ca.certFile } });
-    natsEnv = { LETHE_NATS_URL: nats.url, LETHE_NATS_TLS_CA: ca.certFile, LETHE_NATS_TLS_CERT: natsClientCert.certFile, LETHE_NATS_TLS_KEY: natsClientCert.keyFile };
+    natsEnv = {
+      LETHE_NATS_URL: nats.url,
+      LETHE_NATS_TLS_CA: ca.certFile,
+      LETHE_NATS_TLS_CERT: natsClientCert.certFile,
+      LETHE_NATS_TLS_KEY: natsClientCert.keyFile,
+    };
     identityDb = new URL(await cluster.createDatabase()).pathname.slice(1);
     ordersDb = new URL(await cluster.createDatabase()).pathname.slice(1);
     orders = await openDatabase({ kind: 'postgres', url: tlsUrl(ordersDb) });
@@ -114,23 +120,33 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('PostgreSQL and NAT
   });
 
   it('PostgreSQL: a sidecar with the wrong CA is refused the same way; a misspelt sslmode or no-verify never starts', async () => {
-    await expect(startTestSidecar({ service: 'wrong-ca', dataMap: ORDERS_DATA_MAP, databaseUrl: tlsUrl(ordersDb, other.certFile), natsUrl: nats.url, env: natsEnv })).rejects.toThrow(
-      /^DATABASE_URL: TLS to the database .* the server's certificate is not trusted/,
-    );
-    const sidecarEnv = (url: string) => () => loadSidecarConfig({ DATABASE_URL: url, LETHE_NATS_URL: nats.url }, { service: 'orders', dataMap: ORDERS_DATA_MAP });
+    await expect(
+      startTestSidecar({ service: 'wrong-ca', dataMap: ORDERS_DATA_MAP, databaseUrl: tlsUrl(ordersDb, other.certFile), natsUrl: nats.url, env: natsEnv }),
+    ).rejects.toThrow(/^DATABASE_URL: TLS to the database .* the server's certificate is not trusted/);
+    const sidecarEnv = (url: string) => () =>
+      loadSidecarConfig({ DATABASE_URL: url, LETHE_NATS_URL: nats.url }, { service: 'orders', dataMap: ORDERS_DATA_MAP });
     expect(sidecarEnv(tlsUrl(ordersDb).replace('verify-full', 'verify_full'))).toThrow("sslmode 'verify_full' is not one of");
     expect(sidecarEnv(tlsUrl(ordersDb).replace('verify-full', 'no-verify'))).toThrow('sslmode=no-verify accepts any certificate');
   });
 
   it('NATS: refuses a client that does not trust its CA, and one without a client certificate', async () => {
-    const attempt = (tls: ReturnType<typeof natsTlsOptions>) => connect({ servers: nats.url, tls, reconnect: false, timeout: 3_000 }).then(async (nc) => {
-      await nc.close();
-      return 'connected';
-    }, (e: unknown) => (e instanceof Error ? e.message : String(e)));
+    const attempt = (tls: ReturnType<typeof natsTlsOptions>) =>
+      connect({ servers: nats.url, tls, reconnect: false, timeout: 3_000 }).then(
+        async (nc) => {
+          await nc.close();
+          return 'connected';
+        },
+        (e: unknown) => (e instanceof Error ? e.message : String(e)),
+      );
     expect(await attempt(natsTlsOptions({ caFile: other.certFile, certFile: natsClientCert.certFile, keyFile: natsClientCert.keyFile }))).not.toBe('connected');
     expect(await attempt(natsTlsOptions({ caFile: ca.certFile, certFile: undefined, keyFile: undefined }))).not.toBe('connected');
     // Plaintext: the server requires TLS.
-    expect(await connect({ servers: nats.url.replace('tls://', 'nats://'), reconnect: false, timeout: 3_000, tls: null }).then(async (nc) => (await nc.close(), 'connected'), () => 'refused')).toBe('refused');
+    expect(
+      await connect({ servers: nats.url.replace('tls://', 'nats://'), reconnect: false, timeout: 3_000, tls: null }).then(
+        async (nc) => (await nc.close(), 'connected'),
+        () => 'refused',
+      ),
+    ).toBe('refused');
     // And the same options with the right CA and certificate connect.
     expect(await attempt(natsTlsOptions({ caFile: ca.certFile, certFile: natsClientCert.certFile, keyFile: natsClientCert.keyFile }))).toBe('connected');
   });
@@ -138,7 +154,12 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('PostgreSQL and NAT
   it('NATS: a client that does not trust the server says why, once, and keeps retrying', async () => {
     const log = capturingLogger();
     // Never resolves (it waits for a NATS it can trust); the suite's NATS goes away in afterAll.
-    void connectNats(nats.url, 'lethe-wrong-ca', log.logger, natsTlsOptions({ caFile: other.certFile, certFile: natsClientCert.certFile, keyFile: natsClientCert.keyFile }));
+    void connectNats(
+      nats.url,
+      'lethe-wrong-ca',
+      log.logger,
+      natsTlsOptions({ caFile: other.certFile, certFile: natsClientCert.certFile, keyFile: natsClientCert.keyFile }),
+    );
     const line = await waitFor('the warning', async () => log.lines().find((l) => l.msg === 'cannot connect to NATS yet: retrying until it answers'), 10_000);
     expect(line).toMatchObject({ nats: nats.url, tls: expect.stringContaining("the server's certificate is not trusted") });
     expect(String(line.tls)).toContain('check LETHE_NATS_TLS_CA');

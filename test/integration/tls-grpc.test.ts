@@ -40,7 +40,10 @@ interface Running {
 
 async function startTlsServer(env: Record<string, string>, flags: { tlsCert: string; tlsKey: string; tlsClientCa?: string }): Promise<Running> {
   const dataDir = mkdtempSync(join(tmpdir(), 'lethe-tls-'));
-  const config = loadServerConfig({ LETHE_METRICS_LISTEN: '127.0.0.1:0', ...env }, { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir, ...flags });
+  const config = loadServerConfig(
+    { LETHE_METRICS_LISTEN: '127.0.0.1:0', ...env },
+    { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir, ...flags },
+  );
   const log = capturingLogger();
   const server = await startLetheServer(config, log.logger);
   return { server, dataDir, log, address: `127.0.0.1:${server.port}` };
@@ -57,7 +60,8 @@ async function exportAs(r: Running, tls: ClientTlsConfig | undefined, user = 'us
   }
 }
 
-const failures = async (r: Running, reason: string) => sample((await scrape(r.server.metricsPort ?? 0)).body, 'lethe_tls_handshake_failures_total', { reason }) ?? 0;
+const failures = async (r: Running, reason: string) =>
+  sample((await scrape(r.server.metricsPort ?? 0)).body, 'lethe_tls_handshake_failures_total', { reason }) ?? 0;
 
 describe('the PrivacyService over TLS', () => {
   let dir: string;
@@ -97,7 +101,13 @@ describe('the PrivacyService over TLS', () => {
     const got = await status(client.getPrivacyRequest({ id: '00000000-0000-0000-0000-000000000000' }, { signal: AbortSignal.timeout(5_000) }));
     close();
     expect(got.code).toBe('UNAVAILABLE');
-    expect(await eventually(() => failures(r, 'not_tls'), (n) => n > before, 2_000)).toBeGreaterThan(before);
+    expect(
+      await eventually(
+        () => failures(r, 'not_tls'),
+        (n) => n > before,
+        2_000,
+      ),
+    ).toBeGreaterThan(before);
   });
 
   it('refuses TLS 1.1 (openssl s_client -tls1_1), and counts it', async () => {
@@ -105,7 +115,13 @@ describe('the PrivacyService over TLS', () => {
     const o = await runCommand(findOpenssl(), ['s_client', '-connect', r.address, '-servername', 'localhost', '-tls1_1', '-cipher', 'DEFAULT:@SECLEVEL=0']);
     expect(o.code).not.toBe(0);
     expect(o.stdout + o.stderr).toContain('alert protocol version');
-    expect(await eventually(() => failures(r, 'protocol_version'), (n) => n > before, 2_000)).toBe(before + 1);
+    expect(
+      await eventually(
+        () => failures(r, 'protocol_version'),
+        (n) => n > before,
+        2_000,
+      ),
+    ).toBe(before + 1);
   });
 
   it('is refused by a client that does not trust its CA', async () => {
@@ -130,7 +146,11 @@ describe('the PrivacyService over TLS', () => {
 
   it('the CLI exports with --tls-ca', async () => {
     const out = join(r.dataDir, 'export.json');
-    const { stderr } = await run('node', [LETHE, 'export', 'user-id-123', '-o', out, '--server', `localhost:${r.server.port}`, '--data-dir', r.dataDir, '--tls-ca', ca.certFile], { encoding: 'utf8' });
+    const { stderr } = await run(
+      'node',
+      [LETHE, 'export', 'user-id-123', '-o', out, '--server', `localhost:${r.server.port}`, '--data-dir', r.dataDir, '--tls-ca', ca.certFile],
+      { encoding: 'utf8' },
+    );
     expect(stderr).toMatch(/wrote .*export\.json: \d+ records, sha256 [0-9a-f]{64} \(verified\)/);
     expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user_id: 'user-id-123' });
   });
@@ -151,13 +171,17 @@ describe('the PrivacyService over TLS', () => {
   });
 
   it('the CLI without --tls-ca cannot reach it, and says so in one line', async () => {
-    const r2 = await run('node', [LETHE, 'requests', 'list', '--server', r.address, '--data-dir', r.dataDir, '--as', 'platform-owner-id'], { encoding: 'utf8' }).catch((e: { code: number; stderr: string }) => e);
+    const r2 = await run('node', [LETHE, 'requests', 'list', '--server', r.address, '--data-dir', r.dataDir, '--as', 'platform-owner-id'], {
+      encoding: 'utf8',
+    }).catch((e: { code: number; stderr: string }) => e);
     expect((r2 as { code: number }).code).toBe(1);
     expect((r2 as { stderr: string }).stderr).toMatch(/^lethe: UNAVAILABLE: /);
   });
 
   it('a client certificate without a CA, or a CA file that is missing, stops the client naming the setting or file', () => {
-    expect(() => channelCredentials({ caFile: join(dir, 'missing.crt'), certFile: undefined, keyFile: undefined })).toThrow(`${join(dir, 'missing.crt')}: does not exist`);
+    expect(() => channelCredentials({ caFile: join(dir, 'missing.crt'), certFile: undefined, keyFile: undefined })).toThrow(
+      `${join(dir, 'missing.crt')}: does not exist`,
+    );
     expect(() => channelCredentials({ caFile: first.keyFile, certFile: undefined, keyFile: undefined })).toThrow('holds no PEM certificate');
   });
 
@@ -178,7 +202,11 @@ describe('the PrivacyService over TLS', () => {
     // A broken write first (the key of another certificate): refused, the old certificate stays.
     const second = ca.issue('server-2', { cn: 'localhost', dns: ['localhost'], ips: ['127.0.0.1'] });
     writeFileSync(live.cert, readFileSync(second.certFile));
-    await eventually(async () => r.log.lines().some((l) => l.msg === 'TLS files changed but cannot be used: still using the previous server certificate'), Boolean, 3_000);
+    await eventually(
+      async () => r.log.lines().some((l) => l.msg === 'TLS files changed but cannot be used: still using the previous server certificate'),
+      Boolean,
+      3_000,
+    );
     const refused = r.log.lines().find((l) => l.msg === 'TLS files changed but cannot be used: still using the previous server certificate');
     expect(String(refused?.problem)).toContain(`${live.key}: is not the private key of the certificate in ${live.cert}`);
     expect(await peerCertificateSerial(r.server.port, { caFile: ca.certFile })).toBe(first.serial);
@@ -186,7 +214,11 @@ describe('the PrivacyService over TLS', () => {
     // Then the key: the pair is complete, and the next check takes it.
     const rotatedAt = Date.now();
     writeFileSync(live.key, readFileSync(second.keyFile));
-    const seen = await eventually(() => peerCertificateSerial(r.server.port, { caFile: ca.certFile }), (s) => s === second.serial, 5_000);
+    const seen = await eventually(
+      () => peerCertificateSerial(r.server.port, { caFile: ca.certFile }),
+      (s) => s === second.serial,
+      5_000,
+    );
     expect(seen).toBe(second.serial);
     expect(Date.now() - rotatedAt).toBeLessThan(2_000);
     expect(r.log.lines().some((l) => l.msg === 'TLS certificate reloaded: new connections use it')).toBe(true);
@@ -229,7 +261,9 @@ describe('the PrivacyService with mutual TLS', () => {
   const call = async (tls: ClientTlsConfig) => {
     const { client: c, close } = connectPrivacyService(r.address, await mintLocalToken(r.dataDir, 'platform-owner-id', 60), tls);
     try {
-      return await status(c.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: false, pageSize: 10, pageToken: '' }, { signal: AbortSignal.timeout(5_000) }));
+      return await status(
+        c.listPrivacyRequests({ subjectId: '', state: 0, overdueOnly: false, pageSize: 10, pageToken: '' }, { signal: AbortSignal.timeout(5_000) }),
+      );
     } finally {
       close();
     }
@@ -242,19 +276,43 @@ describe('the PrivacyService with mutual TLS', () => {
 
   it('refuses a client without a certificate at the handshake, and counts it', async () => {
     expect((await call({ caFile: ca.certFile, certFile: undefined, keyFile: undefined })).code).toBe('UNAVAILABLE');
-    expect(await eventually(() => failures(r, 'no_client_certificate'), (n) => n > 0, 2_000)).toBeGreaterThan(0);
+    expect(
+      await eventually(
+        () => failures(r, 'no_client_certificate'),
+        (n) => n > 0,
+        2_000,
+      ),
+    ).toBeGreaterThan(0);
   });
 
   it('refuses a certificate from another CA, and counts it', async () => {
     expect((await call({ caFile: ca.certFile, certFile: rogueClient.certFile, keyFile: rogueClient.keyFile })).code).toBe('UNAVAILABLE');
-    expect(await eventually(() => failures(r, 'untrusted_client_certificate'), (n) => n > 0, 2_000)).toBeGreaterThan(0);
+    expect(
+      await eventually(
+        () => failures(r, 'untrusted_client_certificate'),
+        (n) => n > 0,
+        2_000,
+      ),
+    ).toBeGreaterThan(0);
     // Logged without the client certificate's subject (which can name a person).
     expect(r.log.text()).not.toContain('lethe-operator');
   });
 
   it('openssl s_client: the handshake completes with the client certificate and is refused without', async () => {
     const sClient = async (extra: string[]) => {
-      const o = await runCommand(findOpenssl(), ['s_client', '-connect', r.address, '-servername', 'localhost', '-CAfile', ca.certFile, '-alpn', 'h2', '-verify_return_error', ...extra]);
+      const o = await runCommand(findOpenssl(), [
+        's_client',
+        '-connect',
+        r.address,
+        '-servername',
+        'localhost',
+        '-CAfile',
+        ca.certFile,
+        '-alpn',
+        'h2',
+        '-verify_return_error',
+        ...extra,
+      ]);
       return { ok: o.code === 0, out: o.stdout + o.stderr };
     };
     const withCert = await sClient(['-cert', client.certFile, '-key', client.keyFile]);
@@ -269,7 +327,27 @@ describe('the PrivacyService with mutual TLS', () => {
   });
 
   it('the CLI with --tls-ca, --tls-cert and --tls-key', async () => {
-    const { stdout } = await run('node', [LETHE, 'requests', 'list', '--server', `localhost:${r.server.port}`, '--data-dir', r.dataDir, '--as', 'platform-owner-id', '--tls-ca', ca.certFile, '--tls-cert', client.certFile, '--tls-key', client.keyFile], { encoding: 'utf8' });
+    const { stdout } = await run(
+      'node',
+      [
+        LETHE,
+        'requests',
+        'list',
+        '--server',
+        `localhost:${r.server.port}`,
+        '--data-dir',
+        r.dataDir,
+        '--as',
+        'platform-owner-id',
+        '--tls-ca',
+        ca.certFile,
+        '--tls-cert',
+        client.certFile,
+        '--tls-key',
+        client.keyFile,
+      ],
+      { encoding: 'utf8' },
+    );
     expect(stdout).toContain('ID');
   });
 });
@@ -304,10 +382,18 @@ describe('bad TLS files stop start-up, naming the file and never printing it', (
 
   it.each([
     ['a missing certificate', () => ({ tlsCert: join(dir, 'nope.crt'), tlsKey: a.keyFile }), () => `${join(dir, 'nope.crt')}: does not exist`],
-    ['a key that is not the certificate\'s', () => ({ tlsCert: a.certFile, tlsKey: b.keyFile }), () => `${b.keyFile}: is not the private key of the certificate in ${a.certFile}`],
+    [
+      "a key that is not the certificate's",
+      () => ({ tlsCert: a.certFile, tlsKey: b.keyFile }),
+      () => `${b.keyFile}: is not the private key of the certificate in ${a.certFile}`,
+    ],
     ['a key file where the certificate should be', () => ({ tlsCert: a.keyFile, tlsKey: a.keyFile }), () => `${a.keyFile}: holds no PEM certificate`],
     ['a certificate where the key should be', () => ({ tlsCert: a.certFile, tlsKey: a.certFile }), () => `${a.certFile}: is not a PEM private key`],
-    ['a client CA that is not a certificate', () => ({ tlsCert: a.certFile, tlsKey: a.keyFile, tlsClientCa: a.keyFile }), () => `${a.keyFile}: holds no PEM certificate`],
+    [
+      'a client CA that is not a certificate',
+      () => ({ tlsCert: a.certFile, tlsKey: a.keyFile, tlsClientCa: a.keyFile }),
+      () => `${a.keyFile}: holds no PEM certificate`,
+    ],
   ])('%s', async (_, flags, message) => {
     const err = await startError(flags());
     expect(err.message).toContain(message());
@@ -317,10 +403,14 @@ describe('bad TLS files stop start-up, naming the file and never printing it', (
 
   it('`lethe serve` exits 2 with one line naming the file', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'lethe-tls-bad-cli-'));
-    const e = await run('node', [LETHE, 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--tls-cert', a.certFile, '--tls-key', b.keyFile], { encoding: 'utf8' }).catch((x: { code: number; stderr: string }) => x);
+    const e = await run('node', [LETHE, 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--tls-cert', a.certFile, '--tls-key', b.keyFile], {
+      encoding: 'utf8',
+    }).catch((x: { code: number; stderr: string }) => x);
     rmSync(dataDir, { recursive: true, force: true });
     expect((e as { code: number }).code).toBe(2);
-    expect((e as { stderr: string }).stderr.trim()).toBe(`lethe: configuration: ${b.keyFile}: is not the private key of the certificate in ${a.certFile} (they do not match)`);
+    expect((e as { stderr: string }).stderr.trim()).toBe(
+      `lethe: configuration: ${b.keyFile}: is not the private key of the certificate in ${a.certFile} (they do not match)`,
+    );
   });
 });
 
@@ -343,7 +433,14 @@ describe('a long-running client (the operator) and its rotated client certificat
     // A TLS server that only records which client certificate each connection presented.
     const seen: string[] = [];
     const tlsServer = createTlsServer(
-      { cert: readFileSync(server.certFile), key: readFileSync(server.keyFile), ca: readFileSync(ca.certFile), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] },
+      {
+        cert: readFileSync(server.certFile),
+        key: readFileSync(server.keyFile),
+        ca: readFileSync(ca.certFile),
+        requestCert: true,
+        rejectUnauthorized: true,
+        ALPNProtocols: ['h2'],
+      },
       (socket) => {
         seen.push(socket.getPeerCertificate().serialNumber.toUpperCase());
         socket.destroy();
@@ -352,15 +449,26 @@ describe('a long-running client (the operator) and its rotated client certificat
     await new Promise<void>((res) => tlsServer.listen(0, '127.0.0.1', res));
     const port = (tlsServer.address() as { port: number }).port;
     const log = capturingLogger();
-    const channel = createChannel(`localhost:${port}`, channelCredentials({ caFile: ca.certFile, certFile: live.cert, keyFile: live.key }, { intervalMs: 100, logger: log.logger }));
+    const channel = createChannel(
+      `localhost:${port}`,
+      channelCredentials({ caFile: ca.certFile, certFile: live.cert, keyFile: live.key }, { intervalMs: 100, logger: log.logger }),
+    );
     const health = createClient(HealthDefinition, channel);
     const attempt = () => health.check({ service: '' }, { signal: AbortSignal.timeout(500) }).catch(() => undefined);
     try {
-      await eventually(async () => (await attempt(), seen), (s) => s.includes(first.serial), 10_000);
+      await eventually(
+        async () => (await attempt(), seen),
+        (s) => s.includes(first.serial),
+        10_000,
+      );
       expect(seen).toContain(first.serial);
       writeFileSync(live.key, readFileSync(second.keyFile));
       writeFileSync(live.cert, readFileSync(second.certFile));
-      await eventually(async () => (await attempt(), seen), (s) => s.includes(second.serial), 15_000);
+      await eventually(
+        async () => (await attempt(), seen),
+        (s) => s.includes(second.serial),
+        15_000,
+      );
       expect(seen).toContain(second.serial);
       expect(log.lines().some((l) => l.msg === 'TLS client files reloaded: new connections use them')).toBe(true);
     } finally {
@@ -380,15 +488,42 @@ describe('`lethe serve` as a process: certificate files rotated under it, defaul
     copyFileSync(first.certFile, live.cert);
     copyFileSync(first.keyFile, live.key);
     const port = await freePort();
-    const child = spawn('node', [LETHE, 'serve', '--demo', '--listen', `127.0.0.1:${port}`, '--http-listen', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--tls-cert', live.cert, '--tls-key', live.key], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { PATH: process.env.PATH, HOME: dir },
-    });
+    const child = spawn(
+      'node',
+      [
+        LETHE,
+        'serve',
+        '--demo',
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--http-listen',
+        '127.0.0.1:0',
+        '--data-dir',
+        join(dir, 'data'),
+        '--tls-cert',
+        live.cert,
+        '--tls-key',
+        live.key,
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { PATH: process.env.PATH, HOME: dir },
+      },
+    );
     let log = '';
     child.stdout?.on('data', (d: Buffer) => (log += d.toString()));
     child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
     const served = async () => {
-      const o = await runCommand(findOpenssl(), ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', ca.certFile, '-verify_return_error']);
+      const o = await runCommand(findOpenssl(), [
+        's_client',
+        '-connect',
+        `127.0.0.1:${port}`,
+        '-servername',
+        'localhost',
+        '-CAfile',
+        ca.certFile,
+        '-verify_return_error',
+      ]);
       const pem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(o.stdout)?.[0];
       return pem === undefined ? undefined : new X509Certificate(pem).serialNumber.toUpperCase();
     };
@@ -401,7 +536,11 @@ describe('`lethe serve` as a process: certificate files rotated under it, defaul
       const rotatedAt = Date.now();
       expect(await eventually(served, (s) => s === second.serial, 30_000)).toBe(second.serial);
       expect(Date.now() - rotatedAt).toBeLessThan(15_000);
-      const { stderr } = await run('node', [LETHE, 'export', 'user-id-123', '-o', join(dir, 'u.json'), '--server', `localhost:${port}`, '--data-dir', join(dir, 'data'), '--tls-ca', ca.certFile], { encoding: 'utf8' });
+      const { stderr } = await run(
+        'node',
+        [LETHE, 'export', 'user-id-123', '-o', join(dir, 'u.json'), '--server', `localhost:${port}`, '--data-dir', join(dir, 'data'), '--tls-ca', ca.certFile],
+        { encoding: 'utf8' },
+      );
       expect(stderr).toContain('(verified)');
     } finally {
       child.kill('SIGTERM');

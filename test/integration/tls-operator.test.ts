@@ -54,7 +54,15 @@ describe.runIf(assets !== undefined)('the operator over mutual TLS', () => {
     for (const ns of ['privacy', 'refused']) await mustKubectl(kubectl, ['create', 'namespace', ns]);
     const config = loadServerConfig(
       { LETHE_PLATFORM_PRINCIPALS: OPERATOR, LETHE_METRICS_LISTEN: '127.0.0.1:0' },
-      { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir, tlsCert: serverCert.certFile, tlsKey: serverCert.keyFile, tlsClientCa: ca.certFile },
+      {
+        demo: true,
+        listen: '127.0.0.1:0',
+        httpListen: '127.0.0.1:0',
+        dataDir,
+        tlsCert: serverCert.certFile,
+        tlsKey: serverCert.keyFile,
+        tlsClientCa: ca.certFile,
+      },
     );
     server = await startLetheServer(config, capturingLogger().logger);
     token = await mintLocalToken(dataDir, OPERATOR, 3600);
@@ -69,8 +77,14 @@ describe.runIf(assets !== undefined)('the operator over mutual TLS', () => {
   }, 60_000);
 
   it('carries out a Forget through the mTLS PrivacyService', async () => {
-    operators.push(await startTestOperator(env('privacy', { LETHE_TLS_CA: ca.certFile, LETHE_TLS_CERT: operatorCert.certFile, LETHE_TLS_KEY: operatorCert.keyFile })));
-    await mustKubectl(kubectl, ['apply', '-f', '-'], privacyRequestYaml('privacy', 'forget-member', { type: 'Forget', subjectId: 'member-user-id-456', reason: 'GDPR Right to be Forgotten' }));
+    operators.push(
+      await startTestOperator(env('privacy', { LETHE_TLS_CA: ca.certFile, LETHE_TLS_CERT: operatorCert.certFile, LETHE_TLS_KEY: operatorCert.keyFile })),
+    );
+    await mustKubectl(
+      kubectl,
+      ['apply', '-f', '-'],
+      privacyRequestYaml('privacy', 'forget-member', { type: 'Forget', subjectId: 'member-user-id-456', reason: 'GDPR Right to be Forgotten' }),
+    );
     const done = await privacyRequests(kube.kubeconfigPath).waitForPhase('privacy', 'forget-member', 'Succeeded', 60_000);
     expect(done.status?.requestId).toMatch(/^[0-9a-f-]{36}$/);
   });
@@ -78,8 +92,17 @@ describe.runIf(assets !== undefined)('the operator over mutual TLS', () => {
   it('an operator without a client certificate is refused at the handshake and carries nothing out', async () => {
     const before = sample((await scrape(server.metricsPort ?? 0)).body, 'lethe_tls_handshake_failures_total', { reason: 'no_client_certificate' }) ?? 0;
     operators.push(await startTestOperator(env('refused', { LETHE_TLS_CA: ca.certFile })));
-    await mustKubectl(kubectl, ['apply', '-f', '-'], privacyRequestYaml('refused', 'forget-owner', { type: 'Forget', subjectId: 'owner-user-id-1', reason: 'GDPR Right to be Forgotten' }));
-    await waitFor('a refused handshake', async () => (sample((await scrape(server.metricsPort ?? 0)).body, 'lethe_tls_handshake_failures_total', { reason: 'no_client_certificate' }) ?? 0) > before, 30_000);
+    await mustKubectl(
+      kubectl,
+      ['apply', '-f', '-'],
+      privacyRequestYaml('refused', 'forget-owner', { type: 'Forget', subjectId: 'owner-user-id-1', reason: 'GDPR Right to be Forgotten' }),
+    );
+    await waitFor(
+      'a refused handshake',
+      async () =>
+        (sample((await scrape(server.metricsPort ?? 0)).body, 'lethe_tls_handshake_failures_total', { reason: 'no_client_certificate' }) ?? 0) > before,
+      30_000,
+    );
     const phase = (await privacyRequests(kube.kubeconfigPath).get('refused', 'forget-owner')).status?.phase;
     expect(phase).not.toBe('Succeeded');
   });

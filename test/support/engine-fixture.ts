@@ -10,7 +10,10 @@ import { migrateIdentitySchema, migrateLethe } from '../../src/store/migrations.
 export const silentLogger = pino({ level: 'silent' });
 
 /** Migrates, loads the demo data and builds an engine over the default data map. */
-export async function demoEngine(db: Database, options: { dataMap?: DataMap; hashKey?: Buffer; artifacts?: ArtifactOptions; now?: () => Date } = {}): Promise<PrivacyEngine> {
+export async function demoEngine(
+  db: Database,
+  options: { dataMap?: DataMap; hashKey?: Buffer; artifacts?: ArtifactOptions; now?: () => Date } = {},
+): Promise<PrivacyEngine> {
   await migrateLethe(db.knex);
   await migrateIdentitySchema(db.knex);
   await loadDemoData(db.knex);

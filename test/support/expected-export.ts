@@ -45,4 +45,14 @@ export const EXPECTED_NEWEST_LOGIN = {
   geo_city: 'San Francisco',
 };
 
-export const DOCUMENT_KEYS = ['user_id', 'email', 'created_at', 'memberships', 'login_events_count', 'login_events', 'oauth_identities', 'mfa_events', 'passkeys'];
+export const DOCUMENT_KEYS = [
+  'user_id',
+  'email',
+  'created_at',
+  'memberships',
+  'login_events_count',
+  'login_events',
+  'oauth_identities',
+  'mfa_events',
+  'passkeys',
+];

@@ -26,8 +26,7 @@ export const HELM_VERSION: string = (() => {
 
 /** Where scripts/setup-helm.sh caches the pinned helm. */
 export function helmCachePath(): string {
-  const root =
-    nonEmpty(process.env.LETHE_HELM_CACHE) ?? join(nonEmpty(process.env.XDG_CACHE_HOME) ?? join(homedir(), '.cache'), 'lethe', 'tools');
+  const root = nonEmpty(process.env.LETHE_HELM_CACHE) ?? join(nonEmpty(process.env.XDG_CACHE_HOME) ?? join(homedir(), '.cache'), 'lethe', 'tools');
   return join(root, `helm-${HELM_VERSION}`, 'helm');
 }
 

@@ -31,9 +31,7 @@ export const KUBE_VERSION: string = (() => {
 
 /** Where scripts/setup-kube-assets.sh caches the pinned version's binaries. */
 export function kubeAssetsCacheDir(): string {
-  const root =
-    nonEmpty(process.env.LETHE_KUBE_ASSETS_CACHE) ??
-    join(nonEmpty(process.env.XDG_CACHE_HOME) ?? join(homedir(), '.cache'), 'lethe', 'kube-assets');
+  const root = nonEmpty(process.env.LETHE_KUBE_ASSETS_CACHE) ?? join(nonEmpty(process.env.XDG_CACHE_HOME) ?? join(homedir(), '.cache'), 'lethe', 'kube-assets');
   return join(root, KUBE_VERSION);
 }
 
@@ -314,8 +312,7 @@ function httpsCall(
   path: string,
   options: KubeRequestOptions = {},
 ): Promise<KubeResponse> {
-  const payload =
-    options.body === undefined ? undefined : typeof options.body === 'string' ? options.body : JSON.stringify(options.body);
+  const payload = options.body === undefined ? undefined : typeof options.body === 'string' ? options.body : JSON.stringify(options.body);
   // `*/*` too: some endpoints answer 406 to a bare application/json (/openid/v1/jwks is application/jwk-set+json).
   const headers: Record<string, string> = { accept: 'application/json, */*;q=0.5', ...options.headers };
   if (payload !== undefined) {
@@ -367,7 +364,8 @@ function makePki(pkiDir: string): Pki {
       execFileSync('openssl', args, { cwd: pkiDir, stdio: ['ignore', 'ignore', 'pipe'], timeout: 20_000 });
     } catch (err) {
       const e = err as { code?: string; stderr?: Buffer };
-      if (e.code === 'ENOENT') throw new Error('openssl not found: the Kubernetes harness issues its certificates with it (apt-get install -y openssl)', { cause: err });
+      if (e.code === 'ENOENT')
+        throw new Error('openssl not found: the Kubernetes harness issues its certificates with it (apt-get install -y openssl)', { cause: err });
       throw new Error(`openssl ${args.join(' ')}: ${e.stderr?.toString() ?? String(err)}`, { cause: err });
     }
   };
@@ -399,12 +397,44 @@ function makePki(pkiDir: string): Pki {
       '',
     ].join('\n'),
   );
-  openssl(['req', '-x509', ...ecKey, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '7', '-config', 'openssl.cnf', '-extensions', 'ca', '-subj', '/CN=lethe-test-ca']);
+  openssl([
+    'req',
+    '-x509',
+    ...ecKey,
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+    '-days',
+    '7',
+    '-config',
+    'openssl.cnf',
+    '-extensions',
+    'ca',
+    '-subj',
+    '/CN=lethe-test-ca',
+  ]);
   const issue = (name: string, subject: string, extensions: string) => {
     openssl(['req', '-new', ...ecKey, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-config', 'openssl.cnf', '-subj', subject]);
     openssl([
-      'x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', `0x${randomBytes(8).toString('hex')}`,
-      '-days', '7', '-extfile', 'openssl.cnf', '-extensions', extensions, '-out', `${name}.crt`,
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-set_serial',
+      `0x${randomBytes(8).toString('hex')}`,
+      '-days',
+      '7',
+      '-extfile',
+      'openssl.cnf',
+      '-extensions',
+      extensions,
+      '-out',
+      `${name}.crt`,
     ]);
   };
   issue('server', '/CN=kube-apiserver', 'server');
@@ -431,7 +461,8 @@ type KubeUser = { readonly cert: string; readonly key: string } | { readonly tok
 
 function renderKubeconfig(url: string, ca: string, user: KubeUser): string {
   const b64 = (s: string) => Buffer.from(s).toString('base64');
-  const credentials = 'token' in user ? [`    token: ${user.token}`] : [`    client-certificate-data: ${b64(user.cert)}`, `    client-key-data: ${b64(user.key)}`];
+  const credentials =
+    'token' in user ? [`    token: ${user.token}`] : [`    client-certificate-data: ${b64(user.cert)}`, `    client-key-data: ${b64(user.key)}`];
   return [
     'apiVersion: v1',
     'kind: Config',

@@ -23,7 +23,8 @@ export function findNatsServer(): string | undefined {
 export function requireNatsServer(): string | undefined {
   const bin = findNatsServer();
   if (bin === undefined) {
-    if (process.env.CI === 'true') throw new Error('nats-server not found (CI=true forbids skipping): apt-get install -y nats-server, or set LETHE_NATS_SERVER');
+    if (process.env.CI === 'true')
+      throw new Error('nats-server not found (CI=true forbids skipping): apt-get install -y nats-server, or set LETHE_NATS_SERVER');
     console.warn('nats-server not found: skipping the NATS suites (apt-get install -y nats-server, or set LETHE_NATS_SERVER)');
   }
   return bin;

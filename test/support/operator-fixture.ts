@@ -63,14 +63,24 @@ export function privacyRequests(kubeconfigPath: string) {
   kc.loadFromFile(kubeconfigPath);
   const api = kc.makeApiClient(CustomObjectsApi);
   const get = async (namespace: string, name: string) =>
-    (await api.getNamespacedCustomObject({ group: 'privacy.lethe.dev', version: 'v1alpha1', plural: 'privacyrequests', namespace, name })) as PrivacyRequestResource;
+    (await api.getNamespacedCustomObject({
+      group: 'privacy.lethe.dev',
+      version: 'v1alpha1',
+      plural: 'privacyrequests',
+      namespace,
+      name,
+    })) as PrivacyRequestResource;
   return {
     get,
     async waitForPhase(namespace: string, name: string, phase: string, timeoutMs = 30_000): Promise<PrivacyRequestResource> {
-      return waitFor(`${namespace}/${name} to reach ${phase}`, async () => {
-        const obj = await get(namespace, name);
-        return obj.status?.phase === phase ? obj : undefined;
-      }, timeoutMs);
+      return waitFor(
+        `${namespace}/${name} to reach ${phase}`,
+        async () => {
+          const obj = await get(namespace, name);
+          return obj.status?.phase === phase ? obj : undefined;
+        },
+        timeoutMs,
+      );
     },
   };
 }

@@ -79,7 +79,10 @@ export async function startPostgres(bin: string, options: { tls?: { certFile: st
   const tlsArgs: string[] = [];
   if (options.tls !== undefined) {
     // PostgreSQL refuses a key file that others can read or that it does not own.
-    for (const [from, name] of [[options.tls.certFile, 'server.crt'], [options.tls.keyFile, 'server.key']] as const) {
+    for (const [from, name] of [
+      [options.tls.certFile, 'server.crt'],
+      [options.tls.keyFile, 'server.key'],
+    ] as const) {
       copyFileSync(from, join(dataDir, name));
       chmodSync(join(dataDir, name), 0o600);
       if (root) chownSync(join(dataDir, name), uidOf('postgres'), gidOf('postgres'));
@@ -91,8 +94,23 @@ export async function startPostgres(bin: string, options: { tls?: { certFile: st
 
   const start = async () => {
     const [cmd, args] = asPg(join(bin, 'postgres'), [
-      '-D', dataDir, '-p', String(port), '-h', '127.0.0.1', '-k', dataDir,
-      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200', ...tlsArgs,
+      '-D',
+      dataDir,
+      '-p',
+      String(port),
+      '-h',
+      '127.0.0.1',
+      '-k',
+      dataDir,
+      '-c',
+      'fsync=off',
+      '-c',
+      'synchronous_commit=off',
+      '-c',
+      'full_page_writes=off',
+      '-c',
+      'max_connections=200',
+      ...tlsArgs,
     ]);
     child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     // A test run that dies must not leave a server behind.
@@ -147,7 +165,10 @@ export async function startPostgres(bin: string, options: { tls?: { certFile: st
     dataDir,
     pause() {
       const pid = postmasterPid();
-      const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' }).split('\n').map(Number).filter((n) => n > 0);
+      const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' })
+        .split('\n')
+        .map(Number)
+        .filter((n) => n > 0);
       paused = [pid, ...children];
       for (const p of paused) process.kill(p, 'SIGSTOP');
     },

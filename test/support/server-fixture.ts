@@ -23,7 +23,10 @@ export async function startTestServer(env: Record<string, string | undefined>): 
   const dataDir = mkdtempSync(join(tmpdir(), 'lethe-test-'));
   // With DATABASE_URL the server requires LETHE_ARTIFACT_KEY (replicas share it).
   const artifactKey = env.DATABASE_URL !== undefined ? { LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex') } : {};
-  const config = loadServerConfig({ LETHE_LOG_LEVEL: 'silent', ...artifactKey, ...env }, { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir });
+  const config = loadServerConfig(
+    { LETHE_LOG_LEVEL: 'silent', ...artifactKey, ...env },
+    { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir },
+  );
   const server = await startLetheServer(config, silentLogger);
   const address = `127.0.0.1:${server.port}`;
   const channels: Array<() => void> = [];

@@ -21,7 +21,12 @@ export function capturingLogger(level = 'info'): CapturedLogger {
   });
   return {
     logger: pino({ level }, stream),
-    lines: () => out.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>),
+    lines: () =>
+      out
+        .join('')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
     text: () => out.join(''),
   };
 }

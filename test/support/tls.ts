@@ -49,8 +49,23 @@ export function createTestCa(dir: string, name: string): TestCa {
   const keyFile = join(dir, `${name}.key`);
   const serial = newSerial();
   openssl([
-    'req', '-x509', ...KEY_ARGS, '-keyout', keyFile, '-out', certFile, '-days', '2', '-set_serial', `0x${serial}`,
-    '-subj', `/CN=${name}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+    'req',
+    '-x509',
+    ...KEY_ARGS,
+    '-keyout',
+    keyFile,
+    '-out',
+    certFile,
+    '-days',
+    '2',
+    '-set_serial',
+    `0x${serial}`,
+    '-subj',
+    `/CN=${name}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
   ]);
   return {
     certFile,
@@ -73,7 +88,24 @@ export function createTestCa(dir: string, name: string): TestCa {
       );
       const leafSerial = newSerial();
       openssl(['req', ...KEY_ARGS, '-keyout', leafKey, '-out', csr, '-subj', `/CN=${options.cn}`]);
-      openssl(['x509', '-req', '-in', csr, '-CA', certFile, '-CAkey', keyFile, '-set_serial', `0x${leafSerial}`, '-days', '2', '-out', leafCert, '-extfile', ext]);
+      openssl([
+        'x509',
+        '-req',
+        '-in',
+        csr,
+        '-CA',
+        certFile,
+        '-CAkey',
+        keyFile,
+        '-set_serial',
+        `0x${leafSerial}`,
+        '-days',
+        '2',
+        '-out',
+        leafCert,
+        '-extfile',
+        ext,
+      ]);
       return { certFile: leafCert, keyFile: leafKey, serial: leafSerial };
     },
   };

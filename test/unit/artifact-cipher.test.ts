@@ -76,7 +76,9 @@ describe('export artifact encryption', () => {
   it('refuses a tampered chunk', async () => {
     const { chunks, artifact } = await seal(cipher, REQUEST, DOC);
     const tampered = chunks.map((c, i) => (i === 1 ? { ...c, ciphertext: Buffer.from(c.ciphertext.map((b, j) => (j === 5 ? b ^ 1 : b))) } : c));
-    await expect(read(cipher, artifact, tampered)).rejects.toThrow(new DataLossError('Export artifact is damaged (chunk 1 does not authenticate); run the export again'));
+    await expect(read(cipher, artifact, tampered)).rejects.toThrow(
+      new DataLossError('Export artifact is damaged (chunk 1 does not authenticate); run the export again'),
+    );
     const badTag = chunks.map((c, i) => (i === 0 ? { ...c, tag: Buffer.alloc(16) } : c));
     await expect(read(cipher, artifact, badTag)).rejects.toThrow('chunk 0 does not authenticate');
   });
@@ -87,7 +89,9 @@ describe('export artifact encryption', () => {
     if (a === undefined || b === undefined) throw new Error('expected several chunks');
     // Renumbered too, as someone rewriting the rows would: the position is in the additional data.
     const swapped = [{ ...b, seq: 0 }, { ...a, seq: 1 }, ...rest];
-    await expect(read(cipher, artifact, swapped)).rejects.toThrow(new DataLossError('Export artifact is damaged (chunk 0 does not authenticate); run the export again'));
+    await expect(read(cipher, artifact, swapped)).rejects.toThrow(
+      new DataLossError('Export artifact is damaged (chunk 0 does not authenticate); run the export again'),
+    );
     await expect(read(cipher, artifact, [b, a, ...rest])).rejects.toThrow('chunk 0 is missing');
   });
 

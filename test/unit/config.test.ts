@@ -79,14 +79,26 @@ describe('loadServerConfig: PostgreSQL', () => {
     ['LETHE_MIGRATE_IDENTITY_SCHEMA=false', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'false' }, {}, false],
     ['--demo', {}, { demo: true }, true],
   ])('migrates the identity schema on postgres with %s: %s', (_label, extra, flags, migrate) => {
-    expect(loadServerConfig({ HOME, DATABASE_URL: 'postgres://db/lethe', LETHE_ARTIFACT_KEY: ARTIFACT_KEY, ...extra }, flags).migrateIdentitySchema).toBe(migrate);
+    expect(loadServerConfig({ HOME, DATABASE_URL: 'postgres://db/lethe', LETHE_ARTIFACT_KEY: ARTIFACT_KEY, ...extra }, flags).migrateIdentitySchema).toBe(
+      migrate,
+    );
   });
 });
 
 describe('loadServerConfig: authentication', () => {
   it('verifies with a JWKS URL, issuer and audience', () => {
-    const c = loadServerConfig({ HOME, LETHE_JWKS_URL: 'https://idp.example.com/.well-known/jwks.json', LETHE_JWT_ISSUER: 'https://idp.example.com', LETHE_JWT_AUDIENCE: 'lethe' });
-    expect(c.auth).toEqual({ mode: 'jwks', jwksUrl: new URL('https://idp.example.com/.well-known/jwks.json'), issuer: 'https://idp.example.com', audience: 'lethe' });
+    const c = loadServerConfig({
+      HOME,
+      LETHE_JWKS_URL: 'https://idp.example.com/.well-known/jwks.json',
+      LETHE_JWT_ISSUER: 'https://idp.example.com',
+      LETHE_JWT_AUDIENCE: 'lethe',
+    });
+    expect(c.auth).toEqual({
+      mode: 'jwks',
+      jwksUrl: new URL('https://idp.example.com/.well-known/jwks.json'),
+      issuer: 'https://idp.example.com',
+      audience: 'lethe',
+    });
   });
 
   it('verifies with a public key file, resolved', () => {
@@ -95,16 +107,36 @@ describe('loadServerConfig: authentication', () => {
   });
 
   it.each([
-    ['a JWKS URL without issuer', { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_AUDIENCE: 'aud' }, 'LETHE_JWT_ISSUER', 'LETHE_JWT_ISSUER: required with a JWKS URL or public key: the issuer (iss) tokens must carry'],
-    ['a JWKS URL without audience', { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_ISSUER: 'iss' }, 'LETHE_JWT_AUDIENCE', 'LETHE_JWT_AUDIENCE: required with a JWKS URL or public key: the audience (aud) tokens must carry'],
-    ['a public key without issuer', { LETHE_JWT_PUBLIC_KEY_FILE: '/k.pem', LETHE_JWT_AUDIENCE: 'aud' }, 'LETHE_JWT_ISSUER', 'LETHE_JWT_ISSUER: required with a JWKS URL or public key: the issuer (iss) tokens must carry'],
+    [
+      'a JWKS URL without issuer',
+      { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_AUDIENCE: 'aud' },
+      'LETHE_JWT_ISSUER',
+      'LETHE_JWT_ISSUER: required with a JWKS URL or public key: the issuer (iss) tokens must carry',
+    ],
+    [
+      'a JWKS URL without audience',
+      { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_ISSUER: 'iss' },
+      'LETHE_JWT_AUDIENCE',
+      'LETHE_JWT_AUDIENCE: required with a JWKS URL or public key: the audience (aud) tokens must carry',
+    ],
+    [
+      'a public key without issuer',
+      { LETHE_JWT_PUBLIC_KEY_FILE: '/k.pem', LETHE_JWT_AUDIENCE: 'aud' },
+      'LETHE_JWT_ISSUER',
+      'LETHE_JWT_ISSUER: required with a JWKS URL or public key: the issuer (iss) tokens must carry',
+    ],
     [
       'both a JWKS URL and a public key',
       { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_PUBLIC_KEY_FILE: '/k.pem', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' },
       'LETHE_JWKS_URL',
       'LETHE_JWKS_URL: set either LETHE_JWKS_URL or LETHE_JWT_PUBLIC_KEY_FILE, not both',
     ],
-    ['a JWKS URL that is not a URL', { LETHE_JWKS_URL: 'not a url', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' }, 'LETHE_JWKS_URL', 'LETHE_JWKS_URL: must be an http(s) URL'],
+    [
+      'a JWKS URL that is not a URL',
+      { LETHE_JWKS_URL: 'not a url', LETHE_JWT_ISSUER: 'iss', LETHE_JWT_AUDIENCE: 'aud' },
+      'LETHE_JWKS_URL',
+      'LETHE_JWKS_URL: must be an http(s) URL',
+    ],
   ])('refuses %s', (_label, env, source, message) => {
     const err = configErrorOf({ HOME, ...env });
     expect(err.source).toBe(source);
@@ -130,7 +162,11 @@ describe('loadServerConfig: bad values name the variable', () => {
     ['LETHE_LOG_LEVEL', { LETHE_LOG_LEVEL: 'verbose' }, 'LETHE_LOG_LEVEL: must be one of trace, debug, info, warn, error, fatal, silent'],
     ['LETHE_MIGRATE_IDENTITY_SCHEMA', { LETHE_MIGRATE_IDENTITY_SCHEMA: 'yes' }, 'LETHE_MIGRATE_IDENTITY_SCHEMA: must be true or false'],
     ['LETHE_METRICS_LISTEN', { LETHE_METRICS_LISTEN: '9090' }, "LETHE_METRICS_LISTEN: '9090' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
-    ['LETHE_METRICS_LISTEN', { LETHE_METRICS_LISTEN: 'http://0.0.0.0:9090/metrics' }, "LETHE_METRICS_LISTEN: 'http://0.0.0.0:9090/metrics' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
+    [
+      'LETHE_METRICS_LISTEN',
+      { LETHE_METRICS_LISTEN: 'http://0.0.0.0:9090/metrics' },
+      "LETHE_METRICS_LISTEN: 'http://0.0.0.0:9090/metrics' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)",
+    ],
   ])('%s: %j', (variable, env, message) => {
     const err = configErrorOf({ HOME, ...env });
     expect(err.name).toBe('ConfigError');
@@ -236,7 +272,9 @@ describe('loadServerConfig: export artifacts', () => {
   it('requires LETHE_ARTIFACT_KEY with DATABASE_URL: replicas must not each make up a key', () => {
     const err = configErrorOf({ HOME, DATABASE_URL: 'postgres://db/lethe' });
     expect(err.source).toBe('LETHE_ARTIFACT_KEY');
-    expect(err.message).toBe('LETHE_ARTIFACT_KEY: required with DATABASE_URL: the key export artifacts are encrypted with, the same for every replica (openssl rand -hex 32)');
+    expect(err.message).toBe(
+      'LETHE_ARTIFACT_KEY: required with DATABASE_URL: the key export artifacts are encrypted with, the same for every replica (openssl rand -hex 32)',
+    );
   });
 
   const KEY_RULE = 'LETHE_ARTIFACT_KEY: must be exactly 32 bytes written as 64 hex digits (openssl rand -hex 32)';
@@ -248,7 +286,11 @@ describe('loadServerConfig: export artifacts', () => {
     ['LETHE_ARTIFACT_TTL', { LETHE_ARTIFACT_TTL: 'a week' }, "LETHE_ARTIFACT_TTL: 'a week' is not a duration such as 90s, 2m, 24h or 7d"],
     ['LETHE_ARTIFACT_TTL', { LETHE_ARTIFACT_TTL: '9s' }, 'LETHE_ARTIFACT_TTL: must be at least 10s'],
     ['LETHE_ARTIFACT_SWEEP_INTERVAL', { LETHE_ARTIFACT_SWEEP_INTERVAL: '500ms' }, 'LETHE_ARTIFACT_SWEEP_INTERVAL: must be at least 1s'],
-    ['LETHE_ARTIFACT_SWEEP_INTERVAL', { LETHE_ARTIFACT_SWEEP_INTERVAL: 'often' }, "LETHE_ARTIFACT_SWEEP_INTERVAL: 'often' is not a duration such as 90s, 2m, 24h or 7d"],
+    [
+      'LETHE_ARTIFACT_SWEEP_INTERVAL',
+      { LETHE_ARTIFACT_SWEEP_INTERVAL: 'often' },
+      "LETHE_ARTIFACT_SWEEP_INTERVAL: 'often' is not a duration such as 90s, 2m, 24h or 7d",
+    ],
   ])('%s: %j', (variable, env, message) => {
     const err = configErrorOf({ HOME, ...env });
     expect(err.source).toBe(variable);
@@ -280,14 +322,17 @@ describe('parseListen', () => {
   });
 
   it.each(['127.0.0.1', '127.0.0.1:65536', '::1:50051', 'host:port', 'a b:1'])('refuses %s', (value) => {
-    expect(() => parseListen(value, 'LETHE_LISTEN')).toThrow(new ConfigError(`'${value}' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)`, 'LETHE_LISTEN'));
+    expect(() => parseListen(value, 'LETHE_LISTEN')).toThrow(
+      new ConfigError(`'${value}' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)`, 'LETHE_LISTEN'),
+    );
   });
 });
 
 describe('loadServerConfig: service principals (LETHE_SERVICE_ACCOUNT_ISSUER)', () => {
   const ISSUER = 'https://kubernetes.default.svc.cluster.local';
   const IN_POD = { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' };
-  const NO_API_SERVER = 'LETHE_SERVICE_ACCOUNT_ISSUER: is set, but verifying service-account tokens needs the Kubernetes API server: run in a pod (in-cluster: KUBERNETES_SERVICE_HOST) or set KUBECONFIG';
+  const NO_API_SERVER =
+    'LETHE_SERVICE_ACCOUNT_ISSUER: is set, but verifying service-account tokens needs the Kubernetes API server: run in a pod (in-cluster: KUBERNETES_SERVICE_HOST) or set KUBECONFIG';
 
   it('is off unless the issuer is set, even in a pod', () => {
     expect(loadServerConfig({ HOME }).serviceAccounts).toBeUndefined();
@@ -296,14 +341,24 @@ describe('loadServerConfig: service principals (LETHE_SERVICE_ACCOUNT_ISSUER)', 
 
   it('reaches the API server in-cluster from a pod, with audience lethe by default', () => {
     const c = loadServerConfig({ HOME, LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, ...IN_POD });
-    expect(c.serviceAccounts).toEqual({ issuer: ISSUER, audience: 'lethe', apiServer: { source: 'in-cluster', host: '10.96.0.1', port: 443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' } });
+    expect(c.serviceAccounts).toEqual({
+      issuer: ISSUER,
+      audience: 'lethe',
+      apiServer: { source: 'in-cluster', host: '10.96.0.1', port: 443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' },
+    });
     expect(c.auth.mode).toBe('local');
     const v6 = loadServerConfig({ HOME, LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBERNETES_SERVICE_HOST: 'fd00::1' });
     expect(v6.serviceAccounts?.apiServer).toEqual({ source: 'in-cluster', host: 'fd00::1', port: 443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' });
   });
 
   it('prefers KUBECONFIG (resolved) over the in-cluster environment, and takes the audience', () => {
-    const c = loadServerConfig({ HOME, LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, LETHE_SERVICE_ACCOUNT_AUDIENCE: 'lethe-prod', KUBECONFIG: 'dev/kubeconfig', ...IN_POD });
+    const c = loadServerConfig({
+      HOME,
+      LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER,
+      LETHE_SERVICE_ACCOUNT_AUDIENCE: 'lethe-prod',
+      KUBECONFIG: 'dev/kubeconfig',
+      ...IN_POD,
+    });
     expect(c.serviceAccounts).toEqual({ issuer: ISSUER, audience: 'lethe-prod', apiServer: { source: 'kubeconfig', path: resolve('dev/kubeconfig') } });
   });
 
@@ -323,11 +378,36 @@ describe('loadServerConfig: service principals (LETHE_SERVICE_ACCOUNT_ISSUER)', 
   it.each([
     ['no way to reach the API server', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER }, 'LETHE_SERVICE_ACCOUNT_ISSUER', NO_API_SERVER],
     ['an empty KUBECONFIG outside a pod', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '' }, 'LETHE_SERVICE_ACCOUNT_ISSUER', NO_API_SERVER],
-    ['a list of kubeconfig files', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '/a:/b' }, 'KUBECONFIG', 'KUBECONFIG: name one kubeconfig file (a list of files is not supported)'],
-    ['a bad in-cluster port', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: 'https' }, 'KUBERNETES_SERVICE_PORT', "KUBERNETES_SERVICE_PORT: 'https' is not a port"],
-    ['an issuer with spaces', { LETHE_SERVICE_ACCOUNT_ISSUER: 'my cluster', KUBECONFIG: '/k' }, 'LETHE_SERVICE_ACCOUNT_ISSUER', "LETHE_SERVICE_ACCOUNT_ISSUER: must be the cluster's service-account issuer, e.g. https://kubernetes.default.svc.cluster.local"],
-    ['an empty audience', { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '/k', LETHE_SERVICE_ACCOUNT_AUDIENCE: '' }, 'LETHE_SERVICE_ACCOUNT_AUDIENCE', 'LETHE_SERVICE_ACCOUNT_AUDIENCE: must be one audience without spaces'],
-    ['the local key’s issuer', { LETHE_SERVICE_ACCOUNT_ISSUER: LOCAL_ISSUER, KUBECONFIG: '/k' }, 'LETHE_SERVICE_ACCOUNT_ISSUER', "LETHE_SERVICE_ACCOUNT_ISSUER: 'lethe-local' is also the issuer of user tokens (the local signing key): the two trust sources need distinct issuers"],
+    [
+      'a list of kubeconfig files',
+      { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '/a:/b' },
+      'KUBECONFIG',
+      'KUBECONFIG: name one kubeconfig file (a list of files is not supported)',
+    ],
+    [
+      'a bad in-cluster port',
+      { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: 'https' },
+      'KUBERNETES_SERVICE_PORT',
+      "KUBERNETES_SERVICE_PORT: 'https' is not a port",
+    ],
+    [
+      'an issuer with spaces',
+      { LETHE_SERVICE_ACCOUNT_ISSUER: 'my cluster', KUBECONFIG: '/k' },
+      'LETHE_SERVICE_ACCOUNT_ISSUER',
+      "LETHE_SERVICE_ACCOUNT_ISSUER: must be the cluster's service-account issuer, e.g. https://kubernetes.default.svc.cluster.local",
+    ],
+    [
+      'an empty audience',
+      { LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '/k', LETHE_SERVICE_ACCOUNT_AUDIENCE: '' },
+      'LETHE_SERVICE_ACCOUNT_AUDIENCE',
+      'LETHE_SERVICE_ACCOUNT_AUDIENCE: must be one audience without spaces',
+    ],
+    [
+      'the local key’s issuer',
+      { LETHE_SERVICE_ACCOUNT_ISSUER: LOCAL_ISSUER, KUBECONFIG: '/k' },
+      'LETHE_SERVICE_ACCOUNT_ISSUER',
+      "LETHE_SERVICE_ACCOUNT_ISSUER: 'lethe-local' is also the issuer of user tokens (the local signing key): the two trust sources need distinct issuers",
+    ],
     [
       'the user tokens’ issuer',
       { LETHE_JWKS_URL: 'https://idp/jwks', LETHE_JWT_ISSUER: ISSUER, LETHE_JWT_AUDIENCE: 'aud', LETHE_SERVICE_ACCOUNT_ISSUER: ISSUER, KUBECONFIG: '/k' },

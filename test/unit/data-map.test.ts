@@ -98,7 +98,9 @@ describe('parseDataMap: the default identity map', () => {
       { column: 'timestamp', direction: 'desc' },
       { column: 'id', direction: 'desc' },
     ]);
-    expect(login?.forget).toMatchObject({ columns: { ip_address: { set: '0.0.0.0' }, user_agent: { set: 'anonymized' }, geo_country: 'null', geo_city: 'null' } });
+    expect(login?.forget).toMatchObject({
+      columns: { ip_address: { set: '0.0.0.0' }, user_agent: { set: 'anonymized' }, geo_country: 'null', geo_city: 'null' },
+    });
     const forgets = Object.fromEntries(map.categories.map((c) => [c.name, typeof c.forget === 'string' ? c.forget : 'keep' in c.forget ? 'keep' : 'columns']));
     expect(forgets).toEqual({
       profile: 'columns',
@@ -150,10 +152,10 @@ describe('parseDataMap: forget actions', () => {
 
   it('accepts a join named by its alias and a schema-qualified table', () => {
     const map = parseDataMap(
-      variant('subject: {column: user_id}', 'subject: {column: user_id}\n    joins: [{table: public.organizations, as: o, column: org_id, references: id}]').replace(
-        '{name: id, column: id}',
-        '{name: slug, column: o.slug}',
-      ),
+      variant(
+        'subject: {column: user_id}',
+        'subject: {column: user_id}\n    joins: [{table: public.organizations, as: o, column: org_id, references: id}]',
+      ).replace('{name: id, column: id}', '{name: slug, column: o.slug}'),
       SOURCE,
     );
     const events = map.categories[1];
@@ -165,14 +167,34 @@ describe('parseDataMap: forget actions', () => {
 
 describe('parseDataMap: errors name the source and the bad key', () => {
   it.each([
-    ['a bad table identifier', variant('table: users', 'table: "users; drop"'), `${SOURCE}: categories[0].table: must be a table name, optionally schema-qualified (schema.table)`],
-    ['a bad secret identifier', variant('secret: [password_hash]', 'secret: ["pw hash"]'), `${SOURCE}: categories[0].secret[0]: must be an SQL identifier: a letter or _ then letters, digits or _ (at most 63)`],
-    ['a bad column reference', variant('{name: id, column: id}', '{name: id, column: "id::text"}'), `${SOURCE}: categories[1].export.fields[0].column: must be a column name, or join_table.column`],
+    [
+      'a bad table identifier',
+      variant('table: users', 'table: "users; drop"'),
+      `${SOURCE}: categories[0].table: must be a table name, optionally schema-qualified (schema.table)`,
+    ],
+    [
+      'a bad secret identifier',
+      variant('secret: [password_hash]', 'secret: ["pw hash"]'),
+      `${SOURCE}: categories[0].secret[0]: must be an SQL identifier: a letter or _ then letters, digits or _ (at most 63)`,
+    ],
+    [
+      'a bad column reference',
+      variant('{name: id, column: id}', '{name: id, column: "id::text"}'),
+      `${SOURCE}: categories[1].export.fields[0].column: must be a column name, or join_table.column`,
+    ],
     ['an unknown key in a category', variant('table: users', 'table: users\n    colour: red'), `${SOURCE}: categories[0]: Unrecognized key: "colour"`],
-    ['an unknown key in export', variant('{name: id, column: id}', '{name: id, column: id}\n      sort: id'), `${SOURCE}: categories[1].export: Unrecognized key: "sort"`],
+    [
+      'an unknown key in export',
+      variant('{name: id, column: id}', '{name: id, column: id}\n      sort: id'),
+      `${SOURCE}: categories[1].export: Unrecognized key: "sort"`,
+    ],
     ['an unknown key at the root', `${BASE}extra: 1\n`, `${SOURCE}: (root): Unrecognized key: "extra"`],
     ['an empty document', '', `${SOURCE}: (root): Invalid input: expected object, received null`],
-    ['a zero limit', variant('{name: id, column: id}', '{name: id, column: id}\n      limit: 0'), `${SOURCE}: categories[1].export.limit: Too small: expected number to be >0`],
+    [
+      'a zero limit',
+      variant('{name: id, column: id}', '{name: id, column: id}\n      limit: 0'),
+      `${SOURCE}: categories[1].export.limit: Too small: expected number to be >0`,
+    ],
     [
       'a field naming a secret column',
       variant('{name: email, column: email}', '{name: pw, column: password_hash}'),
@@ -189,10 +211,26 @@ describe('parseDataMap: errors name the source and the bad key', () => {
       `${SOURCE}: categories[1] (events).export.order_by[0]: 'organizations.slug' names 'organizations', which is not one of this category's joins`,
     ],
     ['a duplicate category name', variant('name: events', 'name: profile'), `${SOURCE}: categories[1] (profile): duplicate category name 'profile'`],
-    ['a duplicate field name', variant('{name: id, column: id}', '{name: id, column: id}\n        - {name: id, column: other}'), `${SOURCE}: categories[1] (events).export.fields: duplicate field name 'id'`],
-    ['a list key equal to an object field', variant('{name: id, column: id}', '{name: id, column: id}\n      key: user_id'), `${SOURCE}: categories[1] (events).export: document key 'user_id' is used twice`],
-    ['a count_key equal to an object field', variant('{name: id, column: id}', '{name: id, column: id}\n      count_key: email'), `${SOURCE}: categories[1] (events).export: document key 'email' is used twice`],
-    ['a count_key equal to its own list key', variant('{name: id, column: id}', '{name: id, column: id}\n      count_key: events'), `${SOURCE}: categories[1] (events).export: document key 'events' is used twice`],
+    [
+      'a duplicate field name',
+      variant('{name: id, column: id}', '{name: id, column: id}\n        - {name: id, column: other}'),
+      `${SOURCE}: categories[1] (events).export.fields: duplicate field name 'id'`,
+    ],
+    [
+      'a list key equal to an object field',
+      variant('{name: id, column: id}', '{name: id, column: id}\n      key: user_id'),
+      `${SOURCE}: categories[1] (events).export: document key 'user_id' is used twice`,
+    ],
+    [
+      'a count_key equal to an object field',
+      variant('{name: id, column: id}', '{name: id, column: id}\n      count_key: email'),
+      `${SOURCE}: categories[1] (events).export: document key 'email' is used twice`,
+    ],
+    [
+      'a count_key equal to its own list key',
+      variant('{name: id, column: id}', '{name: id, column: id}\n      count_key: events'),
+      `${SOURCE}: categories[1] (events).export: document key 'events' is used twice`,
+    ],
     [
       'shape object with a limit',
       variant('shape: object', 'shape: object\n      limit: 5'),

@@ -12,7 +12,15 @@ const sha256 = (...parts: Buffer[]): Buffer => {
 
 const map = (categories: string): DataMap => parseDataMap(`categories:\n${categories}`, 'test.yaml');
 const types: ColumnTypes = new Map([
-  ['users', new Map([['id', 'text'], ['email', 'text'], ['details', 'jsonb'], ['notes', 'json']])],
+  [
+    'users',
+    new Map([
+      ['id', 'text'],
+      ['email', 'text'],
+      ['details', 'jsonb'],
+      ['notes', 'json'],
+    ]),
+  ],
 ]);
 
 describe('compileForget', () => {
@@ -37,19 +45,31 @@ describe('compileForget', () => {
 
   it('keeps only the listed keys of a JSON column, and leaves kept columns out of the statement', () => {
     const plan = compileForget(
-      map('  - {name: u, table: users, subject: {column: id}, forget: {columns: {details: {keep_keys: [request_id]}, notes: {keep_keys: []}, email: {keep: "test"}}}}'),
+      map(
+        '  - {name: u, table: users, subject: {column: id}, forget: {columns: {details: {keep_keys: [request_id]}, notes: {keep_keys: []}, email: {keep: "test"}}}}',
+      ),
       types,
       undefined,
     );
     const set = plan.steps[0]?.set;
-    expect(set?.sql).toContain(`"details" = CASE WHEN "details" IS NULL THEN NULL WHEN jsonb_typeof("details"::jsonb) = 'object' THEN (SELECT coalesce(jsonb_object_agg`);
-    expect(set?.sql).toContain(`"notes" = (CASE WHEN "notes" IS NULL THEN NULL WHEN jsonb_typeof("notes"::jsonb) = 'object' THEN '{}'::jsonb ELSE '{}'::jsonb END)::json`);
+    expect(set?.sql).toContain(
+      `"details" = CASE WHEN "details" IS NULL THEN NULL WHEN jsonb_typeof("details"::jsonb) = 'object' THEN (SELECT coalesce(jsonb_object_agg`,
+    );
+    expect(set?.sql).toContain(
+      `"notes" = (CASE WHEN "notes" IS NULL THEN NULL WHEN jsonb_typeof("notes"::jsonb) = 'object' THEN '{}'::jsonb ELSE '{}'::jsonb END)::json`,
+    );
     expect(set?.sql).not.toContain('"email"');
     expect(set?.bindings).toEqual(['request_id']);
   });
 
   it('drops categories that keep everything', () => {
-    const plan = compileForget(map('  - {name: u, table: users, subject: {column: id}, forget: {keep: "test"}}\n  - {name: s, table: sessions, subject: {column: user_id}, forget: delete}'), types, undefined);
+    const plan = compileForget(
+      map(
+        '  - {name: u, table: users, subject: {column: id}, forget: {keep: "test"}}\n  - {name: s, table: sessions, subject: {column: user_id}, forget: delete}',
+      ),
+      types,
+      undefined,
+    );
     expect(plan.order).toEqual(['s']);
   });
 });
@@ -73,7 +93,9 @@ describe('forgetOrder', () => {
   });
 
   it('keeps the map order where nothing forces another', () => {
-    expect(order(`  - {name: a, table: a, subject: {column: user_id}, forget: delete}\n  - {name: b, table: b, subject: {column: user_id}, forget: delete}`)).toEqual(['a', 'b']);
+    expect(
+      order(`  - {name: a, table: a, subject: {column: user_id}, forget: delete}\n  - {name: b, table: b, subject: {column: user_id}, forget: delete}`),
+    ).toEqual(['a', 'b']);
   });
 
   it('refuses two categories that each cut the link of the other', () => {

@@ -24,7 +24,9 @@ describe('loadKubeConfig', () => {
     const kc = loadKubeConfig({ source: 'in-cluster', host: '10.96.0.1', port: 443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' }, sa);
     expect(kc.getCurrentCluster()).toMatchObject({ server: 'https://10.96.0.1:443', caFile: join(sa, 'ca.crt'), skipTLSVerify: false });
     expect(kc.getCurrentUser()?.authProvider).toEqual({ name: 'tokenFile', config: { tokenFile: join(sa, 'token') } });
-    expect(loadKubeConfig({ source: 'in-cluster', host: 'fd00::1', port: 6443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' }, sa).getCurrentCluster()?.server).toBe('https://[fd00::1]:6443');
+    expect(
+      loadKubeConfig({ source: 'in-cluster', host: 'fd00::1', port: 6443, neededBy: 'LETHE_SERVICE_ACCOUNT_ISSUER' }, sa).getCurrentCluster()?.server,
+    ).toBe('https://[fd00::1]:6443');
   });
 
   it('in a pod without a mounted token: a ConfigError saying what to mount', () => {
@@ -51,7 +53,9 @@ describe('loadKubeConfig', () => {
     expect(() => loadKubeConfig({ source: 'kubeconfig', path: missing })).toThrow(new ConfigError(`cannot load ${missing} (ENOENT)`, 'KUBECONFIG'));
     const bare = join(dir, 'bare');
     writeFileSync(bare, 'apiVersion: v1\nkind: Config\n');
-    expect(() => loadKubeConfig({ source: 'kubeconfig', path: bare })).toThrow(new ConfigError(`${bare} has no current-context naming a cluster and a user`, 'KUBECONFIG'));
+    expect(() => loadKubeConfig({ source: 'kubeconfig', path: bare })).toThrow(
+      new ConfigError(`${bare} has no current-context naming a cluster and a user`, 'KUBECONFIG'),
+    );
   });
 
   it('an API server that does not answer: UNAVAILABLE, without its address', async () => {

@@ -15,7 +15,10 @@ describe('NATS client status as JSON log lines', () => {
         },
       }),
     );
-    const error = Object.assign(new Error("'Permissions Violation for Publish to \"privacy.v1.user.purged.orders\"' user-id-123"), { name: 'PermissionViolationError', code: 'PERMISSIONS_VIOLATION' });
+    const error = Object.assign(new Error('\'Permissions Violation for Publish to "privacy.v1.user.purged.orders"\' user-id-123'), {
+      name: 'PermissionViolationError',
+      code: 'PERMISSIONS_VIOLATION',
+    });
     logNatsStatus(logger, { type: 'disconnect', server: '127.0.0.1:4222' });
     logNatsStatus(logger, { type: 'error', error });
     logNatsStatus(logger, { type: 'staleConnection' });

@@ -15,7 +15,15 @@ describe('operator configuration', () => {
       pollIntervalMs: 10_000,
       callTimeoutMs: 300_000,
       healthListen: { host: '127.0.0.1', port: 8081 },
-      leaderElection: { enabled: true, namespace: 'lethe', name: 'lethe-operator', identity: 'op-0', leaseDurationMs: 15_000, renewDeadlineMs: 10_000, retryPeriodMs: 2_000 },
+      leaderElection: {
+        enabled: true,
+        namespace: 'lethe',
+        name: 'lethe-operator',
+        identity: 'op-0',
+        leaseDurationMs: 15_000,
+        renewDeadlineMs: 10_000,
+        retryPeriodMs: 2_000,
+      },
     });
   });
 
@@ -43,7 +51,10 @@ describe('operator configuration', () => {
     expect(() => loadOperatorConfig({ LETHE_TOKEN: 'a.b.c' })).toThrow(
       'KUBECONFIG: the operator watches PrivacyRequests on the Kubernetes API server: run in a pod (in-cluster: KUBERNETES_SERVICE_HOST) or set KUBECONFIG',
     );
-    expect(loadOperatorConfig({ LETHE_TOKEN: 'a.b.c', KUBECONFIG: '/home/me/.kube/config' }).kubernetes).toEqual({ source: 'kubeconfig', path: '/home/me/.kube/config' });
+    expect(loadOperatorConfig({ LETHE_TOKEN: 'a.b.c', KUBECONFIG: '/home/me/.kube/config' }).kubernetes).toEqual({
+      source: 'kubeconfig',
+      path: '/home/me/.kube/config',
+    });
   });
 
   it('watches the namespaces listed, once each', () => {

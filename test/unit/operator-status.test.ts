@@ -90,7 +90,10 @@ describe('status derivation', () => {
           requestId: 'x',
           sha256: 'ab'.repeat(32),
           sizeBytes: 1234,
-          counts: [{ category: 'profile', exported: 1 }, { category: 'login_events', exported: 50 }],
+          counts: [
+            { category: 'profile', exported: 1 },
+            { category: 'login_events', exported: 50 },
+          ],
           totalRecords: 51,
           createdAt: t0,
           expiresAt: new Date('2026-11-29T10:00:00.000Z'),
@@ -109,7 +112,11 @@ describe('status derivation', () => {
       expiresAt: '2026-11-29T10:00:00.000Z',
       state: 'Available',
     });
-    expect(s.conditions?.[0]).toMatchObject({ status: 'True', reason: 'ArtifactStored', message: 'Fetch the export with: lethe export --request 5f0c5b7e-52a5-4f3a-9b0e-1a2b3c4d5e6f -o export.json' });
+    expect(s.conditions?.[0]).toMatchObject({
+      status: 'True',
+      reason: 'ArtifactStored',
+      message: 'Fetch the export with: lethe export --request 5f0c5b7e-52a5-4f3a-9b0e-1a2b3c4d5e6f -o export.json',
+    });
   });
 
   it('a refusal is Failed with the reason and the message', () => {
@@ -124,10 +131,28 @@ describe('transitions', () => {
     const running = runningStatus(resource('Forget'), t0);
     expect(transitions(undefined, running, 'Forget').map((e) => e.reason)).toEqual(['Started']);
     expect(transitions(running, running, 'Forget')).toEqual([]);
-    const waiting = ledgerStatus(resource('Forget', running), entry({ state: RequestState.REQUEST_STATE_ANONYMIZED, confirmations: [{ service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_PENDING, purgedAt: undefined, rowsAffected: [], error: '' }] }), t1);
+    const waiting = ledgerStatus(
+      resource('Forget', running),
+      entry({
+        state: RequestState.REQUEST_STATE_ANONYMIZED,
+        confirmations: [{ service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_PENDING, purgedAt: undefined, rowsAffected: [], error: '' }],
+      }),
+      t1,
+    );
     expect(transitions(running, waiting, 'Forget').map((e) => e.reason)).toEqual(['Anonymized']);
-    const failedPurge = ledgerStatus(resource('Forget', waiting), entry({ state: RequestState.REQUEST_STATE_ANONYMIZED, confirmations: [{ service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_FAILED, purgedAt: undefined, rowsAffected: [], error: 'DatabaseError' }] }), t1);
-    expect(transitions(waiting, failedPurge, 'Forget')).toEqual([{ type: 'Warning', reason: 'DownstreamPurgeFailed', message: 'orders could not purge: DatabaseError' }]);
+    const failedPurge = ledgerStatus(
+      resource('Forget', waiting),
+      entry({
+        state: RequestState.REQUEST_STATE_ANONYMIZED,
+        confirmations: [
+          { service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_FAILED, purgedAt: undefined, rowsAffected: [], error: 'DatabaseError' },
+        ],
+      }),
+      t1,
+    );
+    expect(transitions(waiting, failedPurge, 'Forget')).toEqual([
+      { type: 'Warning', reason: 'DownstreamPurgeFailed', message: 'orders could not purge: DatabaseError' },
+    ]);
     const refused = refusedStatus(resource('Forget', running), 'SubjectNotFound', 'User not found', t1);
     expect(transitions(running, refused, 'Forget')).toEqual([{ type: 'Warning', reason: 'SubjectNotFound', message: 'User not found' }]);
   });

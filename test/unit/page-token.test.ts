@@ -54,7 +54,16 @@ describe('page tokens', () => {
       return `v1.${payload}.${sign(payload).toString('base64url')}`;
     };
     expect(tokens.decode(forge([position.receivedAt.toISOString(), position.id]))).toEqual(position);
-    for (const value of [['+275760-09-13T00:00:00.000Z', position.id], ['-000001-01-01T00:00:00.000Z', position.id], ['not a date', position.id], [position.receivedAt.toISOString(), 'x'], [1, 2], {}, 'x', null]) {
+    for (const value of [
+      ['+275760-09-13T00:00:00.000Z', position.id],
+      ['-000001-01-01T00:00:00.000Z', position.id],
+      ['not a date', position.id],
+      [position.receivedAt.toISOString(), 'x'],
+      [1, 2],
+      {},
+      'x',
+      null,
+    ]) {
       refused(forge(value));
     }
   });

@@ -45,7 +45,11 @@ describe('createServiceAccountCheck', () => {
     rsa = r.privateKey;
     ec = e.privateKey;
     ps = p.privateKey;
-    check = createServiceAccountCheck({ issuer: ISSUER, audience: 'lethe' }, new Set([OPERATOR, 'platform-owner-id']), createLocalJWKSet({ keys: [r.jwk, e.jwk, p.jwk] }));
+    check = createServiceAccountCheck(
+      { issuer: ISSUER, audience: 'lethe' },
+      new Set([OPERATOR, 'platform-owner-id']),
+      createLocalJWKSet({ keys: [r.jwk, e.jwk, p.jwk] }),
+    );
   });
 
   it('accepts a trusted service account as a platform principal, signed RS256 or ES256', async () => {

@@ -96,25 +96,65 @@ describe('loadSidecarConfig: refusals name the setting', () => {
       { ...FLAGS, service: 'Orders_v2' },
       "--service: 'Orders_v2' is not a service name: lowercase letters, digits and -, starting and ending with a letter or digit (at most 63)",
     ],
-    ['a --service ending in -', ENV, { ...FLAGS, service: 'orders-' }, "--service: 'orders-' is not a service name: lowercase letters, digits and -, starting and ending with a letter or digit (at most 63)"],
+    [
+      'a --service ending in -',
+      ENV,
+      { ...FLAGS, service: 'orders-' },
+      "--service: 'orders-' is not a service name: lowercase letters, digits and -, starting and ending with a letter or digit (at most 63)",
+    ],
     ['no --data-map', ENV, { service: 'orders' }, "--data-map: required: the service's data map (a YAML file)"],
     ['a bad --health-listen', ENV, { ...FLAGS, healthListen: '8081' }, "--health-listen: '8081' is not HOST:PORT (for example 127.0.0.1:50051 or [::1]:50051)"],
-    ['no DATABASE_URL', { LETHE_NATS_URL: ENV.LETHE_NATS_URL }, FLAGS, "DATABASE_URL: required: the downstream service's own PostgreSQL database (postgres://…)"],
+    [
+      'no DATABASE_URL',
+      { LETHE_NATS_URL: ENV.LETHE_NATS_URL },
+      FLAGS,
+      "DATABASE_URL: required: the downstream service's own PostgreSQL database (postgres://…)",
+    ],
     ['a DATABASE_URL that is not PostgreSQL', { ...ENV, DATABASE_URL: 'mysql://db/orders' }, FLAGS, 'DATABASE_URL: must be a postgres:// or postgresql:// URL'],
-    ['no LETHE_NATS_URL', { DATABASE_URL: ENV.DATABASE_URL }, FLAGS, 'LETHE_NATS_URL: required: the NATS server carrying the privacy events (nats://host:4222)'],
-    ['an http LETHE_NATS_URL', { ...ENV, LETHE_NATS_URL: 'http://nats:4222' }, FLAGS, 'LETHE_NATS_URL: must be a nats:// (or tls://) URL, for example nats://nats:4222'],
-    ['a bare host as LETHE_NATS_URL', { ...ENV, LETHE_NATS_URL: 'nats:4222' }, FLAGS, 'LETHE_NATS_URL: must be a nats:// (or tls://) URL, for example nats://nats:4222'],
-    ['a stream name with a dot', { ...ENV, LETHE_NATS_STREAM: 'privacy.v1' }, FLAGS, 'LETHE_NATS_STREAM: must be a JetStream stream name: letters, digits, _ and -'],
+    [
+      'no LETHE_NATS_URL',
+      { DATABASE_URL: ENV.DATABASE_URL },
+      FLAGS,
+      'LETHE_NATS_URL: required: the NATS server carrying the privacy events (nats://host:4222)',
+    ],
+    [
+      'an http LETHE_NATS_URL',
+      { ...ENV, LETHE_NATS_URL: 'http://nats:4222' },
+      FLAGS,
+      'LETHE_NATS_URL: must be a nats:// (or tls://) URL, for example nats://nats:4222',
+    ],
+    [
+      'a bare host as LETHE_NATS_URL',
+      { ...ENV, LETHE_NATS_URL: 'nats:4222' },
+      FLAGS,
+      'LETHE_NATS_URL: must be a nats:// (or tls://) URL, for example nats://nats:4222',
+    ],
+    [
+      'a stream name with a dot',
+      { ...ENV, LETHE_NATS_STREAM: 'privacy.v1' },
+      FLAGS,
+      'LETHE_NATS_STREAM: must be a JetStream stream name: letters, digits, _ and -',
+    ],
     ['concurrency 0', { ...ENV, LETHE_SIDECAR_CONCURRENCY: '0' }, FLAGS, 'LETHE_SIDECAR_CONCURRENCY: must be a whole number from 1 to 64'],
     ['concurrency 65', { ...ENV, LETHE_SIDECAR_CONCURRENCY: '65' }, FLAGS, 'LETHE_SIDECAR_CONCURRENCY: must be a whole number from 1 to 64'],
     ['concurrency 2.5', { ...ENV, LETHE_SIDECAR_CONCURRENCY: '2.5' }, FLAGS, 'LETHE_SIDECAR_CONCURRENCY: must be a whole number from 1 to 64'],
     ['max deliveries "five"', { ...ENV, LETHE_SIDECAR_MAX_DELIVERIES: 'five' }, FLAGS, 'LETHE_SIDECAR_MAX_DELIVERIES: must be a whole number from 1 to 1000'],
     ['an ack wait of 0 s', { ...ENV, LETHE_SIDECAR_ACK_WAIT: '0' }, FLAGS, 'LETHE_SIDECAR_ACK_WAIT: must be a whole number from 1 to 3600 (seconds)'],
     ['an ack wait with a unit', { ...ENV, LETHE_SIDECAR_ACK_WAIT: '30s' }, FLAGS, 'LETHE_SIDECAR_ACK_WAIT: must be a whole number from 1 to 3600 (seconds)'],
-    ['a negative retry base', { ...ENV, LETHE_SIDECAR_RETRY_BASE_MS: '-5' }, FLAGS, 'LETHE_SIDECAR_RETRY_BASE_MS: must be a whole number from 1 to 60000 (milliseconds)'],
+    [
+      'a negative retry base',
+      { ...ENV, LETHE_SIDECAR_RETRY_BASE_MS: '-5' },
+      FLAGS,
+      'LETHE_SIDECAR_RETRY_BASE_MS: must be a whole number from 1 to 60000 (milliseconds)',
+    ],
     ['a short hash key', { ...ENV, LETHE_HASH_KEY: 'abcd' }, FLAGS, 'LETHE_HASH_KEY: must be at least 32 bytes written as hex (openssl rand -hex 32)'],
     ['an unknown log level', { ...ENV, LETHE_LOG_LEVEL: 'verbose' }, FLAGS, 'LETHE_LOG_LEVEL: must be one of trace, debug, info, warn, error, fatal, silent'],
-    ['an unknown failpoint', { ...ENV, LETHE_FAILPOINTS: 'sidecar-before-ack,after-lunch' }, FLAGS, "LETHE_FAILPOINTS: unknown failpoint 'after-lunch' (known: sidecar-before-ack, operator-after-call)"],
+    [
+      'an unknown failpoint',
+      { ...ENV, LETHE_FAILPOINTS: 'sidecar-before-ack,after-lunch' },
+      FLAGS,
+      "LETHE_FAILPOINTS: unknown failpoint 'after-lunch' (known: sidecar-before-ack, operator-after-call)",
+    ],
   ])('refuses %s', (_label, env, flags, message) => {
     const err = configErrorOf(env, flags);
     expect(err.message).toBe(message);
@@ -128,7 +168,10 @@ describe('loadSidecarConfig: refusals name the setting', () => {
 });
 
 describe('hashKeyFor', () => {
-  const hashing = parseDataMap('categories: [{name: orders, table: orders, subject: {column: user_id}, forget: {columns: {customer_name: hash}}}]', 'orders.yaml');
+  const hashing = parseDataMap(
+    'categories: [{name: orders, table: orders, subject: {column: user_id}, forget: {columns: {customer_name: hash}}}]',
+    'orders.yaml',
+  );
   const plain = parseDataMap('categories: [{name: views, table: page_views, subject: {column: user_id}, forget: delete}]', 'analytics.yaml');
 
   it('requires LETHE_HASH_KEY only when the data map hashes a column', () => {

@@ -43,7 +43,14 @@ describe('receipts', () => {
 
   it('a failed receipt says how many deliveries failed and the kind of error, never its message', () => {
     const err = pgError('P0001', 'legal hold on order 7 for jane.doe@example.com');
-    const r = failedReceipt({ service: 'orders', userId: 'user-42', requestId: REQUEST, failedAt: new Date('2026-11-02T10:00:00.000Z'), deliveries: 3, error: err });
+    const r = failedReceipt({
+      service: 'orders',
+      userId: 'user-42',
+      requestId: REQUEST,
+      failedAt: new Date('2026-11-02T10:00:00.000Z'),
+      deliveries: 3,
+      error: err,
+    });
     expect(r).toEqual({
       user_id: 'user-42',
       request_id: REQUEST,
@@ -54,7 +61,9 @@ describe('receipts', () => {
       error: 'purge failed after 3 deliveries: SQLSTATE P0001',
     });
     expect(parsePurgedEvent(Buffer.from(JSON.stringify(purgedEventFor(receiptSource('orders'), r))))?.data.status).toBe('failed');
-    expect(failedReceipt({ service: 'orders', userId: 'u', requestId: REQUEST, failedAt: new Date(), deliveries: 1, error: err }).error).toBe('purge failed after 1 delivery: SQLSTATE P0001');
+    expect(failedReceipt({ service: 'orders', userId: 'u', requestId: REQUEST, failedAt: new Date(), deliveries: 1, error: err }).error).toBe(
+      'purge failed after 1 delivery: SQLSTATE P0001',
+    );
   });
 
   it('one message id per service, request and outcome, so a repeated receipt is deduplicated', () => {
@@ -65,7 +74,11 @@ describe('receipts', () => {
 
 describe('safeErrorSummary', () => {
   it.each([
-    ['a constraint violation', pgError('23514', 'new row for relation "orders" violates check constraint; Failing row contains (jane@example.com)'), 'SQLSTATE 23514'],
+    [
+      'a constraint violation',
+      pgError('23514', 'new row for relation "orders" violates check constraint; Failing row contains (jane@example.com)'),
+      'SQLSTATE 23514',
+    ],
     ['a refused privilege', pgError('42501', 'permission denied for table orders'), 'SQLSTATE 42501'],
     ['a lost connection', pgError('ECONNREFUSED', 'connect ECONNREFUSED 10.0.0.7:5432'), 'database unavailable'],
     ['an unavailable database', new UnavailableError('The database is unavailable; retry later'), 'database unavailable'],

@@ -40,7 +40,7 @@ const transfers = downstream.categories[1] as Category;
 
 const NO_TYPES: ColumnTypes = new Map();
 
-const HOSTILE_IDS = ["u-1", "x'); DROP TABLE users; --", 'a"b', "o'brien", 'id" OR 1=1 --', '$1', '?'];
+const HOSTILE_IDS = ['u-1', "x'); DROP TABLE users; --", 'a"b', "o'brien", 'id" OR 1=1 --', '$1', '?'];
 
 describe('quoteIdent and qualified', () => {
   it.each([
@@ -139,7 +139,9 @@ describe('exportQuery', () => {
   it('does not shift a timestamp without time zone', () => {
     const types: ColumnTypes = new Map([['billing.invoices', new Map([['issued_at', 'timestamp without time zone']])]]);
     const q = exportQuery(invoices, types, 'u-1');
-    expect(q.sql).toContain(`THEN to_char("t"."issued_at", 'YYYY-MM-DD"T"HH24:MI:SS"Z"') ELSE to_char("t"."issued_at", 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END AS "issued_at"`);
+    expect(q.sql).toContain(
+      `THEN to_char("t"."issued_at", 'YYYY-MM-DD"T"HH24:MI:SS"Z"') ELSE to_char("t"."issued_at", 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END AS "issued_at"`,
+    );
     expect(q.sql).not.toContain('AT TIME ZONE');
   });
 

@@ -10,7 +10,10 @@ describe('translateDatabaseError: unavailable database', () => {
   });
 
   const knexTimeout = Object.assign(new Error('Knex: Timeout acquiring a connection. The pool is probably full.'), { name: 'KnexTimeoutError' });
-  const dualStack = new AggregateError([withCode('ECONNREFUSED', 'connect ECONNREFUSED ::1:5432'), withCode('ECONNREFUSED', 'connect ECONNREFUSED 127.0.0.1:5432')], '');
+  const dualStack = new AggregateError(
+    [withCode('ECONNREFUSED', 'connect ECONNREFUSED ::1:5432'), withCode('ECONNREFUSED', 'connect ECONNREFUSED 127.0.0.1:5432')],
+    '',
+  );
 
   it.each<[string, unknown]>([
     ['ECONNREFUSED', withCode('ECONNREFUSED', 'connect ECONNREFUSED 127.0.0.1:5432')],
@@ -51,12 +54,14 @@ describe('translateDatabaseError: everything else passes through unchanged', () 
     expect(translateDatabaseError(err)).toBe(err);
   });
 
-  it.each([new UnavailableError('The database is unavailable; retry later'), new NotFoundError('User not found'), new PermissionDeniedError('Platform owners cannot be anonymized'), new InvalidArgumentError('user_id is required')])(
-    'a LetheError passes through as is: %s',
-    (err) => {
-      expect(translateDatabaseError(err)).toBe(err);
-    },
-  );
+  it.each([
+    new UnavailableError('The database is unavailable; retry later'),
+    new NotFoundError('User not found'),
+    new PermissionDeniedError('Platform owners cannot be anonymized'),
+    new InvalidArgumentError('user_id is required'),
+  ])('a LetheError passes through as is: %s', (err) => {
+    expect(translateDatabaseError(err)).toBe(err);
+  });
 
   it('does not rewrap a LetheError whose cause was a connection error', () => {
     const err = new NotFoundError('User not found', { cause: withCode('ECONNREFUSED') });

@@ -19,7 +19,10 @@ describe('server TLS settings', () => {
   it('flags win over LETHE_TLS_*; paths are resolved; the reload interval defaults to 10s', () => {
     const env = { HOME, LETHE_TLS_CERT: '/env/tls.crt', LETHE_TLS_KEY: '/env/tls.key', LETHE_TLS_CLIENT_CA: 'ca.crt' };
     expect(loadServerConfig(env).tls).toEqual({ certFile: '/env/tls.crt', keyFile: '/env/tls.key', clientCaFile: resolve('ca.crt'), reloadIntervalMs: 10_000 });
-    expect(loadServerConfig(env, { tlsCert: 'flag.crt', tlsKey: 'flag.key' }).tls).toMatchObject({ certFile: resolve('flag.crt'), keyFile: resolve('flag.key') });
+    expect(loadServerConfig(env, { tlsCert: 'flag.crt', tlsKey: 'flag.key' }).tls).toMatchObject({
+      certFile: resolve('flag.crt'),
+      keyFile: resolve('flag.key'),
+    });
     expect(loadServerConfig({ ...env, LETHE_TLS_RELOAD_INTERVAL: '250ms', LETHE_GRPC_HEALTH_LISTEN: '0.0.0.0:8086' })).toMatchObject({
       tls: { reloadIntervalMs: 250 },
       healthListen: { host: '0.0.0.0', port: 8086 },
@@ -41,29 +44,56 @@ describe('server TLS settings', () => {
 describe('client TLS settings (CLI and operator)', () => {
   it('TLS exactly when a CA is given; a client certificate needs the CA', () => {
     expect(loadClientConfig({ HOME }, {}).tls).toBeUndefined();
-    expect(loadClientConfig({ HOME, LETHE_TLS_CA: '/ca.crt' }, {}).tls).toEqual({ caFile: '/ca.crt', certFile: undefined, keyFile: undefined, serverName: undefined });
-    expect(loadClientConfig({ HOME }, { tlsCa: '/a.crt', tlsCert: '/c.crt', tlsKey: '/c.key', tlsServerName: 'lethe-server.lethe.svc' }).tls).toEqual({ caFile: '/a.crt', certFile: '/c.crt', keyFile: '/c.key', serverName: 'lethe-server.lethe.svc' });
+    expect(loadClientConfig({ HOME, LETHE_TLS_CA: '/ca.crt' }, {}).tls).toEqual({
+      caFile: '/ca.crt',
+      certFile: undefined,
+      keyFile: undefined,
+      serverName: undefined,
+    });
+    expect(loadClientConfig({ HOME }, { tlsCa: '/a.crt', tlsCert: '/c.crt', tlsKey: '/c.key', tlsServerName: 'lethe-server.lethe.svc' }).tls).toEqual({
+      caFile: '/a.crt',
+      certFile: '/c.crt',
+      keyFile: '/c.key',
+      serverName: 'lethe-server.lethe.svc',
+    });
     expect(() => loadClientConfig({ HOME }, { tlsServerName: 'x' })).toThrow('--tls-server-name: is set but --tls-ca (LETHE_TLS_CA) is not');
-    expect(() => loadClientConfig({ HOME }, { tlsCert: '/c.crt', tlsKey: '/c.key' })).toThrow("--tls-cert: is set but --tls-ca (LETHE_TLS_CA) is not: a client certificate is sent over TLS only");
+    expect(() => loadClientConfig({ HOME }, { tlsCert: '/c.crt', tlsKey: '/c.key' })).toThrow(
+      '--tls-cert: is set but --tls-ca (LETHE_TLS_CA) is not: a client certificate is sent over TLS only',
+    );
     expect(() => loadClientConfig({ HOME, LETHE_TLS_CA: '/a.crt' }, { tlsCert: '/c.crt' })).toThrow('--tls-cert: is set but --tls-key (LETHE_TLS_KEY) is not');
   });
 
   it('the operator reads the same variables (it has no flags)', () => {
     const base = { LETHE_TOKEN: 'abc.def.ghi', KUBECONFIG: '/kubeconfig' };
     expect(loadOperatorConfig(base).tls).toBeUndefined();
-    expect(loadOperatorConfig({ ...base, LETHE_TLS_CA: '/ca.crt', LETHE_TLS_CERT: '/op.crt', LETHE_TLS_KEY: '/op.key' }).tls).toEqual({ caFile: '/ca.crt', certFile: '/op.crt', keyFile: '/op.key', serverName: undefined });
-    expect(() => loadOperatorConfig({ ...base, LETHE_TLS_CERT: '/op.crt', LETHE_TLS_KEY: '/op.key' })).toThrow('LETHE_TLS_CERT: is set but LETHE_TLS_CA is not');
+    expect(loadOperatorConfig({ ...base, LETHE_TLS_CA: '/ca.crt', LETHE_TLS_CERT: '/op.crt', LETHE_TLS_KEY: '/op.key' }).tls).toEqual({
+      caFile: '/ca.crt',
+      certFile: '/op.crt',
+      keyFile: '/op.key',
+      serverName: undefined,
+    });
+    expect(() => loadOperatorConfig({ ...base, LETHE_TLS_CERT: '/op.crt', LETHE_TLS_KEY: '/op.key' })).toThrow(
+      'LETHE_TLS_CERT: is set but LETHE_TLS_CA is not',
+    );
   });
 });
 
 describe('NATS and PostgreSQL TLS settings', () => {
-  const sidecar = (env: Record<string, string>) => loadSidecarConfig({ DATABASE_URL: 'postgresql://db/orders', LETHE_NATS_URL: 'nats://nats:4222', ...env }, { service: 'orders', dataMap: 'orders.yaml' });
+  const sidecar = (env: Record<string, string>) =>
+    loadSidecarConfig({ DATABASE_URL: 'postgresql://db/orders', LETHE_NATS_URL: 'nats://nats:4222', ...env }, { service: 'orders', dataMap: 'orders.yaml' });
 
   it('NATS: TLS with a tls:// URL or LETHE_NATS_TLS_CA, its own variables (not the server certificate)', () => {
     expect(sidecar({}).natsTls).toBeUndefined();
     expect(sidecar({ LETHE_NATS_URL: 'tls://nats:4222' }).natsTls).toEqual({ caFile: undefined, certFile: undefined, keyFile: undefined });
-    expect(sidecar({ LETHE_NATS_TLS_CA: '/nats-ca.crt', LETHE_NATS_TLS_CERT: '/c.crt', LETHE_NATS_TLS_KEY: '/c.key' }).natsTls).toEqual({ caFile: '/nats-ca.crt', certFile: '/c.crt', keyFile: '/c.key' });
-    expect(loadServerConfig({ HOME, LETHE_NATS_URL: 'nats://n:4222', LETHE_NATS_TLS_CA: '/nats-ca.crt', LETHE_TLS_CERT: '/s.crt', LETHE_TLS_KEY: '/s.key' }).events.natsTls).toEqual({ caFile: '/nats-ca.crt', certFile: undefined, keyFile: undefined });
+    expect(sidecar({ LETHE_NATS_TLS_CA: '/nats-ca.crt', LETHE_NATS_TLS_CERT: '/c.crt', LETHE_NATS_TLS_KEY: '/c.key' }).natsTls).toEqual({
+      caFile: '/nats-ca.crt',
+      certFile: '/c.crt',
+      keyFile: '/c.key',
+    });
+    expect(
+      loadServerConfig({ HOME, LETHE_NATS_URL: 'nats://n:4222', LETHE_NATS_TLS_CA: '/nats-ca.crt', LETHE_TLS_CERT: '/s.crt', LETHE_TLS_KEY: '/s.key' }).events
+        .natsTls,
+    ).toEqual({ caFile: '/nats-ca.crt', certFile: undefined, keyFile: undefined });
     expect(() => loadServerConfig({ HOME, LETHE_NATS_TLS_CA: '/nats-ca.crt' })).toThrow('LETHE_NATS_TLS_CA: is set but LETHE_NATS_URL is not');
     expect(() => sidecar({ LETHE_NATS_TLS_CERT: '/c.crt' })).toThrow('LETHE_NATS_TLS_CERT: is set but LETHE_NATS_TLS_KEY is not');
   });
@@ -71,7 +101,9 @@ describe('NATS and PostgreSQL TLS settings', () => {
   it('PostgreSQL: sslmode must be one node-postgres knows, and never no-verify', () => {
     expect(() => sidecar({ DATABASE_URL: 'postgresql://db/orders?sslmode=verify-full&sslrootcert=/ca.crt' })).not.toThrow();
     expect(() => sidecar({ DATABASE_URL: 'postgresql://db/orders?sslmode=verifyfull' })).toThrow("DATABASE_URL: sslmode 'verifyfull' is not one of");
-    expect(() => loadServerConfig({ HOME, DATABASE_URL: 'postgresql://db/id?sslmode=no-verify', LETHE_ARTIFACT_KEY: 'ab'.repeat(32) })).toThrow('DATABASE_URL: sslmode=no-verify accepts any certificate');
+    expect(() => loadServerConfig({ HOME, DATABASE_URL: 'postgresql://db/id?sslmode=no-verify', LETHE_ARTIFACT_KEY: 'ab'.repeat(32) })).toThrow(
+      'DATABASE_URL: sslmode=no-verify accepts any certificate',
+    );
   });
 });
 
@@ -87,8 +119,12 @@ describe('TLS failures, in words and bounded labels', () => {
   });
 
   it('explains a dependency TLS failure, looking through causes', () => {
-    expect(describeTlsFailure(Object.assign(new Error('self-signed certificate in certificate chain'), { code: 'SELF_SIGNED_CERT_IN_CHAIN' }))).toContain("the server's certificate is not trusted");
-    expect(describeTlsFailure(new Error('wrapped', { cause: Object.assign(new Error('x'), { code: 'ERR_TLS_CERT_ALTNAME_INVALID' }) }))).toContain('does not name the host');
+    expect(describeTlsFailure(Object.assign(new Error('self-signed certificate in certificate chain'), { code: 'SELF_SIGNED_CERT_IN_CHAIN' }))).toContain(
+      "the server's certificate is not trusted",
+    );
+    expect(describeTlsFailure(new Error('wrapped', { cause: Object.assign(new Error('x'), { code: 'ERR_TLS_CERT_ALTNAME_INVALID' }) }))).toContain(
+      'does not name the host',
+    );
     expect(describeTlsFailure(new Error('The server does not support SSL connections'))).toContain('does not offer TLS');
     expect(describeTlsFailure(Object.assign(new Error('refused'), { code: 'ECONNREFUSED' }))).toBeUndefined();
   });

@@ -13,7 +13,9 @@ describe('bearerToken', () => {
   });
 
   it.each([undefined, '', 'a.b.c', 'Basic dXNlcjpwdw==', 'Bearer a.b c'])('refuses %j with UNAUTHENTICATED', (value) => {
-    expect(() => bearerToken(value)).toThrow(new UnauthenticatedError('Missing bearer token: send `authorization: Bearer <JWT>` (gRPC metadata or HTTP header)'));
+    expect(() => bearerToken(value)).toThrow(
+      new UnauthenticatedError('Missing bearer token: send `authorization: Bearer <JWT>` (gRPC metadata or HTTP header)'),
+    );
   });
 });
 

@@ -33,7 +33,13 @@ describe('createUserTokenCheck', () => {
   beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'lethe-user-check-'));
     const { privateKey } = await generateKeyPair('RS256');
-    rsaToken = await new SignJWT({}).setProtectedHeader({ alg: 'RS256', kid: 'k1' }).setIssuer(ISSUER).setAudience('lethe').setSubject('user-id-123').setExpirationTime('5m').sign(privateKey);
+    rsaToken = await new SignJWT({})
+      .setProtectedHeader({ alg: 'RS256', kid: 'k1' })
+      .setIssuer(ISSUER)
+      .setAudience('lethe')
+      .setSubject('user-id-123')
+      .setExpirationTime('5m')
+      .sign(privateKey);
     idpPort = await freePort();
     idp = createServer((_req, res) => {
       res.statusCode = 500;
@@ -52,16 +58,26 @@ describe('createUserTokenCheck', () => {
   });
 
   it('JWKS URL: no answer, or an error status, is UNAVAILABLE', async () => {
-    const closed = await createUserTokenCheck({ mode: 'jwks', jwksUrl: new URL(`http://127.0.0.1:${await freePort()}/jwks`), issuer: ISSUER, audience: 'lethe' }, dataDir, new Set());
+    const closed = await createUserTokenCheck(
+      { mode: 'jwks', jwksUrl: new URL(`http://127.0.0.1:${await freePort()}/jwks`), issuer: ISSUER, audience: 'lethe' },
+      dataDir,
+      new Set(),
+    );
     expect(await verdict(closed(rsaToken))).toBe('UNAVAILABLE: Cannot reach the JWKS URL to verify the token; retry later');
-    const failing = await createUserTokenCheck({ mode: 'jwks', jwksUrl: new URL(`http://127.0.0.1:${idpPort}/jwks`), issuer: ISSUER, audience: 'lethe' }, dataDir, new Set());
+    const failing = await createUserTokenCheck(
+      { mode: 'jwks', jwksUrl: new URL(`http://127.0.0.1:${idpPort}/jwks`), issuer: ISSUER, audience: 'lethe' },
+      dataDir,
+      new Set(),
+    );
     expect(await verdict(failing(rsaToken))).toBe('UNAVAILABLE: Cannot reach the JWKS URL to verify the token; retry later');
   });
 
   it('a user token may not name a service account, even one trusted as a platform principal', async () => {
     const operator = 'system:serviceaccount:lethe-system:lethe-operator';
     const check = await createUserTokenCheck({ mode: 'local', issuer: LOCAL_ISSUER, audience: LOCAL_AUDIENCE }, dataDir, new Set([operator]));
-    expect(await verdict(check(await mintLocalToken(dataDir, operator, 60)))).toBe("UNAUTHENTICATED: Service-account subjects are accepted only from the cluster's service-account issuer");
+    expect(await verdict(check(await mintLocalToken(dataDir, operator, 60)))).toBe(
+      "UNAUTHENTICATED: Service-account subjects are accepted only from the cluster's service-account issuer",
+    );
     expect(await verdict(check(await mintLocalToken(dataDir, 'lethe-operator', 60)))).toBe('OK');
   });
 });

@@ -119,7 +119,14 @@ describe('runWorkers', () => {
     await workers;
     expect(attempts.get('ns/flaky')).toBe(4);
     expect(attempts.get('ns/refused')).toBe(1);
-    expect(errors).toEqual(expect.arrayContaining([['ns/flaky', 5], ['ns/flaky', 10], ['ns/flaky', 20], ['ns/refused', undefined]]));
+    expect(errors).toEqual(
+      expect.arrayContaining([
+        ['ns/flaky', 5],
+        ['ns/flaky', 10],
+        ['ns/flaky', 20],
+        ['ns/refused', undefined],
+      ]),
+    );
     expect(errors).toHaveLength(4);
   });
 
