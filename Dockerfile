@@ -1,9 +1,9 @@
 # One image for `lethe serve`, `lethe operator` and `lethe sidecar`:
 #   docker build -t lethe:0.1.0 .
 #   docker run --rm lethe:0.1.0 --help
-# The Node version is the one the test suite runs on (20.20.2), pinned.
+# The Node version is the one CI runs the test suite on (24.22.3, LTS), pinned.
 # Build stage: the TypeScript compiler and every dev dependency; none of it reaches the image.
-FROM node:20.20.2-bookworm-slim AS build
+FROM node:24.22.3-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 # --ignore-scripts: `prepare` (npm run build) needs the sources, copied below.
@@ -13,7 +13,7 @@ COPY src ./src
 RUN npm run build
 
 # Runtime stage: production dependencies, the compiled code, the default data map and the proto.
-FROM node:20.20.2-bookworm-slim AS runtime
+FROM node:24.22.3-bookworm-slim AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./

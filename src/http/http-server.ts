@@ -59,7 +59,7 @@ export async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Pr
     https,
     logger: false,
     bodyLimit: BODY_LIMIT,
-    maxParamLength: 2048,
+    routerOptions: { maxParamLength: 2048 },
     trustProxy: false,
     return503OnClosing: true,
     // An unknown field is an error, not something to drop silently; no type coercion of bodies.
