@@ -17,6 +17,7 @@ export async function sidecarCommand(flags: { service?: string; dataMap?: string
     () => started,
   );
 
+  for (const deprecation of config.deprecations) logger.warn({ setting: deprecation.split('=')[0] }, deprecation);
   if (config.failpoints.size > 0) logger.warn({ failpoints: [...config.failpoints] }, 'failpoints are armed: for tests only');
   await sidecar.start();
   started = true;

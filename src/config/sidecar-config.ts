@@ -6,7 +6,7 @@ import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import type { DataMap } from '../privacy/data-map.js';
 import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../runtime/failpoints.js';
-import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber } from './common.js';
+import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber, boundedDuration } from './common.js';
 import { type Env, type ListenAddress, STREAM_MAX_AGE_DEFAULT, parseListen, streamMaxAge } from './config.js';
 import type { DatabaseTimeouts } from '../store/database.js';
 import { databaseTimeouts, databaseTimeoutsEnv } from './limits.js';
@@ -36,6 +36,8 @@ export interface SidecarConfig {
   readonly ackWaitMs: number;
   /** The first retry's delay; each further delivery doubles it, up to a minute. */
   readonly retryBaseMs: number;
+  /** Settings read in an old form, each with what to write instead (logged at start-up). */
+  readonly deprecations: readonly string[];
   readonly healthListen: ListenAddress;
   /** Key for the data map's `hash` action (required only when the map uses it). */
   readonly hashKey: Buffer | undefined;
@@ -79,14 +81,31 @@ const envSchema = z.object({
     .default(DEFAULT_STREAM),
   LETHE_SIDECAR_CONCURRENCY: wholeNumber(1, 64, 4),
   LETHE_SIDECAR_MAX_DELIVERIES: wholeNumber(1, 1000, 5),
-  LETHE_SIDECAR_ACK_WAIT: wholeNumber(1, 3600, 30, ' (seconds)'),
-  LETHE_SIDECAR_RETRY_BASE_MS: wholeNumber(1, 60_000, 1000, ' (milliseconds)'),
+  LETHE_SIDECAR_ACK_WAIT: z.string().default('30s'),
+  LETHE_SIDECAR_RETRY_BASE: z.string().optional(),
+  LETHE_SIDECAR_RETRY_BASE_MS: z.string().optional(),
   LETHE_HASH_KEY: hashKey,
   LETHE_LOG_LEVEL: logLevel,
   LETHE_FAILPOINTS: z.string().optional(),
   LETHE_NATS_MAX_AGE: z.string().default(STREAM_MAX_AGE_DEFAULT),
   ...databaseTimeoutsEnv,
 });
+
+/**
+ * Durations carry their unit (`30s`); a bare number in the old unit is still read, with a
+ * deprecation the sidecar logs at start-up.
+ */
+function durationOrLegacyNumber(value: string, name: string, oldUnit: 's' | 'ms', bounds: [string, string], deprecations: string[]): number {
+  return /^\d+$/.test(value.trim()) ? legacyNumber(value, name, oldUnit, bounds, deprecations, name) : boundedDuration(value, name, ...bounds);
+}
+
+function legacyNumber(value: string, name: string, oldUnit: 's' | 'ms', bounds: [string, string], deprecations: string[], newName: string): number {
+  if (!/^\d+$/.test(value.trim()))
+    throw new ConfigError(`must be a whole number of ${oldUnit === 's' ? 'seconds' : 'milliseconds'}; better, set ${newName} to a duration such as 30s`, name);
+  const written = `${value.trim()}${oldUnit}`;
+  deprecations.push(`${name}=${value.trim()} is deprecated: set ${newName}=${written}`);
+  return boundedDuration(written, name, ...bounds);
+}
 
 export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<SidecarConfig> {
   // Flags first: they are what the operator typed on the command line.
@@ -103,6 +122,12 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
 
   const e = parseEnv(envSchema, env);
   checkPostgresTls(e.DATABASE_URL, 'DATABASE_URL');
+  const deprecations: string[] = [];
+  const ackWaitMs = durationOrLegacyNumber(e.LETHE_SIDECAR_ACK_WAIT, 'LETHE_SIDECAR_ACK_WAIT', 's', ['1s', '1h'], deprecations);
+  const retryBaseMs =
+    e.LETHE_SIDECAR_RETRY_BASE !== undefined || e.LETHE_SIDECAR_RETRY_BASE_MS === undefined
+      ? boundedDuration(e.LETHE_SIDECAR_RETRY_BASE ?? '1s', 'LETHE_SIDECAR_RETRY_BASE', '1ms', '60s')
+      : legacyNumber(e.LETHE_SIDECAR_RETRY_BASE_MS, 'LETHE_SIDECAR_RETRY_BASE_MS', 'ms', ['1ms', '60s'], deprecations, 'LETHE_SIDECAR_RETRY_BASE');
 
   return Object.freeze({
     service: flags.service,
@@ -118,8 +143,9 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
     }),
     concurrency: e.LETHE_SIDECAR_CONCURRENCY,
     maxDeliveries: e.LETHE_SIDECAR_MAX_DELIVERIES,
-    ackWaitMs: e.LETHE_SIDECAR_ACK_WAIT * 1000,
-    retryBaseMs: e.LETHE_SIDECAR_RETRY_BASE_MS,
+    ackWaitMs,
+    retryBaseMs,
+    deprecations,
     healthListen,
     hashKey: e.LETHE_HASH_KEY === undefined ? undefined : Buffer.from(e.LETHE_HASH_KEY, 'hex'),
     logLevel: e.LETHE_LOG_LEVEL,

@@ -16,7 +16,7 @@ import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
 import { type Database, openDatabase } from '../store/database.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { migrateSidecar } from '../store/migrations.js';
-import { decideOnFailure, retryDelayMs } from './backoff.js';
+import { decideOnFailure, retryDelayMs } from './delivery-policy.js';
 import { ensureDurableConsumer } from './durable-consumer.js';
 import { hitFailpoint } from '../runtime/failpoints.js';
 import { type HealthServer, startHealthServer } from '../metrics/health-server.js';

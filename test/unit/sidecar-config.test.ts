@@ -58,8 +58,8 @@ describe('loadSidecarConfig: settings', () => {
         LETHE_NATS_STREAM: 'PRIVACY_EU',
         LETHE_SIDECAR_CONCURRENCY: '64',
         LETHE_SIDECAR_MAX_DELIVERIES: '3',
-        LETHE_SIDECAR_ACK_WAIT: '2',
-        LETHE_SIDECAR_RETRY_BASE_MS: '100',
+        LETHE_SIDECAR_ACK_WAIT: '2s',
+        LETHE_SIDECAR_RETRY_BASE: '100ms',
         LETHE_HASH_KEY: HASH_KEY,
         LETHE_LOG_LEVEL: 'debug',
         LETHE_FAILPOINTS: ' sidecar-before-ack ,',
@@ -71,6 +71,7 @@ describe('loadSidecarConfig: settings', () => {
     expect(c.maxDeliveries).toBe(3);
     expect(c.ackWaitMs).toBe(2_000);
     expect(c.retryBaseMs).toBe(100);
+    expect(c.deprecations).toEqual([]);
     expect(c.hashKey?.toString('hex')).toBe(HASH_KEY);
     expect(c.logLevel).toBe('debug');
     expect([...c.failpoints]).toEqual(['sidecar-before-ack']);
@@ -88,6 +89,15 @@ describe('loadSidecarConfig: settings', () => {
 });
 
 describe('loadSidecarConfig: refusals name the setting', () => {
+  it('still reads the old unit-less variables, with a deprecation saying what to write instead', () => {
+    const c = loadSidecarConfig({ ...ENV, LETHE_SIDECAR_ACK_WAIT: '2', LETHE_SIDECAR_RETRY_BASE_MS: '100' }, FLAGS);
+    expect([c.ackWaitMs, c.retryBaseMs]).toEqual([2_000, 100]);
+    expect(c.deprecations).toEqual([
+      'LETHE_SIDECAR_ACK_WAIT=2 is deprecated: set LETHE_SIDECAR_ACK_WAIT=2s',
+      'LETHE_SIDECAR_RETRY_BASE_MS=100 is deprecated: set LETHE_SIDECAR_RETRY_BASE=100ms',
+    ]);
+  });
+
   it.each([
     ['no --service', ENV, { dataMap: 'm.yaml' }, '--service: required: the name of this downstream service (e.g. --service orders)'],
     [
@@ -139,14 +149,21 @@ describe('loadSidecarConfig: refusals name the setting', () => {
     ['concurrency 65', { ...ENV, LETHE_SIDECAR_CONCURRENCY: '65' }, FLAGS, 'LETHE_SIDECAR_CONCURRENCY: must be a whole number from 1 to 64'],
     ['concurrency 2.5', { ...ENV, LETHE_SIDECAR_CONCURRENCY: '2.5' }, FLAGS, 'LETHE_SIDECAR_CONCURRENCY: must be a whole number from 1 to 64'],
     ['max deliveries "five"', { ...ENV, LETHE_SIDECAR_MAX_DELIVERIES: 'five' }, FLAGS, 'LETHE_SIDECAR_MAX_DELIVERIES: must be a whole number from 1 to 1000'],
-    ['an ack wait of 0 s', { ...ENV, LETHE_SIDECAR_ACK_WAIT: '0' }, FLAGS, 'LETHE_SIDECAR_ACK_WAIT: must be a whole number from 1 to 3600 (seconds)'],
-    ['an ack wait with a unit', { ...ENV, LETHE_SIDECAR_ACK_WAIT: '30s' }, FLAGS, 'LETHE_SIDECAR_ACK_WAIT: must be a whole number from 1 to 3600 (seconds)'],
+    ['an ack wait of 0 s', { ...ENV, LETHE_SIDECAR_ACK_WAIT: '0' }, FLAGS, 'LETHE_SIDECAR_ACK_WAIT: must be from 1s to 1h'],
+    ['an ack wait of two hours', { ...ENV, LETHE_SIDECAR_ACK_WAIT: '2h' }, FLAGS, 'LETHE_SIDECAR_ACK_WAIT: must be from 1s to 1h'],
     [
-      'a negative retry base',
+      'an ack wait without a number',
+      { ...ENV, LETHE_SIDECAR_ACK_WAIT: 'soon' },
+      FLAGS,
+      "LETHE_SIDECAR_ACK_WAIT: 'soon' is not a duration such as 90s, 2m, 24h or 7d",
+    ],
+    [
+      'a negative retry base (old variable)',
       { ...ENV, LETHE_SIDECAR_RETRY_BASE_MS: '-5' },
       FLAGS,
-      'LETHE_SIDECAR_RETRY_BASE_MS: must be a whole number from 1 to 60000 (milliseconds)',
+      'LETHE_SIDECAR_RETRY_BASE_MS: must be a whole number of milliseconds; better, set LETHE_SIDECAR_RETRY_BASE to a duration such as 30s',
     ],
+    ['a retry base over a minute', { ...ENV, LETHE_SIDECAR_RETRY_BASE: '2m' }, FLAGS, 'LETHE_SIDECAR_RETRY_BASE: must be from 1ms to 60s'],
     ['a short hash key', { ...ENV, LETHE_HASH_KEY: 'abcd' }, FLAGS, 'LETHE_HASH_KEY: must be at least 32 bytes written as hex (openssl rand -hex 32)'],
     ['an unknown log level', { ...ENV, LETHE_LOG_LEVEL: 'verbose' }, FLAGS, 'LETHE_LOG_LEVEL: must be one of trace, debug, info, warn, error, fatal, silent'],
     [

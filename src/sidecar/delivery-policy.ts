@@ -1,5 +1,7 @@
 import { exponentialDelay } from '../runtime/backoff.js';
 
+/** The sidecar's delivery policy: when a failed event is delivered again, and when it is given up. */
+
 /** The longest a failed event waits before its next delivery. */
 export const MAX_RETRY_DELAY_MS = 60_000;
 
