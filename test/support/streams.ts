@@ -1,3 +1,4 @@
+import { vi } from 'vitest';
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
@@ -22,20 +23,20 @@ export async function storedMessages(nc: NatsConnection, stream: string, subject
   return out;
 }
 
+/**
+ * Polls `probe` until it gives a value (not undefined or false), through vitest's own
+ * vi.waitFor, the suite's one polling mechanism: a probe that throws (a client still
+ * reconnecting) is tried again until the timeout, whose error names what was awaited.
+ */
 export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
+  return vi.waitFor(
+    async () => {
       const v = await probe();
-      if (v !== undefined && v !== false) return v;
-    } catch (err) {
-      // e.g. a client still reconnecting: try again until the deadline
-      lastError = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`, { cause: lastError });
-    await new Promise((r) => setTimeout(r, 100));
-  }
+      if (v === undefined || v === false) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+      return v;
+    },
+    { timeout: timeoutMs, interval: 100 },
+  );
 }
 
 export function natsClient(url: string): Promise<NatsConnection> {
