@@ -1,8 +1,7 @@
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
-import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
-import { ledger } from '../store/ledger.js';
+import type { ConfirmationOutcome, NewConfirmation } from '../store/ledger.js';
 import { backoffDelay } from '../runtime/backoff.js';
 import { parsePurgedEvent } from './cloudevents.js';
 import { RECEIPTS_FILTER } from './subjects.js';
@@ -16,17 +15,19 @@ const CONCURRENCY = 16;
  * replica (each receipt is handled by one of them). Invalid receipts are terminated and
  * logged; a database error is retried with `nak(delay)`.
  */
+/** The engine's recordConfirmation: receipts go into the ledger through the engine, like everything else. */
+export type RecordConfirmation = (c: NewConfirmation) => Promise<ConfirmationOutcome>;
+
 export class ReceiptConsumer {
   private messages: ConsumerMessages | undefined;
   private loop: Promise<void> | undefined;
   private readonly inFlight = new Set<Promise<void>>();
 
   constructor(
-    private readonly knex: Knex,
+    private readonly record: RecordConfirmation,
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly stream: string,
-    private readonly expectedServices: readonly string[],
     private readonly logger: Logger,
   ) {}
 
@@ -65,12 +66,14 @@ export class ReceiptConsumer {
     }
     const r = event.data;
     try {
-      const outcome = await ledger.recordConfirmation(
-        this.knex,
-        { requestId: r.request_id, service: r.service, status: r.status, rowsAffected: r.rows_affected, purgedAt: new Date(r.purged_at), error: r.error },
-        this.expectedServices,
-        new Date(),
-      );
+      const outcome = await this.record({
+        requestId: r.request_id,
+        service: r.service,
+        status: r.status,
+        rowsAffected: r.rows_affected,
+        purgedAt: new Date(r.purged_at),
+        error: r.error,
+      });
       this.logger.info({ requestId: r.request_id, service: r.service, status: r.status, outcome }, 'downstream receipt');
       m.ack();
     } catch (err) {

@@ -6,14 +6,15 @@ import { errorSummary } from '../errors.js';
 import { backoffDelay, sleep } from '../runtime/backoff.js';
 import { type StreamSettings, connectNats, describeNatsUrl, ensureStream } from './nats.js';
 import { OutboxRelay } from './outbox-relay.js';
-import { ReceiptConsumer } from './receipt-consumer.js';
+import { type RecordConfirmation, ReceiptConsumer } from './receipt-consumer.js';
 
 export interface ServerEventsOptions {
   readonly natsUrl: string;
   /** From natsTlsOptions: the files were checked at start-up. */
   readonly tls: TlsOptions | undefined;
   readonly stream: StreamSettings;
-  readonly expectedServices: readonly string[];
+  /** Where receipts go: the engine's recordConfirmation. */
+  readonly recordConfirmation: RecordConfirmation;
   /** Published outbox rows are deleted after this long. */
   readonly outboxRetentionMs: number;
   readonly outboxCleanupIntervalMs?: number;
@@ -72,7 +73,7 @@ export class ServerEvents {
           cleanupIntervalMs: this.opts.outboxCleanupIntervalMs,
         });
         this.relay.start();
-        this.receipts = new ReceiptConsumer(this.knex, js, jsm, this.opts.stream.name, this.opts.expectedServices, this.logger);
+        this.receipts = new ReceiptConsumer(this.opts.recordConfirmation, js, jsm, this.opts.stream.name, this.logger);
         await this.receipts.start();
         return;
       } catch (err) {

@@ -61,6 +61,8 @@ export interface EngineOptions {
    * RESOURCE_EXHAUSTED, so that exports never take every pooled connection from other calls.
    */
   readonly maxConcurrentExports?: number;
+  /** A pool of its own for downstream receipts, so that a queue of forgets never starves them (default: knex). */
+  readonly receiptsKnex?: Knex | undefined;
   /** This server replica, named on the requests it runs (see recoverInterrupted). */
   readonly workerId?: string;
   /** Stored exports (StoreExport, GetExportArtifact); unset: those calls fail. */

@@ -1,5 +1,6 @@
 import type { Principal } from './principal.js';
 import type { EngineOptions } from './engine-part.js';
+import type { ConfirmationOutcome, NewConfirmation } from '../store/ledger.js';
 import { Erasure, type ForgetResult } from './erasure.js';
 import { type ExportEvent, ExportService } from './export-service.js';
 import { LedgerQueries, type PrivacyRequestView } from './ledger-queries.js';
@@ -82,6 +83,11 @@ export class PrivacyEngine {
 
   listRequests(actor: Principal, input: Parameters<LedgerQueries['listRequests']>[1]): Promise<PrivacyRequestView[]> {
     return this.ledger.listRequests(actor, input);
+  }
+
+  /** Records a downstream receipt (the receipt consumer calls this). */
+  recordConfirmation(c: NewConfirmation): Promise<ConfirmationOutcome> {
+    return this.ledger.recordConfirmation(c);
   }
 
   /** Fails the requests left running by a replica that died (see ExportService.recoverInterrupted). */

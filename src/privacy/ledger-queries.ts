@@ -1,5 +1,13 @@
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from '../errors.js';
-import { type ListFilter, OPEN_STATES, type PrivacyRequestRecord, type RequestState, ledger } from '../store/ledger.js';
+import {
+  type ConfirmationOutcome,
+  type ListFilter,
+  type NewConfirmation,
+  OPEN_STATES,
+  type PrivacyRequestRecord,
+  type RequestState,
+  ledger,
+} from '../store/ledger.js';
 import { writeAudit } from './audit.js';
 import { dueDate } from './due-date.js';
 import type { Principal } from './principal.js';
@@ -55,6 +63,15 @@ export class LedgerQueries extends EnginePart {
     };
     const rows = await this.db(() => ledger.list(this.knex, filter));
     return rows.map((r) => this.view(r, now));
+  }
+
+  /**
+   * Records a downstream service's receipt for a forget: completed once every expected service
+   * has confirmed a purge. A receipt for a request this ledger does not hold is ignored (another
+   * installation may share the stream).
+   */
+  async recordConfirmation(c: NewConfirmation): Promise<ConfirmationOutcome> {
+    return ledger.recordConfirmation(this.opts.receiptsKnex ?? this.knex, c, this.expected, this.now());
   }
 
   /**

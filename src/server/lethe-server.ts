@@ -86,14 +86,9 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     // The relay and the receipt consumer get a small pool of their own, so that a queue of
     // ForgetUser calls never starves them (PGlite has a single connection to share).
     eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }, logger) : undefined;
-    const events =
-      ev.natsUrl === undefined
-        ? undefined
-        : new ServerEvents(
-            (eventsDb ?? db).knex,
-            { natsUrl: ev.natsUrl, tls: natsTls, stream: ev.stream, expectedServices: ev.expectedServices, outboxRetentionMs: ev.outboxRetentionMs },
-            logger,
-          );
+    // Assigned below, once the engine it hands receipts to exists; the engine only notifies it.
+    // eslint-disable-next-line prefer-const
+    let events: ServerEvents | undefined;
     const workerId = randomUUID();
     const engine = new PrivacyEngine({
       knex: db.knex,
@@ -105,12 +100,27 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       expectedServices: ev.expectedServices,
       confirmationTimeoutMs: ev.confirmationTimeoutMs,
       onEventEnqueued: () => events?.notify(),
+      receiptsKnex: eventsDb?.knex,
       workerId,
       maxConcurrentExports: config.maxConcurrentExports,
       exportStallTimeoutMs: config.exportStallTimeoutMs,
       selfErasureGraceMs: config.selfErasureGraceMs,
       artifacts: { cipher: new ArtifactCipher(artifactKey), ttlMs: config.artifacts.ttlMs },
     });
+    events =
+      ev.natsUrl === undefined
+        ? undefined
+        : new ServerEvents(
+            (eventsDb ?? db).knex,
+            {
+              natsUrl: ev.natsUrl,
+              tls: natsTls,
+              stream: ev.stream,
+              recordConfirmation: (c) => engine.recordConfirmation(c),
+              outboxRetentionMs: ev.outboxRetentionMs,
+            },
+            logger,
+          );
     const sweeper = new PeriodicTask(
       'expiring export artifacts',
       async () => {

@@ -15,6 +15,18 @@ export interface TableRows {
   readonly rows: number;
 }
 
+/** A downstream receipt as it arrives. */
+export interface NewConfirmation {
+  readonly requestId: string;
+  readonly service: string;
+  readonly status: 'purged' | 'failed';
+  readonly rowsAffected: readonly TableRows[];
+  readonly purgedAt: Date;
+  readonly error?: string | undefined;
+}
+
+export type ConfirmationOutcome = 'unknown-request' | 'recorded' | 'completed';
+
 export interface Confirmation {
   readonly service: string;
   readonly status: 'purged' | 'failed';
@@ -302,12 +314,7 @@ export const ledger = {
    * once every expected service has confirmed a purge. Unknown requests are ignored (another
    * Lethe installation may share the stream); returns what happened, for logging.
    */
-  async recordConfirmation(
-    knex: Knex,
-    c: { requestId: string; service: string; status: 'purged' | 'failed'; rowsAffected: readonly TableRows[]; purgedAt: Date; error?: string | undefined },
-    expectedServices: readonly string[],
-    now: Date,
-  ): Promise<'unknown-request' | 'recorded' | 'completed'> {
+  async recordConfirmation(knex: Knex, c: NewConfirmation, expectedServices: readonly string[], now: Date): Promise<ConfirmationOutcome> {
     return knex.transaction(async (trx) => {
       const request = (await trx(TABLE).where({ id: c.requestId }).forUpdate().first()) as Row | undefined;
       if (request === undefined || request.type !== 'forget') return 'unknown-request';
