@@ -4,8 +4,8 @@ import type { Principal } from '../privacy/principal.js';
 import type { RequestState } from '../store/ledger.js';
 import type { PageTokens } from './page-token.js';
 
-export const DEFAULT_PAGE_SIZE = 50;
-export const MAX_PAGE_SIZE = 500;
+const DEFAULT_PAGE_SIZE = 50;
+const MAX_PAGE_SIZE = 500;
 
 export interface PageQuery {
   readonly subjectId?: string | undefined;

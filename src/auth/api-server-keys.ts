@@ -6,9 +6,9 @@ import type { Logger } from 'pino';
 import { UnavailableError, errorSummary } from '../errors.js';
 import { RefreshingKeySet } from './refreshing-key-set.js';
 
-export const JWKS_PATH = '/openid/v1/jwks';
+const JWKS_PATH = '/openid/v1/jwks';
 /** What the server's own identity must be allowed to `get` (non-resource URLs). */
-export const DISCOVERY_PATHS = [JWKS_PATH, '/.well-known/openid-configuration'] as const;
+const DISCOVERY_PATHS = [JWKS_PATH, '/.well-known/openid-configuration'] as const;
 
 const TIMEOUT_MS = 5_000;
 const MAX_BYTES = 1 << 20;

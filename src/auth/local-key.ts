@@ -36,7 +36,7 @@ export async function ensureLocalKey(dataDir: string): Promise<{ privateJwk: JWK
   return loadLocalKey(dataDir);
 }
 
-export async function loadLocalKey(dataDir: string): Promise<{ privateJwk: JWK; publicJwk: JWK }> {
+async function loadLocalKey(dataDir: string): Promise<{ privateJwk: JWK; publicJwk: JWK }> {
   const text = await readFile(localKeyPath(dataDir), 'utf8');
   const privateJwk = JSON.parse(text) as JWK;
   const { d: _d, ...publicJwk } = privateJwk;

@@ -5,7 +5,7 @@ import { translateJoseError } from './jose-errors.js';
 import type { TokenCheck } from './token-routing.js';
 
 /** What kube-apiserver signs service-account tokens with (RSA or ECDSA P-256 keys). */
-export const SERVICE_ACCOUNT_ALGORITHMS = ['RS256', 'ES256'];
+const SERVICE_ACCOUNT_ALGORITHMS = ['RS256', 'ES256'];
 
 /** kube-apiserver's own leeway for exp/nbf (client clocks drift from the API server's). */
 const CLOCK_TOLERANCE_SECONDS = 60;

@@ -18,12 +18,12 @@ import { InvalidArgumentError } from '../errors.js';
  *   link and replaces the file it names); a dangling link is refused;
  * - a directory, a socket or a block device: refused, before the export starts.
  */
-export type OutputTarget =
+type OutputTarget =
   | { readonly kind: 'stdout'; readonly trailingNewline: boolean }
   | { readonly kind: 'in-place'; readonly path: string }
   | { readonly kind: 'replace'; readonly path: string };
 
-export async function outputTarget(option: string | undefined): Promise<OutputTarget> {
+async function outputTarget(option: string | undefined): Promise<OutputTarget> {
   if (option === undefined) return { kind: 'stdout', trailingNewline: true };
   if (option === '-') return { kind: 'stdout', trailingNewline: false };
   const entry = await lstat(option).catch(ifMissing(undefined));

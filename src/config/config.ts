@@ -84,14 +84,14 @@ export interface ServerConfig {
 }
 
 /** Stored exports (StoreExport): their key, how long they are kept, how often expiry runs. */
-export interface ArtifactsConfig {
+interface ArtifactsConfig {
   /** AES-256 key. Unset: generated in the data directory (embedded database only). */
   readonly key: Buffer | undefined;
   readonly ttlMs: number;
   readonly sweepIntervalMs: number;
 }
 
-export interface EventsConfig {
+interface EventsConfig {
   /** Unset: anonymization events wait in the outbox. */
   readonly natsUrl: string | undefined;
   readonly natsTls: NatsTlsConfig | undefined;
@@ -115,7 +115,7 @@ export function streamMaxAge(value: string, duplicateWindowMs: number): number {
   return ms;
 }
 
-export interface HttpConfig {
+interface HttpConfig {
   readonly listen: ListenAddress;
   /** CORS origins; empty: CORS off. */
   readonly corsOrigins: readonly string[];
@@ -134,7 +134,7 @@ export const LOCAL_ISSUER = 'lethe-local';
 export const LOCAL_AUDIENCE = 'lethe';
 export const DEFAULT_LISTEN = '127.0.0.1:50051';
 /** Where `lethe serve --demo` serves the HTTP API unless told otherwise. */
-export const DEMO_HTTP_LISTEN = '127.0.0.1:8080';
+const DEMO_HTTP_LISTEN = '127.0.0.1:8080';
 
 export function defaultDataDir(env: Env): string {
   return env.LETHE_DATA_DIR ?? join(env.HOME ?? homedir(), '.lethe');

@@ -17,7 +17,7 @@ export type OperatorToken =
   /** Re-read on every call: the kubelet rotates a projected ServiceAccount token in place. */
   { readonly kind: 'file'; readonly path: string } | { readonly kind: 'static'; readonly token: string };
 
-export interface LeaderElectionConfig {
+interface LeaderElectionConfig {
   readonly enabled: boolean;
   readonly namespace: string;
   readonly name: string;

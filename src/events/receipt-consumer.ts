@@ -6,7 +6,7 @@ import { backoffDelay } from '../runtime/backoff.js';
 import { parsePurgedEvent } from './cloudevents.js';
 import { RECEIPTS_FILTER } from './subjects.js';
 
-export const LEDGER_CONSUMER = 'lethe-ledger';
+const LEDGER_CONSUMER = 'lethe-ledger';
 /** Receipts recorded at once; receipts of one request serialize on its ledger row. */
 const CONCURRENCY = 16;
 

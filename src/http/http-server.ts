@@ -51,7 +51,7 @@ const BODY_LIMIT = 16 * 1024;
 const OPENAPI_PATH = '/api/privacy/openapi.json';
 
 /** Builds the HTTP API (not listening): the routes, bearer-token authentication, errors as {"error": …}. */
-export async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Promise<FastifyInstance> {
+async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Promise<FastifyInstance> {
   const tls = opts.tls?._isSecure() === true ? opts.tls : undefined;
   const https = tls === undefined ? null : { ...tls._getConstructorOptions(), ...tls._getSecureContextOptions() };
   // Ids are checked by the engine (at most 256 bytes, the same message as over gRPC): the router lets longer ones through to it.

@@ -30,7 +30,7 @@ export function requestJson(r: PrivacyRequestView): Record<string, unknown> {
   };
 }
 
-export function artifactJson(a: ArtifactView): Record<string, unknown> {
+function artifactJson(a: ArtifactView): Record<string, unknown> {
   return {
     request_id: a.requestId,
     sha256: a.sha256,

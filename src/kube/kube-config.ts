@@ -7,7 +7,7 @@ import type { KubernetesAccess } from '../config/kubernetes-access.js';
 import { ConfigError } from '../errors.js';
 
 /** Where the kubelet mounts a pod's service-account token and the cluster CA. */
-export const IN_CLUSTER_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+const IN_CLUSTER_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 /**
  * The client configuration for the API server, from what src/config read: a kubeconfig file,

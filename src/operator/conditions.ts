@@ -14,7 +14,3 @@ export function setCondition(conditions: readonly Condition[] | undefined, next:
   else list[i] = condition;
   return list;
 }
-
-export function findCondition(conditions: readonly Condition[] | undefined, type: string): Condition | undefined {
-  return conditions?.find((c) => c.type === type);
-}

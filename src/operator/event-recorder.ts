@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
 import type { PrivacyRequestResource } from './privacy-request.js';
 
-export const COMPONENT = 'lethe-operator';
+const COMPONENT = 'lethe-operator';
 
 /**
  * Kubernetes Events on PrivacyRequests, for `kubectl describe`. Recording is best effort: an

@@ -5,14 +5,11 @@ import type { V1ObjectMeta } from '@kubernetes/client-node';
 export const GROUP = 'privacy.lethe.dev';
 export const VERSION = 'v1alpha1';
 export const PLURAL = 'privacyrequests';
-export const KIND = 'PrivacyRequest';
-export const API_VERSION = `${GROUP}/${VERSION}`;
 
-export type RequestKind = 'Export' | 'Forget';
+type RequestKind = 'Export' | 'Forget';
 export type Phase = 'Pending' | 'Running' | 'WaitingForDownstream' | 'Succeeded' | 'Failed';
-export const TERMINAL_PHASES: ReadonlySet<Phase> = new Set<Phase>(['Succeeded', 'Failed']);
 
-export interface PrivacyRequestSpec {
+interface PrivacyRequestSpec {
   readonly type: RequestKind;
   readonly subjectId: string;
   readonly reason?: string;

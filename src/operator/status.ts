@@ -8,7 +8,7 @@ import type { ArtifactStatus, Condition, DownstreamStatus, Phase, PrivacyRequest
  */
 
 export const READY = 'Ready';
-export const DOWNSTREAM_PURGED = 'DownstreamPurged';
+const DOWNSTREAM_PURGED = 'DownstreamPurged';
 
 /** What a status change means for a person reading `kubectl describe`. */
 export interface Transition {
@@ -217,7 +217,7 @@ function toDownstream(c: LedgerEntry['confirmations'][number]): DownstreamStatus
   }
 }
 
-export function toArtifact(a: ExportArtifact): ArtifactStatus {
+function toArtifact(a: ExportArtifact): ArtifactStatus {
   return clean({
     sha256: a.sha256,
     sizeBytes: a.sizeBytes,

@@ -30,7 +30,7 @@ const viaHop = z.strictObject({
   references: identifier,
   subject_column: identifier.optional(),
 });
-export type ViaHop = z.infer<typeof viaHop>;
+type ViaHop = z.infer<typeof viaHop>;
 
 const subjectRelation = z.union([
   z.strictObject({ column: identifier }),
@@ -122,7 +122,6 @@ export type DataMap = z.infer<typeof dataMapSchema>;
 export type Category = DataMap['categories'][number];
 export type SubjectRelation = Category['subject'];
 export type ColumnAction = z.infer<typeof columnAction>;
-export type ExportSpec = NonNullable<Category['export']>;
 
 export const DEFAULT_DATA_MAP_PATH = fileURLToPath(new URL('../../datamaps/identity.yaml', import.meta.url));
 
@@ -260,7 +259,7 @@ function checkConsistency(map: DataMap, source: string): void {
 }
 
 /** Placeholders a template may use besides {column:NAME}. */
-export const TEMPLATE_PLACEHOLDERS = ['timestamp', 'request_id'] as const;
+const TEMPLATE_PLACEHOLDERS = ['timestamp', 'request_id'] as const;
 
 /** The per-column forget actions of a category that updates its rows; undefined when it keeps or deletes them. */
 export function forgetColumns(c: Category): Readonly<Record<string, ColumnAction>> | undefined {

@@ -8,7 +8,7 @@ import { type ArtifactPart, type StoredExport, StoredExports } from './stored-ex
 
 export { type ArtifactOptions, type ArtifactView, type EngineOptions, KEY_REUSED, REQUEST_NOT_FOUND, UUID } from './engine-part.js';
 export { FORGET_MESSAGE, type ForgetResult } from './erasure.js';
-export { type ExportCategoryInfo, type ExportEvent } from './export-service.js';
+export { type ExportEvent } from './export-service.js';
 export { type PrivacyRequestView } from './ledger-queries.js';
 export { type ArtifactPart, NO_ARTIFACT, type StoredExport } from './stored-exports.js';
 

@@ -16,7 +16,7 @@ import { received } from './due-date.js';
 import { checkReason, optionalId, requireId } from './validation.js';
 
 export const FORGET_MESSAGE = 'User data has been anonymized. PII has been removed while preserving audit logs.';
-export const scheduledMessage = (at: Date, requestId: string): string =>
+const scheduledMessage = (at: Date, requestId: string): string =>
   `Your erasure is scheduled for ${at.toISOString()}; until then you can cancel it (privacy request ${requestId})`;
 
 export interface ForgetResult {

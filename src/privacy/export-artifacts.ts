@@ -3,7 +3,7 @@ import type { ArtifactRecord } from '../store/artifacts.js';
 import { type ArtifactCipher, type SealedChunk, damagedArtifact } from './artifact-cipher.js';
 
 /** Plaintext bytes per encrypted chunk. */
-export const ARTIFACT_CHUNK_BYTES = 256 * 1024;
+const ARTIFACT_CHUNK_BYTES = 256 * 1024;
 
 export const artifactExpired = (at: Date): string => `Export artifact expired at ${at.toISOString()}; run the export again`;
 export const ARTIFACT_ERASED = 'Export artifact was erased when its subject was forgotten';

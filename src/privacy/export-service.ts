@@ -18,7 +18,7 @@ const stalledMessage = (ms: number): string =>
 
 export const DEFAULT_EXPORT_REASON = 'Data subject access request (GDPR Art. 15)';
 
-export interface ExportCategoryInfo extends DocumentCategory {
+interface ExportCategoryInfo extends DocumentCategory {
   readonly limit: number;
 }
 

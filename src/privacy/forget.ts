@@ -31,7 +31,7 @@ export function hmacPads(key: Buffer): { inner: Buffer; outer: Buffer } {
 type Binding = Knex.RawBinding | ((ctx: TemplateContext) => Knex.RawBinding);
 
 /** One statement of a forget: SQL with `?` for the values, built once per data map. */
-export interface ForgetStep {
+interface ForgetStep {
   readonly category: Category;
   readonly action: 'update' | 'delete';
   /** Reported in rows_affected even when it matched no rows (Lethe's own tables are not). */

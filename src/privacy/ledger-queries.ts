@@ -14,8 +14,8 @@ import type { Principal } from './principal.js';
 import { checkReason, requireId } from './validation.js';
 import { type EngineOptions, EnginePart, REQUEST_NOT_FOUND, UUID } from './engine-part.js';
 
-export const EXTEND_DENIED = "Only platform owners may extend a request's due date";
-export const ALREADY_EXTENDED = 'The due date was already extended once; GDPR Art. 12(3) allows one extension of at most two months';
+const EXTEND_DENIED = "Only platform owners may extend a request's due date";
+const ALREADY_EXTENDED = 'The due date was already extended once; GDPR Art. 12(3) allows one extension of at most two months';
 
 /** A ledger entry as callers see it: with `overdue`, and a pending entry for every expected service not yet heard from. */
 export type PrivacyRequestView = PrivacyRequestRecord & { readonly overdue: boolean; readonly pending: readonly string[] };

@@ -41,9 +41,9 @@ categories:
     forget: {keep: "records that the subject was erased, so a second forget changes nothing"}
 `;
 
-export const LETHE_TABLES_SOURCE = "Lethe's own tables (src/privacy/lethe-tables.ts)";
+const LETHE_TABLES_SOURCE = "Lethe's own tables (src/privacy/lethe-tables.ts)";
 
-export const letheTablesDataMap = (): DataMap => parseDataMap(LETHE_TABLES_YAML, LETHE_TABLES_SOURCE);
+const letheTablesDataMap = (): DataMap => parseDataMap(LETHE_TABLES_YAML, LETHE_TABLES_SOURCE);
 
 export interface PreparedDataMap {
   /** The platform map's column types, for the export queries. */

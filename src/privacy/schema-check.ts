@@ -79,7 +79,7 @@ const PERSONAL_TYPES = new Set(['text', 'character varying', 'character', 'json'
  * subject and link columns) are identifiers and need no declaration. A table whose rows forget
  * deletes, or a category kept as a whole with a reason, declares all its columns.
  */
-export function checkCoverage(map: DataMap, types: ColumnTypes, keys: ReadonlyMap<string, ReadonlySet<string>>, source: string): void {
+function checkCoverage(map: DataMap, types: ColumnTypes, keys: ReadonlyMap<string, ReadonlySet<string>>, source: string): void {
   for (const c of map.categories) {
     if (c.forget === 'delete' || (typeof c.forget === 'object' && 'keep' in c.forget)) continue;
     const at = `categories.${c.name}`;

@@ -19,7 +19,7 @@ export interface Fragment {
 }
 
 /** Where the subject id comes from in generated SQL: a bound parameter, or the setting below. */
-export const SUBJECT_SETTING = 'lethe.subject';
+const SUBJECT_SETTING = 'lethe.subject';
 const SUBJECT_FROM_SETTING = `current_setting('${SUBJECT_SETTING}')`;
 
 export function quoteIdent(name: string): string {
@@ -181,7 +181,7 @@ export function referencedColumns(category: Category): Array<{ table: string; co
 }
 
 /** The columns a template action reads with {column:NAME}. */
-export function templateColumns(action: ColumnAction): string[] {
+function templateColumns(action: ColumnAction): string[] {
   if (typeof action !== 'object' || !('template' in action)) return [];
   return [...action.template.matchAll(/\{column:([A-Za-z_][A-Za-z0-9_]*)\}/g)].map((m) => m[1] ?? '');
 }

@@ -6,7 +6,7 @@ import { ConfigError } from '../errors.js';
  * them (tests only); the configuration rejects unknown names.
  */
 
-export const FAILPOINTS = [
+const FAILPOINTS = [
   /** The receipt is published (PubAck received) and the event is not acked yet. */
   'sidecar-before-ack',
   /** Operator: the PrivacyService carried out the forget or export; the status is not written yet. */
@@ -15,7 +15,7 @@ export const FAILPOINTS = [
 
 export type Failpoint = (typeof FAILPOINTS)[number];
 
-export function isFailpoint(name: string): name is Failpoint {
+function isFailpoint(name: string): name is Failpoint {
   return (FAILPOINTS as readonly string[]).includes(name);
 }
 

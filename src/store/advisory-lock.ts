@@ -47,7 +47,7 @@ export async function withAdvisoryLock<T>(
 }
 
 /** Embedded PGlite: a single connection in a single process. */
-export function isEmbedded(knex: Knex): boolean {
+function isEmbedded(knex: Knex): boolean {
   return knex.client instanceof ClientPgLite;
 }
 

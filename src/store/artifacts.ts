@@ -18,11 +18,11 @@ export interface WrappedKey {
   readonly wrappedKey: Buffer;
 }
 
-export type ArtifactState = 'available' | 'expired' | 'erased';
+type ArtifactState = 'available' | 'expired' | 'erased';
 /** 'data-key': sealed with the artifact's own wrapped key; 'master': with LETHE_ARTIFACT_KEY itself (stored before data keys). */
-export type KeyScheme = 'data-key' | 'master';
+type KeyScheme = 'data-key' | 'master';
 
-export interface CategoryCount {
+interface CategoryCount {
   readonly category: string;
   readonly exported: number;
 }

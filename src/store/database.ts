@@ -168,7 +168,7 @@ class Pinger {
 }
 
 /** The text pg gives a query whose answer did not come within query_timeout. */
-export const QUERY_READ_TIMEOUT = 'Query read timeout';
+const QUERY_READ_TIMEOUT = 'Query read timeout';
 
 /**
  * pg fails a query that got no answer within query_timeout but keeps the connection, whose

@@ -8,7 +8,7 @@ import { lockKey } from './advisory-lock.js';
  */
 
 const NEWEST_LOGIN = Date.parse('2025-01-15T09:30:00Z');
-export const DEMO_LOGIN_EVENTS = 247;
+const DEMO_LOGIN_EVENTS = 247;
 
 const ts = (iso: string) => new Date(iso);
 
@@ -167,7 +167,7 @@ export async function loadDemoData(knex: Knex): Promise<'loaded' | 'present'> {
 }
 
 /** 247 login events for user-id-123, one a day back from the newest, `login-event-abc`. */
-export function demoLoginEvents(): Array<Record<string, unknown>> {
+function demoLoginEvents(): Array<Record<string, unknown>> {
   const events: Array<Record<string, unknown>> = [
     {
       id: 'login-event-abc',

@@ -4,7 +4,7 @@ import { type ArtifactRecord, artifacts } from './artifacts.js';
 
 /** The request ledger: every export and forget, its dates and its outcome. */
 
-export type RequestType = 'export' | 'forget';
+type RequestType = 'export' | 'forget';
 export type RequestState = 'running' | 'anonymized' | 'completed' | 'failed' | 'scheduled' | 'cancelled';
 /** States in which a request is still being answered. */
 export const OPEN_STATES: readonly RequestState[] = ['running', 'anonymized', 'scheduled'];
@@ -27,7 +27,7 @@ export interface NewConfirmation {
 
 export type ConfirmationOutcome = 'unknown-request' | 'recorded' | 'completed';
 
-export interface Confirmation {
+interface Confirmation {
   readonly service: string;
   readonly status: 'purged' | 'failed';
   readonly rowsAffected: readonly TableRows[];

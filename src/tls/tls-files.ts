@@ -49,7 +49,7 @@ export function readTlsFileSync(file: string): Buffer {
 }
 
 /** Every PEM certificate in a file (a chain or a CA bundle); at least one. */
-export function parseCertificates(pem: Buffer, file: string): X509Certificate[] {
+function parseCertificates(pem: Buffer, file: string): X509Certificate[] {
   const blocks = pem.toString('latin1').match(PEM_CERT) ?? [];
   if (blocks.length === 0) throw new ConfigError('holds no PEM certificate (-----BEGIN CERTIFICATE-----)', file);
   return blocks.map((block, i) => {

@@ -13,11 +13,11 @@ import { isExecutable, nonEmpty } from './kube-apiserver.js';
  */
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const SETUP_HELM = 'scripts/setup-helm.sh';
+const SETUP_HELM = 'scripts/setup-helm.sh';
 export const CHART_DIR = join(repoRoot, 'deploy', 'helm', 'lethe');
 
 /** The helm version scripts/setup-helm.sh pins (read from it: one source of truth). */
-export const HELM_VERSION: string = (() => {
+const HELM_VERSION: string = (() => {
   const script = readFileSync(join(repoRoot, SETUP_HELM), 'utf8');
   const m = /^HELM_VERSION=(\d+\.\d+\.\d+)\s*$/m.exec(script);
   if (m?.[1] === undefined) throw new Error(`no HELM_VERSION=x.y.z line in ${SETUP_HELM}`);
@@ -25,13 +25,13 @@ export const HELM_VERSION: string = (() => {
 })();
 
 /** Where scripts/setup-helm.sh caches the pinned helm. */
-export function helmCachePath(): string {
+function helmCachePath(): string {
   const root = nonEmpty(process.env.LETHE_HELM_CACHE) ?? join(nonEmpty(process.env.XDG_CACHE_HOME) ?? join(homedir(), '.cache'), 'lethe', 'tools');
   return join(root, `helm-${HELM_VERSION}`, 'helm');
 }
 
 /** LETHE_HELM when it is an executable, else the cached pinned helm. */
-export function findHelm(): string | undefined {
+function findHelm(): string | undefined {
   return [nonEmpty(process.env.LETHE_HELM), helmCachePath()].find((p): p is string => p !== undefined && isExecutable(p));
 }
 

@@ -19,7 +19,7 @@ import { freePort } from './postgres.js';
  */
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const SETUP_KUBE_ASSETS = 'scripts/setup-kube-assets.sh';
+const SETUP_KUBE_ASSETS = 'scripts/setup-kube-assets.sh';
 
 /** The Kubernetes version scripts/setup-kube-assets.sh pins (read from it: one source of truth). */
 export const KUBE_VERSION: string = (() => {
@@ -36,7 +36,7 @@ export function kubeAssetsCacheDir(): string {
 }
 
 /** KUBEBUILDER_ASSETS when it holds kube-apiserver and etcd, else the cache for the pinned version. */
-export function findKubeAssets(): string | undefined {
+function findKubeAssets(): string | undefined {
   const candidates = [nonEmpty(process.env.KUBEBUILDER_ASSETS), kubeAssetsCacheDir()];
   return candidates.find((d): d is string => d !== undefined && isExecutable(join(d, 'kube-apiserver')) && isExecutable(join(d, 'etcd')));
 }
@@ -52,13 +52,13 @@ export function requireKubeAssets(): string | undefined {
   return dir;
 }
 
-export interface KubeResponse {
+interface KubeResponse {
   readonly status: number;
   readonly headers: Record<string, string | string[] | undefined>;
   readonly body: string;
 }
 
-export interface KubeRequestOptions {
+interface KubeRequestOptions {
   /** JSON-encoded unless a string. */
   readonly body?: unknown;
   readonly contentType?: string;

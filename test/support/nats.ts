@@ -10,7 +10,7 @@ import { freePort } from './postgres.js';
  * (Debian's nats-server, or LETHE_NATS_SERVER). Missing: skipped locally, a failure under CI=true.
  */
 
-export function findNatsServer(): string | undefined {
+function findNatsServer(): string | undefined {
   const candidates = [process.env.LETHE_NATS_SERVER, '/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server'];
   try {
     candidates.push(execFileSync('sh', ['-c', 'command -v nats-server'], { encoding: 'utf8' }).trim());

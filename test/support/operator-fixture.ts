@@ -9,7 +9,7 @@ import { silentLogger } from './engine-fixture.js';
 import { waitFor } from './streams.js';
 
 /** Fast leader election and polling, so tests see hand-overs in seconds. */
-export const FAST_OPERATOR_ENV = {
+const FAST_OPERATOR_ENV = {
   LETHE_LOG_LEVEL: 'silent',
   LETHE_HEALTH_LISTEN: '127.0.0.1:0',
   LETHE_OPERATOR_POLL_INTERVAL: '200ms',

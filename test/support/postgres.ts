@@ -12,7 +12,7 @@ import pg from 'pg';
  * CI=true, where it fails: CI must never pass without having tested against PostgreSQL.
  */
 
-export function findPostgresBin(): string | undefined {
+function findPostgresBin(): string | undefined {
   const candidates: string[] = [];
   if (process.env.LETHE_PG_BIN) candidates.push(process.env.LETHE_PG_BIN);
   try {
