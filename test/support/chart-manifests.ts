@@ -45,7 +45,7 @@ export interface Container {
   resources?: { limits?: Record<string, string> };
   volumeMounts?: Array<{ name: string; mountPath: string }>;
 }
-export interface PodSpec {
+interface PodSpec {
   serviceAccountName: string;
   automountServiceAccountToken?: boolean;
   securityContext?: Record<string, unknown>;
@@ -102,7 +102,7 @@ export const OPERATOR_RULES: Rule[] = [
 export const LEASE_RULES: Rule[] = [{ apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] }];
 export const SERVER_RULES: Rule[] = [{ nonResourceURLs: ['/openid/v1/jwks', '/.well-known/openid-configuration'], verbs: ['get'] }];
 
-export interface ServicePort {
+interface ServicePort {
   name: string;
   port: number;
   targetPort: string;
