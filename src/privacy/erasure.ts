@@ -145,7 +145,7 @@ export class Erasure extends EnginePart {
 
   /** A person's own erasure, accepted now and carried out after the grace period. One per subject at a time. */
   private async schedule(trx: Knex.Transaction, e: ErasureInput, key: string): Promise<ForgetResult> {
-    const pending = await ledger.scheduledFor(trx, e.userId);
+    const pending = await ledger.scheduledForget(trx, e.userId);
     if (pending !== undefined && pending.scheduledFor !== null) {
       return {
         userId: e.userId,

@@ -255,7 +255,7 @@ export const ledger = {
   },
 
   /** The subject's forget waiting for its time, if any. */
-  async scheduledFor(db: Knex | Knex.Transaction, subjectId: string): Promise<PrivacyRequestRecord | undefined> {
+  async scheduledForget(db: Knex | Knex.Transaction, subjectId: string): Promise<PrivacyRequestRecord | undefined> {
     const row = (await db(TABLE).where({ subject_id: subjectId, type: 'forget', state: 'scheduled' }).first()) as Row | undefined;
     return row === undefined ? undefined : toRecord(row);
   },

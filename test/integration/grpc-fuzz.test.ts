@@ -3,11 +3,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { connect as http2Connect, constants as h2 } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import * as grpc from '@grpc/grpc-js';
-import { pino } from 'pino';
+import { capturingLogger } from '../support/logs.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mintLocalToken } from '../../src/auth/local-key.js';
 import { loadServerConfig } from '../../src/config/config.js';
@@ -302,18 +301,12 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
   let dataDir: string;
   let address: string;
   let token: string;
-  const logLines: Array<Record<string, unknown>> = [];
+  const log = capturingLogger();
 
   beforeAll(async () => {
     console.log(`grpc fuzz: LETHE_FUZZ_SEED=${SEED}, ${CASES} cases`);
     cluster = await startPostgres(bin ?? '');
     dataDir = mkdtempSync(join(tmpdir(), 'lethe-fuzz-'));
-    const logStream = new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        for (const line of chunk.toString().split('\n')) if (line.trim() !== '') logLines.push(JSON.parse(line) as Record<string, unknown>);
-        cb();
-      },
-    });
     const config = loadServerConfig(
       {
         DATABASE_URL: await cluster.createDatabase(),
@@ -323,7 +316,7 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
       },
       { demo: true, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', dataDir },
     );
-    server = await startLetheServer(config, pino({ level: 'info' }, logStream));
+    server = await startLetheServer(config, log.logger);
     address = `127.0.0.1:${server.port}`;
     token = await mintLocalToken(dataDir, 'platform-owner-id', 600);
   });
@@ -474,11 +467,11 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
 
     // Counted and logged: every INVALID_ARGUMENT the clients saw is in lethe_grpc_requests_total.
     expect((await invalidArgumentsCounted()) - countedBefore).toBe(invalidArgument);
-    const refused = logLines.filter((l) => l.msg === 'undecodable request');
+    const refused = log.lines().filter((l) => l.msg === 'undecodable request');
     expect(refused.length).toBeGreaterThan(CASES / 4);
     // Without the payload: method, reason and size only.
     for (const l of refused) expect(Object.keys(l).sort()).toEqual(['bytes', 'hostname', 'level', 'method', 'msg', 'pid', 'reason', 'time']);
-    expect(logLines.filter((l) => l.msg === 'internal error')).toEqual([]);
+    expect(log.lines().filter((l) => l.msg === 'internal error')).toEqual([]);
 
     fuzzClient.close();
     probeClient.close();

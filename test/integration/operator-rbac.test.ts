@@ -5,7 +5,8 @@ import type { RunningOperator } from '../../src/operator/operator.js';
 import { renderChart, requireHelm } from '../support/helm.js';
 import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../support/kube-apiserver.js';
 import { type Kubectl, installCrd, kubectlFor, mustKubectl, privacyRequestYaml } from '../support/kubectl.js';
-import { capturingLogger, privacyRequests, startTestOperator } from '../support/operator-fixture.js';
+import { capturingLogger } from '../support/logs.js';
+import { privacyRequests, startTestOperator } from '../support/operator-fixture.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 import { waitFor } from '../support/streams.js';
 
@@ -67,7 +68,7 @@ describe.runIf(assets !== undefined && helm !== undefined)("the operator under e
     await kube?.destroy();
   }, 60_000);
 
-  const startAs = async (sa: string, logger = capturingLogger().logger) => {
+  const startAs = async (sa: string, logger = capturingLogger({ level: 'debug' }).logger) => {
     const tokenFile = join(server.dataDir, `${sa}.token`);
     writeFileSync(tokenFile, await token(sa, 'lethe'), { mode: 0o600 });
     const operator = await startTestOperator(
@@ -105,9 +106,9 @@ describe.runIf(assets !== undefined && helm !== undefined)("the operator under e
   }, 60_000);
 
   it('without those rules it is never ready and says which grant is missing', async () => {
-    const { logger, records } = capturingLogger();
+    const { logger, lines } = capturingLogger({ level: 'debug' });
     const operator = await startAs('unbound', logger);
-    const forbidden = await waitFor('the refusal to be logged', async () => records.find((r) => r.status === 403));
+    const forbidden = await waitFor('the refusal to be logged', async () => lines().find((r) => r.status === 403));
     expect(forbidden).toMatchObject({
       level: 50,
       reason: 'Forbidden',

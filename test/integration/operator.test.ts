@@ -13,7 +13,8 @@ import { openDatabase, type Database } from '../../src/store/database.js';
 import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../support/kube-apiserver.js';
 import { type Kubectl, installCrd, kubectlFor, mustKubectl, privacyRequestYaml } from '../support/kubectl.js';
 import { type NatsServer, requireNatsServer, startNatsServer } from '../support/nats.js';
-import { type OperatorProcess, capturingLogger, privacyRequests, spawnOperator, startTestOperator } from '../support/operator-fixture.js';
+import { capturingLogger } from '../support/logs.js';
+import { type OperatorProcess, privacyRequests, spawnOperator, startTestOperator } from '../support/operator-fixture.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
 import { sample } from '../support/prometheus.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
@@ -45,8 +46,8 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
   let operatorToken: string;
   let resources: ReturnType<typeof privacyRequests>;
   const processes: OperatorProcess[] = [];
-  const logs = capturingLogger();
-  const lists = () => logs.records.filter((r) => r.msg === 'listed PrivacyRequests').length;
+  const logs = capturingLogger({ level: 'debug' });
+  const lists = () => logs.lines().filter((r) => r.msg === 'listed PrivacyRequests').length;
 
   const addUser = async (id: string) => {
     await identity.query(`INSERT INTO users (id, email, created_at) VALUES ($1, $2, now())`, [id, `${id}@example.com`]);
@@ -264,7 +265,7 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(await emailOf('restart-user')).toMatch(/@deleted\.local$/);
     // The restarted API server's watch cache starts past our resource version: 410, then a re-list.
     expect(lists()).toBeGreaterThan(listsBefore);
-    expect(logs.records.some((r) => r.msg === 'PrivacyRequest watch restarted')).toBe(true);
+    expect(logs.lines().some((r) => r.msg === 'PrivacyRequest watch restarted')).toBe(true);
   }, 120_000);
 
   it('killed right after the forget committed and restarted: Succeeded, anonymized exactly once', async () => {

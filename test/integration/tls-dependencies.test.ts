@@ -20,7 +20,7 @@ import { type PostgresCluster, requirePostgres, startPostgres } from '../support
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
 import { waitFor } from '../support/streams.js';
 import { type CertFiles, type TestCa, createTestCa } from '../support/tls.js';
-import { capturingLogger } from '../support/tls-server.js';
+import { capturingLogger } from '../support/logs.js';
 
 /**
  * Lethe's own dependencies over TLS, on real servers: PostgreSQL with ssl=on reached through

@@ -20,7 +20,8 @@ import { sample, scrape } from '../support/prometheus.js';
 import { runCommand } from '../support/helm.js';
 import { freePort } from '../support/postgres.js';
 import { type CertFiles, type TestCa, createTestCa, findOpenssl } from '../support/tls.js';
-import { type CapturedLogger, capturingLogger, eventually, peerCertificateSerial } from '../support/tls-server.js';
+import { type CapturedLogger, capturingLogger } from '../support/logs.js';
+import { eventually, peerCertificateSerial } from '../support/tls-server.js';
 
 /**
  * The PrivacyService over TLS and mutual TLS, with certificates made by openssl: who gets in,

@@ -12,7 +12,7 @@ import { privacyRequests, startTestOperator } from '../support/operator-fixture.
 import { sample, scrape } from '../support/prometheus.js';
 import { waitFor } from '../support/streams.js';
 import { type CertFiles, type TestCa, createTestCa } from '../support/tls.js';
-import { capturingLogger } from '../support/tls-server.js';
+import { capturingLogger } from '../support/logs.js';
 
 /**
  * The operator dials the PrivacyService over mutual TLS, as the chart sets it up (LETHE_TLS_CA,

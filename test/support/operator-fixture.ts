@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
-import { type Logger, pino } from 'pino';
+import type { Logger } from 'pino';
 import { loadOperatorConfig } from '../../src/config/operator-config.js';
 import { type RunningOperator, startOperator } from '../../src/operator/operator.js';
 import type { PrivacyRequestResource } from '../../src/operator/privacy-request.js';
@@ -20,13 +20,6 @@ const FAST_OPERATOR_ENV = {
 
 export async function startTestOperator(env: Record<string, string | undefined>, logger: Logger = silentLogger): Promise<RunningOperator> {
   return startOperator(loadOperatorConfig({ ...FAST_OPERATOR_ENV, ...env }), logger);
-}
-
-/** A debug-level logger whose records a test can read back. */
-export function capturingLogger(): { logger: Logger; records: Array<Record<string, unknown>> } {
-  const records: Array<Record<string, unknown>> = [];
-  const logger = pino({ level: 'debug' }, { write: (line: string) => void records.push(JSON.parse(line) as Record<string, unknown>) });
-  return { logger, records };
 }
 
 export interface OperatorProcess {

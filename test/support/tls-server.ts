@@ -1,35 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { Writable } from 'node:stream';
 import { connect } from 'node:tls';
-import { pino, type Logger } from 'pino';
 
 /** What the TLS tests need around a running server: a logger they can read, and the certificate a new connection sees. */
-
-export interface CapturedLogger {
-  readonly logger: Logger;
-  readonly lines: () => Array<Record<string, unknown>>;
-  readonly text: () => string;
-}
-
-export function capturingLogger(level = 'info'): CapturedLogger {
-  const out: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      out.push(chunk.toString());
-      done();
-    },
-  });
-  return {
-    logger: pino({ level }, stream),
-    lines: () =>
-      out
-        .join('')
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-    text: () => out.join(''),
-  };
-}
 
 export interface PeerOptions {
   readonly caFile: string;
