@@ -60,6 +60,8 @@ readonly SERVICES_IMAGE="local/lethe-e2e-services:$DEBIAN_SUITE-$SERVICES_IMAGE_
 readonly NODEJS_IMAGE_TAG="node:$(sed -nE 's/^NODE_VERSION="([0-9.]+)"$/\1/p' scripts/setup-node.sh)-bookworm-slim"
 
 t0=$SECONDS
+set -E
+trap 'log "error: line $LINENO failed: $BASH_COMMAND"' ERR
 log() { printf 'setup-kind [%4ds]: %s\n' "$((SECONDS - t0))" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 # step NAME CMD...: runs CMD, logs its wall time.
@@ -115,7 +117,10 @@ build_kind() {
 build_kube() {
   local dest="$cache/kubernetes-v$KUBE_VERSION" stamp="kube=v$KUBE_VERSION"
   local bins=(kubeadm kubelet kube-controller-manager kube-scheduler kube-proxy) b
-  KUBE_ASSETS="$(KUBEBUILDER_ASSETS='' scripts/setup-kube-assets.sh)"
+  # With this script's Go cache, so that a cold build compiles the Kubernetes packages once for
+  # both (the node binaries below reuse them).
+  KUBE_ASSETS="$(KUBEBUILDER_ASSETS='' LETHE_KUBE_ASSETS_KEEP_GOCACHE=1 GOCACHE="$gocache_root/build" \
+    GOMODCACHE="$gocache_root/mod" scripts/setup-kube-assets.sh)"
   [ -x "$KUBE_ASSETS/kubectl" ] || die "setup-kube-assets.sh gave no kubectl in $KUBE_ASSETS"
   KUBE_BIN="$dest"
   if [ -f "$dest/.stamp" ] && [ "$(cat "$dest/.stamp")" = "$stamp" ]; then
@@ -157,13 +162,30 @@ build_kube() {
 }
 
 build_small_binaries() {
-  local dest="$cache/bin-coredns-v$COREDNS_VERSION"
+  # CoreDNS with only the plugins of kubeadm's Corefile (the full build compiles every cloud
+  # provider's SDK), on the client-go of the Kubernetes build above, whose packages are compiled
+  # already.
+  local dest="$cache/bin-coredns-v$COREDNS_VERSION-k8s$KUBE_VERSION"
   if [ -x "$dest/coredns" ]; then
     log "CoreDNS: cached"
   else
-    log "go install github.com/coredns/coredns@v$COREDNS_VERSION (~5 min)"
-    (go_env; GOBIN="$dest" nice timeout 1800 go install -trimpath -ldflags='-s -w' "github.com/coredns/coredns@v$COREDNS_VERSION") >&2 ||
-      die "go install coredns v$COREDNS_VERSION failed"
+    local mod="$cache/work/coredns-mod" p
+    rm -rf "$mod" && mkdir -p "$mod" "$dest"
+    printf 'module lethe.local/coredns\n\ngo 1.26\n\nrequire (\n\tgithub.com/coredns/coredns v%s\n' "$COREDNS_VERSION" >"$mod/go.mod"
+    for p in api apimachinery client-go; do printf '\tk8s.io/%s v0.%s\n' "$p" "${KUBE_VERSION#1.}" >>"$mod/go.mod"; done
+    printf ')\n' >>"$mod/go.mod"
+    {
+      printf '// CoreDNS with the plugins of kubeadm'"'"'s Corefile only.\npackage main\n\nimport (\n'
+      for p in errors health ready kubernetes metrics forward cache loop reload loadbalance log; do
+        printf '\t_ "github.com/coredns/coredns/plugin/%s"\n' "$p"
+      done
+      printf '\t"github.com/coredns/coredns/coremain"\n)\n\nfunc main() { coremain.Run() }\n'
+    } >"$mod/main.go"
+    log "go build CoreDNS v$COREDNS_VERSION (kubeadm's plugins only)"
+    (go_env; cd "$mod" && timeout 900 go mod tidy >&2 && nice timeout 1800 go build -trimpath -ldflags='-s -w' -o "$dest/coredns" .) >&2 ||
+      die "building CoreDNS v$COREDNS_VERSION failed"
+    "$dest/coredns" -plugins | grep -qx kubernetes || die "the CoreDNS build lacks the kubernetes plugin"
+    rm -rf "$mod"
   fi
   COREDNS_BIN="$dest/coredns"
   # pause and the fence probe: tiny programs in this repository.
@@ -264,7 +286,8 @@ start_dockerd() {
     "$cache/docker-config/runc-wrap" "$cache/docker" >"$cfg"
   mkdir -p "$cache/docker"
   log "starting dockerd (data root $cache/docker)"
-  setsid /usr/sbin/dockerd --config-file "$cfg" >"$cache/dockerd.log" 2>&1 </dev/null &
+  # 8>&-: dockerd must not inherit (and so hold) the set-up lock.
+  setsid /usr/sbin/dockerd --config-file "$cfg" >"$cache/dockerd.log" 2>&1 </dev/null 8>&- &
   STARTED_DOCKERD_PID=$!
   local i
   for i in $(seq 1 60); do
@@ -350,7 +373,8 @@ image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 # docker_build TAG DIR: a build with no network (everything is in DIR already).
 docker_build() {
-  DOCKER_BUILDKIT=0 timeout 900 docker build --network none -q -t "$1" "$2" >/dev/null
+  DOCKER_BUILDKIT=0 timeout 900 docker build --network none -q -t "$1" "$2" >/dev/null 2>"$cache/work/docker-build.err" ||
+    { grep -v 'DEPRECATED\|BuildKit\|environment-variable' "$cache/work/docker-build.err" >&2; die "docker build of $1 failed"; }
 }
 
 import_rootfs() { # name image
@@ -375,14 +399,18 @@ build_images() {
     rm -rf "$ctx" && mkdir -p "$ctx"
     cp "$nodebin/node" "$ctx/node"
     cp -a "$npm_dir/node_modules/npm" "$ctx/npm"
+    # This machine's trust store (it may hold a proxy's CA that npm's registry traffic needs):
+    # the Dockerfile's `npm ci` runs in a build container.
+    cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
     cat >"$ctx/Dockerfile" <<EOF
 FROM $DEBIAN_IMAGE
 COPY node /usr/local/bin/node
 COPY npm /usr/local/lib/node_modules/npm
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \\
  && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \\
  && node --version && npm --version
-ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 CMD ["node"]
 EOF
     docker_build "$NODEJS_IMAGE_TAG" "$ctx"
@@ -496,7 +524,10 @@ EOF
       --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - >/dev/null ||
       die "importing $b into the node image failed"
   done
-  docker exec lethe-kind-node-build bash -c 'kill $(cat /run/containerd-build.pid); for i in $(seq 1 30); do kill -0 $(cat /run/containerd-build.pid) 2>/dev/null || exit 0; sleep 1; done; exit 1'
+  # Stopped (or a zombie: the container's `sleep` does not reap it) within 30 s.
+  docker exec lethe-kind-node-build bash -c 'p=$(cat /run/containerd-build.pid); kill $p
+    for i in $(seq 1 30); do s=$(awk "{print \$3}" /proc/$p/stat 2>/dev/null); { [ -z "$s" ] || [ "$s" = Z ]; } && exit 0; sleep 1; done; exit 1' ||
+    die "containerd in the node image build did not stop"
   docker exec lethe-kind-node-build rm -f /run/containerd-build.pid /var/log/containerd-build.log
   docker commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint","/sbin/init"]' --change 'CMD []' \
     lethe-kind-node-build "$NODE_IMAGE" >/dev/null

@@ -124,7 +124,14 @@ wait_until() {
   done
 }
 
-# --- 1. cluster, image, fence ---
+# --- 1. image, cluster, fence ---
+# The repository's Dockerfile, as the README builds it (its FROM image is the one setup-kind.sh
+# built here; `npm ci` in the build container reaches the npm registry, as on any machine).
+phase "Lethe's image (docker build with the repository's Dockerfile)"
+[ -f dist/cli/main.js ] || npm run build >&2
+DOCKER_BUILDKIT=0 timeout 1200 docker build -t "$image" . >"$work/docker-build.log" 2>&1 ||
+  { tail -n 40 "$work/docker-build.log" >&2; die "docker build of $image failed"; }
+
 phase "cluster"
 scripts/setup-kind.sh fence-check || die "the network fence (iptables chain $LETHE_KIND_FENCE_CHAIN in DOCKER-USER) is not in place: refusing to create a cluster"
 "$LETHE_KIND" delete cluster --name "$cluster" >/dev/null 2>&1 || true
@@ -136,9 +143,6 @@ kubectl wait --for=condition=Ready node --all --timeout=120s >&2
 kubectl -n kube-system rollout status deployment/coredns --timeout=180s >&2
 kubectl -n kube-system rollout status daemonset/kube-proxy --timeout=120s >&2
 
-phase "Lethe's image (docker build with the repository's Dockerfile)"
-[ -f dist/cli/main.js ] || npm run build >&2
-DOCKER_BUILDKIT=0 timeout 1200 docker build -q -t "$image" . >&2
 docker save "$image" | timeout 300 docker exec -i "$node_container" \
   ctr --namespace=k8s.io images import --all-platforms --digests --snapshotter=overlayfs - >/dev/null
 log "$image loaded into $node_container"
@@ -288,7 +292,9 @@ k get pod "$leader" >/dev/null 2>&1 || die "the Lease holder '$leader' is not a 
 for i in $(seq 1 "$failover_n"); do
   request "failover-$i" Forget "e2e-failover-$i" 'e2e leader failover'
 done
-log "deleting the leader pod $leader with $failover_n requests in flight"
+pending="$(k get preq -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}' | awk '$1 ~ /^failover-/ && $2 != "Succeeded"' | wc -l)"
+log "deleting the leader pod $leader with $pending of $failover_n requests not yet Succeeded"
+[ "$pending" -gt 0 ] || log "warning: every request had already succeeded before the leader was deleted"
 k delete pod "$leader" --wait=false >&2
 wait_until 120 "another replica to take the Lease" bash -c \
   "h=\$(kubectl -n $ns get lease lethe-operator -o jsonpath='{.spec.holderIdentity}'); [ -n \"\$h\" ] && [ \"\$h\" != '$leader' ]"
