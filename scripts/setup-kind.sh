@@ -2,8 +2,7 @@
 # Everything the kind end-to-end test (test/e2e/kind/run.sh) needs, on a machine with no image
 # registry: Debian's Docker engine, kind from the Go module proxy, a kind node image assembled
 # here with Kubernetes built from the Go module proxy, and every image the scenario runs, built
-# from Debian packages. See /work/shared/KIND-ON-THIS-MACHINE.md-style notes in README
-# ("Kind end to end") for the why of each step.
+# from Debian packages. README's "Kind end to end" says why each step is needed.
 #
 #   scripts/setup-kind.sh up      installs what is missing, starts dockerd when none answers,
 #                                 installs the network fence, builds (or reuses) every image;
@@ -42,6 +41,7 @@ DEBIAN_PACKAGES=(docker.io debootstrap iptables containernetworking-plugins conn
 NPM_VERSION=11.19.1              # npm in the Node.js image (the repository's Dockerfile runs npm ci)
 NODE_IMAGE_REV=1                 # bump when the node image recipe below changes
 SERVICES_IMAGE_REV=1             # bump when the PostgreSQL/NATS image recipe changes
+NODEJS_IMAGE_REV=2               # bump when the Node.js image recipe changes (its tag is the Dockerfile's)
 # The kind network: fixed so the fence can be exact before any node exists. Pod and Service ranges
 # are kind's defaults (the kind config in test/e2e/kind/ pins them too).
 KIND_NET_NAME=kind
@@ -153,7 +153,7 @@ build_kube() {
     done
     local targets=()
     for b in "${bins[@]}"; do targets+=("k8s.io/kubernetes/cmd/$b"); done
-    log "go build ${bins[*]} (the longest step: ~10 min on 2 cores with a cold Go cache)"
+    log "go build ${bins[*]} (the longest step: ~4 min after setup-kube-assets.sh filled the Go cache, ~30 min cold on a loaded machine)"
     nice timeout 3600 go build -trimpath -ldflags="$ldflags" -o "$dest/" "${targets[@]}" >&2
   ) || die "building the Kubernetes v$KUBE_VERSION node binaries failed"
   "$dest/kubeadm" version -o short | grep -qx "v$KUBE_VERSION" || die "kubeadm does not report v$KUBE_VERSION"
@@ -389,7 +389,7 @@ build_images() {
   # Node.js (the tag the repository's Dockerfile names, which cannot be pulled here): the npm
   # registry's official binary (scripts/setup-node.sh) on the Debian image. run.sh builds Lethe's
   # image on it.
-  if ! image_exists "$NODEJS_IMAGE_TAG"; then
+  if [ "$(docker image inspect -f '{{index .Config.Labels "dev.lethe.e2e.rev"}}' "$NODEJS_IMAGE_TAG" 2>/dev/null)" != "$NODEJS_IMAGE_REV" ]; then
     local nodebin
     nodebin="$(scripts/setup-node.sh)"
     local npm_dir="$cache/npm-$NPM_VERSION"
@@ -411,6 +411,7 @@ RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \\
  && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \\
  && node --version && npm --version
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+LABEL dev.lethe.e2e.rev=$NODEJS_IMAGE_REV
 CMD ["node"]
 EOF
     docker_build "$NODEJS_IMAGE_TAG" "$ctx"

@@ -308,9 +308,9 @@ log "failover: every request Succeeded, exactly one ledger entry each"
 
 # --- 9. helm upgrade while Forgets are being sent ---
 phase "helm upgrade under load"
-upgrade_n=40
-add_subjects e2e-upgrade "$upgrade_n"
-sed -e "s|LETHE_E2E_IMAGE|$image|" -e "s|LETHE_E2E_COUNT|$upgrade_n|" "$here/forget-client.yaml" | k apply -f - >&2
+upgrade_max=200
+for w in 1 2 3; do add_subjects "e2e-upgrade-$w" "$upgrade_max"; done
+sed -e "s|LETHE_E2E_IMAGE|$image|" -e "s|LETHE_E2E_COUNT|$upgrade_max|" "$here/forget-client.yaml" | k apply -f - >&2
 wait_until 120 "the forget client to start" bash -c "kubectl -n $ns get pod forget-client -o jsonpath='{.status.phase}' | grep -qE 'Running|Succeeded'"
 sleep 3
 server_rs_before="$(jsonpath deployment/lethe-server '{.metadata.generation}')"
@@ -318,12 +318,22 @@ server_rs_before="$(jsonpath deployment/lethe-server '{.metadata.generation}')"
 kubectl -n lethe rollout status deployment/lethe-server --timeout=300s >&2
 kubectl -n lethe rollout status deployment/lethe-operator --timeout=300s >&2
 [ "$(jsonpath deployment/lethe-server '{.metadata.generation}')" != "$server_rs_before" ] || die "helm upgrade did not roll the server"
+# More calls against the new pods, then the client stops.
+sleep 10
+k exec forget-client -- touch /tmp/stop 2>/dev/null || true # (it may have stopped at its maximum already)
 wait_until 600 "the forget client to finish" bash -c "kubectl -n $ns get pod forget-client -o jsonpath='{.status.phase}' | grep -qE 'Succeeded|Failed'"
 k logs forget-client | tail -n 5 >&2
 [ "$(jsonpath pod/forget-client '{.status.phase}')" = Succeeded ] || die "calls failed during helm upgrade (see the forget-client log above)"
-k logs forget-client | grep -q "upgrade client: $upgrade_n of $upgrade_n forgets succeeded" || die "the forget client did not report all $upgrade_n calls"
-done_n="$(sql -d identity -c "SELECT count(*) FROM lethe_privacy_requests WHERE subject_id LIKE 'e2e-upgrade-%' AND state = 'completed'")"
-log "helm upgrade: $upgrade_n Forgets during the rollout, none failed ($done_n completed in the ledger)"
+summary="$(k logs forget-client | grep '^upgrade client: ')"
+calls="$(sed -nE 's/^upgrade client: ([0-9]+) of ([0-9]+) forgets succeeded, 0 failed$/\2/p' <<<"$summary")"
+[ -n "$calls" ] && [ "$calls" -ge 10 ] || die "the forget client did not report at least 10 calls, none failed: '$summary'"
+completed_upgrade_forgets() { sql -d identity -c "SELECT count(*) FROM lethe_privacy_requests WHERE subject_id LIKE 'e2e-upgrade-%' AND state = 'completed'"; }
+all_upgrade_forgets_completed() { [ "$(completed_upgrade_forgets)" = "$calls" ]; }
+# Completed once the orders sidecar has confirmed each purge.
+wait_until 180 "the ledger to show the $calls Forgets completed (orders confirmed)" all_upgrade_forgets_completed
+done_n="$(completed_upgrade_forgets)"
+[ "$done_n" = "$calls" ] || die "the forget client made $calls calls, the ledger has $done_n completed Forgets"
+log "helm upgrade: $calls Forgets through the Service during the rollout, none failed, $done_n completed in the ledger"
 
 # --- 10. Pod Security, uninstall ---
 phase "Pod Security, helm uninstall"
