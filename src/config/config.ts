@@ -15,6 +15,12 @@ import {
   type Env,
   type ListenAddress,
   parseListen,
+  NATS_URL_RULE,
+  STREAM_DUPLICATE_WINDOW_DEFAULT,
+  STREAM_MAX_AGE_DEFAULT,
+  isNatsUrl,
+  streamMaxAge,
+  streamName,
 } from './common.js';
 import { type GrpcLimits, databaseTimeouts, databaseTimeoutsEnv, grpcLimits, grpcLimitsEnv } from './limits.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
@@ -105,16 +111,6 @@ interface EventsConfig {
   readonly source: string;
 }
 
-/** Default age limit of the privacy stream's messages (LETHE_NATS_MAX_AGE), for server and sidecar. */
-export const STREAM_MAX_AGE_DEFAULT = '30d';
-
-/** LETHE_NATS_MAX_AGE: JetStream refuses an age limit shorter than the duplicate window. */
-export function streamMaxAge(value: string, duplicateWindowMs: number): number {
-  const ms = parseDuration(value, 'LETHE_NATS_MAX_AGE');
-  if (ms < duplicateWindowMs) throw new ConfigError(`must be at least the duplicate window (${duplicateWindowMs / 1000}s)`, 'LETHE_NATS_MAX_AGE');
-  return ms;
-}
-
 interface HttpConfig {
   readonly listen: ListenAddress;
   /** CORS origins; empty: CORS off. */
@@ -164,16 +160,10 @@ const envSchema = z.object({
   LETHE_HASH_KEY: hashKey,
   LETHE_LOG_LEVEL: logLevel,
   LETHE_MIGRATE_IDENTITY_SCHEMA: flag,
-  LETHE_NATS_URL: z
-    .string()
-    .regex(/^(nats|tls):\/\/[^\s]+$/, 'must be a nats:// or tls:// URL (comma-separate several servers)')
-    .optional(),
-  LETHE_NATS_STREAM: z
-    .string()
-    .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be letters, digits, _ or - (at most 64)')
-    .default('LETHE_PRIVACY'),
+  LETHE_NATS_URL: z.string().refine(isNatsUrl, NATS_URL_RULE).optional(),
+  LETHE_NATS_STREAM: streamName,
   LETHE_NATS_STREAM_REPLICAS: z.enum(['1', '3', '5'], { message: 'must be 1, 3 or 5' }).default('1'),
-  LETHE_NATS_DUPLICATE_WINDOW: z.string().default('2m'),
+  LETHE_NATS_DUPLICATE_WINDOW: z.string().default(STREAM_DUPLICATE_WINDOW_DEFAULT),
   LETHE_NATS_MAX_AGE: z.string().default(STREAM_MAX_AGE_DEFAULT),
   LETHE_OUTBOX_RETENTION: z.string().default('7d'),
   LETHE_DOWNSTREAM_SERVICES: z.string().default(''),

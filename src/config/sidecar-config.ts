@@ -6,8 +6,24 @@ import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import type { DataMap } from '../privacy/data-map.js';
 import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../runtime/failpoints.js';
-import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber, boundedDuration } from './common.js';
-import { type Env, type ListenAddress, STREAM_MAX_AGE_DEFAULT, parseListen, streamMaxAge } from './config.js';
+import {
+  type Env,
+  type ListenAddress,
+  type LogLevel,
+  NATS_URL_RULE,
+  STREAM_DUPLICATE_WINDOW_DEFAULT,
+  STREAM_MAX_AGE_DEFAULT,
+  boundedDuration,
+  hashKey,
+  isNatsUrl,
+  logLevel,
+  parseDuration,
+  parseEnv,
+  parseListen,
+  streamMaxAge,
+  streamName,
+  wholeNumber,
+} from './common.js';
 import type { DatabaseTimeouts } from '../store/database.js';
 import { databaseTimeouts, databaseTimeoutsEnv } from './limits.js';
 import { type NatsTlsConfig, checkPostgresTls, natsTls } from './tls-config.js';
@@ -55,30 +71,14 @@ export interface SidecarFlags {
 }
 
 export const DEFAULT_HEALTH_LISTEN = '127.0.0.1:8081';
-export const DEFAULT_STREAM = 'LETHE_PRIVACY';
-/** NATS's own default duplicate window, for a stream the sidecar has to create. */
-const STREAM_DUPLICATE_WINDOW_MS = 120_000;
-
-function isNatsUrl(value: string): boolean {
-  try {
-    const u = new URL(value);
-    return (u.protocol === 'nats:' || u.protocol === 'tls:') && u.hostname !== '';
-  } catch {
-    return false;
-  }
-}
+export { DEFAULT_STREAM } from './common.js';
 
 const envSchema = z.object({
   DATABASE_URL: z
     .string({ message: "required: the downstream service's own PostgreSQL database (postgres://…)" })
     .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL'),
-  LETHE_NATS_URL: z
-    .string({ message: 'required: the NATS server carrying the privacy events (nats://host:4222)' })
-    .refine(isNatsUrl, 'must be a nats:// (or tls://) URL, for example nats://nats:4222'),
-  LETHE_NATS_STREAM: z
-    .string()
-    .regex(/^[A-Za-z0-9_-]{1,255}$/, 'must be a JetStream stream name: letters, digits, _ and -')
-    .default(DEFAULT_STREAM),
+  LETHE_NATS_URL: z.string({ message: 'required: the NATS server carrying the privacy events (nats://host:4222)' }).refine(isNatsUrl, NATS_URL_RULE),
+  LETHE_NATS_STREAM: streamName,
   LETHE_SIDECAR_CONCURRENCY: wholeNumber(1, 64, 4),
   LETHE_SIDECAR_MAX_DELIVERIES: wholeNumber(1, 1000, 5),
   LETHE_SIDECAR_ACK_WAIT: z.string().default('30s'),
@@ -123,6 +123,8 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
   const e = parseEnv(envSchema, env);
   checkPostgresTls(e.DATABASE_URL, 'DATABASE_URL');
   const deprecations: string[] = [];
+  // The duplicate window of a stream the sidecar has to create: the server's default.
+  const duplicateWindowMs = parseDuration(STREAM_DUPLICATE_WINDOW_DEFAULT, 'LETHE_NATS_DUPLICATE_WINDOW');
   const ackWaitMs = durationOrLegacyNumber(e.LETHE_SIDECAR_ACK_WAIT, 'LETHE_SIDECAR_ACK_WAIT', 's', ['1s', '1h'], deprecations);
   const retryBaseMs =
     e.LETHE_SIDECAR_RETRY_BASE !== undefined || e.LETHE_SIDECAR_RETRY_BASE_MS === undefined
@@ -138,8 +140,8 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
     stream: Object.freeze({
       name: e.LETHE_NATS_STREAM,
       replicas: 1,
-      duplicateWindowMs: STREAM_DUPLICATE_WINDOW_MS,
-      maxAgeMs: streamMaxAge(e.LETHE_NATS_MAX_AGE, STREAM_DUPLICATE_WINDOW_MS),
+      duplicateWindowMs,
+      maxAgeMs: streamMaxAge(e.LETHE_NATS_MAX_AGE, duplicateWindowMs),
     }),
     concurrency: e.LETHE_SIDECAR_CONCURRENCY,
     maxDeliveries: e.LETHE_SIDECAR_MAX_DELIVERIES,
