@@ -4,6 +4,7 @@
  */
 const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {
   export: () => import('./export.js'),
+  'downstream-export': () => import('./downstream-export.js'),
   fanout: () => import('./fanout.js'),
   operator: () => import('./operator.js'),
 };

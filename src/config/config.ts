@@ -15,6 +15,7 @@ import {
   type Env,
   type ListenAddress,
   parseListen,
+  boundedDuration,
   NATS_URL_RULE,
   STREAM_DUPLICATE_WINDOW_DEFAULT,
   STREAM_MAX_AGE_DEFAULT,
@@ -109,6 +110,14 @@ interface EventsConfig {
   readonly confirmationTimeoutMs: number;
   /** The CloudEvents `source` attribute. */
   readonly source: string;
+  /** How long each downstream service has to answer an export, and to send each next chunk. */
+  readonly downstreamExportTimeoutMs: number;
+  /**
+   * The Ed25519 key (PKCS#8 PEM) that signs export requests to the sidecars. Unset: with local
+   * auth, a key in the data directory, made on first use; otherwise downstream services are not
+   * asked, and every export says so (partial).
+   */
+  readonly exportSigningKeyFile: string | undefined;
 }
 
 interface HttpConfig {
@@ -168,6 +177,8 @@ const envSchema = z.object({
   LETHE_OUTBOX_RETENTION: z.string().default('7d'),
   LETHE_DOWNSTREAM_SERVICES: z.string().default(''),
   LETHE_CONFIRMATION_TIMEOUT: z.string().default('24h'),
+  LETHE_DOWNSTREAM_EXPORT_TIMEOUT: z.string().default('30s'),
+  LETHE_EXPORT_SIGNING_KEY_FILE: z.string().min(1).optional(),
   LETHE_EVENT_SOURCE: z.string().min(1).max(256).default('lethe'),
   // Export artifacts
   LETHE_ARTIFACT_KEY: z
@@ -287,6 +298,8 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     expectedServices: [...new Set(services)],
     confirmationTimeoutMs: parseDuration(e.LETHE_CONFIRMATION_TIMEOUT, 'LETHE_CONFIRMATION_TIMEOUT'),
     source: e.LETHE_EVENT_SOURCE,
+    downstreamExportTimeoutMs: boundedDuration(e.LETHE_DOWNSTREAM_EXPORT_TIMEOUT, 'LETHE_DOWNSTREAM_EXPORT_TIMEOUT', '1s', '10m'),
+    exportSigningKeyFile: e.LETHE_EXPORT_SIGNING_KEY_FILE === undefined ? undefined : resolve(e.LETHE_EXPORT_SIGNING_KEY_FILE),
   };
 
   const demo = flags.demo === true;

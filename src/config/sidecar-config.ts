@@ -52,6 +52,15 @@ export interface SidecarConfig {
   readonly ackWaitMs: number;
   /** The first retry's delay; each further delivery doubles it, up to a minute. */
   readonly retryBaseMs: number;
+  /** Downstream exports: answered only with the server's export key (public) to check requests. */
+  readonly exports: {
+    /** SPKI PEM of the server's export key; unset: export requests are not answered. */
+    readonly verifyKeyFile: string | undefined;
+    /** Exports answered at once. */
+    readonly concurrency: number;
+    /** How long to wait for the server's go-ahead after a chunk before giving the export up. */
+    readonly ackTimeoutMs: number;
+  };
   /** Settings read in an old form, each with what to write instead (logged at start-up). */
   readonly deprecations: readonly string[];
   readonly healthListen: ListenAddress;
@@ -82,6 +91,9 @@ const envSchema = z.object({
   LETHE_SIDECAR_CONCURRENCY: wholeNumber(1, 64, 4),
   LETHE_SIDECAR_MAX_DELIVERIES: wholeNumber(1, 1000, 5),
   LETHE_SIDECAR_ACK_WAIT: z.string().default('30s'),
+  LETHE_EXPORT_VERIFY_KEY_FILE: z.string().min(1).optional(),
+  LETHE_SIDECAR_EXPORT_CONCURRENCY: wholeNumber(1, 64, 2),
+  LETHE_SIDECAR_EXPORT_ACK_TIMEOUT: z.string().default('2m'),
   LETHE_SIDECAR_RETRY_BASE: z.string().optional(),
   LETHE_SIDECAR_RETRY_BASE_MS: z.string().optional(),
   LETHE_HASH_KEY: hashKey,
@@ -147,6 +159,11 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
     maxDeliveries: e.LETHE_SIDECAR_MAX_DELIVERIES,
     ackWaitMs,
     retryBaseMs,
+    exports: Object.freeze({
+      verifyKeyFile: e.LETHE_EXPORT_VERIFY_KEY_FILE === undefined ? undefined : resolve(e.LETHE_EXPORT_VERIFY_KEY_FILE),
+      concurrency: e.LETHE_SIDECAR_EXPORT_CONCURRENCY,
+      ackTimeoutMs: boundedDuration(e.LETHE_SIDECAR_EXPORT_ACK_TIMEOUT, 'LETHE_SIDECAR_EXPORT_ACK_TIMEOUT', '1s', '1h'),
+    }),
     deprecations,
     healthListen,
     hashKey: e.LETHE_HASH_KEY === undefined ? undefined : Buffer.from(e.LETHE_HASH_KEY, 'hex'),

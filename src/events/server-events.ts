@@ -46,6 +46,11 @@ export class ServerEvents implements Runnable {
     this.starting ??= this.connectAndRun();
   }
 
+  /** The NATS connection, once made (downstream exports use it too). */
+  get connection(): NatsConnection | undefined {
+    return this.nc;
+  }
+
   notify(): void {
     this.relay?.notify();
   }

@@ -2,7 +2,11 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import type { CryptoKey } from 'jose';
+import { ensureLocalExportKey, loadExportSigningKey } from '../auth/export-keys.js';
 import { createVerifier } from '../auth/verifier.js';
+import { DownstreamExports } from '../events/downstream-exports.js';
+import { UnaskedDownstream } from '../privacy/downstream.js';
 import type { ServerConfig } from '../config/config.js';
 import { ConfigError, UnavailableError, errorSummary } from '../errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
@@ -65,6 +69,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   // TLS files are checked before anything else starts: a wrong file stops start-up, naming it.
   const tls = config.tls === undefined ? undefined : await ReloadingServerCredentials.load(config.tls, logger);
   const natsTls = natsTlsOptions(config.events.natsTls);
+  const exportKey = await downstreamExportKey(config);
   const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals, { serviceAccounts: config.serviceAccounts, logger });
 
   const life = new Lifecycle(logger);
@@ -123,6 +128,20 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       exportStallTimeoutMs: config.exportStallTimeoutMs,
       selfErasureGraceMs: config.selfErasureGraceMs,
       artifacts: { cipher: new ArtifactCipher(artifactKey), ttlMs: config.artifacts.ttlMs },
+      downstream:
+        ev.expectedServices.length === 0
+          ? undefined
+          : {
+              services: [...ev.expectedServices].sort(),
+              source:
+                exportKey === undefined
+                  ? new UnaskedDownstream(
+                      ev.natsUrl === undefined
+                        ? 'NATS is not configured (LETHE_NATS_URL): the service was not asked'
+                        : 'the server has no export signing key (LETHE_EXPORT_SIGNING_KEY_FILE): the service was not asked',
+                    )
+                  : new DownstreamExports({ connection: () => events?.connection, signingKey: exportKey.signingKey, timeoutMs: ev.downstreamExportTimeoutMs }),
+            },
     });
     // This replica's heartbeat (its row goes when it stops), and the search for requests left
     // running by replicas that died.
@@ -242,6 +261,12 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         dataMap: config.dataMapPath,
         auth: config.auth.mode === 'local' ? `local signing key in ${config.dataDir} (mint tokens with: lethe token --as <user-id>)` : config.auth.mode,
         artifactKeyId: artifactKeyId(artifactKey),
+        downstreamExports:
+          ev.expectedServices.length === 0
+            ? 'none (LETHE_DOWNSTREAM_SERVICES)'
+            : exportKey === undefined
+              ? 'not asked: set LETHE_NATS_URL and LETHE_EXPORT_SIGNING_KEY_FILE'
+              : { services: ev.expectedServices, ...(exportKey.publicKeyFile === undefined ? {} : { sidecarVerifyKey: exportKey.publicKeyFile }) },
         metrics: http === undefined ? 'off (set LETHE_METRICS_LISTEN)' : `http://${http.address.host}:${http.address.port}/metrics`,
         tls:
           tls === undefined
@@ -304,6 +329,14 @@ function backgroundTasks(engine: PrivacyEngine, config: ServerConfig, db: Databa
 
 function cannotListen(listen: { readonly host: string; readonly port: number }, setting: string, cause: unknown): ConfigError {
   return new ConfigError(`cannot listen on ${listen.host}:${listen.port} (in use, or not an address of this machine)`, setting, { cause });
+}
+
+/** The key that signs export requests to the sidecars, when downstream services are asked. */
+async function downstreamExportKey(config: ServerConfig): Promise<{ signingKey: CryptoKey; publicKeyFile?: string } | undefined> {
+  const ev = config.events;
+  if (ev.expectedServices.length === 0 || ev.natsUrl === undefined) return undefined;
+  if (ev.exportSigningKeyFile !== undefined) return { signingKey: await loadExportSigningKey(ev.exportSigningKeyFile, 'LETHE_EXPORT_SIGNING_KEY_FILE') };
+  return config.auth.mode === 'local' ? ensureLocalExportKey(config.dataDir) : undefined;
 }
 
 async function resolveHashKey(config: ServerConfig): Promise<Buffer> {

@@ -7,6 +7,10 @@ import { ConfigError } from '../errors.js';
 import { parseAnonymizedEvent } from '../events/cloudevents.js';
 import { closeNats, connectNats, ensureStream } from '../events/nats.js';
 import { Lifecycle } from '../runtime/lifecycle.js';
+import { loadExportVerifyKey } from '../auth/export-keys.js';
+import { SnapshotReader } from '../privacy/snapshot-reader.js';
+import type { ColumnTypes } from '../privacy/sql.js';
+import { ExportResponder } from './export-responder.js';
 import { natsTlsOptions } from '../tls/client-credentials.js';
 import { describeTlsFailure } from '../runtime/tls-errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
@@ -108,6 +112,8 @@ export class PurgeSidecar {
       );
       const map = await loadDataMap(c.dataMapPath);
       const hashKey = hashKeyFor(c, map);
+      const verifyKey = c.exports.verifyKeyFile === undefined ? undefined : await loadExportVerifyKey(c.exports.verifyKeyFile, 'LETHE_EXPORT_VERIFY_KEY_FILE');
+      let columnTypes: ColumnTypes;
       const db = await life.open(
         'database',
         () => openDatabase({ kind: 'postgres', url: c.databaseUrl, poolMax: c.concurrency + 1, timeouts: c.databaseTimeouts }, this.logger),
@@ -116,7 +122,8 @@ export class PurgeSidecar {
       this.db = db;
       try {
         await migrateSidecar(db.knex);
-        this.plan = compileForget(map, await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath), hashKey, c.dataMapPath);
+        columnTypes = await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath);
+        this.plan = compileForget(map, columnTypes, hashKey, c.dataMapPath);
       } catch (err) {
         const tlsFailure = describeTlsFailure(err);
         if (tlsFailure !== undefined)
@@ -132,6 +139,25 @@ export class PurgeSidecar {
         },
       );
       this.watchConnection(nc);
+      if (verifyKey === undefined) {
+        this.logger.warn(
+          'export requests are not answered: set LETHE_EXPORT_VERIFY_KEY_FILE to the server’s export key (public), or exports will lack this service’s data',
+        );
+      } else {
+        await life.start(
+          'export responder',
+          new ExportResponder({
+            nc,
+            knex: db.knex,
+            reader: new SnapshotReader(map, columnTypes),
+            service: c.service,
+            verifyKey,
+            concurrency: c.exports.concurrency,
+            ackTimeoutMs: c.exports.ackTimeoutMs,
+            logger: this.logger,
+          }),
+        );
+      }
       const jsm = await ensureStream(nc, c.stream, this.logger);
       this.js = jsm.jetstream();
       // At most `concurrency` events are pulled ahead of the ones being purged.
