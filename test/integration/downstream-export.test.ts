@@ -14,7 +14,7 @@ import { FAKE_RECORDS, type FakeBehaviour, FakeExportSidecar } from '../support/
 import { type NatsServer, requireNatsServer, startNatsServer } from '../support/nats.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
 import { type TestServer, startTestServer } from '../support/server-fixture.js';
-import { natsClient } from '../support/streams.js';
+import { natsClient, waitFor } from '../support/streams.js';
 
 /**
  * Platform-wide access: an export asks every downstream service's sidecar for its copy over NATS.
@@ -57,8 +57,8 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('downstream service
     const text = chunks.join('');
     return { doc: JSON.parse(text) as Document, text, received, progress };
   };
-  const useFake = (behaviour: FakeBehaviour) => {
-    fake = new FakeExportSidecar(nc, SEARCH, verifyKey, behaviour);
+  const useFake = (behaviour: FakeBehaviour, onRequest?: () => Promise<void>) => {
+    fake = new FakeExportSidecar(nc, SEARCH, verifyKey, behaviour, onRequest);
   };
   let verifyKey: Awaited<ReturnType<typeof loadExportVerifyKey>>;
 
@@ -186,6 +186,45 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('downstream service
     const search = request?.confirmations.find((c) => c.service === SEARCH);
     expect(search?.state).toBe(status === 'failed' ? ConfirmationState.CONFIRMATION_STATE_FAILED : ConfirmationState.CONFIRMATION_STATE_TIMED_OUT);
     expect(search?.error).toMatch(error);
+  });
+
+  it('a slow sidecar, each chunk within the timeout: its part is complete, however long it takes in all', async () => {
+    useFake('slow');
+    const started = performance.now();
+    const { doc, received } = await exportOf('user-id-123');
+    expect(performance.now() - started).toBeGreaterThan(3 * 1_000);
+    expect(received.partial).toBe(false);
+    expect(doc.downstream[SEARCH]).toEqual({ searches: FAKE_RECORDS.map((r) => JSON.parse(r) as unknown) });
+  });
+
+  it('NATS restarting during an export: the service in hand gets an outcome in time, the document is whole otherwise, and the next export is complete', async () => {
+    let restarted = false;
+    useFake('answers-twice', async () => {
+      if (restarted) return;
+      restarted = true;
+      await nats.stop();
+    });
+    const started = performance.now();
+    const { doc, received } = await exportOf('user-id-123');
+    expect(performance.now() - started).toBeLessThan(TIMEOUT_MS * 4);
+    expect(received.partial).toBe(true);
+    expect(doc.downstream_export[SEARCH]?.status).toMatch(/^(timed_out|failed)$/);
+    expect(doc.downstream_export[ORDERS_SERVICE]).toEqual({ status: 'complete', records: 5 });
+
+    await nats.start();
+    const whole = await waitFor(
+      'a complete export once NATS is back',
+      async () => {
+        const r = await exportOf('user-id-123');
+        return r.received.partial ? undefined : r;
+      },
+      30_000,
+    );
+    expect(whole.doc.downstream_export).toEqual({
+      analytics: { status: 'complete', records: 5 },
+      orders: { status: 'complete', records: 5 },
+      search: { status: 'complete', records: 2 },
+    });
   });
 
   it('a sidecar answers only what the server signed: a forged request gets a refusal and no data', async () => {

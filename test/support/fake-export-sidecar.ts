@@ -20,7 +20,9 @@ export type FakeBehaviour =
   /** Accepts and never sends anything. */
   | 'never-starts'
   /** Answers completely, and a second, different answer to the same request at the same time. */
-  | 'answers-twice';
+  | 'answers-twice'
+  /** Answers completely, pausing a second before each chunk (within the timeout each time). */
+  | 'slow';
 
 export const FAKE_RECORDS = ['{"query":"first"}', '{"query":"second"}'];
 
@@ -34,6 +36,8 @@ export class FakeExportSidecar {
     private readonly service: string,
     private readonly verifyKey: CryptoKey,
     private readonly behaviour: FakeBehaviour,
+    /** Called as each request arrives, before it is answered. */
+    private readonly onRequest: () => Promise<void> = async () => undefined,
   ) {
     const sub = nc.subscribe(exportRequestSubject(service));
     this.subs.push(sub);
@@ -47,6 +51,7 @@ export class FakeExportSidecar {
   }
 
   private async answer(msg: Msg): Promise<void> {
+    await this.onRequest();
     const r = await openExportRequest(msg.string(), this.verifyKey, this.service);
     msg.respond(encodeReply({ accepted: true }));
     const stream = (id = randomUUID()) => {
@@ -87,6 +92,14 @@ export class FakeExportSidecar {
         await send({ kind: 'batch', category: 'searches', records: [FAKE_RECORDS[0] ?? ''] });
         this.stop();
         return;
+      case 'slow': {
+        const pause = () => new Promise((resolve) => setTimeout(resolve, 1_000));
+        for (const body of [header, { kind: 'batch', category: 'searches', records: FAKE_RECORDS }, { kind: 'end', records: FAKE_RECORDS.length }] as const) {
+          await pause();
+          await send(body);
+        }
+        return;
+      }
       case 'answers-twice': {
         const second = stream();
         await send(header);
