@@ -43,13 +43,16 @@ export async function loadExportVerifyKey(path: string, setting: string): Promis
 export async function ensureLocalExportKey(dataDir: string): Promise<{ signingKey: CryptoKey; publicKeyFile: string }> {
   const privatePath = join(dataDir, PRIVATE_FILE);
   const publicPath = join(dataDir, PUBLIC_FILE);
-  await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const { privateKey } = await generateKeyPair(ALG, { crv: 'Ed25519', extractable: true });
-  await writeFile(privatePath, await exportPKCS8(privateKey), { mode: 0o600, flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
-    // It exists already (or another process made it first): use it.
-    if (err.code !== 'EEXIST') throw err;
+  const pem = await readFile(privatePath, 'utf8').catch(async (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const { privateKey } = await generateKeyPair(ALG, { crv: 'Ed25519', extractable: true });
+    await writeFile(privatePath, await exportPKCS8(privateKey), { mode: 0o600, flag: 'wx' }).catch((e: NodeJS.ErrnoException) => {
+      // Another process made it first: use theirs.
+      if (e.code !== 'EEXIST') throw e;
+    });
+    return readFile(privatePath, 'utf8');
   });
-  const pem = await readPem(privatePath, '--data-dir');
   await writeFile(publicPath, createPublicKey(pem).export({ type: 'spki', format: 'pem' }).toString(), { mode: 0o644 });
   return { signingKey: await loadExportSigningKey(privatePath, '--data-dir'), publicKeyFile: publicPath };
 }
