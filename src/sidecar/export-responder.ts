@@ -10,6 +10,9 @@ import { Slots } from '../runtime/slots.js';
 import type { SnapshotReader } from '../privacy/snapshot-reader.js';
 import { safeErrorSummary } from './receipts.js';
 
+/** Chunks sent ahead of the server's go-ahead. */
+const WINDOW = 4;
+
 export interface ExportResponderOptions {
   readonly nc: NatsConnection;
   readonly knex: Knex;
@@ -78,10 +81,21 @@ export class ExportResponder implements Runnable {
     await this.slots.acquire();
     const stream = randomUUID();
     let seq = 0;
+    // Up to WINDOW chunks travel before the oldest go-ahead is awaited: the two sides work at
+    // once, and neither holds more than WINDOW chunks (flow control).
+    const window: Array<Promise<void>> = [];
     const send = async (body: ExportChunkBody): Promise<void> => {
       const sealed = await sealChunk({ requestId: request.requestId, stream, seq: seq++, ...body }, request.encryptTo);
-      const reply = decodeChunkReply((await o.nc.request(request.reply, sealed, { timeout: o.ackTimeoutMs })).data);
-      if ('stop' in reply) throw new ExportStopped(reply.stop);
+      const acked = o.nc.request(request.reply, sealed, { timeout: o.ackTimeoutMs }).then((m) => {
+        const reply = decodeChunkReply(m.data);
+        if ('stop' in reply) throw new ExportStopped(reply.stop);
+      });
+      acked.catch(() => undefined); // awaited below, in order
+      window.push(acked);
+      if (window.length >= WINDOW) await window.shift();
+    };
+    const flush = async (): Promise<void> => {
+      for (let p = window.shift(); p !== undefined; p = window.shift()) await p;
     };
     const started = performance.now();
     let records = 0;
@@ -94,6 +108,7 @@ export class ExportResponder implements Runnable {
         records += batch.records.length;
       }
       await send({ kind: 'end', records });
+      await flush();
       log.info({ records, ms: Math.round(performance.now() - started) }, 'export answered');
     } catch (err) {
       if (err instanceof ExportStopped) {
@@ -103,7 +118,9 @@ export class ExportResponder implements Runnable {
       const reason = safeErrorSummary(err);
       log.warn({ err: reason, records }, 'export failed');
       // Tell the server why, if it still listens; it records the failure either way.
-      await send({ kind: 'error', reason: `the sidecar could not read its data: ${reason}` }).catch(() => undefined);
+      await send({ kind: 'error', reason: `the sidecar could not read its data: ${reason}` })
+        .then(flush)
+        .catch(() => undefined);
     } finally {
       await trx.rollback().catch(() => undefined);
       this.slots.release();
