@@ -1,4 +1,4 @@
-import { createHash, createHmac } from 'node:crypto';
+import { createHash, createHmac, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from '../../src/errors.js';
 import { parseDataMap } from '../../src/privacy/data-map.js';
@@ -7,6 +7,7 @@ import type { Principal } from '../../src/privacy/principal.js';
 import { prepareServerDataMap } from '../../src/privacy/lethe-tables.js';
 import { checkDataMapAgainstDatabase } from '../../src/privacy/schema-check.js';
 import type { Database } from '../../src/store/database.js';
+import { ledger } from '../../src/store/ledger.js';
 import { collectExport, demoEngine } from '../support/engine-fixture.js';
 import { DOCUMENT_KEYS, EXPECTED_NEWEST_LOGIN, EXPECTED_USER_123 } from '../support/expected-export.js';
 
@@ -223,6 +224,33 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
         expect(await engine.listRequests(user('platform-owner-id'), { overdueOnly: true, pageSize: 50 })).toEqual([]);
         await expect(engine.getRequest(user('member-user-id-456'), first.requestId)).rejects.toThrow(new NotFoundError('Privacy request not found'));
       });
+    });
+
+    it('counts open requests overdue and due soon in one query (the deadline gauges)', async () => {
+      const now = new Date('2100-01-01T00:00:00Z');
+      const soon = new Date('2100-01-08T00:00:00Z');
+      const before = await ledger.countOpenByDue(db.knex, now, soon);
+      const request = (state: string, dueAt: string) => ({
+        id: randomUUID(),
+        type: 'export',
+        subject_id: `due-${slug}`,
+        requester: 'x',
+        reason: '',
+        state,
+        received_at: new Date('2099-11-01T00:00:00Z'),
+        due_at: new Date(dueAt),
+      });
+      await db
+        .knex('lethe_privacy_requests')
+        .insert([
+          request('running', '2099-12-31T23:59:59Z'),
+          request('scheduled', '2100-01-01T00:00:00Z'),
+          request('anonymized', '2100-01-07T23:59:59Z'),
+          request('scheduled', '2100-01-08T00:00:00Z'),
+          request('completed', '2099-12-01T00:00:00Z'),
+          request('cancelled', '2100-01-02T00:00:00Z'),
+        ]);
+      expect(await ledger.countOpenByDue(db.knex, now, soon)).toEqual({ overdue: before.overdue + 1, dueSoon: before.dueSoon + 2 });
     });
 
     it('drives any schema from its data map: via relations, hash, template, set, null and delete', async () => {
