@@ -136,9 +136,11 @@ describe.runIf(helm !== undefined)('the Helm chart: lint, schema and rendered ma
     const walk = (node: unknown, path: string) => {
       if (node === null || typeof node !== 'object') return;
       const n = node as Record<string, unknown>;
-      if (n.properties !== undefined && n.additionalProperties !== false) open.push(path || '/');
+      if ((n.properties !== undefined || n.patternProperties !== undefined) && n.additionalProperties !== false) open.push(path || '/');
       for (const [k, v] of Object.entries(n.properties ?? {})) walk(v, `${path}/${k}`);
+      for (const [k, v] of Object.entries(n.patternProperties ?? {})) walk(v, `${path}/${k}`);
       if (typeof n.items === 'object') walk(n.items, `${path}[]`);
+      for (const k of ['allOf', 'anyOf', 'oneOf']) if (Array.isArray(n[k])) n[k].forEach((v: unknown, i: number) => walk(v, `${path}/${k}[${i}]`));
     };
     walk(schema, '');
     expect(open).toEqual([]);
