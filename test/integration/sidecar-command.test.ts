@@ -1,5 +1,5 @@
 import { AckPolicy } from '@nats-io/jetstream';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, expect, it } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
 import { ANONYMIZED_SUBJECT, RECEIPTS_FILTER } from '../../src/events/subjects.js';
 import {
@@ -12,20 +12,15 @@ import {
   seedAnalytics,
 } from '../fixtures/downstream/index.js';
 import { startTestSidecar } from '../fixtures/downstream/sidecar.js';
-import { requireNatsServer } from '../support/nats.js';
-import { type PostgresCluster, requirePostgres } from '../support/postgres.js';
-import { STREAM, eventually, sidecarSuite, spawnLethe } from '../support/sidecar-harness.js';
-
-const pgBin = requirePostgres();
-const natsBin = requireNatsServer();
+import type { PostgresCluster } from '../support/postgres.js';
+import { STREAM, eventually, describeSidecar, spawnLethe } from '../support/sidecar-harness.js';
 
 /**
  * `lethe sidecar` against a real PostgreSQL and a real nats-server (set-up:
  * test/support/sidecar-harness.ts): the command (logs, SIGTERM, a bad setting) and its start-up
  * checks.
  */
-describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (PostgreSQL + NATS): the command and start-up', () => {
-  const suite = sidecarSuite(pgBin ?? '', natsBin ?? '');
+describeSidecar('the command and start-up', (suite) => {
   const { later, bus, database, sidecar, consumerInfo } = suite;
   let cluster: PostgresCluster;
   beforeAll(() => {

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { ANONYMIZED_SUBJECT } from '../../src/events/subjects.js';
 import {
   ANALYTICS_SERVICE,
@@ -11,12 +11,7 @@ import {
   seedOrders,
   shippingAddressCount,
 } from '../fixtures/downstream/index.js';
-import { requireNatsServer } from '../support/nats.js';
-import { requirePostgres } from '../support/postgres.js';
-import { STREAM, eventually, sidecarSuite, storedReceipts } from '../support/sidecar-harness.js';
-
-const pgBin = requirePostgres();
-const natsBin = requireNatsServer();
+import { STREAM, eventually, describeSidecar, storedReceipts } from '../support/sidecar-harness.js';
 
 /**
  * `lethe sidecar` against a real PostgreSQL and a real nats-server (set-up:
@@ -24,9 +19,7 @@ const natsBin = requireNatsServer();
  * failed receipt after the delivery limit; a message that is not an event is terminated at once;
  * a receipt the stream will not store is retried until it is.
  */
-describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (PostgreSQL + NATS): failures', () => {
-  const { bus, database, sidecar, purgeRows, consumerInfo } = sidecarSuite(pgBin ?? '', natsBin ?? '');
-
+describeSidecar('failures', ({ bus, database, sidecar, purgeRows, consumerInfo }) => {
   it('an event the database refuses ends as a failed receipt after exactly LETHE_SIDECAR_MAX_DELIVERIES deliveries, data unchanged', async () => {
     const b = await bus();
     const held = 'u-legal-hold';

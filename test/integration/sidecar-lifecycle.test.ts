@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import {
   ANALYTICS_SERVICE,
   ORDERS_SERVICE,
@@ -11,21 +11,14 @@ import {
   seedOrders,
   shippingAddressCount,
 } from '../fixtures/downstream/index.js';
-import { requireNatsServer } from '../support/nats.js';
-import { requirePostgres } from '../support/postgres.js';
-import { eventually, sidecarSuite } from '../support/sidecar-harness.js';
-
-const pgBin = requirePostgres();
-const natsBin = requireNatsServer();
+import { eventually, describeSidecar } from '../support/sidecar-harness.js';
 
 /**
  * `lethe sidecar` against a real PostgreSQL and a real nats-server (set-up:
  * test/support/sidecar-harness.ts): bounded concurrency, a draining stop(), and the health
  * endpoints while NATS goes away and comes back.
  */
-describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (PostgreSQL + NATS): concurrency, drain and health', () => {
-  const { later, bus, database, sidecar, purgeRows, consumerInfo } = sidecarSuite(pgBin ?? '', natsBin ?? '');
-
+describeSidecar('concurrency, drain and health', ({ later, bus, database, sidecar, purgeRows, consumerInfo }) => {
   it('runs at most LETHE_SIDECAR_CONCURRENCY purges at once, and stop() drains: what it received is finished and acked', async () => {
     const b = await bus();
     const orders = await database(createOrdersSchema);

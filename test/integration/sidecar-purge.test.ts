@@ -1,5 +1,5 @@
 import { AckPolicy } from '@nats-io/jetstream';
-import { describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { ANONYMIZED_SUBJECT, receiptSubject } from '../../src/events/subjects.js';
 import {
   ANALYTICS_SERVICE,
@@ -18,12 +18,7 @@ import {
   seedOrders,
   shippingAddressCount,
 } from '../fixtures/downstream/index.js';
-import { requireNatsServer } from '../support/nats.js';
-import { requirePostgres } from '../support/postgres.js';
-import { eventually, hmacHex, sidecarSuite, spawnLethe, storedReceipts } from '../support/sidecar-harness.js';
-
-const pgBin = requirePostgres();
-const natsBin = requireNatsServer();
+import { eventually, hmacHex, describeSidecar, spawnLethe, storedReceipts } from '../support/sidecar-harness.js';
 
 /**
  * `lethe sidecar` against a real PostgreSQL and a real nats-server (set-up:
@@ -31,9 +26,7 @@ const natsBin = requireNatsServer();
  * database exactly as its data map says and publishes one receipt; a redelivered event is not
  * purged twice.
  */
-describe.runIf(pgBin !== undefined && natsBin !== undefined)('lethe sidecar (PostgreSQL + NATS): purges and receipts', () => {
-  const { later, bus, database, sidecar, purgeRows, consumerInfo } = sidecarSuite(pgBin ?? '', natsBin ?? '');
-
+describeSidecar('purges and receipts', ({ later, bus, database, sidecar, purgeRows, consumerInfo }) => {
   it('two services, each with its own database: one event purges both exactly as their data maps say, one receipt each', async () => {
     const b = await bus();
     const orders = await database(createOrdersSchema);

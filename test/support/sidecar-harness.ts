@@ -4,15 +4,15 @@ import { join } from 'node:path';
 import { AckPolicy, type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
-import { afterAll, afterEach, beforeAll, expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect } from 'vitest';
 import { type PurgedEvent, anonymizedEventFor, parsePurgedEvent } from '../../src/events/cloudevents.js';
 import { ensureStream } from '../../src/events/nats.js';
 import { ANONYMIZED_SUBJECT, RECEIPTS_FILTER } from '../../src/events/subjects.js';
 import { type Database, openDatabase } from '../../src/store/database.js';
 import { FIXTURE_HASH_KEY } from '../fixtures/downstream/index.js';
 import { type TestSidecar, startTestSidecar } from '../fixtures/downstream/sidecar.js';
-import { type NatsServer, startNatsServer } from './nats.js';
-import { type PostgresCluster, startPostgres } from './postgres.js';
+import { type NatsServer, requireNatsServer, startNatsServer } from './nats.js';
+import { type PostgresCluster, requirePostgres, startPostgres } from './postgres.js';
 
 /**
  * The set-up of the `lethe sidecar` suites (test/integration/sidecar-*.test.ts): a real PostgreSQL
@@ -149,11 +149,24 @@ export function spawnLethe(
 }
 
 /**
- * Registers the suite's hooks (a PostgreSQL cluster and a nats-server for the file; after each
- * test, what it started, in reverse order) and returns the helpers the tests build on. Call it
- * inside the file's describe.
+ * `describe('lethe sidecar (PostgreSQL + NATS): <title>')`, run where PostgreSQL and nats-server
+ * are installed, with the suite's helpers (sidecarSuite) for the tests.
  */
-export function sidecarSuite(pgBin: string, natsBin: string) {
+export function describeSidecar(title: string, tests: (suite: SidecarSuite) => void): void {
+  const pgBin = requirePostgres();
+  const natsBin = requireNatsServer();
+  describe.runIf(pgBin !== undefined && natsBin !== undefined)(`lethe sidecar (PostgreSQL + NATS): ${title}`, () => {
+    tests(sidecarSuite(pgBin ?? '', natsBin ?? ''));
+  });
+}
+
+type SidecarSuite = ReturnType<typeof sidecarSuite>;
+
+/**
+ * Registers the suite's hooks (a PostgreSQL cluster and a nats-server for the file; after each
+ * test, what it started, in reverse order) and returns the helpers the tests build on.
+ */
+function sidecarSuite(pgBin: string, natsBin: string) {
   let cluster: PostgresCluster;
   let nats: NatsServer;
   const cleanups: Array<() => Promise<unknown>> = [];
