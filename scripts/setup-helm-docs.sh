@@ -7,7 +7,7 @@
 # Built from the Go module proxy into
 # ${LETHE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lethe/tools}/helm-docs-<version>/helm-docs,
 # unless $LETHE_HELM_DOCS names an executable; scripts/lib/go-tool.sh says how. Measured cold,
-# empty Go caches, on a shared 2-core machine: 47 s of CPU, 83 s wall.
+# empty Go caches, on a shared 2-core machine: about 1 min of CPU, 54 to 83 s wall.
 set -euo pipefail
 
 HELM_DOCS_VERSION=1.14.2

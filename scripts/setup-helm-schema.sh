@@ -8,7 +8,7 @@
 # Built from the Go module proxy into
 # ${LETHE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lethe/tools}/helm-values-schema-json-<version>/,
 # unless $LETHE_HELM_SCHEMA names an executable; scripts/lib/go-tool.sh says how. Measured cold,
-# empty Go caches, on a shared 2-core machine: 40 s of CPU, 32 s wall.
+# empty Go caches, on a shared 2-core machine: about 45 s of CPU, 32 to 76 s wall.
 set -euo pipefail
 
 HELM_SCHEMA_VERSION=1.9.2
