@@ -168,7 +168,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         ? undefined
         : new ServerMetrics(
             () => countPending(outboxDb),
-            (at) => ledger.countOpenDueBefore(outboxDb, at),
+            (now, soon) => ledger.countOpenByDue(outboxDb, now, soon),
           );
     // Derived from the artifact key, which every replica shares: a token works on any of them.
     const pageTokens = new PageTokens(artifactKey);

@@ -251,10 +251,18 @@ export const ledger = {
     await trx(TABLE).where({ id }).update({ due_at: dueAt, original_due_at: originalDueAt, extension_reason: reason });
   },
 
-  /** Open requests whose due date is before `at` (metrics). */
-  async countOpenDueBefore(db: Knex | Knex.Transaction, at: Date): Promise<number> {
-    const rows = (await db(TABLE).whereIn('state', OPEN_STATES).andWhere('due_at', '<', at).count('* as n')) as Array<{ n: number | string }>;
-    return Number(rows[0]?.n ?? 0);
+  /**
+   * Open requests past their due date at `now`, and those due from `now` until before `soon`
+   * (metrics): one scan, with an aggregate FILTER for each (PostgreSQL and PGlite alike).
+   */
+  async countOpenByDue(db: Knex | Knex.Transaction, now: Date, soon: Date): Promise<{ overdue: number; dueSoon: number }> {
+    const rows = (await db(TABLE)
+      .whereIn('state', OPEN_STATES)
+      .select(
+        db.raw('count(*) filter (where due_at < ?) as overdue', [now]),
+        db.raw('count(*) filter (where due_at >= ? and due_at < ?) as due_soon', [now, soon]),
+      )) as Array<{ overdue: number | string; due_soon: number | string }>;
+    return { overdue: Number(rows[0]?.overdue ?? 0), dueSoon: Number(rows[0]?.due_soon ?? 0) };
   },
 
   /** The subject's forget waiting for its time, if any. */

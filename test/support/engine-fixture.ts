@@ -9,6 +9,9 @@ import { migrateIdentitySchema, migrateLethe } from '../../src/store/migrations.
 
 export const silentLogger = pino({ level: 'silent' });
 
+/** A signal that never aborts, for calls that take one. */
+export const never = new AbortController().signal;
+
 /** Migrates, loads the demo data and builds an engine over the default data map. */
 export async function demoEngine(
   db: Database,
