@@ -67,6 +67,18 @@ describe.runIf(helm !== undefined)('the Helm chart: workloads and the CRD', () =
     expect(kinds).not.toContain('ServiceMonitor');
   });
 
+  it('mounts the export signing key when one is given, and only then', () => {
+    const server = one<Deployment>(all, 'Deployment', 'privacy-server');
+    const c = container(server, 'server');
+    expect(envOf(c, 'LETHE_EXPORT_SIGNING_KEY_FILE')?.value).toBe('/etc/lethe/export-signing-key/export-signing-key.pem');
+    expect(c.volumeMounts).toContainEqual({ name: 'export-signing-key', mountPath: '/etc/lethe/export-signing-key', readOnly: true });
+    expect(server.spec.template.spec.volumes).toContainEqual({
+      name: 'export-signing-key',
+      secret: { secretName: 'platform-export-key', items: [{ key: 'export-signing-key.pem', path: 'export-signing-key.pem' }] },
+    });
+    expect(envOf(container(one<Deployment>(defaults, 'Deployment', 'lethe-server'), 'server'), 'LETHE_EXPORT_SIGNING_KEY_FILE')).toBeUndefined();
+  });
+
   it('configures the server from Secrets, the ConfigMap and values, and always trusts the operator', () => {
     const c = container(one<Deployment>(defaults, 'Deployment', 'lethe-server'), 'server');
     expect(envOf(c, 'DATABASE_URL')?.valueFrom?.secretKeyRef).toEqual({ name: 'lethe-database', key: 'url' });
