@@ -1,5 +1,5 @@
 /**
- * The layers of src/ and what may import what (docs/architecture.md explains them). Checked in
+ * The layers of src/ and what may import what (README, "Working on Lethe", explains them). Checked in
  * `npm test` through `npm run lint`.
  *
  *   fronts        cli · server · http · operator · sidecar     (composition and protocols)

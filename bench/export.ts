@@ -30,7 +30,7 @@ import { freePort, requirePostgres, startPostgres } from '../test/support/postgr
  * Flags: --rows N (default 1,000,000).
  */
 
-const SUBJECT = 'bench-subject';
+export const SUBJECT = 'bench-subject';
 const WARMUP_SUBJECT = 'bench-warmup';
 const WARMUP_ROWS = 50_000;
 const DATA_MAP = fileURLToPath(new URL('./export-datamap.yaml', import.meta.url));
@@ -110,7 +110,7 @@ export async function run(args: string[]): Promise<void> {
   }
 }
 
-async function startServer(url: string, dataDir: string): Promise<{ child: ChildProcess; port: number }> {
+export async function startServer(url: string, dataDir: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess; port: number }> {
   const listen = `127.0.0.1:${await freePort()}`;
   const child = spawn(process.execPath, ['--import', 'tsx', SERVER, '--listen', listen], {
     env: {
@@ -121,6 +121,7 @@ async function startServer(url: string, dataDir: string): Promise<{ child: Child
       LETHE_DATA_MAP: DATA_MAP,
       LETHE_MIGRATE_IDENTITY_SCHEMA: 'true',
       LETHE_LOG_LEVEL: 'error',
+      ...env,
     },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -147,7 +148,7 @@ async function startServer(url: string, dataDir: string): Promise<{ child: Child
   }
 }
 
-async function stopServer(child: ChildProcess): Promise<void> {
+export async function stopServer(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
@@ -157,7 +158,7 @@ async function stopServer(child: ChildProcess): Promise<void> {
 }
 
 /** Users, then login events with generate_series; VACUUM sets hint bits so that no timed read writes. */
-async function seed(url: string, rows: number): Promise<void> {
+export async function seed(url: string, rows: number): Promise<void> {
   const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
@@ -240,7 +241,7 @@ function cpuSeconds(pid: number): number {
  * every 50 ms and VmHWM, whose high-water mark is reset first (writing 5 to clear_refs) so that
  * it covers only the measured interval.
  */
-class RssProbe {
+export class RssProbe {
   readonly baselineMb: number;
   private peakKb: number;
   private readonly hwmReset: boolean;

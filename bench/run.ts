@@ -4,6 +4,9 @@
  */
 const benchmarks: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {
   export: () => import('./export.js'),
+  'downstream-export': () => import('./downstream-export.js'),
+  forget: () => import('./forget.js'),
+  'export-typical': () => import('./export-typical.js'),
   fanout: () => import('./fanout.js'),
   operator: () => import('./operator.js'),
 };

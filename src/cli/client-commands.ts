@@ -3,7 +3,8 @@ import { isIP } from 'node:net';
 import { mintLocalToken } from '../auth/local-key.js';
 import { connectPrivacyService, type PrivacyClient } from '../client/privacy-client.js';
 import { receiveArtifact } from '../client/artifact-receiver.js';
-import { receiveExport } from '../client/export-receiver.js';
+import { IncompleteExportError, receiveExport } from '../client/export-receiver.js';
+import type { DownstreamOutcome } from '../privacy/export-document.js';
 import { loadClientConfig } from '../config/client-config.js';
 import { ConfigError, InvalidArgumentError } from '../errors.js';
 import { type Write, writeOutput } from './output-target.js';
@@ -45,7 +46,10 @@ async function writeVerified(output: string | undefined, receive: (write: Write)
   if (output !== undefined) console.error(`wrote ${output === '-' ? 'standard output' : output}: ${summary}`);
 }
 
-export async function exportCommand(userId: string | undefined, flags: ClientFlags & { output?: string; reason?: string; request?: string }): Promise<void> {
+export async function exportCommand(
+  userId: string | undefined,
+  flags: ClientFlags & { output?: string; reason?: string; request?: string; allowPartial?: boolean },
+): Promise<void> {
   if (userId !== undefined && flags.request !== undefined) {
     throw new InvalidArgumentError('give either a <user-id> to export or --request <id> to fetch a stored export, not both');
   }
@@ -54,10 +58,20 @@ export async function exportCommand(userId: string | undefined, flags: ClientFla
   // With neither --as nor LETHE_TOKEN, a user exports their own data.
   await withClient(flags, userId, (client) =>
     writeVerified(flags.output, async (write) => {
-      const progress = process.stderr.isTTY ? (n: number, total: number) => process.stderr.write(`\rexported ${n} of ${total} records`) : undefined;
-      const result = await receiveExport(client.exportUser({ userId, reason: flags.reason ?? '' }), write, progress);
+      const tty = process.stderr.isTTY;
+      const progress = tty ? (n: number, total: number) => process.stderr.write(`\rexported ${n} of ${total} records`) : undefined;
+      // One line per downstream service as its part ends (on a terminal, over the counter).
+      const service = (o: DownstreamOutcome) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${describeOutcome(o)}\n`);
+      const result = await receiveExport(client.exportUser({ userId, reason: flags.reason ?? '' }), write, progress, service);
       if (progress) process.stderr.write('\n');
-      return `${result.records} records, sha256 ${result.trailer.sha256} (verified), request ${result.header.requestId}`;
+      const missing = result.downstream.filter((o) => o.status !== 'complete');
+      if (result.partial && flags.allowPartial !== true) {
+        throw new IncompleteExportError(
+          `the export is partial: ${missing.map((o) => o.service).join(', ')} did not contribute all of their data (see above); run it again, or pass --allow-partial to keep the document as it is`,
+        );
+      }
+      const partial = result.partial ? `, PARTIAL (missing: ${missing.map((o) => o.service).join(', ')})` : '';
+      return `${result.records} records${partial}, sha256 ${result.trailer.sha256} (verified), request ${result.header.requestId}`;
     }),
   );
 }
@@ -70,6 +84,12 @@ async function fetchStoredExport(requestId: string, flags: ClientFlags & { outpu
       return `${a.totalRecords} records, sha256 ${a.sha256} (verified), request ${a.requestId}, expires ${iso(a.expiresAt)}`;
     }),
   );
+}
+
+function describeOutcome(o: DownstreamOutcome): string {
+  const records = `${o.records} record${o.records === 1 ? '' : 's'}`;
+  if (o.status === 'complete') return `${o.service}: complete, ${records}`;
+  return `${o.service}: ${o.status === 'timed_out' ? 'TIMED OUT' : 'FAILED'} after ${records}: ${o.error ?? 'no reason given'}`;
 }
 
 export async function forgetCommand(userId: string, flags: ClientFlags & { reason: string; idempotencyKey?: string }): Promise<void> {

@@ -89,6 +89,7 @@ clientOptions(
       "write to this file, replaced only once the document verified; '-' for standard output; a device or FIFO is written in place (default: standard output)",
     )
     .option('--reason <text>', 'why, recorded in the ledger and the audit log')
+    .option('--allow-partial', 'keep a document that lacks some downstream service’s part (it says which, and why); without it, such an export fails')
     .option('--request <id>', 'fetch the export artifact of this privacy request (made with StoreExport, e.g. by the operator) instead of exporting <user-id>'),
 ).action(lazy(clientCommands, 'exportCommand'));
 

@@ -61,6 +61,10 @@ export async function writeOutput(option: string | undefined, receive: (write: W
     target.kind === 'stdout'
       ? process.stdout
       : createWriteStream(partial ?? target.path, partial === undefined ? { flags: 'w' } : { flags: 'wx', mode: 0o600 });
+  // Write errors reach the write callbacks below (EPIPE: the reader went away); without a
+  // listener the stream's 'error' event would also crash the process.
+  const ignore = () => undefined;
+  out.on('error', ignore);
   // A FIFO opens once a reader does.
   if (out !== process.stdout) await once(out, 'open');
   const write: Write = (chunk) => new Promise<void>((resolve, reject) => out.write(chunk, (err) => (err ? reject(err) : resolve())));

@@ -1,5 +1,6 @@
-import { CategoryShape, type ExportHeader, type ExportTrailer, type ExportUserResponse } from '../gen/lethe/privacy/v1/privacy.js';
-import { type DocumentCategory, ExportDocumentAssembler } from '../privacy/export-document.js';
+import { fromCategoryMessage, fromOutcomeMessage } from '../api/export-messages.js';
+import type { ExportCategory, ExportHeader, ExportTrailer, ExportUserResponse } from '../gen/lethe/privacy/v1/privacy.js';
+import { type DownstreamOutcome, ExportDocumentAssembler } from '../privacy/export-document.js';
 
 export class IncompleteExportError extends Error {
   constructor(message: string) {
@@ -12,7 +13,15 @@ export interface ReceivedExport {
   readonly header: ExportHeader;
   readonly trailer: ExportTrailer;
   readonly records: number;
+  /** Each downstream service's outcome (the trailer's). */
+  readonly downstream: readonly DownstreamOutcome[];
+  /** A downstream service's part is missing or incomplete. */
+  readonly partial: boolean;
 }
+
+/** Records the client will receive for these categories (limits applied). */
+const expectedRecords = (categories: readonly ExportCategory[]): number =>
+  categories.reduce((n, c) => n + (c.limit > 0 ? Math.min(c.limit, c.totalCount) : c.totalCount), 0);
 
 /**
  * Rebuilds the canonical export document from the stream, hands it to `write` chunk by chunk
@@ -23,6 +32,8 @@ export async function receiveExport(
   stream: AsyncIterable<ExportUserResponse>,
   write: (chunk: string) => Promise<void> | void,
   onProgress?: (received: number, expected: number) => void,
+  /** Each downstream service's outcome, as its part ends. */
+  onDownstream?: (outcome: DownstreamOutcome) => void,
 ): Promise<ReceivedExport> {
   let header: ExportHeader | undefined;
   let trailer: ExportTrailer | undefined;
@@ -44,21 +55,20 @@ export async function receiveExport(
     if (part.$case === 'header') {
       if (header !== undefined) throw new IncompleteExportError('the server sent two headers');
       header = part.value;
-      const categories: DocumentCategory[] = header.categories.map((c) => ({
-        name: c.name,
-        documentKey: c.documentKey,
-        shape: c.shape === CategoryShape.CATEGORY_SHAPE_OBJECT ? 'object' : 'list',
-        countKey: c.countKey === '' ? undefined : c.countKey,
-        totalCount: c.totalCount,
-      }));
-      expected = header.categories.reduce((n, c) => n + (c.limit > 0 ? Math.min(c.limit, c.totalCount) : c.totalCount), 0);
-      doc = new ExportDocumentAssembler(categories, (chunk) => pending.push(chunk));
+      expected = expectedRecords(header.categories);
+      doc = new ExportDocumentAssembler(header.categories.map(fromCategoryMessage), (chunk) => pending.push(chunk), header.downstreamServices);
+    } else if (doc === undefined) {
+      throw new IncompleteExportError('data arrived before the header');
+    } else if (part.$case === 'section') {
+      doc.startSection(part.value.service, part.value.categories.map(fromCategoryMessage));
+      expected += expectedRecords(part.value.categories);
     } else if (part.$case === 'batch') {
-      if (doc === undefined) throw new IncompleteExportError('records arrived before the header');
-      doc.add(part.value.category, part.value.records);
+      doc.add(part.value.category, part.value.records, part.value.service);
       records += part.value.records.length;
       await flush();
       onProgress?.(records, expected);
+    } else if (part.$case === 'progress') {
+      onDownstream?.(fromOutcomeMessage(part.value));
     } else {
       trailer = part.value;
     }
@@ -66,7 +76,8 @@ export async function receiveExport(
 
   if (header === undefined || doc === undefined) throw new IncompleteExportError('the stream ended before the header');
   if (trailer === undefined) throw new IncompleteExportError(`the stream ended before the trailer, after ${records} records`);
-  const { sha256, counts } = doc.finish();
+  const downstream = trailer.downstream.map(fromOutcomeMessage);
+  const { sha256, counts } = doc.finish(downstream);
   await flush();
   for (const c of trailer.counts) {
     const got = counts.get(c.category) ?? 0;
@@ -74,5 +85,5 @@ export async function receiveExport(
   }
   if (records !== trailer.totalRecords) throw new IncompleteExportError(`received ${records} records, the server sent ${trailer.totalRecords}`);
   if (sha256 !== trailer.sha256) throw new IncompleteExportError('the document digest does not match the trailer');
-  return { header, trailer, records };
+  return { header, trailer, records, downstream, partial: trailer.partial };
 }

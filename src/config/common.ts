@@ -95,3 +95,35 @@ export function parseSize(value: string, source: string, min: string, max: strin
   if (bytes < parse(min) || bytes > parse(max)) throw new ConfigError(`must be from ${min} to ${max}`, source);
   return bytes;
 }
+
+/** The privacy stream's defaults, the same for the server and every sidecar. */
+export const DEFAULT_STREAM = 'LETHE_PRIVACY';
+export const STREAM_DUPLICATE_WINDOW_DEFAULT = '2m';
+/** Default age limit of the privacy stream's messages (LETHE_NATS_MAX_AGE). */
+export const STREAM_MAX_AGE_DEFAULT = '30d';
+
+export const streamName = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,255}$/, 'must be a JetStream stream name: letters, digits, _ and -')
+  .default(DEFAULT_STREAM);
+
+/** LETHE_NATS_MAX_AGE: JetStream refuses an age limit shorter than the duplicate window. */
+export function streamMaxAge(value: string, duplicateWindowMs: number): number {
+  const ms = parseDuration(value, 'LETHE_NATS_MAX_AGE');
+  if (ms < duplicateWindowMs) throw new ConfigError(`must be at least the duplicate window (${duplicateWindowMs / 1000}s)`, 'LETHE_NATS_MAX_AGE');
+  return ms;
+}
+
+export const NATS_URL_RULE = 'must be a nats:// (or tls://) URL, for example nats://nats:4222 (comma-separate several servers)';
+
+/** nats://host:4222, tls://host:4222, or several of them separated by commas. */
+export function isNatsUrl(value: string): boolean {
+  return value.split(',').every((one) => {
+    try {
+      const u = new URL(one.trim());
+      return (u.protocol === 'nats:' || u.protocol === 'tls:') && u.hostname !== '';
+    } catch {
+      return false;
+    }
+  });
+}

@@ -15,6 +15,13 @@ import {
   type Env,
   type ListenAddress,
   parseListen,
+  boundedDuration,
+  NATS_URL_RULE,
+  STREAM_DUPLICATE_WINDOW_DEFAULT,
+  STREAM_MAX_AGE_DEFAULT,
+  isNatsUrl,
+  streamMaxAge,
+  streamName,
 } from './common.js';
 import { type GrpcLimits, databaseTimeouts, databaseTimeoutsEnv, grpcLimits, grpcLimitsEnv } from './limits.js';
 import { type KubernetesAccess, kubernetesAccess } from './kubernetes-access.js';
@@ -103,16 +110,14 @@ interface EventsConfig {
   readonly confirmationTimeoutMs: number;
   /** The CloudEvents `source` attribute. */
   readonly source: string;
-}
-
-/** Default age limit of the privacy stream's messages (LETHE_NATS_MAX_AGE), for server and sidecar. */
-export const STREAM_MAX_AGE_DEFAULT = '30d';
-
-/** LETHE_NATS_MAX_AGE: JetStream refuses an age limit shorter than the duplicate window. */
-export function streamMaxAge(value: string, duplicateWindowMs: number): number {
-  const ms = parseDuration(value, 'LETHE_NATS_MAX_AGE');
-  if (ms < duplicateWindowMs) throw new ConfigError(`must be at least the duplicate window (${duplicateWindowMs / 1000}s)`, 'LETHE_NATS_MAX_AGE');
-  return ms;
+  /** How long each downstream service has to answer an export, and to send each next chunk. */
+  readonly downstreamExportTimeoutMs: number;
+  /**
+   * The Ed25519 key (PKCS#8 PEM) that signs export requests to the sidecars. Unset: with local
+   * auth, a key in the data directory, made on first use; otherwise downstream services are not
+   * asked, and every export says so (partial).
+   */
+  readonly exportSigningKeyFile: string | undefined;
 }
 
 interface HttpConfig {
@@ -164,20 +169,16 @@ const envSchema = z.object({
   LETHE_HASH_KEY: hashKey,
   LETHE_LOG_LEVEL: logLevel,
   LETHE_MIGRATE_IDENTITY_SCHEMA: flag,
-  LETHE_NATS_URL: z
-    .string()
-    .regex(/^(nats|tls):\/\/[^\s]+$/, 'must be a nats:// or tls:// URL (comma-separate several servers)')
-    .optional(),
-  LETHE_NATS_STREAM: z
-    .string()
-    .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be letters, digits, _ or - (at most 64)')
-    .default('LETHE_PRIVACY'),
+  LETHE_NATS_URL: z.string().refine(isNatsUrl, NATS_URL_RULE).optional(),
+  LETHE_NATS_STREAM: streamName,
   LETHE_NATS_STREAM_REPLICAS: z.enum(['1', '3', '5'], { message: 'must be 1, 3 or 5' }).default('1'),
-  LETHE_NATS_DUPLICATE_WINDOW: z.string().default('2m'),
+  LETHE_NATS_DUPLICATE_WINDOW: z.string().default(STREAM_DUPLICATE_WINDOW_DEFAULT),
   LETHE_NATS_MAX_AGE: z.string().default(STREAM_MAX_AGE_DEFAULT),
   LETHE_OUTBOX_RETENTION: z.string().default('7d'),
   LETHE_DOWNSTREAM_SERVICES: z.string().default(''),
   LETHE_CONFIRMATION_TIMEOUT: z.string().default('24h'),
+  LETHE_DOWNSTREAM_EXPORT_TIMEOUT: z.string().default('30s'),
+  LETHE_EXPORT_SIGNING_KEY_FILE: z.string().min(1).optional(),
   LETHE_EVENT_SOURCE: z.string().min(1).max(256).default('lethe'),
   // Export artifacts
   LETHE_ARTIFACT_KEY: z
@@ -297,6 +298,8 @@ export function loadServerConfig(env: Env, flags: ServeFlags = {}): Readonly<Ser
     expectedServices: [...new Set(services)],
     confirmationTimeoutMs: parseDuration(e.LETHE_CONFIRMATION_TIMEOUT, 'LETHE_CONFIRMATION_TIMEOUT'),
     source: e.LETHE_EVENT_SOURCE,
+    downstreamExportTimeoutMs: boundedDuration(e.LETHE_DOWNSTREAM_EXPORT_TIMEOUT, 'LETHE_DOWNSTREAM_EXPORT_TIMEOUT', '1s', '10m'),
+    exportSigningKeyFile: e.LETHE_EXPORT_SIGNING_KEY_FILE === undefined ? undefined : resolve(e.LETHE_EXPORT_SIGNING_KEY_FILE),
   };
 
   const demo = flags.demo === true;

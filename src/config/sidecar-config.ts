@@ -6,8 +6,24 @@ import { SERVICE_NAME, SERVICE_NAME_RULE } from '../events/subjects.js';
 import type { DataMap } from '../privacy/data-map.js';
 import { usesHash } from '../privacy/forget.js';
 import { type Failpoint, parseFailpoints } from '../runtime/failpoints.js';
-import { type LogLevel, hashKey, logLevel, parseEnv, wholeNumber, boundedDuration } from './common.js';
-import { type Env, type ListenAddress, STREAM_MAX_AGE_DEFAULT, parseListen, streamMaxAge } from './config.js';
+import {
+  type Env,
+  type ListenAddress,
+  type LogLevel,
+  NATS_URL_RULE,
+  STREAM_DUPLICATE_WINDOW_DEFAULT,
+  STREAM_MAX_AGE_DEFAULT,
+  boundedDuration,
+  hashKey,
+  isNatsUrl,
+  logLevel,
+  parseDuration,
+  parseEnv,
+  parseListen,
+  streamMaxAge,
+  streamName,
+  wholeNumber,
+} from './common.js';
 import type { DatabaseTimeouts } from '../store/database.js';
 import { databaseTimeouts, databaseTimeoutsEnv } from './limits.js';
 import { type NatsTlsConfig, checkPostgresTls, natsTls } from './tls-config.js';
@@ -36,6 +52,15 @@ export interface SidecarConfig {
   readonly ackWaitMs: number;
   /** The first retry's delay; each further delivery doubles it, up to a minute. */
   readonly retryBaseMs: number;
+  /** Downstream exports: answered only with the server's export key (public) to check requests. */
+  readonly exports: {
+    /** SPKI PEM of the server's export key; unset: export requests are not answered. */
+    readonly verifyKeyFile: string | undefined;
+    /** Exports answered at once. */
+    readonly concurrency: number;
+    /** How long to wait for the server's go-ahead after a chunk before giving the export up. */
+    readonly ackTimeoutMs: number;
+  };
   /** Settings read in an old form, each with what to write instead (logged at start-up). */
   readonly deprecations: readonly string[];
   readonly healthListen: ListenAddress;
@@ -55,33 +80,20 @@ export interface SidecarFlags {
 }
 
 export const DEFAULT_HEALTH_LISTEN = '127.0.0.1:8081';
-export const DEFAULT_STREAM = 'LETHE_PRIVACY';
-/** NATS's own default duplicate window, for a stream the sidecar has to create. */
-const STREAM_DUPLICATE_WINDOW_MS = 120_000;
-
-function isNatsUrl(value: string): boolean {
-  try {
-    const u = new URL(value);
-    return (u.protocol === 'nats:' || u.protocol === 'tls:') && u.hostname !== '';
-  } catch {
-    return false;
-  }
-}
+export { DEFAULT_STREAM } from './common.js';
 
 const envSchema = z.object({
   DATABASE_URL: z
     .string({ message: "required: the downstream service's own PostgreSQL database (postgres://…)" })
     .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL'),
-  LETHE_NATS_URL: z
-    .string({ message: 'required: the NATS server carrying the privacy events (nats://host:4222)' })
-    .refine(isNatsUrl, 'must be a nats:// (or tls://) URL, for example nats://nats:4222'),
-  LETHE_NATS_STREAM: z
-    .string()
-    .regex(/^[A-Za-z0-9_-]{1,255}$/, 'must be a JetStream stream name: letters, digits, _ and -')
-    .default(DEFAULT_STREAM),
+  LETHE_NATS_URL: z.string({ message: 'required: the NATS server carrying the privacy events (nats://host:4222)' }).refine(isNatsUrl, NATS_URL_RULE),
+  LETHE_NATS_STREAM: streamName,
   LETHE_SIDECAR_CONCURRENCY: wholeNumber(1, 64, 4),
   LETHE_SIDECAR_MAX_DELIVERIES: wholeNumber(1, 1000, 5),
   LETHE_SIDECAR_ACK_WAIT: z.string().default('30s'),
+  LETHE_EXPORT_VERIFY_KEY_FILE: z.string().min(1).optional(),
+  LETHE_SIDECAR_EXPORT_CONCURRENCY: wholeNumber(1, 64, 2),
+  LETHE_SIDECAR_EXPORT_ACK_TIMEOUT: z.string().default('2m'),
   LETHE_SIDECAR_RETRY_BASE: z.string().optional(),
   LETHE_SIDECAR_RETRY_BASE_MS: z.string().optional(),
   LETHE_HASH_KEY: hashKey,
@@ -123,6 +135,8 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
   const e = parseEnv(envSchema, env);
   checkPostgresTls(e.DATABASE_URL, 'DATABASE_URL');
   const deprecations: string[] = [];
+  // The duplicate window of a stream the sidecar has to create: the server's default.
+  const duplicateWindowMs = parseDuration(STREAM_DUPLICATE_WINDOW_DEFAULT, 'LETHE_NATS_DUPLICATE_WINDOW');
   const ackWaitMs = durationOrLegacyNumber(e.LETHE_SIDECAR_ACK_WAIT, 'LETHE_SIDECAR_ACK_WAIT', 's', ['1s', '1h'], deprecations);
   const retryBaseMs =
     e.LETHE_SIDECAR_RETRY_BASE !== undefined || e.LETHE_SIDECAR_RETRY_BASE_MS === undefined
@@ -138,13 +152,18 @@ export function loadSidecarConfig(env: Env, flags: SidecarFlags): Readonly<Sidec
     stream: Object.freeze({
       name: e.LETHE_NATS_STREAM,
       replicas: 1,
-      duplicateWindowMs: STREAM_DUPLICATE_WINDOW_MS,
-      maxAgeMs: streamMaxAge(e.LETHE_NATS_MAX_AGE, STREAM_DUPLICATE_WINDOW_MS),
+      duplicateWindowMs,
+      maxAgeMs: streamMaxAge(e.LETHE_NATS_MAX_AGE, duplicateWindowMs),
     }),
     concurrency: e.LETHE_SIDECAR_CONCURRENCY,
     maxDeliveries: e.LETHE_SIDECAR_MAX_DELIVERIES,
     ackWaitMs,
     retryBaseMs,
+    exports: Object.freeze({
+      verifyKeyFile: e.LETHE_EXPORT_VERIFY_KEY_FILE === undefined ? undefined : resolve(e.LETHE_EXPORT_VERIFY_KEY_FILE),
+      concurrency: e.LETHE_SIDECAR_EXPORT_CONCURRENCY,
+      ackTimeoutMs: boundedDuration(e.LETHE_SIDECAR_EXPORT_ACK_TIMEOUT, 'LETHE_SIDECAR_EXPORT_ACK_TIMEOUT', '1s', '1h'),
+    }),
     deprecations,
     healthListen,
     hashKey: e.LETHE_HASH_KEY === undefined ? undefined : Buffer.from(e.LETHE_HASH_KEY, 'hex'),

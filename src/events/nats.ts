@@ -1,5 +1,6 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type JetStreamManager, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
-import type { NatsConnection, Status, TlsOptions } from '@nats-io/nats-core';
+import { type NatsConnection, type Status, type TlsOptions, nanos } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
@@ -51,6 +52,24 @@ export async function connectNats(url: string, name: string, logger: Logger, tls
 }
 
 /**
+ * Drains the connection (pending publishes and subscriptions finish), or closes it when the
+ * drain takes longer than `timeoutMs`. Never rejects.
+ */
+export async function closeNats(nc: NatsConnection, timeoutMs: number): Promise<void> {
+  if (nc.isClosed()) return;
+  const timer = new AbortController();
+  const drained = await Promise.race([
+    nc.drain().then(
+      () => true,
+      () => false,
+    ),
+    sleep(timeoutMs, false, { signal: timer.signal }).catch(() => false),
+  ]);
+  timer.abort();
+  if (!drained && !nc.isClosed()) await nc.close().catch(() => undefined);
+}
+
+/**
  * The client's status events as JSON log lines: connection changes at info, trouble (server
  * errors, a stale connection, a slow consumer, lame-duck mode) at warn, by class and code only.
  * Pings and cluster updates are routine.
@@ -85,7 +104,7 @@ export function logNatsStatus(logger: Logger, s: Status): void {
  */
 export async function ensureStream(nc: NatsConnection, s: StreamSettings, logger?: Logger): Promise<JetStreamManager> {
   const jsm = await jetstreamManager(nc);
-  const maxAge = s.maxAgeMs * 1_000_000;
+  const maxAge = nanos(s.maxAgeMs);
   try {
     const { config } = await jsm.streams.info(s.name);
     if (config.max_age === 0) {
@@ -99,7 +118,7 @@ export async function ensureStream(nc: NatsConnection, s: StreamSettings, logger
       name: s.name,
       subjects: [STREAM_SUBJECTS],
       num_replicas: s.replicas,
-      duplicate_window: s.duplicateWindowMs * 1_000_000,
+      duplicate_window: nanos(s.duplicateWindowMs),
       max_age: maxAge,
     });
   }

@@ -1,3 +1,4 @@
+import type { Runnable } from '../runtime/lifecycle.js';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
@@ -25,7 +26,7 @@ const CLEANUP_BATCH = 1000;
  * sent only after its PubAck. While NATS is away it retries with backoff; nothing is lost,
  * the rows wait.
  */
-export class OutboxRelay {
+export class OutboxRelay implements Runnable {
   private readonly stopping = new AbortController();
   private wake: AbortController = new AbortController();
   private loop: Promise<void> | undefined;

@@ -4,9 +4,13 @@ import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
 import { backoffDelay, sleep } from '../runtime/backoff.js';
-import { type StreamSettings, connectNats, describeNatsUrl, ensureStream } from './nats.js';
+import type { Runnable } from '../runtime/lifecycle.js';
+import { type StreamSettings, closeNats, connectNats, describeNatsUrl, ensureStream } from './nats.js';
 import { OutboxRelay } from './outbox-relay.js';
 import { type RecordConfirmation, ReceiptConsumer } from './receipt-consumer.js';
+
+/** How long a drain of the NATS connection may take before the connection is just closed. */
+const DRAIN_TIMEOUT_MS = 10_000;
 
 export interface ServerEventsOptions {
   readonly natsUrl: string;
@@ -25,7 +29,7 @@ export interface ServerEventsOptions {
  * background so that a NATS that is away never keeps the PrivacyService from serving; until
  * it comes, events wait in the outbox.
  */
-export class ServerEvents {
+export class ServerEvents implements Runnable {
   private readonly stopping = new AbortController();
   private nc: NatsConnection | undefined;
   private relay: OutboxRelay | undefined;
@@ -42,6 +46,11 @@ export class ServerEvents {
     this.starting ??= this.connectAndRun();
   }
 
+  /** The NATS connection, once made (downstream exports use it too). */
+  get connection(): NatsConnection | undefined {
+    return this.nc;
+  }
+
   notify(): void {
     this.relay?.notify();
   }
@@ -50,7 +59,7 @@ export class ServerEvents {
     this.stopping.abort();
     await this.relay?.stop();
     await this.receipts?.stop();
-    await this.nc?.drain().catch(() => undefined);
+    if (this.nc !== undefined) await closeNats(this.nc, DRAIN_TIMEOUT_MS);
     // A connect still waiting for a first NATS is abandoned.
     await Promise.race([this.starting, sleep(100)]);
   }

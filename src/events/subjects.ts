@@ -11,3 +11,10 @@ export const SERVICE_NAME_RULE = 'lowercase letters, digits and -, starting and 
 
 export const ANONYMIZED_TYPE = 'dev.lethe.privacy.user.anonymized.v1';
 export const PURGED_TYPE = 'dev.lethe.privacy.user.purged.v1';
+
+/**
+ * Export requests to a service's sidecars (core NATS request-reply, never stored). Outside the
+ * stream's `privacy.v1.>`: a stream would store them, and answer the request with its PubAck.
+ */
+export const exportRequestSubject = (service: string): string => `lethe.export.v1.${service}`;
+export const exportQueueGroup = (service: string): string => `lethe-export-${service}`;

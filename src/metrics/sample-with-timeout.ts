@@ -3,8 +3,8 @@
  * at a time, and a scrape waits for it at most `timeoutMs`. A read that fails or is late gives
  * `undefined`, so the caller can report "unknown" instead of a stale figure.
  */
-export function sampleWithTimeout(read: () => Promise<number>, timeoutMs: number): () => Promise<number | undefined> {
-  let inFlight: Promise<number | undefined> | undefined;
+export function sampleWithTimeout<T>(read: () => Promise<T>, timeoutMs: number): () => Promise<T | undefined> {
+  let inFlight: Promise<T | undefined> | undefined;
   return async () => {
     inFlight ??= read()
       .catch(() => undefined)

@@ -52,22 +52,23 @@ export class ServerMetrics {
   });
 
   /**
-   * `countOpenDueBefore(at)`: open requests (scheduled, running, waiting for downstream) whose
-   * GDPR due date is before `at`; read on scrape, like the outbox.
+   * `countOpenByDue(now, soon)`: open requests (scheduled, running, waiting for downstream) whose
+   * GDPR due date is before `now`, and those due from `now` until before `soon`; read on scrape,
+   * like the outbox. Both gauges share one read: a scrape collects every metric at once, so the
+   * second finds the first's read in flight.
    */
-  constructor(countPendingEvents: () => Promise<number>, countOpenDueBefore: (at: Date) => Promise<number>) {
+  constructor(countPendingEvents: () => Promise<number>, countOpenByDue: (now: Date, soon: Date) => Promise<{ overdue: number; dueSoon: number }>) {
     const pending = sampleWithTimeout(countPendingEvents, OUTBOX_COUNT_TIMEOUT_MS);
-    const overdue = sampleWithTimeout(() => countOpenDueBefore(new Date()), OUTBOX_COUNT_TIMEOUT_MS);
-    const dueSoon = sampleWithTimeout(
-      async () => (await countOpenDueBefore(new Date(Date.now() + DUE_SOON_MS))) - (await countOpenDueBefore(new Date())),
-      OUTBOX_COUNT_TIMEOUT_MS,
-    );
+    const byDue = sampleWithTimeout(() => {
+      const now = Date.now();
+      return countOpenByDue(new Date(now), new Date(now + DUE_SOON_MS));
+    }, OUTBOX_COUNT_TIMEOUT_MS);
     new Gauge({
       name: 'lethe_privacy_requests_overdue',
       help: 'Open privacy requests past their GDPR due date (NaN when the database did not answer in time)',
       registers: [this.registry],
       async collect() {
-        this.set((await overdue()) ?? Number.NaN);
+        this.set((await byDue())?.overdue ?? Number.NaN);
       },
     });
     new Gauge({
@@ -75,7 +76,7 @@ export class ServerMetrics {
       help: 'Open privacy requests not yet overdue whose GDPR due date is within 7 days',
       registers: [this.registry],
       async collect() {
-        this.set((await dueSoon()) ?? Number.NaN);
+        this.set((await byDue())?.dueSoon ?? Number.NaN);
       },
     });
     new Gauge({

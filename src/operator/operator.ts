@@ -5,7 +5,8 @@ import { sleep } from '../runtime/backoff.js';
 import { connectPrivacyService, type TokenSource } from '../client/privacy-client.js';
 import type { OperatorConfig, OperatorToken } from '../config/operator-config.js';
 import { ConfigError, errorSummary } from '../errors.js';
-import { type HealthServer, startHealthServer } from '../metrics/health-server.js';
+import { startHealthServer } from '../metrics/health-server.js';
+import { Lifecycle } from '../runtime/lifecycle.js';
 import { loadKubeConfig } from '../kube/kube-config.js';
 import { OperatorMetrics } from '../metrics/operator-metrics.js';
 import { EventRecorder } from './event-recorder.js';
@@ -48,7 +49,6 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
     failpoints: config.failpoints,
   });
 
-  const stopping = new AbortController();
   const elector = config.leaderElection.enabled
     ? new LeaderElector(kc.makeApiClient(CoordinationV1Api), { ...config.leaderElection, releaseOnStop: true, logger })
     : undefined;
@@ -76,40 +76,36 @@ export async function startOperator(config: OperatorConfig, logger: Logger): Pro
     if (queue === q) queue = undefined;
   };
 
-  let health: HealthServer | undefined;
-  try {
-    health = await startHealthServer(config.healthListen, () => cache.hasSynced(), { metrics: metrics.registry });
-    await cache.start();
-  } catch (err) {
-    await health?.close();
-    closePrivacy();
-    throw err;
-  }
-  const running = (elector !== undefined ? elector.run(stopping.signal, lead) : lead(stopping.signal)).catch((err: unknown) =>
-    logger.error({ err: errorSummary(err) }, 'the operator stopped working'),
-  );
-  logger.info(
-    { server: config.server, namespaces: config.namespaces.length === 0 ? 'all' : config.namespaces, leaderElection: config.leaderElection.enabled },
-    'operator started',
-  );
-
-  const healthAddress = health.address;
-  let stopped: Promise<void> | undefined;
-  return {
-    healthAddress,
-    isReady: () => cache.hasSynced(),
-    isLeader,
-    stop() {
-      stopped ??= (async () => {
-        stopping.abort();
-        await running;
-        await cache.stop();
-        await health?.close();
-        closePrivacy();
-      })();
-      return stopped;
-    },
-  };
+  // Stopped in reverse order: stop leading (releasing the Lease) and finish the reconciles in
+  // flight, stop watching, close the listener and the client.
+  const life = new Lifecycle(logger);
+  return life.build(async () => {
+    life.defer('PrivacyService client', closePrivacy);
+    const health = await life.open(
+      'health listener',
+      () => startHealthServer(config.healthListen, () => cache.hasSynced(), { metrics: metrics.registry }),
+      (h) => h.close(),
+    );
+    await life.start('PrivacyRequest watch', cache);
+    const stopping = new AbortController();
+    const running = (elector !== undefined ? elector.run(stopping.signal, lead) : lead(stopping.signal)).catch((err: unknown) =>
+      logger.error({ err: errorSummary(err) }, 'the operator stopped working'),
+    );
+    life.defer('reconciling', async () => {
+      stopping.abort();
+      await running;
+    });
+    logger.info(
+      { server: config.server, namespaces: config.namespaces.length === 0 ? 'all' : config.namespaces, leaderElection: config.leaderElection.enabled },
+      'operator started',
+    );
+    return {
+      healthAddress: health.address,
+      isReady: () => cache.hasSynced(),
+      isLeader,
+      stop: () => life.stop(),
+    };
+  });
 }
 
 /** The reconciler, timed and counted by result; what it returns or throws passes through unchanged. */

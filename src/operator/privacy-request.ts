@@ -29,7 +29,7 @@ export interface Condition {
 
 export interface DownstreamStatus {
   readonly service: string;
-  readonly state: 'Pending' | 'Purged' | 'Failed';
+  readonly state: 'Pending' | 'Purged' | 'Failed' | 'Exported' | 'TimedOut';
   readonly purgedAt?: string;
   readonly error?: string;
 }

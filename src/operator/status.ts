@@ -128,7 +128,17 @@ function readyCondition(
               reason: 'ArtifactExpired',
               message: `The export artifact expired at ${artifact.expiresAt ?? 'its expiry'} and was deleted; create a new Export request to export again`,
             }
-          : { type: READY, status: 'True', reason: 'ArtifactStored', message: `Fetch the export with: lethe export --request ${entry.id} -o export.json` };
+          : downstream.some((d) => d.state !== 'Exported')
+            ? {
+                type: READY,
+                status: 'True',
+                reason: 'ArtifactPartial',
+                message: `Stored without the part of ${downstream
+                  .filter((d) => d.state !== 'Exported')
+                  .map((d) => d.service)
+                  .join(', ')} (see status.downstream and the document's downstream_export); fetch it with: lethe export --request ${entry.id} -o export.json`,
+              }
+            : { type: READY, status: 'True', reason: 'ArtifactStored', message: `Fetch the export with: lethe export --request ${entry.id} -o export.json` };
       }
       return {
         type: READY,
@@ -190,12 +200,15 @@ export function transitions(before: PrivacyRequestStatus | undefined, after: Pri
   }
   for (const d of after.downstream ?? []) {
     const was = before?.downstream?.find((b) => b.service === d.service)?.state;
-    if (was === d.state || d.state === 'Pending') continue;
-    out.push(
-      d.state === 'Purged'
-        ? { type: 'Normal', reason: 'DownstreamPurged', message: `${d.service} confirmed its purge` }
-        : { type: 'Warning', reason: 'DownstreamPurgeFailed', message: `${d.service} could not purge: ${d.error ?? 'no reason given'}` },
-    );
+    if (was === d.state || d.state === 'Pending' || d.state === 'Exported') continue;
+    if (d.state === 'Purged') out.push({ type: 'Normal', reason: 'DownstreamPurged', message: `${d.service} confirmed its purge` });
+    else if (after.artifact !== undefined)
+      out.push({
+        type: 'Warning',
+        reason: 'DownstreamExportIncomplete',
+        message: `${d.service} did not contribute all its data: ${d.error ?? 'no reason given'}`,
+      });
+    else out.push({ type: 'Warning', reason: 'DownstreamPurgeFailed', message: `${d.service} could not purge: ${d.error ?? 'no reason given'}` });
   }
   if (before?.artifact?.state === 'Available' && after.artifact?.state === 'Expired') {
     out.push({ type: 'Normal', reason: 'ArtifactExpired', message: 'The export artifact expired and was deleted' });
@@ -212,6 +225,10 @@ function toDownstream(c: LedgerEntry['confirmations'][number]): DownstreamStatus
       return clean({ service: c.service, state: 'Purged', purgedAt: iso(c.purgedAt) });
     case ConfirmationState.CONFIRMATION_STATE_FAILED:
       return clean({ service: c.service, state: 'Failed', error: c.error === '' ? undefined : c.error });
+    case ConfirmationState.CONFIRMATION_STATE_EXPORTED:
+      return { service: c.service, state: 'Exported' };
+    case ConfirmationState.CONFIRMATION_STATE_TIMED_OUT:
+      return clean({ service: c.service, state: 'TimedOut', error: c.error === '' ? undefined : c.error });
     default:
       return { service: c.service, state: 'Pending' };
   }

@@ -1,3 +1,4 @@
+import type { Runnable } from '../runtime/lifecycle.js';
 import { CustomObjectsApi, type Informer, type KubeConfig, type KubernetesListObject, type ObjectCache, makeInformer } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { backoffDelay } from '../runtime/backoff.js';
@@ -34,7 +35,7 @@ interface WatchState {
 
 type Watched = WatchState & { readonly informer: Informer<PrivacyRequestResource> & ObjectCache<PrivacyRequestResource> };
 
-export class PrivacyRequestCache {
+export class PrivacyRequestCache implements Runnable {
   private readonly watched: Watched[];
   private stopped = false;
 

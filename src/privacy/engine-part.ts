@@ -1,3 +1,4 @@
+import type { DownstreamExportSource, DownstreamOutcome } from './downstream.js';
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { FailedPreconditionError, LetheError, errorSummary } from '../errors.js';
@@ -40,6 +41,8 @@ export interface EngineOptions {
   readonly forgetPlan: ForgetPlan;
   readonly logger: Logger;
   /** Rows per cursor fetch during an export. */
+  /** Downstream services asked for their copies on every export, and where to ask them. */
+  readonly downstream?: { readonly services: readonly string[]; readonly source: DownstreamExportSource };
   readonly exportFetchRows?: number;
   /** A person's own erasure runs this long after they asked (0: at once; default 7 days). */
   readonly selfErasureGraceMs?: number;
@@ -96,13 +99,17 @@ export abstract class EnginePart {
     outcome: Outcome,
     events: Readonly<Record<Outcome['kind'], AuditEventType>>,
     ledgerToo = true,
+    /** An export's downstream parts, recorded beside it (a partial export says so in its error). */
+    downstream: readonly DownstreamOutcome[] = [],
   ): Promise<void> {
     const at = this.now();
     const details = auditDetails(r);
     await this.knex
       .transaction(async (trx) => {
-        if (ledgerToo)
-          await ledger.finish(trx, r.id, outcome.kind === 'delivered' ? 'completed' : 'failed', at, outcome.kind === 'delivered' ? undefined : outcome.error);
+        if (ledgerToo) {
+          if (outcome.kind === 'delivered') await finishExport(trx, r.id, at, downstream);
+          else await ledger.finish(trx, r.id, 'failed', at, outcome.error);
+        }
         await writeAudit(trx, this.map, { eventType: events[outcome.kind], actorId: r.requester, targetId: r.subjectId, details, timestamp: at });
       })
       .catch((err: unknown) => {
@@ -156,4 +163,25 @@ export function auditDetails(r: PrivacyRequestRecord): Record<string, string> {
 /** Why a described artifact can no longer be fetched. */
 export function unavailableArtifact(a: ArtifactView): LetheError {
   return new FailedPreconditionError(a.state === 'erased' ? ARTIFACT_ERASED : artifactExpired(a.expiresAt));
+}
+
+/**
+ * A delivered export in the ledger: completed, with each downstream service's part beside it; one
+ * that lacks a part says so in its error.
+ */
+export async function finishExport(trx: Knex.Transaction, requestId: string, at: Date, downstream: readonly DownstreamOutcome[]): Promise<void> {
+  await ledger.finish(trx, requestId, 'completed', at, partialNote(downstream));
+  await ledger.recordDownstreamExports(
+    trx,
+    requestId,
+    downstream.map((d) => ({ service: d.service, status: d.status === 'complete' ? 'exported' : d.status, error: d.error })),
+    at,
+  );
+}
+
+/** The ledger's note on a delivered export that lacks some downstream part; undefined when whole. */
+function partialNote(downstream: readonly DownstreamOutcome[]): string | undefined {
+  const missing = downstream.filter((d) => d.status !== 'complete');
+  if (missing.length === 0) return undefined;
+  return `partial: ${missing.map((d) => `${d.service} ${d.status === 'timed_out' ? 'timed out' : 'failed'}`).join(', ')} (see the confirmations)`;
 }

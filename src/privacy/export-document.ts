@@ -1,14 +1,18 @@
 import { createHash, type Hash } from 'node:crypto';
 
 /**
- * The canonical export document, assembled from the stream's header and batches. The server
- * hashes it as it streams; a client rebuilds the same bytes and compares the trailer's SHA-256.
+ * The canonical export document, assembled from the stream's header, sections and batches. The
+ * server hashes it as it streams; a client rebuilds the same bytes and compares the trailer's
+ * SHA-256.
  *
  * The rule: `{`, then for each category in header order, joined by `,`:
  *  - shape "object": the members of its single record (the record without its braces);
  *  - shape "list": `"<count_key>":<total_count>,` when a count key is set, then
  *    `"<document_key>":[` + the records joined by `,` + `]`.
- * then `}`. Records are the JSON texts exactly as streamed.
+ * When downstream services were asked (the header lists them): `"downstream":{` + for each
+ * service in header order `"<service>":{` + its section's categories by the same rule (none when
+ * it sent no section) + `}`, joined by `,` + `}`, then `"downstream_export":` + the services'
+ * outcomes (`downstreamExportMember`). Then `}`. Records are the JSON texts exactly as streamed.
  */
 
 export interface DocumentCategory {
@@ -19,50 +23,187 @@ export interface DocumentCategory {
   readonly totalCount: number;
 }
 
+/** What became of one downstream service's part of an export. */
+export interface DownstreamOutcome {
+  readonly service: string;
+  readonly status: 'complete' | 'timed_out' | 'failed';
+  /** Records it sent (all of them when complete). */
+  readonly records: number;
+  /** Why it is not complete; never any of the data. */
+  readonly error?: string | undefined;
+}
+
+export interface AssembledDocument {
+  readonly sha256: string;
+  /** Records per category of the server's own data map. */
+  readonly counts: ReadonlyMap<string, number>;
+}
+
 export class ExportDocumentAssembler {
   private readonly hash: Hash = createHash('sha256');
-  private index = -1;
-  private openList = false;
-  private firstInCategory = true;
-  private needComma = false;
-  private result: { sha256: string; counts: ReadonlyMap<string, number> } | undefined;
-  private readonly exported = new Map<string, number>();
+  private readonly top: ObjectWriter;
+  private section: { readonly service: string; readonly writer: CategoryWriter } | undefined;
+  private readonly own: CategoryWriter;
+  /** The members of `"downstream":{…}`: one per service. */
+  private readonly sectionMembers = new ObjectWriter((t) => this.emit(t));
+  private downstreamOpen = false;
+  private nextService = 0;
+  private result: AssembledDocument | undefined;
 
   constructor(
-    private readonly categories: readonly DocumentCategory[],
+    categories: readonly DocumentCategory[],
     private readonly sink?: (chunk: string) => void,
+    /** The downstream services asked, in document order (the header's). */
+    private readonly services: readonly string[] = [],
   ) {
-    for (const c of categories) this.exported.set(c.name, 0);
     this.emit('{');
+    this.top = new ObjectWriter((t) => this.emit(t));
+    this.own = new CategoryWriter(categories, this.top);
   }
 
   /** Appends a batch; batches of one category must be contiguous and in header order. */
-  add(category: string, records: readonly string[]): void {
+  add(category: string, records: readonly string[], service?: string): void {
+    this.assertOpen();
+    if (service === undefined || service === '') {
+      if (this.nextService > 0) throw new Error(`record batch for category '${category}' after the downstream sections began`);
+      this.own.add(category, records);
+      return;
+    }
+    if (this.section?.service !== service) throw new Error(`record batch for service '${service}', whose section is not the current one`);
+    this.section.writer.add(category, records);
+  }
+
+  /** Opens a downstream service's section (services in header order; one section each at most). */
+  startSection(service: string, categories: readonly DocumentCategory[]): void {
+    this.assertOpen();
+    const at = this.services.indexOf(service, this.nextService);
+    if (at < 0) throw new Error(`section for service '${service}', which the header did not announce or which came out of order`);
+    this.openDownstream();
+    this.skipTo(at);
+    const obj = this.sectionObject(service);
+    this.section = { service, writer: new CategoryWriter(categories, obj) };
+    this.nextService = at + 1;
+  }
+
+  /** Closes the document; returns the hex SHA-256 and the records per category. */
+  finish(outcomes: readonly DownstreamOutcome[] = []): AssembledDocument {
+    if (this.result === undefined) {
+      this.own.close();
+      if (this.services.length > 0) {
+        this.openDownstream();
+        this.skipTo(this.services.length);
+        this.emit('}');
+        this.top.member(`"downstream_export":${downstreamExportMember(this.services, outcomes)}`);
+      }
+      this.emit('}');
+      this.result = { sha256: this.hash.digest('hex'), counts: this.own.counts };
+    }
+    return this.result;
+  }
+
+  private openDownstream(): void {
+    if (this.downstreamOpen) return;
+    this.own.close();
+    this.top.member('"downstream":{');
+    this.downstreamOpen = true;
+  }
+
+  /** Closes the current section, and writes `{}` for each service before `index` that sent none. */
+  private skipTo(index: number): void {
+    this.closeSection();
+    while (this.nextService < index) {
+      const service = this.services[this.nextService];
+      if (service !== undefined) {
+        this.sectionObject(service);
+        this.emit('}');
+      }
+      this.nextService++;
+    }
+  }
+
+  private sectionObject(service: string): ObjectWriter {
+    this.sectionMembers.member(`${JSON.stringify(service)}:{`);
+    return new ObjectWriter((t) => this.emit(t));
+  }
+
+  private closeSection(): void {
+    if (this.section === undefined) return;
+    this.section.writer.close();
+    this.emit('}');
+    this.section = undefined;
+  }
+
+  private assertOpen(): void {
     if (this.result !== undefined) throw new Error('export document already finished');
+  }
+
+  private emit(chunk: string): void {
+    this.hash.update(chunk);
+    this.sink?.(chunk);
+  }
+}
+
+/** `{"<service>":{"status":…,"records":…[,"error":…]},…}` for the services in header order. */
+function downstreamExportMember(services: readonly string[], outcomes: readonly DownstreamOutcome[]): string {
+  const byService = new Map(outcomes.map((o) => [o.service, o]));
+  const parts = services.map((service) => {
+    const o = byService.get(service) ?? { service, status: 'failed' as const, records: 0, error: 'no outcome was recorded' };
+    const body = o.error === undefined || o.error === '' ? { status: o.status, records: o.records } : { status: o.status, records: o.records, error: o.error };
+    return `${JSON.stringify(service)}:${JSON.stringify(body)}`;
+  });
+  return `{${parts.join(',')}}`;
+}
+
+/** Members of one JSON object, comma-separated as they come. */
+class ObjectWriter {
+  private needComma = false;
+
+  constructor(readonly emit: (text: string) => void) {}
+
+  member(text: string): void {
+    this.emit(this.needComma ? `,${text}` : text);
+    this.needComma = true;
+  }
+}
+
+/** A data map's categories written into an object by the rule above. */
+class CategoryWriter {
+  private index = -1;
+  private openList = false;
+  private firstInCategory = true;
+  private closed = false;
+  readonly counts = new Map<string, number>();
+
+  constructor(
+    private readonly categories: readonly DocumentCategory[],
+    private readonly out: ObjectWriter,
+  ) {
+    for (const c of categories) this.counts.set(c.name, 0);
+  }
+
+  add(category: string, records: readonly string[]): void {
+    if (this.closed) throw new Error(`record batch for category '${category}' after its part of the document was closed`);
     this.advanceTo(category);
     const c = this.categories[this.index];
     if (c === undefined) throw new Error(`unknown category ${category}`);
     if (records.length === 0) return;
     if (c.shape === 'list') {
       // One hash update per batch, not per record: this runs for every exported row.
-      this.emit(this.firstInCategory ? records.join(',') : `,${records.join(',')}`);
+      this.out.emit(this.firstInCategory ? records.join(',') : `,${records.join(',')}`);
       this.firstInCategory = false;
     } else {
-      if (this.exported.get(c.name) !== 0 || records.length > 1) throw new Error(`category ${c.name} has shape object but more than one record`);
+      if (this.counts.get(c.name) !== 0 || records.length > 1) throw new Error(`category ${c.name} has shape object but more than one record`);
       const members = (records[0] ?? '').trim().slice(1, -1);
-      if (members.length > 0) this.member(members);
+      if (members.length > 0) this.out.member(members);
     }
-    this.exported.set(c.name, (this.exported.get(c.name) ?? 0) + records.length);
+    this.counts.set(c.name, (this.counts.get(c.name) ?? 0) + records.length);
   }
 
-  /** Closes the document; returns the hex SHA-256 and the records per category. */
-  finish(): { sha256: string; counts: ReadonlyMap<string, number> } {
-    if (this.result === undefined) {
-      this.advanceTo(undefined);
-      this.emit('}');
-      this.result = { sha256: this.hash.digest('hex'), counts: this.exported };
-    }
-    return this.result;
+  /** Writes the categories not reached yet (empty) and closes the last list. */
+  close(): void {
+    if (this.closed) return;
+    this.advanceTo(undefined);
+    this.closed = true;
   }
 
   private advanceTo(category: string | undefined): void {
@@ -70,7 +211,7 @@ export class ExportDocumentAssembler {
     if (target < 0) throw new Error(`record batch for category '${category}', which the header did not announce`);
     if (target < this.index) throw new Error(`record batch for category '${category}' arrived after a later category`);
     while (this.index < target) {
-      this.closeCurrent();
+      this.closeList();
       this.index += 1;
       const next = this.categories[this.index];
       if (next !== undefined) this.open(next);
@@ -80,26 +221,16 @@ export class ExportDocumentAssembler {
   private open(c: DocumentCategory): void {
     this.firstInCategory = true;
     if (c.shape === 'list') {
-      if (c.countKey !== undefined) this.member(`${JSON.stringify(c.countKey)}:${c.totalCount}`);
-      this.member(`${JSON.stringify(c.documentKey)}:[`);
+      if (c.countKey !== undefined) this.out.member(`${JSON.stringify(c.countKey)}:${c.totalCount}`);
+      this.out.member(`${JSON.stringify(c.documentKey)}:[`);
       this.openList = true;
     }
   }
 
-  private closeCurrent(): void {
+  private closeList(): void {
     if (this.openList) {
-      this.emit(']');
+      this.out.emit(']');
       this.openList = false;
     }
-  }
-
-  private member(text: string): void {
-    this.emit(this.needComma ? `,${text}` : text);
-    this.needComma = true;
-  }
-
-  private emit(chunk: string): void {
-    this.hash.update(chunk);
-    this.sink?.(chunk);
   }
 }

@@ -4,11 +4,10 @@ import { workers } from '../store/workers.js';
 import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';
 import { writeAudit } from './audit.js';
 import { authorizeExport } from './authorization.js';
-import { type Category, documentKeyOf } from './data-map.js';
-import { type DocumentCategory, ExportDocumentAssembler } from './export-document.js';
+import { ExportDocumentAssembler } from './export-document.js';
 import type { Principal } from './principal.js';
-import { readJsonRows } from './row-cursor.js';
-import { type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';
+import { type SnapshotCategory, SnapshotReader } from './snapshot-reader.js';
+import type { DownstreamOutcome } from './downstream.js';
 import { received } from './due-date.js';
 import { checkReason, requireId } from './validation.js';
 import { auditDetails, type EngineOptions, EnginePart, EXPORT_AUDIT, failureOutcome, INTERRUPTED, type Outcome } from './engine-part.js';
@@ -18,32 +17,40 @@ const stalledMessage = (ms: number): string =>
 
 export const DEFAULT_EXPORT_REASON = 'Data subject access request (GDPR Art. 15)';
 
-interface ExportCategoryInfo extends DocumentCategory {
-  readonly limit: number;
-}
-
 export type ExportEvent =
   | {
       readonly kind: 'header';
       readonly userId: string;
       readonly requestId: string;
       readonly generatedAt: Date;
-      readonly categories: readonly ExportCategoryInfo[];
+      readonly categories: readonly SnapshotCategory[];
+      /** The downstream services asked, in document order. */
+      readonly services: readonly string[];
     }
-  | { readonly kind: 'batch'; readonly category: string; readonly records: string[] }
-  | { readonly kind: 'trailer'; readonly counts: ReadonlyMap<string, number>; readonly sha256: string; readonly totalRecords: number };
+  /** A downstream service's part begins: its categories, by its own data map. */
+  | { readonly kind: 'section'; readonly service: string; readonly categories: readonly SnapshotCategory[] }
+  /** `service` is absent for the server's own categories. */
+  | { readonly kind: 'batch'; readonly category: string; readonly records: string[]; readonly service?: string }
+  | { readonly kind: 'progress'; readonly outcome: DownstreamOutcome }
+  | {
+      readonly kind: 'trailer';
+      readonly counts: ReadonlyMap<string, number>;
+      readonly sha256: string;
+      readonly totalRecords: number;
+      readonly downstream: readonly DownstreamOutcome[];
+      /** Some service's part is missing or incomplete: the document says which. */
+      readonly partial: boolean;
+    };
 
 /** ExportUser: the subject's data read in one snapshot and streamed; also the reader StoreExport stores. */
 export class ExportService extends EnginePart {
-  private readonly fetchRows: number;
-  private readonly batchChars: number;
+  private readonly reader: SnapshotReader;
   private readonly stallMs: number;
   private exportsRunning = 0;
 
   constructor(opts: EngineOptions) {
     super(opts);
-    this.fetchRows = opts.exportFetchRows ?? 2000;
-    this.batchChars = opts.exportBatchChars ?? 128 * 1024;
+    this.reader = new SnapshotReader(opts.dataMap, opts.columnTypes, { fetchRows: opts.exportFetchRows, batchChars: opts.exportBatchChars });
     this.stallMs = opts.exportStallTimeoutMs ?? 30_000;
   }
 
@@ -73,11 +80,15 @@ export class ExportService extends EnginePart {
     let outcome: Outcome = { kind: 'cancelled', error: 'The export was interrupted before it finished' };
     // Once: a stalled export is recorded when its snapshot is released, not when (if) its caller returns.
     let recorded: Promise<void> | undefined;
-    const record = (o: Outcome) => (recorded ??= this.recordOutcome(request, o, EXPORT_AUDIT));
+    let downstream: readonly DownstreamOutcome[] = [];
+    const record = (o: Outcome) => (recorded ??= this.recordOutcome(request, o, EXPORT_AUDIT, true, downstream));
     try {
       // The generator resumes after its last yield only once the trailer was handed on: the
       // document was delivered, and only then is the disclosure audited as done.
-      yield* this.streamSnapshot(userId, request.id, signal, () => record({ kind: 'failed', error: stalledMessage(this.stallMs) }));
+      for await (const event of this.streamSnapshot(userId, request.id, signal, () => record({ kind: 'failed', error: stalledMessage(this.stallMs) }))) {
+        if (event.kind === 'trailer') downstream = event.downstream;
+        yield event;
+      }
       outcome = { kind: 'delivered' };
     } catch (err) {
       const failed = failureOutcome(err, signal, 'The export failed');
@@ -188,57 +199,38 @@ export class ExportService extends EnginePart {
     signal: AbortSignal,
     sink?: (text: string) => void,
   ): AsyncGenerator<ExportEvent> {
-    const exported = this.map.categories.filter((c) => c.export !== undefined);
-    const categories: ExportCategoryInfo[] = [];
-    for (const c of exported) {
-      const q = countQuery(c, userId);
-      const res = (await trx.raw(q.sql, q.bindings)) as { rows: Array<{ n: number | string }> };
-      const spec = c.export;
-      categories.push({
-        name: c.name,
-        documentKey: spec?.shape === 'object' ? '' : documentKeyOf(c),
-        shape: spec?.shape ?? 'list',
-        countKey: spec?.count_key,
-        totalCount: Number(res.rows[0]?.n ?? 0),
-        limit: spec?.limit ?? 0,
-      });
-    }
+    const categories = await this.reader.categories(trx, userId);
     const generatedAt = this.now();
-    yield { kind: 'header', userId, requestId, generatedAt, categories };
+    const downstream = this.opts.downstream;
+    const services = downstream?.services ?? [];
+    yield { kind: 'header', userId, requestId, generatedAt, categories, services };
 
-    const doc = new ExportDocumentAssembler(categories, sink);
+    const doc = new ExportDocumentAssembler(categories, sink, services);
     let total = 0;
-    for (const c of exported) {
-      for await (const rows of readJsonRows(trx, this.exportQueryFor(c, userId), this.fetchRows, signal)) {
-        for (const records of this.splitBySize(rows)) {
-          doc.add(c.name, records);
-          total += records.length;
-          yield { kind: 'batch', category: c.name, records };
+    for await (const { category, records } of this.reader.batches(trx, userId, signal)) {
+      doc.add(category, records);
+      total += records.length;
+      yield { kind: 'batch', category, records };
+    }
+    const outcomes: DownstreamOutcome[] = [];
+    for (const service of services) {
+      for await (const e of downstream?.source.exportFrom(service, { subjectId: userId, requestId }, signal) ?? []) {
+        if (e.kind === 'section') {
+          doc.startSection(service, e.categories);
+          yield { kind: 'section', service, categories: e.categories };
+        } else if (e.kind === 'batch') {
+          doc.add(e.category, e.records, service);
+          total += e.records.length;
+          yield { kind: 'batch', category: e.category, records: e.records, service };
+        } else {
+          outcomes.push(e.outcome);
+          yield { kind: 'progress', outcome: e.outcome };
         }
       }
     }
-    const { sha256, counts } = doc.finish();
-    yield { kind: 'trailer', counts, sha256, totalRecords: total };
-  }
-
-  private exportQueryFor(c: Category, userId: string): Fragment {
-    const types = this.opts.columnTypes;
-    return exportQuery(c, types, userId, { subjectFromSetting: subjectColumnsAreText(c, types) });
-  }
-
-  /** Keeps each message well below gRPC's 4 MB default while carrying many rows. */
-  private *splitBySize(rows: string[]): Generator<string[]> {
-    let start = 0;
-    let chars = 0;
-    for (let i = 0; i < rows.length; i++) {
-      chars += rows[i]?.length ?? 0;
-      if (chars >= this.batchChars) {
-        yield rows.slice(start, i + 1);
-        start = i + 1;
-        chars = 0;
-      }
-    }
-    if (start < rows.length) yield start === 0 ? rows : rows.slice(start);
+    const { sha256, counts } = doc.finish(outcomes);
+    const partial = outcomes.some((o) => o.status !== 'complete') || outcomes.length < services.length;
+    yield { kind: 'trailer', counts, sha256, totalRecords: total, downstream: outcomes, partial };
   }
 
   /**

@@ -170,13 +170,13 @@ function affectedRows(result: unknown): number {
   return Number(r.rowCount ?? r.affectedRows ?? 0);
 }
 
-/**
- * Applies a compiled forget inside the caller's transaction. Categories that share a table add
- * up; the result lists each table once per action, in the order the statements ran.
- */
-export async function applyForget(db: Knex.Transaction, plan: ForgetPlan, subjectId: string, ctx: TemplateContext): Promise<TableRows[]> {
-  const out: TableRows[] = [];
-  for (const step of plan.steps) {
+/** A forget's statements for one subject, in the order they run, with their values bound. */
+export function forgetStatements(
+  plan: ForgetPlan,
+  subjectId: string,
+  ctx: TemplateContext,
+): Array<{ step: ForgetStep; sql: string; bindings: Knex.RawBinding[] }> {
+  return plan.steps.map((step) => {
     const c = step.category;
     const where = subjectPredicate(c.subject, c.table, subjectId);
     const sql =
@@ -184,7 +184,19 @@ export async function applyForget(db: Knex.Transaction, plan: ForgetPlan, subjec
         ? `DELETE FROM ${quoteIdent(c.table)} WHERE ${where.sql}`
         : `UPDATE ${quoteIdent(c.table)} SET ${step.set?.sql ?? ''} WHERE ${where.sql}`;
     const bound = (step.set?.bindings ?? []).map((b) => (typeof b === 'function' ? b(ctx) : b));
-    const rows = affectedRows(await db.raw(sql, [...(step.action === 'delete' ? [] : bound), ...where.bindings]));
+    return { step, sql, bindings: [...(step.action === 'delete' ? [] : bound), ...where.bindings] };
+  });
+}
+
+/**
+ * Applies a compiled forget inside the caller's transaction. Categories that share a table add
+ * up; the result lists each table once per action, in the order the statements ran.
+ */
+export async function applyForget(db: Knex.Transaction, plan: ForgetPlan, subjectId: string, ctx: TemplateContext): Promise<TableRows[]> {
+  const out: TableRows[] = [];
+  for (const { step, sql, bindings } of forgetStatements(plan, subjectId, ctx)) {
+    const c = step.category;
+    const rows = affectedRows(await db.raw(sql, bindings));
     if (rows === 0 && step.reportWhenZero === false) continue;
     const same = out.findIndex((o) => o.table === c.table && o.action === step.action);
     const prev = out[same];

@@ -24,6 +24,7 @@ import {
   REQUEST_NOT_FOUND,
   unavailableArtifact,
   UUID,
+  finishExport,
 } from './engine-part.js';
 import { DEFAULT_EXPORT_REASON, type ExportEvent, type ExportService } from './export-service.js';
 
@@ -159,7 +160,7 @@ export class StoredExports extends EnginePart {
         createdAt: at,
         expiresAt: new Date(at.getTime() + ttlMs),
       });
-      await ledger.finish(target, requestId, 'completed', at);
+      await finishExport(target, requestId, at, trailer.downstream);
       await writeAudit(target, this.map, {
         eventType: 'user_data_export_stored',
         actorId: request.requester,

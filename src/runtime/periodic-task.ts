@@ -1,26 +1,28 @@
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
+import type { Runnable } from './lifecycle.js';
 
 /**
  * Runs `task` every `intervalMs` until stopped (a sweeper, a heartbeat): one run at a time, a
  * failure is logged and retried on the next tick. The timer never keeps the process alive.
  */
-export class PeriodicTask {
+export class PeriodicTask implements Runnable {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private stopped = false;
 
   constructor(
-    private readonly name: string,
+    readonly name: string,
     private readonly task: () => Promise<void>,
     private readonly intervalMs: number,
     private readonly logger: Logger,
+    /** The first run starts at once rather than after one interval. */
+    private readonly opts: { readonly runAtStart?: boolean } = {},
   ) {}
 
-  /** Starts the timer; with `now`, the first run starts at once. */
-  start(opts: { now?: boolean } = {}): void {
+  start(): void {
     this.stopped = false;
-    if (opts.now === true) this.tick(0);
+    if (this.opts.runAtStart === true) this.tick(0);
     else this.schedule();
   }
 

@@ -1,3 +1,4 @@
+import type { Runnable } from '../runtime/lifecycle.js';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
 
@@ -6,7 +7,7 @@ import { errorSummary } from '../errors.js';
  * change: not serving from the first probe that fails, serving again from the first that
  * answers. Probes never overlap; a failed one is logged by error class only.
  */
-export class DatabaseHealth {
+export class DatabaseHealth implements Runnable {
   private timer: NodeJS.Timeout | undefined;
   private serving = true;
   private running: Promise<void> | undefined;

@@ -2,11 +2,16 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import type { CryptoKey } from 'jose';
+import { ensureLocalExportKey, loadExportSigningKey } from '../auth/export-keys.js';
 import { createVerifier } from '../auth/verifier.js';
+import { DownstreamExports } from '../events/downstream-exports.js';
+import { UnaskedDownstream } from '../privacy/downstream.js';
 import type { ServerConfig } from '../config/config.js';
-import { ConfigError, UnavailableError } from '../errors.js';
+import { ConfigError, UnavailableError, errorSummary } from '../errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
 import { ArtifactCipher, artifactKeyId } from '../privacy/artifact-cipher.js';
+import { Lifecycle } from '../runtime/lifecycle.js';
 import { PeriodicTask } from '../runtime/periodic-task.js';
 import { startHttpServer } from '../http/http-server.js';
 import { LETHE_VERSION } from '../runtime/version.js';
@@ -24,8 +29,9 @@ import { startGrpcServer } from './grpc-server.js';
 import { DatabaseHealth } from './database-health.js';
 import { PageTokens } from '../api/page-token.js';
 import { ServerEvents } from '../events/server-events.js';
+import type { RecordConfirmation } from '../events/receipt-consumer.js';
 import { countPending } from '../store/outbox.js';
-import { type HealthServer, startHealthServer } from '../metrics/health-server.js';
+import { startHealthServer } from '../metrics/health-server.js';
 import { ServerMetrics } from '../metrics/server-metrics.js';
 import { natsTlsOptions } from '../tls/client-credentials.js';
 import { describeTlsFailure } from '../runtime/tls-errors.js';
@@ -63,12 +69,20 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
   // TLS files are checked before anything else starts: a wrong file stops start-up, naming it.
   const tls = config.tls === undefined ? undefined : await ReloadingServerCredentials.load(config.tls, logger);
   const natsTls = natsTlsOptions(config.events.natsTls);
+  const exportKey = await downstreamExportKey(config);
   const verify = await createVerifier(config.auth, config.dataDir, config.platformPrincipals, { serviceAccounts: config.serviceAccounts, logger });
 
-  const unlock = config.database.kind === 'pglite' ? await lockDataDir(config.dataDir) : async () => undefined;
-  const db = await openDatabase(config.database, logger);
-  let eventsDb: Database | undefined;
-  try {
+  const life = new Lifecycle(logger);
+  let graceMs = 10_000;
+  let serving = true;
+  return life.build(async () => {
+    if (tls !== undefined) life.defer('TLS credentials', () => tls.close());
+    if (config.database.kind === 'pglite') life.defer('data directory lock', await lockDataDir(config.dataDir));
+    const db = await life.open(
+      'database',
+      () => openDatabase(config.database, logger),
+      (d) => d.close(),
+    );
     await migrateLethe(db.knex).catch((err: unknown) => {
       const tlsFailure = describeTlsFailure(err);
       if (tlsFailure !== undefined)
@@ -85,9 +99,17 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     const ev = config.events;
     // The relay and the receipt consumer get a small pool of their own, so that a queue of
     // ForgetUser calls never starves them (PGlite has a single connection to share).
-    eventsDb = ev.natsUrl !== undefined && config.database.kind === 'postgres' ? await openDatabase({ ...config.database, poolMax: 4 }, logger) : undefined;
+    const postgres = config.database.kind === 'postgres' ? config.database : undefined;
+    const eventsDb =
+      ev.natsUrl !== undefined && postgres !== undefined
+        ? await life.open(
+            'events database pool',
+            () => openDatabase({ ...postgres, poolMax: 4 }, logger),
+            (d) => d.close(),
+          )
+        : undefined;
+    const outboxDb = (eventsDb ?? db).knex;
     // Assigned below, once the engine it hands receipts to exists; the engine only notifies it.
-    // eslint-disable-next-line prefer-const
     let events: ServerEvents | undefined;
     const workerId = randomUUID();
     const engine = new PrivacyEngine({
@@ -106,156 +128,128 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       exportStallTimeoutMs: config.exportStallTimeoutMs,
       selfErasureGraceMs: config.selfErasureGraceMs,
       artifacts: { cipher: new ArtifactCipher(artifactKey), ttlMs: config.artifacts.ttlMs },
-    });
-    events =
-      ev.natsUrl === undefined
-        ? undefined
-        : new ServerEvents(
-            (eventsDb ?? db).knex,
-            {
-              natsUrl: ev.natsUrl,
-              tls: natsTls,
-              stream: ev.stream,
-              recordConfirmation: (c) => engine.recordConfirmation(c),
-              outboxRetentionMs: ev.outboxRetentionMs,
+      downstream:
+        ev.expectedServices.length === 0
+          ? undefined
+          : {
+              services: [...ev.expectedServices].sort(),
+              source:
+                exportKey === undefined
+                  ? new UnaskedDownstream(
+                      ev.natsUrl === undefined
+                        ? 'NATS is not configured (LETHE_NATS_URL): the service was not asked'
+                        : 'the server has no export signing key (LETHE_EXPORT_SIGNING_KEY_FILE): the service was not asked',
+                    )
+                  : new DownstreamExports({ connection: () => events?.connection, signingKey: exportKey.signingKey, timeoutMs: ev.downstreamExportTimeoutMs }),
             },
-            logger,
-          );
-    const sweeper = new PeriodicTask(
-      'expiring export artifacts',
-      async () => {
-        const expired = await engine.expireArtifacts();
-        if (expired > 0) logger.info({ expired }, 'export artifacts expired');
-      },
-      config.artifacts.sweepIntervalMs,
-      logger,
-    );
-    // This replica's heartbeat, and the search for requests left running by replicas that died.
-    const heartbeat = new PeriodicTask('worker heartbeat', () => workers.beat(db.knex, workerId), HEARTBEAT_MS, logger);
-    const recovery = new PeriodicTask(
-      'recovering interrupted requests',
-      async () => void (await engine.recoverInterrupted({ staleMs: WORKER_STALE_MS, othersAreDead: config.database.kind === 'pglite' })),
-      RECOVERY_MS,
-      logger,
-    );
-    // Scheduled erasures (a person's own, after its grace period), carried out by any replica.
-    const scheduler = new PeriodicTask(
-      'carrying out scheduled erasures',
-      async () => {
-        const ran = await engine.runScheduled();
-        if (ran > 0) logger.info({ ran }, 'scheduled erasures carried out');
-      },
-      SCHEDULER_MS,
-      logger,
-    );
-    await heartbeat.runOnce();
-    const background = [sweeper, heartbeat, recovery, scheduler];
-    const stopBackground = async () => {
-      await Promise.all(background.map((t) => t.stop()));
-      await events?.stop();
-      await workers.remove(db.knex, workerId).catch(() => undefined);
-    };
-    if (events === undefined) {
+    });
+    // This replica's heartbeat (its row goes when it stops), and the search for requests left
+    // running by replicas that died.
+    await workers
+      .beat(db.knex, workerId)
+      .catch((err: unknown) => logger.warn({ err: errorSummary(err) }, 'worker heartbeat failed; retrying on the next tick'));
+    life.defer('worker row', () => workers.remove(db.knex, workerId).catch(() => undefined));
+    if (ev.natsUrl === undefined) {
       logger.warn({ pendingEvents: await countPending(db.knex) }, 'no LETHE_NATS_URL: anonymization events wait in the outbox until NATS is configured');
     } else {
-      events.start();
+      const recordConfirmation: RecordConfirmation = (c) => engine.recordConfirmation(c);
+      events = await life.start(
+        'NATS events',
+        new ServerEvents(
+          outboxDb,
+          { natsUrl: ev.natsUrl, tls: natsTls, stream: ev.stream, recordConfirmation, outboxRetentionMs: ev.outboxRetentionMs },
+          logger,
+        ),
+      );
     }
-    sweeper.start();
-    heartbeat.start();
-    recovery.start({ now: true });
-    scheduler.start({ now: true });
-    const outboxDb = (eventsDb ?? db).knex;
+    for (const task of backgroundTasks(engine, config, db, workerId, logger)) await life.start(task.name, task);
     const metrics =
       config.metricsListen === undefined
         ? undefined
         : new ServerMetrics(
             () => countPending(outboxDb),
-            (at) => ledger.countOpenDueBefore(outboxDb, at),
+            (now, soon) => ledger.countOpenByDue(outboxDb, now, soon),
           );
     // Derived from the artifact key, which every replica shares: a token works on any of them.
     const pageTokens = new PageTokens(artifactKey);
-    const grpc = await startGrpcServer({
-      engine,
-      verify,
-      logger,
-      host: config.listen.host,
-      port: config.listen.port,
-      limits: config.grpc,
-      pageTokens,
-      metrics,
-      credentials: tls,
-      health: config.healthListen,
-    }).catch(async (err: unknown) => {
-      tls?.close();
-      await stopBackground();
-      if (err instanceof ConfigError) throw err;
-      throw new ConfigError(`cannot listen on ${config.listen.host}:${config.listen.port} (in use, or not an address of this machine)`, '--listen', {
-        cause: err,
-      });
-    });
-    const stopObserving =
-      tls === undefined
-        ? () => undefined
-        : observeHandshakeFailures(grpc.port, (reason, code) => {
-            metrics?.tlsHandshakeFailed(reason);
-            logHandshakeFailure(logger, reason, code);
-          });
+    const grpc = await life.open(
+      'gRPC server',
+      () =>
+        startGrpcServer({
+          engine,
+          verify,
+          logger,
+          host: config.listen.host,
+          port: config.listen.port,
+          limits: config.grpc,
+          pageTokens,
+          metrics,
+          credentials: tls,
+          health: config.healthListen,
+        }).catch((err: unknown) => {
+          throw err instanceof ConfigError ? err : cannotListen(config.listen, '--listen', err);
+        }),
+      (g) => g.shutdown(graceMs),
+    );
+    if (tls !== undefined) {
+      life.defer(
+        'TLS handshake observer',
+        observeHandshakeFailures(grpc.port, (reason, code) => {
+          metrics?.tlsHandshakeFailed(reason);
+          logHandshakeFailure(logger, reason, code);
+        }),
+      );
+    }
     // Readiness (gRPC health and /readyz) follows the database; liveness does not.
     const t = config.database.kind === 'postgres' ? (config.database.timeouts ?? DEFAULT_DATABASE_TIMEOUTS) : undefined;
     const dbHealth =
       t === undefined
         ? undefined
-        : new DatabaseHealth((ms) => db.ping(ms), {
-            intervalMs: t.healthIntervalMs,
-            timeoutMs: t.healthTimeoutMs,
-            logger,
-            onChange: (ok) => grpc.setServing(ok),
-          });
-    dbHealth?.start();
-    // The metrics listener also answers /healthz and /readyz (ready until shutdown begins).
-    let serving = true;
-    let http: HealthServer | undefined;
-    const metricsListen = config.metricsListen;
-    if (metrics !== undefined && metricsListen !== undefined) {
-      http = await startHealthServer(metricsListen, () => serving && (dbHealth?.isServing() ?? true), { metrics: metrics.registry }).catch(
-        async (err: unknown) => {
-          await dbHealth?.stop();
-          await grpc.shutdown(0);
-          await stopBackground();
-          throw new ConfigError(
-            `cannot listen on ${metricsListen.host}:${metricsListen.port} (in use, or not an address of this machine)`,
-            'LETHE_METRICS_LISTEN',
-            { cause: err },
+        : await life.start(
+            'database health',
+            new DatabaseHealth((ms) => db.ping(ms), {
+              intervalMs: t.healthIntervalMs,
+              timeoutMs: t.healthTimeoutMs,
+              logger,
+              onChange: (ok) => grpc.setServing(ok),
+            }),
           );
-        },
-      );
-    }
+    // The metrics listener also answers /healthz and /readyz (ready until shutdown begins).
+    const metricsListen = config.metricsListen;
+    const http =
+      metrics === undefined || metricsListen === undefined
+        ? undefined
+        : await life.open(
+            'metrics listener',
+            () =>
+              startHealthServer(metricsListen, () => serving && (dbHealth?.isServing() ?? true), { metrics: metrics.registry }).catch((err: unknown) => {
+                throw cannotListen(metricsListen, 'LETHE_METRICS_LISTEN', err);
+              }),
+            (h) => h.close(),
+          );
     const httpConfig = config.http;
     const api =
       httpConfig === undefined
         ? undefined
-        : await startHttpServer({
-            engine,
-            verify,
-            pageTokens,
-            logger,
-            host: httpConfig.listen.host,
-            port: httpConfig.listen.port,
-            corsOrigins: httpConfig.corsOrigins,
-            rateLimitPerMinute: httpConfig.rateLimitPerMinute,
-            version: LETHE_VERSION,
-            tls,
-          }).catch(async (err: unknown) => {
-            await dbHealth?.stop();
-            await grpc.shutdown(0);
-            await http?.close();
-            await stopBackground();
-            throw new ConfigError(
-              `cannot listen on ${httpConfig.listen.host}:${httpConfig.listen.port} (in use, or not an address of this machine)`,
-              '--http-listen',
-              { cause: err },
-            );
-          });
+        : await life.open(
+            'HTTP API',
+            () =>
+              startHttpServer({
+                engine,
+                verify,
+                pageTokens,
+                logger,
+                host: httpConfig.listen.host,
+                port: httpConfig.listen.port,
+                corsOrigins: httpConfig.corsOrigins,
+                rateLimitPerMinute: httpConfig.rateLimitPerMinute,
+                version: LETHE_VERSION,
+                tls,
+              }).catch((err: unknown) => {
+                throw cannotListen(httpConfig.listen, '--http-listen', err);
+              }),
+            (a) => a.close(),
+          );
     logger.info(
       {
         listen: `${config.listen.host}:${grpc.port}`,
@@ -267,6 +261,12 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         dataMap: config.dataMapPath,
         auth: config.auth.mode === 'local' ? `local signing key in ${config.dataDir} (mint tokens with: lethe token --as <user-id>)` : config.auth.mode,
         artifactKeyId: artifactKeyId(artifactKey),
+        downstreamExports:
+          ev.expectedServices.length === 0
+            ? 'none (LETHE_DOWNSTREAM_SERVICES)'
+            : exportKey === undefined
+              ? 'not asked: set LETHE_NATS_URL and LETHE_EXPORT_SIGNING_KEY_FILE'
+              : { services: ev.expectedServices, ...(exportKey.publicKeyFile === undefined ? {} : { sidecarVerifyKey: exportKey.publicKeyFile }) },
         metrics: http === undefined ? 'off (set LETHE_METRICS_LISTEN)' : `http://${http.address.host}:${http.address.port}/metrics`,
         tls:
           tls === undefined
@@ -282,26 +282,61 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
       tls,
       metricsPort: http?.address.port,
       httpPort: api?.port,
-      async stop(graceMs = 10_000) {
+      stop(grace = 10_000) {
+        // Stops in reverse order of start: the HTTP API, the listeners, gRPC (finishing calls for
+        // up to `grace`), the background work, the pools, the data directory lock.
         serving = false;
-        await dbHealth?.stop();
-        await api?.close();
-        await grpc.shutdown(graceMs);
-        stopObserving();
-        tls?.close();
-        await http?.close();
-        await stopBackground();
-        await eventsDb?.close();
-        await db.close();
-        await unlock();
+        graceMs = grace;
+        return life.stop();
       },
     };
-  } catch (err) {
-    await eventsDb?.close();
-    await db.close();
-    await unlock();
-    throw err;
-  }
+  });
+}
+
+/** The periodic work every replica does beside serving. */
+function backgroundTasks(engine: PrivacyEngine, config: ServerConfig, db: Database, workerId: string, logger: Logger): PeriodicTask[] {
+  return [
+    new PeriodicTask(
+      'expiring export artifacts',
+      async () => {
+        const expired = await engine.expireArtifacts();
+        if (expired > 0) logger.info({ expired }, 'export artifacts expired');
+      },
+      config.artifacts.sweepIntervalMs,
+      logger,
+    ),
+    new PeriodicTask('worker heartbeat', () => workers.beat(db.knex, workerId), HEARTBEAT_MS, logger),
+    new PeriodicTask(
+      'recovering interrupted requests',
+      async () => void (await engine.recoverInterrupted({ staleMs: WORKER_STALE_MS, othersAreDead: config.database.kind === 'pglite' })),
+      RECOVERY_MS,
+      logger,
+      { runAtStart: true },
+    ),
+    // Scheduled erasures (a person's own, after its grace period), carried out by any replica.
+    new PeriodicTask(
+      'carrying out scheduled erasures',
+      async () => {
+        const ran = await engine.runScheduled();
+        if (ran > 0) logger.info({ ran }, 'scheduled erasures carried out');
+      },
+      SCHEDULER_MS,
+      logger,
+      { runAtStart: true },
+    ),
+  ];
+}
+
+function cannotListen(listen: { readonly host: string; readonly port: number }, setting: string, cause: unknown): ConfigError {
+  return new ConfigError(`cannot listen on ${listen.host}:${listen.port} (in use, or not an address of this machine)`, setting, { cause });
+}
+
+/** The key that signs export requests to the sidecars, when downstream services are asked. */
+async function downstreamExportKey(config: ServerConfig): Promise<{ signingKey: CryptoKey; publicKeyFile?: string } | undefined> {
+  const ev = config.events;
+  if (ev.expectedServices.length === 0 || ev.natsUrl === undefined) return undefined;
+  if (ev.exportSigningKeyFile !== undefined) return { signingKey: await loadExportSigningKey(ev.exportSigningKeyFile, 'LETHE_EXPORT_SIGNING_KEY_FILE') };
+  return config.auth.mode === 'local' ? ensureLocalExportKey(config.dataDir) : undefined;
 }
 
 async function resolveHashKey(config: ServerConfig): Promise<Buffer> {

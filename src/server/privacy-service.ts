@@ -1,8 +1,8 @@
 import type { CallContext } from 'nice-grpc';
+import { toCategoryMessage, toOutcomeMessage } from '../api/export-messages.js';
 import { InvalidArgumentError } from '../errors.js';
 import {
   ArtifactState,
-  CategoryShape,
   ConfirmationState,
   type DeepPartial,
   type ExportArtifact,
@@ -28,7 +28,7 @@ import {
   type ExtendPrivacyRequestResponse,
 } from '../gen/lethe/privacy/v1/privacy.js';
 import type { ArtifactView, ExportEvent, PrivacyEngine, PrivacyRequestView } from '../privacy/engine.js';
-import type { RequestState as LedgerState } from '../store/ledger.js';
+import type { ConfirmationStatus, RequestState as LedgerState } from '../store/ledger.js';
 import type { AuthContext } from './middleware.js';
 import type { PageTokens } from '../api/page-token.js';
 import { listRequestsPage } from '../api/request-pages.js';
@@ -124,19 +124,17 @@ function toExportMessage(event: ExportEvent): DeepPartial<ExportUserResponse> {
             userId: event.userId,
             requestId: event.requestId,
             generatedAt: event.generatedAt,
-            categories: event.categories.map((c) => ({
-              name: c.name,
-              documentKey: c.documentKey,
-              shape: c.shape === 'object' ? CategoryShape.CATEGORY_SHAPE_OBJECT : CategoryShape.CATEGORY_SHAPE_LIST,
-              countKey: c.countKey ?? '',
-              totalCount: c.totalCount,
-              limit: c.limit,
-            })),
+            categories: event.categories.map(toCategoryMessage),
+            downstreamServices: [...event.services],
           },
         },
       };
+    case 'section':
+      return { part: { $case: 'section', value: { service: event.service, categories: event.categories.map(toCategoryMessage) } } };
     case 'batch':
-      return { part: { $case: 'batch', value: { category: event.category, records: event.records } } };
+      return { part: { $case: 'batch', value: { category: event.category, records: event.records, service: event.service ?? '' } } };
+    case 'progress':
+      return { part: { $case: 'progress', value: toOutcomeMessage(event.outcome) } };
     case 'trailer':
       return {
         part: {
@@ -145,11 +143,20 @@ function toExportMessage(event: ExportEvent): DeepPartial<ExportUserResponse> {
             counts: [...event.counts].map(([category, exported]) => ({ category, exported })),
             sha256: event.sha256,
             totalRecords: event.totalRecords,
+            downstream: event.downstream.map(toOutcomeMessage),
+            partial: event.partial,
           },
         },
       };
   }
 }
+
+const CONFIRMATION_TO_MESSAGE: Record<ConfirmationStatus, ConfirmationState> = {
+  purged: ConfirmationState.CONFIRMATION_STATE_PURGED,
+  failed: ConfirmationState.CONFIRMATION_STATE_FAILED,
+  exported: ConfirmationState.CONFIRMATION_STATE_EXPORTED,
+  timed_out: ConfirmationState.CONFIRMATION_STATE_TIMED_OUT,
+};
 
 const STATE_TO_MESSAGE: Record<LedgerState, RequestState> = {
   running: RequestState.REQUEST_STATE_RUNNING,
@@ -185,7 +192,7 @@ function toMessage(r: PrivacyRequestView): DeepPartial<PrivacyRequest> {
     confirmations: [
       ...r.confirmations.map((c) => ({
         service: c.service,
-        state: c.status === 'purged' ? ConfirmationState.CONFIRMATION_STATE_PURGED : ConfirmationState.CONFIRMATION_STATE_FAILED,
+        state: CONFIRMATION_TO_MESSAGE[c.status],
         purgedAt: c.purgedAt,
         rowsAffected: [...c.rowsAffected],
         error: c.error ?? '',

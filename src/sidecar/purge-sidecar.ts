@@ -1,12 +1,16 @@
-import { setTimeout as sleep } from 'node:timers/promises';
-import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
+import type { JetStreamClient, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Logger } from 'pino';
 import type { ListenAddress } from '../config/config.js';
 import { type SidecarConfig, hashKeyFor } from '../config/sidecar-config.js';
 import { ConfigError } from '../errors.js';
 import { parseAnonymizedEvent } from '../events/cloudevents.js';
-import { connectNats, ensureStream } from '../events/nats.js';
+import { closeNats, connectNats, ensureStream } from '../events/nats.js';
+import { Lifecycle } from '../runtime/lifecycle.js';
+import { loadExportVerifyKey } from '../auth/export-keys.js';
+import { SnapshotReader } from '../privacy/snapshot-reader.js';
+import type { ColumnTypes } from '../privacy/sql.js';
+import { ExportResponder } from './export-responder.js';
 import { natsTlsOptions } from '../tls/client-credentials.js';
 import { describeTlsFailure } from '../runtime/tls-errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
@@ -16,12 +20,12 @@ import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
 import { type Database, openDatabase } from '../store/database.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { migrateSidecar } from '../store/migrations.js';
-import { decideOnFailure, retryDelayMs } from './delivery-policy.js';
+import { decideOnFailure, retryDelayMs } from '../events/delivery-policy.js';
+import { DurableWorker, keepAlive, settle } from '../events/durable-worker.js';
 import { ensureDurableConsumer } from './durable-consumer.js';
 import { hitFailpoint } from '../runtime/failpoints.js';
 import { type HealthServer, startHealthServer } from '../metrics/health-server.js';
 import { failedReceipt, publishReceipt, purgedReceipt, safeErrorSummary } from './receipts.js';
-import { Slots } from './slots.js';
 import { SidecarMetrics } from '../metrics/sidecar-metrics.js';
 
 type State = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
@@ -30,9 +34,6 @@ type State = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 const PUBLISH_TIMEOUT_MS = 10_000;
 /** How long a drain of the NATS connection may take before the connection is just closed. */
 const DRAIN_TIMEOUT_MS = 10_000;
-/** Pauses between attempts to restart a consumer that stopped (doubling, capped). */
-const RESTART_BASE_MS = 500;
-const RESTART_CAP_MS = 30_000;
 
 /**
  * `lethe sidecar`: the purge agent a downstream service runs beside itself. It consumes
@@ -57,24 +58,20 @@ export class PurgeSidecar {
   private health: HealthServer | undefined;
   private db: Database | undefined;
   private plan: ForgetPlan | undefined;
-  private nc: NatsConnection | undefined;
-  private jsm: JetStreamManager | undefined;
   private js: JetStreamClient | undefined;
+  private worker: DurableWorker | undefined;
   private connected = false;
-  private messages: ConsumerMessages | undefined;
-  private loop: Promise<void> | undefined;
   private starting: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
-  private readonly slots: Slots;
-  private readonly inFlight = new Set<Promise<void>>();
   private readonly stopSignal = new AbortController();
   private readonly metrics = new SidecarMetrics();
+  private readonly life: Lifecycle;
 
   constructor(
     private readonly config: Readonly<SidecarConfig>,
     private readonly logger: Logger,
   ) {
-    this.slots = new Slots(config.concurrency);
+    this.life = new Lifecycle(logger);
   }
 
   /** Where the health endpoints listen, once started. */
@@ -84,7 +81,7 @@ export class PurgeSidecar {
 
   /** Ready: running, connected to NATS, and consuming. */
   isReady(): boolean {
-    return this.state === 'running' && this.connected && this.messages !== undefined;
+    return this.state === 'running' && this.connected && this.worker?.consuming === true;
   }
 
   /**
@@ -101,36 +98,86 @@ export class PurgeSidecar {
 
   private async startUp(): Promise<void> {
     const c = this.config;
+    const life = this.life;
     try {
-      this.health = await startHealthServer(c.healthListen, () => this.isReady(), { metrics: this.metrics.registry }).catch((err: unknown) => {
-        throw new ConfigError(`cannot listen on ${c.healthListen.host}:${c.healthListen.port} (${safeErrorSummary(err)})`, '--health-listen', { cause: err });
-      });
+      this.health = await life.open(
+        'health listener',
+        () =>
+          startHealthServer(c.healthListen, () => this.isReady(), { metrics: this.metrics.registry }).catch((err: unknown) => {
+            throw new ConfigError(`cannot listen on ${c.healthListen.host}:${c.healthListen.port} (${safeErrorSummary(err)})`, '--health-listen', {
+              cause: err,
+            });
+          }),
+        (h) => h.close().catch(() => undefined),
+      );
       const map = await loadDataMap(c.dataMapPath);
       const hashKey = hashKeyFor(c, map);
-      const db = await openDatabase({ kind: 'postgres', url: c.databaseUrl, poolMax: c.concurrency + 1, timeouts: c.databaseTimeouts }, this.logger);
+      const verifyKey = c.exports.verifyKeyFile === undefined ? undefined : await loadExportVerifyKey(c.exports.verifyKeyFile, 'LETHE_EXPORT_VERIFY_KEY_FILE');
+      let columnTypes: ColumnTypes;
+      const db = await life.open(
+        'database',
+        () => openDatabase({ kind: 'postgres', url: c.databaseUrl, poolMax: c.concurrency + 1, timeouts: c.databaseTimeouts }, this.logger),
+        (d) => d.close().catch(() => undefined),
+      );
       this.db = db;
       try {
         await migrateSidecar(db.knex);
-        this.plan = compileForget(map, await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath), hashKey, c.dataMapPath);
+        columnTypes = await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath);
+        this.plan = compileForget(map, columnTypes, hashKey, c.dataMapPath);
       } catch (err) {
         const tlsFailure = describeTlsFailure(err);
         if (tlsFailure !== undefined)
           throw new ConfigError(`TLS to the database (${db.description}) failed: ${tlsFailure}; check sslrootcert`, 'DATABASE_URL', { cause: err });
         throw translateDatabaseError(err);
       }
-      const nc = await connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger, natsTlsOptions(c.natsTls));
-      this.nc = nc;
+      const nc = await life.open(
+        'NATS connection',
+        () => connectNats(c.natsUrl, `lethe-sidecar-${c.service}`, this.logger, natsTlsOptions(c.natsTls)),
+        async (n) => {
+          await closeNats(n, DRAIN_TIMEOUT_MS);
+          this.connected = false;
+        },
+      );
       this.watchConnection(nc);
+      if (verifyKey === undefined) {
+        this.logger.warn(
+          'export requests are not answered: set LETHE_EXPORT_VERIFY_KEY_FILE to the server’s export key (public), or exports will lack this service’s data',
+        );
+      } else {
+        await life.start(
+          'export responder',
+          new ExportResponder({
+            nc,
+            knex: db.knex,
+            reader: new SnapshotReader(map, columnTypes),
+            service: c.service,
+            verifyKey,
+            concurrency: c.exports.concurrency,
+            ackTimeoutMs: c.exports.ackTimeoutMs,
+            logger: this.logger,
+          }),
+        );
+      }
       const jsm = await ensureStream(nc, c.stream, this.logger);
-      await ensureDurableConsumer(jsm, { stream: c.stream.name, service: c.service, ackWaitMs: c.ackWaitMs });
-      this.jsm = jsm;
       this.js = jsm.jetstream();
+      // At most `concurrency` events are pulled ahead of the ones being purged.
+      const worker = new DurableWorker({
+        js: this.js,
+        stream: c.stream.name,
+        consumer: c.service,
+        ensureConsumer: () => ensureDurableConsumer(jsm, { stream: c.stream.name, service: c.service, ackWaitMs: c.ackWaitMs }),
+        concurrency: c.concurrency,
+        handle: (msg) => this.handle(msg),
+        what: 'anonymization events',
+        logger: this.logger,
+      });
+      this.worker = worker;
       if (this.stopSignal.signal.aborted) throw new Error('stopped during start-up');
       this.state = 'running';
-      this.loop = this.consumeLoop();
+      await life.start('anonymization events consumer', worker);
     } catch (err) {
       this.state = 'stopped';
-      await this.release();
+      await life.stop().catch(() => undefined);
       throw err;
     }
   }
@@ -153,33 +200,11 @@ export class PurgeSidecar {
     }
     this.state = 'stopping';
     this.stopSignal.abort();
-    this.logger.info({ inFlight: this.inFlight.size }, 'draining: no new events; finishing the ones received');
-    // Stop pulling. The events already received still come out of the iterator and are handled.
-    void this.messages?.close().catch(() => undefined);
-    await this.loop;
-    await Promise.allSettled([...this.inFlight]);
-    await this.release();
+    this.logger.info({ inFlight: this.worker?.inFlightCount ?? 0 }, 'draining: no new events; finishing the ones received');
+    // In reverse order of start: the consumer (finishing the events received), NATS, the pool, the listener.
+    await this.life.stop();
     this.state = 'stopped';
     this.logger.info('sidecar stopped');
-  }
-
-  /** Closes what start() opened, in reverse order. */
-  private async release(): Promise<void> {
-    const nc = this.nc;
-    if (nc !== undefined && !nc.isClosed()) {
-      const drained = nc.drain().then(
-        () => true,
-        () => false,
-      );
-      const timer = new AbortController();
-      const timedOut = sleep(DRAIN_TIMEOUT_MS, false, { signal: timer.signal }).catch(() => false);
-      const ok = await Promise.race([drained, timedOut]);
-      timer.abort();
-      if (!ok && !nc.isClosed()) await nc.close().catch(() => undefined);
-    }
-    this.connected = false;
-    await this.db?.close().catch(() => undefined);
-    await this.health?.close().catch(() => undefined);
   }
 
   private watchConnection(nc: NatsConnection): void {
@@ -195,60 +220,6 @@ export class PurgeSidecar {
     });
   }
 
-  /** Pulls events for as long as the sidecar runs; a consumer that stops is started again. */
-  private async consumeLoop(): Promise<void> {
-    const c = this.config;
-    let restarts = 0;
-    while (this.state === 'running') {
-      try {
-        const js = this.need(this.js);
-        if (restarts > 0) await ensureDurableConsumer(this.need(this.jsm), { stream: c.stream.name, service: c.service, ackWaitMs: c.ackWaitMs });
-        const consumer = await js.consumers.get(c.stream.name, c.service);
-        // At most `concurrency` events are pulled ahead of the ones being purged.
-        const messages = await consumer.consume({ max_messages: c.concurrency });
-        this.messages = messages;
-        if (this.state !== 'running') void messages.close();
-        else this.logger.info({ consumer: c.service, stream: c.stream.name }, 'consuming anonymization events');
-        this.watchConsumer(messages);
-        for await (const msg of messages) {
-          restarts = 0;
-          await this.slots.acquire();
-          this.track(this.handle(msg).finally(() => this.slots.release()));
-        }
-      } catch (err) {
-        if (this.state === 'running') this.logger.error({ err: safeErrorSummary(err) }, 'consuming stopped');
-      } finally {
-        this.messages = undefined;
-      }
-      if (this.state !== 'running') break;
-      restarts++;
-      const delay = retryDelayMs(restarts, RESTART_BASE_MS, RESTART_CAP_MS);
-      this.logger.warn({ restartInMs: delay }, 'restarting the consumer');
-      await sleep(delay, undefined, { signal: this.stopSignal.signal }).catch(() => undefined);
-    }
-  }
-
-  /** A deleted consumer is re-created (by ending this consume: the loop starts a new one). */
-  private watchConsumer(messages: ConsumerMessages): void {
-    void (async () => {
-      for await (const s of messages.status()) {
-        if (s.type === 'consumer_deleted' || s.type === 'consumer_not_found') {
-          this.logger.warn({ consumer: this.config.service, status: s.type }, 'the consumer is gone; re-creating it');
-          void messages.close().catch(() => undefined);
-          return;
-        }
-      }
-    })().catch(() => undefined);
-  }
-
-  private track(p: Promise<void>): void {
-    const tracked = p.catch((err: unknown) => {
-      this.logger.error({ err: safeErrorSummary(err) }, 'event handler failed');
-    });
-    this.inFlight.add(tracked);
-    void tracked.finally(() => this.inFlight.delete(tracked));
-  }
-
   private async handle(msg: JsMsg): Promise<void> {
     const c = this.config;
     const deliveries = msg.info.deliveryCount;
@@ -256,7 +227,7 @@ export class PurgeSidecar {
     if (event === undefined) {
       // No request id, so no receipt is possible: say so in the log (without the payload) and drop it.
       this.logger.warn({ seq: msg.info.streamSequence, deliveries }, 'not a valid anonymization event: terminated');
-      this.settle(msg, 'term');
+      settle(msg, 'term', this.logger);
       this.metrics.event('failed');
       return;
     }
@@ -267,7 +238,7 @@ export class PurgeSidecar {
     let purged: Awaited<ReturnType<typeof purgeForRequest>>;
     const started = performance.now();
     try {
-      purged = await this.keepAlive(msg, () => purgeForRequest(this.need(this.db).knex, this.need(this.plan), { subjectId: userId, requestId, now }));
+      purged = await keepAlive(msg, c.ackWaitMs, () => purgeForRequest(this.need(this.db).knex, this.need(this.plan), { subjectId: userId, requestId, now }));
     } catch (err) {
       this.metrics.purgeTook((performance.now() - started) / 1_000);
       await this.purgeFailed(msg, log, { userId, requestId, deliveries, err });
@@ -276,7 +247,7 @@ export class PurgeSidecar {
     this.metrics.purgeTook((performance.now() - started) / 1_000);
 
     try {
-      const ack = await this.keepAlive(msg, () =>
+      const ack = await keepAlive(msg, c.ackWaitMs, () =>
         publishReceipt(
           this.need(this.js),
           purgedReceipt({ service: c.service, userId, requestId, purgedAt: now, rowsAffected: purged.rowsAffected }),
@@ -295,7 +266,7 @@ export class PurgeSidecar {
         { err: safeErrorSummary(err), retryInMs: delayMs },
         'purged, but the receipt was not published: will retry',
       );
-      this.settle(msg, 'nak', delayMs);
+      settle(msg, 'nak', this.logger, delayMs);
       this.metrics.event('retried');
       return;
     }
@@ -314,7 +285,7 @@ export class PurgeSidecar {
     const summary = safeErrorSummary(f.err);
     if (decision.kind === 'retry') {
       log.warn({ err: summary, retryInMs: decision.delayMs, maxDeliveries: c.maxDeliveries }, 'purge failed: will retry');
-      this.settle(msg, 'nak', decision.delayMs);
+      settle(msg, 'nak', this.logger, decision.delayMs);
       this.metrics.event('retried');
       return;
     }
@@ -332,42 +303,13 @@ export class PurgeSidecar {
       // Without a receipt the failure would be silent: keep the event and try again later.
       const delayMs = retryDelayMs(f.deliveries, c.retryBaseMs);
       log.error({ err: summary, receiptErr: safeErrorSummary(err), retryInMs: delayMs }, 'purge failed and the failure receipt was not published: will retry');
-      this.settle(msg, 'nak', delayMs);
+      settle(msg, 'nak', this.logger, delayMs);
       this.metrics.event('retried');
       return;
     }
     log.error({ err: summary, maxDeliveries: c.maxDeliveries }, 'purge failed on the last allowed delivery: failure receipt published, event terminated');
-    this.settle(msg, 'term');
+    settle(msg, 'term', this.logger);
     this.metrics.event('failed');
-  }
-
-  /** Tells JetStream the work goes on while `fn` runs, so a slow purge is not redelivered. */
-  private async keepAlive<T>(msg: JsMsg, fn: () => Promise<T>): Promise<T> {
-    const timer = setInterval(
-      () => {
-        try {
-          msg.working();
-        } catch {
-          // the connection is away; the event will simply be delivered again
-        }
-      },
-      Math.max(250, Math.floor(this.config.ackWaitMs / 3)),
-    );
-    try {
-      return await fn();
-    } finally {
-      clearInterval(timer);
-    }
-  }
-
-  /** nak and term are fire-and-forget; with the connection gone, redelivery does the rest. */
-  private settle(msg: JsMsg, how: 'nak' | 'term', delayMs?: number): void {
-    try {
-      if (how === 'nak') msg.nak(delayMs);
-      else msg.term();
-    } catch (err) {
-      this.logger.warn({ seq: msg.info.streamSequence, err: safeErrorSummary(err) }, `could not ${how} the event: it will be delivered again`);
-    }
   }
 
   private need<T>(value: T | undefined): T {

@@ -27,9 +27,12 @@ export interface NewConfirmation {
 
 export type ConfirmationOutcome = 'unknown-request' | 'recorded' | 'completed';
 
+/** purged/failed: a forget's receipt; exported/timed_out/failed: a service's part of an export. */
+export type ConfirmationStatus = 'purged' | 'failed' | 'exported' | 'timed_out';
+
 interface Confirmation {
   readonly service: string;
-  readonly status: 'purged' | 'failed';
+  readonly status: ConfirmationStatus;
   readonly rowsAffected: readonly TableRows[];
   readonly purgedAt: Date;
   readonly error: string | null;
@@ -110,16 +113,16 @@ function toRecord(r: Row): PrivacyRequestRecord {
 interface ConfirmationRow {
   request_id: string;
   service: string;
-  status: 'purged' | 'failed';
+  status: ConfirmationStatus;
   rows_affected: TableRows[] | string;
   purged_at: Date | string;
   error: string | null;
 }
 
 async function withConfirmations(db: Knex | Knex.Transaction, records: PrivacyRequestRecord[]): Promise<PrivacyRequestRecord[]> {
-  const forgets = records.filter((r) => r.type === 'forget').map((r) => r.id);
-  if (forgets.length === 0) return records;
-  const rows = (await db('lethe_confirmations').whereIn('request_id', forgets).orderBy('service')) as ConfirmationRow[];
+  if (records.length === 0) return records;
+  const ids = records.map((r) => r.id);
+  const rows = (await db('lethe_confirmations').whereIn('request_id', ids).orderBy('service')) as ConfirmationRow[];
   return records.map((r) => ({
     ...r,
     confirmations: rows
@@ -248,10 +251,18 @@ export const ledger = {
     await trx(TABLE).where({ id }).update({ due_at: dueAt, original_due_at: originalDueAt, extension_reason: reason });
   },
 
-  /** Open requests whose due date is before `at` (metrics). */
-  async countOpenDueBefore(db: Knex | Knex.Transaction, at: Date): Promise<number> {
-    const rows = (await db(TABLE).whereIn('state', OPEN_STATES).andWhere('due_at', '<', at).count('* as n')) as Array<{ n: number | string }>;
-    return Number(rows[0]?.n ?? 0);
+  /**
+   * Open requests past their due date at `now`, and those due from `now` until before `soon`
+   * (metrics): one scan, with an aggregate FILTER for each (PostgreSQL and PGlite alike).
+   */
+  async countOpenByDue(db: Knex | Knex.Transaction, now: Date, soon: Date): Promise<{ overdue: number; dueSoon: number }> {
+    const rows = (await db(TABLE)
+      .whereIn('state', OPEN_STATES)
+      .select(
+        db.raw('count(*) filter (where due_at < ?) as overdue', [now]),
+        db.raw('count(*) filter (where due_at >= ? and due_at < ?) as due_soon', [now, soon]),
+      )) as Array<{ overdue: number | string; due_soon: number | string }>;
+    return { overdue: Number(rows[0]?.overdue ?? 0), dueSoon: Number(rows[0]?.due_soon ?? 0) };
   },
 
   /** The subject's forget waiting for its time, if any. */
@@ -307,6 +318,30 @@ export const ledger = {
       ])
       .limit(f.limit)) as Row[];
     return withDetails(db, rows.map(toRecord));
+  },
+
+  /** Records what each downstream service contributed to an export (its part, or why not). */
+  async recordDownstreamExports(
+    trx: Knex.Transaction,
+    requestId: string,
+    parts: ReadonlyArray<{ service: string; status: 'exported' | 'timed_out' | 'failed'; error?: string | undefined }>,
+    at: Date,
+  ): Promise<void> {
+    if (parts.length === 0) return;
+    await trx('lethe_confirmations')
+      .insert(
+        parts.map((p) => ({
+          request_id: requestId,
+          service: p.service,
+          status: p.status,
+          rows_affected: JSON.stringify([]),
+          purged_at: at,
+          received_at: at,
+          error: p.error ?? null,
+        })),
+      )
+      .onConflict(['request_id', 'service'])
+      .merge(['status', 'purged_at', 'received_at', 'error']);
   },
 
   /**

@@ -6,11 +6,10 @@ import { type ArtifactView, KEY_REUSED, NO_ARTIFACT, type PrivacyEngine, REQUEST
 import type { Principal } from '../../src/privacy/principal.js';
 import type { Database } from '../../src/store/database.js';
 import { ledger } from '../../src/store/ledger.js';
-import { collectExport, demoEngine } from '../support/engine-fixture.js';
+import { collectExport, demoEngine, never } from '../support/engine-fixture.js';
 import { DOCUMENT_KEYS, EXPECTED_NEWEST_LOGIN, EXPECTED_USER_123 } from '../support/expected-export.js';
 
 const user = (id: string): Principal => ({ id, role: 'user' });
-const never = new AbortController().signal;
 const TTL_MS = 7 * 86_400_000;
 const EMAIL = 'user@example.com';
 

@@ -9,7 +9,7 @@ import { ARTIFACT_ERASED, ARTIFACT_KEY_ERASED } from '../../src/privacy/export-a
 import type { Principal } from '../../src/privacy/principal.js';
 import { subjectPredicate } from '../../src/privacy/sql.js';
 import type { Database } from '../../src/store/database.js';
-import { collectExport, demoEngine } from '../support/engine-fixture.js';
+import { collectExport, demoEngine, never } from '../support/engine-fixture.js';
 
 /**
  * The proof that erased means erased: for every demo user and for generated subjects, export,
@@ -49,7 +49,6 @@ const KEPT_BY_DESIGN: Readonly<Record<string, readonly string[]>> = {
 };
 
 const platform: Principal = { id: 'platform-owner-id', role: 'user' };
-const never = new AbortController().signal;
 
 interface Cell {
   readonly table: string;

@@ -60,6 +60,7 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
     });
     nc = await natsClient(nats.url);
     await sql(`INSERT INTO users (id, email) SELECT 'bulk-' || lpad(i::text, 3, '0'), 'bulk' || i || '@example.com' FROM generate_series(1, 100) i`);
+    await sql(`INSERT INTO users (id, email) VALUES ('consumer-gone-1', 'consumer-gone-1@example.com')`);
   });
   afterAll(async () => {
     await nc?.close();
@@ -151,6 +152,24 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('anonymization even
     );
     expect(overdue.requests.map((q) => q.id)).not.toContain(done.requestId);
     expect(overdue.requests.every((q) => q.overdue)).toBe(true);
+  });
+
+  it('re-creates the ledger consumer when it is deleted: a later receipt is still recorded', async () => {
+    const client = await t.clientAs('platform-owner-id');
+    const forgot = await client.forgetUser({ userId: 'consumer-gone-1', reason: REASON, idempotencyKey: randomUUID() });
+    const jsm = await jetstream(nc).jetstreamManager();
+    await jsm.consumers.delete(STREAM, 'lethe-ledger');
+    await waitFor('the ledger consumer re-created', async () => (await jsm.consumers.info(STREAM, 'lethe-ledger').catch(() => undefined)) ?? undefined, 15_000);
+    await receipt('orders', 'consumer-gone-1', forgot.requestId);
+    await receipt('analytics', 'consumer-gone-1', forgot.requestId);
+    const completed = await waitFor('the request completed', async () => {
+      const { request } = await client.getPrivacyRequest({ id: forgot.requestId });
+      return request?.state === RequestState.REQUEST_STATE_COMPLETED ? request : undefined;
+    });
+    expect(completed.confirmations.map((c) => [c.service, c.state])).toEqual([
+      ['analytics', ConfirmationState.CONFIRMATION_STATE_PURGED],
+      ['orders', ConfirmationState.CONFIRMATION_STATE_PURGED],
+    ]);
   });
 
   it('loses nothing while NATS is away: 100 forgets, then every event exactly once and every request completed', async () => {

@@ -92,7 +92,12 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
       LETHE_ARTIFACT_TTL: '15s',
       LETHE_ARTIFACT_SWEEP_INTERVAL: '1s',
     });
-    sidecar = await startTestSidecar({ service: ORDERS_SERVICE, databaseUrl: ordersUrl, natsUrl: nats.url });
+    sidecar = await startTestSidecar({
+      service: ORDERS_SERVICE,
+      databaseUrl: ordersUrl,
+      natsUrl: nats.url,
+      env: { LETHE_EXPORT_VERIFY_KEY_FILE: join(server.dataDir, 'export-signing-key.pub.pem') },
+    });
     identity = new pg.Pool({ connectionString: identityUrl, max: 2 });
     operatorToken = await mintLocalToken(server.dataDir, OPERATOR, 3600);
     operator = await startTestOperator(operatorEnv('privacy'), logs.logger);
@@ -164,6 +169,8 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(artifact?.sizeBytes).toBeGreaterThan(0);
     expect(Object.values(artifact?.counts ?? {}).reduce((a, b) => a + b, 0)).toBe(artifact?.totalRecords);
     expect(Date.parse(artifact?.expiresAt ?? '') - Date.parse(artifact?.createdAt ?? '')).toBe(15_000);
+    // The orders service contributed its part (its sidecar answers exports).
+    expect(done.status?.downstream).toEqual([{ service: ORDERS_SERVICE, state: 'Exported' }]);
     expect(done.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({
       status: 'True',
       reason: 'ArtifactStored',

@@ -9,6 +9,9 @@ import { migrateIdentitySchema, migrateLethe } from '../../src/store/migrations.
 
 export const silentLogger = pino({ level: 'silent' });
 
+/** A signal that never aborts, for calls that take one. */
+export const never = new AbortController().signal;
+
 /** Migrates, loads the demo data and builds an engine over the default data map. */
 export async function demoEngine(
   db: Database,
@@ -29,10 +32,11 @@ export async function collectExport(events: AsyncIterable<ExportEvent>): Promise
   const seen: ExportEvent[] = [];
   for await (const e of events) {
     seen.push(e.kind === 'batch' ? { ...e, records: [...e.records] } : e);
-    if (e.kind === 'header') assembler = new ExportDocumentAssembler(e.categories, (c) => chunks.push(c));
-    else if (e.kind === 'batch') assembler?.add(e.category, e.records);
+    if (e.kind === 'header') assembler = new ExportDocumentAssembler(e.categories, (c) => chunks.push(c), e.services);
+    else if (e.kind === 'section') assembler?.startSection(e.service, e.categories);
+    else if (e.kind === 'batch') assembler?.add(e.category, e.records, e.service);
+    else if (e.kind === 'trailer') assembler?.finish(e.downstream);
   }
-  assembler?.finish();
   const text = chunks.join('');
   return { text, doc: JSON.parse(text) as Record<string, unknown>, events: seen };
 }

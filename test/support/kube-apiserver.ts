@@ -1,11 +1,12 @@
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { accessSync, constants, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort } from './postgres.js';
+import { makePki, renderKubeconfig } from './kube-pki.js';
+import { type Logged, freePortExcept, hasExited, spawnLogged, terminate, waitUntil } from './processes.js';
 
 /**
  * An envtest-style control plane for integration tests: a real etcd and kube-apiserver on free
@@ -101,8 +102,6 @@ export interface StartKubeApiServerOptions {
   readonly extraArgs?: readonly string[];
   readonly readyTimeoutMs?: number;
 }
-
-const STDERR_TAIL = 16_000;
 
 export async function startKubeApiServer(assetsDir: string, options: StartKubeApiServerOptions = {}): Promise<KubeApiServer> {
   const dir = mkdtempSync(join(tmpdir(), 'lethe-kube-'));
@@ -233,76 +232,6 @@ export async function startKubeApiServer(assetsDir: string, options: StartKubeAp
   }
 }
 
-// --- processes ---
-
-interface Logged {
-  readonly child: ChildProcess;
-  stderr(): string;
-  /** Set when the process could not be spawned (no 'exit' event follows). */
-  spawnError(): Error | undefined;
-}
-
-function spawnLogged(bin: string, args: string[]): Logged {
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let tail = '';
-  let failed: Error | undefined;
-  const keep = (d: Buffer) => {
-    tail = (tail + d.toString()).slice(-STDERR_TAIL);
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  child.on('error', (e) => {
-    failed = e;
-  });
-  return { child, stderr: () => tail, spawnError: () => failed };
-}
-
-function hasExited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-async function waitUntil(name: string, proc: Logged, timeoutMs: number, ready: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const spawnError = proc.spawnError();
-    if (spawnError !== undefined) throw new Error(`${name} could not be started: ${spawnError.message}`);
-    if (hasExited(proc.child)) {
-      throw new Error(`${name} exited (${proc.child.exitCode ?? proc.child.signalCode}) before it was ready:\n${proc.stderr()}`);
-    }
-    try {
-      if (await ready()) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`${name} was not ready within ${timeoutMs} ms:\n${proc.stderr()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** SIGTERM, SIGKILL after graceMs, and gives up waiting 5 s after that. */
-async function terminate(child: ChildProcess, graceMs: number): Promise<void> {
-  if (child.pid === undefined || hasExited(child)) return;
-  let timer: NodeJS.Timeout | undefined;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const gaveUp = new Promise<void>((resolve) => {
-    timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      timer = setTimeout(resolve, 5_000);
-    }, graceMs);
-  });
-  child.kill('SIGTERM');
-  await Promise.race([exited, gaveUp]);
-  clearTimeout(timer);
-}
-
-async function freePortExcept(taken: readonly number[]): Promise<number> {
-  for (let tries = 0; tries < 50; tries++) {
-    const p = await freePort();
-    if (!taken.includes(p)) return p;
-  }
-  throw new Error('no free loopback port');
-}
-
 // --- HTTPS ---
 
 function httpsCall(
@@ -341,148 +270,6 @@ function httpsCall(
     req.on('error', reject);
     req.end(payload);
   });
-}
-
-// --- PKI (openssl: node:crypto cannot issue X.509 certificates) ---
-
-interface Pki {
-  readonly caCertPath: string;
-  readonly caCert: string;
-  readonly serverCertPath: string;
-  readonly serverKeyPath: string;
-  readonly adminCert: string;
-  readonly adminKey: string;
-  readonly saPrivateKeyPath: string;
-  readonly saPublicKeyPath: string;
-}
-
-function makePki(pkiDir: string): Pki {
-  mkdirSync(pkiDir, { recursive: true, mode: 0o700 });
-  const p = (f: string) => join(pkiDir, f);
-  const openssl = (args: string[]) => {
-    try {
-      execFileSync('openssl', args, { cwd: pkiDir, stdio: ['ignore', 'ignore', 'pipe'], timeout: 20_000 });
-    } catch (err) {
-      const e = err as { code?: string; stderr?: Buffer };
-      if (e.code === 'ENOENT')
-        throw new Error('openssl not found: the Kubernetes harness issues its certificates with it (apt-get install -y openssl)', { cause: err });
-      throw new Error(`openssl ${args.join(' ')}: ${e.stderr?.toString() ?? String(err)}`, { cause: err });
-    }
-  };
-  const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-
-  writeFileSync(
-    p('openssl.cnf'),
-    [
-      '[req]',
-      'distinguished_name = dn',
-      'prompt = no',
-      '[dn]',
-      'CN = lethe-test',
-      '[ca]',
-      'basicConstraints = critical,CA:TRUE',
-      'keyUsage = critical,keyCertSign,cRLSign,digitalSignature',
-      'subjectKeyIdentifier = hash',
-      '[server]',
-      'basicConstraints = critical,CA:FALSE',
-      'keyUsage = critical,digitalSignature,keyEncipherment',
-      'extendedKeyUsage = serverAuth',
-      'authorityKeyIdentifier = keyid',
-      'subjectAltName = IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1',
-      '[client]',
-      'basicConstraints = critical,CA:FALSE',
-      'keyUsage = critical,digitalSignature,keyEncipherment',
-      'extendedKeyUsage = clientAuth',
-      'authorityKeyIdentifier = keyid',
-      '',
-    ].join('\n'),
-  );
-  openssl([
-    'req',
-    '-x509',
-    ...ecKey,
-    '-keyout',
-    'ca.key',
-    '-out',
-    'ca.crt',
-    '-days',
-    '7',
-    '-config',
-    'openssl.cnf',
-    '-extensions',
-    'ca',
-    '-subj',
-    '/CN=lethe-test-ca',
-  ]);
-  const issue = (name: string, subject: string, extensions: string) => {
-    openssl(['req', '-new', ...ecKey, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-config', 'openssl.cnf', '-subj', subject]);
-    openssl([
-      'x509',
-      '-req',
-      '-in',
-      `${name}.csr`,
-      '-CA',
-      'ca.crt',
-      '-CAkey',
-      'ca.key',
-      '-set_serial',
-      `0x${randomBytes(8).toString('hex')}`,
-      '-days',
-      '7',
-      '-extfile',
-      'openssl.cnf',
-      '-extensions',
-      extensions,
-      '-out',
-      `${name}.crt`,
-    ]);
-  };
-  issue('server', '/CN=kube-apiserver', 'server');
-  issue('admin', '/O=system:masters/CN=lethe-admin', 'client');
-
-  // RS256, the algorithm clusters usually sign service-account tokens with.
-  const sa = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  writeFileSync(p('sa.key'), sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
-  writeFileSync(p('sa.pub'), sa.publicKey.export({ type: 'spki', format: 'pem' }));
-
-  return {
-    caCertPath: p('ca.crt'),
-    caCert: readFileSync(p('ca.crt'), 'utf8'),
-    serverCertPath: p('server.crt'),
-    serverKeyPath: p('server.key'),
-    adminCert: readFileSync(p('admin.crt'), 'utf8'),
-    adminKey: readFileSync(p('admin.key'), 'utf8'),
-    saPrivateKeyPath: p('sa.key'),
-    saPublicKeyPath: p('sa.pub'),
-  };
-}
-
-type KubeUser = { readonly cert: string; readonly key: string } | { readonly token: string };
-
-function renderKubeconfig(url: string, ca: string, user: KubeUser): string {
-  const b64 = (s: string) => Buffer.from(s).toString('base64');
-  const credentials =
-    'token' in user ? [`    token: ${user.token}`] : [`    client-certificate-data: ${b64(user.cert)}`, `    client-key-data: ${b64(user.key)}`];
-  return [
-    'apiVersion: v1',
-    'kind: Config',
-    'clusters:',
-    '- name: lethe-test',
-    '  cluster:',
-    `    server: ${url}`,
-    `    certificate-authority-data: ${b64(ca)}`,
-    'users:',
-    '- name: lethe-user',
-    '  user:',
-    ...credentials,
-    'contexts:',
-    '- name: lethe-test',
-    '  context:',
-    '    cluster: lethe-test',
-    '    user: lethe-user',
-    'current-context: lethe-test',
-    '',
-  ].join('\n');
 }
 
 // --- helpers ---

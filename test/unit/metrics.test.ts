@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { startHealthServer } from '../../src/metrics/health-server.js';
 import { OperatorMetrics } from '../../src/metrics/operator-metrics.js';
 import { sampleWithTimeout } from '../../src/metrics/sample-with-timeout.js';
+import { ServerMetrics } from '../../src/metrics/server-metrics.js';
 import type { Phase } from '../../src/operator/privacy-request.js';
 import { sample, scrape } from '../support/prometheus.js';
 
@@ -27,6 +28,26 @@ describe('sampleWithTimeout', () => {
     await new Promise((r) => setTimeout(r, 0));
     expect(await Promise.race([slow(), new Promise((r) => setTimeout(() => r('late'), 10))])).toBe('late');
     expect(reads).toBe(2);
+  });
+});
+
+describe('server metrics', () => {
+  it('reads the overdue and due-within-7-days gauges with one query per scrape', async () => {
+    const reads: Array<{ now: Date; soon: Date }> = [];
+    const metrics = new ServerMetrics(
+      async () => 5,
+      async (now, soon) => {
+        reads.push({ now, soon });
+        return { overdue: 2, dueSoon: 3 };
+      },
+    );
+    const body = await metrics.registry.metrics();
+    expect(sample(body, 'lethe_privacy_requests_overdue')).toBe(2);
+    expect(sample(body, 'lethe_privacy_requests_due_within_7d')).toBe(3);
+    expect(sample(body, 'lethe_outbox_pending')).toBe(5);
+    expect(reads.map(({ now, soon }) => soon.getTime() - now.getTime())).toEqual([7 * 86_400_000]);
+    await metrics.registry.metrics();
+    expect(reads).toHaveLength(2);
   });
 });
 

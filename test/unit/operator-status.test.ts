@@ -119,6 +119,46 @@ describe('status derivation', () => {
     });
   });
 
+  it('a stored export without some downstream part says which, in the condition, the downstream list and an Event', () => {
+    const artifact = {
+      requestId: 'x',
+      sha256: 'cd'.repeat(32),
+      sizeBytes: 99,
+      counts: [{ category: 'profile', exported: 1 }],
+      totalRecords: 6,
+      createdAt: t0,
+      expiresAt: new Date('2026-11-29T10:00:00.000Z'),
+      state: ArtifactState.ARTIFACT_STATE_AVAILABLE,
+    };
+    const s = ledgerStatus(
+      resource('Export'),
+      entry({
+        type: RequestType.REQUEST_TYPE_EXPORT,
+        error: 'partial: search timed out (see the confirmations)',
+        artifact,
+        confirmations: [
+          { service: 'orders', state: ConfirmationState.CONFIRMATION_STATE_EXPORTED, purgedAt: t1, rowsAffected: [], error: '' },
+          { service: 'search', state: ConfirmationState.CONFIRMATION_STATE_TIMED_OUT, purgedAt: t1, rowsAffected: [], error: 'stopped answering for 30s' },
+        ],
+      }),
+      t1,
+    );
+    expect(s.phase).toBe('Succeeded');
+    expect(s.downstream).toEqual([
+      { service: 'orders', state: 'Exported' },
+      { service: 'search', state: 'TimedOut', error: 'stopped answering for 30s' },
+    ]);
+    expect(s.conditions?.[0]).toMatchObject({
+      status: 'True',
+      reason: 'ArtifactPartial',
+      message:
+        "Stored without the part of search (see status.downstream and the document's downstream_export); fetch it with: lethe export --request 5f0c5b7e-52a5-4f3a-9b0e-1a2b3c4d5e6f -o export.json",
+    });
+    expect(transitions(runningStatus(resource('Export'), t0), s, 'Export').filter((e) => e.type === 'Warning')).toEqual([
+      { type: 'Warning', reason: 'DownstreamExportIncomplete', message: 'search did not contribute all its data: stopped answering for 30s' },
+    ]);
+  });
+
   it('a refusal is Failed with the reason and the message', () => {
     const s = refusedStatus(resource('Forget'), 'PermissionDenied', 'Platform owners cannot be anonymized', t1);
     expect(s).toMatchObject({ phase: 'Failed', completedAt: t1.toISOString() });

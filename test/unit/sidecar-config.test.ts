@@ -131,13 +131,13 @@ describe('loadSidecarConfig: refusals name the setting', () => {
       'an http LETHE_NATS_URL',
       { ...ENV, LETHE_NATS_URL: 'http://nats:4222' },
       FLAGS,
-      'LETHE_NATS_URL: must be a nats:// (or tls://) URL, for example nats://nats:4222',
+      'LETHE_NATS_URL: must be a nats:// (or tls://) URL, for example nats://nats:4222 (comma-separate several servers)',
     ],
     [
       'a bare host as LETHE_NATS_URL',
       { ...ENV, LETHE_NATS_URL: 'nats:4222' },
       FLAGS,
-      'LETHE_NATS_URL: must be a nats:// (or tls://) URL, for example nats://nats:4222',
+      'LETHE_NATS_URL: must be a nats:// (or tls://) URL, for example nats://nats:4222 (comma-separate several servers)',
     ],
     [
       'a stream name with a dot',

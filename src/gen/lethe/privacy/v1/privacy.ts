@@ -13,6 +13,54 @@ export const protobufPackage = "lethe.privacy.v1";
 
 export const protobufFileName = "lethe/privacy/v1/privacy.proto";
 
+export enum DownstreamStatus {
+  DOWNSTREAM_STATUS_UNSPECIFIED = 0,
+  /** DOWNSTREAM_STATUS_COMPLETE - The service sent all its records for the subject. */
+  DOWNSTREAM_STATUS_COMPLETE = 1,
+  /** DOWNSTREAM_STATUS_TIMED_OUT - The service did not answer, or stopped answering, within LETHE_DOWNSTREAM_EXPORT_TIMEOUT. */
+  DOWNSTREAM_STATUS_TIMED_OUT = 2,
+  /** DOWNSTREAM_STATUS_FAILED - The service refused, failed, or sent something Lethe does not accept; see `error`. */
+  DOWNSTREAM_STATUS_FAILED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function downstreamStatusFromJSON(object: any): DownstreamStatus {
+  switch (object) {
+    case 0:
+    case "DOWNSTREAM_STATUS_UNSPECIFIED":
+      return DownstreamStatus.DOWNSTREAM_STATUS_UNSPECIFIED;
+    case 1:
+    case "DOWNSTREAM_STATUS_COMPLETE":
+      return DownstreamStatus.DOWNSTREAM_STATUS_COMPLETE;
+    case 2:
+    case "DOWNSTREAM_STATUS_TIMED_OUT":
+      return DownstreamStatus.DOWNSTREAM_STATUS_TIMED_OUT;
+    case 3:
+    case "DOWNSTREAM_STATUS_FAILED":
+      return DownstreamStatus.DOWNSTREAM_STATUS_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return DownstreamStatus.UNRECOGNIZED;
+  }
+}
+
+export function downstreamStatusToJSON(object: DownstreamStatus): string {
+  switch (object) {
+    case DownstreamStatus.DOWNSTREAM_STATUS_UNSPECIFIED:
+      return "DOWNSTREAM_STATUS_UNSPECIFIED";
+    case DownstreamStatus.DOWNSTREAM_STATUS_COMPLETE:
+      return "DOWNSTREAM_STATUS_COMPLETE";
+    case DownstreamStatus.DOWNSTREAM_STATUS_TIMED_OUT:
+      return "DOWNSTREAM_STATUS_TIMED_OUT";
+    case DownstreamStatus.DOWNSTREAM_STATUS_FAILED:
+      return "DOWNSTREAM_STATUS_FAILED";
+    case DownstreamStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** How a category appears in the export document. */
 export enum CategoryShape {
   CATEGORY_SHAPE_UNSPECIFIED = 0,
@@ -169,8 +217,15 @@ export enum ConfirmationState {
   CONFIRMATION_STATE_PENDING = 1,
   /** CONFIRMATION_STATE_PURGED - The service purged its copy. */
   CONFIRMATION_STATE_PURGED = 2,
-  /** CONFIRMATION_STATE_FAILED - The service gave up after its bounded retries; `error` says why (never personal data). */
+  /**
+   * CONFIRMATION_STATE_FAILED - The service gave up after its bounded retries, or (an export) failed to send its part;
+   * `error` says why (never personal data).
+   */
   CONFIRMATION_STATE_FAILED = 3,
+  /** CONFIRMATION_STATE_EXPORTED - An export: the service sent its whole part. */
+  CONFIRMATION_STATE_EXPORTED = 4,
+  /** CONFIRMATION_STATE_TIMED_OUT - An export: the service did not answer, or stopped answering, in time. */
+  CONFIRMATION_STATE_TIMED_OUT = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -188,6 +243,12 @@ export function confirmationStateFromJSON(object: any): ConfirmationState {
     case 3:
     case "CONFIRMATION_STATE_FAILED":
       return ConfirmationState.CONFIRMATION_STATE_FAILED;
+    case 4:
+    case "CONFIRMATION_STATE_EXPORTED":
+      return ConfirmationState.CONFIRMATION_STATE_EXPORTED;
+    case 5:
+    case "CONFIRMATION_STATE_TIMED_OUT":
+      return ConfirmationState.CONFIRMATION_STATE_TIMED_OUT;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -205,6 +266,10 @@ export function confirmationStateToJSON(object: ConfirmationState): string {
       return "CONFIRMATION_STATE_PURGED";
     case ConfirmationState.CONFIRMATION_STATE_FAILED:
       return "CONFIRMATION_STATE_FAILED";
+    case ConfirmationState.CONFIRMATION_STATE_EXPORTED:
+      return "CONFIRMATION_STATE_EXPORTED";
+    case ConfirmationState.CONFIRMATION_STATE_TIMED_OUT:
+      return "CONFIRMATION_STATE_TIMED_OUT";
     case ConfirmationState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -277,7 +342,14 @@ export interface ExportUserResponse {
   part: { $case: "header"; value: ExportHeader } | { $case: "batch"; value: RecordBatch } | {
     $case: "trailer";
     value: ExportTrailer;
-  } | undefined;
+  } | //
+  /**
+   * A downstream service's part begins (after the server's own batches; services in the
+   * header's order, each at most once). Its batches follow, with `service` set.
+   */
+  { $case: "section"; value: DownstreamSection } | //
+  /** A downstream service's part ended (progress for a client; the trailer repeats them all). */
+  { $case: "progress"; value: DownstreamOutcome } | undefined;
 }
 
 export interface ExportHeader {
@@ -289,6 +361,26 @@ export interface ExportHeader {
     | undefined;
   /** The categories in document order. Batches arrive in this order. */
   categories: ExportCategory[];
+  /**
+   * The downstream services asked for their copies (LETHE_DOWNSTREAM_SERVICES), in document
+   * order. Empty: the document is the server's data alone.
+   */
+  downstreamServices: string[];
+}
+
+export interface DownstreamSection {
+  service: string;
+  /** The service's categories, by its own data map, in document order. */
+  categories: ExportCategory[];
+}
+
+export interface DownstreamOutcome {
+  service: string;
+  status: DownstreamStatus;
+  /** Records the service sent (all of them when complete). */
+  records: number;
+  /** Why the part is not complete, without any personal data. */
+  error: string;
 }
 
 export interface ExportCategory {
@@ -308,6 +400,8 @@ export interface ExportCategory {
 export interface RecordBatch {
   /** The category these records belong to. Categories never interleave. */
   category: string;
+  /** The downstream service whose records these are; empty for the server's own. */
+  service: string;
   /**
    * Each record is one JSON object in its canonical form (no insignificant whitespace, the
    * data map's field order).
@@ -322,7 +416,15 @@ export interface ExportTrailer {
    * (see README, "The export document").
    */
   sha256: string;
+  /** Records of the server's and of every downstream service's. */
   totalRecords: number;
+  /** Each downstream service's outcome, in the header's order. */
+  downstream: DownstreamOutcome[];
+  /**
+   * True when a downstream service's part is missing or incomplete: the document is not the
+   * whole of what the platform holds (its "downstream_export" member says which and why).
+   */
+  partial: boolean;
 }
 
 export interface CategoryCount {
@@ -632,6 +734,12 @@ export const ExportUserResponse: MessageFns<ExportUserResponse> = {
       case "trailer":
         ExportTrailer.encode(message.part.value, writer.uint32(26).fork()).join();
         break;
+      case "section":
+        DownstreamSection.encode(message.part.value, writer.uint32(34).fork()).join();
+        break;
+      case "progress":
+        DownstreamOutcome.encode(message.part.value, writer.uint32(42).fork()).join();
+        break;
     }
     return writer;
   },
@@ -673,6 +781,22 @@ export const ExportUserResponse: MessageFns<ExportUserResponse> = {
             message.part = { $case: "trailer", value: ExportTrailer.decode(reader, reader.uint32()) };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.part = { $case: "section", value: DownstreamSection.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.part = { $case: "progress", value: DownstreamOutcome.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -693,6 +817,10 @@ export const ExportUserResponse: MessageFns<ExportUserResponse> = {
         ? { $case: "batch", value: RecordBatch.fromJSON(object.batch) }
         : isSet(object.trailer)
         ? { $case: "trailer", value: ExportTrailer.fromJSON(object.trailer) }
+        : isSet(object.section)
+        ? { $case: "section", value: DownstreamSection.fromJSON(object.section) }
+        : isSet(object.progress)
+        ? { $case: "progress", value: DownstreamOutcome.fromJSON(object.progress) }
         : undefined,
     };
   },
@@ -705,6 +833,10 @@ export const ExportUserResponse: MessageFns<ExportUserResponse> = {
       obj.batch = RecordBatch.toJSON(message.part.value);
     } else if (message.part?.$case === "trailer") {
       obj.trailer = ExportTrailer.toJSON(message.part.value);
+    } else if (message.part?.$case === "section") {
+      obj.section = DownstreamSection.toJSON(message.part.value);
+    } else if (message.part?.$case === "progress") {
+      obj.progress = DownstreamOutcome.toJSON(message.part.value);
     }
     return obj;
   },
@@ -733,13 +865,25 @@ export const ExportUserResponse: MessageFns<ExportUserResponse> = {
         }
         break;
       }
+      case "section": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "section", value: DownstreamSection.fromPartial(object.part.value) };
+        }
+        break;
+      }
+      case "progress": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "progress", value: DownstreamOutcome.fromPartial(object.part.value) };
+        }
+        break;
+      }
     }
     return message;
   },
 };
 
 function createBaseExportHeader(): ExportHeader {
-  return { userId: "", requestId: "", generatedAt: undefined, categories: [] };
+  return { userId: "", requestId: "", generatedAt: undefined, categories: [], downstreamServices: [] };
 }
 
 export const ExportHeader: MessageFns<ExportHeader> = {
@@ -755,6 +899,9 @@ export const ExportHeader: MessageFns<ExportHeader> = {
     }
     for (const v of message.categories) {
       ExportCategory.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.downstreamServices) {
+      writer.uint32(42).string(v!);
     }
     return writer;
   },
@@ -804,6 +951,14 @@ export const ExportHeader: MessageFns<ExportHeader> = {
             message.categories.push(ExportCategory.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.downstreamServices.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -836,6 +991,11 @@ export const ExportHeader: MessageFns<ExportHeader> = {
       categories: globalThis.Array.isArray(object?.categories)
         ? object.categories.map((e: any) => ExportCategory.fromJSON(e))
         : [],
+      downstreamServices: globalThis.Array.isArray(object?.downstreamServices)
+        ? object.downstreamServices.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.downstream_services)
+        ? object.downstream_services.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -853,6 +1013,9 @@ export const ExportHeader: MessageFns<ExportHeader> = {
     if (message.categories?.length) {
       obj.categories = message.categories.map((e) => ExportCategory.toJSON(e));
     }
+    if (message.downstreamServices?.length) {
+      obj.downstreamServices = message.downstreamServices;
+    }
     return obj;
   },
 
@@ -865,6 +1028,211 @@ export const ExportHeader: MessageFns<ExportHeader> = {
     message.requestId = object.requestId ?? "";
     message.generatedAt = object.generatedAt ?? undefined;
     message.categories = object.categories?.map((e) => ExportCategory.fromPartial(e)) || [];
+    message.downstreamServices = object.downstreamServices?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseDownstreamSection(): DownstreamSection {
+  return { service: "", categories: [] };
+}
+
+export const DownstreamSection: MessageFns<DownstreamSection> = {
+  encode(message: DownstreamSection, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    for (const v of message.categories) {
+      ExportCategory.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DownstreamSection {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDownstreamSection();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.categories.push(ExportCategory.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DownstreamSection {
+    return {
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+      categories: globalThis.Array.isArray(object?.categories)
+        ? object.categories.map((e: any) => ExportCategory.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DownstreamSection): unknown {
+    const obj: any = {};
+    if (message.service !== "") {
+      obj.service = message.service;
+    }
+    if (message.categories?.length) {
+      obj.categories = message.categories.map((e) => ExportCategory.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DownstreamSection>): DownstreamSection {
+    return DownstreamSection.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DownstreamSection>): DownstreamSection {
+    const message = createBaseDownstreamSection();
+    message.service = object.service ?? "";
+    message.categories = object.categories?.map((e) => ExportCategory.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDownstreamOutcome(): DownstreamOutcome {
+  return { service: "", status: 0, records: 0, error: "" };
+}
+
+export const DownstreamOutcome: MessageFns<DownstreamOutcome> = {
+  encode(message: DownstreamOutcome, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.status !== 0) {
+      writer.uint32(16).int32(message.status);
+    }
+    if (message.records !== 0) {
+      writer.uint32(24).uint64(message.records);
+    }
+    if (message.error !== "") {
+      writer.uint32(34).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DownstreamOutcome {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDownstreamOutcome();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.records = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DownstreamOutcome {
+    return {
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+      status: isSet(object.status) ? downstreamStatusFromJSON(object.status) : 0,
+      records: isSet(object.records) ? globalThis.Number(object.records) : 0,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: DownstreamOutcome): unknown {
+    const obj: any = {};
+    if (message.service !== "") {
+      obj.service = message.service;
+    }
+    if (message.status !== 0) {
+      obj.status = downstreamStatusToJSON(message.status);
+    }
+    if (message.records !== 0) {
+      obj.records = Math.round(message.records);
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DownstreamOutcome>): DownstreamOutcome {
+    return DownstreamOutcome.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DownstreamOutcome>): DownstreamOutcome {
+    const message = createBaseDownstreamOutcome();
+    message.service = object.service ?? "";
+    message.status = object.status ?? 0;
+    message.records = object.records ?? 0;
+    message.error = object.error ?? "";
     return message;
   },
 };
@@ -1031,13 +1399,16 @@ export const ExportCategory: MessageFns<ExportCategory> = {
 };
 
 function createBaseRecordBatch(): RecordBatch {
-  return { category: "", records: [] };
+  return { category: "", service: "", records: [] };
 }
 
 export const RecordBatch: MessageFns<RecordBatch> = {
   encode(message: RecordBatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.category !== "") {
       writer.uint32(10).string(message.category);
+    }
+    if (message.service !== "") {
+      writer.uint32(26).string(message.service);
     }
     for (const v of message.records) {
       writer.uint32(18).string(v!);
@@ -1066,6 +1437,14 @@ export const RecordBatch: MessageFns<RecordBatch> = {
             message.category = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
           case 2: {
             if (tag !== 18) {
               break;
@@ -1089,6 +1468,7 @@ export const RecordBatch: MessageFns<RecordBatch> = {
   fromJSON(object: any): RecordBatch {
     return {
       category: isSet(object.category) ? globalThis.String(object.category) : "",
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
       records: globalThis.Array.isArray(object?.records) ? object.records.map((e: any) => globalThis.String(e)) : [],
     };
   },
@@ -1097,6 +1477,9 @@ export const RecordBatch: MessageFns<RecordBatch> = {
     const obj: any = {};
     if (message.category !== "") {
       obj.category = message.category;
+    }
+    if (message.service !== "") {
+      obj.service = message.service;
     }
     if (message.records?.length) {
       obj.records = message.records;
@@ -1110,13 +1493,14 @@ export const RecordBatch: MessageFns<RecordBatch> = {
   fromPartial(object: DeepPartial<RecordBatch>): RecordBatch {
     const message = createBaseRecordBatch();
     message.category = object.category ?? "";
+    message.service = object.service ?? "";
     message.records = object.records?.map((e) => e) || [];
     return message;
   },
 };
 
 function createBaseExportTrailer(): ExportTrailer {
-  return { counts: [], sha256: "", totalRecords: 0 };
+  return { counts: [], sha256: "", totalRecords: 0, downstream: [], partial: false };
 }
 
 export const ExportTrailer: MessageFns<ExportTrailer> = {
@@ -1129,6 +1513,12 @@ export const ExportTrailer: MessageFns<ExportTrailer> = {
     }
     if (message.totalRecords !== 0) {
       writer.uint32(24).uint64(message.totalRecords);
+    }
+    for (const v of message.downstream) {
+      DownstreamOutcome.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.partial !== false) {
+      writer.uint32(40).bool(message.partial);
     }
     return writer;
   },
@@ -1170,6 +1560,22 @@ export const ExportTrailer: MessageFns<ExportTrailer> = {
             message.totalRecords = longToNumber(reader.uint64());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.downstream.push(DownstreamOutcome.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.partial = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1191,6 +1597,10 @@ export const ExportTrailer: MessageFns<ExportTrailer> = {
         : isSet(object.total_records)
         ? globalThis.Number(object.total_records)
         : 0,
+      downstream: globalThis.Array.isArray(object?.downstream)
+        ? object.downstream.map((e: any) => DownstreamOutcome.fromJSON(e))
+        : [],
+      partial: isSet(object.partial) ? globalThis.Boolean(object.partial) : false,
     };
   },
 
@@ -1205,6 +1615,12 @@ export const ExportTrailer: MessageFns<ExportTrailer> = {
     if (message.totalRecords !== 0) {
       obj.totalRecords = Math.round(message.totalRecords);
     }
+    if (message.downstream?.length) {
+      obj.downstream = message.downstream.map((e) => DownstreamOutcome.toJSON(e));
+    }
+    if (message.partial !== false) {
+      obj.partial = message.partial;
+    }
     return obj;
   },
 
@@ -1216,6 +1632,8 @@ export const ExportTrailer: MessageFns<ExportTrailer> = {
     message.counts = object.counts?.map((e) => CategoryCount.fromPartial(e)) || [];
     message.sha256 = object.sha256 ?? "";
     message.totalRecords = object.totalRecords ?? 0;
+    message.downstream = object.downstream?.map((e) => DownstreamOutcome.fromPartial(e)) || [];
+    message.partial = object.partial ?? false;
     return message;
   },
 };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Slots } from '../../src/sidecar/slots.js';
+import { Slots } from '../../src/runtime/slots.js';
 
 describe('Slots', () => {
   it('lets at most `size` holders in, and the rest in arrival order as slots free up', async () => {

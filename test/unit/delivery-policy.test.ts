@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MAX_RETRY_DELAY_MS, decideOnFailure, retryDelayMs } from '../../src/sidecar/delivery-policy.js';
+import { MAX_RETRY_DELAY_MS, decideOnFailure, retryDelayMs } from '../../src/events/delivery-policy.js';
 
 describe('retryDelayMs', () => {
   it('doubles from the base with each delivery', () => {

@@ -1,0 +1,166 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Knex } from 'knex';
+import pg from 'pg';
+import { mintLocalToken } from '../src/auth/local-key.js';
+import { type PrivacyClient, connectPrivacyService } from '../src/client/privacy-client.js';
+import { loadDataMap } from '../src/privacy/data-map.js';
+import { forgetStatements } from '../src/privacy/forget.js';
+import { prepareServerDataMap } from '../src/privacy/lethe-tables.js';
+import { openDatabase } from '../src/store/database.js';
+import { requirePostgres, startPostgres } from '../test/support/postgres.js';
+import { startServer, stopServer } from './export.js';
+import { seedIdentity, userId } from './fanout/services.js';
+import { intFlag } from './flags.js';
+
+/**
+ * The forget benchmark, against a Lethe server in its own process on a throwaway PostgreSQL:
+ *
+ * 1. forget_vs_raw_sql_ratio: ForgetUser of a subject with SUBJECT_ROWS rows (login events),
+ *    against the same statements, with the same values, sent as one raw SQL transaction
+ *    (`BEGIN; …; COMMIT` in one simple-query string, as psql -c sends it) for a twin subject
+ *    with the same rows. Each is timed REPEAT times on fresh subjects, alternating; the medians
+ *    are compared. The server also writes the ledger, the audit entry and its own tables.
+ * 2. forget_throughput_per_s: USERS distinct demo-sized users (a user row and two login events
+ *    each) forgotten through ForgetUser by CLIENTS concurrent clients.
+ *
+ * Flags: --subject-rows N (default 10,000), --repeat N (default 5), --users N (default 2,000),
+ * --clients N (default 16).
+ */
+
+const DATA_MAP = fileURLToPath(new URL('../datamaps/identity.yaml', import.meta.url));
+const PRINCIPAL = 'bench';
+const REASON = 'GDPR Right to be Forgotten';
+
+export async function run(args: string[]): Promise<void> {
+  const subjectRows = intFlag(args, '--subject-rows', 10_000);
+  const repeat = intFlag(args, '--repeat', 5);
+  const users = intFlag(args, '--users', 2_000);
+  const clients = intFlag(args, '--clients', 16);
+
+  const bin = requirePostgres();
+  if (bin === undefined) throw new Error('PostgreSQL binaries not found: apt-get install -y postgresql, or set LETHE_PG_BIN');
+  const cluster = await startPostgres(bin);
+  const dataDir = mkdtempSync(join(tmpdir(), 'lethe-bench-'));
+  try {
+    const url = await cluster.createDatabase('lethe_bench');
+    const hashKey = 'ab'.repeat(32);
+    const server = await startServer(url, dataDir, { LETHE_DATA_MAP: DATA_MAP, LETHE_PLATFORM_PRINCIPALS: PRINCIPAL, LETHE_HASH_KEY: hashKey });
+    try {
+      const address = `127.0.0.1:${server.port}`;
+      const { client, close } = connectPrivacyService(address, await mintLocalToken(dataDir, PRINCIPAL, 3600));
+      try {
+        const db = await openDatabase({ kind: 'postgres', url, poolMax: 2 });
+        try {
+          await seedBigSubjects(db.knex, repeat, subjectRows);
+          await seedIdentity(db.knex, users);
+          const { forgetPlan } = await prepareServerDataMap(db.knex, await loadDataMap(DATA_MAP), DATA_MAP, Buffer.from(hashKey, 'hex'));
+          const rawSql = (subject: string) =>
+            [
+              'BEGIN',
+              ...forgetStatements(forgetPlan, subject, { timestamp: Date.now(), requestId: randomUUID() }).map((s) => db.knex.raw(s.sql, s.bindings).toQuery()),
+              'COMMIT',
+            ].join(';\n');
+
+          // A warm-up of each path (plans cached, connections open).
+          await forget(client, userId(users));
+          await timeRawSql(url, rawSql(userId(users - 1)));
+          const api: number[] = [];
+          const raw: number[] = [];
+          for (let i = 1; i <= repeat; i++) {
+            raw.push(await timeRawSql(url, rawSql(`big-raw-${i}`)));
+            api.push(await timed(() => forget(client, `big-api-${i}`)));
+          }
+          const throughput = await forgetAll(address, dataDir, users - 2, clients);
+
+          const apiMs = median(api);
+          const rawMs = median(raw);
+          const lines: Array<[string, string]> = [
+            ['machine_cpus', String(cpus().length)],
+            ['load_average_1m', (loadavg()[0] ?? 0).toFixed(2)],
+            ['subject_rows', String(subjectRows)],
+            ['forget_api_median_ms', apiMs.toFixed(1)],
+            ['forget_raw_sql_median_ms', rawMs.toFixed(1)],
+            ['users', String(users - 2)],
+            ['clients', String(clients)],
+            ['forget_throughput_errors', String(throughput.errors)],
+            ['forget_vs_raw_sql_ratio', (apiMs / rawMs).toFixed(3)],
+            ['forget_throughput_per_s', throughput.perSecond.toFixed(0)],
+          ];
+          for (const [name, value] of lines) console.log(`${name}: ${value}`);
+        } finally {
+          await db.close();
+        }
+      } finally {
+        close();
+      }
+    } finally {
+      await stopServer(server.child);
+    }
+  } finally {
+    await cluster.destroy();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+/** Twin subjects big-raw-i and big-api-i, each with `rows` login events. */
+async function seedBigSubjects(knex: Knex, repeat: number, rows: number): Promise<void> {
+  const ids = Array.from({ length: repeat }, (_, i) => [`big-raw-${i + 1}`, `big-api-${i + 1}`]).flat();
+  await knex.raw(`INSERT INTO users (id, email) SELECT id, id || '@example.com' FROM unnest(?::text[]) AS id`, [ids]);
+  await knex.raw(
+    `INSERT INTO login_events (id, user_id, timestamp, ip_address, user_agent, provider, success, geo_country, geo_city)
+     SELECT s.id || '-login-' || k, s.id, now() - k * interval '1 minute', '203.0.113.7', 'Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0', 'password', true, 'DE', 'Berlin'
+     FROM unnest(?::text[]) AS s(id) CROSS JOIN generate_series(1, ?::int) AS k`,
+    [ids, rows],
+  );
+  await knex.raw('VACUUM ANALYZE users, login_events');
+}
+
+async function forget(client: PrivacyClient, subject: string): Promise<void> {
+  const r = await client.forgetUser({ userId: subject, reason: REASON, idempotencyKey: randomUUID() });
+  if (!r.success) throw new Error(`forget of ${subject} did not succeed`);
+}
+
+async function timeRawSql(url: string, script: string): Promise<number> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return await timed(async () => void (await c.query(script)));
+  } finally {
+    await c.end();
+  }
+}
+
+/** Users 1..n forgotten by `clients` concurrent clients, each on a connection of its own. */
+async function forgetAll(address: string, dataDir: string, n: number, clients: number): Promise<{ perSecond: number; errors: number }> {
+  const token = await mintLocalToken(dataDir, PRINCIPAL, 3600);
+  const conns = Array.from({ length: clients }, () => connectPrivacyService(address, token));
+  let next = 1;
+  let errors = 0;
+  try {
+    const t0 = performance.now();
+    await Promise.all(
+      conns.map(async ({ client }) => {
+        for (let i = next++; i <= n; i = next++) await forget(client, userId(i)).catch(() => void errors++);
+      }),
+    );
+    return { perSecond: n / ((performance.now() - t0) / 1000), errors };
+  } finally {
+    for (const c of conns) c.close();
+  }
+}
+
+async function timed(fn: () => Promise<void>): Promise<number> {
+  const t0 = performance.now();
+  await fn();
+  return performance.now() - t0;
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? (sorted[mid] ?? 0) : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
+}

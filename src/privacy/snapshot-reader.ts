@@ -1,0 +1,86 @@
+import type { Knex } from 'knex';
+import { type Category, type DataMap, documentKeyOf } from './data-map.js';
+import type { DocumentCategory } from './export-document.js';
+import { readJsonRows } from './row-cursor.js';
+import { type ColumnTypes, type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';
+
+export interface SnapshotCategory extends DocumentCategory {
+  /** The most records exported (0: no limit). */
+  readonly limit: number;
+}
+
+export interface SnapshotReaderOptions {
+  /** Rows read from PostgreSQL at a time. */
+  readonly fetchRows?: number;
+  /** A batch closes once its records reach this many characters. */
+  readonly batchChars?: number;
+}
+
+/**
+ * Reads what a data map exports about a subject, inside the caller's snapshot: the categories
+ * (with their counts) first, then their records in batches of bounded size, category after
+ * category. The server reads its own data map with it, and each sidecar its service's: the same
+ * fields, limits, secrets and ordering rules everywhere.
+ */
+export class SnapshotReader {
+  private readonly exported: readonly Category[];
+  private readonly fetchRows: number;
+  private readonly batchChars: number;
+
+  constructor(
+    map: DataMap,
+    private readonly columnTypes: ColumnTypes,
+    opts: SnapshotReaderOptions = {},
+  ) {
+    this.exported = map.categories.filter((c) => c.export !== undefined);
+    this.fetchRows = opts.fetchRows ?? 2000;
+    this.batchChars = opts.batchChars ?? 128 * 1024;
+  }
+
+  /** The exported categories in document order, with the subject's row count in each. */
+  async categories(trx: Knex.Transaction, subjectId: string): Promise<SnapshotCategory[]> {
+    const out: SnapshotCategory[] = [];
+    for (const c of this.exported) {
+      const q = countQuery(c, subjectId);
+      const res = (await trx.raw(q.sql, q.bindings)) as { rows: Array<{ n: number | string }> };
+      const spec = c.export;
+      out.push({
+        name: c.name,
+        documentKey: spec?.shape === 'object' ? '' : documentKeyOf(c),
+        shape: spec?.shape ?? 'list',
+        countKey: spec?.count_key,
+        totalCount: Number(res.rows[0]?.n ?? 0),
+        limit: spec?.limit ?? 0,
+      });
+    }
+    return out;
+  }
+
+  /** The subject's records, category after category, in batches; one page in memory at a time. */
+  async *batches(trx: Knex.Transaction, subjectId: string, signal: AbortSignal): AsyncGenerator<{ category: string; records: string[] }> {
+    for (const c of this.exported) {
+      for await (const rows of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.fetchRows, signal)) {
+        for (const records of this.splitBySize(rows)) yield { category: c.name, records };
+      }
+    }
+  }
+
+  private exportQueryFor(c: Category, subjectId: string): Fragment {
+    return exportQuery(c, this.columnTypes, subjectId, { subjectFromSetting: subjectColumnsAreText(c, this.columnTypes) });
+  }
+
+  /** Keeps each batch well below gRPC's 4 MB default (and NATS's 1 MB) while carrying many rows. */
+  private *splitBySize(rows: string[]): Generator<string[]> {
+    let start = 0;
+    let chars = 0;
+    for (let i = 0; i < rows.length; i++) {
+      chars += rows[i]?.length ?? 0;
+      if (chars >= this.batchChars) {
+        yield rows.slice(start, i + 1);
+        start = i + 1;
+        chars = 0;
+      }
+    }
+    if (start < rows.length) yield start === 0 ? rows : rows.slice(start);
+  }
+}
