@@ -128,7 +128,8 @@ wait_until() {
 # The repository's Dockerfile, as the README builds it (its FROM image is the one setup-kind.sh
 # built here; `npm ci` in the build container reaches the npm registry, as on any machine).
 phase "Lethe's image (docker build with the repository's Dockerfile)"
-[ -f dist/cli/main.js ] || npm run build >&2
+# The CLI that fetches the export runs from dist/: built from this tree, as the image is.
+npm run build >&2
 DOCKER_BUILDKIT=0 timeout 1200 docker build -t "$image" . >"$work/docker-build.log" 2>&1 ||
   { tail -n 40 "$work/docker-build.log" >&2; die "docker build of $image failed"; }
 
