@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadExportVerifyKey } from '../../src/auth/export-keys.js';
+import { mintLocalToken } from '../../src/auth/local-key.js';
 import { type ReceivedExport, receiveExport } from '../../src/client/export-receiver.js';
 import { sealExportRequest } from '../../src/events/export-protocol.js';
 import { exportRequestSubject } from '../../src/events/subjects.js';
@@ -154,6 +155,17 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('downstream service
       [ORDERS_SERVICE, ConfirmationState.CONFIRMATION_STATE_EXPORTED],
       [SEARCH, ConfirmationState.CONFIRMATION_STATE_EXPORTED],
     ]);
+  });
+
+  it('the HTTP export carries the same sections: the document parses, with each service’s part and outcome', async () => {
+    useFake('answers-twice');
+    const token = await mintLocalToken(server.dataDir, 'user-id-123', 60);
+    const r = await fetch(`http://127.0.0.1:${server.server.httpPort ?? 0}/api/privacy/export/user-id-123`, { headers: { authorization: `Bearer ${token}` } });
+    expect(r.status).toBe(200);
+    const doc = (await r.json()) as Document;
+    expect(Object.keys(doc.downstream)).toEqual([ANALYTICS_SERVICE, ORDERS_SERVICE, SEARCH]);
+    expect(doc.downstream_export[ORDERS_SERVICE]).toEqual({ status: 'complete', records: 5 });
+    expect((doc.downstream[ORDERS_SERVICE] as { orders: unknown[] }).orders).toHaveLength(2);
   });
 
   const faults: Array<[FakeBehaviour | 'absent', string, RegExp]> = [

@@ -182,12 +182,16 @@ describe.runIf(helm !== undefined)('the Helm chart: workloads and the CRD', () =
     const d = parse(readFileSync(SIDECAR_SNIPPET, 'utf8')) as Deployment;
     const c = container(d, 'lethe-sidecar');
     expect(c.args).toEqual(['sidecar', '--service', 'orders', '--data-map', '/etc/lethe/datamap.yaml', '--health-listen', '0.0.0.0:8081']);
-    expect(c.env.map((e) => e.name)).toEqual(['DATABASE_URL', 'LETHE_NATS_URL', 'LETHE_HASH_KEY']);
+    expect(c.env.map((e) => e.name)).toEqual(['DATABASE_URL', 'LETHE_NATS_URL', 'LETHE_HASH_KEY', 'LETHE_EXPORT_VERIFY_KEY_FILE']);
     expect(c.securityContext).toEqual(RESTRICTED_CONTAINER);
     expect(d.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
     expect(c.livenessProbe).toMatchObject({ httpGet: { path: '/healthz' } });
     expect(c.readinessProbe).toMatchObject({ httpGet: { path: '/readyz' } });
-    expect(c.volumeMounts).toEqual([{ name: 'lethe-datamap', mountPath: '/etc/lethe', readOnly: true }]);
+    expect(c.volumeMounts).toEqual([
+      { name: 'lethe-datamap', mountPath: '/etc/lethe', readOnly: true },
+      { name: 'lethe-export-key', mountPath: '/etc/lethe-export-key', readOnly: true },
+    ]);
+    expect(envOf(c, 'LETHE_EXPORT_VERIFY_KEY_FILE')?.value).toBe('/etc/lethe-export-key/export-signing-key.pub.pem');
   });
 
   it('renders the CRD from files/ unchanged, kept on uninstall', async () => {

@@ -197,6 +197,10 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=lethe-
 openssl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 2 -extfile "$work/server.ext" -out "$work/server.crt" 2>/dev/null
 (cd "$work" && kubectl -n lethe create secret generic lethe-tls \
   --from-file=tls.crt=server.crt --from-file=tls.key=server.key --from-file=ca.crt=ca.crt) >&2
+# The export key: the server signs export requests to the sidecars with it; the sidecars hold its public half.
+openssl genpkey -algorithm ed25519 -out "$work/export-signing-key.pem" 2>/dev/null
+openssl pkey -in "$work/export-signing-key.pem" -pubout -out "$work/export-signing-key.pub.pem"
+kubectl -n lethe create secret generic lethe-export-key --from-file=export-signing-key.pem="$work/export-signing-key.pem" >&2
 kubectl -n lethe create serviceaccount privacy-officer >&2
 "$helm" install lethe deploy/helm/lethe --namespace lethe --values "$here/values.yaml" --timeout 5m >&2
 kubectl -n lethe rollout status deployment/lethe-server --timeout=300s >&2
@@ -211,6 +215,7 @@ sql -d orders <"$here/orders-schema.sql" >/dev/null
 k create secret generic orders-db --from-literal=url="$db_url/orders" >&2
 k create secret generic orders-lethe --from-literal=nats-url="$nats_url" --from-literal=hash-key="$(openssl rand -hex 32)" >&2
 k create configmap orders-lethe-datamap --from-file=datamap.yaml=test/fixtures/downstream/orders.yaml >&2
+k create configmap lethe-export-key --from-file=export-signing-key.pub.pem="$work/export-signing-key.pub.pem" >&2
 sed -e 's|image: example.com/orders:1.4.2|image: registry.k8s.io/pause:3.10|' -e "s|image: lethe:0.1.0|image: $image|" \
   deploy/helm/lethe/examples/sidecar-snippet.yaml | k apply -f - >&2
 k rollout status deployment/orders --timeout=180s >&2
@@ -276,7 +281,12 @@ port_forward_pid=""
 got_sha="$(sha256sum "$work/export.json" | cut -d' ' -f1)"
 [ "$got_sha" = "$want_sha" ] || die "the artifact's SHA-256 is $got_sha, status.artifact.sha256 says $want_sha"
 grep -q '"user_id":"member-user-id-456"' "$work/export.json" || die "the artifact is not member-user-id-456's export"
-log "Export: Succeeded, artifact fetched over TLS, SHA-256 matches status.artifact.sha256"
+# The orders service contributed its copy through its sidecar (the e2e seeds no orders for this
+# subject: a complete, empty part).
+exported="$(jsonpath preq/export-member-456 '{.status.downstream[?(@.service=="orders")].state}')"
+[ "$exported" = Exported ] || die "status.downstream does not show orders as Exported: '$exported'"
+grep -q '"downstream_export":{"orders":{"status":"complete"' "$work/export.json" || die "the artifact lacks the orders service's complete part"
+log "Export: Succeeded, artifact fetched over TLS, SHA-256 matches status.artifact.sha256, orders contributed its part"
 
 # Subjects for the next two phases: rows in the identity database's users table.
 add_subjects() { # prefix count
