@@ -110,6 +110,32 @@ export async function run(args: string[]): Promise<void> {
   }
 }
 
+/**
+ * A throwaway PostgreSQL cluster with one database and a Lethe server process on it (configured
+ * by `env` besides the defaults of startServer), handed to `body`; everything is removed after.
+ */
+export async function withServerOnPostgres<T>(
+  env: Record<string, string>,
+  body: (s: { url: string; dataDir: string; address: string }) => Promise<T>,
+): Promise<T> {
+  const bin = requirePostgres();
+  if (bin === undefined) throw new Error('PostgreSQL binaries not found: apt-get install -y postgresql, or set LETHE_PG_BIN');
+  const cluster = await startPostgres(bin);
+  const dataDir = mkdtempSync(join(tmpdir(), 'lethe-bench-'));
+  try {
+    const url = await cluster.createDatabase('lethe_bench');
+    const server = await startServer(url, dataDir, env);
+    try {
+      return await body({ url, dataDir, address: `127.0.0.1:${server.port}` });
+    } finally {
+      await stopServer(server.child);
+    }
+  } finally {
+    await cluster.destroy();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
 export async function startServer(url: string, dataDir: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess; port: number }> {
   const listen = `127.0.0.1:${await freePort()}`;
   const child = spawn(process.execPath, ['--import', 'tsx', SERVER, '--listen', listen], {

@@ -1,7 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { cpus, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { Knex } from 'knex';
 import pg from 'pg';
@@ -11,8 +9,7 @@ import { loadDataMap } from '../src/privacy/data-map.js';
 import { forgetStatements } from '../src/privacy/forget.js';
 import { prepareServerDataMap } from '../src/privacy/lethe-tables.js';
 import { openDatabase } from '../src/store/database.js';
-import { requirePostgres, startPostgres } from '../test/support/postgres.js';
-import { startServer, stopServer } from './export.js';
+import { withServerOnPostgres } from './export.js';
 import { seedIdentity, userId } from './fanout/services.js';
 import { intFlag } from './flags.js';
 
@@ -41,69 +38,55 @@ export async function run(args: string[]): Promise<void> {
   const users = intFlag(args, '--users', 2_000);
   const clients = intFlag(args, '--clients', 16);
 
-  const bin = requirePostgres();
-  if (bin === undefined) throw new Error('PostgreSQL binaries not found: apt-get install -y postgresql, or set LETHE_PG_BIN');
-  const cluster = await startPostgres(bin);
-  const dataDir = mkdtempSync(join(tmpdir(), 'lethe-bench-'));
-  try {
-    const url = await cluster.createDatabase('lethe_bench');
-    const hashKey = 'ab'.repeat(32);
-    const server = await startServer(url, dataDir, { LETHE_DATA_MAP: DATA_MAP, LETHE_PLATFORM_PRINCIPALS: PRINCIPAL, LETHE_HASH_KEY: hashKey });
+  const hashKey = 'ab'.repeat(32);
+  await withServerOnPostgres({ LETHE_DATA_MAP: DATA_MAP, LETHE_PLATFORM_PRINCIPALS: PRINCIPAL, LETHE_HASH_KEY: hashKey }, async ({ url, dataDir, address }) => {
+    const { client, close } = connectPrivacyService(address, await mintLocalToken(dataDir, PRINCIPAL, 3600));
     try {
-      const address = `127.0.0.1:${server.port}`;
-      const { client, close } = connectPrivacyService(address, await mintLocalToken(dataDir, PRINCIPAL, 3600));
+      const db = await openDatabase({ kind: 'postgres', url, poolMax: 2 });
       try {
-        const db = await openDatabase({ kind: 'postgres', url, poolMax: 2 });
-        try {
-          await seedBigSubjects(db.knex, repeat, subjectRows);
-          await seedIdentity(db.knex, users);
-          const { forgetPlan } = await prepareServerDataMap(db.knex, await loadDataMap(DATA_MAP), DATA_MAP, Buffer.from(hashKey, 'hex'));
-          const rawSql = (subject: string) =>
-            [
-              'BEGIN',
-              ...forgetStatements(forgetPlan, subject, { timestamp: Date.now(), requestId: randomUUID() }).map((s) => db.knex.raw(s.sql, s.bindings).toQuery()),
-              'COMMIT',
-            ].join(';\n');
+        await seedBigSubjects(db.knex, repeat, subjectRows);
+        await seedIdentity(db.knex, users);
+        const { forgetPlan } = await prepareServerDataMap(db.knex, await loadDataMap(DATA_MAP), DATA_MAP, Buffer.from(hashKey, 'hex'));
+        const rawSql = (subject: string) =>
+          [
+            'BEGIN',
+            ...forgetStatements(forgetPlan, subject, { timestamp: Date.now(), requestId: randomUUID() }).map((s) => db.knex.raw(s.sql, s.bindings).toQuery()),
+            'COMMIT',
+          ].join(';\n');
 
-          // A warm-up of each path (plans cached, connections open).
-          await forget(client, userId(users));
-          await timeRawSql(url, rawSql(userId(users - 1)));
-          const api: number[] = [];
-          const raw: number[] = [];
-          for (let i = 1; i <= repeat; i++) {
-            raw.push(await timeRawSql(url, rawSql(`big-raw-${i}`)));
-            api.push(await timed(() => forget(client, `big-api-${i}`)));
-          }
-          const throughput = await forgetAll(address, dataDir, users - 2, clients);
-
-          const apiMs = median(api);
-          const rawMs = median(raw);
-          const lines: Array<[string, string]> = [
-            ['machine_cpus', String(cpus().length)],
-            ['load_average_1m', (loadavg()[0] ?? 0).toFixed(2)],
-            ['subject_rows', String(subjectRows)],
-            ['forget_api_median_ms', apiMs.toFixed(1)],
-            ['forget_raw_sql_median_ms', rawMs.toFixed(1)],
-            ['users', String(users - 2)],
-            ['clients', String(clients)],
-            ['forget_throughput_errors', String(throughput.errors)],
-            ['forget_vs_raw_sql_ratio', (apiMs / rawMs).toFixed(3)],
-            ['forget_throughput_per_s', throughput.perSecond.toFixed(0)],
-          ];
-          for (const [name, value] of lines) console.log(`${name}: ${value}`);
-        } finally {
-          await db.close();
+        // A warm-up of each path (plans cached, connections open).
+        await forget(client, userId(users));
+        await timeRawSql(url, rawSql(userId(users - 1)));
+        const api: number[] = [];
+        const raw: number[] = [];
+        for (let i = 1; i <= repeat; i++) {
+          raw.push(await timeRawSql(url, rawSql(`big-raw-${i}`)));
+          api.push(await timed(() => forget(client, `big-api-${i}`)));
         }
+        const throughput = await forgetAll(address, dataDir, users - 2, clients);
+
+        const apiMs = median(api);
+        const rawMs = median(raw);
+        const lines: Array<[string, string]> = [
+          ['machine_cpus', String(cpus().length)],
+          ['load_average_1m', (loadavg()[0] ?? 0).toFixed(2)],
+          ['subject_rows', String(subjectRows)],
+          ['forget_api_median_ms', apiMs.toFixed(1)],
+          ['forget_raw_sql_median_ms', rawMs.toFixed(1)],
+          ['users', String(users - 2)],
+          ['clients', String(clients)],
+          ['forget_throughput_errors', String(throughput.errors)],
+          ['forget_vs_raw_sql_ratio', (apiMs / rawMs).toFixed(3)],
+          ['forget_throughput_per_s', throughput.perSecond.toFixed(0)],
+        ];
+        for (const [name, value] of lines) console.log(`${name}: ${value}`);
       } finally {
-        close();
+        await db.close();
       }
     } finally {
-      await stopServer(server.child);
+      close();
     }
-  } finally {
-    await cluster.destroy();
-    rmSync(dataDir, { recursive: true, force: true });
-  }
+  });
 }
 
 /** Twin subjects big-raw-i and big-api-i, each with `rows` login events. */
