@@ -1,9 +1,9 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { type JetStreamManager, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
 import { type NatsConnection, type Status, type TlsOptions, nanos } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { errorSummary } from '../errors.js';
+import { sleep } from '../runtime/backoff.js';
 import { describeTlsFailure } from '../runtime/tls-errors.js';
 import { STREAM_SUBJECTS } from './subjects.js';
 
@@ -63,7 +63,7 @@ export async function closeNats(nc: NatsConnection, timeoutMs: number): Promise<
       () => true,
       () => false,
     ),
-    sleep(timeoutMs, false, { signal: timer.signal }).catch(() => false),
+    sleep(timeoutMs, timer.signal).then(() => false),
   ]);
   timer.abort();
   if (!drained && !nc.isClosed()) await nc.close().catch(() => undefined);

@@ -173,10 +173,8 @@ async function* documentText(
   let pending: string[] = [];
   const assembler = new ExportDocumentAssembler(header.categories, (text) => pending.push(text), header.services);
   for (let next = await events.next(); next.done !== true; next = await events.next()) {
-    const e = next.value;
-    if (e.kind === 'batch') assembler.add(e.category, e.records, e.service);
-    else if (e.kind === 'section') assembler.startSection(e.service, e.categories);
-    else if (e.kind === 'trailer') onDigest(assembler.finish(e.downstream).sha256);
+    const done = assembler.apply(next.value);
+    if (done !== undefined) onDigest(done.sha256);
     if (pending.length > 0) {
       yield pending.join('');
       pending = [];

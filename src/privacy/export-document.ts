@@ -33,6 +33,13 @@ export interface DownstreamOutcome {
   readonly error?: string | undefined;
 }
 
+/** The export stream's events as far as the document is concerned (ExportEvent fits). */
+export type DocumentEvent =
+  | { readonly kind: 'section'; readonly service: string; readonly categories: readonly DocumentCategory[] }
+  | { readonly kind: 'batch'; readonly category: string; readonly records: readonly string[]; readonly service?: string | undefined }
+  | { readonly kind: 'trailer'; readonly downstream: readonly DownstreamOutcome[] }
+  | { readonly kind: 'header' | 'progress' };
+
 export interface AssembledDocument {
   readonly sha256: string;
   /** Records per category of the server's own data map. */
@@ -83,6 +90,14 @@ export class ExportDocumentAssembler {
     const obj = this.sectionObject(service);
     this.section = { service, writer: new CategoryWriter(categories, obj) };
     this.nextService = at + 1;
+  }
+
+  /** Feeds one event of the stream; the trailer closes the document and returns what finish() does. */
+  apply(e: DocumentEvent): AssembledDocument | undefined {
+    if (e.kind === 'section') this.startSection(e.service, e.categories);
+    else if (e.kind === 'batch') this.add(e.category, e.records, e.service);
+    else if (e.kind === 'trailer') return this.finish(e.downstream);
+    return undefined;
   }
 
   /** Closes the document; returns the hex SHA-256 and the records per category. */

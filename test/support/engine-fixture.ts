@@ -33,9 +33,7 @@ export async function collectExport(events: AsyncIterable<ExportEvent>): Promise
   for await (const e of events) {
     seen.push(e.kind === 'batch' ? { ...e, records: [...e.records] } : e);
     if (e.kind === 'header') assembler = new ExportDocumentAssembler(e.categories, (c) => chunks.push(c), e.services);
-    else if (e.kind === 'section') assembler?.startSection(e.service, e.categories);
-    else if (e.kind === 'batch') assembler?.add(e.category, e.records, e.service);
-    else if (e.kind === 'trailer') assembler?.finish(e.downstream);
+    else assembler?.apply(e);
   }
   const text = chunks.join('');
   return { text, doc: JSON.parse(text) as Record<string, unknown>, events: seen };
