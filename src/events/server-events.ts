@@ -7,6 +7,8 @@ import { backoffDelay, sleep } from '../runtime/backoff.js';
 import type { Runnable } from '../runtime/lifecycle.js';
 import { type StreamSettings, closeNats, connectNats, describeNatsUrl, ensureStream } from './nats.js';
 import { OutboxRelay } from './outbox-relay.js';
+import { ChangeValuesResponder, type ValuesLookup } from './change-values.js';
+import type { CryptoKey } from 'jose';
 import { type RecordConfirmation, ReceiptConsumer } from './receipt-consumer.js';
 
 /** How long a drain of the NATS connection may take before the connection is just closed. */
@@ -22,6 +24,8 @@ export interface ServerEventsOptions {
   /** Published outbox rows are deleted after this long. */
   readonly outboxRetentionMs: number;
   readonly outboxCleanupIntervalMs?: number;
+  /** Answers the sidecars' requests for rectification values; unset without an export signing key. */
+  readonly changeValues?: { readonly lookup: ValuesLookup; readonly signingKey: CryptoKey } | undefined;
 }
 
 /**
@@ -34,6 +38,8 @@ export class ServerEvents implements Runnable {
   private nc: NatsConnection | undefined;
   private relay: OutboxRelay | undefined;
   private receipts: ReceiptConsumer | undefined;
+  private changeReceipts: ReceiptConsumer | undefined;
+  private values: ChangeValuesResponder | undefined;
   private starting: Promise<void> | undefined;
 
   constructor(
@@ -58,7 +64,9 @@ export class ServerEvents implements Runnable {
   async stop(): Promise<void> {
     this.stopping.abort();
     await this.relay?.stop();
+    await this.values?.stop();
     await this.receipts?.stop();
+    await this.changeReceipts?.stop();
     if (this.nc !== undefined) await closeNats(this.nc, DRAIN_TIMEOUT_MS);
     // A connect still waiting for a first NATS is abandoned.
     await Promise.race([this.starting, sleep(100)]);
@@ -84,6 +92,13 @@ export class ServerEvents implements Runnable {
         this.relay.start();
         this.receipts = new ReceiptConsumer(this.opts.recordConfirmation, js, jsm, this.opts.stream.name, this.logger);
         await this.receipts.start();
+        this.changeReceipts = new ReceiptConsumer(this.opts.recordConfirmation, js, jsm, this.opts.stream.name, this.logger, 'change');
+        await this.changeReceipts.start();
+        const cv = this.opts.changeValues;
+        if (cv !== undefined && this.values === undefined) {
+          this.values = new ChangeValuesResponder(nc, cv.lookup, cv.signingKey, this.logger);
+          this.values.start();
+        }
         return;
       } catch (err) {
         attempt += 1;
@@ -91,6 +106,10 @@ export class ServerEvents implements Runnable {
         this.logger.warn({ err: errorSummary(err), retryInMs: delay }, 'cannot set up the JetStream stream or consumer; retrying');
         await this.relay?.stop();
         this.relay = undefined;
+        await this.receipts?.stop().catch(() => undefined);
+        this.receipts = undefined;
+        await this.changeReceipts?.stop().catch(() => undefined);
+        this.changeReceipts = undefined;
         await sleep(delay, this.stopping.signal);
       }
     }

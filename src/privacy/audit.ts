@@ -17,7 +17,12 @@ export type AuditEventType =
   | 'export_artifact_read_failed'
   | 'user_erasure_scheduled'
   | 'user_erasure_cancelled'
-  | 'privacy_request_extended';
+  | 'privacy_request_extended'
+  | 'user_rectified'
+  | 'processing_restricted'
+  | 'processing_restriction_lifted'
+  | 'consent_given'
+  | 'consent_withdrawn';
 
 export interface AuditEntry {
   readonly eventType: AuditEventType;

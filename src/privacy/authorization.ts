@@ -52,3 +52,32 @@ export function authorizeForget(actor: Principal, subject: SubjectFacts, facts: 
     if (!facts.ownerOf.has(m.organizationId)) throw new PermissionDeniedError(ownerRequired(m.label));
   }
 }
+
+export const RECTIFY_DENIED = "You do not have permission to rectify this user's data";
+export const ownerRequiredToRectify = (label: string): string => `You must be an owner of organization '${label}' to rectify this user's data`;
+export const CHOICES_DENIED = "Only the person or a platform principal may change this user's processing choices and consents";
+
+/**
+ * Rectify: self; a platform owner; an organization owner only when owner in every organization
+ * the subject belongs to, and never of a platform owner (as forget, since it changes the data).
+ */
+export function authorizeRectify(actor: Principal, subjectId: string, subject: SubjectFacts, facts: ActorFacts): void {
+  if (actor.id === subjectId && actor.role === 'user') return;
+  if (actsAsPlatformOwner(actor, facts)) return;
+  if (subject.isPlatformOwner || subject.memberships.length === 0) throw new PermissionDeniedError(RECTIFY_DENIED);
+  const sorted = [...subject.memberships].sort((a, b) => (a.label < b.label ? -1 : a.label > b.label ? 1 : 0));
+  for (const m of sorted) {
+    if (!facts.ownerOf.has(m.organizationId)) throw new PermissionDeniedError(ownerRequiredToRectify(m.label));
+  }
+}
+
+/**
+ * Restrictions, objections and consents are the person's own choices: self, or a platform
+ * principal or owner acting on their request (a service that collected a consent, a DPO).
+ * Organization owners may not make them for a member.
+ */
+export function authorizeChoices(actor: Principal, subjectId: string, facts: ActorFacts): void {
+  if (actor.id === subjectId && actor.role === 'user') return;
+  if (actsAsPlatformOwner(actor, facts)) return;
+  throw new PermissionDeniedError(CHOICES_DENIED);
+}

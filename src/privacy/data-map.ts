@@ -63,6 +63,29 @@ const columnAction = z.union([
   z.strictObject({ keep_keys: z.array(z.string().min(1)).default([]) }),
 ]);
 
+/**
+ * A field a person may rectify (Art. 16), by the name requests use (`email`), stored in a
+ * column of the category's table. Values are checked by these rules before anything changes.
+ */
+const rectifyRule = z.strictObject({
+  column: identifier.optional(),
+  format: z.enum(['text', 'email', 'phone']).default('text'),
+  max_length: z.number().int().positive().max(10_000).optional(),
+  /** An ECMAScript regular expression the whole value must match. */
+  pattern: z
+    .string()
+    .min(1)
+    .refine((p) => {
+      try {
+        new RegExp(p, 'u');
+        return true;
+      } catch {
+        return false;
+      }
+    }, 'must be a valid regular expression')
+    .optional(),
+});
+
 const category = z.strictObject({
   name: identifier,
   description: z.string().optional(),
@@ -79,6 +102,8 @@ const category = z.strictObject({
       order_by: z.array(z.strictObject({ column: columnRef, direction: z.enum(['asc', 'desc']).default('asc') })).default([]),
       limit: z.number().int().positive().optional(),
       count_key: documentKey.optional(),
+      /** Leave the key out of the document when the subject has no rows here (a list only). */
+      omit_when_empty: z.boolean().default(false),
     })
     .optional(),
   forget: z.union([
@@ -87,9 +112,16 @@ const category = z.strictObject({
     z.strictObject({ keep: keepReason }),
     z.strictObject({ columns: z.record(identifier, columnAction) }),
   ]),
+  /** Fields rectification may change in this category's rows (field name → column and rules). */
+  rectify: z.record(documentKey, rectifyRule).default({}),
 });
 
 const dataMapSchema = z.strictObject({
+  /**
+   * The purposes of processing a person may restrict, object to, or consent to (Art. 7, 18, 21),
+   * e.g. marketing, analytics, profiling.
+   */
+  purposes: z.array(identifier).max(64).default([]),
   /** The table whose row is the subject: a missing row means "User not found". */
   subject: z.strictObject({ table: tableName, column: identifier }).optional(),
   categories: z.array(category).min(1),
@@ -122,6 +154,7 @@ export type DataMap = z.infer<typeof dataMapSchema>;
 export type Category = DataMap['categories'][number];
 export type SubjectRelation = Category['subject'];
 export type ColumnAction = z.infer<typeof columnAction>;
+export type RectifyRule = z.infer<typeof rectifyRule>;
 
 export const DEFAULT_DATA_MAP_PATH = fileURLToPath(new URL('../../datamaps/identity.yaml', import.meta.url));
 
@@ -137,6 +170,13 @@ export async function loadDataMap(path: string): Promise<DataMap> {
     );
   }
   return parseDataMap(text, path);
+}
+
+/** One map with the categories of both (the server's export covers Lethe's own exported tables too). */
+export function mergeDataMaps(map: DataMap, more: DataMap, source: string): DataMap {
+  const merged = { ...map, categories: [...map.categories, ...more.categories] };
+  checkConsistency(merged, source);
+  return merged;
 }
 
 export function parseDataMap(text: string, source: string): DataMap {
@@ -215,8 +255,8 @@ function checkConsistency(map: DataMap, source: string): void {
       }
       e.order_by.forEach((o, j) => checkRef(o.column, `${at}.export.order_by[${j}]`));
       if (e.shape === 'object') {
-        if (e.limit !== undefined || e.count_key !== undefined || e.key !== undefined) {
-          fail(`${at}.export`, "an 'object' category is merged into the top level: it takes no key, limit or count_key");
+        if (e.limit !== undefined || e.count_key !== undefined || e.key !== undefined || e.omit_when_empty) {
+          fail(`${at}.export`, "an 'object' category is merged into the top level: it takes no key, limit, count_key or omit_when_empty");
         }
         for (const f of e.fields) {
           if (keys.has(f.name)) fail(`${at}.export.fields`, `document key '${f.name}' is used twice`);
@@ -255,7 +295,32 @@ function checkConsistency(map: DataMap, source: string): void {
         fail(`${at}.forget.columns.${col}`, 'a secret column cannot be kept by forget: use null, set, hash or delete the rows');
       }
     }
+    const links = new Set(subjectLinks(c).filter((l) => l.table === c.table).map((l) => l.column));
+    for (const [name, rule] of Object.entries(c.rectify)) {
+      const column = rule.column ?? name;
+      if (!IDENTIFIER.test(column)) fail(`${at}.rectify.${name}`, `'${name}' is not a column name: give column`);
+      if (c.secret.includes(column)) fail(`${at}.rectify.${name}`, `column '${column}' is secret: secrets are not rectified (reset them through the service)`);
+      if (links.has(column)) fail(`${at}.rectify.${name}`, `column '${column}' links the rows to the subject and cannot be rectified`);
+    }
   });
+  const purposes = new Set<string>();
+  for (const p of map.purposes) {
+    if (purposes.has(p)) fail('purposes', `purpose '${p}' is listed twice`);
+    purposes.add(p);
+  }
+}
+
+/** Every field rectification may change, with the categories (and columns) holding it. */
+export function rectifiableFields(map: DataMap): ReadonlyMap<string, ReadonlyArray<{ category: Category; column: string; rule: RectifyRule }>> {
+  const out = new Map<string, Array<{ category: Category; column: string; rule: RectifyRule }>>();
+  for (const c of map.categories) {
+    for (const [name, rule] of Object.entries(c.rectify)) {
+      const list = out.get(name) ?? [];
+      list.push({ category: c, column: rule.column ?? name, rule });
+      out.set(name, list);
+    }
+  }
+  return out;
 }
 
 /** Placeholders a template may use besides {column:NAME}. */

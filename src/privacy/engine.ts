@@ -5,12 +5,23 @@ import { Erasure, type ForgetResult } from './erasure.js';
 import { type ExportEvent, ExportService } from './export-service.js';
 import { LedgerQueries, type PrivacyRequestView } from './ledger-queries.js';
 import { type ArtifactPart, type StoredExport, StoredExports } from './stored-exports.js';
+import { type PendingValues, Rectification } from './rectification.js';
+import { type ChoicesResult, type ConsentRecord, type ProcessingBasis, ProcessingChoices } from './processing-choices.js';
+import type { PurposeFlags } from '../events/cloudevents.js';
 
 export { type ArtifactOptions, type ArtifactView, type EngineOptions, KEY_REUSED, REQUEST_NOT_FOUND, UUID } from './engine-part.js';
 export { FORGET_MESSAGE, type ForgetResult } from './erasure.js';
 export { type ExportEvent } from './export-service.js';
 export { type PrivacyRequestView } from './ledger-queries.js';
 export { type ArtifactPart, NO_ARTIFACT, type StoredExport } from './stored-exports.js';
+export { type PendingValues } from './rectification.js';
+export { type ConsentRecord, type ProcessingBasis } from './processing-choices.js';
+
+/** A change request as it now stands in the ledger, and whether the call replayed an earlier one. */
+export interface ChangeView {
+  readonly request: PrivacyRequestView | undefined;
+  readonly replayed: boolean;
+}
 
 /**
  * The privacy engine: export, stored exports, erasure and the ledger over one data map. Front
@@ -21,12 +32,76 @@ export class PrivacyEngine {
   private readonly stored: StoredExports;
   private readonly erasure: Erasure;
   private readonly ledger: LedgerQueries;
+  private readonly rectification: Rectification;
+  private readonly choices: ProcessingChoices;
 
   constructor(opts: EngineOptions) {
     this.exports = new ExportService(opts);
     this.stored = new StoredExports(opts, this.exports);
     this.erasure = new Erasure(opts);
     this.ledger = new LedgerQueries(opts);
+    this.rectification = new Rectification(opts);
+    this.choices = new ProcessingChoices(opts);
+  }
+
+  /** Changes rectifiable fields and tells every downstream service (RectifyUser). */
+  async rectifyUser(
+    actor: Principal,
+    input: { userId: string; changes: Readonly<Record<string, string>>; reason: string; idempotencyKey: string; requestedBy?: string },
+  ): Promise<ChangeView> {
+    const r = await this.rectification.rectifyUser(actor, input);
+    return { request: await this.viewOf(actor, r.requestId), replayed: r.replayed };
+  }
+
+  /** A rectification's new values for a sidecar that must still apply them (the change-values responder). */
+  pendingValues(requestId: string, service: string): Promise<PendingValues> {
+    return this.rectification.pendingValues(requestId, service);
+  }
+
+  /** Restricts or objects to processing for some purposes (RestrictProcessing). */
+  async restrictProcessing(
+    actor: Principal,
+    input: { userId: string; purposes: readonly string[]; basis: ProcessingBasis; reason: string; idempotencyKey: string },
+  ): Promise<ChangeView & { purposes: readonly PurposeFlags[] }> {
+    return this.withView(actor, await this.choices.restrict(actor, input));
+  }
+
+  /** Lifts a restriction or objection for some purposes (LiftRestriction). */
+  async liftRestriction(
+    actor: Principal,
+    input: { userId: string; purposes: readonly string[]; basis: ProcessingBasis; reason: string; idempotencyKey: string },
+  ): Promise<ChangeView & { purposes: readonly PurposeFlags[] }> {
+    return this.withView(actor, await this.choices.lift(actor, input));
+  }
+
+  /** Records a consent (RecordConsent). */
+  recordConsent(
+    actor: Principal,
+    input: { userId: string; purpose: string; textVersion: string; textSha256: string; source: string },
+  ): Promise<{ consent: ConsentRecord; alreadyGiven: boolean; purposes: readonly PurposeFlags[] }> {
+    return this.choices.recordConsent(actor, input);
+  }
+
+  /** Withdraws consents in one call (WithdrawConsent). */
+  async withdrawConsent(
+    actor: Principal,
+    input: { userId: string; purposes: readonly string[]; source: string; reason: string },
+  ): Promise<ChangeView & { withdrawn: ConsentRecord[]; purposes: readonly PurposeFlags[] }> {
+    const r = await this.choices.withdrawConsent(actor, input);
+    return { ...(await this.withView(actor, r)), withdrawn: r.withdrawn };
+  }
+
+  /** The subject's consent records and current choices (ListConsents). */
+  listConsents(actor: Principal, input: { userId: string }): Promise<{ consents: ConsentRecord[]; purposes: PurposeFlags[] }> {
+    return this.choices.listConsents(actor, input);
+  }
+
+  private async withView(actor: Principal, r: ChoicesResult): Promise<ChangeView & { purposes: readonly PurposeFlags[] }> {
+    return { request: await this.viewOf(actor, r.requestId), replayed: r.replayed, purposes: r.purposes };
+  }
+
+  private async viewOf(actor: Principal, requestId: string | undefined): Promise<PrivacyRequestView | undefined> {
+    return requestId === undefined ? undefined : this.ledger.getRequest(actor, requestId);
   }
 
   /**

@@ -117,6 +117,11 @@ export class Erasure extends EnginePart {
       // Also scrubs the subject's earlier audit entries, so the entry below is written after.
       rowsAffected = await applyForget(trx, this.opts.forgetPlan, e.userId, { timestamp: e.at.getTime(), requestId: e.requestId });
       await trx('lethe_erasures').insert({ subject_id: e.userId, request_id: e.requestId, anonymized_at: e.at });
+      // Consent records stay as proof (see lethe-tables.ts); none stays in force.
+      await trx('lethe_consents')
+        .where({ subject_id: e.userId })
+        .whereNull('withdrawn_at')
+        .update({ withdrawn_at: e.at, withdrawn_by: e.actorId, withdrawn_source: 'erasure' });
     }
     // The erasure's entry is the reference's {"reason": …}; a repeated forget names its request.
     const onBehalf = e.requestedBy === undefined ? {} : { requested_by: e.requestedBy };

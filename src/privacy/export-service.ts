@@ -207,7 +207,7 @@ export class ExportService extends EnginePart {
 
     const doc = new ExportDocumentAssembler(categories, sink, services);
     let total = 0;
-    for await (const { category, records } of this.reader.batches(trx, userId, signal)) {
+    for await (const { category, records } of this.reader.batches(trx, userId, categories, signal)) {
       doc.add(category, records);
       total += records.length;
       yield { kind: 'batch', category, records };

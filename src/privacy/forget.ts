@@ -164,7 +164,7 @@ export function compileForget(map: DataMap, types: ColumnTypes, hashKey: Buffer 
 }
 
 /** knex's pg client reports rowCount; knex-pglite the driver's affectedRows. */
-function affectedRows(result: unknown): number {
+export function affectedRows(result: unknown): number {
   if (typeof result === 'number') return result;
   const r = result as { rowCount?: unknown; affectedRows?: unknown };
   return Number(r.rowCount ?? r.affectedRows ?? 0);

@@ -109,9 +109,12 @@ export class LedgerQueries extends EnginePart {
   private view(r: PrivacyRequestRecord, now: Date): PrivacyRequestView {
     const open = OPEN_STATES.includes(r.state);
     const overdue =
-      open && (r.dueAt.getTime() < now.getTime() || (r.state === 'anonymized' && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
+      open && (r.dueAt.getTime() < now.getTime() || (confirming(r) && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
     const heard = new Set(r.confirmations.map((c) => c.service));
-    const pending = r.type === 'forget' && r.state === 'anonymized' ? this.expected.filter((s) => !heard.has(s)) : [];
+    const pending = confirming(r) ? this.expected.filter((s) => !heard.has(s)) : [];
     return { ...r, overdue, pending, artifact: r.artifact === null ? null : this.artifactView(r.artifact, now) };
   }
 }
+
+/** A forget or a change done here and waiting for the downstream services' receipts. */
+const confirming = (r: PrivacyRequestRecord): boolean => (r.type === 'forget' && r.state === 'anonymized') || r.state === 'applied';

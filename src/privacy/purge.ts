@@ -24,6 +24,9 @@ export async function purgeForRequest(knex: Knex, plan: ForgetPlan, input: { sub
       return { rowsAffected: rows, replayed: true };
     }
     const rowsAffected = await applyForget(trx, plan, input.subjectId, { timestamp: input.now.getTime(), requestId: input.requestId });
+    // The sidecar's own copies of the subject's choices go too: an erased subject's flags resurrect nothing.
+    await trx('lethe_processing_flags').where({ subject_id: input.subjectId }).delete();
+    await trx('lethe_rectified_fields').where({ subject_id: input.subjectId }).delete();
     await trx('lethe_purges').insert({
       request_id: input.requestId,
       subject_id: input.subjectId,

@@ -44,21 +44,30 @@ export class SnapshotReader {
       const q = countQuery(c, subjectId);
       const res = (await trx.raw(q.sql, q.bindings)) as { rows: Array<{ n: number | string }> };
       const spec = c.export;
+      const totalCount = Number(res.rows[0]?.n ?? 0);
+      if (totalCount === 0 && spec?.omit_when_empty === true) continue;
       out.push({
         name: c.name,
         documentKey: spec?.shape === 'object' ? '' : documentKeyOf(c),
         shape: spec?.shape ?? 'list',
         countKey: spec?.count_key,
-        totalCount: Number(res.rows[0]?.n ?? 0),
+        totalCount,
         limit: spec?.limit ?? 0,
       });
     }
     return out;
   }
 
-  /** The subject's records, category after category, in batches; one page in memory at a time. */
-  async *batches(trx: Knex.Transaction, subjectId: string, signal: AbortSignal): AsyncGenerator<{ category: string; records: string[] }> {
+  /** The records of `categories` (from categories()), category after category, in batches; one page in memory at a time. */
+  async *batches(
+    trx: Knex.Transaction,
+    subjectId: string,
+    categories: readonly SnapshotCategory[],
+    signal: AbortSignal,
+  ): AsyncGenerator<{ category: string; records: string[] }> {
+    const listed = new Set(categories.map((c) => c.name));
     for (const c of this.exported) {
+      if (!listed.has(c.name)) continue;
       for await (const rows of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.fetchRows, signal)) {
         for (const records of this.splitBySize(rows)) yield { category: c.name, records };
       }

@@ -177,6 +177,9 @@ export function referencedColumns(category: Category): Array<{ table: string; co
     out.push({ table: category.table, column: c, where: `${at}.forget.columns.${c}` });
     for (const ref of templateColumns(action)) out.push({ table: category.table, column: ref, where: `${at}.forget.columns.${c}.template` });
   }
+  for (const [name, rule] of Object.entries(category.rectify)) {
+    out.push({ table: category.table, column: rule.column ?? name, where: `${at}.rectify.${name}` });
+  }
   return out;
 }
 

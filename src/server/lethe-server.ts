@@ -95,7 +95,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     });
     if (config.migrateIdentitySchema) await migrateIdentitySchema(db.knex);
     if (config.demo) logger.info({ demo: await loadDemoData(db.knex) }, 'demo data');
-    const { columnTypes, forgetPlan } = await prepareServerDataMap(db.knex, dataMap, config.dataMapPath, hashKey);
+    const prepared = await prepareServerDataMap(db.knex, dataMap, config.dataMapPath, hashKey);
     const ev = config.events;
     // The relay and the receipt consumer get a small pool of their own, so that a queue of
     // ForgetUser calls never starves them (PGlite has a single connection to share).
@@ -114,9 +114,9 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     const workerId = randomUUID();
     const engine = new PrivacyEngine({
       knex: db.knex,
-      dataMap,
-      columnTypes,
-      forgetPlan,
+      dataMap: prepared.dataMap,
+      columnTypes: prepared.columnTypes,
+      forgetPlan: prepared.forgetPlan,
       logger,
       eventSource: ev.source,
       expectedServices: ev.expectedServices,
@@ -157,7 +157,14 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
         'NATS events',
         new ServerEvents(
           outboxDb,
-          { natsUrl: ev.natsUrl, tls: natsTls, stream: ev.stream, recordConfirmation, outboxRetentionMs: ev.outboxRetentionMs },
+          {
+            natsUrl: ev.natsUrl,
+            tls: natsTls,
+            stream: ev.stream,
+            recordConfirmation,
+            outboxRetentionMs: ev.outboxRetentionMs,
+            changeValues: exportKey && { lookup: (id, service) => engine.pendingValues(id, service), signingKey: exportKey.signingKey },
+          },
           logger,
         ),
       );

@@ -32,16 +32,14 @@ import type { ConfirmationStatus, RequestState as LedgerState } from '../store/l
 import type { AuthContext } from './middleware.js';
 import type { PageTokens } from '../api/page-token.js';
 import { listRequestsPage } from '../api/request-pages.js';
+import { fromStateMessage, toArtifactMessage, toMessage } from '../api/request-messages.js';
+import { rightsHandlers } from './rights-service.js';
 
 /** The gRPC front end: translates messages to engine calls and back, nothing more. */
-const ARTIFACT_STATES = {
-  available: ArtifactState.ARTIFACT_STATE_AVAILABLE,
-  expired: ArtifactState.ARTIFACT_STATE_EXPIRED,
-  erased: ArtifactState.ARTIFACT_STATE_ERASED,
-} as const;
 
 export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): PrivacyServiceImplementation<AuthContext> {
   return {
+    ...rightsHandlers(engine),
     async *exportUser(request: ExportUserRequest, context: CallContext & AuthContext): AsyncGenerator<DeepPartial<ExportUserResponse>> {
       const events = engine.exportUser(context.principal, { userId: request.userId, reason: request.reason }, context.signal);
       for await (const event of events) yield toExportMessage(event);
@@ -149,72 +147,4 @@ function toExportMessage(event: ExportEvent): DeepPartial<ExportUserResponse> {
         },
       };
   }
-}
-
-const CONFIRMATION_TO_MESSAGE: Record<ConfirmationStatus, ConfirmationState> = {
-  purged: ConfirmationState.CONFIRMATION_STATE_PURGED,
-  failed: ConfirmationState.CONFIRMATION_STATE_FAILED,
-  exported: ConfirmationState.CONFIRMATION_STATE_EXPORTED,
-  timed_out: ConfirmationState.CONFIRMATION_STATE_TIMED_OUT,
-};
-
-const STATE_TO_MESSAGE: Record<LedgerState, RequestState> = {
-  running: RequestState.REQUEST_STATE_RUNNING,
-  anonymized: RequestState.REQUEST_STATE_ANONYMIZED,
-  completed: RequestState.REQUEST_STATE_COMPLETED,
-  failed: RequestState.REQUEST_STATE_FAILED,
-  scheduled: RequestState.REQUEST_STATE_SCHEDULED,
-  cancelled: RequestState.REQUEST_STATE_CANCELLED,
-};
-
-function fromStateMessage(state: RequestState): LedgerState | undefined {
-  if (state === RequestState.REQUEST_STATE_UNSPECIFIED) return undefined;
-  const found = (Object.entries(STATE_TO_MESSAGE) as Array<[LedgerState, RequestState]>).find(([, v]) => v === state);
-  if (found === undefined) throw new InvalidArgumentError('state is not a known RequestState');
-  return found[0];
-}
-
-function toMessage(r: PrivacyRequestView): DeepPartial<PrivacyRequest> {
-  return {
-    id: r.id,
-    type: r.type === 'export' ? RequestType.REQUEST_TYPE_EXPORT : RequestType.REQUEST_TYPE_FORGET,
-    subjectId: r.subjectId,
-    requester: r.requester,
-    requestedBy: r.requestedBy ?? '',
-    reason: r.reason,
-    state: STATE_TO_MESSAGE[r.state],
-    receivedAt: r.receivedAt,
-    dueAt: r.dueAt,
-    completedAt: r.completedAt ?? undefined,
-    overdue: r.overdue,
-    error: r.error ?? '',
-    rowsAffected: [...r.rowsAffected],
-    confirmations: [
-      ...r.confirmations.map((c) => ({
-        service: c.service,
-        state: CONFIRMATION_TO_MESSAGE[c.status],
-        purgedAt: c.purgedAt,
-        rowsAffected: [...c.rowsAffected],
-        error: c.error ?? '',
-      })),
-      ...r.pending.map((service) => ({ service, state: ConfirmationState.CONFIRMATION_STATE_PENDING })),
-    ],
-    artifact: r.artifact === null ? undefined : toArtifactMessage(r.artifact),
-    scheduledFor: r.scheduledFor ?? undefined,
-    originalDueAt: r.originalDueAt ?? undefined,
-    extensionReason: r.extensionReason ?? '',
-  };
-}
-
-function toArtifactMessage(a: ArtifactView): ExportArtifact {
-  return {
-    requestId: a.requestId,
-    sha256: a.sha256,
-    sizeBytes: a.sizeBytes,
-    counts: a.counts.map((c) => ({ category: c.category, exported: c.exported })),
-    totalRecords: a.totalRecords,
-    createdAt: a.createdAt,
-    expiresAt: a.expiresAt,
-    state: ARTIFACT_STATES[a.state],
-  };
 }

@@ -102,8 +102,9 @@ export class ExportResponder implements Runnable {
     const trx = await o.knex.transaction();
     try {
       await trx.raw('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
-      await send({ kind: 'header', categories: await o.reader.categories(trx, request.subjectId) });
-      for await (const batch of o.reader.batches(trx, request.subjectId, this.stopping.signal)) {
+      const categories = await o.reader.categories(trx, request.subjectId);
+      await send({ kind: 'header', categories });
+      for await (const batch of o.reader.batches(trx, request.subjectId, categories, this.stopping.signal)) {
         await send({ kind: 'batch', ...batch });
         records += batch.records.length;
       }

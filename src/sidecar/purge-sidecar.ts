@@ -22,7 +22,9 @@ import { translateDatabaseError } from '../store/errors.js';
 import { migrateSidecar } from '../store/migrations.js';
 import { decideOnFailure, retryDelayMs } from '../events/delivery-policy.js';
 import { DurableWorker, keepAlive, settle } from '../events/durable-worker.js';
-import { ensureDurableConsumer } from './durable-consumer.js';
+import { ensureChangesConsumer, ensureDurableConsumer, changesConsumerName } from './durable-consumer.js';
+import { ChangeApplier } from './change-applier.js';
+import { compileRectify } from '../privacy/rectify.js';
 import { hitFailpoint } from '../runtime/failpoints.js';
 import { type HealthServer, startHealthServer } from '../metrics/health-server.js';
 import { failedReceipt, publishReceipt, purgedReceipt, safeErrorSummary } from './receipts.js';
@@ -172,9 +174,33 @@ export class PurgeSidecar {
         logger: this.logger,
       });
       this.worker = worker;
+      const consumer = { stream: c.stream.name, service: c.service, ackWaitMs: c.ackWaitMs };
+      const changes = new DurableWorker({
+        js: this.js,
+        stream: c.stream.name,
+        consumer: changesConsumerName(c.service),
+        ensureConsumer: () => ensureChangesConsumer(jsm, consumer),
+        concurrency: c.concurrency,
+        handle: (msg) => applier.handle(msg),
+        what: 'change events',
+        logger: this.logger,
+      });
+      const applier = new ChangeApplier({
+        knex: db.knex,
+        nc,
+        js: this.js,
+        plan: compileRectify(map),
+        service: c.service,
+        verifyKey,
+        ackWaitMs: c.ackWaitMs,
+        maxDeliveries: c.maxDeliveries,
+        retryBaseMs: c.retryBaseMs,
+        logger: this.logger,
+      });
       if (this.stopSignal.signal.aborted) throw new Error('stopped during start-up');
       this.state = 'running';
       await life.start('anonymization events consumer', worker);
+      await life.start('change events consumer', changes);
     } catch (err) {
       this.state = 'stopped';
       await life.stop().catch(() => undefined);

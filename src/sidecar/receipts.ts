@@ -1,6 +1,6 @@
 import type { JetStreamClient, PubAck } from '@nats-io/jetstream';
-import { type PurgeReceipt, purgedEventFor } from '../events/cloudevents.js';
-import { receiptSubject } from '../events/subjects.js';
+import { type ChangeReceipt, type PurgeReceipt, appliedEventFor, purgedEventFor } from '../events/cloudevents.js';
+import { appliedSubject, receiptSubject } from '../events/subjects.js';
 import { UnavailableError } from '../errors.js';
 import { errorSummary } from '../errors.js';
 import type { TableRows } from '../store/ledger.js';
@@ -67,6 +67,15 @@ export async function publishReceipt(js: JetStreamClient, receipt: PurgeReceipt,
   const event = purgedEventFor(receiptSource(receipt.service), receipt);
   return js.publish(receiptSubject(receipt.service), JSON.stringify(event), {
     msgID: receiptMsgId(receipt.service, receipt.request_id, receipt.status),
+    timeout: timeoutMs,
+  });
+}
+
+/** Publishes a change's receipt (applied, skipped or failed), deduplicated like a purge receipt. */
+export async function publishChangeReceipt(js: JetStreamClient, receipt: ChangeReceipt, timeoutMs: number): Promise<PubAck> {
+  const event = appliedEventFor(receiptSource(receipt.service), receipt);
+  return js.publish(appliedSubject(receipt.service), JSON.stringify(event), {
+    msgID: `change-receipt:${receipt.service}:${receipt.request_id}:${receipt.status}`,
     timeout: timeoutMs,
   });
 }

@@ -4,10 +4,21 @@ import { type ArtifactRecord, artifacts } from './artifacts.js';
 
 /** The request ledger: every export and forget, its dates and its outcome. */
 
-type RequestType = 'export' | 'forget';
-export type RequestState = 'running' | 'anonymized' | 'completed' | 'failed' | 'scheduled' | 'cancelled';
+export type RequestType = 'export' | 'forget' | 'rectify' | 'restrict' | 'lift_restriction' | 'withdraw_consent';
+/** Requests that change the subject's data or choices and wait for every expected service to apply the change. */
+export const CHANGE_TYPES: readonly RequestType[] = ['rectify', 'restrict', 'lift_restriction', 'withdraw_consent'];
+export type RequestState = 'running' | 'anonymized' | 'applied' | 'completed' | 'failed' | 'scheduled' | 'cancelled';
 /** States in which a request is still being answered. */
-export const OPEN_STATES: readonly RequestState[] = ['running', 'anonymized', 'scheduled'];
+export const OPEN_STATES: readonly RequestState[] = ['running', 'anonymized', 'applied', 'scheduled'];
+/** States waiting only for downstream confirmations (overdue after the confirmation timeout). */
+const CONFIRMING_STATES: readonly RequestState[] = ['anonymized', 'applied'];
+
+/** What a change request changed: rectified fields, or purposes and the basis (restriction or objection). */
+export interface RequestDetails {
+  readonly fields?: readonly string[];
+  readonly purposes?: readonly string[];
+  readonly basis?: 'restriction' | 'objection';
+}
 
 export interface TableRows {
   readonly table: string;
@@ -19,7 +30,7 @@ export interface TableRows {
 export interface NewConfirmation {
   readonly requestId: string;
   readonly service: string;
-  readonly status: 'purged' | 'failed';
+  readonly status: 'purged' | 'failed' | 'applied' | 'skipped';
   readonly rowsAffected: readonly TableRows[];
   readonly purgedAt: Date;
   readonly error?: string | undefined;
@@ -27,8 +38,11 @@ export interface NewConfirmation {
 
 export type ConfirmationOutcome = 'unknown-request' | 'recorded' | 'completed';
 
-/** purged/failed: a forget's receipt; exported/timed_out/failed: a service's part of an export. */
-export type ConfirmationStatus = 'purged' | 'failed' | 'exported' | 'timed_out';
+/**
+ * purged/failed: a forget's receipt; exported/timed_out/failed: a service's part of an export;
+ * applied/skipped/failed: a change's receipt (skipped: the subject was erased there).
+ */
+export type ConfirmationStatus = 'purged' | 'failed' | 'exported' | 'timed_out' | 'applied' | 'skipped';
 
 interface Confirmation {
   readonly service: string;
@@ -53,6 +67,7 @@ export interface PrivacyRequestRecord {
   readonly completedAt: Date | null;
   readonly error: string | null;
   readonly rowsAffected: readonly TableRows[];
+  readonly details: RequestDetails;
   readonly confirmations: readonly Confirmation[];
   /** Exports made with StoreExport: the stored artifact, once it is stored. */
   readonly artifact: ArtifactRecord | null;
@@ -76,10 +91,15 @@ interface Row {
   due_at: Date | string;
   completed_at: Date | string | null;
   error: string | null;
-  result: { rows_affected?: TableRows[] } | string | null;
+  result: StoredResult | string | null;
   scheduled_for?: Date | string | null;
   original_due_at?: Date | string | null;
   extension_reason?: string | null;
+}
+
+interface StoredResult {
+  rows_affected?: TableRows[];
+  details?: RequestDetails;
 }
 
 const date = (v: Date | string | null | undefined): Date | null => (v === null || v === undefined ? null : new Date(v));
@@ -87,7 +107,7 @@ const date = (v: Date | string | null | undefined): Date | null => (v === null |
 const TABLE = 'lethe_privacy_requests';
 
 function toRecord(r: Row): PrivacyRequestRecord {
-  const result = typeof r.result === 'string' ? (JSON.parse(r.result) as { rows_affected?: TableRows[] }) : r.result;
+  const result = typeof r.result === 'string' ? (JSON.parse(r.result) as StoredResult) : r.result;
   return {
     id: r.id,
     type: r.type,
@@ -102,6 +122,7 @@ function toRecord(r: Row): PrivacyRequestRecord {
     completedAt: r.completed_at === null ? null : new Date(r.completed_at),
     error: r.error,
     rowsAffected: result?.rows_affected ?? [],
+    details: result?.details ?? {},
     confirmations: [],
     artifact: null,
     scheduledFor: date(r.scheduled_for),
@@ -163,6 +184,7 @@ export interface NewRequest {
   readonly dueAt: Date;
   readonly completedAt?: Date | undefined;
   readonly rowsAffected?: readonly TableRows[] | undefined;
+  readonly details?: RequestDetails | undefined;
   /** The server replica carrying out a running request (see workers.failOrphans). */
   readonly workerId?: string | undefined;
   readonly scheduledFor?: Date | undefined;
@@ -184,6 +206,10 @@ export interface ListFilter {
   readonly confirmationTimeoutMs: number;
 }
 
+function storedResult(req: NewRequest): StoredResult {
+  return req.details === undefined ? { rows_affected: [...(req.rowsAffected ?? [])] } : { rows_affected: [...(req.rowsAffected ?? [])], details: req.details };
+}
+
 export const ledger = {
   async insert(db: Knex | Knex.Transaction, req: NewRequest): Promise<PrivacyRequestRecord> {
     const row = {
@@ -199,10 +225,10 @@ export const ledger = {
       due_at: req.dueAt,
       completed_at: req.completedAt ?? null,
       error: null,
-      result: JSON.stringify({ rows_affected: req.rowsAffected ?? [] }),
+      result: JSON.stringify(storedResult(req)),
     };
     await db(TABLE).insert({ ...row, worker_id: req.workerId ?? null, scheduled_for: req.scheduledFor ?? null });
-    return toRecord({ ...row, scheduled_for: req.scheduledFor ?? null, result: { rows_affected: [...(req.rowsAffected ?? [])] } });
+    return toRecord({ ...row, scheduled_for: req.scheduledFor ?? null, result: storedResult(req) });
   },
 
   async finish(db: Knex | Knex.Transaction, id: string, state: 'completed' | 'failed', at: Date, error?: string): Promise<void> {
@@ -292,7 +318,7 @@ export const ledger = {
         w.where((w2) => {
           w2.whereIn('state', OPEN_STATES).andWhere('due_at', '<', f.now);
         }).orWhere((w2) => {
-          w2.where('state', 'anonymized').andWhere('received_at', '<', confirmBy);
+          w2.whereIn('state', CONFIRMING_STATES).andWhere('received_at', '<', confirmBy);
         });
       });
     }
@@ -346,13 +372,17 @@ export const ledger = {
 
   /**
    * Records a downstream service's receipt. A forget in state `anonymized` becomes `completed`
-   * once every expected service has confirmed a purge. Unknown requests are ignored (another
-   * Lethe installation may share the stream); returns what happened, for logging.
+   * once every expected service has confirmed a purge; a change in state `applied` once every
+   * expected service has applied it (or had nothing to change), and `failed` when one could not.
+   * A rectification's pending values are cleared once it is settled. Unknown requests are ignored
+   * (another Lethe installation may share the stream); returns what happened, for logging.
    */
   async recordConfirmation(knex: Knex, c: NewConfirmation, expectedServices: readonly string[], now: Date): Promise<ConfirmationOutcome> {
     return knex.transaction(async (trx) => {
       const request = (await trx(TABLE).where({ id: c.requestId }).forUpdate().first()) as Row | undefined;
-      if (request === undefined || request.type !== 'forget') return 'unknown-request';
+      const change = request !== undefined && CHANGE_TYPES.includes(request.type);
+      if (request === undefined || (request.type !== 'forget' && !change)) return 'unknown-request';
+      if (change !== (c.status === 'applied' || c.status === 'skipped' || c.status === 'failed')) return 'unknown-request';
       await trx('lethe_confirmations')
         .insert({
           request_id: c.requestId,
@@ -365,10 +395,19 @@ export const ledger = {
         })
         .onConflict(['request_id', 'service'])
         .merge(['status', 'rows_affected', 'purged_at', 'received_at', 'error']);
-      if (request.state !== 'anonymized') return 'recorded';
-      const purged = new Set((await trx('lethe_confirmations').where({ request_id: c.requestId, status: 'purged' }).pluck('service')) as string[]);
-      if (!expectedServices.every((s) => purged.has(s))) return 'recorded';
+      if (request.state !== (change ? 'applied' : 'anonymized')) return 'recorded';
+      if (change && c.status === 'failed' && expectedServices.includes(c.service)) {
+        await trx(TABLE)
+          .where({ id: c.requestId })
+          .update({ state: 'failed', error: `${c.service} could not apply the change: ${c.error ?? 'no reason given'}`.slice(0, 512) });
+        await trx('lethe_rectifications').where({ request_id: c.requestId }).update({ pending_values: null });
+        return 'recorded';
+      }
+      const done = change ? ['applied', 'skipped'] : ['purged'];
+      const confirmed = new Set((await trx('lethe_confirmations').where({ request_id: c.requestId }).whereIn('status', done).pluck('service')) as string[]);
+      if (!expectedServices.every((s) => confirmed.has(s))) return 'recorded';
       await trx(TABLE).where({ id: c.requestId }).update({ state: 'completed', completed_at: now });
+      if (change) await trx('lethe_rectifications').where({ request_id: c.requestId }).update({ pending_values: null });
       return 'completed';
     });
   },

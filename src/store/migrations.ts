@@ -7,7 +7,9 @@ import * as lethe003 from './migrations/lethe/003-export-artifacts.js';
 import * as lethe004 from './migrations/lethe/004-erasure.js';
 import * as lethe005 from './migrations/lethe/005-workers.js';
 import * as lethe006 from './migrations/lethe/006-scheduling.js';
+import * as lethe007 from './migrations/lethe/007-rights.js';
 import * as sidecar001 from './migrations/sidecar/001-purges.js';
+import * as sidecar002 from './migrations/sidecar/002-changes.js';
 
 interface Migration {
   up(knex: Knex): Promise<void>;
@@ -37,8 +39,9 @@ const LETHE = new StaticMigrationSource({
   '004-erasure': lethe004,
   '005-workers': lethe005,
   '006-scheduling': lethe006,
+  '007-rights': lethe007,
 });
-const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001 });
+const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001, '002-changes': sidecar002 });
 const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
 
 /**
@@ -60,7 +63,7 @@ export async function migrateIdentitySchema(knex: Knex): Promise<void> {
   await migrate(knex, IDENTITY, 'lethe_identity_migrations');
 }
 
-/** The sidecar's one table in a downstream service's own database. */
+/** The sidecar's tables in a downstream service's own database. */
 export async function migrateSidecar(knex: Knex): Promise<void> {
   await migrate(knex, SIDECAR, 'lethe_sidecar_migrations');
 }

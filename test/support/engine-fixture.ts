@@ -15,14 +15,21 @@ export const never = new AbortController().signal;
 /** Migrates, loads the demo data and builds an engine over the default data map. */
 export async function demoEngine(
   db: Database,
-  options: { dataMap?: DataMap; hashKey?: Buffer; artifacts?: ArtifactOptions; now?: () => Date } = {},
+  options: { dataMap?: DataMap; hashKey?: Buffer; artifacts?: ArtifactOptions; now?: () => Date; expectedServices?: readonly string[] } = {},
 ): Promise<PrivacyEngine> {
   await migrateLethe(db.knex);
   await migrateIdentitySchema(db.knex);
   await loadDemoData(db.knex);
   const dataMap = options.dataMap ?? (await loadDataMap(DEFAULT_DATA_MAP_PATH));
-  const { columnTypes, forgetPlan } = await prepareServerDataMap(db.knex, dataMap, 'test', options.hashKey);
-  return new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, forgetPlan, logger: silentLogger, artifacts: options.artifacts, now: options.now });
+  const prepared = await prepareServerDataMap(db.knex, dataMap, 'test', options.hashKey);
+  return new PrivacyEngine({
+    knex: db.knex,
+    ...prepared,
+    logger: silentLogger,
+    artifacts: options.artifacts,
+    now: options.now,
+    expectedServices: options.expectedServices,
+  });
 }
 
 /** Runs an export to the end and returns the document text, the parsed document and the trailer. */

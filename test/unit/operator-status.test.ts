@@ -34,6 +34,9 @@ const entry = (over: Partial<LedgerEntry>): LedgerEntry => ({
   rowsAffected: [],
   confirmations: [],
   artifact: undefined,
+  fields: [],
+  purposes: [],
+  basis: 0,
   ...over,
 });
 

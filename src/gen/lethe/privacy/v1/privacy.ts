@@ -107,6 +107,11 @@ export enum RequestType {
   REQUEST_TYPE_UNSPECIFIED = 0,
   REQUEST_TYPE_EXPORT = 1,
   REQUEST_TYPE_FORGET = 2,
+  REQUEST_TYPE_RECTIFY = 3,
+  /** REQUEST_TYPE_RESTRICT - A restriction or an objection (see PrivacyRequest.basis). */
+  REQUEST_TYPE_RESTRICT = 4,
+  REQUEST_TYPE_LIFT_RESTRICTION = 5,
+  REQUEST_TYPE_WITHDRAW_CONSENT = 6,
   UNRECOGNIZED = -1,
 }
 
@@ -121,6 +126,18 @@ export function requestTypeFromJSON(object: any): RequestType {
     case 2:
     case "REQUEST_TYPE_FORGET":
       return RequestType.REQUEST_TYPE_FORGET;
+    case 3:
+    case "REQUEST_TYPE_RECTIFY":
+      return RequestType.REQUEST_TYPE_RECTIFY;
+    case 4:
+    case "REQUEST_TYPE_RESTRICT":
+      return RequestType.REQUEST_TYPE_RESTRICT;
+    case 5:
+    case "REQUEST_TYPE_LIFT_RESTRICTION":
+      return RequestType.REQUEST_TYPE_LIFT_RESTRICTION;
+    case 6:
+    case "REQUEST_TYPE_WITHDRAW_CONSENT":
+      return RequestType.REQUEST_TYPE_WITHDRAW_CONSENT;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -136,6 +153,14 @@ export function requestTypeToJSON(object: RequestType): string {
       return "REQUEST_TYPE_EXPORT";
     case RequestType.REQUEST_TYPE_FORGET:
       return "REQUEST_TYPE_FORGET";
+    case RequestType.REQUEST_TYPE_RECTIFY:
+      return "REQUEST_TYPE_RECTIFY";
+    case RequestType.REQUEST_TYPE_RESTRICT:
+      return "REQUEST_TYPE_RESTRICT";
+    case RequestType.REQUEST_TYPE_LIFT_RESTRICTION:
+      return "REQUEST_TYPE_LIFT_RESTRICTION";
+    case RequestType.REQUEST_TYPE_WITHDRAW_CONSENT:
+      return "REQUEST_TYPE_WITHDRAW_CONSENT";
     case RequestType.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -156,6 +181,11 @@ export enum RequestState {
   REQUEST_STATE_SCHEDULED = 5,
   /** REQUEST_STATE_CANCELLED - Cancelled while it was scheduled; nothing was changed. */
   REQUEST_STATE_CANCELLED = 6,
+  /**
+   * REQUEST_STATE_APPLIED - A rectification or processing change: made in the primary database; downstream
+   * confirmations are outstanding.
+   */
+  REQUEST_STATE_APPLIED = 7,
   UNRECOGNIZED = -1,
 }
 
@@ -182,6 +212,9 @@ export function requestStateFromJSON(object: any): RequestState {
     case 6:
     case "REQUEST_STATE_CANCELLED":
       return RequestState.REQUEST_STATE_CANCELLED;
+    case 7:
+    case "REQUEST_STATE_APPLIED":
+      return RequestState.REQUEST_STATE_APPLIED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -205,6 +238,8 @@ export function requestStateToJSON(object: RequestState): string {
       return "REQUEST_STATE_SCHEDULED";
     case RequestState.REQUEST_STATE_CANCELLED:
       return "REQUEST_STATE_CANCELLED";
+    case RequestState.REQUEST_STATE_APPLIED:
+      return "REQUEST_STATE_APPLIED";
     case RequestState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -226,6 +261,10 @@ export enum ConfirmationState {
   CONFIRMATION_STATE_EXPORTED = 4,
   /** CONFIRMATION_STATE_TIMED_OUT - An export: the service did not answer, or stopped answering, in time. */
   CONFIRMATION_STATE_TIMED_OUT = 5,
+  /** CONFIRMATION_STATE_APPLIED - A change: the service applied it to its copy. */
+  CONFIRMATION_STATE_APPLIED = 6,
+  /** CONFIRMATION_STATE_SKIPPED - A change: the subject was erased at the service, so there was nothing to change. */
+  CONFIRMATION_STATE_SKIPPED = 7,
   UNRECOGNIZED = -1,
 }
 
@@ -249,6 +288,12 @@ export function confirmationStateFromJSON(object: any): ConfirmationState {
     case 5:
     case "CONFIRMATION_STATE_TIMED_OUT":
       return ConfirmationState.CONFIRMATION_STATE_TIMED_OUT;
+    case 6:
+    case "CONFIRMATION_STATE_APPLIED":
+      return ConfirmationState.CONFIRMATION_STATE_APPLIED;
+    case 7:
+    case "CONFIRMATION_STATE_SKIPPED":
+      return ConfirmationState.CONFIRMATION_STATE_SKIPPED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -270,6 +315,10 @@ export function confirmationStateToJSON(object: ConfirmationState): string {
       return "CONFIRMATION_STATE_EXPORTED";
     case ConfirmationState.CONFIRMATION_STATE_TIMED_OUT:
       return "CONFIRMATION_STATE_TIMED_OUT";
+    case ConfirmationState.CONFIRMATION_STATE_APPLIED:
+      return "CONFIRMATION_STATE_APPLIED";
+    case ConfirmationState.CONFIRMATION_STATE_SKIPPED:
+      return "CONFIRMATION_STATE_SKIPPED";
     case ConfirmationState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -322,6 +371,93 @@ export function artifactStateToJSON(object: ArtifactState): string {
     case ArtifactState.ARTIFACT_STATE_ERASED:
       return "ARTIFACT_STATE_ERASED";
     case ArtifactState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum ProcessingBasis {
+  PROCESSING_BASIS_UNSPECIFIED = 0,
+  /** PROCESSING_BASIS_RESTRICTION - GDPR Art. 18: processing restricted (e.g. while accuracy is contested). */
+  PROCESSING_BASIS_RESTRICTION = 1,
+  /** PROCESSING_BASIS_OBJECTION - GDPR Art. 21: the person objects to the processing. */
+  PROCESSING_BASIS_OBJECTION = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function processingBasisFromJSON(object: any): ProcessingBasis {
+  switch (object) {
+    case 0:
+    case "PROCESSING_BASIS_UNSPECIFIED":
+      return ProcessingBasis.PROCESSING_BASIS_UNSPECIFIED;
+    case 1:
+    case "PROCESSING_BASIS_RESTRICTION":
+      return ProcessingBasis.PROCESSING_BASIS_RESTRICTION;
+    case 2:
+    case "PROCESSING_BASIS_OBJECTION":
+      return ProcessingBasis.PROCESSING_BASIS_OBJECTION;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ProcessingBasis.UNRECOGNIZED;
+  }
+}
+
+export function processingBasisToJSON(object: ProcessingBasis): string {
+  switch (object) {
+    case ProcessingBasis.PROCESSING_BASIS_UNSPECIFIED:
+      return "PROCESSING_BASIS_UNSPECIFIED";
+    case ProcessingBasis.PROCESSING_BASIS_RESTRICTION:
+      return "PROCESSING_BASIS_RESTRICTION";
+    case ProcessingBasis.PROCESSING_BASIS_OBJECTION:
+      return "PROCESSING_BASIS_OBJECTION";
+    case ProcessingBasis.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum ConsentState {
+  CONSENT_STATE_UNSPECIFIED = 0,
+  CONSENT_STATE_GIVEN = 1,
+  CONSENT_STATE_WITHDRAWN = 2,
+  /** CONSENT_STATE_NONE - Never given. */
+  CONSENT_STATE_NONE = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function consentStateFromJSON(object: any): ConsentState {
+  switch (object) {
+    case 0:
+    case "CONSENT_STATE_UNSPECIFIED":
+      return ConsentState.CONSENT_STATE_UNSPECIFIED;
+    case 1:
+    case "CONSENT_STATE_GIVEN":
+      return ConsentState.CONSENT_STATE_GIVEN;
+    case 2:
+    case "CONSENT_STATE_WITHDRAWN":
+      return ConsentState.CONSENT_STATE_WITHDRAWN;
+    case 3:
+    case "CONSENT_STATE_NONE":
+      return ConsentState.CONSENT_STATE_NONE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ConsentState.UNRECOGNIZED;
+  }
+}
+
+export function consentStateToJSON(object: ConsentState): string {
+  switch (object) {
+    case ConsentState.CONSENT_STATE_UNSPECIFIED:
+      return "CONSENT_STATE_UNSPECIFIED";
+    case ConsentState.CONSENT_STATE_GIVEN:
+      return "CONSENT_STATE_GIVEN";
+    case ConsentState.CONSENT_STATE_WITHDRAWN:
+      return "CONSENT_STATE_WITHDRAWN";
+    case ConsentState.CONSENT_STATE_NONE:
+      return "CONSENT_STATE_NONE";
+    case ConsentState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -510,6 +646,12 @@ export interface PrivacyRequest {
   /** Set once the due date was extended: the due date before, and why. */
   originalDueAt: Date | undefined;
   extensionReason: string;
+  /** Rectifications: the fields changed (never their values). */
+  fields: string[];
+  /** Restrictions, lifts and consent withdrawals: the purposes. */
+  purposes: string[];
+  /** Restrictions and lifts: what was restricted or lifted. */
+  basis: ProcessingBasis;
 }
 
 export interface DownstreamConfirmation {
@@ -627,6 +769,153 @@ export interface ExtendPrivacyRequestRequest {
 
 export interface ExtendPrivacyRequestResponse {
   request: PrivacyRequest | undefined;
+}
+
+export interface RectifyUserRequest {
+  /** The subject. 1 to 256 printable ASCII characters. */
+  userId: string;
+  /** Field name (as the data map's `rectify` names it) → the new value. */
+  changes: { [key: string]: string };
+  /**
+   * Why, recorded in the ledger and the audit log (which records the field names, never values).
+   * Optional, at most 256 bytes.
+   */
+  reason: string;
+  /** Required: a retried call with the same key returns the first call's result. */
+  idempotencyKey: string;
+  /** The person who asked, when the caller acts for someone. Optional. */
+  requestedBy: string;
+}
+
+export interface RectifyUserRequest_ChangesEntry {
+  key: string;
+  value: string;
+}
+
+export interface RectifyUserResponse {
+  request:
+    | PrivacyRequest
+    | undefined;
+  /** True when this response replays an earlier call with the same idempotency key. */
+  replayed: boolean;
+}
+
+export interface RestrictProcessingRequest {
+  userId: string;
+  /** Purposes from the data map's `purposes`. At least one. */
+  purposes: string[];
+  /** Unspecified means RESTRICTION. */
+  basis: ProcessingBasis;
+  /** Optional, at most 256 bytes. */
+  reason: string;
+  /** Required: a retried call with the same key returns the first call's result. */
+  idempotencyKey: string;
+}
+
+export interface RestrictProcessingResponse {
+  request: PrivacyRequest | undefined;
+  replayed: boolean;
+  /** The subject's processing choices now. */
+  purposes: PurposeState[];
+}
+
+export interface LiftRestrictionRequest {
+  userId: string;
+  purposes: string[];
+  basis: ProcessingBasis;
+  reason: string;
+  idempotencyKey: string;
+}
+
+export interface LiftRestrictionResponse {
+  request: PrivacyRequest | undefined;
+  replayed: boolean;
+  purposes: PurposeState[];
+}
+
+/**
+ * What applies to one purpose for the subject now; sidecars keep the same in their service's
+ * lethe_processing_flags table.
+ */
+export interface PurposeState {
+  purpose: string;
+  restricted: boolean;
+  objected: boolean;
+  consent: ConsentState;
+}
+
+export interface RecordConsentRequest {
+  userId: string;
+  purpose: string;
+  /**
+   * The version of the text the person agreed to (e.g. "2026-11-privacy-v3"). Required, at most
+   * 128 printable ASCII characters.
+   */
+  textVersion: string;
+  /** Optional hex SHA-256 of that text. */
+  textSha256: string;
+  /** Where it was given, e.g. "web-signup". Required: 1 to 64 of a-z, 0-9, . _ : / -. */
+  source: string;
+}
+
+export interface RecordConsentResponse {
+  consent:
+    | Consent
+    | undefined;
+  /** True when the same consent (purpose and text version) was already in force. */
+  alreadyGiven: boolean;
+  purposes: PurposeState[];
+}
+
+export interface WithdrawConsentRequest {
+  userId: string;
+  /** The purposes to withdraw; empty withdraws every consent in force. */
+  purposes: string[];
+  /** Where it was withdrawn (same rule as RecordConsentRequest.source). */
+  source: string;
+  reason: string;
+}
+
+export interface WithdrawConsentResponse {
+  /** The ledger entry of the withdrawal (unset when no consent was in force). */
+  request:
+    | PrivacyRequest
+    | undefined;
+  /** The consent records withdrawn by this call. */
+  withdrawn: Consent[];
+  purposes: PurposeState[];
+}
+
+export interface ListConsentsRequest {
+  userId: string;
+}
+
+export interface ListConsentsResponse {
+  /** Every consent record of the subject, oldest first. */
+  consents: Consent[];
+  purposes: PurposeState[];
+}
+
+/** A consent record: the proof kept of what was agreed to, when and where, and its withdrawal. */
+export interface Consent {
+  id: string;
+  userId: string;
+  purpose: string;
+  textVersion: string;
+  textSha256: string;
+  source: string;
+  givenAt:
+    | Date
+    | undefined;
+  /** The principal who recorded it (the subject, or the service that collected it). */
+  givenBy: string;
+  withdrawnAt: Date | undefined;
+  withdrawnBy: string;
+  /**
+   * Where it was withdrawn; "superseded" when a newer version was agreed to, "erasure" when the
+   * subject was forgotten.
+   */
+  withdrawnSource: string;
 }
 
 function createBaseExportUserRequest(): ExportUserRequest {
@@ -2179,6 +2468,9 @@ function createBasePrivacyRequest(): PrivacyRequest {
     scheduledFor: undefined,
     originalDueAt: undefined,
     extensionReason: "",
+    fields: [],
+    purposes: [],
+    basis: 0,
   };
 }
 
@@ -2237,6 +2529,15 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     }
     if (message.extensionReason !== "") {
       writer.uint32(146).string(message.extensionReason);
+    }
+    for (const v of message.fields) {
+      writer.uint32(154).string(v!);
+    }
+    for (const v of message.purposes) {
+      writer.uint32(162).string(v!);
+    }
+    if (message.basis !== 0) {
+      writer.uint32(168).int32(message.basis);
     }
     return writer;
   },
@@ -2398,6 +2699,30 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
             message.extensionReason = reader.string();
             continue;
           }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.fields.push(reader.string());
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.purposes.push(reader.string());
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.basis = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2468,6 +2793,13 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
         : isSet(object.extension_reason)
         ? globalThis.String(object.extension_reason)
         : "",
+      fields: globalThis.Array.isArray(object?.fields)
+        ? object.fields.map((e: any) => globalThis.String(e))
+        : [],
+      purposes: globalThis.Array.isArray(object?.purposes)
+        ? object.purposes.map((e: any) => globalThis.String(e))
+        : [],
+      basis: isSet(object.basis) ? processingBasisFromJSON(object.basis) : 0,
     };
   },
 
@@ -2527,6 +2859,15 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     if (message.extensionReason !== "") {
       obj.extensionReason = message.extensionReason;
     }
+    if (message.fields?.length) {
+      obj.fields = message.fields;
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes;
+    }
+    if (message.basis !== 0) {
+      obj.basis = processingBasisToJSON(message.basis);
+    }
     return obj;
   },
 
@@ -2555,6 +2896,9 @@ export const PrivacyRequest: MessageFns<PrivacyRequest> = {
     message.scheduledFor = object.scheduledFor ?? undefined;
     message.originalDueAt = object.originalDueAt ?? undefined;
     message.extensionReason = object.extensionReason ?? "";
+    message.fields = object.fields?.map((e) => e) || [];
+    message.purposes = object.purposes?.map((e) => e) || [];
+    message.basis = object.basis ?? 0;
     return message;
   },
 };
@@ -4040,6 +4384,1877 @@ export const ExtendPrivacyRequestResponse: MessageFns<ExtendPrivacyRequestRespon
   },
 };
 
+function createBaseRectifyUserRequest(): RectifyUserRequest {
+  return { userId: "", changes: {}, reason: "", idempotencyKey: "", requestedBy: "" };
+}
+
+export const RectifyUserRequest: MessageFns<RectifyUserRequest> = {
+  encode(message: RectifyUserRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.userId !== "") {
+      writer.uint32(10).string(message.userId);
+    }
+    globalThis.Object.entries(message.changes).forEach(([key, value]: [string, string]) => {
+      RectifyUserRequest_ChangesEntry.encode({ key: key as any, value }, writer.uint32(18).fork()).join();
+    });
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    if (message.idempotencyKey !== "") {
+      writer.uint32(34).string(message.idempotencyKey);
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(42).string(message.requestedBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RectifyUserRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRectifyUserRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            const entry2 = RectifyUserRequest_ChangesEntry.decode(reader, reader.uint32());
+            if (entry2.value !== undefined) {
+              message.changes[entry2.key] = entry2.value;
+            }
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.idempotencyKey = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RectifyUserRequest {
+    return {
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      changes: isObject(object.changes)
+        ? (globalThis.Object.entries(object.changes) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      idempotencyKey: isSet(object.idempotencyKey)
+        ? globalThis.String(object.idempotencyKey)
+        : isSet(object.idempotency_key)
+        ? globalThis.String(object.idempotency_key)
+        : "",
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
+    };
+  },
+
+  toJSON(message: RectifyUserRequest): unknown {
+    const obj: any = {};
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.changes) {
+      const entries = globalThis.Object.entries(message.changes) as [string, string][];
+      if (entries.length > 0) {
+        obj.changes = {};
+        entries.forEach(([k, v]) => {
+          obj.changes[k] = v;
+        });
+      }
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.idempotencyKey !== "") {
+      obj.idempotencyKey = message.idempotencyKey;
+    }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RectifyUserRequest>): RectifyUserRequest {
+    return RectifyUserRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RectifyUserRequest>): RectifyUserRequest {
+    const message = createBaseRectifyUserRequest();
+    message.userId = object.userId ?? "";
+    message.changes = (globalThis.Object.entries(object.changes ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.reason = object.reason ?? "";
+    message.idempotencyKey = object.idempotencyKey ?? "";
+    message.requestedBy = object.requestedBy ?? "";
+    return message;
+  },
+};
+
+function createBaseRectifyUserRequest_ChangesEntry(): RectifyUserRequest_ChangesEntry {
+  return { key: "", value: "" };
+}
+
+export const RectifyUserRequest_ChangesEntry: MessageFns<RectifyUserRequest_ChangesEntry> = {
+  encode(message: RectifyUserRequest_ChangesEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RectifyUserRequest_ChangesEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRectifyUserRequest_ChangesEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RectifyUserRequest_ChangesEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: RectifyUserRequest_ChangesEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RectifyUserRequest_ChangesEntry>): RectifyUserRequest_ChangesEntry {
+    return RectifyUserRequest_ChangesEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RectifyUserRequest_ChangesEntry>): RectifyUserRequest_ChangesEntry {
+    const message = createBaseRectifyUserRequest_ChangesEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseRectifyUserResponse(): RectifyUserResponse {
+  return { request: undefined, replayed: false };
+}
+
+export const RectifyUserResponse: MessageFns<RectifyUserResponse> = {
+  encode(message: RectifyUserResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      PrivacyRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    if (message.replayed !== false) {
+      writer.uint32(16).bool(message.replayed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RectifyUserResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRectifyUserResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = PrivacyRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replayed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RectifyUserResponse {
+    return {
+      request: isSet(object.request) ? PrivacyRequest.fromJSON(object.request) : undefined,
+      replayed: isSet(object.replayed) ? globalThis.Boolean(object.replayed) : false,
+    };
+  },
+
+  toJSON(message: RectifyUserResponse): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = PrivacyRequest.toJSON(message.request);
+    }
+    if (message.replayed !== false) {
+      obj.replayed = message.replayed;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RectifyUserResponse>): RectifyUserResponse {
+    return RectifyUserResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RectifyUserResponse>): RectifyUserResponse {
+    const message = createBaseRectifyUserResponse();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? PrivacyRequest.fromPartial(object.request)
+      : undefined;
+    message.replayed = object.replayed ?? false;
+    return message;
+  },
+};
+
+function createBaseRestrictProcessingRequest(): RestrictProcessingRequest {
+  return { userId: "", purposes: [], basis: 0, reason: "", idempotencyKey: "" };
+}
+
+export const RestrictProcessingRequest: MessageFns<RestrictProcessingRequest> = {
+  encode(message: RestrictProcessingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.userId !== "") {
+      writer.uint32(10).string(message.userId);
+    }
+    for (const v of message.purposes) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.basis !== 0) {
+      writer.uint32(24).int32(message.basis);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.idempotencyKey !== "") {
+      writer.uint32(42).string(message.idempotencyKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestrictProcessingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestrictProcessingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.purposes.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.basis = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.idempotencyKey = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestrictProcessingRequest {
+    return {
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      purposes: globalThis.Array.isArray(object?.purposes) ? object.purposes.map((e: any) => globalThis.String(e)) : [],
+      basis: isSet(object.basis) ? processingBasisFromJSON(object.basis) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      idempotencyKey: isSet(object.idempotencyKey)
+        ? globalThis.String(object.idempotencyKey)
+        : isSet(object.idempotency_key)
+        ? globalThis.String(object.idempotency_key)
+        : "",
+    };
+  },
+
+  toJSON(message: RestrictProcessingRequest): unknown {
+    const obj: any = {};
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes;
+    }
+    if (message.basis !== 0) {
+      obj.basis = processingBasisToJSON(message.basis);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.idempotencyKey !== "") {
+      obj.idempotencyKey = message.idempotencyKey;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RestrictProcessingRequest>): RestrictProcessingRequest {
+    return RestrictProcessingRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RestrictProcessingRequest>): RestrictProcessingRequest {
+    const message = createBaseRestrictProcessingRequest();
+    message.userId = object.userId ?? "";
+    message.purposes = object.purposes?.map((e) => e) || [];
+    message.basis = object.basis ?? 0;
+    message.reason = object.reason ?? "";
+    message.idempotencyKey = object.idempotencyKey ?? "";
+    return message;
+  },
+};
+
+function createBaseRestrictProcessingResponse(): RestrictProcessingResponse {
+  return { request: undefined, replayed: false, purposes: [] };
+}
+
+export const RestrictProcessingResponse: MessageFns<RestrictProcessingResponse> = {
+  encode(message: RestrictProcessingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      PrivacyRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    if (message.replayed !== false) {
+      writer.uint32(16).bool(message.replayed);
+    }
+    for (const v of message.purposes) {
+      PurposeState.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestrictProcessingResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestrictProcessingResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = PrivacyRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replayed = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.purposes.push(PurposeState.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestrictProcessingResponse {
+    return {
+      request: isSet(object.request) ? PrivacyRequest.fromJSON(object.request) : undefined,
+      replayed: isSet(object.replayed) ? globalThis.Boolean(object.replayed) : false,
+      purposes: globalThis.Array.isArray(object?.purposes)
+        ? object.purposes.map((e: any) => PurposeState.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RestrictProcessingResponse): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = PrivacyRequest.toJSON(message.request);
+    }
+    if (message.replayed !== false) {
+      obj.replayed = message.replayed;
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes.map((e) => PurposeState.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RestrictProcessingResponse>): RestrictProcessingResponse {
+    return RestrictProcessingResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RestrictProcessingResponse>): RestrictProcessingResponse {
+    const message = createBaseRestrictProcessingResponse();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? PrivacyRequest.fromPartial(object.request)
+      : undefined;
+    message.replayed = object.replayed ?? false;
+    message.purposes = object.purposes?.map((e) => PurposeState.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseLiftRestrictionRequest(): LiftRestrictionRequest {
+  return { userId: "", purposes: [], basis: 0, reason: "", idempotencyKey: "" };
+}
+
+export const LiftRestrictionRequest: MessageFns<LiftRestrictionRequest> = {
+  encode(message: LiftRestrictionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.userId !== "") {
+      writer.uint32(10).string(message.userId);
+    }
+    for (const v of message.purposes) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.basis !== 0) {
+      writer.uint32(24).int32(message.basis);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.idempotencyKey !== "") {
+      writer.uint32(42).string(message.idempotencyKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LiftRestrictionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLiftRestrictionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.purposes.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.basis = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.idempotencyKey = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LiftRestrictionRequest {
+    return {
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      purposes: globalThis.Array.isArray(object?.purposes) ? object.purposes.map((e: any) => globalThis.String(e)) : [],
+      basis: isSet(object.basis) ? processingBasisFromJSON(object.basis) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      idempotencyKey: isSet(object.idempotencyKey)
+        ? globalThis.String(object.idempotencyKey)
+        : isSet(object.idempotency_key)
+        ? globalThis.String(object.idempotency_key)
+        : "",
+    };
+  },
+
+  toJSON(message: LiftRestrictionRequest): unknown {
+    const obj: any = {};
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes;
+    }
+    if (message.basis !== 0) {
+      obj.basis = processingBasisToJSON(message.basis);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.idempotencyKey !== "") {
+      obj.idempotencyKey = message.idempotencyKey;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LiftRestrictionRequest>): LiftRestrictionRequest {
+    return LiftRestrictionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LiftRestrictionRequest>): LiftRestrictionRequest {
+    const message = createBaseLiftRestrictionRequest();
+    message.userId = object.userId ?? "";
+    message.purposes = object.purposes?.map((e) => e) || [];
+    message.basis = object.basis ?? 0;
+    message.reason = object.reason ?? "";
+    message.idempotencyKey = object.idempotencyKey ?? "";
+    return message;
+  },
+};
+
+function createBaseLiftRestrictionResponse(): LiftRestrictionResponse {
+  return { request: undefined, replayed: false, purposes: [] };
+}
+
+export const LiftRestrictionResponse: MessageFns<LiftRestrictionResponse> = {
+  encode(message: LiftRestrictionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      PrivacyRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    if (message.replayed !== false) {
+      writer.uint32(16).bool(message.replayed);
+    }
+    for (const v of message.purposes) {
+      PurposeState.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LiftRestrictionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLiftRestrictionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = PrivacyRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replayed = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.purposes.push(PurposeState.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LiftRestrictionResponse {
+    return {
+      request: isSet(object.request) ? PrivacyRequest.fromJSON(object.request) : undefined,
+      replayed: isSet(object.replayed) ? globalThis.Boolean(object.replayed) : false,
+      purposes: globalThis.Array.isArray(object?.purposes)
+        ? object.purposes.map((e: any) => PurposeState.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: LiftRestrictionResponse): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = PrivacyRequest.toJSON(message.request);
+    }
+    if (message.replayed !== false) {
+      obj.replayed = message.replayed;
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes.map((e) => PurposeState.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LiftRestrictionResponse>): LiftRestrictionResponse {
+    return LiftRestrictionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LiftRestrictionResponse>): LiftRestrictionResponse {
+    const message = createBaseLiftRestrictionResponse();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? PrivacyRequest.fromPartial(object.request)
+      : undefined;
+    message.replayed = object.replayed ?? false;
+    message.purposes = object.purposes?.map((e) => PurposeState.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePurposeState(): PurposeState {
+  return { purpose: "", restricted: false, objected: false, consent: 0 };
+}
+
+export const PurposeState: MessageFns<PurposeState> = {
+  encode(message: PurposeState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.purpose !== "") {
+      writer.uint32(10).string(message.purpose);
+    }
+    if (message.restricted !== false) {
+      writer.uint32(16).bool(message.restricted);
+    }
+    if (message.objected !== false) {
+      writer.uint32(24).bool(message.objected);
+    }
+    if (message.consent !== 0) {
+      writer.uint32(32).int32(message.consent);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PurposeState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePurposeState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.restricted = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.objected = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.consent = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PurposeState {
+    return {
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+      restricted: isSet(object.restricted) ? globalThis.Boolean(object.restricted) : false,
+      objected: isSet(object.objected) ? globalThis.Boolean(object.objected) : false,
+      consent: isSet(object.consent) ? consentStateFromJSON(object.consent) : 0,
+    };
+  },
+
+  toJSON(message: PurposeState): unknown {
+    const obj: any = {};
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    if (message.restricted !== false) {
+      obj.restricted = message.restricted;
+    }
+    if (message.objected !== false) {
+      obj.objected = message.objected;
+    }
+    if (message.consent !== 0) {
+      obj.consent = consentStateToJSON(message.consent);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PurposeState>): PurposeState {
+    return PurposeState.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PurposeState>): PurposeState {
+    const message = createBasePurposeState();
+    message.purpose = object.purpose ?? "";
+    message.restricted = object.restricted ?? false;
+    message.objected = object.objected ?? false;
+    message.consent = object.consent ?? 0;
+    return message;
+  },
+};
+
+function createBaseRecordConsentRequest(): RecordConsentRequest {
+  return { userId: "", purpose: "", textVersion: "", textSha256: "", source: "" };
+}
+
+export const RecordConsentRequest: MessageFns<RecordConsentRequest> = {
+  encode(message: RecordConsentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.userId !== "") {
+      writer.uint32(10).string(message.userId);
+    }
+    if (message.purpose !== "") {
+      writer.uint32(18).string(message.purpose);
+    }
+    if (message.textVersion !== "") {
+      writer.uint32(26).string(message.textVersion);
+    }
+    if (message.textSha256 !== "") {
+      writer.uint32(34).string(message.textSha256);
+    }
+    if (message.source !== "") {
+      writer.uint32(42).string(message.source);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecordConsentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecordConsentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.textVersion = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.textSha256 = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecordConsentRequest {
+    return {
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+      textVersion: isSet(object.textVersion)
+        ? globalThis.String(object.textVersion)
+        : isSet(object.text_version)
+        ? globalThis.String(object.text_version)
+        : "",
+      textSha256: isSet(object.textSha256)
+        ? globalThis.String(object.textSha256)
+        : isSet(object.text_sha256)
+        ? globalThis.String(object.text_sha256)
+        : "",
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+    };
+  },
+
+  toJSON(message: RecordConsentRequest): unknown {
+    const obj: any = {};
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    if (message.textVersion !== "") {
+      obj.textVersion = message.textVersion;
+    }
+    if (message.textSha256 !== "") {
+      obj.textSha256 = message.textSha256;
+    }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RecordConsentRequest>): RecordConsentRequest {
+    return RecordConsentRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RecordConsentRequest>): RecordConsentRequest {
+    const message = createBaseRecordConsentRequest();
+    message.userId = object.userId ?? "";
+    message.purpose = object.purpose ?? "";
+    message.textVersion = object.textVersion ?? "";
+    message.textSha256 = object.textSha256 ?? "";
+    message.source = object.source ?? "";
+    return message;
+  },
+};
+
+function createBaseRecordConsentResponse(): RecordConsentResponse {
+  return { consent: undefined, alreadyGiven: false, purposes: [] };
+}
+
+export const RecordConsentResponse: MessageFns<RecordConsentResponse> = {
+  encode(message: RecordConsentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.consent !== undefined) {
+      Consent.encode(message.consent, writer.uint32(10).fork()).join();
+    }
+    if (message.alreadyGiven !== false) {
+      writer.uint32(16).bool(message.alreadyGiven);
+    }
+    for (const v of message.purposes) {
+      PurposeState.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecordConsentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecordConsentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.consent = Consent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.alreadyGiven = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.purposes.push(PurposeState.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecordConsentResponse {
+    return {
+      consent: isSet(object.consent) ? Consent.fromJSON(object.consent) : undefined,
+      alreadyGiven: isSet(object.alreadyGiven)
+        ? globalThis.Boolean(object.alreadyGiven)
+        : isSet(object.already_given)
+        ? globalThis.Boolean(object.already_given)
+        : false,
+      purposes: globalThis.Array.isArray(object?.purposes)
+        ? object.purposes.map((e: any) => PurposeState.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RecordConsentResponse): unknown {
+    const obj: any = {};
+    if (message.consent !== undefined) {
+      obj.consent = Consent.toJSON(message.consent);
+    }
+    if (message.alreadyGiven !== false) {
+      obj.alreadyGiven = message.alreadyGiven;
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes.map((e) => PurposeState.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RecordConsentResponse>): RecordConsentResponse {
+    return RecordConsentResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RecordConsentResponse>): RecordConsentResponse {
+    const message = createBaseRecordConsentResponse();
+    message.consent = (object.consent !== undefined && object.consent !== null)
+      ? Consent.fromPartial(object.consent)
+      : undefined;
+    message.alreadyGiven = object.alreadyGiven ?? false;
+    message.purposes = object.purposes?.map((e) => PurposeState.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseWithdrawConsentRequest(): WithdrawConsentRequest {
+  return { userId: "", purposes: [], source: "", reason: "" };
+}
+
+export const WithdrawConsentRequest: MessageFns<WithdrawConsentRequest> = {
+  encode(message: WithdrawConsentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.userId !== "") {
+      writer.uint32(10).string(message.userId);
+    }
+    for (const v of message.purposes) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.source !== "") {
+      writer.uint32(26).string(message.source);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WithdrawConsentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWithdrawConsentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.purposes.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WithdrawConsentRequest {
+    return {
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      purposes: globalThis.Array.isArray(object?.purposes) ? object.purposes.map((e: any) => globalThis.String(e)) : [],
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: WithdrawConsentRequest): unknown {
+    const obj: any = {};
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes;
+    }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WithdrawConsentRequest>): WithdrawConsentRequest {
+    return WithdrawConsentRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WithdrawConsentRequest>): WithdrawConsentRequest {
+    const message = createBaseWithdrawConsentRequest();
+    message.userId = object.userId ?? "";
+    message.purposes = object.purposes?.map((e) => e) || [];
+    message.source = object.source ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseWithdrawConsentResponse(): WithdrawConsentResponse {
+  return { request: undefined, withdrawn: [], purposes: [] };
+}
+
+export const WithdrawConsentResponse: MessageFns<WithdrawConsentResponse> = {
+  encode(message: WithdrawConsentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      PrivacyRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.withdrawn) {
+      Consent.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.purposes) {
+      PurposeState.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WithdrawConsentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWithdrawConsentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = PrivacyRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.withdrawn.push(Consent.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.purposes.push(PurposeState.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WithdrawConsentResponse {
+    return {
+      request: isSet(object.request) ? PrivacyRequest.fromJSON(object.request) : undefined,
+      withdrawn: globalThis.Array.isArray(object?.withdrawn)
+        ? object.withdrawn.map((e: any) => Consent.fromJSON(e))
+        : [],
+      purposes: globalThis.Array.isArray(object?.purposes)
+        ? object.purposes.map((e: any) => PurposeState.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: WithdrawConsentResponse): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = PrivacyRequest.toJSON(message.request);
+    }
+    if (message.withdrawn?.length) {
+      obj.withdrawn = message.withdrawn.map((e) => Consent.toJSON(e));
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes.map((e) => PurposeState.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WithdrawConsentResponse>): WithdrawConsentResponse {
+    return WithdrawConsentResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WithdrawConsentResponse>): WithdrawConsentResponse {
+    const message = createBaseWithdrawConsentResponse();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? PrivacyRequest.fromPartial(object.request)
+      : undefined;
+    message.withdrawn = object.withdrawn?.map((e) => Consent.fromPartial(e)) || [];
+    message.purposes = object.purposes?.map((e) => PurposeState.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseListConsentsRequest(): ListConsentsRequest {
+  return { userId: "" };
+}
+
+export const ListConsentsRequest: MessageFns<ListConsentsRequest> = {
+  encode(message: ListConsentsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.userId !== "") {
+      writer.uint32(10).string(message.userId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListConsentsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListConsentsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListConsentsRequest {
+    return {
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ListConsentsRequest): unknown {
+    const obj: any = {};
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListConsentsRequest>): ListConsentsRequest {
+    return ListConsentsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListConsentsRequest>): ListConsentsRequest {
+    const message = createBaseListConsentsRequest();
+    message.userId = object.userId ?? "";
+    return message;
+  },
+};
+
+function createBaseListConsentsResponse(): ListConsentsResponse {
+  return { consents: [], purposes: [] };
+}
+
+export const ListConsentsResponse: MessageFns<ListConsentsResponse> = {
+  encode(message: ListConsentsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.consents) {
+      Consent.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.purposes) {
+      PurposeState.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListConsentsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListConsentsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.consents.push(Consent.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.purposes.push(PurposeState.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListConsentsResponse {
+    return {
+      consents: globalThis.Array.isArray(object?.consents) ? object.consents.map((e: any) => Consent.fromJSON(e)) : [],
+      purposes: globalThis.Array.isArray(object?.purposes)
+        ? object.purposes.map((e: any) => PurposeState.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListConsentsResponse): unknown {
+    const obj: any = {};
+    if (message.consents?.length) {
+      obj.consents = message.consents.map((e) => Consent.toJSON(e));
+    }
+    if (message.purposes?.length) {
+      obj.purposes = message.purposes.map((e) => PurposeState.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListConsentsResponse>): ListConsentsResponse {
+    return ListConsentsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListConsentsResponse>): ListConsentsResponse {
+    const message = createBaseListConsentsResponse();
+    message.consents = object.consents?.map((e) => Consent.fromPartial(e)) || [];
+    message.purposes = object.purposes?.map((e) => PurposeState.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseConsent(): Consent {
+  return {
+    id: "",
+    userId: "",
+    purpose: "",
+    textVersion: "",
+    textSha256: "",
+    source: "",
+    givenAt: undefined,
+    givenBy: "",
+    withdrawnAt: undefined,
+    withdrawnBy: "",
+    withdrawnSource: "",
+  };
+}
+
+export const Consent: MessageFns<Consent> = {
+  encode(message: Consent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.userId !== "") {
+      writer.uint32(18).string(message.userId);
+    }
+    if (message.purpose !== "") {
+      writer.uint32(26).string(message.purpose);
+    }
+    if (message.textVersion !== "") {
+      writer.uint32(34).string(message.textVersion);
+    }
+    if (message.textSha256 !== "") {
+      writer.uint32(42).string(message.textSha256);
+    }
+    if (message.source !== "") {
+      writer.uint32(50).string(message.source);
+    }
+    if (message.givenAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.givenAt), writer.uint32(58).fork()).join();
+    }
+    if (message.givenBy !== "") {
+      writer.uint32(66).string(message.givenBy);
+    }
+    if (message.withdrawnAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.withdrawnAt), writer.uint32(74).fork()).join();
+    }
+    if (message.withdrawnBy !== "") {
+      writer.uint32(82).string(message.withdrawnBy);
+    }
+    if (message.withdrawnSource !== "") {
+      writer.uint32(90).string(message.withdrawnSource);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Consent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConsent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.textVersion = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.textSha256 = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.givenAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.givenBy = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.withdrawnAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.withdrawnBy = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.withdrawnSource = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Consent {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+      textVersion: isSet(object.textVersion)
+        ? globalThis.String(object.textVersion)
+        : isSet(object.text_version)
+        ? globalThis.String(object.text_version)
+        : "",
+      textSha256: isSet(object.textSha256)
+        ? globalThis.String(object.textSha256)
+        : isSet(object.text_sha256)
+        ? globalThis.String(object.text_sha256)
+        : "",
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+      givenAt: isSet(object.givenAt)
+        ? fromJsonTimestamp(object.givenAt)
+        : isSet(object.given_at)
+        ? fromJsonTimestamp(object.given_at)
+        : undefined,
+      givenBy: isSet(object.givenBy)
+        ? globalThis.String(object.givenBy)
+        : isSet(object.given_by)
+        ? globalThis.String(object.given_by)
+        : "",
+      withdrawnAt: isSet(object.withdrawnAt)
+        ? fromJsonTimestamp(object.withdrawnAt)
+        : isSet(object.withdrawn_at)
+        ? fromJsonTimestamp(object.withdrawn_at)
+        : undefined,
+      withdrawnBy: isSet(object.withdrawnBy)
+        ? globalThis.String(object.withdrawnBy)
+        : isSet(object.withdrawn_by)
+        ? globalThis.String(object.withdrawn_by)
+        : "",
+      withdrawnSource: isSet(object.withdrawnSource)
+        ? globalThis.String(object.withdrawnSource)
+        : isSet(object.withdrawn_source)
+        ? globalThis.String(object.withdrawn_source)
+        : "",
+    };
+  },
+
+  toJSON(message: Consent): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    if (message.textVersion !== "") {
+      obj.textVersion = message.textVersion;
+    }
+    if (message.textSha256 !== "") {
+      obj.textSha256 = message.textSha256;
+    }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    if (message.givenAt !== undefined) {
+      obj.givenAt = message.givenAt.toISOString();
+    }
+    if (message.givenBy !== "") {
+      obj.givenBy = message.givenBy;
+    }
+    if (message.withdrawnAt !== undefined) {
+      obj.withdrawnAt = message.withdrawnAt.toISOString();
+    }
+    if (message.withdrawnBy !== "") {
+      obj.withdrawnBy = message.withdrawnBy;
+    }
+    if (message.withdrawnSource !== "") {
+      obj.withdrawnSource = message.withdrawnSource;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Consent>): Consent {
+    return Consent.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Consent>): Consent {
+    const message = createBaseConsent();
+    message.id = object.id ?? "";
+    message.userId = object.userId ?? "";
+    message.purpose = object.purpose ?? "";
+    message.textVersion = object.textVersion ?? "";
+    message.textSha256 = object.textSha256 ?? "";
+    message.source = object.source ?? "";
+    message.givenAt = object.givenAt ?? undefined;
+    message.givenBy = object.givenBy ?? "";
+    message.withdrawnAt = object.withdrawnAt ?? undefined;
+    message.withdrawnBy = object.withdrawnBy ?? "";
+    message.withdrawnSource = object.withdrawnSource ?? "";
+    return message;
+  },
+};
+
 /**
  * PrivacyService answers the data subject requests of GDPR: access and portability
  * (Art. 15 and 20) through ExportUser, erasure (Art. 17) through ForgetUser. Every call
@@ -4146,6 +6361,76 @@ export const PrivacyServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * RectifyUser changes fields the data map marks rectifiable (Art. 16), checked by its rules,
+     * and tells every downstream service to change its copy (Art. 19); each confirms with a
+     * receipt in the ledger. Allowed to the subject, platform principals, and organization owners
+     * who own every organization the subject belongs to (as for ForgetUser). FAILED_PRECONDITION
+     * for an erased subject or a value that breaks a constraint (e.g. an email already used).
+     */
+    rectifyUser: {
+      name: "RectifyUser",
+      requestType: RectifyUserRequest as typeof RectifyUserRequest,
+      requestStream: false,
+      responseType: RectifyUserResponse as typeof RectifyUserResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * RestrictProcessing restricts (Art. 18) or objects to (Art. 21) the processing of the
+     * subject's data for some purposes (the data map's `purposes`). The subject and platform
+     * principals only; every downstream service applies it and confirms.
+     */
+    restrictProcessing: {
+      name: "RestrictProcessing",
+      requestType: RestrictProcessingRequest as typeof RestrictProcessingRequest,
+      requestStream: false,
+      responseType: RestrictProcessingResponse as typeof RestrictProcessingResponse,
+      responseStream: false,
+      options: {},
+    },
+    /** LiftRestriction ends a restriction or objection for some purposes; same rules. */
+    liftRestriction: {
+      name: "LiftRestriction",
+      requestType: LiftRestrictionRequest as typeof LiftRestrictionRequest,
+      requestStream: false,
+      responseType: LiftRestrictionResponse as typeof LiftRestrictionResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * RecordConsent records that the subject agreed to a purpose (Art. 7): the version (and hash) of
+     * the text agreed to, when, and where. The subject and platform principals only.
+     */
+    recordConsent: {
+      name: "RecordConsent",
+      requestType: RecordConsentRequest as typeof RecordConsentRequest,
+      requestStream: false,
+      responseType: RecordConsentResponse as typeof RecordConsentResponse,
+      responseStream: false,
+      options: {},
+    },
+    /** WithdrawConsent withdraws consent for some purposes (all when none is named) in one call. */
+    withdrawConsent: {
+      name: "WithdrawConsent",
+      requestType: WithdrawConsentRequest as typeof WithdrawConsentRequest,
+      requestStream: false,
+      responseType: WithdrawConsentResponse as typeof WithdrawConsentResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * ListConsents shows the subject's consent records (given and withdrawn) and the current
+     * processing choices per purpose. Allowed as ExportUser is.
+     */
+    listConsents: {
+      name: "ListConsents",
+      requestType: ListConsentsRequest as typeof ListConsentsRequest,
+      requestStream: false,
+      responseType: ListConsentsResponse as typeof ListConsentsResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -4213,6 +6498,52 @@ export interface PrivacyServiceImplementation<CallContextExt = {}> {
     request: ExtendPrivacyRequestRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<ExtendPrivacyRequestResponse>>;
+  /**
+   * RectifyUser changes fields the data map marks rectifiable (Art. 16), checked by its rules,
+   * and tells every downstream service to change its copy (Art. 19); each confirms with a
+   * receipt in the ledger. Allowed to the subject, platform principals, and organization owners
+   * who own every organization the subject belongs to (as for ForgetUser). FAILED_PRECONDITION
+   * for an erased subject or a value that breaks a constraint (e.g. an email already used).
+   */
+  rectifyUser(
+    request: RectifyUserRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<RectifyUserResponse>>;
+  /**
+   * RestrictProcessing restricts (Art. 18) or objects to (Art. 21) the processing of the
+   * subject's data for some purposes (the data map's `purposes`). The subject and platform
+   * principals only; every downstream service applies it and confirms.
+   */
+  restrictProcessing(
+    request: RestrictProcessingRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<RestrictProcessingResponse>>;
+  /** LiftRestriction ends a restriction or objection for some purposes; same rules. */
+  liftRestriction(
+    request: LiftRestrictionRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<LiftRestrictionResponse>>;
+  /**
+   * RecordConsent records that the subject agreed to a purpose (Art. 7): the version (and hash) of
+   * the text agreed to, when, and where. The subject and platform principals only.
+   */
+  recordConsent(
+    request: RecordConsentRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<RecordConsentResponse>>;
+  /** WithdrawConsent withdraws consent for some purposes (all when none is named) in one call. */
+  withdrawConsent(
+    request: WithdrawConsentRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<WithdrawConsentResponse>>;
+  /**
+   * ListConsents shows the subject's consent records (given and withdrawn) and the current
+   * processing choices per purpose. Allowed as ExportUser is.
+   */
+  listConsents(
+    request: ListConsentsRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<ListConsentsResponse>>;
 }
 
 export interface PrivacyServiceClient<CallOptionsExt = {}> {
@@ -4279,6 +6610,52 @@ export interface PrivacyServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ExtendPrivacyRequestRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<ExtendPrivacyRequestResponse>;
+  /**
+   * RectifyUser changes fields the data map marks rectifiable (Art. 16), checked by its rules,
+   * and tells every downstream service to change its copy (Art. 19); each confirms with a
+   * receipt in the ledger. Allowed to the subject, platform principals, and organization owners
+   * who own every organization the subject belongs to (as for ForgetUser). FAILED_PRECONDITION
+   * for an erased subject or a value that breaks a constraint (e.g. an email already used).
+   */
+  rectifyUser(
+    request: DeepPartial<RectifyUserRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<RectifyUserResponse>;
+  /**
+   * RestrictProcessing restricts (Art. 18) or objects to (Art. 21) the processing of the
+   * subject's data for some purposes (the data map's `purposes`). The subject and platform
+   * principals only; every downstream service applies it and confirms.
+   */
+  restrictProcessing(
+    request: DeepPartial<RestrictProcessingRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<RestrictProcessingResponse>;
+  /** LiftRestriction ends a restriction or objection for some purposes; same rules. */
+  liftRestriction(
+    request: DeepPartial<LiftRestrictionRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<LiftRestrictionResponse>;
+  /**
+   * RecordConsent records that the subject agreed to a purpose (Art. 7): the version (and hash) of
+   * the text agreed to, when, and where. The subject and platform principals only.
+   */
+  recordConsent(
+    request: DeepPartial<RecordConsentRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<RecordConsentResponse>;
+  /** WithdrawConsent withdraws consent for some purposes (all when none is named) in one call. */
+  withdrawConsent(
+    request: DeepPartial<WithdrawConsentRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<WithdrawConsentResponse>;
+  /**
+   * ListConsents shows the subject's consent records (given and withdrawn) and the current
+   * processing choices per purpose. Allowed as ExportUser is.
+   */
+  listConsents(
+    request: DeepPartial<ListConsentsRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<ListConsentsResponse>;
 }
 
 function bytesFromBase64(b64: string): Uint8Array {
@@ -4329,6 +6706,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {
