@@ -20,7 +20,7 @@ import { SERVICE_NAME } from './subjects.js';
  * applied. Who may ask at all is NATS's to restrict (README, "NATS permissions").
  */
 
-export const CHANGE_VALUES_SUBJECT = 'lethe.change.v1.values';
+const CHANGE_VALUES_SUBJECT = 'lethe.change.v1.values';
 const QUEUE_GROUP = 'lethe-change-values';
 const ISSUER = 'lethe';
 const TYPE = 'lethe-change+jwt';

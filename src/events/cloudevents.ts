@@ -48,13 +48,16 @@ const rectifiedEvent = z.object({
   data: z.object({
     user_id: userId,
     request_id: z.uuid(),
-    fields: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/)).min(1).max(32),
+    fields: z
+      .array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/))
+      .min(1)
+      .max(32),
     rectified_at: timestamp,
     version: z.number().int().positive(),
   }),
 });
 
-export const CONSENT_STATES = ['given', 'withdrawn', 'none'] as const;
+const CONSENT_STATES = ['given', 'withdrawn', 'none'] as const;
 export type ConsentState = (typeof CONSENT_STATES)[number];
 
 /** The subject's processing choices per purpose as they now stand: whole state, so applying it twice or late is harmless. */
@@ -69,7 +72,13 @@ export type PurposeFlags = z.infer<typeof purposeFlags>;
 const processingEvent = z.object({
   ...envelope,
   type: z.literal(PROCESSING_TYPE),
-  data: z.object({ user_id: userId, request_id: z.uuid(), changed_at: timestamp, version: z.number().int().positive(), purposes: z.array(purposeFlags).max(64) }),
+  data: z.object({
+    user_id: userId,
+    request_id: z.uuid(),
+    changed_at: timestamp,
+    version: z.number().int().positive(),
+    purposes: z.array(purposeFlags).max(64),
+  }),
 });
 
 const appliedEvent = z.object({

@@ -17,7 +17,9 @@ const KINDS = {
     what: 'downstream receipts',
     parse: (data: Uint8Array): NewConfirmation | undefined => {
       const r = parsePurgedEvent(data)?.data;
-      return r && { requestId: r.request_id, service: r.service, status: r.status, rowsAffected: r.rows_affected, purgedAt: new Date(r.purged_at), error: r.error };
+      return (
+        r && { requestId: r.request_id, service: r.service, status: r.status, rowsAffected: r.rows_affected, purgedAt: new Date(r.purged_at), error: r.error }
+      );
     },
   },
   change: {
@@ -26,7 +28,9 @@ const KINDS = {
     what: 'downstream change receipts',
     parse: (data: Uint8Array): NewConfirmation | undefined => {
       const r = parseAppliedEvent(data)?.data;
-      return r && { requestId: r.request_id, service: r.service, status: r.status, rowsAffected: r.rows_affected, purgedAt: new Date(r.applied_at), error: r.error };
+      return (
+        r && { requestId: r.request_id, service: r.service, status: r.status, rowsAffected: r.rows_affected, purgedAt: new Date(r.applied_at), error: r.error }
+      );
     },
   },
 } as const;

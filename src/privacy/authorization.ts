@@ -53,9 +53,9 @@ export function authorizeForget(actor: Principal, subject: SubjectFacts, facts: 
   }
 }
 
-export const RECTIFY_DENIED = "You do not have permission to rectify this user's data";
-export const ownerRequiredToRectify = (label: string): string => `You must be an owner of organization '${label}' to rectify this user's data`;
-export const CHOICES_DENIED = "Only the person or a platform principal may change this user's processing choices and consents";
+const RECTIFY_DENIED = "You do not have permission to rectify this user's data";
+const ownerRequiredToRectify = (label: string): string => `You must be an owner of organization '${label}' to rectify this user's data`;
+const CHOICES_DENIED = "Only the person or a platform principal may change this user's processing choices and consents";
 
 /**
  * Rectify: self; a platform owner; an organization owner only when owner in every organization

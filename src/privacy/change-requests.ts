@@ -11,7 +11,7 @@ import { EnginePart, KEY_REUSED, idempotencyLock } from './engine-part.js';
 import { subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 
-export const ERASED_SUBJECT = 'User data has been anonymized; it can no longer be rectified or have processing choices changed';
+const ERASED_SUBJECT = 'User data has been anonymized; it can no longer be rectified or have processing choices changed';
 
 /** A change request as a front end asked for it, checked. */
 export interface ChangeInput {
@@ -77,20 +77,21 @@ export abstract class ChangeRequests extends EnginePart {
         const done = await work(trx, { requestId, at, version: () => nextVersion(trx, input.userId) });
         if (done.event === undefined) return { requestId: undefined, replayed: false };
         const waiting = (this.opts.expectedServices ?? []).length > 0;
-        if (input.type !== undefined) await ledger.insert(trx, {
-          id: requestId,
-          type: input.type,
-          subjectId: input.userId,
-          requester: actor.id,
-          requestedBy: input.requestedBy,
-          reason: input.reason,
-          state: waiting ? 'applied' : 'completed',
-          idempotencyKey: key,
-          ...received(at),
-          completedAt: waiting ? undefined : at,
-          rowsAffected: done.rowsAffected,
-          details: done.details,
-        });
+        if (input.type !== undefined)
+          await ledger.insert(trx, {
+            id: requestId,
+            type: input.type,
+            subjectId: input.userId,
+            requester: actor.id,
+            requestedBy: input.requestedBy,
+            reason: input.reason,
+            state: waiting ? 'applied' : 'completed',
+            idempotencyKey: key,
+            ...received(at),
+            completedAt: waiting ? undefined : at,
+            rowsAffected: done.rowsAffected,
+            details: done.details,
+          });
         const onBehalf = input.requestedBy === undefined ? {} : { requested_by: input.requestedBy };
         await writeAudit(trx, this.map, {
           eventType: done.audit.eventType,
@@ -118,6 +119,7 @@ async function nextVersion(trx: Knex.Transaction, subjectId: string): Promise<nu
 }
 
 function replay(prior: PrivacyRequestRecord, actor: Principal, input: ChangeInput): ChangeResult {
-  if (input.type === undefined || prior.type !== input.type || prior.subjectId !== input.userId || prior.requester !== actor.id) throw new FailedPreconditionError(KEY_REUSED);
+  if (input.type === undefined || prior.type !== input.type || prior.subjectId !== input.userId || prior.requester !== actor.id)
+    throw new FailedPreconditionError(KEY_REUSED);
   return { requestId: prior.id, replayed: true };
 }

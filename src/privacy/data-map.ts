@@ -295,7 +295,11 @@ function checkConsistency(map: DataMap, source: string): void {
         fail(`${at}.forget.columns.${col}`, 'a secret column cannot be kept by forget: use null, set, hash or delete the rows');
       }
     }
-    const links = new Set(subjectLinks(c).filter((l) => l.table === c.table).map((l) => l.column));
+    const links = new Set(
+      subjectLinks(c)
+        .filter((l) => l.table === c.table)
+        .map((l) => l.column),
+    );
     for (const [name, rule] of Object.entries(c.rectify)) {
       const column = rule.column ?? name;
       if (!IDENTIFIER.test(column)) fail(`${at}.rectify.${name}`, `'${name}' is not a column name: give column`);

@@ -108,8 +108,7 @@ export class LedgerQueries extends EnginePart {
 
   private view(r: PrivacyRequestRecord, now: Date): PrivacyRequestView {
     const open = OPEN_STATES.includes(r.state);
-    const overdue =
-      open && (r.dueAt.getTime() < now.getTime() || (confirming(r) && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
+    const overdue = open && (r.dueAt.getTime() < now.getTime() || (confirming(r) && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));
     const heard = new Set(r.confirmations.map((c) => c.service));
     const pending = confirming(r) ? this.expected.filter((s) => !heard.has(s)) : [];
     return { ...r, overdue, pending, artifact: r.artifact === null ? null : this.artifactView(r.artifact, now) };

@@ -193,7 +193,9 @@ export class ProcessingChoices extends ChangeRequests {
     const userId = requireId(input.userId, 'user_id');
     return this.db(async () => {
       authorizeExport(actor, userId, await this.facts.subject(this.knex, userId), await this.facts.actor(this.knex, actor.id));
-      const rows = (await this.knex('lethe_consents').where({ subject_id: userId }).orderBy([{ column: 'given_at' }, { column: 'id' }])) as ConsentRow[];
+      const rows = (await this.knex('lethe_consents')
+        .where({ subject_id: userId })
+        .orderBy([{ column: 'given_at' }, { column: 'id' }])) as ConsentRow[];
       return { consents: rows.map(toConsent), purposes: await this.flags(this.knex, userId) };
     });
   }

@@ -70,7 +70,10 @@ export async function checkDataMapAgainstDatabase(knex: Knex, map: DataMap, sour
     for (const [name, rule] of Object.entries(c.rectify)) {
       const type = types.get(c.table)?.get(rule.column ?? name);
       if (!isTextType(type)) {
-        throw new ConfigError(`categories.${c.name}.rectify.${name}: rectification writes text, but column '${rule.column ?? name}' is ${type ?? 'unknown'}`, source);
+        throw new ConfigError(
+          `categories.${c.name}.rectify.${name}: rectification writes text, but column '${rule.column ?? name}' is ${type ?? 'unknown'}`,
+          source,
+        );
       }
     }
   }

@@ -1,11 +1,7 @@
 import type { CallContext } from 'nice-grpc';
 import { toCategoryMessage, toOutcomeMessage } from '../api/export-messages.js';
-import { InvalidArgumentError } from '../errors.js';
 import {
-  ArtifactState,
-  ConfirmationState,
   type DeepPartial,
-  type ExportArtifact,
   type ExportUserRequest,
   type ExportUserResponse,
   type ForgetUserRequest,
@@ -18,17 +14,13 @@ import {
   type GetPrivacyRequestResponse,
   type ListPrivacyRequestsRequest,
   type ListPrivacyRequestsResponse,
-  type PrivacyRequest,
   type PrivacyServiceImplementation,
-  RequestState,
-  RequestType,
   type CancelPrivacyRequestRequest,
   type CancelPrivacyRequestResponse,
   type ExtendPrivacyRequestRequest,
   type ExtendPrivacyRequestResponse,
 } from '../gen/lethe/privacy/v1/privacy.js';
-import type { ArtifactView, ExportEvent, PrivacyEngine, PrivacyRequestView } from '../privacy/engine.js';
-import type { ConfirmationStatus, RequestState as LedgerState } from '../store/ledger.js';
+import type { ExportEvent, PrivacyEngine } from '../privacy/engine.js';
 import type { AuthContext } from './middleware.js';
 import type { PageTokens } from '../api/page-token.js';
 import { listRequestsPage } from '../api/request-pages.js';

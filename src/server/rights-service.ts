@@ -91,7 +91,11 @@ function changeMessage(r: ChangeView): { request: ReturnType<typeof toMessage> |
 
 const basisOf = (b: ProcessingBasis): Basis => (b === ProcessingBasis.PROCESSING_BASIS_OBJECTION ? 'objection' : 'restriction');
 
-const CONSENT_STATES = { given: ConsentState.CONSENT_STATE_GIVEN, withdrawn: ConsentState.CONSENT_STATE_WITHDRAWN, none: ConsentState.CONSENT_STATE_NONE } as const;
+const CONSENT_STATES = {
+  given: ConsentState.CONSENT_STATE_GIVEN,
+  withdrawn: ConsentState.CONSENT_STATE_WITHDRAWN,
+  none: ConsentState.CONSENT_STATE_NONE,
+} as const;
 
 function toPurposeState(p: PurposeFlags): DeepPartial<PurposeState> {
   return { purpose: p.purpose, restricted: p.restricted, objected: p.objected, consent: CONSENT_STATES[p.consent] };

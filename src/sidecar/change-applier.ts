@@ -129,9 +129,9 @@ export class ChangeApplier {
   /** Applies the fields whose last applied version here is older than this change's. */
   private async rectify(trx: Knex.Transaction, userId: string, version: number, values: ReadonlyArray<[string, string]>): Promise<TableRows[]> {
     const seen = new Map(
-      ((await trx('lethe_rectified_fields').where({ subject_id: userId }).select('field', 'version')) as Array<{ field: string; version: string | number }>).map(
-        (r) => [r.field, Number(r.version)],
-      ),
+      (
+        (await trx('lethe_rectified_fields').where({ subject_id: userId }).select('field', 'version')) as Array<{ field: string; version: string | number }>
+      ).map((r) => [r.field, Number(r.version)]),
     );
     const newer = values.filter(([f]) => (seen.get(f) ?? 0) < version);
     if (newer.length === 0) return [];
@@ -165,8 +165,7 @@ export class ChangeApplier {
 
   private async recorded(db: Knex | Knex.Transaction, requestId: string): Promise<Outcome | undefined> {
     const row = (await db('lethe_changes').where({ request_id: requestId }).first()) as
-      | { status: 'applied' | 'skipped'; rows_affected: TableRows[] | string }
-      | undefined;
+      { status: 'applied' | 'skipped'; rows_affected: TableRows[] | string } | undefined;
     if (row === undefined) return undefined;
     return { status: row.status, rowsAffected: typeof row.rows_affected === 'string' ? (JSON.parse(row.rows_affected) as TableRows[]) : row.rows_affected };
   }

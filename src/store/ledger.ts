@@ -6,7 +6,7 @@ import { type ArtifactRecord, artifacts } from './artifacts.js';
 
 export type RequestType = 'export' | 'forget' | 'rectify' | 'restrict' | 'lift_restriction' | 'withdraw_consent';
 /** Requests that change the subject's data or choices and wait for every expected service to apply the change. */
-export const CHANGE_TYPES: readonly RequestType[] = ['rectify', 'restrict', 'lift_restriction', 'withdraw_consent'];
+const CHANGE_TYPES: readonly RequestType[] = ['rectify', 'restrict', 'lift_restriction', 'withdraw_consent'];
 export type RequestState = 'running' | 'anonymized' | 'applied' | 'completed' | 'failed' | 'scheduled' | 'cancelled';
 /** States in which a request is still being answered. */
 export const OPEN_STATES: readonly RequestState[] = ['running', 'anonymized', 'applied', 'scheduled'];

@@ -60,7 +60,12 @@ export function rightsSuite(name: string, open: () => Promise<Database>, close: 
         // No service waits for the values, so none are kept.
         expect(await db.knex('lethe_rectifications').where({ request_id: r.request?.id }).first('pending_values')).toEqual({ pending_values: null });
 
-        const again = await engine.rectifyUser(user('user-id-123'), { userId: 'user-id-123', changes: { email: 'other@example.org' }, reason: '', idempotencyKey: 'rectify-1' });
+        const again = await engine.rectifyUser(user('user-id-123'), {
+          userId: 'user-id-123',
+          changes: { email: 'other@example.org' },
+          reason: '',
+          idempotencyKey: 'rectify-1',
+        });
         expect(again).toMatchObject({ replayed: true, request: { id: r.request?.id } });
         expect(await db.knex('users').where({ id: 'user-id-123' }).first('email')).toEqual({ email: 'new.address@example.org' });
       });
@@ -78,7 +83,12 @@ export function rightsSuite(name: string, open: () => Promise<Database>, close: 
 
       it('refuses an email another user has, and changes nothing', async () => {
         await rejects(
-          engine.rectifyUser(user('member-user-id-456'), { userId: 'member-user-id-456', changes: { email: 'OWNER1@example.com' }, reason: '', idempotencyKey: 'dup-email' }),
+          engine.rectifyUser(user('member-user-id-456'), {
+            userId: 'member-user-id-456',
+            changes: { email: 'OWNER1@example.com' },
+            reason: '',
+            idempotencyKey: 'dup-email',
+          }),
           FailedPreconditionError,
           'The new value of email is already used by another record (users); nothing was changed',
         );
@@ -92,31 +102,75 @@ export function rightsSuite(name: string, open: () => Promise<Database>, close: 
           "You must be an owner of organization 'dev-team' to rectify this user's data",
         );
         await rejects(
-          engine.rectifyUser(user('member-user-id-456'), { userId: 'user-id-123', changes: { email: 'x@example.org' }, reason: '', idempotencyKey: 'member-1' }),
+          engine.rectifyUser(user('member-user-id-456'), {
+            userId: 'user-id-123',
+            changes: { email: 'x@example.org' },
+            reason: '',
+            idempotencyKey: 'member-1',
+          }),
           PermissionDeniedError,
           "You must be an owner of organization 'acme-corp' to rectify this user's data",
         );
-        const ok = await engine.rectifyUser(user('owner-user-id-2'), { userId: 'member-user-id-456', changes: { email: 'm456@example.org' }, reason: 'typo', idempotencyKey: 'owner-2' });
+        const ok = await engine.rectifyUser(user('owner-user-id-2'), {
+          userId: 'member-user-id-456',
+          changes: { email: 'm456@example.org' },
+          reason: 'typo',
+          idempotencyKey: 'owner-2',
+        });
         expect(ok.request?.state).toBe('completed');
       });
 
       it('keeps the values for the services that must apply them, until each has confirmed', async () => {
-        const r = await confirming.rectifyUser(platform, { userId: 'owner-user-id-1', changes: { email: 'first.owner@example.org' }, reason: '', idempotencyKey: 'wait-1' });
+        const r = await confirming.rectifyUser(platform, {
+          userId: 'owner-user-id-1',
+          changes: { email: 'first.owner@example.org' },
+          reason: '',
+          idempotencyKey: 'wait-1',
+        });
         const id = r.request?.id ?? '';
         expect(r.request).toMatchObject({ state: 'applied', pending: ['orders', 'search'] });
-        expect(await confirming.pendingValues(id, 'orders')).toEqual({ kind: 'values', subjectId: 'owner-user-id-1', values: [['email', 'first.owner@example.org']] });
+        expect(await confirming.pendingValues(id, 'orders')).toEqual({
+          kind: 'values',
+          subjectId: 'owner-user-id-1',
+          values: [['email', 'first.owner@example.org']],
+        });
         expect(await confirming.pendingValues(id, 'billing')).toEqual({ kind: 'gone', reason: 'billing is not an expected service' });
 
         const receipt = (service: string, status: 'applied' | 'skipped' | 'failed') =>
-          confirming.recordConfirmation({ requestId: id, service, status, rowsAffected: [], purgedAt: new Date(), error: status === 'failed' ? 'SQLSTATE 23505' : undefined });
+          confirming.recordConfirmation({
+            requestId: id,
+            service,
+            status,
+            rowsAffected: [],
+            purgedAt: new Date(),
+            error: status === 'failed' ? 'SQLSTATE 23505' : undefined,
+          });
         expect(await receipt('orders', 'applied')).toBe('recorded');
         expect(await receipt('search', 'skipped')).toBe('completed');
-        expect(await confirming.getRequest(platform, id)).toMatchObject({ state: 'completed', confirmations: [{ service: 'orders', status: 'applied' }, { service: 'search', status: 'skipped' }] });
+        expect(await confirming.getRequest(platform, id)).toMatchObject({
+          state: 'completed',
+          confirmations: [
+            { service: 'orders', status: 'applied' },
+            { service: 'search', status: 'skipped' },
+          ],
+        });
         expect(await confirming.pendingValues(id, 'orders')).toEqual({ kind: 'gone', reason: 'the rectification is settled' });
 
-        const failing = await confirming.rectifyUser(platform, { userId: 'owner-user-id-1', changes: { email: 'second.owner@example.org' }, reason: '', idempotencyKey: 'wait-2' });
+        const failing = await confirming.rectifyUser(platform, {
+          userId: 'owner-user-id-1',
+          changes: { email: 'second.owner@example.org' },
+          reason: '',
+          idempotencyKey: 'wait-2',
+        });
         const fid = failing.request?.id ?? '';
-        await confirming.recordConfirmation({ requestId: fid, service: 'search', status: 'failed', rowsAffected: [], purgedAt: new Date(), error: 'SQLSTATE 23505' });
+        await confirming.recordConfirmation({
+          requestId: fid,
+          service: 'search',
+          status: 'failed',
+          rowsAffected: [],
+          purgedAt: new Date(),
+          error: 'SQLSTATE 23505',
+        });
         expect(await confirming.getRequest(platform, fid)).toMatchObject({ state: 'failed', error: 'search could not apply the change: SQLSTATE 23505' });
         expect(await db.knex('lethe_rectifications').where({ request_id: fid }).first('pending_values')).toEqual({ pending_values: null });
       });
@@ -145,28 +199,50 @@ export function rightsSuite(name: string, open: () => Promise<Database>, close: 
           idempotencyKey: 'object-1',
         });
         expect(objected.purposes[1]).toEqual({ purpose: 'analytics', restricted: false, objected: true, consent: 'none' });
-        const lifted = await engine.liftRestriction(platform, { userId: 'member-user-id-456', purposes: ['marketing'], basis: 'restriction', reason: '', idempotencyKey: 'lift-1' });
+        const lifted = await engine.liftRestriction(platform, {
+          userId: 'member-user-id-456',
+          purposes: ['marketing'],
+          basis: 'restriction',
+          reason: '',
+          idempotencyKey: 'lift-1',
+        });
         expect(lifted.purposes[0]).toEqual({ purpose: 'marketing', restricted: false, objected: false, consent: 'none' });
-        const rows = (await db.knex('lethe_processing_limits').where({ subject_id: 'member-user-id-456' }).orderBy(['since', 'purpose'])) as Array<Record<string, unknown>>;
+        const rows = (await db.knex('lethe_processing_limits').where({ subject_id: 'member-user-id-456' }).orderBy(['since', 'purpose'])) as Array<
+          Record<string, unknown>
+        >;
         expect(rows.map((x) => [x.purpose, x.basis, x.requested_by, x.lifted_by])).toEqual([
           ['marketing', 'restriction', 'member-user-id-456', 'lethe-operator'],
           ['profiling', 'restriction', 'member-user-id-456', null],
           ['analytics', 'objection', 'member-user-id-456', null],
         ]);
         const events = (await db.knex('lethe_outbox').where({ subject: 'privacy.v1.change.processing' }).pluck('payload')) as string[];
-        const versions = events.map((e) => (JSON.parse(e) as { data: { user_id: string; version: number } }).data).filter((d) => d.user_id === 'member-user-id-456');
+        const versions = events
+          .map((e) => (JSON.parse(e) as { data: { user_id: string; version: number } }).data)
+          .filter((d) => d.user_id === 'member-user-id-456');
         // Version 1 was the rectification above: one sequence per subject orders all its changes.
         expect(versions.map((d) => d.version)).toEqual([2, 3, 4]);
       });
 
       it('refuses unknown purposes, and anyone but the person or a platform principal', async () => {
         await rejects(
-          engine.restrictProcessing(user('user-id-123'), { userId: 'user-id-123', purposes: ['newsletters'], basis: 'restriction', reason: '', idempotencyKey: 'bad-purpose' }),
+          engine.restrictProcessing(user('user-id-123'), {
+            userId: 'user-id-123',
+            purposes: ['newsletters'],
+            basis: 'restriction',
+            reason: '',
+            idempotencyKey: 'bad-purpose',
+          }),
           InvalidArgumentError,
           "unknown purpose 'newsletters': purposes are marketing, analytics, profiling",
         );
         await rejects(
-          engine.restrictProcessing(user('owner-user-id-2'), { userId: 'user-id-123', purposes: ['marketing'], basis: 'restriction', reason: '', idempotencyKey: 'org-owner' }),
+          engine.restrictProcessing(user('owner-user-id-2'), {
+            userId: 'user-id-123',
+            purposes: ['marketing'],
+            basis: 'restriction',
+            reason: '',
+            idempotencyKey: 'org-owner',
+          }),
           PermissionDeniedError,
           "Only the person or a platform principal may change this user's processing choices and consents",
         );
@@ -184,11 +260,32 @@ export function rightsSuite(name: string, open: () => Promise<Database>, close: 
 
       it('records consent with the text version, supersedes it, withdraws all in one call, and lists the proof', async () => {
         const sha = 'ab'.repeat(32);
-        const first = await engine.recordConsent(platform, { userId: 'user-id-123', purpose: 'marketing', textVersion: 'v1', textSha256: sha, source: 'web-signup' });
-        expect(first).toMatchObject({ alreadyGiven: false, consent: { purpose: 'marketing', textVersion: 'v1', textSha256: sha, source: 'web-signup', givenBy: 'lethe-operator' } });
-        const same = await engine.recordConsent(platform, { userId: 'user-id-123', purpose: 'marketing', textVersion: 'v1', textSha256: sha, source: 'web-signup' });
+        const first = await engine.recordConsent(platform, {
+          userId: 'user-id-123',
+          purpose: 'marketing',
+          textVersion: 'v1',
+          textSha256: sha,
+          source: 'web-signup',
+        });
+        expect(first).toMatchObject({
+          alreadyGiven: false,
+          consent: { purpose: 'marketing', textVersion: 'v1', textSha256: sha, source: 'web-signup', givenBy: 'lethe-operator' },
+        });
+        const same = await engine.recordConsent(platform, {
+          userId: 'user-id-123',
+          purpose: 'marketing',
+          textVersion: 'v1',
+          textSha256: sha,
+          source: 'web-signup',
+        });
         expect(same).toMatchObject({ alreadyGiven: true, consent: { id: first.consent.id } });
-        const v2 = await engine.recordConsent(user('user-id-123'), { userId: 'user-id-123', purpose: 'marketing', textVersion: 'v2', textSha256: '', source: 'settings' });
+        const v2 = await engine.recordConsent(user('user-id-123'), {
+          userId: 'user-id-123',
+          purpose: 'marketing',
+          textVersion: 'v2',
+          textSha256: '',
+          source: 'settings',
+        });
         await engine.recordConsent(user('user-id-123'), { userId: 'user-id-123', purpose: 'analytics', textVersion: 'v1', textSha256: '', source: 'settings' });
         expect(v2.purposes.map((p) => p.consent)).toEqual(['given', 'none', 'none']);
 
@@ -243,11 +340,21 @@ export function rightsSuite(name: string, open: () => Promise<Database>, close: 
           erased,
         );
         await rejects(
-          engine.restrictProcessing(platform, { userId: 'member-user-id-456', purposes: ['marketing'], basis: 'restriction', reason: '', idempotencyKey: 'after-forget-2' }),
+          engine.restrictProcessing(platform, {
+            userId: 'member-user-id-456',
+            purposes: ['marketing'],
+            basis: 'restriction',
+            reason: '',
+            idempotencyKey: 'after-forget-2',
+          }),
           FailedPreconditionError,
           erased,
         );
-        await rejects(engine.recordConsent(platform, { userId: 'member-user-id-456', purpose: 'marketing', textVersion: 'v10', textSha256: '', source: 'web' }), FailedPreconditionError, erased);
+        await rejects(
+          engine.recordConsent(platform, { userId: 'member-user-id-456', purpose: 'marketing', textVersion: 'v10', textSha256: '', source: 'web' }),
+          FailedPreconditionError,
+          erased,
+        );
       });
     });
   });

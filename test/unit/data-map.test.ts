@@ -89,9 +89,12 @@ describe('parseDataMap: the default identity map', () => {
           { name: 'created_at', column: 'created_at' },
         ],
         order_by: [],
+        omit_when_empty: false,
       },
       forget: { columns: { email: { template: 'anonymized-{timestamp}@deleted.local' }, password_hash: 'null' } },
+      rectify: { email: { format: 'email' } },
     });
+    expect(map.purposes).toEqual(['marketing', 'analytics', 'profiling']);
     const login = map.categories.find((c) => c.name === 'login_events');
     expect(login?.export?.limit).toBe(50);
     expect(login?.export?.order_by).toEqual([
@@ -232,14 +235,40 @@ describe('parseDataMap: errors name the source and the bad key', () => {
       `${SOURCE}: categories[1] (events).export: document key 'events' is used twice`,
     ],
     [
+      'a rectify field on a secret column',
+      variant('password_hash: "null"\n', 'password_hash: "null"\n    rectify: {password: {column: password_hash}}\n'),
+      `${SOURCE}: categories[0] (profile).rectify.password: column 'password_hash' is secret: secrets are not rectified (reset them through the service)`,
+    ],
+    [
+      'a rectify field on the subject column',
+      variant('password_hash: "null"\n', 'password_hash: "null"\n    rectify: {user_id: {column: id}}\n'),
+      `${SOURCE}: categories[0] (profile).rectify.user_id: column 'id' links the rows to the subject and cannot be rectified`,
+    ],
+    [
+      'a rectify pattern that is not a regular expression',
+      variant('password_hash: "null"\n', 'password_hash: "null"\n    rectify: {email: {pattern: "([a-z"}}\n'),
+      `${SOURCE}: categories[0].rectify.email.pattern: must be a valid regular expression`,
+    ],
+    [
+      'an unknown rectify format',
+      variant('password_hash: "null"\n', 'password_hash: "null"\n    rectify: {email: {format: url}}\n'),
+      `${SOURCE}: categories[0].rectify.email.format: Invalid option: expected one of "text"|"email"|"phone"`,
+    ],
+    ['a purpose listed twice', `purposes: [marketing, analytics, marketing]\n${BASE}`, `${SOURCE}: purposes: purpose 'marketing' is listed twice`],
+    [
+      'a purpose that is not an identifier',
+      `purposes: [direct-marketing]\n${BASE}`,
+      `${SOURCE}: purposes[0]: must be an SQL identifier: a letter or _ then letters, digits or _ (at most 63)`,
+    ],
+    [
       'shape object with a limit',
       variant('shape: object', 'shape: object\n      limit: 5'),
-      `${SOURCE}: categories[0] (profile).export: an 'object' category is merged into the top level: it takes no key, limit or count_key`,
+      `${SOURCE}: categories[0] (profile).export: an 'object' category is merged into the top level: it takes no key, limit, count_key or omit_when_empty`,
     ],
     [
       'shape object with a count_key',
       variant('shape: object', 'shape: object\n      count_key: profile_count'),
-      `${SOURCE}: categories[0] (profile).export: an 'object' category is merged into the top level: it takes no key, limit or count_key`,
+      `${SOURCE}: categories[0] (profile).export: an 'object' category is merged into the top level: it takes no key, limit, count_key or omit_when_empty`,
     ],
     [
       'an unknown template placeholder',
