@@ -8,9 +8,9 @@ import type { DownstreamOutcome } from '../privacy/export-document.js';
 import { loadClientConfig } from '../config/client-config.js';
 import { ConfigError, InvalidArgumentError } from '../errors.js';
 import { type Write, writeOutput } from './output-target.js';
-import { ArtifactState, ConfirmationState, type PrivacyRequest, RequestState, RequestType } from '../gen/lethe/privacy/v1/privacy.js';
+import { ArtifactState, ConfirmationState, type PrivacyRequest, ProcessingBasis, RequestState, RequestType } from '../gen/lethe/privacy/v1/privacy.js';
 
-interface ClientFlags {
+export interface ClientFlags {
   as?: string;
   server?: string;
   dataDir?: string;
@@ -22,7 +22,7 @@ interface ClientFlags {
 
 const TOKEN_TTL_SECONDS = 300;
 
-async function withClient<T>(flags: ClientFlags, defaultActor: string | undefined, fn: (client: PrivacyClient) => Promise<T>): Promise<T> {
+export async function withClient<T>(flags: ClientFlags, defaultActor: string | undefined, fn: (client: PrivacyClient) => Promise<T>): Promise<T> {
   const config = loadClientConfig(process.env, flags);
   const actor = flags.as ?? (config.token === undefined ? defaultActor : undefined);
   let token: string;
@@ -167,7 +167,7 @@ export async function requestsGetCommand(id: string, flags: ClientFlags): Promis
   });
 }
 
-function toJson(q: PrivacyRequest) {
+export function toJson(q: PrivacyRequest) {
   return {
     id: q.id,
     type: typeName(q.type),
@@ -184,6 +184,8 @@ function toJson(q: PrivacyRequest) {
     scheduled_for: q.scheduledFor === undefined ? null : iso(q.scheduledFor),
     completed_at: q.completedAt === undefined ? null : iso(q.completedAt),
     error: q.error === '' ? null : q.error,
+    ...(q.fields.length > 0 ? { fields: q.fields } : {}),
+    ...(q.purposes.length > 0 ? { purposes: q.purposes, basis: q.basis === ProcessingBasis.PROCESSING_BASIS_OBJECTION ? 'objection' : 'restriction' } : {}),
     rows_affected: q.rowsAffected,
     confirmations: q.confirmations.map((c) => ({
       service: c.service,
@@ -206,9 +208,9 @@ function toJson(q: PrivacyRequest) {
   };
 }
 
-const typeName = (t: RequestType) => (t === RequestType.REQUEST_TYPE_EXPORT ? 'export' : t === RequestType.REQUEST_TYPE_FORGET ? 'forget' : 'unknown');
+const typeName = (t: RequestType) => (t === RequestType.REQUEST_TYPE_UNSPECIFIED ? 'unknown' : RequestType[t].replace('REQUEST_TYPE_', '').toLowerCase());
 const stateName = (s: RequestState) => RequestState[s].replace('REQUEST_STATE_', '').toLowerCase();
-const iso = (d: Date | undefined) => (d === undefined ? '' : d.toISOString().replace('.000Z', 'Z'));
+export const iso = (d: Date | undefined) => (d === undefined ? '' : d.toISOString().replace('.000Z', 'Z'));
 
 function printTable(head: string[], rows: string[][]): void {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));

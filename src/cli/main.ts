@@ -16,7 +16,7 @@ function lazy<M, K extends keyof M>(load: () => Promise<M>, name: K) {
 const clientCommands = () => import('./client-commands.js');
 
 const program = new Command('lethe')
-  .description('GDPR export and erasure for microservice platforms')
+  .description('GDPR export, erasure, rectification, restriction and consent for microservice platforms')
   .version(LETHE_VERSION, '-V, --version', 'print the version')
   .showHelpAfterError()
   .configureOutput({ outputError: (str, write) => write(str) });
@@ -107,7 +107,17 @@ clientOptions(
     .command('list', { isDefault: true })
     .description('list privacy requests, newest first')
     .option('--subject <user-id>', 'only requests about this user')
-    .addOption(new Option('--state <state>', 'only requests in this state').choices(['scheduled', 'running', 'anonymized', 'completed', 'failed', 'cancelled']))
+    .addOption(
+      new Option('--state <state>', 'only requests in this state').choices([
+        'scheduled',
+        'running',
+        'anonymized',
+        'applied',
+        'completed',
+        'failed',
+        'cancelled',
+      ]),
+    )
     .option('--overdue', 'only requests past their due date')
     .option('--due-within <duration>', 'only open requests due within this time, e.g. 7d', duration)
     .option('--json', 'print the requests as JSON')
@@ -127,6 +137,49 @@ clientOptions(
     .requiredOption('--months <n>', '1 or 2', positiveInt)
     .requiredOption('--reason <text>', 'why the request needs more time'),
 ).action(lazy(clientCommands, 'requestsExtendCommand'));
+
+const rightsCommands = () => import('./rights-commands.js');
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+clientOptions(
+  program
+    .command('rectify <user-id>')
+    .description("correct a user's data (GDPR Art. 16) here and in every downstream service's copy")
+    .requiredOption('--set <field=value>', 'a rectifiable field and its new value (repeatable), e.g. --set email=new@example.com', collect)
+    .option('--reason <text>', 'why, recorded in the ledger and the audit log (which never records the values)')
+    .option('--idempotency-key <key>', 'retrying with the same key returns the first result (default: a new UUID)'),
+).action(lazy(rightsCommands, 'rectifyCommand'));
+clientOptions(
+  program
+    .command('restrict <user-id>')
+    .description('restrict (Art. 18) or, with --objection, object to (Art. 21) processing for some purposes')
+    .requiredOption('--purpose <name>', 'a purpose of the data map (repeatable), e.g. --purpose marketing', collect)
+    .option('--objection', 'record an objection rather than a restriction')
+    .option('--lift', 'lift the restriction (or objection) instead')
+    .option('--reason <text>', 'why, recorded in the ledger and the audit log')
+    .option('--idempotency-key <key>', 'retrying with the same key returns the first result (default: a new UUID)'),
+).action(lazy(rightsCommands, 'restrictCommand'));
+const consent = program.command('consent').description("record, withdraw and show a user's consents per purpose (Art. 7)");
+clientOptions(
+  consent
+    .command('record <user-id>')
+    .description('record that the user agreed to a purpose')
+    .requiredOption('--purpose <name>', 'the purpose')
+    .requiredOption('--text-version <version>', 'the version of the text agreed to')
+    .option('--text-sha256 <hex>', 'the SHA-256 of that text')
+    .requiredOption('--source <where>', 'where it was given, e.g. web-signup'),
+).action(lazy(rightsCommands, 'consentRecordCommand'));
+clientOptions(
+  consent
+    .command('withdraw <user-id>')
+    .description('withdraw consent for some purposes, or all with none named')
+    .option('--purpose <name>', 'a purpose (repeatable; default: every consent in force)', collect)
+    .requiredOption('--source <where>', 'where it was withdrawn, e.g. settings-page')
+    .option('--reason <text>', 'why, recorded in the ledger'),
+).action(lazy(rightsCommands, 'consentWithdrawCommand'));
+clientOptions(consent.command('list <user-id>').description("show the user's consent records and current choices per purpose")).action(
+  lazy(rightsCommands, 'consentListCommand'),
+);
 
 /** One clear line and a non-zero exit for every failure a user can cause or fix. */
 async function report(err: unknown): Promise<number> {

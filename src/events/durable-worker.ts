@@ -1,6 +1,6 @@
 import type { ConsumerMessages, JetStreamClient, JsMsg } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
-import { errorSummary } from '../errors.js';
+import { errorSummary, ConfigError } from '../errors.js';
 import { sleep } from '../runtime/backoff.js';
 import type { Runnable } from '../runtime/lifecycle.js';
 import { Slots } from '../runtime/slots.js';
@@ -20,6 +20,8 @@ export interface DurableWorkerOptions {
   readonly concurrency: number;
   /** Handles one message and settles it (ack, `nak(delay)` or term: see `settle`). */
   readonly handle: (msg: JsMsg, log: Logger) => Promise<void>;
+  /** Start without the consumer when it cannot be set up yet, and keep trying (a part of a process that must not stop the rest). */
+  readonly setUpInBackground?: boolean;
   /** What the consumer receives, for logs ("anonymization events"). */
   readonly what: string;
   readonly logger: Logger;
@@ -55,12 +57,15 @@ export class DurableWorker implements Runnable {
     return this.inFlight.size;
   }
 
-  /** Creates (or checks) the consumer, then consumes in the background; rejects when the consumer cannot be set up. */
+  /**
+   * Creates (or checks) the consumer, then consumes in the background; rejects when the consumer
+   * cannot be set up, unless `setUpInBackground` (then it keeps trying, with backoff).
+   */
   async start(): Promise<void> {
     if (this.loop !== undefined) return;
-    await this.o.ensureConsumer();
+    if (this.o.setUpInBackground !== true) await this.o.ensureConsumer();
     this.running = true;
-    this.loop = this.consumeLoop();
+    this.loop = this.consumeLoop(this.o.setUpInBackground === true);
   }
 
   async stop(): Promise<void> {
@@ -72,12 +77,14 @@ export class DurableWorker implements Runnable {
     await Promise.allSettled([...this.inFlight]);
   }
 
-  private async consumeLoop(): Promise<void> {
+  private async consumeLoop(setUpFirst: boolean): Promise<void> {
     const { js, stream, consumer: name, logger } = this.o;
     let restarts = 0;
+    let setUp = !setUpFirst;
     while (this.running) {
       try {
-        if (restarts > 0) await this.o.ensureConsumer();
+        if (restarts > 0 || !setUp) await this.o.ensureConsumer();
+        setUp = true;
         const consumer = await js.consumers.get(stream, name);
         const messages = await consumer.consume({ max_messages: this.o.concurrency });
         this.messages = messages;
@@ -90,7 +97,9 @@ export class DurableWorker implements Runnable {
           this.track(this.o.handle(msg, logger).finally(() => this.slots.release()));
         }
       } catch (err) {
-        if (this.running) logger.error({ consumer: name, err: errorSummary(err) }, 'consuming stopped');
+        // A ConfigError's message is ours and holds no data (a consumer of that name that is something else).
+        if (this.running)
+          logger.error({ consumer: name, err: errorSummary(err), ...(err instanceof ConfigError ? { reason: err.message } : {}) }, 'consuming stopped');
       } finally {
         this.messages = undefined;
       }

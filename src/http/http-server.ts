@@ -10,6 +10,7 @@ import { type ErrorCode, LetheError, errorSummary } from '../errors.js';
 import type { PrivacyEngine } from '../privacy/engine.js';
 import type { PageTokens } from '../api/page-token.js';
 import { privacyRoutes } from './routes.js';
+import { rightsRoutes } from './rights-routes.js';
 
 export interface HttpOptions {
   readonly engine: PrivacyEngine;
@@ -118,6 +119,7 @@ async function buildHttpApp(opts: Omit<HttpOptions, 'host' | 'port'>): Promise<F
   app.setNotFoundHandler((_request, reply) => reply.code(404).send({ error: 'Not found' }));
 
   privacyRoutes(app, opts.engine, opts.pageTokens);
+  rightsRoutes(app, opts.engine);
   app.get(OPENAPI_PATH, { schema: { hide: true } }, async () => app.swagger());
   return app;
 }

@@ -21,6 +21,9 @@ export function requestJson(r: PrivacyRequestView): Record<string, unknown> {
     completed_at: iso(r.completedAt),
     overdue: r.overdue,
     error: r.error,
+    ...(r.details.fields === undefined ? {} : { fields: r.details.fields }),
+    ...(r.details.purposes === undefined ? {} : { purposes: r.details.purposes }),
+    ...(r.details.basis === undefined ? {} : { basis: r.details.basis }),
     rows_affected: r.rowsAffected,
     downstream: [
       ...r.confirmations.map((c) => ({ service: c.service, state: c.status, purged_at: iso(c.purgedAt), rows_affected: c.rowsAffected, error: c.error })),

@@ -183,6 +183,8 @@ export class PurgeSidecar {
         concurrency: c.concurrency,
         handle: (msg) => applier.handle(msg),
         what: 'change events',
+        // A stream that does not carry privacy.v1.change.* must not stop the purges.
+        setUpInBackground: true,
         logger: this.logger,
       });
       const applier = new ChangeApplier({

@@ -382,7 +382,8 @@ export const ledger = {
       const request = (await trx(TABLE).where({ id: c.requestId }).forUpdate().first()) as Row | undefined;
       const change = request !== undefined && CHANGE_TYPES.includes(request.type);
       if (request === undefined || (request.type !== 'forget' && !change)) return 'unknown-request';
-      if (change !== (c.status === 'applied' || c.status === 'skipped' || c.status === 'failed')) return 'unknown-request';
+      // A purge receipt for a change, or a change receipt for a forget, belongs to another installation's request.
+      if (change ? c.status === 'purged' : c.status === 'applied' || c.status === 'skipped') return 'unknown-request';
       await trx('lethe_confirmations')
         .insert({
           request_id: c.requestId,

@@ -38,6 +38,7 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
       '004-erasure',
       '005-workers',
       '006-scheduling',
+      '007-rights',
     ]);
     const tables = (await k('pg_tables')
       .where({ schemaname: 'public' })
@@ -45,7 +46,9 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
       .orderBy('tablename')
       .pluck('tablename')) as string[];
     expect(tables).toEqual([
+      'lethe_change_versions',
       'lethe_confirmations',
+      'lethe_consents',
       'lethe_erasures',
       'lethe_export_artifact_chunks',
       'lethe_export_artifact_keys',
@@ -54,6 +57,8 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
       'lethe_migrations_lock',
       'lethe_outbox',
       'lethe_privacy_requests',
+      'lethe_processing_limits',
+      'lethe_rectifications',
       'lethe_workers',
     ]);
   });
@@ -66,6 +71,6 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
     const k = dbs[0]?.knex;
     if (k === undefined) throw new Error('no database');
     expect(await k('lethe_identity_migrations').pluck('name')).toEqual(['001-identity-schema']);
-    expect(await k('lethe_sidecar_migrations').pluck('name')).toEqual(['001-purges']);
+    expect(await k('lethe_sidecar_migrations').orderBy('id').pluck('name')).toEqual(['001-purges', '002-changes']);
   });
 });
