@@ -33,6 +33,7 @@ export async function restrictCommand(
     basis: flags.objection === true ? ProcessingBasis.PROCESSING_BASIS_OBJECTION : ProcessingBasis.PROCESSING_BASIS_RESTRICTION,
     reason: flags.reason ?? '',
     idempotencyKey: flags.idempotencyKey ?? randomUUID(),
+    requestedBy: '',
   };
   await withClient(flags, userId, async (client) => {
     const r = flags.lift === true ? await client.liftRestriction(input) : await client.restrictProcessing(input);

@@ -6,7 +6,7 @@ export const GROUP = 'privacy.lethe.dev';
 export const VERSION = 'v1alpha1';
 export const PLURAL = 'privacyrequests';
 
-type RequestKind = 'Export' | 'Forget';
+export type RequestKind = 'Export' | 'Forget' | 'Restrict' | 'LiftRestriction';
 export type Phase = 'Pending' | 'Running' | 'WaitingForDownstream' | 'Succeeded' | 'Failed';
 
 interface PrivacyRequestSpec {
@@ -15,6 +15,10 @@ interface PrivacyRequestSpec {
   readonly reason?: string;
   /** Who asked (required on new resources by the CRD); the operator's ServiceAccount carries it out. */
   readonly requestedBy?: string;
+  /** Restrict and LiftRestriction: purposes of the server's data map. */
+  readonly purposes?: readonly string[];
+  /** Restrict and LiftRestriction: Restriction (the default) or Objection. */
+  readonly basis?: 'Restriction' | 'Objection';
 }
 
 /** Shaped like metav1.Condition. */
@@ -29,7 +33,7 @@ export interface Condition {
 
 export interface DownstreamStatus {
   readonly service: string;
-  readonly state: 'Pending' | 'Purged' | 'Failed' | 'Exported' | 'TimedOut';
+  readonly state: 'Pending' | 'Purged' | 'Failed' | 'Exported' | 'TimedOut' | 'Applied' | 'Skipped';
   readonly purgedAt?: string;
   readonly error?: string;
 }

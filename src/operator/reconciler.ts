@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { PrivacyClient } from '../client/privacy-client.js';
 import { errorSummary } from '../errors.js';
 import { type Failpoint, hitFailpoint } from '../runtime/failpoints.js';
-import type { PrivacyRequest as LedgerEntry } from '../gen/lethe/privacy/v1/privacy.js';
+import { type PrivacyRequest as LedgerEntry, ProcessingBasis } from '../gen/lethe/privacy/v1/privacy.js';
 import { setCondition } from './conditions.js';
 import type { EventRecorder } from './event-recorder.js';
 import { GROUP, PLURAL, type PrivacyRequestResource, type PrivacyRequestStatus, VERSION, splitKey } from './privacy-request.js';
@@ -82,12 +82,26 @@ export class PrivacyRequestReconciler {
     let requestId: string;
     try {
       const signal = AbortSignal.timeout(this.opts.callTimeoutMs);
-      if (current.spec.type === 'Forget') {
+      const spec = current.spec;
+      if (spec.type === 'Forget') {
         const r = await this.opts.privacy.forgetUser(
           { userId: subjectId, reason: reason ?? 'GDPR Art. 17 erasure request (PrivacyRequest)', idempotencyKey, requestedBy },
           { signal },
         );
         requestId = r.requestId;
+      } else if (spec.type === 'Restrict' || spec.type === 'LiftRestriction') {
+        const input = {
+          userId: subjectId,
+          purposes: [...(spec.purposes ?? [])],
+          basis: spec.basis === 'Objection' ? ProcessingBasis.PROCESSING_BASIS_OBJECTION : ProcessingBasis.PROCESSING_BASIS_RESTRICTION,
+          reason: reason ?? '',
+          idempotencyKey,
+          requestedBy,
+        };
+        const r =
+          spec.type === 'Restrict' ? await this.opts.privacy.restrictProcessing(input, { signal }) : await this.opts.privacy.liftRestriction(input, { signal });
+        if (r.request === undefined) throw new Error('the PrivacyService answered without a request');
+        requestId = r.request.id;
       } else {
         const r = await this.opts.privacy.storeExport({ userId: subjectId, reason: reason ?? '', idempotencyKey, requestedBy }, { signal });
         requestId = r.requestId;

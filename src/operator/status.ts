@@ -1,6 +1,6 @@
 import { ArtifactState, ConfirmationState, type ExportArtifact, type PrivacyRequest as LedgerEntry, RequestState } from '../gen/lethe/privacy/v1/privacy.js';
 import { setCondition } from './conditions.js';
-import type { ArtifactStatus, Condition, DownstreamStatus, Phase, PrivacyRequestResource, PrivacyRequestStatus } from './privacy-request.js';
+import type { ArtifactStatus, Condition, DownstreamStatus, Phase, PrivacyRequestResource, PrivacyRequestStatus, RequestKind } from './privacy-request.js';
 
 /**
  * Pure status derivation: from the resource's current status and what the PrivacyService says,
@@ -8,7 +8,18 @@ import type { ArtifactStatus, Condition, DownstreamStatus, Phase, PrivacyRequest
  */
 
 export const READY = 'Ready';
+
+/** What the operator is doing while a request of each kind runs. */
+const STARTED: Readonly<Record<RequestKind, string>> = {
+  Forget: 'Anonymizing the subject',
+  Export: 'Exporting the subject to an encrypted artifact',
+  Restrict: 'Restricting the processing of the subject’s data',
+  LiftRestriction: 'Lifting the restriction of the subject’s data',
+};
+
+const isChange = (kind: RequestKind): boolean => kind === 'Restrict' || kind === 'LiftRestriction';
 const DOWNSTREAM_PURGED = 'DownstreamPurged';
+const DOWNSTREAM_APPLIED = 'DownstreamApplied';
 
 /** What a status change means for a person reading `kubectl describe`. */
 export interface Transition {
@@ -19,7 +30,7 @@ export interface Transition {
 
 export function runningStatus(obj: PrivacyRequestResource, now: Date): PrivacyRequestStatus {
   const generation = obj.metadata.generation ?? 0;
-  const verb = obj.spec.type === 'Forget' ? 'Anonymizing the subject' : 'Exporting the subject to an encrypted artifact';
+  const verb = STARTED[obj.spec.type];
   return clean({
     ...obj.status,
     phase: 'Running',
@@ -55,20 +66,21 @@ export function ledgerStatus(obj: PrivacyRequestResource, entry: LedgerEntry, no
   let conditions = obj.status?.conditions;
   const ready = readyCondition(obj, entry, phase, downstream, artifact);
   conditions = setCondition(conditions, { ...ready, observedGeneration: generation }, now);
-  if (obj.spec.type === 'Forget' && downstream.length > 0) {
+  if ((obj.spec.type === 'Forget' || isChange(obj.spec.type)) && downstream.length > 0) {
+    const change = isChange(obj.spec.type);
     const failed = downstream.filter((d) => d.state === 'Failed').map((d) => d.service);
     const pending = downstream.filter((d) => d.state === 'Pending').map((d) => d.service);
     const purged = failed.length === 0 && pending.length === 0;
     conditions = setCondition(
       conditions,
       {
-        type: DOWNSTREAM_PURGED,
+        type: change ? DOWNSTREAM_APPLIED : DOWNSTREAM_PURGED,
         status: purged ? 'True' : 'False',
-        reason: purged ? 'AllConfirmed' : failed.length > 0 ? 'PurgeFailed' : 'Waiting',
+        reason: purged ? 'AllConfirmed' : failed.length > 0 ? (change ? 'ChangeFailed' : 'PurgeFailed') : 'Waiting',
         message: purged
-          ? `All ${downstream.length} downstream services confirmed their purge`
+          ? `All ${downstream.length} downstream services confirmed ${change ? 'the change' : 'their purge'}`
           : failed.length > 0
-            ? `Purge failed in: ${failed.join(', ')}`
+            ? `${change ? 'The change' : 'Purge'} failed in: ${failed.join(', ')}`
             : `Waiting for: ${pending.join(', ')}`,
         observedGeneration: generation,
       },
@@ -93,6 +105,7 @@ export function ledgerStatus(obj: PrivacyRequestResource, entry: LedgerEntry, no
 function phaseOf(entry: LedgerEntry): Phase {
   switch (entry.state) {
     case RequestState.REQUEST_STATE_ANONYMIZED:
+    case RequestState.REQUEST_STATE_APPLIED:
       return 'WaitingForDownstream';
     case RequestState.REQUEST_STATE_COMPLETED:
       return 'Succeeded';
@@ -140,6 +153,17 @@ function readyCondition(
               }
             : { type: READY, status: 'True', reason: 'ArtifactStored', message: `Fetch the export with: lethe export --request ${entry.id} -o export.json` };
       }
+      if (isChange(obj.spec.type)) {
+        return {
+          type: READY,
+          status: 'True',
+          reason: 'Applied',
+          message:
+            downstream.length > 0
+              ? `Applied, and ${downstream.length} downstream services confirmed it`
+              : 'Applied; no downstream services are configured to confirm',
+        };
+      }
       return {
         type: READY,
         status: 'True',
@@ -154,7 +178,7 @@ function readyCondition(
         type: READY,
         status: 'False',
         reason: 'WaitingForDownstream',
-        message: `Anonymized in the primary database; ${downstream.filter((d) => d.state !== 'Purged').length} of ${downstream.length} downstream services have not confirmed`,
+        message: `${isChange(obj.spec.type) ? 'Applied' : 'Anonymized'} in the primary database; ${downstream.filter((d) => d.state === 'Pending').length} of ${downstream.length} downstream services have not confirmed`,
       };
     case 'Failed':
       return {
@@ -169,7 +193,8 @@ function readyCondition(
 }
 
 /** Events for what changed between two statuses, in the order a person would read them. */
-export function transitions(before: PrivacyRequestStatus | undefined, after: PrivacyRequestStatus, kind: 'Export' | 'Forget'): Transition[] {
+export function transitions(before: PrivacyRequestStatus | undefined, after: PrivacyRequestStatus, kind: RequestKind): Transition[] {
+  const change = isChange(kind);
   const out: Transition[] = [];
   const ready = after.conditions?.find((c) => c.type === READY);
   if (before?.phase !== after.phase) {
@@ -178,18 +203,30 @@ export function transitions(before: PrivacyRequestStatus | undefined, after: Pri
         out.push({
           type: 'Normal',
           reason: 'Started',
-          message: kind === 'Forget' ? 'Anonymizing the subject through the PrivacyService' : 'Exporting the subject to an encrypted artifact',
+          message: kind === 'Export' ? STARTED.Export : `${STARTED[kind]} through the PrivacyService`,
         });
         break;
       case 'WaitingForDownstream':
-        out.push({
-          type: 'Normal',
-          reason: 'Anonymized',
-          message: `Anonymized in the primary database (request ${after.requestId ?? ''}); waiting for downstream services to confirm their purge`,
-        });
+        out.push(
+          change
+            ? {
+                type: 'Normal',
+                reason: 'Applied',
+                message: `Applied in the primary database (request ${after.requestId ?? ''}); waiting for downstream services to confirm`,
+              }
+            : {
+                type: 'Normal',
+                reason: 'Anonymized',
+                message: `Anonymized in the primary database (request ${after.requestId ?? ''}); waiting for downstream services to confirm their purge`,
+              },
+        );
         break;
       case 'Succeeded':
-        out.push({ type: 'Normal', reason: kind === 'Forget' ? 'Erased' : 'ArtifactStored', message: ready?.message ?? 'Succeeded' });
+        out.push({
+          type: 'Normal',
+          reason: kind === 'Forget' ? 'Erased' : kind === 'Export' ? 'ArtifactStored' : 'Applied',
+          message: ready?.message ?? 'Succeeded',
+        });
         break;
       case 'Failed':
         out.push({ type: 'Warning', reason: ready?.reason ?? 'Failed', message: ready?.message ?? 'Failed' });
@@ -202,6 +239,11 @@ export function transitions(before: PrivacyRequestStatus | undefined, after: Pri
     const was = before?.downstream?.find((b) => b.service === d.service)?.state;
     if (was === d.state || d.state === 'Pending' || d.state === 'Exported') continue;
     if (d.state === 'Purged') out.push({ type: 'Normal', reason: 'DownstreamPurged', message: `${d.service} confirmed its purge` });
+    else if (d.state === 'Applied') out.push({ type: 'Normal', reason: 'DownstreamApplied', message: `${d.service} applied the change` });
+    else if (d.state === 'Skipped')
+      out.push({ type: 'Normal', reason: 'DownstreamSkipped', message: `${d.service} had nothing to change: it had erased the subject` });
+    else if (change)
+      out.push({ type: 'Warning', reason: 'DownstreamChangeFailed', message: `${d.service} could not apply the change: ${d.error ?? 'no reason given'}` });
     else if (after.artifact !== undefined)
       out.push({
         type: 'Warning',
@@ -227,6 +269,10 @@ function toDownstream(c: LedgerEntry['confirmations'][number]): DownstreamStatus
       return clean({ service: c.service, state: 'Failed', error: c.error === '' ? undefined : c.error });
     case ConfirmationState.CONFIRMATION_STATE_EXPORTED:
       return { service: c.service, state: 'Exported' };
+    case ConfirmationState.CONFIRMATION_STATE_APPLIED:
+      return clean({ service: c.service, state: 'Applied', purgedAt: iso(c.purgedAt) });
+    case ConfirmationState.CONFIRMATION_STATE_SKIPPED:
+      return clean({ service: c.service, state: 'Skipped', purgedAt: iso(c.purgedAt) });
     case ConfirmationState.CONFIRMATION_STATE_TIMED_OUT:
       return clean({ service: c.service, state: 'TimedOut', error: c.error === '' ? undefined : c.error });
     default:

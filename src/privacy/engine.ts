@@ -6,7 +6,7 @@ import { type ExportEvent, ExportService } from './export-service.js';
 import { LedgerQueries, type PrivacyRequestView } from './ledger-queries.js';
 import { type ArtifactPart, type StoredExport, StoredExports } from './stored-exports.js';
 import { type PendingValues, Rectification } from './rectification.js';
-import { type ChoicesResult, type ConsentRecord, type ProcessingBasis, ProcessingChoices } from './processing-choices.js';
+import { type ChoiceInput, type ChoicesResult, type ConsentRecord, ProcessingChoices } from './processing-choices.js';
 import type { PurposeFlags } from '../events/cloudevents.js';
 
 export { type ArtifactOptions, type ArtifactView, type EngineOptions, KEY_REUSED, REQUEST_NOT_FOUND, UUID } from './engine-part.js';
@@ -59,18 +59,12 @@ export class PrivacyEngine {
   }
 
   /** Restricts or objects to processing for some purposes (RestrictProcessing). */
-  async restrictProcessing(
-    actor: Principal,
-    input: { userId: string; purposes: readonly string[]; basis: ProcessingBasis; reason: string; idempotencyKey: string },
-  ): Promise<ChangeView & { purposes: readonly PurposeFlags[] }> {
+  async restrictProcessing(actor: Principal, input: ChoiceInput): Promise<ChangeView & { purposes: readonly PurposeFlags[] }> {
     return this.withView(actor, await this.choices.restrict(actor, input));
   }
 
   /** Lifts a restriction or objection for some purposes (LiftRestriction). */
-  async liftRestriction(
-    actor: Principal,
-    input: { userId: string; purposes: readonly string[]; basis: ProcessingBasis; reason: string; idempotencyKey: string },
-  ): Promise<ChangeView & { purposes: readonly PurposeFlags[] }> {
+  async liftRestriction(actor: Principal, input: ChoiceInput): Promise<ChangeView & { purposes: readonly PurposeFlags[] }> {
     return this.withView(actor, await this.choices.lift(actor, input));
   }
 

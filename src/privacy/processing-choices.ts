@@ -6,9 +6,19 @@ import { PROCESSING_SUBJECT } from '../events/subjects.js';
 import { authorizeChoices, authorizeExport } from './authorization.js';
 import { type ChangeContext, type ChangeDone, type ChangeResult, ChangeRequests } from './change-requests.js';
 import type { Principal } from './principal.js';
-import { checkReason, requireId } from './validation.js';
+import { checkReason, optionalId, requireId } from './validation.js';
 
 export type ProcessingBasis = 'restriction' | 'objection';
+
+/** A restriction or objection asked for, or lifted. */
+export interface ChoiceInput {
+  readonly userId: string;
+  readonly purposes: readonly string[];
+  readonly basis: ProcessingBasis;
+  readonly reason: string;
+  readonly idempotencyKey: string;
+  readonly requestedBy?: string;
+}
 
 export interface ConsentRecord {
   readonly id: string;
@@ -54,17 +64,11 @@ interface ConsentRow {
  * keeps the same flags whatever order the events reach it in.
  */
 export class ProcessingChoices extends ChangeRequests {
-  async restrict(
-    actor: Principal,
-    input: { userId: string; purposes: readonly string[]; basis: ProcessingBasis; reason: string; idempotencyKey: string },
-  ): Promise<ChoicesResult> {
-    const userId = requireId(input.userId, 'user_id');
-    const purposes = this.checkPurposes(input.purposes, { required: true });
-    const reason = checkReason(input.reason, { required: false });
-    const key = requireId(input.idempotencyKey, 'idempotency_key');
+  async restrict(actor: Principal, input: ChoiceInput): Promise<ChoicesResult> {
+    const { userId, purposes, reason, key, requestedBy } = this.checkChoice(input);
     const r = await this.change(
       actor,
-      { type: 'restrict', userId, reason, idempotencyKey: key },
+      { type: 'restrict', userId, reason, idempotencyKey: key, requestedBy },
       (_s, facts) => authorizeChoices(actor, userId, facts),
       async (trx, ctx) => {
         const active = new Set(
@@ -90,17 +94,11 @@ export class ProcessingChoices extends ChangeRequests {
     return { ...r, purposes: await this.db(() => this.flags(this.knex, userId)) };
   }
 
-  async lift(
-    actor: Principal,
-    input: { userId: string; purposes: readonly string[]; basis: ProcessingBasis; reason: string; idempotencyKey: string },
-  ): Promise<ChoicesResult> {
-    const userId = requireId(input.userId, 'user_id');
-    const purposes = this.checkPurposes(input.purposes, { required: true });
-    const reason = checkReason(input.reason, { required: false });
-    const key = requireId(input.idempotencyKey, 'idempotency_key');
+  async lift(actor: Principal, input: ChoiceInput): Promise<ChoicesResult> {
+    const { userId, purposes, reason, key, requestedBy } = this.checkChoice(input);
     const r = await this.change(
       actor,
-      { type: 'lift_restriction', userId, reason, idempotencyKey: key },
+      { type: 'lift_restriction', userId, reason, idempotencyKey: key, requestedBy },
       (_s, facts) => authorizeChoices(actor, userId, facts),
       async (trx, ctx) => {
         await trx('lethe_processing_limits')
@@ -241,6 +239,16 @@ export class ProcessingChoices extends ChangeRequests {
       details,
       audit: { eventType, details: { ...details, ...extra } },
       event: { id: event.id, subject: PROCESSING_SUBJECT, payload: JSON.stringify(event) },
+    };
+  }
+
+  private checkChoice(input: ChoiceInput) {
+    return {
+      userId: requireId(input.userId, 'user_id'),
+      purposes: this.checkPurposes(input.purposes, { required: true }),
+      reason: checkReason(input.reason, { required: false }),
+      key: requireId(input.idempotencyKey, 'idempotency_key'),
+      requestedBy: optionalId(input.requestedBy ?? '', 'requested_by'),
     };
   }
 

@@ -38,6 +38,7 @@ export function rightsHandlers(engine: PrivacyEngine): RightsHandlers {
         basis: basisOf(request.basis),
         reason: request.reason,
         idempotencyKey: request.idempotencyKey,
+        requestedBy: request.requestedBy,
       });
       return { ...changeMessage(r), purposes: r.purposes.map(toPurposeState) };
     },
@@ -49,6 +50,7 @@ export function rightsHandlers(engine: PrivacyEngine): RightsHandlers {
         basis: basisOf(request.basis),
         reason: request.reason,
         idempotencyKey: request.idempotencyKey,
+        requestedBy: request.requestedBy,
       });
       return { ...changeMessage(r), purposes: r.purposes.map(toPurposeState) };
     },

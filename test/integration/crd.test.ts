@@ -1,3 +1,5 @@
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../support/kube-apiserver.js';
 import { CRD_PATH as CRD, type Kubectl, kubectlFor } from '../support/kubectl.js';
@@ -44,7 +46,12 @@ ${requestedBy}${spec}
   });
 
   it.each([
-    ['an unknown type', 'bad-type', '  type: Delete\n  subjectId: user-id-123', 'spec.type: Unsupported value: "Delete": supported values: "Export", "Forget"'],
+    [
+      'an unknown type',
+      'bad-type',
+      '  type: Delete\n  subjectId: user-id-123',
+      'spec.type: Unsupported value: "Delete": supported values: "Export", "Forget", "Restrict", "LiftRestriction"',
+    ],
     ['a missing subject', 'no-subject', '  type: Export', 'spec.subjectId: Required value'],
     ['an oversized subject', 'long-subject', `  type: Export\n  subjectId: ${'x'.repeat(257)}`, 'spec.subjectId: Too long: may not be more than 256 bytes'],
     [
@@ -59,10 +66,41 @@ ${requestedBy}${spec}
       `  type: Forget\n  subjectId: u-1\n  reason: ${'r'.repeat(257)}`,
       'spec.reason: Too long: may not be more than 256 bytes',
     ],
+    [
+      'a Restrict without purposes',
+      'restrict-nothing',
+      '  type: Restrict\n  subjectId: u-1',
+      'spec.purposes: Invalid value: purposes is required for Restrict and LiftRestriction, and only for them',
+    ],
+    [
+      'purposes on a Forget',
+      'forget-purposes',
+      '  type: Forget\n  subjectId: u-1\n  purposes: [marketing]',
+      'purposes is required for Restrict and LiftRestriction, and only for them',
+    ],
+    ['a basis on an Export', 'export-basis', '  type: Export\n  subjectId: u-1\n  basis: Objection', 'basis is only for Restrict and LiftRestriction'],
+    [
+      'an unknown basis',
+      'odd-basis',
+      '  type: Restrict\n  subjectId: u-1\n  purposes: [marketing]\n  basis: Dislike',
+      'spec.basis: Unsupported value: "Dislike": supported values: "Restriction", "Objection"',
+    ],
+    [
+      'a purpose that is not a name',
+      'odd-purpose',
+      '  type: Restrict\n  subjectId: u-1\n  purposes: ["direct marketing"]',
+      'spec.purposes[0] in body should match',
+    ],
   ])('refuses %s with a clear message', async (_, name, spec, message) => {
     const r = await kubectl(['apply', '-f', '-'], request(name, spec));
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain(message);
+  });
+
+  it.each(readdirSync('examples').filter((f) => f.endsWith('.yaml')))('accepts the README example %s as written', async (file) => {
+    const r = await kubectl(['apply', '-n', 'default', '-f', join('examples', file)]);
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(r.stdout).toMatch(/^privacyrequest\.privacy\.lethe\.dev\/\S+ created\n$/);
   });
 
   it('requires requestedBy on a new request, naming the field', async () => {

@@ -61,7 +61,7 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     const out = await mustKubectl(kubectl, ['get', 'events', '-n', namespace, '--field-selector', `involvedObject.name=${name}`, '-o', 'json']);
     return (JSON.parse(out) as { items: Array<{ type: string; reason: string; message: string; reportingInstance?: string; lastTimestamp?: string }> }).items;
   };
-  const apply = (namespace: string, name: string, spec: { type: string; subjectId: string; reason?: string }) =>
+  const apply = (namespace: string, name: string, spec: { type: string; subjectId: string; reason?: string; purposes?: string[]; basis?: string }) =>
     mustKubectl(kubectl, ['apply', '-f', '-'], privacyRequestYaml(namespace, name, spec));
   const operatorEnv = (namespaces: string, extra: Record<string, string> = {}) => ({
     KUBECONFIG: kube.kubeconfigPath,
@@ -160,6 +160,34 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(table).toMatch(/forget-user-123\s+Forget\s+user-id-123\s+Succeeded\s+/);
   });
 
+  it('a Restrict with basis Objection, then a LiftRestriction, reach the downstream service’s flags, each confirmed', async () => {
+    const flags = () => orders.knex('lethe_processing_flags').where({ subject_id: 'owner-user-id-2', purpose: 'marketing' }).first('restricted', 'objected');
+    await apply('privacy', 'object-owner-2', { type: 'Restrict', subjectId: 'owner-user-id-2', purposes: ['marketing'], basis: 'Objection' });
+    const done = await resources.waitForPhase('privacy', 'object-owner-2', 'Succeeded');
+    expect(done.status?.downstream).toEqual([{ service: ORDERS_SERVICE, state: 'Applied', purgedAt: expect.any(String) }]);
+    expect(done.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Applied' });
+    expect(done.status?.conditions?.find((c) => c.type === 'DownstreamApplied')).toMatchObject({ status: 'True', reason: 'AllConfirmed' });
+    expect(await flags()).toEqual({ restricted: false, objected: true });
+    const ledgerRow = (await identity.query(`SELECT type, requester, requested_by, result FROM lethe_privacy_requests WHERE id = $1`, [done.status?.requestId]))
+      .rows[0];
+    expect(ledgerRow).toMatchObject({ type: 'restrict', requester: 'lethe-operator', requested_by: 'privacy-desk-ticket-1' });
+    expect(ledgerRow.result.details).toEqual({ purposes: ['marketing'], basis: 'objection' });
+    expect((await eventsOf('privacy', 'object-owner-2')).map((e) => e.reason)).toEqual(expect.arrayContaining(['Started', 'DownstreamApplied', 'Applied']));
+
+    await apply('privacy', 'lift-owner-2', { type: 'LiftRestriction', subjectId: 'owner-user-id-2', purposes: ['marketing'], basis: 'Objection' });
+    await resources.waitForPhase('privacy', 'lift-owner-2', 'Succeeded');
+    expect(await flags()).toEqual({ restricted: false, objected: false });
+  });
+
+  it('fails a Restrict naming a purpose the data map does not list, with the server’s message', async () => {
+    await apply('privacy', 'restrict-unknown', { type: 'Restrict', subjectId: 'owner-user-id-2', purposes: ['newsletters'] });
+    const failed = await resources.waitForPhase('privacy', 'restrict-unknown', 'Failed');
+    expect(failed.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({
+      reason: 'InvalidRequest',
+      message: "unknown purpose 'newsletters': purposes are marketing, analytics, profiling",
+    });
+  });
+
   it('an Export stores an encrypted artifact that `lethe export --request` returns with the same digest, until it expires', async () => {
     await apply('privacy', 'export-owner-1', { type: 'Export', subjectId: 'owner-user-id-1', reason: 'GDPR Art. 15 access request' });
     const done = await resources.waitForPhase('privacy', 'export-owner-1', 'Succeeded');
@@ -238,7 +266,7 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     const expected = new Map<string, number>();
     for (const item of listed.items) expected.set(item.status?.phase ?? 'Pending', (expected.get(item.status?.phase ?? 'Pending') ?? 0) + 1);
     expect(expected.get('Succeeded')).toBeGreaterThanOrEqual(1);
-    expect(expected.get('Failed')).toBe(2);
+    expect(expected.get('Failed')).toBe(3);
     const body = await waitFor('the phase gauges to match the API server', async () => {
       const text = await (await fetch(`http://127.0.0.1:${operator.healthAddress.port}/metrics`)).text();
       const matches = ['Pending', 'Running', 'WaitingForDownstream', 'Succeeded', 'Failed'].every(
@@ -254,8 +282,8 @@ describe.runIf(assets !== undefined && pgBin !== undefined && natsBin !== undefi
     expect(results.success).toBeGreaterThanOrEqual(3);
     // The Forget was polled while it waited for the downstream confirmation.
     expect(results.requeue).toBeGreaterThanOrEqual(1);
-    // The two refusals (platform owner, unknown user) ended as terminal failures, once each.
-    expect(results.terminal).toBe(2);
+    // The three refusals (an unknown purpose, a platform owner, an unknown user) ended as terminal failures, once each.
+    expect(results.terminal).toBe(3);
     expect(Object.values(results).every((n) => n >= 0)).toBe(true);
     expect(sample(body, 'lethe_operator_reconcile_duration_seconds_count')).toBe(Object.values(results).reduce((a, b) => a + b, 0));
     for (const personal of ['user-id-123', 'member-user-id-456', 'platform-owner-id', 'no-such-user', '@example.com']) expect(body).not.toContain(personal);

@@ -38,7 +38,11 @@ export async function installCrd(kubectl: Kubectl): Promise<void> {
   await mustKubectl(kubectl, ['wait', '--for=condition=Established', 'crd/privacyrequests.privacy.lethe.dev', '--timeout=30s']);
 }
 
-export function privacyRequestYaml(namespace: string, name: string, spec: { type: string; subjectId: string; reason?: string; requestedBy?: string }): string {
+export function privacyRequestYaml(
+  namespace: string,
+  name: string,
+  spec: { type: string; subjectId: string; reason?: string; requestedBy?: string; purposes?: string[]; basis?: string },
+): string {
   return `apiVersion: privacy.lethe.dev/v1alpha1
 kind: PrivacyRequest
 metadata: {name: ${name}, namespace: ${namespace}}
@@ -46,5 +50,5 @@ spec:
   type: ${spec.type}
   subjectId: ${spec.subjectId}
   requestedBy: ${spec.requestedBy ?? 'privacy-desk-ticket-1'}
-${spec.reason === undefined ? '' : `  reason: ${JSON.stringify(spec.reason)}\n`}`;
+${spec.reason === undefined ? '' : `  reason: ${JSON.stringify(spec.reason)}\n`}${spec.purposes === undefined ? '' : `  purposes: ${JSON.stringify(spec.purposes)}\n`}${spec.basis === undefined ? '' : `  basis: ${spec.basis}\n`}`;
 }

@@ -810,6 +810,8 @@ export interface RestrictProcessingRequest {
   reason: string;
   /** Required: a retried call with the same key returns the first call's result. */
   idempotencyKey: string;
+  /** The person who asked, when the caller acts for someone (the operator). Optional. */
+  requestedBy: string;
 }
 
 export interface RestrictProcessingResponse {
@@ -825,6 +827,8 @@ export interface LiftRestrictionRequest {
   basis: ProcessingBasis;
   reason: string;
   idempotencyKey: string;
+  /** The person who asked, when the caller acts for someone (the operator). Optional. */
+  requestedBy: string;
 }
 
 export interface LiftRestrictionResponse {
@@ -4732,7 +4736,7 @@ export const RectifyUserResponse: MessageFns<RectifyUserResponse> = {
 };
 
 function createBaseRestrictProcessingRequest(): RestrictProcessingRequest {
-  return { userId: "", purposes: [], basis: 0, reason: "", idempotencyKey: "" };
+  return { userId: "", purposes: [], basis: 0, reason: "", idempotencyKey: "", requestedBy: "" };
 }
 
 export const RestrictProcessingRequest: MessageFns<RestrictProcessingRequest> = {
@@ -4751,6 +4755,9 @@ export const RestrictProcessingRequest: MessageFns<RestrictProcessingRequest> = 
     }
     if (message.idempotencyKey !== "") {
       writer.uint32(42).string(message.idempotencyKey);
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(50).string(message.requestedBy);
     }
     return writer;
   },
@@ -4808,6 +4815,14 @@ export const RestrictProcessingRequest: MessageFns<RestrictProcessingRequest> = 
             message.idempotencyKey = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4835,6 +4850,11 @@ export const RestrictProcessingRequest: MessageFns<RestrictProcessingRequest> = 
         : isSet(object.idempotency_key)
         ? globalThis.String(object.idempotency_key)
         : "",
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
     };
   },
 
@@ -4855,6 +4875,9 @@ export const RestrictProcessingRequest: MessageFns<RestrictProcessingRequest> = 
     if (message.idempotencyKey !== "") {
       obj.idempotencyKey = message.idempotencyKey;
     }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
+    }
     return obj;
   },
 
@@ -4868,6 +4891,7 @@ export const RestrictProcessingRequest: MessageFns<RestrictProcessingRequest> = 
     message.basis = object.basis ?? 0;
     message.reason = object.reason ?? "";
     message.idempotencyKey = object.idempotencyKey ?? "";
+    message.requestedBy = object.requestedBy ?? "";
     return message;
   },
 };
@@ -4978,7 +5002,7 @@ export const RestrictProcessingResponse: MessageFns<RestrictProcessingResponse> 
 };
 
 function createBaseLiftRestrictionRequest(): LiftRestrictionRequest {
-  return { userId: "", purposes: [], basis: 0, reason: "", idempotencyKey: "" };
+  return { userId: "", purposes: [], basis: 0, reason: "", idempotencyKey: "", requestedBy: "" };
 }
 
 export const LiftRestrictionRequest: MessageFns<LiftRestrictionRequest> = {
@@ -4997,6 +5021,9 @@ export const LiftRestrictionRequest: MessageFns<LiftRestrictionRequest> = {
     }
     if (message.idempotencyKey !== "") {
       writer.uint32(42).string(message.idempotencyKey);
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(50).string(message.requestedBy);
     }
     return writer;
   },
@@ -5054,6 +5081,14 @@ export const LiftRestrictionRequest: MessageFns<LiftRestrictionRequest> = {
             message.idempotencyKey = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5081,6 +5116,11 @@ export const LiftRestrictionRequest: MessageFns<LiftRestrictionRequest> = {
         : isSet(object.idempotency_key)
         ? globalThis.String(object.idempotency_key)
         : "",
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
     };
   },
 
@@ -5101,6 +5141,9 @@ export const LiftRestrictionRequest: MessageFns<LiftRestrictionRequest> = {
     if (message.idempotencyKey !== "") {
       obj.idempotencyKey = message.idempotencyKey;
     }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
+    }
     return obj;
   },
 
@@ -5114,6 +5157,7 @@ export const LiftRestrictionRequest: MessageFns<LiftRestrictionRequest> = {
     message.basis = object.basis ?? 0;
     message.reason = object.reason ?? "";
     message.idempotencyKey = object.idempotencyKey ?? "";
+    message.requestedBy = object.requestedBy ?? "";
     return message;
   },
 };
