@@ -5,9 +5,11 @@ import {
   type Consent,
   ConsentState,
   type DeepPartial,
+  type LiftRestrictionRequest,
   ProcessingBasis,
   type PrivacyServiceImplementation,
   type PurposeState,
+  type RestrictProcessingRequest,
 } from '../gen/lethe/privacy/v1/privacy.js';
 import type { ChangeView, ConsentRecord, PrivacyEngine, ProcessingBasis as Basis } from '../privacy/engine.js';
 import type { AuthContext } from './middleware.js';
@@ -32,27 +34,11 @@ export function rightsHandlers(engine: PrivacyEngine): RightsHandlers {
     },
 
     async restrictProcessing(request, context: CallContext & AuthContext) {
-      const r = await engine.restrictProcessing(context.principal, {
-        userId: request.userId,
-        purposes: request.purposes,
-        basis: basisOf(request.basis),
-        reason: request.reason,
-        idempotencyKey: request.idempotencyKey,
-        requestedBy: request.requestedBy,
-      });
-      return { ...changeMessage(r), purposes: r.purposes.map(toPurposeState) };
+      return choiceMessage(await engine.restrictProcessing(context.principal, choiceInput(request)));
     },
 
     async liftRestriction(request, context: CallContext & AuthContext) {
-      const r = await engine.liftRestriction(context.principal, {
-        userId: request.userId,
-        purposes: request.purposes,
-        basis: basisOf(request.basis),
-        reason: request.reason,
-        idempotencyKey: request.idempotencyKey,
-        requestedBy: request.requestedBy,
-      });
-      return { ...changeMessage(r), purposes: r.purposes.map(toPurposeState) };
+      return choiceMessage(await engine.liftRestriction(context.principal, choiceInput(request)));
     },
 
     async recordConsent(request, context: CallContext & AuthContext) {
@@ -85,6 +71,21 @@ export function rightsHandlers(engine: PrivacyEngine): RightsHandlers {
       return { consents: r.consents.map(toConsent), purposes: r.purposes.map(toPurposeState) };
     },
   };
+}
+
+function choiceInput(request: RestrictProcessingRequest | LiftRestrictionRequest) {
+  return {
+    userId: request.userId,
+    purposes: request.purposes,
+    basis: basisOf(request.basis),
+    reason: request.reason,
+    idempotencyKey: request.idempotencyKey,
+    requestedBy: request.requestedBy,
+  };
+}
+
+function choiceMessage(r: ChangeView & { purposes: readonly PurposeFlags[] }) {
+  return { ...changeMessage(r), purposes: r.purposes.map(toPurposeState) };
 }
 
 function changeMessage(r: ChangeView): { request: ReturnType<typeof toMessage> | undefined; replayed: boolean } {

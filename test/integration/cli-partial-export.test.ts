@@ -1,32 +1,19 @@
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type LetheProcess, startLetheProcess } from '../support/lethe-process.js';
+import { type LetheProcess, runLethe, startLetheProcess } from '../support/lethe-process.js';
 
 /**
  * `lethe export` when a downstream service's part is missing: a server that must ask "orders"
  * but has no NATS to ask it with. The document is partial, and says so.
  */
 
-const LETHE = join(process.cwd(), 'bin', 'lethe.js');
-const run = promisify(execFile);
-
 describe('lethe export of a partial document', () => {
   let dataDir: string;
   let server: LetheProcess;
 
-  const lethe = async (...args: string[]) => {
-    try {
-      const { stdout, stderr } = await run('node', [LETHE, ...args, '--server', server.address, '--data-dir', dataDir], { encoding: 'utf8' });
-      return { code: 0, stdout, stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  };
+  const lethe = (...args: string[]) => runLethe(server, dataDir, args);
 
   beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'lethe-partial-'));

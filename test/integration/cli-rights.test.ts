@@ -1,29 +1,16 @@
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type LetheProcess, startLetheProcess } from '../support/lethe-process.js';
+import { type LetheProcess, runLethe, startLetheProcess } from '../support/lethe-process.js';
 
 /** `lethe rectify`, `lethe restrict` and `lethe consent` against `lethe serve --demo` on the embedded database. */
-
-const LETHE = join(process.cwd(), 'bin', 'lethe.js');
-const run = promisify(execFile);
 
 describe('the lethe command: rectification, restriction and consent', () => {
   let dataDir: string;
   let server: LetheProcess;
 
-  const lethe = async (...args: string[]) => {
-    try {
-      const { stdout, stderr } = await run('node', [LETHE, ...args, '--server', server.address, '--data-dir', dataDir], { encoding: 'utf8' });
-      return { code: 0, stdout, stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  };
+  const lethe = (...args: string[]) => runLethe(server, dataDir, args);
   const json = (r: { stdout: string }) => JSON.parse(r.stdout) as Record<string, unknown>;
 
   beforeAll(async () => {

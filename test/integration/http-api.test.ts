@@ -213,12 +213,17 @@ describe('the reference HTTP API (embedded demo)', () => {
     const doc = r.json as { openapi: string; paths: Record<string, Record<string, unknown>> };
     expect(doc.openapi).toMatch(/^3\./);
     expect(Object.keys(doc.paths).sort()).toEqual([
+      '/api/privacy/consents/{user_id}',
+      '/api/privacy/consents/{user_id}/withdraw',
       '/api/privacy/export/{user_id}',
       '/api/privacy/forget/{user_id}',
+      '/api/privacy/rectify/{user_id}',
       '/api/privacy/requests',
       '/api/privacy/requests/{id}',
       '/api/privacy/requests/{id}/cancel',
       '/api/privacy/requests/{id}/extend',
+      '/api/privacy/restrict/{user_id}',
+      '/api/privacy/restrict/{user_id}/lift',
     ]);
     expect(Object.keys(doc.paths['/api/privacy/forget/{user_id}'] ?? {})).toEqual(['delete']);
     const cors = await call('GET', '/api/privacy/export/user-id-123', { as: 'user-id-123', headers: { origin: 'https://evil.example' } });

@@ -1,5 +1,6 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { vi } from 'vitest';
 import { freePort } from './postgres.js';
 
@@ -29,4 +30,15 @@ export async function startLetheProcess(opts: { dataDir: string; env: Record<str
     { timeout: 60_000, interval: 100 },
   );
   return { address, process: child, log: () => log };
+}
+
+/** Runs the built `lethe` command against a server: its exit code and both outputs, never a throw. */
+export async function runLethe(server: { address: string }, dataDir: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)('node', [LETHE, ...args, '--server', server.address, '--data-dir', dataDir], { encoding: 'utf8' });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
 }
