@@ -15,6 +15,7 @@
 #   4. the downstream "orders" service with the purge sidecar (deploy/helm/lethe/examples/sidecar-snippet.yaml);
 #   5. `kubectl get preq` shows the printer columns, `kubectl explain privacyrequest.spec` works;
 #   6. a Forget PrivacyRequest reaches Succeeded with the orders purge confirmed; both databases;
+#      (7b. a Restrict with basis Objection reaches the orders sidecar's lethe_processing_flags;)
 #   7. an Export PrivacyRequest; its artifact is fetched with `lethe export --request` through
 #      `kubectl port-forward` and its SHA-256 checked against status.artifact.sha256;
 #   8. the operator's leader pod is deleted while requests are in flight: another replica takes
@@ -288,6 +289,17 @@ exported="$(jsonpath preq/export-member-456 '{.status.downstream[?(@.service=="o
 grep -q '"downstream_export":{"orders":{"status":"complete"' "$work/export.json" || die "the artifact lacks the orders service's complete part"
 log "Export: Succeeded, artifact fetched over TLS, SHA-256 matches status.artifact.sha256, orders contributed its part"
 
+# --- 7b. Restrict: an objection reaches the orders service's flags ---
+phase "Restrict"
+printf 'apiVersion: privacy.lethe.dev/v1alpha1\nkind: PrivacyRequest\nmetadata: {name: object-owner-2}\nspec: {type: Restrict, subjectId: owner-user-id-2, purposes: [marketing], basis: Objection, requestedBy: e2e-ticket-2}\n' |
+  kubectl apply -n lethe -f - >&2
+wait_succeeded object-owner-2
+applied="$(jsonpath preq/object-owner-2 '{.status.downstream[?(@.service=="orders")].state}')"
+[ "$applied" = Applied ] || die "status.downstream does not show orders as Applied: '$applied'"
+flags="$(sql -d orders -c "SELECT restricted, objected, consent FROM lethe_processing_flags WHERE subject_id = 'owner-user-id-2' AND purpose = 'marketing'")"
+[ "$flags" = "f|t|none" ] || die "orders database: lethe_processing_flags of owner-user-id-2 for marketing is '$flags', not objected"
+log "Restrict: Succeeded, orders applied the objection to its lethe_processing_flags"
+
 # Subjects for the next two phases: rows in the identity database's users table.
 add_subjects() { # prefix count
   sql -d identity -c "INSERT INTO users (id, email) SELECT '$1-' || i, '$1-' || i || '@example.test' FROM generate_series(1, $2) AS i" >/dev/null
@@ -357,8 +369,8 @@ helm_release_pods="$(k get pods -l app.kubernetes.io/instance=lethe --no-headers
 [ "$helm_release_pods" -ge 4 ] || die "expected the 2 servers and 2 operators in the namespace, found $helm_release_pods pods"
 "$helm" uninstall lethe --namespace lethe --wait >&2
 kubectl get crd privacyrequests.privacy.lethe.dev >/dev/null || die "helm uninstall deleted the CRD"
-[ "$(k get preq -o name | wc -l)" -eq $((2 + failover_n)) ] || die "the PrivacyRequests did not survive helm uninstall"
+[ "$(k get preq -o name | wc -l)" -eq $((3 + failover_n)) ] || die "the PrivacyRequests did not survive helm uninstall"
 # The README's deliberate removal of the CRD, and with it every request.
 kubectl delete crd privacyrequests.privacy.lethe.dev --timeout=120s >&2
 phase "done"
-log "PASSED: Forget, Export, leader failover, helm upgrade under load on kind (restricted Pod Security, TLS, fenced network)"
+log "PASSED: Forget, Export, Restrict, leader failover, helm upgrade under load on kind (restricted Pod Security, TLS, fenced network)"
