@@ -268,6 +268,37 @@ export function erasureProofSuite(name: string, open: () => Promise<Database>, c
         .pluck('event_type')) as string[];
       expect(audits.sort()).toEqual(['user_already_anonymized', 'user_anonymized']);
     });
+
+    it('leaves nothing of a person who rectified their email, restricted and consented before the erasure', async () => {
+      const k = db.knex;
+      const id = 'generated-rights';
+      const planted = await insertGeneratedSubject(k, id);
+      // Services must confirm, so the new value waits in Lethe's own table until the forget.
+      const confirming = await demoEngine(db, { expectedServices: ['orders'] });
+      const newEmail = `rectified-${randomBytes(4).toString('hex')}@example.org`;
+      await confirming.rectifyUser(platform, { userId: id, changes: { email: newEmail }, reason: 'typo', idempotencyKey: 'proof-rectify' });
+      expect(JSON.stringify(await k('lethe_rectifications').where({ subject_id: id }).pluck('pending_values'))).toContain(newEmail);
+      await confirming.restrictProcessing(platform, {
+        userId: id,
+        purposes: ['profiling'],
+        basis: 'restriction',
+        reason: '',
+        idempotencyKey: 'proof-restrict',
+      });
+      await confirming.recordConsent(platform, { userId: id, purpose: 'marketing', textVersion: 'v1', textSha256: '', source: 'web-signup' });
+
+      // The new email also waits in lethe_rectifications, so the scan's rule would not count it as the person's alone: look for it, and the
+      // email it replaced, by name.
+      const former = formerValues(await dumpDatabase(k), await subjectRows(k, map, id), id);
+      for (const v of planted.slice(1)) expect(former, `planted value ${v}`).toContain(v);
+
+      await confirming.forgetUser(platform, { userId: id, reason: 'GDPR Right to be Forgotten', idempotencyKey: 'proof-forget-rights' });
+      const after = await dumpDatabase(k);
+      const survivors = after.filter((c) => [...former, newEmail, planted[0] ?? ''].some((v) => holds(c.value, v)));
+      expect([...new Set(survivors.map((c) => `${c.table}.${c.column}`))]).toEqual([]);
+      expect(await k('lethe_processing_limits').where({ subject_id: id })).toEqual([]);
+      expect(await k('lethe_consents').where({ subject_id: id }).pluck('withdrawn_source')).toEqual(['erasure']);
+    });
   });
 }
 
