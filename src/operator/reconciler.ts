@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { PrivacyClient } from '../client/privacy-client.js';
 import { errorSummary } from '../errors.js';
 import { type Failpoint, hitFailpoint } from '../runtime/failpoints.js';
+import { sleep } from '../runtime/backoff.js';
 import { type PrivacyRequest as LedgerEntry, ProcessingBasis } from '../gen/lethe/privacy/v1/privacy.js';
 import { setCondition } from './conditions.js';
 import type { EventRecorder } from './event-recorder.js';
@@ -39,6 +40,9 @@ const TERMINAL: ReadonlyMap<Status, string> = new Map([
   [Status.FAILED_PRECONDITION, 'FailedPrecondition'],
 ]);
 
+/** A call still unanswered after this long is marked Running before its outcome is written. */
+const RUNNING_AFTER_MS = 1_000;
+
 /** An artifact is looked at again this long after its expiry (the server reports it expired from then on). */
 const EXPIRY_GRACE_MS = 1_000;
 const EXPIRY_RECHECK_MS = 5_000;
@@ -72,45 +76,65 @@ export class PrivacyRequestReconciler {
     return this.carryOut(obj);
   };
 
-  /** Pending or Running: (re)issue the call. A replay after a crash returns the first result. */
+  /**
+   * Pending or Running: (re)issue the call. A replay after a crash returns the first result. A
+   * call that answers within RUNNING_AFTER_MS gets one status write (its outcome, from the ledger
+   * entry the answer carries); a slower one is marked Running first, so `kubectl get` shows it.
+   */
   private async carryOut(obj: PrivacyRequestResource): Promise<ReconcileResult | undefined> {
     let current = obj;
-    if (current.status?.phase !== 'Running') current = await this.writeStatus(current, runningStatus(current, this.now()));
-
-    const idempotencyKey = current.metadata.uid ?? '';
-    const { subjectId, reason, requestedBy = '' } = current.spec;
-    let requestId: string;
+    const call = this.call(current);
+    if (current.status?.phase !== 'Running') {
+      const timer = new AbortController();
+      const first = await Promise.race([
+        call.then(
+          () => 'answered',
+          () => 'answered',
+        ),
+        sleep(RUNNING_AFTER_MS, timer.signal).then(() => 'slow'),
+      ]);
+      timer.abort();
+      if (first === 'slow') current = await this.writeStatus(current, runningStatus(current, this.now()));
+    }
+    let answer: { requestId: string; entry: LedgerEntry | undefined };
     try {
-      const signal = AbortSignal.timeout(this.opts.callTimeoutMs);
-      const spec = current.spec;
-      if (spec.type === 'Forget') {
-        const r = await this.opts.privacy.forgetUser(
-          { userId: subjectId, reason: reason ?? 'GDPR Art. 17 erasure request (PrivacyRequest)', idempotencyKey, requestedBy },
-          { signal },
-        );
-        requestId = r.requestId;
-      } else if (spec.type === 'Restrict' || spec.type === 'LiftRestriction') {
-        const input = {
-          userId: subjectId,
-          purposes: [...(spec.purposes ?? [])],
-          basis: spec.basis === 'Objection' ? ProcessingBasis.PROCESSING_BASIS_OBJECTION : ProcessingBasis.PROCESSING_BASIS_RESTRICTION,
-          reason: reason ?? '',
-          idempotencyKey,
-          requestedBy,
-        };
-        const r =
-          spec.type === 'Restrict' ? await this.opts.privacy.restrictProcessing(input, { signal }) : await this.opts.privacy.liftRestriction(input, { signal });
-        if (r.request === undefined) throw new Error('the PrivacyService answered without a request');
-        requestId = r.request.id;
-      } else {
-        const r = await this.opts.privacy.storeExport({ userId: subjectId, reason: reason ?? '', idempotencyKey, requestedBy }, { signal });
-        requestId = r.requestId;
-      }
+      answer = await call;
     } catch (err) {
       return this.onCallFailed(current, err);
     }
     hitFailpoint(this.opts.failpoints ?? new Set(), 'operator-after-call');
-    return this.follow(current, requestId);
+    return answer.entry === undefined ? this.follow(current, answer.requestId) : this.mirror(current, answer.entry);
+  }
+
+  /** The PrivacyService call a request's kind asks for; the answer carries the ledger entry when the server sends it. */
+  private async call(obj: PrivacyRequestResource): Promise<{ requestId: string; entry: LedgerEntry | undefined }> {
+    const idempotencyKey = obj.metadata.uid ?? '';
+    const { subjectId, reason, requestedBy = '' } = obj.spec;
+    const signal = AbortSignal.timeout(this.opts.callTimeoutMs);
+    const spec = obj.spec;
+    if (spec.type === 'Forget') {
+      const r = await this.opts.privacy.forgetUser(
+        { userId: subjectId, reason: reason ?? 'GDPR Art. 17 erasure request (PrivacyRequest)', idempotencyKey, requestedBy, includeRequest: true },
+        { signal },
+      );
+      return { requestId: r.requestId, entry: r.request };
+    }
+    if (spec.type === 'Restrict' || spec.type === 'LiftRestriction') {
+      const input = {
+        userId: subjectId,
+        purposes: [...(spec.purposes ?? [])],
+        basis: spec.basis === 'Objection' ? ProcessingBasis.PROCESSING_BASIS_OBJECTION : ProcessingBasis.PROCESSING_BASIS_RESTRICTION,
+        reason: reason ?? '',
+        idempotencyKey,
+        requestedBy,
+      };
+      const r =
+        spec.type === 'Restrict' ? await this.opts.privacy.restrictProcessing(input, { signal }) : await this.opts.privacy.liftRestriction(input, { signal });
+      if (r.request === undefined) throw new Error('the PrivacyService answered without a request');
+      return { requestId: r.request.id, entry: r.request };
+    }
+    const r = await this.opts.privacy.storeExport({ userId: subjectId, reason: reason ?? '', idempotencyKey, requestedBy, includeRequest: true }, { signal });
+    return { requestId: r.requestId, entry: r.request };
   }
 
   /** Mirrors the ledger entry into the status; keeps polling while downstream confirmations are due. */
@@ -122,6 +146,10 @@ export class PrivacyRequestReconciler {
       return this.onCallFailed(obj, err);
     }
     if (entry === undefined) throw new Error('GetPrivacyRequest answered without a request');
+    return this.mirror(obj, entry);
+  }
+
+  private async mirror(obj: PrivacyRequestResource, entry: LedgerEntry): Promise<ReconcileResult | undefined> {
     const updated = await this.writeStatus(obj, ledgerStatus(obj, entry, this.now()));
     if (updated.status?.phase === 'WaitingForDownstream' || updated.status?.phase === 'Running') return { requeueAfterMs: this.opts.pollIntervalMs };
     if (updated.status?.phase === 'Succeeded' && obj.spec.type === 'Export') return this.expiryRequeue(updated);

@@ -224,7 +224,7 @@ export function transitions(before: PrivacyRequestStatus | undefined, after: Pri
       case 'Succeeded':
         out.push({
           type: 'Normal',
-          reason: kind === 'Forget' ? 'Erased' : kind === 'Export' ? 'ArtifactStored' : 'Applied',
+          reason: kind === 'Forget' ? 'Erased' : kind === 'Export' ? 'ArtifactStored' : 'Completed',
           message: ready?.message ?? 'Succeeded',
         });
         break;

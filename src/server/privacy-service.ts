@@ -53,6 +53,7 @@ export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): P
         replayed: r.replayed,
         scheduled: r.scheduledFor !== undefined,
         scheduledFor: r.scheduledFor,
+        request: request.includeRequest ? toMessage(await engine.getRequest(context.principal, r.requestId)) : undefined,
       };
     },
 
@@ -91,7 +92,12 @@ export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): P
         { userId: request.userId, reason: request.reason, idempotencyKey: request.idempotencyKey, requestedBy: request.requestedBy },
         context.signal,
       );
-      return { requestId: r.requestId, artifact: toArtifactMessage(r.artifact), replayed: r.replayed };
+      return {
+        requestId: r.requestId,
+        artifact: toArtifactMessage(r.artifact),
+        replayed: r.replayed,
+        request: request.includeRequest ? toMessage(await engine.getRequest(context.principal, r.requestId)) : undefined,
+      };
     },
 
     async *getExportArtifact(request: GetExportArtifactRequest, context: CallContext & AuthContext): AsyncGenerator<DeepPartial<GetExportArtifactResponse>> {

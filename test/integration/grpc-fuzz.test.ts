@@ -213,7 +213,9 @@ describe.runIf(bin !== undefined)(`the gRPC port under malformed requests (LETHE
   it('applies the transport limits: the receive size and the concurrent streams per connection', async () => {
     const client = new grpc.Client(address, grpc.credentials.createInsecure());
     const forget = METHODS.find((m) => m.path.endsWith('/ForgetUser')) as Method;
-    const big = Buffer.from(ForgetUserRequest.encode({ userId: 'x', reason: 'r'.repeat(300 * 1024), idempotencyKey: 'k', requestedBy: '' }).finish());
+    const big = Buffer.from(
+      ForgetUserRequest.encode({ userId: 'x', reason: 'r'.repeat(300 * 1024), idempotencyKey: 'k', requestedBy: '', includeRequest: false }).finish(),
+    );
     expect(grpc.status[(await call(client, forget, big, token)).code]).toBe('RESOURCE_EXHAUSTED');
     client.close();
     const session = http2Connect(`http://${address}`);

@@ -100,7 +100,8 @@ describe.runIf(assets !== undefined && helm !== undefined)("the operator under e
     const { request } = await admin.getPrivacyRequest({ id: done.status?.requestId ?? '' });
     expect(request?.requester).toBe(OPERATOR_PRINCIPAL);
     const events = JSON.parse(await mustKubectl(kubectl, ['get', 'events', '-n', 'team-a', '-o', 'json'])) as { items: Array<{ reason: string }> };
-    expect(events.items.map((e) => e.reason)).toEqual(expect.arrayContaining(['Started', 'Erased']));
+    // Carried out within a second: one status write and one Event, its outcome.
+    expect(events.items.map((e) => e.reason)).toEqual(['Erased']);
     expect(await mustKubectl(kubectl, ['get', 'lease', 'lethe-operator', '-n', NS, '-o', 'jsonpath={.spec.holderIdentity}'])).toBe('lethe-operator');
     await operator.stop();
   }, 60_000);

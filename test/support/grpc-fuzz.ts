@@ -6,8 +6,13 @@ import {
   ForgetUserRequest,
   GetExportArtifactRequest,
   GetPrivacyRequestRequest,
+  ListConsentsRequest,
   ListPrivacyRequestsRequest,
+  RecordConsentRequest,
+  RectifyUserRequest,
+  RestrictProcessingRequest,
   StoreExportRequest,
+  WithdrawConsentRequest,
 } from '../../src/gen/lethe/privacy/v1/privacy.js';
 
 /**
@@ -68,6 +73,7 @@ export const METHODS: readonly Method[] = [
         reason: 'fuzz',
         idempotencyKey: `k-${r.int(1000)}`,
         requestedBy: '',
+        includeRequest: r.next() < 0.5,
       }).finish(),
   },
   {
@@ -100,6 +106,7 @@ export const METHODS: readonly Method[] = [
         reason: 'fuzz',
         idempotencyKey: `s-${r.int(50)}`,
         requestedBy: '',
+        includeRequest: r.next() < 0.5,
       }).finish(),
   },
   {
@@ -107,6 +114,58 @@ export const METHODS: readonly Method[] = [
     kind: 'server-stream',
     authenticated: true,
     valid: () => GetExportArtifactRequest.encode({ requestId: UUID }).finish(),
+  },
+  {
+    path: '/lethe.privacy.v1.PrivacyService/RectifyUser',
+    kind: 'unary',
+    authenticated: true,
+    valid: (r) =>
+      RectifyUserRequest.encode({
+        userId: r.pick(['member-user-id-456', 'nobody']),
+        changes: { [r.pick(['email', 'name'])]: r.pick(['fuzz@example.org', 'not-an-email']) },
+        reason: 'fuzz',
+        idempotencyKey: `r-${r.int(1000)}`,
+        requestedBy: '',
+      }).finish(),
+  },
+  {
+    path: '/lethe.privacy.v1.PrivacyService/RestrictProcessing',
+    kind: 'unary',
+    authenticated: true,
+    valid: (r) =>
+      RestrictProcessingRequest.encode({
+        userId: r.pick(['member-user-id-456', 'nobody']),
+        purposes: [r.pick(['marketing', 'profiling', 'ads'])],
+        basis: r.int(3),
+        reason: 'fuzz',
+        idempotencyKey: `p-${r.int(1000)}`,
+        requestedBy: '',
+      }).finish(),
+  },
+  {
+    path: '/lethe.privacy.v1.PrivacyService/RecordConsent',
+    kind: 'unary',
+    authenticated: true,
+    valid: (r) =>
+      RecordConsentRequest.encode({
+        userId: r.pick(['member-user-id-456', 'nobody']),
+        purpose: r.pick(['marketing', 'analytics']),
+        textVersion: `v${r.int(3)}`,
+        textSha256: '',
+        source: 'fuzz',
+      }).finish(),
+  },
+  {
+    path: '/lethe.privacy.v1.PrivacyService/WithdrawConsent',
+    kind: 'unary',
+    authenticated: true,
+    valid: (r) => WithdrawConsentRequest.encode({ userId: r.pick(['member-user-id-456', 'nobody']), purposes: [], source: 'fuzz', reason: '' }).finish(),
+  },
+  {
+    path: '/lethe.privacy.v1.PrivacyService/ListConsents',
+    kind: 'unary',
+    authenticated: true,
+    valid: (r) => ListConsentsRequest.encode({ userId: r.pick(['member-user-id-456', 'nobody']) }).finish(),
   },
   {
     path: '/grpc.health.v1.Health/Check',

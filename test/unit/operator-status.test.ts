@@ -7,7 +7,7 @@ import { ledgerStatus, refusedStatus, runningStatus, transitions } from '../../s
 const t0 = new Date('2026-11-22T10:00:00.000Z');
 const t1 = new Date('2026-11-22T10:05:00.000Z');
 
-const resource = (type: 'Export' | 'Forget', status?: PrivacyRequestResource['status']): PrivacyRequestResource => ({
+const resource = (type: 'Export' | 'Forget' | 'Restrict', status?: PrivacyRequestResource['status']): PrivacyRequestResource => ({
   apiVersion: 'privacy.lethe.dev/v1alpha1',
   kind: 'PrivacyRequest',
   metadata: { name: 'r', namespace: 'ns', uid: 'uid-1', generation: 1 },
@@ -166,6 +166,83 @@ describe('status derivation', () => {
     const s = refusedStatus(resource('Forget'), 'PermissionDenied', 'Platform owners cannot be anonymized', t1);
     expect(s).toMatchObject({ phase: 'Failed', completedAt: t1.toISOString() });
     expect(s.conditions?.[0]).toMatchObject({ status: 'False', reason: 'PermissionDenied', message: 'Platform owners cannot be anonymized' });
+  });
+});
+
+describe('a Restrict request', () => {
+  it('waits for the services with DownstreamApplied, then completes; a service that skipped or failed says so', () => {
+    const confirmation = (service: string, state: ConfirmationState, error = '') => ({
+      service,
+      state,
+      purgedAt: state === ConfirmationState.CONFIRMATION_STATE_PENDING ? undefined : t1,
+      rowsAffected: [],
+      error,
+    });
+    const waiting = ledgerStatus(
+      resource('Restrict'),
+      entry({
+        type: RequestType.REQUEST_TYPE_RESTRICT,
+        state: RequestState.REQUEST_STATE_APPLIED,
+        completedAt: undefined,
+        confirmations: [
+          confirmation('orders', ConfirmationState.CONFIRMATION_STATE_APPLIED),
+          confirmation('crm', ConfirmationState.CONFIRMATION_STATE_PENDING),
+        ],
+      }),
+      t1,
+    );
+    expect(waiting.phase).toBe('WaitingForDownstream');
+    expect(waiting.downstream).toEqual([
+      { service: 'orders', state: 'Applied', purgedAt: t1.toISOString() },
+      { service: 'crm', state: 'Pending' },
+    ]);
+    expect(waiting.conditions?.find((c) => c.type === 'Ready')).toMatchObject({
+      reason: 'WaitingForDownstream',
+      message: 'Applied in the primary database; 1 of 2 downstream services have not confirmed',
+    });
+    expect(waiting.conditions?.find((c) => c.type === 'DownstreamApplied')).toMatchObject({ status: 'False', reason: 'Waiting', message: 'Waiting for: crm' });
+    expect(transitions(undefined, waiting, 'Restrict').map((e) => [e.reason, e.message])).toEqual([
+      ['Applied', `Applied in the primary database (request ${waiting.requestId ?? ''}); waiting for downstream services to confirm`],
+      ['DownstreamApplied', 'orders applied the change'],
+    ]);
+
+    const done = ledgerStatus(
+      resource('Restrict', waiting),
+      entry({
+        type: RequestType.REQUEST_TYPE_RESTRICT,
+        state: RequestState.REQUEST_STATE_COMPLETED,
+        confirmations: [
+          confirmation('orders', ConfirmationState.CONFIRMATION_STATE_APPLIED),
+          confirmation('crm', ConfirmationState.CONFIRMATION_STATE_SKIPPED),
+        ],
+      }),
+      t1,
+    );
+    expect(done.conditions?.find((c) => c.type === 'Ready')).toMatchObject({
+      status: 'True',
+      reason: 'Applied',
+      message: 'Applied, and 2 downstream services confirmed it',
+    });
+    expect(transitions(waiting, done, 'Restrict').map((e) => e.reason)).toEqual(['Completed', 'DownstreamSkipped']);
+
+    const failed = ledgerStatus(
+      resource('Restrict', waiting),
+      entry({
+        type: RequestType.REQUEST_TYPE_RESTRICT,
+        state: RequestState.REQUEST_STATE_FAILED,
+        error: 'crm could not apply the change: SQLSTATE 23505',
+        confirmations: [
+          confirmation('orders', ConfirmationState.CONFIRMATION_STATE_APPLIED),
+          confirmation('crm', ConfirmationState.CONFIRMATION_STATE_FAILED, 'SQLSTATE 23505'),
+        ],
+      }),
+      t1,
+    );
+    expect(failed.conditions?.find((c) => c.type === 'DownstreamApplied')).toMatchObject({ reason: 'ChangeFailed', message: 'The change failed in: crm' });
+    expect(transitions(waiting, failed, 'Restrict')).toEqual([
+      { type: 'Warning', reason: 'Failed', message: 'crm could not apply the change: SQLSTATE 23505' },
+      { type: 'Warning', reason: 'DownstreamChangeFailed', message: 'crm could not apply the change: SQLSTATE 23505' },
+    ]);
   });
 });
 

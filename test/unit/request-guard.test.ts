@@ -20,8 +20,14 @@ function timed<T>(fn: () => T): { value: T; ms: number } {
 
 describe('the request guard', () => {
   it('passes a valid request to the service decoder', () => {
-    const bytes = ForgetUserRequest.encode({ userId: 'user-id-123', reason: 'r', idempotencyKey: 'k', requestedBy: '' }).finish();
-    expect(privacy.methods.forgetUser.requestType.decode(bytes)).toEqual({ userId: 'user-id-123', reason: 'r', idempotencyKey: 'k', requestedBy: '' });
+    const bytes = ForgetUserRequest.encode({ userId: 'user-id-123', reason: 'r', idempotencyKey: 'k', requestedBy: '', includeRequest: false }).finish();
+    expect(privacy.methods.forgetUser.requestType.decode(bytes)).toEqual({
+      userId: 'user-id-123',
+      reason: 'r',
+      idempotencyKey: 'k',
+      requestedBy: '',
+      includeRequest: false,
+    });
   });
 
   it("refuses the issue's 149-byte reflection request (string length 4,294,967,295) in well under a millisecond per try", () => {

@@ -584,6 +584,11 @@ export interface ForgetUserRequest {
    * the authenticated caller. Optional, 1 to 256 printable ASCII characters.
    */
   requestedBy: string;
+  /**
+   * Return the ledger entry as it stands after the call in ForgetUserResponse.request, saving a
+   * GetPrivacyRequest (the operator sets it).
+   */
+  includeRequest: boolean;
 }
 
 export interface ForgetUserResponse {
@@ -600,7 +605,11 @@ export interface ForgetUserResponse {
    * (after the grace period, LETHE_SELF_ERASURE_GRACE) unless cancelled before.
    */
   scheduled: boolean;
-  scheduledFor: Date | undefined;
+  scheduledFor:
+    | Date
+    | undefined;
+  /** With include_request: the ledger entry after the call. */
+  request: PrivacyRequest | undefined;
 }
 
 export interface TableRowsAffected {
@@ -702,6 +711,8 @@ export interface StoreExportRequest {
    * ForgetUserRequest.requested_by). Optional.
    */
   requestedBy: string;
+  /** Return the ledger entry in StoreExportResponse.request (see ForgetUserRequest.include_request). */
+  includeRequest: boolean;
 }
 
 export interface StoreExportResponse {
@@ -711,6 +722,8 @@ export interface StoreExportResponse {
     | undefined;
   /** True when this response describes the artifact of an earlier call with the same key. */
   replayed: boolean;
+  /** With include_request: the ledger entry after the call. */
+  request: PrivacyRequest | undefined;
 }
 
 /**
@@ -2017,7 +2030,7 @@ export const CategoryCount: MessageFns<CategoryCount> = {
 };
 
 function createBaseForgetUserRequest(): ForgetUserRequest {
-  return { userId: "", reason: "", idempotencyKey: "", requestedBy: "" };
+  return { userId: "", reason: "", idempotencyKey: "", requestedBy: "", includeRequest: false };
 }
 
 export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
@@ -2033,6 +2046,9 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
     }
     if (message.requestedBy !== "") {
       writer.uint32(34).string(message.requestedBy);
+    }
+    if (message.includeRequest !== false) {
+      writer.uint32(40).bool(message.includeRequest);
     }
     return writer;
   },
@@ -2082,6 +2098,14 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
             message.requestedBy = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.includeRequest = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2112,6 +2136,11 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
         : isSet(object.requested_by)
         ? globalThis.String(object.requested_by)
         : "",
+      includeRequest: isSet(object.includeRequest)
+        ? globalThis.Boolean(object.includeRequest)
+        : isSet(object.include_request)
+        ? globalThis.Boolean(object.include_request)
+        : false,
     };
   },
 
@@ -2129,6 +2158,9 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
     if (message.requestedBy !== "") {
       obj.requestedBy = message.requestedBy;
     }
+    if (message.includeRequest !== false) {
+      obj.includeRequest = message.includeRequest;
+    }
     return obj;
   },
 
@@ -2141,6 +2173,7 @@ export const ForgetUserRequest: MessageFns<ForgetUserRequest> = {
     message.reason = object.reason ?? "";
     message.idempotencyKey = object.idempotencyKey ?? "";
     message.requestedBy = object.requestedBy ?? "";
+    message.includeRequest = object.includeRequest ?? false;
     return message;
   },
 };
@@ -2155,6 +2188,7 @@ function createBaseForgetUserResponse(): ForgetUserResponse {
     replayed: false,
     scheduled: false,
     scheduledFor: undefined,
+    request: undefined,
   };
 }
 
@@ -2183,6 +2217,9 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
     }
     if (message.scheduledFor !== undefined) {
       Timestamp.encode(toTimestamp(message.scheduledFor), writer.uint32(66).fork()).join();
+    }
+    if (message.request !== undefined) {
+      PrivacyRequest.encode(message.request, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -2264,6 +2301,14 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
             message.scheduledFor = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.request = PrivacyRequest.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2302,6 +2347,7 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
         : isSet(object.scheduled_for)
         ? fromJsonTimestamp(object.scheduled_for)
         : undefined,
+      request: isSet(object.request) ? PrivacyRequest.fromJSON(object.request) : undefined,
     };
   },
 
@@ -2331,6 +2377,9 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
     if (message.scheduledFor !== undefined) {
       obj.scheduledFor = message.scheduledFor.toISOString();
     }
+    if (message.request !== undefined) {
+      obj.request = PrivacyRequest.toJSON(message.request);
+    }
     return obj;
   },
 
@@ -2347,6 +2396,9 @@ export const ForgetUserResponse: MessageFns<ForgetUserResponse> = {
     message.replayed = object.replayed ?? false;
     message.scheduled = object.scheduled ?? false;
     message.scheduledFor = object.scheduledFor ?? undefined;
+    message.request = (object.request !== undefined && object.request !== null)
+      ? PrivacyRequest.fromPartial(object.request)
+      : undefined;
     return message;
   },
 };
@@ -3445,7 +3497,7 @@ export const ListPrivacyRequestsResponse: MessageFns<ListPrivacyRequestsResponse
 };
 
 function createBaseStoreExportRequest(): StoreExportRequest {
-  return { userId: "", reason: "", idempotencyKey: "", requestedBy: "" };
+  return { userId: "", reason: "", idempotencyKey: "", requestedBy: "", includeRequest: false };
 }
 
 export const StoreExportRequest: MessageFns<StoreExportRequest> = {
@@ -3461,6 +3513,9 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
     }
     if (message.requestedBy !== "") {
       writer.uint32(34).string(message.requestedBy);
+    }
+    if (message.includeRequest !== false) {
+      writer.uint32(40).bool(message.includeRequest);
     }
     return writer;
   },
@@ -3510,6 +3565,14 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
             message.requestedBy = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.includeRequest = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3540,6 +3603,11 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
         : isSet(object.requested_by)
         ? globalThis.String(object.requested_by)
         : "",
+      includeRequest: isSet(object.includeRequest)
+        ? globalThis.Boolean(object.includeRequest)
+        : isSet(object.include_request)
+        ? globalThis.Boolean(object.include_request)
+        : false,
     };
   },
 
@@ -3557,6 +3625,9 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
     if (message.requestedBy !== "") {
       obj.requestedBy = message.requestedBy;
     }
+    if (message.includeRequest !== false) {
+      obj.includeRequest = message.includeRequest;
+    }
     return obj;
   },
 
@@ -3569,12 +3640,13 @@ export const StoreExportRequest: MessageFns<StoreExportRequest> = {
     message.reason = object.reason ?? "";
     message.idempotencyKey = object.idempotencyKey ?? "";
     message.requestedBy = object.requestedBy ?? "";
+    message.includeRequest = object.includeRequest ?? false;
     return message;
   },
 };
 
 function createBaseStoreExportResponse(): StoreExportResponse {
-  return { requestId: "", artifact: undefined, replayed: false };
+  return { requestId: "", artifact: undefined, replayed: false, request: undefined };
 }
 
 export const StoreExportResponse: MessageFns<StoreExportResponse> = {
@@ -3587,6 +3659,9 @@ export const StoreExportResponse: MessageFns<StoreExportResponse> = {
     }
     if (message.replayed !== false) {
       writer.uint32(24).bool(message.replayed);
+    }
+    if (message.request !== undefined) {
+      PrivacyRequest.encode(message.request, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -3628,6 +3703,14 @@ export const StoreExportResponse: MessageFns<StoreExportResponse> = {
             message.replayed = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.request = PrivacyRequest.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3649,6 +3732,7 @@ export const StoreExportResponse: MessageFns<StoreExportResponse> = {
         : "",
       artifact: isSet(object.artifact) ? ExportArtifact.fromJSON(object.artifact) : undefined,
       replayed: isSet(object.replayed) ? globalThis.Boolean(object.replayed) : false,
+      request: isSet(object.request) ? PrivacyRequest.fromJSON(object.request) : undefined,
     };
   },
 
@@ -3663,6 +3747,9 @@ export const StoreExportResponse: MessageFns<StoreExportResponse> = {
     if (message.replayed !== false) {
       obj.replayed = message.replayed;
     }
+    if (message.request !== undefined) {
+      obj.request = PrivacyRequest.toJSON(message.request);
+    }
     return obj;
   },
 
@@ -3676,6 +3763,9 @@ export const StoreExportResponse: MessageFns<StoreExportResponse> = {
       ? ExportArtifact.fromPartial(object.artifact)
       : undefined;
     message.replayed = object.replayed ?? false;
+    message.request = (object.request !== undefined && object.request !== null)
+      ? PrivacyRequest.fromPartial(object.request)
+      : undefined;
     return message;
   },
 };
