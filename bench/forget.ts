@@ -12,6 +12,7 @@ import { openDatabase } from '../src/store/database.js';
 import { withServerOnPostgres } from './export.js';
 import { seedIdentity, userId } from './fanout/services.js';
 import { intFlag } from './flags.js';
+import { resetStatementStats } from './profile.js';
 
 /**
  * The forget benchmark, against a Lethe server in its own process on a throwaway PostgreSQL:
@@ -57,6 +58,7 @@ export async function run(args: string[]): Promise<void> {
         // A warm-up of each path (plans cached, connections open).
         await forget(client, userId(users));
         await timeRawSql(url, rawSql(userId(users - 1)));
+        await resetStatementStats(url);
         const api: number[] = [];
         const raw: number[] = [];
         for (let i = 1; i <= repeat; i++) {
