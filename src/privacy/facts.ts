@@ -1,13 +1,88 @@
 import type { Knex } from 'knex';
+import { queryPrepared } from '../store/prepared.js';
 import type { ActorFacts, Membership, SubjectFacts } from './authorization.js';
 import type { DataMap } from './data-map.js';
 import { qualified, quoteIdent } from './sql.js';
 
 type Authorization = NonNullable<DataMap['authorization']>;
 
+/** A scalar SQL expression with `?` for its values, read beside the facts (see forForget). */
+export interface Column {
+  readonly sql: string;
+  readonly bindings: readonly Knex.RawBinding[];
+}
+
+export interface ForgetFacts {
+  readonly subject: SubjectFacts;
+  readonly actor: ActorFacts;
+  readonly subjectExists: boolean;
+  /** The values of the `extra` columns, in order. */
+  readonly extra: readonly unknown[];
+}
+
 /** Reads what the authorization rules need, as the data map's `authorization` section says. */
 export class FactsReader {
-  constructor(private readonly map: DataMap) {}
+  /** The facts as scalar subqueries, each with one `?` for the person's id (undefined: nothing to read). */
+  private readonly sql: { readonly owner?: string; readonly memberships?: string; readonly exists?: string };
+
+  constructor(private readonly map: DataMap) {
+    const a = map.authorization;
+    const s = map.subject;
+    const exists = s === undefined ? undefined : `EXISTS (SELECT 1 FROM ${quoteIdent(s.table)} WHERE ${quoteIdent(s.column)} = ?)`;
+    if (a === undefined) {
+      this.sql = { exists };
+      return;
+    }
+    const p = a.platform_owner;
+    const m = a.memberships;
+    const l = m.organization_label;
+    this.sql = {
+      owner: `(SELECT ${quoteIdent(p.flag_column)} FROM ${quoteIdent(p.table)} WHERE ${quoteIdent(p.subject_column)} = ? LIMIT 1)`,
+      memberships:
+        `(SELECT coalesce(json_agg(json_build_object('org', ${qualified('m', m.organization_column)}::text, 'role', ${qualified('m', m.role_column)}::text, 'label', ${qualified('o', l.column)}::text)), '[]'::json)` +
+        ` FROM ${quoteIdent(m.table)} AS "m" LEFT JOIN ${quoteIdent(l.table)} AS "o" ON ${qualified('o', l.references)} = ${qualified('m', m.organization_column)}` +
+        ` WHERE ${qualified('m', m.subject_column)} = ?)`,
+      exists,
+    };
+  }
+
+  /**
+   * Everything a forget decides on, in one statement: the subject's facts, the actor's, whether
+   * the subject exists (subject, actor and subjectExists read as the methods below do), and the
+   * caller's `extra` columns.
+   */
+  async forForget(db: Knex.Transaction, subjectId: string, actorId: string, extra: readonly Column[]): Promise<ForgetFacts> {
+    const q = this.sql;
+    const columns: Array<Column & { name: string }> = extra.map((c, i) => ({ ...c, name: `x${i}` }));
+    const add = (name: string, sql: string | undefined, id: string) => {
+      if (sql !== undefined) columns.push({ name, sql, bindings: [id] });
+    };
+    add('subject_owner', q.owner, subjectId);
+    add('subject_memberships', q.memberships, subjectId);
+    add('subject_exists', q.exists, subjectId);
+    add('actor_owner', q.owner, actorId);
+    add('actor_memberships', q.memberships, actorId);
+    const rows =
+      columns.length === 0
+        ? []
+        : await queryPrepared(
+            db,
+            `SELECT ${columns.map((c) => `${c.sql} AS "${c.name}"`).join(', ')}`,
+            columns.flatMap((c) => c.bindings),
+          );
+    const r = rows[0] ?? {};
+    const ownerRoles = this.map.authorization?.memberships.owner_roles ?? [];
+    const actorMemberships = memberships(r.actor_memberships);
+    return {
+      subject: { isPlatformOwner: r.subject_owner === true, memberships: memberships(r.subject_memberships) },
+      actor: {
+        isPlatformOwner: r.actor_owner === true,
+        ownerOf: new Set(actorMemberships.filter((m) => ownerRoles.includes(m.role)).map((m) => m.organizationId)),
+      },
+      subjectExists: q.exists === undefined || r.subject_exists === true,
+      extra: extra.map((_, i) => r[`x${i}`]),
+    };
+  }
 
   /** True when the data map names no subject table (a downstream schema): existence is not checked. */
   async subjectExists(db: Knex | Knex.Transaction, subjectId: string): Promise<boolean> {
@@ -49,4 +124,10 @@ export class FactsReader {
     )) as { rows: Array<{ org: string; role: string; label: string | null }> };
     return rows.rows.map((r) => ({ organizationId: r.org, role: r.role, label: r.label ?? r.org }));
   }
+}
+
+/** Memberships as forForget reads them (json: parsed by the driver, or text). */
+function memberships(v: unknown): Membership[] {
+  const list = (typeof v === 'string' ? JSON.parse(v) : (v ?? [])) as Array<{ org: string; role: string; label: string | null }>;
+  return list.map((x) => ({ organizationId: x.org, role: x.role, label: x.label ?? x.org }));
 }

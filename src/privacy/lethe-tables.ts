@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
-import { type DataMap, parseDataMap } from './data-map.js';
+import { type DataMap, parseDataMap, subjectLinks } from './data-map.js';
 import { type ForgetPlan, compileForget } from './forget.js';
+import { groupSteps, readTableFacts } from './forget-groups.js';
 import { checkDataMapAgainstDatabase } from './schema-check.js';
 import type { ColumnTypes } from './sql.js';
 
@@ -61,8 +62,12 @@ export async function prepareServerDataMap(knex: Knex, map: DataMap, source: str
   const platform = compileForget(map, columnTypes, hashKey, source);
   const ownMap = letheTablesDataMap();
   const own = compileForget(ownMap, await checkDataMapAgainstDatabase(knex, ownMap, LETHE_TABLES_SOURCE), undefined, LETHE_TABLES_SOURCE);
+  const steps = [...platform.steps, ...own.steps.map((s) => ({ ...s, reportWhenZero: false }))];
+  // What a forget writes besides: the erasure record, the audit entry, the outbox event, the ledger entry.
+  const trailing = ['lethe_erasures', 'lethe_outbox', 'lethe_privacy_requests', ...(map.audit === undefined ? [] : [map.audit.table])];
+  const facts = await readTableFacts(knex, [...steps.flatMap((s) => [s.category.table, ...subjectLinks(s.category).map((l) => l.table)]), ...trailing]);
   return {
     columnTypes,
-    forgetPlan: { steps: [...platform.steps, ...own.steps.map((s) => ({ ...s, reportWhenZero: false }))], order: [...platform.order, ...own.order] },
+    forgetPlan: { steps, order: [...platform.order, ...own.order], ...groupSteps(steps, facts, trailing) },
   };
 }

@@ -63,7 +63,7 @@ export interface PrivacyRequestRecord {
   readonly extensionReason: string | null;
 }
 
-interface Row {
+export interface Row {
   id: string;
   type: RequestType;
   subject_id: string;
@@ -84,9 +84,9 @@ interface Row {
 
 const date = (v: Date | string | null | undefined): Date | null => (v === null || v === undefined ? null : new Date(v));
 
-const TABLE = 'lethe_privacy_requests';
+export const TABLE = 'lethe_privacy_requests';
 
-function toRecord(r: Row): PrivacyRequestRecord {
+export function toRecord(r: Row): PrivacyRequestRecord {
   const result = typeof r.result === 'string' ? (JSON.parse(r.result) as { rows_affected?: TableRows[] }) : r.result;
   return {
     id: r.id,
@@ -234,13 +234,6 @@ export const ledger = {
       .forUpdate()
       .skipLocked()) as Row[];
     return rows.map(toRecord);
-  },
-
-  /** A scheduled forget carried out: its outcome, in the erasure's transaction. */
-  async carriedOut(trx: Knex.Transaction, id: string, state: RequestState, at: Date, rowsAffected: readonly TableRows[]): Promise<void> {
-    await trx(TABLE)
-      .where({ id })
-      .update({ state, completed_at: state === 'completed' ? at : null, result: JSON.stringify({ rows_affected: rowsAffected }) });
   },
 
   async cancel(trx: Knex.Transaction, id: string, at: Date): Promise<void> {
