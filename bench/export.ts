@@ -117,7 +117,7 @@ export async function run(args: string[]): Promise<void> {
  */
 export async function withServerOnPostgres<T>(
   env: Record<string, string>,
-  body: (s: { url: string; dataDir: string; address: string }) => Promise<T>,
+  body: (s: { url: string; dataDir: string; address: string; serverPid: number; clusterDataDir: string }) => Promise<T>,
 ): Promise<T> {
   const bin = requirePostgres();
   if (bin === undefined) throw new Error('PostgreSQL binaries not found: apt-get install -y postgresql, or set LETHE_PG_BIN');
@@ -127,7 +127,7 @@ export async function withServerOnPostgres<T>(
     const url = await cluster.createDatabase('lethe_bench');
     const server = await startServer(url, dataDir, env, serverProfileArgs());
     try {
-      return await body({ url, dataDir, address: `127.0.0.1:${server.port}` });
+      return await body({ url, dataDir, address: `127.0.0.1:${server.port}`, serverPid: server.child.pid ?? 0, clusterDataDir: cluster.dataDir });
     } finally {
       await writeStatementStats(url);
       await stopServer(server.child);

@@ -3,7 +3,8 @@ import type { Knex } from 'knex';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError, USER_NOT_FOUND } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
-import { lockKey, lockKeys } from '../store/advisory-lock.js';
+import { lockKey, lockKeysStatement } from '../store/advisory-lock.js';
+import { type Session, inSession, sessionOf } from '../store/session.js';
 import { enqueueEventPart } from '../store/outbox.js';
 import { type PrivacyRequestRecord, type TableRows, ledger } from '../store/ledger.js';
 import { ledgerSql } from '../store/ledger-sql.js';
@@ -66,48 +67,65 @@ export class Erasure extends EnginePart {
     const key = requireId(input.idempotencyKey, 'idempotency_key');
     const requestedBy = optionalId(input.requestedBy ?? '', 'requested_by');
 
-    const result = await this.db(() =>
-      this.knex.transaction(async (trx) => {
-        // Both locks, then everything decided on in one statement (read after the locks are held).
-        await lockKeys(trx, [idempotencyLock(key), subjectLockKey(userId)]);
-        const facts = await this.facts.forForget(trx, userId, actor.id, [ledgerSql.byIdempotencyKey(key), erasedColumn(userId)]);
-        const prior = ledgerSql.record(facts.extra[0]);
-        if (prior !== undefined) return replay(prior, actor, userId);
-
-        const self = actor.role === 'user' && actor.id === userId;
-        // The rules before existence, as for exports: no answer tells an unauthorized caller who
-        // exists. A person may always ask for their own erasure (platform owners excepted).
-        if (self && facts.subject.isPlatformOwner) throw new PermissionDeniedError(PLATFORM_OWNER_PROTECTED);
-        if (!self) authorizeForget(actor, facts.subject, facts.actor);
-        if (!facts.subjectExists) throw new NotFoundError(USER_NOT_FOUND);
-
-        const at = this.now();
-        if (self && this.graceMs > 0) return this.schedule(trx, { requestId: randomUUID(), userId, actorId: actor.id, reason, requestedBy, at }, key);
-
-        const requestId = randomUUID();
-        const waiting = this.expected.length > 0;
-        const entry = (rowsAffected: string) =>
-          ledgerSql.insert(
-            {
-              id: requestId,
-              type: 'forget',
-              subjectId: userId,
-              requester: actor.id,
-              requestedBy,
-              reason,
-              state: waiting ? 'anonymized' : 'completed',
-              idempotencyKey: key,
-              ...received(at),
-              completedAt: waiting ? undefined : at,
-            },
-            rowsAffected,
-          );
-        const rowsAffected = await this.erase(trx, { requestId, userId, actorId: actor.id, reason, requestedBy, at }, facts.extra[1] === true, entry);
-        return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false };
-      }),
-    );
+    const request = { userId, reason, key, requestedBy };
+    const attempt = (pipelined: boolean) => this.db(() => inSession(this.knex, (s) => this.forgetIn(s, actor, request), { pipelined }));
+    let result = await attempt(true);
+    if (result === IN_KNEX_TRANSACTION) result = await attempt(false);
+    if (result === IN_KNEX_TRANSACTION) throw new Error('a forget asked twice for a knex transaction');
     if (!result.replayed && result.scheduledFor === undefined) this.opts.onEventEnqueued?.();
     return result;
+  }
+
+  /**
+   * One forget in the session's transaction: both locks, then everything decided on, read in one
+   * statement after the locks are held (sent together: one round trip on PostgreSQL), then the
+   * forget and its records written with the COMMIT (the second).
+   */
+  private async forgetIn(
+    s: Session,
+    actor: Principal,
+    { userId, reason, key, requestedBy }: { userId: string; reason: string; key: string; requestedBy: string | undefined },
+  ): Promise<ForgetResult | typeof IN_KNEX_TRANSACTION> {
+    const read = this.facts.forForget(userId, actor.id, [ledgerSql.byIdempotencyKey(key), erasedColumn(userId)]);
+    const [, rows] = await s.run([lockKeysStatement([idempotencyLock(key), subjectLockKey(userId)]), read.statement]);
+    const facts = read.parse(rows ?? []);
+    const prior = ledgerSql.record(facts.extra[0]);
+    if (prior !== undefined) return replay(prior, actor, userId);
+
+    const self = actor.role === 'user' && actor.id === userId;
+    // The rules before existence, as for exports: no answer tells an unauthorized caller who
+    // exists. A person may always ask for their own erasure (platform owners excepted).
+    if (self && facts.subject.isPlatformOwner) throw new PermissionDeniedError(PLATFORM_OWNER_PROTECTED);
+    if (!self) authorizeForget(actor, facts.subject, facts.actor);
+    if (!facts.subjectExists) throw new NotFoundError(USER_NOT_FOUND);
+
+    const at = this.now();
+    if (self && this.graceMs > 0) {
+      // Scheduling writes through knex's builders: from a pipelined connection, start again in a knex transaction.
+      if (s.trx === undefined) return IN_KNEX_TRANSACTION;
+      return this.schedule(s.trx, { requestId: randomUUID(), userId, actorId: actor.id, reason, requestedBy, at }, key);
+    }
+
+    const requestId = randomUUID();
+    const waiting = this.expected.length > 0;
+    const entry = (rowsAffected: string) =>
+      ledgerSql.insert(
+        {
+          id: requestId,
+          type: 'forget',
+          subjectId: userId,
+          requester: actor.id,
+          requestedBy,
+          reason,
+          state: waiting ? 'anonymized' : 'completed',
+          idempotencyKey: key,
+          ...received(at),
+          completedAt: waiting ? undefined : at,
+        },
+        rowsAffected,
+      );
+    const rowsAffected = await this.erase(s, { requestId, userId, actorId: actor.id, reason, requestedBy, at }, facts.extra[1] === true, entry);
+    return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false };
   }
 
   /**
@@ -117,7 +135,7 @@ export class Erasure extends EnginePart {
    * allows. A subject erased before is left as it is; the event goes out again (copies may have
    * come back).
    */
-  private async erase(trx: Knex.Transaction, e: ErasureInput, erased: boolean, ledgerEntry: (rowsAffected: string) => TrailingWrite): Promise<TableRows[]> {
+  private async erase(s: Session, e: ErasureInput, erased: boolean, ledgerEntry: (rowsAffected: string) => TrailingWrite): Promise<TableRows[]> {
     // The erasure's entry is the reference's {"reason": …}; a repeated forget names its request.
     // Written after the forget scrubbed the subject's earlier entries, so it keeps its reason.
     const onBehalf = e.requestedBy === undefined ? {} : { requested_by: e.requestedBy };
@@ -136,8 +154,8 @@ export class Erasure extends EnginePart {
       ledgerEntry(ROWS_AFFECTED),
     ];
     const rowsAffected = erased
-      ? await applyWrites(trx, [], writes)
-      : await applyForget(trx, this.opts.forgetPlan, e.userId, { timestamp: e.at.getTime(), requestId: e.requestId }, writes);
+      ? await applyWrites(s, [], writes, { commit: true })
+      : await applyForget(s, this.opts.forgetPlan, e.userId, { timestamp: e.at.getTime(), requestId: e.requestId }, writes, { commit: true });
     this.opts.logger.info({ requestId: e.requestId, subjectId: e.userId, actor: e.actorId, alreadyErased: erased }, 'user anonymized');
     return rowsAffected;
   }
@@ -201,7 +219,7 @@ export class Erasure extends EnginePart {
             const erased = (await trx('lethe_erasures').where({ subject_id: r.subjectId }).first()) !== undefined;
             const state = this.expected.length > 0 ? 'anonymized' : 'completed';
             await this.erase(
-              trx,
+              sessionOf(trx),
               { requestId: r.id, userId: r.subjectId, actorId: r.requester, reason: r.reason, requestedBy: r.requestedBy ?? undefined, at },
               erased,
               (rowsAffected) => ledgerSql.carriedOut(r.id, state, at, rowsAffected),
@@ -242,6 +260,9 @@ export class Erasure extends EnginePart {
     );
   }
 }
+
+/** forgetIn's answer when it must run in a knex transaction (a person's own erasure is scheduled through knex). */
+const IN_KNEX_TRANSACTION = Symbol('in a knex transaction');
 
 /** Whether the subject was erased before: a column read with the forget's facts. */
 function erasedColumn(subjectId: string): Column {

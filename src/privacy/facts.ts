@@ -1,5 +1,4 @@
 import type { Knex } from 'knex';
-import { queryPrepared } from '../store/prepared.js';
 import type { ActorFacts, Membership, SubjectFacts } from './authorization.js';
 import type { DataMap } from './data-map.js';
 import { qualified, quoteIdent } from './sql.js';
@@ -47,11 +46,15 @@ export class FactsReader {
   }
 
   /**
-   * Everything a forget decides on, in one statement: the subject's facts, the actor's, whether
-   * the subject exists (subject, actor and subjectExists read as the methods below do), and the
-   * caller's `extra` columns.
+   * Everything a forget decides on, as one statement (to send with others): the subject's facts,
+   * the actor's, whether the subject exists (read as the methods below read them), and the
+   * caller's `extra` columns. `parse` reads its row.
    */
-  async forForget(db: Knex.Transaction, subjectId: string, actorId: string, extra: readonly Column[]): Promise<ForgetFacts> {
+  forForget(
+    subjectId: string,
+    actorId: string,
+    extra: readonly Column[],
+  ): { statement: Column; parse: (rows: readonly Record<string, unknown>[]) => ForgetFacts } {
     const q = this.sql;
     const columns: Array<Column & { name: string }> = extra.map((c, i) => ({ ...c, name: `x${i}` }));
     const add = (name: string, sql: string | undefined, id: string) => {
@@ -62,26 +65,25 @@ export class FactsReader {
     add('subject_exists', q.exists, subjectId);
     add('actor_owner', q.owner, actorId);
     add('actor_memberships', q.memberships, actorId);
-    const rows =
-      columns.length === 0
-        ? []
-        : await queryPrepared(
-            db,
-            `SELECT ${columns.map((c) => `${c.sql} AS "${c.name}"`).join(', ')}`,
-            columns.flatMap((c) => c.bindings),
-          );
-    const r = rows[0] ?? {};
-    const ownerRoles = this.map.authorization?.memberships.owner_roles ?? [];
-    const actorMemberships = memberships(r.actor_memberships);
-    return {
-      subject: { isPlatformOwner: r.subject_owner === true, memberships: memberships(r.subject_memberships) },
-      actor: {
-        isPlatformOwner: r.actor_owner === true,
-        ownerOf: new Set(actorMemberships.filter((m) => ownerRoles.includes(m.role)).map((m) => m.organizationId)),
-      },
-      subjectExists: q.exists === undefined || r.subject_exists === true,
-      extra: extra.map((_, i) => r[`x${i}`]),
+    const statement = {
+      sql: columns.length === 0 ? 'SELECT 1 AS "one"' : `SELECT ${columns.map((c) => `${c.sql} AS "${c.name}"`).join(', ')}`,
+      bindings: columns.flatMap((c) => c.bindings),
     };
+    const ownerRoles = this.map.authorization?.memberships.owner_roles ?? [];
+    const parse = (rows: readonly Record<string, unknown>[]): ForgetFacts => {
+      const r = rows[0] ?? {};
+      const actorMemberships = memberships(r.actor_memberships);
+      return {
+        subject: { isPlatformOwner: r.subject_owner === true, memberships: memberships(r.subject_memberships) },
+        actor: {
+          isPlatformOwner: r.actor_owner === true,
+          ownerOf: new Set(actorMemberships.filter((m) => ownerRoles.includes(m.role)).map((m) => m.organizationId)),
+        },
+        subjectExists: q.exists === undefined || r.subject_exists === true,
+        extra: extra.map((_, i) => r[`x${i}`]),
+      };
+    };
+    return { statement, parse };
   }
 
   /** True when the data map names no subject table (a downstream schema): existence is not checked. */

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
 import { ConfigError } from '../errors.js';
 import type { TableRows } from '../store/ledger.js';
-import { queryPrepared } from '../store/prepared.js';
+import type { Session } from '../store/session.js';
 import { type Category, type ColumnAction, type DataMap, forgetColumns, isKeep, keepsCategory, subjectLinks } from './data-map.js';
 import { type ForgetGroups, separateSteps } from './forget-groups.js';
 import { type ColumnTypes, quoteIdent, subjectPredicate } from './sql.js';
@@ -200,19 +200,21 @@ export interface TrailingWrite {
 export const ROWS_AFFECTED = '(SELECT "rows" FROM "lethe_rows")';
 
 /**
- * Applies a compiled forget inside the caller's transaction, then the trailing writes: as few
- * statements as the plan's groups allow (one for the default data map, writes included).
- * Categories that share a table add up; the result lists each table once per action, in the
- * order the statements ran (Lethe's own tables only when rows changed).
+ * Applies a compiled forget in the session's transaction, then the trailing writes: as few
+ * statements as the plan's groups allow (one for the default data map, writes included); with
+ * `commit`, the transaction commits with the last. Categories that share a table add up; the
+ * result lists each table once per action, in the order the statements ran (Lethe's own tables
+ * only when rows changed).
  */
 export async function applyForget(
-  db: Knex.Transaction,
+  db: Session,
   plan: ForgetPlan,
   subjectId: string,
   ctx: TemplateContext,
   trailing: readonly TrailingWrite[] = [],
+  options: { readonly commit?: boolean } = {},
 ): Promise<TableRows[]> {
-  const run = (sql: string, bindings: readonly Knex.RawBinding[]) => queryPrepared(db, sql, bindings);
+  const run = async (sql: string, bindings: readonly Knex.RawBinding[], commit = false) => (await db.run([{ sql, bindings }], { commit }))[0] ?? [];
   const statements = forgetStatements(plan, subjectId, ctx);
   const counts: Array<number | undefined> = statements.map(() => undefined);
   const joins = trailing.every((w) => plan.trailingInserts.has(w.table));
@@ -233,21 +235,24 @@ export async function applyForget(
     const [row] = await run(
       `WITH ${[...parts, `"lethe_counts" AS (SELECT ${countList.join(', ')})`, `"lethe_rows" AS (${rowsPart.sql})`, ...after.map((w, k) => `"lethe_w${k}" AS (${w.sql})`)].join(', ')} SELECT "rows" FROM "lethe_rows"`,
       [...bindings, ...counted, ...rowsPart.bindings, ...after.flatMap((w) => w.bindings)],
+      options.commit === true && (joins || trailing.length === 0),
     );
     rows = tableRows(row?.rows);
     written = joins;
   }
-  return written ? rows : applyWrites(db, rows, trailing);
+  return written ? rows : applyWrites(db, rows, trailing, options);
 }
 
 /** Trailing writes in a statement of their own, given the rows affected (a subject erased before: none). */
-export async function applyWrites(db: Knex.Transaction, rows: TableRows[], trailing: readonly TrailingWrite[]): Promise<TableRows[]> {
+export async function applyWrites(
+  db: Session,
+  rows: TableRows[],
+  trailing: readonly TrailingWrite[],
+  options: { readonly commit?: boolean } = {},
+): Promise<TableRows[]> {
   if (trailing.length === 0) return rows;
-  await queryPrepared(
-    db,
-    `WITH "lethe_rows" AS (SELECT ?::jsonb AS "rows"), ${trailing.map((w, k) => `"lethe_w${k}" AS (${w.sql})`).join(', ')} SELECT 1 AS "done"`,
-    [JSON.stringify(rows), ...trailing.flatMap((w) => w.bindings)],
-  );
+  const sql = `WITH "lethe_rows" AS (SELECT ?::jsonb AS "rows"), ${trailing.map((w, k) => `"lethe_w${k}" AS (${w.sql})`).join(', ')} SELECT 1 AS "done"`;
+  await db.run([{ sql, bindings: [JSON.stringify(rows), ...trailing.flatMap((w) => w.bindings)] }], options);
   return rows;
 }
 

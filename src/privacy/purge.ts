@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import type { TableRows } from '../store/ledger.js';
 import { type ForgetPlan, applyForget } from './forget.js';
 import { lockKey } from '../store/advisory-lock.js';
+import { sessionOf } from '../store/session.js';
 import { subjectLockKey } from './locks.js';
 
 export interface PurgeResult {
@@ -23,7 +24,7 @@ export async function purgeForRequest(knex: Knex, plan: ForgetPlan, input: { sub
       const rows = typeof prior.rows_affected === 'string' ? (JSON.parse(prior.rows_affected) as TableRows[]) : prior.rows_affected;
       return { rowsAffected: rows, replayed: true };
     }
-    const rowsAffected = await applyForget(trx, plan, input.subjectId, { timestamp: input.now.getTime(), requestId: input.requestId });
+    const rowsAffected = await applyForget(sessionOf(trx), plan, input.subjectId, { timestamp: input.now.getTime(), requestId: input.requestId });
     await trx('lethe_purges').insert({
       request_id: input.requestId,
       subject_id: input.subjectId,
