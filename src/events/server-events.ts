@@ -7,7 +7,7 @@ import { backoffDelay, sleep } from '../runtime/backoff.js';
 import type { Runnable } from '../runtime/lifecycle.js';
 import { type StreamSettings, closeNats, connectNats, describeNatsUrl, ensureStream } from './nats.js';
 import { OutboxRelay } from './outbox-relay.js';
-import { type RecordConfirmation, ReceiptConsumer } from './receipt-consumer.js';
+import { type RecordConfirmations, ReceiptConsumer } from './receipt-consumer.js';
 
 /** How long a drain of the NATS connection may take before the connection is just closed. */
 const DRAIN_TIMEOUT_MS = 10_000;
@@ -17,8 +17,8 @@ export interface ServerEventsOptions {
   /** From natsTlsOptions: the files were checked at start-up. */
   readonly tls: TlsOptions | undefined;
   readonly stream: StreamSettings;
-  /** Where receipts go: the engine's recordConfirmation. */
-  readonly recordConfirmation: RecordConfirmation;
+  /** Where receipts go: the engine's recordConfirmations. */
+  readonly recordConfirmations: RecordConfirmations;
   /** Published outbox rows are deleted after this long. */
   readonly outboxRetentionMs: number;
   readonly outboxCleanupIntervalMs?: number;
@@ -82,7 +82,7 @@ export class ServerEvents implements Runnable {
           cleanupIntervalMs: this.opts.outboxCleanupIntervalMs,
         });
         this.relay.start();
-        this.receipts = new ReceiptConsumer(this.opts.recordConfirmation, js, jsm, this.opts.stream.name, this.logger);
+        this.receipts = new ReceiptConsumer(this.opts.recordConfirmations, js, jsm, this.opts.stream.name, this.logger);
         await this.receipts.start();
         return;
       } catch (err) {

@@ -8,6 +8,7 @@ import {
   type RequestState,
   ledger,
 } from '../store/ledger.js';
+import { recordConfirmations } from '../store/confirmations.js';
 import { writeAudit } from './audit.js';
 import { dueDate } from './due-date.js';
 import type { Principal } from './principal.js';
@@ -70,8 +71,8 @@ export class LedgerQueries extends EnginePart {
    * has confirmed a purge. A receipt for a request this ledger does not hold is ignored (another
    * installation may share the stream).
    */
-  async recordConfirmation(c: NewConfirmation): Promise<ConfirmationOutcome> {
-    return ledger.recordConfirmation(this.opts.receiptsKnex ?? this.knex, c, this.expected, this.now());
+  async recordConfirmations(receipts: readonly NewConfirmation[]): Promise<ConfirmationOutcome[]> {
+    return recordConfirmations(this.opts.receiptsKnex ?? this.knex, receipts, this.expected, this.now());
   }
 
   /**

@@ -336,33 +336,4 @@ export const ledger = {
       .onConflict(['request_id', 'service'])
       .merge(['status', 'purged_at', 'received_at', 'error']);
   },
-
-  /**
-   * Records a downstream service's receipt. A forget in state `anonymized` becomes `completed`
-   * once every expected service has confirmed a purge. Unknown requests are ignored (another
-   * Lethe installation may share the stream); returns what happened, for logging.
-   */
-  async recordConfirmation(knex: Knex, c: NewConfirmation, expectedServices: readonly string[], now: Date): Promise<ConfirmationOutcome> {
-    return knex.transaction(async (trx) => {
-      const request = (await trx(TABLE).where({ id: c.requestId }).forUpdate().first()) as Row | undefined;
-      if (request === undefined || request.type !== 'forget') return 'unknown-request';
-      await trx('lethe_confirmations')
-        .insert({
-          request_id: c.requestId,
-          service: c.service,
-          status: c.status,
-          rows_affected: JSON.stringify(c.rowsAffected),
-          purged_at: c.purgedAt,
-          received_at: now,
-          error: c.error ?? null,
-        })
-        .onConflict(['request_id', 'service'])
-        .merge(['status', 'rows_affected', 'purged_at', 'received_at', 'error']);
-      if (request.state !== 'anonymized') return 'recorded';
-      const purged = new Set((await trx('lethe_confirmations').where({ request_id: c.requestId, status: 'purged' }).pluck('service')) as string[]);
-      if (!expectedServices.every((s) => purged.has(s))) return 'recorded';
-      await trx(TABLE).where({ id: c.requestId }).update({ state: 'completed', completed_at: now });
-      return 'completed';
-    });
-  },
 };
