@@ -12,7 +12,7 @@ import { auditPart, writeAudit } from './audit.js';
 import type { Column } from './facts.js';
 import { PLATFORM_OWNER_PROTECTED, authorizeForget } from './authorization.js';
 import { type EngineOptions, EnginePart, KEY_REUSED, REQUEST_NOT_FOUND, UUID, idempotencyLock } from './engine-part.js';
-import { ROWS_AFFECTED, type TrailingWrite, applyForget, applyWrites } from './forget.js';
+import { ROWS_AFFECTED, type TrailingWrite, applyForget, applyWrites } from './forget-run.js';
 import { subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 import { received } from './due-date.js';
@@ -86,13 +86,17 @@ export class Erasure extends EnginePart {
     actor: Principal,
     { userId, reason, key, requestedBy }: { userId: string; reason: string; key: string; requestedBy: string | undefined },
   ): Promise<ForgetResult | typeof IN_KNEX_TRANSACTION> {
-    const read = this.facts.forForget(userId, actor.id, [ledgerSql.byIdempotencyKey(key), erasedColumn(userId)]);
+    const self = actor.role === 'user' && actor.id === userId;
+    // The actor's own facts matter only to someone who is neither the subject nor a platform principal.
+    const read = this.facts.forForget(userId, self || actor.role === 'platform' ? undefined : actor.id, [
+      ledgerSql.byIdempotencyKey(key),
+      erasedColumn(userId),
+    ]);
     const [, rows] = await s.run([lockKeysStatement([idempotencyLock(key), subjectLockKey(userId)]), read.statement]);
     const facts = read.parse(rows ?? []);
     const prior = ledgerSql.record(facts.extra[0]);
     if (prior !== undefined) return replay(prior, actor, userId);
 
-    const self = actor.role === 'user' && actor.id === userId;
     // The rules before existence, as for exports: no answer tells an unauthorized caller who
     // exists. A person may always ask for their own erasure (platform owners excepted).
     if (self && facts.subject.isPlatformOwner) throw new PermissionDeniedError(PLATFORM_OWNER_PROTECTED);

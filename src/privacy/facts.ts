@@ -47,18 +47,19 @@ export class FactsReader {
 
   /**
    * Everything a forget decides on, as one statement (to send with others): the subject's facts,
-   * the actor's, whether the subject exists (read as the methods below read them), and the
-   * caller's `extra` columns. `parse` reads its row.
+   * the actor's (none without `actorId`: the rules do not look at them), whether the subject
+   * exists (read as the methods below read them), and the caller's `extra` columns. `parse`
+   * reads its row.
    */
   forForget(
     subjectId: string,
-    actorId: string,
+    actorId: string | undefined,
     extra: readonly Column[],
   ): { statement: Column; parse: (rows: readonly Record<string, unknown>[]) => ForgetFacts } {
     const q = this.sql;
     const columns: Array<Column & { name: string }> = extra.map((c, i) => ({ ...c, name: `x${i}` }));
-    const add = (name: string, sql: string | undefined, id: string) => {
-      if (sql !== undefined) columns.push({ name, sql, bindings: [id] });
+    const add = (name: string, sql: string | undefined, id: string | undefined) => {
+      if (sql !== undefined && id !== undefined) columns.push({ name, sql, bindings: [id] });
     };
     add('subject_owner', q.owner, subjectId);
     add('subject_memberships', q.memberships, subjectId);

@@ -1,8 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
 import { ConfigError } from '../errors.js';
-import type { TableRows } from '../store/ledger.js';
-import type { Session } from '../store/session.js';
 import { type Category, type ColumnAction, type DataMap, forgetColumns, isKeep, keepsCategory, subjectLinks } from './data-map.js';
 import { type ForgetGroups, separateSteps } from './forget-groups.js';
 import { type ColumnTypes, quoteIdent, subjectPredicate } from './sql.js';
@@ -182,108 +180,4 @@ export function forgetStatements(
     const bound = (step.set?.bindings ?? []).map((b) => (typeof b === 'function' ? b(ctx) : b));
     return { step, sql, bindings: [...(step.action === 'delete' ? [] : bound), ...where.bindings] };
   });
-}
-
-/**
- * A write that goes with a forget, in its transaction (the ledger entry, the audit entry, the
- * outbox event): an INSERT, or an UPDATE of columns no foreign key references in rows no step
- * changes. Its SQL may read the forget's rows_affected (a jsonb array) as ROWS_AFFECTED. It
- * joins the forget's last statement where the plan allows inserts into `table` there.
- */
-export interface TrailingWrite {
-  readonly table: string;
-  readonly sql: string;
-  readonly bindings: readonly Knex.RawBinding[];
-}
-
-/** The forget's rows_affected inside a trailing write: [{"table": …, "action": …, "rows": n}, …]. */
-export const ROWS_AFFECTED = '(SELECT "rows" FROM "lethe_rows")';
-
-/**
- * Applies a compiled forget in the session's transaction, then the trailing writes: as few
- * statements as the plan's groups allow (one for the default data map, writes included); with
- * `commit`, the transaction commits with the last. Categories that share a table add up; the
- * result lists each table once per action, in the order the statements ran (Lethe's own tables
- * only when rows changed).
- */
-export async function applyForget(
-  db: Session,
-  plan: ForgetPlan,
-  subjectId: string,
-  ctx: TemplateContext,
-  trailing: readonly TrailingWrite[] = [],
-  options: { readonly commit?: boolean } = {},
-): Promise<TableRows[]> {
-  const run = async (sql: string, bindings: readonly Knex.RawBinding[], commit = false) => (await db.run([{ sql, bindings }], { commit }))[0] ?? [];
-  const statements = forgetStatements(plan, subjectId, ctx);
-  const counts: Array<number | undefined> = statements.map(() => undefined);
-  const joins = trailing.every((w) => plan.trailingInserts.has(w.table));
-  let rows: TableRows[] = [];
-  let written = false;
-  for (const [g, members] of plan.groups.entries()) {
-    const parts = members.map((i) => `"s${i}" AS (${statements[i]?.sql ?? ''} RETURNING 1)`);
-    const bindings = members.flatMap((i) => statements[i]?.bindings ?? []);
-    if (g < plan.groups.length - 1) {
-      const [row] = await run(`WITH ${parts.join(', ')} SELECT ${members.map((i) => `(SELECT count(*) FROM "s${i}") AS "c${i}"`).join(', ')}`, bindings);
-      for (const i of members) counts[i] = Number(row?.[`c${i}`] ?? 0);
-      continue;
-    }
-    const countList = statements.map((_, i) => (members.includes(i) ? `(SELECT count(*) FROM "s${i}") AS "c${i}"` : `?::bigint AS "c${i}"`));
-    const counted = statements.flatMap((_, i) => (members.includes(i) ? [] : [counts[i] ?? 0]));
-    const rowsPart = rowsAffectedSql(plan);
-    const after = joins ? trailing : [];
-    const [row] = await run(
-      `WITH ${[...parts, `"lethe_counts" AS (SELECT ${countList.join(', ')})`, `"lethe_rows" AS (${rowsPart.sql})`, ...after.map((w, k) => `"lethe_w${k}" AS (${w.sql})`)].join(', ')} SELECT "rows" FROM "lethe_rows"`,
-      [...bindings, ...counted, ...rowsPart.bindings, ...after.flatMap((w) => w.bindings)],
-      options.commit === true && (joins || trailing.length === 0),
-    );
-    rows = tableRows(row?.rows);
-    written = joins;
-  }
-  return written ? rows : applyWrites(db, rows, trailing, options);
-}
-
-/** Trailing writes in a statement of their own, given the rows affected (a subject erased before: none). */
-export async function applyWrites(
-  db: Session,
-  rows: TableRows[],
-  trailing: readonly TrailingWrite[],
-  options: { readonly commit?: boolean } = {},
-): Promise<TableRows[]> {
-  if (trailing.length === 0) return rows;
-  const sql = `WITH "lethe_rows" AS (SELECT ?::jsonb AS "rows"), ${trailing.map((w, k) => `"lethe_w${k}" AS (${w.sql})`).join(', ')} SELECT 1 AS "done"`;
-  await db.run([{ sql, bindings: [JSON.stringify(rows), ...trailing.flatMap((w) => w.bindings)] }], options);
-  return rows;
-}
-
-/**
- * rows_affected from the counts "c<step>" in "lethe_counts": one entry per table and action, in
- * the order of the first step that reported it; a step of Lethe's own tables reports only rows.
- */
-function rowsAffectedSql(plan: ForgetPlan): { sql: string; bindings: Knex.RawBinding[] } {
-  const entries: Array<{ table: string; action: string; members: number[] }> = [];
-  plan.steps.forEach((s, i) => {
-    const e = entries.find((x) => x.table === s.category.table && x.action === s.action);
-    if (e === undefined) entries.push({ table: s.category.table, action: s.action, members: [i] });
-    else e.members.push(i);
-  });
-  if (entries.length === 0) return { sql: `SELECT '[]'::jsonb AS "rows"`, bindings: [] };
-  const c = (i: number) => `"lethe_counts"."c${i}"`;
-  const values = entries.map((e) => {
-    const sum = e.members.map(c).join(' + ');
-    const keys = e.members.map((i) => (plan.steps[i]?.reportWhenZero === false ? `CASE WHEN ${c(i)} > 0 THEN ${i} END` : String(i)));
-    return `(?::text, ?::text, (${sum})::bigint, ${keys.length === 1 ? keys[0] : `LEAST(${keys.join(', ')})`})`;
-  });
-  return {
-    sql:
-      `SELECT coalesce(jsonb_agg(jsonb_build_object('table', "v"."t", 'action', "v"."a", 'rows', "v"."n") ORDER BY "v"."k"), '[]'::jsonb) AS "rows"` +
-      ` FROM "lethe_counts" CROSS JOIN LATERAL (VALUES ${values.join(', ')}) AS "v"("t", "a", "n", "k") WHERE "v"."k" IS NOT NULL`,
-    bindings: entries.flatMap((e) => [e.table, e.action]),
-  };
-}
-
-/** rows_affected as the database returned it (jsonb: parsed by the driver; text otherwise). */
-function tableRows(value: unknown): TableRows[] {
-  const list = (typeof value === 'string' ? JSON.parse(value) : value) as Array<{ table: string; action: 'update' | 'delete'; rows: number | string }> | null;
-  return (list ?? []).map((r) => ({ table: r.table, action: r.action, rows: Number(r.rows) }));
 }

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { TableRows } from '../store/ledger.js';
-import { type ForgetPlan, applyForget } from './forget.js';
+import type { ForgetPlan } from './forget.js';
+import { applyForget } from './forget-run.js';
 import { lockKey } from '../store/advisory-lock.js';
 import { sessionOf } from '../store/session.js';
 import { subjectLockKey } from './locks.js';

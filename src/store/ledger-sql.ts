@@ -31,6 +31,9 @@ const COLUMNS = [
 ] as const;
 const INSERT = `INSERT INTO "${TABLE}" (${[...COLUMNS, 'result'].map((c) => `"${c}"`).join(', ')}) VALUES (${COLUMNS.map(() => '?').join(', ')}, `;
 
+/** The INSERT per SQL of rows affected (one in practice), so that its text is the same string each time. */
+const insertSql = new Map<string, string>();
+
 export const ledgerSql = {
   /** A scalar subquery: the request with this idempotency key as JSON, or NULL (read it with `record`). */
   byIdempotencyKey(key: string): { sql: string; bindings: Knex.RawBinding[] } {
@@ -60,7 +63,12 @@ export const ledgerSql = {
       worker_id: req.workerId ?? null,
       scheduled_for: req.scheduledFor ?? null,
     };
-    return { table: TABLE, sql: `${INSERT}jsonb_build_object('rows_affected', ${rowsAffected}))`, bindings: COLUMNS.map((c) => values[c]) };
+    let sql = insertSql.get(rowsAffected);
+    if (sql === undefined) {
+      sql = `${INSERT}jsonb_build_object('rows_affected', ${rowsAffected}))`;
+      insertSql.set(rowsAffected, sql);
+    }
+    return { table: TABLE, sql, bindings: COLUMNS.map((c) => values[c]) };
   },
 
   /** ledger.carriedOut as a statement part. */

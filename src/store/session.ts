@@ -10,8 +10,13 @@ import type pg from 'pg';
  * statements and COMMIT with the last, so a forget that reads, decides, then writes is two
  * round trips. Every statement is a named prepared statement there: each connection parses and
  * plans it once and PostgreSQL keeps the plan (a forget of the default data map is a statement
- * of twelve parts whose planning costs more than running it for a typical subject). Embedded
- * PGlite runs a knex transaction, one statement after another.
+ * of twelve parts whose planning costs more than running it for a typical subject). A kept plan
+ * does not follow tables that grow until autovacuum analyzes them again (a plan made while the
+ * audit log was nearly empty scans it whole), so each connection drops its plans (DISCARD PLANS,
+ * sent with a BEGIN) after 16, 32, 64 … transactions, then every 1,024 or every minute, and
+ * makes them again from the tables as they are: often while Lethe's own tables are young and
+ * grow by a row per forget, rarely later.
+ * Embedded PGlite runs a knex transaction, one statement after another.
  */
 
 /** SQL with `?` for its values. */
@@ -33,17 +38,17 @@ export interface Session {
   readonly trx: Knex.Transaction | undefined;
 }
 
-/** The caller's knex transaction as a session: statements one after another; the caller commits. */
+const PLAN_LIFE_MS = 60_000;
+const PLAN_LIFE_FIRST = 16;
+const PLAN_LIFE_MAX = 1_024;
+
+/** The caller's knex transaction as a session: statements one after another (not prepared); the caller commits. */
 export function sessionOf(trx: Knex.Transaction): Session {
   return {
     trx,
     async run(statements) {
       const out: Rows[] = [];
-      for (const s of statements) {
-        const q = trx.raw(s.sql, s.bindings as Knex.RawBinding[]);
-        if (!embedded(trx)) q.options({ name: nameOf(s.sql) });
-        out.push(((await q) as { rows: Rows }).rows);
-      }
+      for (const s of statements) out.push(((await trx.raw(s.sql, s.bindings as Knex.RawBinding[])) as { rows: Rows }).rows);
       return out;
     },
   };
@@ -78,7 +83,18 @@ class PipelinedSession implements Session {
 
   async run(statements: readonly Statement[], options: { readonly commit?: boolean } = {}): Promise<Rows[]> {
     if (this.state === 'done') throw new Error('the transaction has ended');
-    const begin = this.state === 'idle' ? [{ text: 'BEGIN' }] : [];
+    const begin: pg.QueryConfig[] = [];
+    if (this.state === 'idle') {
+      const now = Date.now();
+      const p = plans.get(this.conn) ?? { madeAt: now, used: 0, life: PLAN_LIFE_FIRST };
+      p.used++;
+      if (p.used > p.life || now - p.madeAt >= PLAN_LIFE_MS) {
+        begin.push({ text: 'DISCARD PLANS' });
+        Object.assign(p, { madeAt: now, used: 0, life: Math.min(2 * p.life, PLAN_LIFE_MAX) });
+      }
+      plans.set(this.conn, p);
+      begin.push({ text: 'BEGIN' });
+    }
     const commit = options.commit === true ? [{ text: 'COMMIT' }] : [];
     this.state = options.commit === true ? 'done' : 'open';
     const results = await pipeline(this.conn, [...begin, ...statements.map(prepared), ...commit]);
@@ -120,23 +136,22 @@ async function pipeline(conn: pg.Client, queries: readonly pg.QueryConfig[]): Pr
   }
 }
 
+/** Each connection's plans: when they were made (or last dropped), transactions since, transactions until they go. */
+const plans = new WeakMap<pg.Client, { madeAt: number; used: number; life: number }>();
+
+/** `?` numbered as $1, $2 … and a name that is a digest of the SQL, so that one name never stands for two statements. */
+const texts = new Map<string, { name: string; text: string }>();
+const MAX_TEXTS = 1_000;
+
 function prepared(s: Statement): pg.QueryConfig {
-  let n = 0;
-  return { name: nameOf(s.sql), text: s.sql.replace(/\?/g, () => `$${++n}`), values: s.bindings as unknown[] };
-}
-
-const names = new Map<string, string>();
-const MAX_NAMES = 1_000;
-
-/** A digest of the SQL, so that one name never stands for two statements. */
-function nameOf(sql: string): string {
-  let name = names.get(sql);
-  if (name === undefined) {
-    if (names.size >= MAX_NAMES) names.clear();
-    name = `lethe_${createHash('sha256').update(sql).digest('hex').slice(0, 32)}`;
-    names.set(sql, name);
+  let t = texts.get(s.sql);
+  if (t === undefined) {
+    if (texts.size >= MAX_TEXTS) texts.clear();
+    let n = 0;
+    t = { name: `lethe_${createHash('sha256').update(s.sql).digest('hex').slice(0, 32)}`, text: s.sql.replace(/\?/g, () => `$${++n}`) };
+    texts.set(s.sql, t);
   }
-  return name;
+  return { name: t.name, text: t.text, values: s.bindings as unknown[] };
 }
 
 function embedded(knex: Knex | Knex.Transaction): boolean {
