@@ -14,6 +14,7 @@ import { checkDataMapAgainstDatabase } from '../src/privacy/schema-check.js';
 import { exportQuery } from '../src/privacy/sql.js';
 import { openDatabase } from '../src/store/database.js';
 import { freePort, requirePostgres, startPostgres } from '../test/support/postgres.js';
+import { clusterProfileSettings, serverProfileArgs, writeCpuProfileSummary, writeStatementStats } from './profile.js';
 
 /**
  * The export benchmark: one subject with ROWS login events in a throwaway PostgreSQL, exported
@@ -116,19 +117,21 @@ export async function run(args: string[]): Promise<void> {
  */
 export async function withServerOnPostgres<T>(
   env: Record<string, string>,
-  body: (s: { url: string; dataDir: string; address: string }) => Promise<T>,
+  body: (s: { url: string; dataDir: string; address: string; serverPid: number; clusterDataDir: string }) => Promise<T>,
 ): Promise<T> {
   const bin = requirePostgres();
   if (bin === undefined) throw new Error('PostgreSQL binaries not found: apt-get install -y postgresql, or set LETHE_PG_BIN');
-  const cluster = await startPostgres(bin);
+  const cluster = await startPostgres(bin, { settings: clusterProfileSettings() });
   const dataDir = mkdtempSync(join(tmpdir(), 'lethe-bench-'));
   try {
     const url = await cluster.createDatabase('lethe_bench');
-    const server = await startServer(url, dataDir, env);
+    const server = await startServer(url, dataDir, env, serverProfileArgs());
     try {
-      return await body({ url, dataDir, address: `127.0.0.1:${server.port}` });
+      return await body({ url, dataDir, address: `127.0.0.1:${server.port}`, serverPid: server.child.pid ?? 0, clusterDataDir: cluster.dataDir });
     } finally {
+      await writeStatementStats(url);
       await stopServer(server.child);
+      writeCpuProfileSummary();
     }
   } finally {
     await cluster.destroy();
@@ -136,9 +139,14 @@ export async function withServerOnPostgres<T>(
   }
 }
 
-export async function startServer(url: string, dataDir: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess; port: number }> {
+export async function startServer(
+  url: string,
+  dataDir: string,
+  env: Record<string, string> = {},
+  nodeArgs: readonly string[] = [],
+): Promise<{ child: ChildProcess; port: number }> {
   const listen = `127.0.0.1:${await freePort()}`;
-  const child = spawn(process.execPath, ['--import', 'tsx', SERVER, '--listen', listen], {
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', SERVER, '--listen', listen], {
     env: {
       ...process.env,
       DATABASE_URL: url,

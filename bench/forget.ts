@@ -10,8 +10,10 @@ import { forgetStatements } from '../src/privacy/forget.js';
 import { prepareServerDataMap } from '../src/privacy/lethe-tables.js';
 import { openDatabase } from '../src/store/database.js';
 import { withServerOnPostgres } from './export.js';
+import { cpuSeconds, machineCpu, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
 import { seedIdentity, userId } from './fanout/services.js';
 import { intFlag } from './flags.js';
+import { resetStatementStats } from './profile.js';
 
 /**
  * The forget benchmark, against a Lethe server in its own process on a throwaway PostgreSQL:
@@ -39,54 +41,63 @@ export async function run(args: string[]): Promise<void> {
   const clients = intFlag(args, '--clients', 16);
 
   const hashKey = 'ab'.repeat(32);
-  await withServerOnPostgres({ LETHE_DATA_MAP: DATA_MAP, LETHE_PLATFORM_PRINCIPALS: PRINCIPAL, LETHE_HASH_KEY: hashKey }, async ({ url, dataDir, address }) => {
-    const { client, close } = connectPrivacyService(address, await mintLocalToken(dataDir, PRINCIPAL, 3600));
-    try {
-      const db = await openDatabase({ kind: 'postgres', url, poolMax: 2 });
+  await withServerOnPostgres(
+    { LETHE_DATA_MAP: DATA_MAP, LETHE_PLATFORM_PRINCIPALS: PRINCIPAL, LETHE_HASH_KEY: hashKey },
+    async ({ url, dataDir, address, serverPid, clusterDataDir }) => {
+      const { client, close } = connectPrivacyService(address, await mintLocalToken(dataDir, PRINCIPAL, 3600));
       try {
-        await seedBigSubjects(db.knex, repeat, subjectRows);
-        await seedIdentity(db.knex, users);
-        const { forgetPlan } = await prepareServerDataMap(db.knex, await loadDataMap(DATA_MAP), DATA_MAP, Buffer.from(hashKey, 'hex'));
-        const rawSql = (subject: string) =>
-          [
-            'BEGIN',
-            ...forgetStatements(forgetPlan, subject, { timestamp: Date.now(), requestId: randomUUID() }).map((s) => db.knex.raw(s.sql, s.bindings).toQuery()),
-            'COMMIT',
-          ].join(';\n');
+        const db = await openDatabase({ kind: 'postgres', url, poolMax: 2 });
+        try {
+          await seedBigSubjects(db.knex, repeat, subjectRows);
+          await seedIdentity(db.knex, users);
+          const { forgetPlan } = await prepareServerDataMap(db.knex, await loadDataMap(DATA_MAP), DATA_MAP, Buffer.from(hashKey, 'hex'));
+          const rawSql = (subject: string) =>
+            [
+              'BEGIN',
+              ...forgetStatements(forgetPlan, subject, { timestamp: Date.now(), requestId: randomUUID() }).map((s) => db.knex.raw(s.sql, s.bindings).toQuery()),
+              'COMMIT',
+            ].join(';\n');
 
-        // A warm-up of each path (plans cached, connections open).
-        await forget(client, userId(users));
-        await timeRawSql(url, rawSql(userId(users - 1)));
-        const api: number[] = [];
-        const raw: number[] = [];
-        for (let i = 1; i <= repeat; i++) {
-          raw.push(await timeRawSql(url, rawSql(`big-raw-${i}`)));
-          api.push(await timed(() => forget(client, `big-api-${i}`)));
+          // A warm-up of each path (plans cached, connections open).
+          await forget(client, userId(users));
+          await timeRawSql(url, rawSql(userId(users - 1)));
+          await resetStatementStats(url);
+          const api: number[] = [];
+          const raw: number[] = [];
+          for (let i = 1; i <= repeat; i++) {
+            raw.push(await timeRawSql(url, rawSql(`big-raw-${i}`)));
+            api.push(await timed(() => forget(client, `big-api-${i}`)));
+          }
+          const meters = cpuMeters(serverPid, postmasterPid(clusterDataDir));
+          const throughput = await forgetAll(address, dataDir, users - 2, clients);
+          const cpu = meters.read();
+
+          const apiMs = median(api);
+          const rawMs = median(raw);
+          const lines: Array<[string, string]> = [
+            ['machine_cpus', String(cpus().length)],
+            ['load_average_1m', (loadavg()[0] ?? 0).toFixed(2)],
+            ['subject_rows', String(subjectRows)],
+            ['forget_api_median_ms', apiMs.toFixed(1)],
+            ['forget_raw_sql_median_ms', rawMs.toFixed(1)],
+            ['users', String(users - 2)],
+            ['clients', String(clients)],
+            ['forget_throughput_errors', String(throughput.errors)],
+            // CPU per forget in the throughput phase, in ms, and how busy the whole machine was.
+            ...cpu.perProcess.map(([name, seconds]): [string, string] => [`cpu_ms_per_forget_${name}`, ((1000 * seconds) / (users - 2)).toFixed(2)]),
+            ['machine_cpu_busy_pct', cpu.machineBusyPct.toFixed(0)],
+            ['forget_vs_raw_sql_ratio', (apiMs / rawMs).toFixed(3)],
+            ['forget_throughput_per_s', throughput.perSecond.toFixed(0)],
+          ];
+          for (const [name, value] of lines) console.log(`${name}: ${value}`);
+        } finally {
+          await db.close();
         }
-        const throughput = await forgetAll(address, dataDir, users - 2, clients);
-
-        const apiMs = median(api);
-        const rawMs = median(raw);
-        const lines: Array<[string, string]> = [
-          ['machine_cpus', String(cpus().length)],
-          ['load_average_1m', (loadavg()[0] ?? 0).toFixed(2)],
-          ['subject_rows', String(subjectRows)],
-          ['forget_api_median_ms', apiMs.toFixed(1)],
-          ['forget_raw_sql_median_ms', rawMs.toFixed(1)],
-          ['users', String(users - 2)],
-          ['clients', String(clients)],
-          ['forget_throughput_errors', String(throughput.errors)],
-          ['forget_vs_raw_sql_ratio', (apiMs / rawMs).toFixed(3)],
-          ['forget_throughput_per_s', throughput.perSecond.toFixed(0)],
-        ];
-        for (const [name, value] of lines) console.log(`${name}: ${value}`);
       } finally {
-        await db.close();
+        close();
       }
-    } finally {
-      close();
-    }
-  });
+    },
+  );
 }
 
 /** Twin subjects big-raw-i and big-api-i, each with `rows` login events. */
@@ -140,6 +151,32 @@ async function timed(fn: () => Promise<void>): Promise<number> {
   const t0 = performance.now();
   await fn();
   return performance.now() - t0;
+}
+
+/** CPU used from now until read(): the server, PostgreSQL (the postmaster and its backends), this process, the machine. */
+function cpuMeters(serverPid: number, pgPid: number): { read(): { perProcess: Array<[string, number]>; machineBusyPct: number } } {
+  const meters: Array<[string, () => number]> = [
+    ['server', () => cpuSeconds(serverPid)],
+    ['postgres', () => treeCpuSeconds(pgPid)],
+    [
+      'bench',
+      () => {
+        const u = process.cpuUsage();
+        return (u.user + u.system) / 1e6;
+      },
+    ],
+  ];
+  const before = meters.map(([, read]) => read());
+  const machineBefore = machineCpu();
+  return {
+    read() {
+      const after = machineCpu();
+      return {
+        perProcess: meters.map(([name, read], i) => [name, read() - (before[i] ?? 0)]),
+        machineBusyPct: (100 * (after.busy - machineBefore.busy)) / (after.total - machineBefore.total),
+      };
+    },
+  };
 }
 
 function median(values: readonly number[]): number {

@@ -8,6 +8,7 @@ import { createApiServerKeySet } from './api-server-keys.js';
 import { translateJoseError } from './jose-errors.js';
 import { loadKubeConfig } from '../kube/kube-config.js';
 import { ensureLocalKey } from './local-key.js';
+import { rememberVerified } from './remembered-tokens.js';
 import { createServiceAccountCheck } from './service-account-verifier.js';
 import { type TokenCheck, type Verifier, routeByIssuer } from './token-routing.js';
 
@@ -18,7 +19,8 @@ const ALGORITHMS = ['ES256', 'ES384', 'RS256', 'RS384', 'RS512', 'PS256', 'EdDSA
 /**
  * Builds the server's token check: user tokens from the configured trust (the local key, a
  * public key file, or a JWKS URL) and, when configured, Kubernetes service-account tokens for
- * service principals, told apart by their issuer.
+ * service principals, told apart by their issuer. Tokens that passed are remembered for a while
+ * (rememberVerified).
  */
 export async function createVerifier(
   auth: AuthConfig,
@@ -36,7 +38,7 @@ export async function createVerifier(
     keys.refresh(undefined).catch(() => undefined);
     routes.set(sa.issuer, createServiceAccountCheck(sa, platformPrincipals, keys.getKey));
   }
-  return routeByIssuer(routes, users);
+  return rememberVerified(routeByIssuer(routes, users));
 }
 
 /**

@@ -9,7 +9,7 @@ import { type StreamSettings, closeNats, connectNats, describeNatsUrl, ensureStr
 import { OutboxRelay } from './outbox-relay.js';
 import { ChangeValuesResponder, type ValuesLookup } from './change-values.js';
 import type { CryptoKey } from 'jose';
-import { type RecordConfirmation, ReceiptConsumer } from './receipt-consumer.js';
+import { type RecordConfirmations, ReceiptConsumer } from './receipt-consumer.js';
 
 /** How long a drain of the NATS connection may take before the connection is just closed. */
 const DRAIN_TIMEOUT_MS = 10_000;
@@ -19,8 +19,8 @@ export interface ServerEventsOptions {
   /** From natsTlsOptions: the files were checked at start-up. */
   readonly tls: TlsOptions | undefined;
   readonly stream: StreamSettings;
-  /** Where receipts go: the engine's recordConfirmation. */
-  readonly recordConfirmation: RecordConfirmation;
+  /** Where receipts go: the engine's recordConfirmations. */
+  readonly recordConfirmations: RecordConfirmations;
   /** Published outbox rows are deleted after this long. */
   readonly outboxRetentionMs: number;
   readonly outboxCleanupIntervalMs?: number;
@@ -90,9 +90,9 @@ export class ServerEvents implements Runnable {
           cleanupIntervalMs: this.opts.outboxCleanupIntervalMs,
         });
         this.relay.start();
-        this.receipts = new ReceiptConsumer(this.opts.recordConfirmation, js, jsm, this.opts.stream.name, this.logger);
+        this.receipts = new ReceiptConsumer(this.opts.recordConfirmations, js, jsm, this.opts.stream.name, this.logger);
         await this.receipts.start();
-        this.changeReceipts = new ReceiptConsumer(this.opts.recordConfirmation, js, jsm, this.opts.stream.name, this.logger, 'change');
+        this.changeReceipts = new ReceiptConsumer(this.opts.recordConfirmations, js, jsm, this.opts.stream.name, this.logger, 'change');
         await this.changeReceipts.start();
         const cv = this.opts.changeValues;
         if (cv !== undefined && this.values === undefined) {

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import type { DataMap } from './data-map.js';
+import { quoteIdent } from './sql.js';
 
 /**
  * What Lethe records in the platform's audit table. Details hold references (request ids,
@@ -30,6 +31,18 @@ export interface AuditEntry {
   readonly targetId: string;
   readonly details: Readonly<Record<string, unknown>>;
   readonly timestamp: Date;
+}
+
+/** An audit entry as part of a larger statement (the forget's); none when the data map has no audit table. */
+export function auditPart(map: DataMap, entry: AuditEntry): { table: string; sql: string; bindings: Knex.RawBinding[] } | undefined {
+  const a = map.audit;
+  if (a === undefined) return undefined;
+  const columns = [a.event_type_column, a.actor_column, a.target_column, a.details_column, a.timestamp_column].map(quoteIdent);
+  return {
+    table: a.table,
+    sql: `INSERT INTO ${quoteIdent(a.table)} (${columns.join(', ')}) VALUES (?, ?, ?, ?, ?)`,
+    bindings: [entry.eventType, entry.actorId, entry.targetId, JSON.stringify(entry.details), entry.timestamp],
+  };
 }
 
 /** Writes an audit entry into the data map's audit table, when it has one. */

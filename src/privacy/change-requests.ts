@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import { FailedPreconditionError, NotFoundError, USER_NOT_FOUND } from '../errors.js';
 import { lockKey } from '../store/advisory-lock.js';
-import { enqueueEvent } from '../store/outbox.js';
+import { enqueueEventPart } from '../store/outbox.js';
 import { type PrivacyRequestRecord, type RequestDetails, type RequestType, type TableRows, ledger } from '../store/ledger.js';
 import { type AuditEventType, writeAudit } from './audit.js';
 import type { ActorFacts, SubjectFacts } from './authorization.js';
@@ -100,7 +100,8 @@ export abstract class ChangeRequests extends EnginePart {
           details: { request_id: requestId, ...done.audit.details, reason: input.reason, ...onBehalf },
           timestamp: at,
         });
-        await enqueueEvent(trx, done.event, at);
+        const outbox = enqueueEventPart(done.event, at);
+        await trx.raw(outbox.sql, outbox.bindings);
         this.opts.logger.info({ requestId, subjectId: input.userId, type: input.type, actor: actor.id }, 'change applied');
         return { requestId, replayed: false };
       }),

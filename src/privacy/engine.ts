@@ -154,9 +154,9 @@ export class PrivacyEngine {
     return this.ledger.listRequests(actor, input);
   }
 
-  /** Records a downstream receipt (the receipt consumer calls this). */
-  recordConfirmation(c: NewConfirmation): Promise<ConfirmationOutcome> {
-    return this.ledger.recordConfirmation(c);
+  /** Records downstream receipts, a batch at a time (the receipt consumer calls this); an outcome per receipt. */
+  recordConfirmations(receipts: readonly NewConfirmation[]): Promise<ConfirmationOutcome[]> {
+    return this.ledger.recordConfirmations(receipts);
   }
 
   /** Fails the requests left running by a replica that died (see ExportService.recoverInterrupted). */

@@ -3,13 +3,16 @@ import type { Knex } from 'knex';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError, USER_NOT_FOUND } from '../errors.js';
 import { anonymizedEventFor } from '../events/cloudevents.js';
 import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
-import { lockKey } from '../store/advisory-lock.js';
-import { enqueueEvent } from '../store/outbox.js';
+import { lockKey, lockKeysStatement } from '../store/advisory-lock.js';
+import { type Session, inSession, sessionOf } from '../store/session.js';
+import { enqueueEventPart } from '../store/outbox.js';
 import { type PrivacyRequestRecord, type TableRows, ledger } from '../store/ledger.js';
-import { writeAudit } from './audit.js';
+import { ledgerSql } from '../store/ledger-sql.js';
+import { auditPart, writeAudit } from './audit.js';
+import type { Column } from './facts.js';
 import { PLATFORM_OWNER_PROTECTED, authorizeForget } from './authorization.js';
 import { type EngineOptions, EnginePart, KEY_REUSED, REQUEST_NOT_FOUND, UUID, idempotencyLock } from './engine-part.js';
-import { applyForget } from './forget.js';
+import { ROWS_AFFECTED, type TrailingWrite, applyForget, applyWrites } from './forget-run.js';
 import { subjectLockKey } from './locks.js';
 import type { Principal } from './principal.js';
 import { received } from './due-date.js';
@@ -64,28 +67,54 @@ export class Erasure extends EnginePart {
     const key = requireId(input.idempotencyKey, 'idempotency_key');
     const requestedBy = optionalId(input.requestedBy ?? '', 'requested_by');
 
-    const result = await this.db(() =>
-      this.knex.transaction(async (trx) => {
-        await lockKey(trx, idempotencyLock(key));
-        const prior = await ledger.byIdempotencyKey(trx, key);
-        if (prior !== undefined) return replay(prior, actor, userId);
+    const request = { userId, reason, key, requestedBy };
+    const attempt = (pipelined: boolean) => this.db(() => inSession(this.knex, (s) => this.forgetIn(s, actor, request), { pipelined }));
+    let result = await attempt(true);
+    if (result === IN_KNEX_TRANSACTION) result = await attempt(false);
+    if (result === IN_KNEX_TRANSACTION) throw new Error('a forget asked twice for a knex transaction');
+    if (!result.replayed && result.scheduledFor === undefined) this.opts.onEventEnqueued?.();
+    return result;
+  }
 
-        await lockKey(trx, subjectLockKey(userId));
-        const subject = await this.facts.subject(trx, userId);
-        const self = actor.role === 'user' && actor.id === userId;
-        // The rules before existence, as for exports: no answer tells an unauthorized caller who
-        // exists. A person may always ask for their own erasure (platform owners excepted).
-        if (self && subject.isPlatformOwner) throw new PermissionDeniedError(PLATFORM_OWNER_PROTECTED);
-        if (!self) authorizeForget(actor, subject, await this.facts.actor(trx, actor.id));
-        if (!(await this.facts.subjectExists(trx, userId))) throw new NotFoundError(USER_NOT_FOUND);
+  /**
+   * One forget in the session's transaction: both locks, then everything decided on, read in one
+   * statement after the locks are held (sent together: one round trip on PostgreSQL), then the
+   * forget and its records written with the COMMIT (the second).
+   */
+  private async forgetIn(
+    s: Session,
+    actor: Principal,
+    { userId, reason, key, requestedBy }: { userId: string; reason: string; key: string; requestedBy: string | undefined },
+  ): Promise<ForgetResult | typeof IN_KNEX_TRANSACTION> {
+    const self = actor.role === 'user' && actor.id === userId;
+    // The actor's own facts matter only to someone who is neither the subject nor a platform principal.
+    const read = this.facts.forForget(userId, self || actor.role === 'platform' ? undefined : actor.id, [
+      ledgerSql.byIdempotencyKey(key),
+      erasedColumn(userId),
+    ]);
+    const [, rows] = await s.run([lockKeysStatement([idempotencyLock(key), subjectLockKey(userId)]), read.statement]);
+    const facts = read.parse(rows ?? []);
+    const prior = ledgerSql.record(facts.extra[0]);
+    if (prior !== undefined) return replay(prior, actor, userId);
 
-        const at = this.now();
-        if (self && this.graceMs > 0) return this.schedule(trx, { requestId: randomUUID(), userId, actorId: actor.id, reason, requestedBy, at }, key);
+    // The rules before existence, as for exports: no answer tells an unauthorized caller who
+    // exists. A person may always ask for their own erasure (platform owners excepted).
+    if (self && facts.subject.isPlatformOwner) throw new PermissionDeniedError(PLATFORM_OWNER_PROTECTED);
+    if (!self) authorizeForget(actor, facts.subject, facts.actor);
+    if (!facts.subjectExists) throw new NotFoundError(USER_NOT_FOUND);
 
-        const requestId = randomUUID();
-        const rowsAffected = await this.erase(trx, { requestId, userId, actorId: actor.id, reason, requestedBy, at });
-        const waiting = this.expected.length > 0;
-        await ledger.insert(trx, {
+    const at = this.now();
+    if (self && this.graceMs > 0) {
+      // Scheduling writes through knex's builders: from a pipelined connection, start again in a knex transaction.
+      if (s.trx === undefined) return IN_KNEX_TRANSACTION;
+      return this.schedule(s.trx, { requestId: randomUUID(), userId, actorId: actor.id, reason, requestedBy, at }, key);
+    }
+
+    const requestId = randomUUID();
+    const waiting = this.expected.length > 0;
+    const entry = (rowsAffected: string) =>
+      ledgerSql.insert(
+        {
           id: requestId,
           type: 'forget',
           subjectId: userId,
@@ -96,55 +125,42 @@ export class Erasure extends EnginePart {
           idempotencyKey: key,
           ...received(at),
           completedAt: waiting ? undefined : at,
-          rowsAffected,
-        });
-        return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false };
-      }),
-    );
-    if (!result.replayed && result.scheduledFor === undefined) this.opts.onEventEnqueued?.();
-    return result;
+        },
+        rowsAffected,
+      );
+    const rowsAffected = await this.erase(s, { requestId, userId, actorId: actor.id, reason, requestedBy, at }, facts.extra[1] === true, entry);
+    return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false };
   }
 
   /**
    * Anonymizes inside the caller's transaction (the subject's lock held): the data map's forget
-   * and Lethe's own tables, the erasure record, the audit entry and the outbox event. A subject
-   * erased before is left as it is; the event goes out again (copies may have come back).
+   * and Lethe's own tables, the erasure record, the audit entry, the outbox event and the ledger
+   * entry (`ledgerEntry`, given the SQL of the rows affected), in as few statements as the plan
+   * allows. A subject erased before is left as it is; the event goes out again (copies may have
+   * come back).
    */
-  private async erase(trx: Knex.Transaction, e: ErasureInput): Promise<TableRows[]> {
-    const erased: unknown = await trx('lethe_erasures').where({ subject_id: e.userId }).first();
-    let rowsAffected: TableRows[] = [];
-    if (erased === undefined) {
-      // Also scrubs the subject's earlier audit entries, so the entry below is written after.
-      rowsAffected = await applyForget(trx, this.opts.forgetPlan, e.userId, { timestamp: e.at.getTime(), requestId: e.requestId });
-      await trx('lethe_erasures').insert({ subject_id: e.userId, request_id: e.requestId, anonymized_at: e.at });
-      // Consent records stay as proof (see lethe-tables.ts); none stays in force.
-      await trx('lethe_consents')
-        .where({ subject_id: e.userId })
-        .whereNull('withdrawn_at')
-        .update({ withdrawn_at: e.at, withdrawn_by: e.actorId, withdrawn_source: 'erasure' });
-    }
+  private async erase(s: Session, e: ErasureInput, erased: boolean, ledgerEntry: (rowsAffected: string) => TrailingWrite): Promise<TableRows[]> {
     // The erasure's entry is the reference's {"reason": …}; a repeated forget names its request.
+    // Written after the forget scrubbed the subject's earlier entries, so it keeps its reason.
     const onBehalf = e.requestedBy === undefined ? {} : { requested_by: e.requestedBy };
-    if (erased === undefined) {
-      await writeAudit(trx, this.map, {
-        eventType: 'user_anonymized',
-        actorId: e.actorId,
-        targetId: e.userId,
-        details: { reason: e.reason, ...onBehalf },
-        timestamp: e.at,
-      });
-    } else {
-      await writeAudit(trx, this.map, {
-        eventType: 'user_already_anonymized',
-        actorId: e.actorId,
-        targetId: e.userId,
-        details: { reason: e.reason, request_id: e.requestId, ...onBehalf },
-        timestamp: e.at,
-      });
-    }
+    const audit = auditPart(this.map, {
+      eventType: erased ? 'user_already_anonymized' : 'user_anonymized',
+      actorId: e.actorId,
+      targetId: e.userId,
+      details: erased ? { reason: e.reason, request_id: e.requestId, ...onBehalf } : { reason: e.reason, ...onBehalf },
+      timestamp: e.at,
+    });
     const event = anonymizedEventFor({ source: this.opts.eventSource ?? 'lethe', userId: e.userId, requestId: e.requestId, anonymizedAt: e.at });
-    await enqueueEvent(trx, { id: event.id, subject: ANONYMIZED_SUBJECT, payload: JSON.stringify(event) }, e.at);
-    this.opts.logger.info({ requestId: e.requestId, subjectId: e.userId, actor: e.actorId, alreadyErased: erased !== undefined }, 'user anonymized');
+    const writes: TrailingWrite[] = [
+      ...(erased ? [] : [erasureRecord(e), consentsWithdrawn(e)]),
+      ...(audit === undefined ? [] : [audit]),
+      enqueueEventPart({ id: event.id, subject: ANONYMIZED_SUBJECT, payload: JSON.stringify(event) }, e.at),
+      ledgerEntry(ROWS_AFFECTED),
+    ];
+    const rowsAffected = erased
+      ? await applyWrites(s, [], writes, { commit: true })
+      : await applyForget(s, this.opts.forgetPlan, e.userId, { timestamp: e.at.getTime(), requestId: e.requestId }, writes, { commit: true });
+    this.opts.logger.info({ requestId: e.requestId, subjectId: e.userId, actor: e.actorId, alreadyErased: erased }, 'user anonymized');
     return rowsAffected;
   }
 
@@ -204,15 +220,14 @@ export class Erasure extends EnginePart {
           } else if ((await this.facts.subject(trx, r.subjectId)).isPlatformOwner) {
             await ledger.finish(trx, r.id, 'failed', at, PLATFORM_OWNER_PROTECTED);
           } else {
-            const rowsAffected = await this.erase(trx, {
-              requestId: r.id,
-              userId: r.subjectId,
-              actorId: r.requester,
-              reason: r.reason,
-              requestedBy: r.requestedBy ?? undefined,
-              at,
-            });
-            await ledger.carriedOut(trx, r.id, this.expected.length > 0 ? 'anonymized' : 'completed', at, rowsAffected);
+            const erased = (await trx('lethe_erasures').where({ subject_id: r.subjectId }).first()) !== undefined;
+            const state = this.expected.length > 0 ? 'anonymized' : 'completed';
+            await this.erase(
+              sessionOf(trx),
+              { requestId: r.id, userId: r.subjectId, actorId: r.requester, reason: r.reason, requestedBy: r.requestedBy ?? undefined, at },
+              erased,
+              (rowsAffected) => ledgerSql.carriedOut(r.id, state, at, rowsAffected),
+            );
           }
           return true;
         }),
@@ -248,6 +263,32 @@ export class Erasure extends EnginePart {
       }),
     );
   }
+}
+
+/** forgetIn's answer when it must run in a knex transaction (a person's own erasure is scheduled through knex). */
+const IN_KNEX_TRANSACTION = Symbol('in a knex transaction');
+
+/** Whether the subject was erased before: a column read with the forget's facts. */
+function erasedColumn(subjectId: string): Column {
+  return { sql: 'EXISTS (SELECT 1 FROM "lethe_erasures" WHERE "subject_id" = ?)', bindings: [subjectId] };
+}
+
+/** The record that the subject is erased, so that a second forget changes nothing. */
+/** Consent records stay as proof (see lethe-tables.ts); none stays in force. */
+function consentsWithdrawn(e: ErasureInput): TrailingWrite {
+  return {
+    table: 'lethe_consents',
+    sql: `UPDATE "lethe_consents" SET "withdrawn_at" = ?, "withdrawn_by" = ?, "withdrawn_source" = 'erasure' WHERE "subject_id" = ? AND "withdrawn_at" IS NULL`,
+    bindings: [e.at, e.actorId, e.userId],
+  };
+}
+
+function erasureRecord(e: ErasureInput): TrailingWrite {
+  return {
+    table: 'lethe_erasures',
+    sql: 'INSERT INTO "lethe_erasures" ("subject_id", "request_id", "anonymized_at") VALUES (?, ?, ?)',
+    bindings: [e.userId, e.requestId, e.at],
+  };
 }
 
 function replay(prior: PrivacyRequestRecord, actor: Principal, userId: string): ForgetResult {

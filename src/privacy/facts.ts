@@ -5,9 +5,87 @@ import { qualified, quoteIdent } from './sql.js';
 
 type Authorization = NonNullable<DataMap['authorization']>;
 
+/** A scalar SQL expression with `?` for its values, read beside the facts (see forForget). */
+export interface Column {
+  readonly sql: string;
+  readonly bindings: readonly Knex.RawBinding[];
+}
+
+export interface ForgetFacts {
+  readonly subject: SubjectFacts;
+  readonly actor: ActorFacts;
+  readonly subjectExists: boolean;
+  /** The values of the `extra` columns, in order. */
+  readonly extra: readonly unknown[];
+}
+
 /** Reads what the authorization rules need, as the data map's `authorization` section says. */
 export class FactsReader {
-  constructor(private readonly map: DataMap) {}
+  /** The facts as scalar subqueries, each with one `?` for the person's id (undefined: nothing to read). */
+  private readonly sql: { readonly owner?: string; readonly memberships?: string; readonly exists?: string };
+
+  constructor(private readonly map: DataMap) {
+    const a = map.authorization;
+    const s = map.subject;
+    const exists = s === undefined ? undefined : `EXISTS (SELECT 1 FROM ${quoteIdent(s.table)} WHERE ${quoteIdent(s.column)} = ?)`;
+    if (a === undefined) {
+      this.sql = { exists };
+      return;
+    }
+    const p = a.platform_owner;
+    const m = a.memberships;
+    const l = m.organization_label;
+    this.sql = {
+      owner: `(SELECT ${quoteIdent(p.flag_column)} FROM ${quoteIdent(p.table)} WHERE ${quoteIdent(p.subject_column)} = ? LIMIT 1)`,
+      memberships:
+        `(SELECT coalesce(json_agg(json_build_object('org', ${qualified('m', m.organization_column)}::text, 'role', ${qualified('m', m.role_column)}::text, 'label', ${qualified('o', l.column)}::text)), '[]'::json)` +
+        ` FROM ${quoteIdent(m.table)} AS "m" LEFT JOIN ${quoteIdent(l.table)} AS "o" ON ${qualified('o', l.references)} = ${qualified('m', m.organization_column)}` +
+        ` WHERE ${qualified('m', m.subject_column)} = ?)`,
+      exists,
+    };
+  }
+
+  /**
+   * Everything a forget decides on, as one statement (to send with others): the subject's facts,
+   * the actor's (none without `actorId`: the rules do not look at them), whether the subject
+   * exists (read as the methods below read them), and the caller's `extra` columns. `parse`
+   * reads its row.
+   */
+  forForget(
+    subjectId: string,
+    actorId: string | undefined,
+    extra: readonly Column[],
+  ): { statement: Column; parse: (rows: readonly Record<string, unknown>[]) => ForgetFacts } {
+    const q = this.sql;
+    const columns: Array<Column & { name: string }> = extra.map((c, i) => ({ ...c, name: `x${i}` }));
+    const add = (name: string, sql: string | undefined, id: string | undefined) => {
+      if (sql !== undefined && id !== undefined) columns.push({ name, sql, bindings: [id] });
+    };
+    add('subject_owner', q.owner, subjectId);
+    add('subject_memberships', q.memberships, subjectId);
+    add('subject_exists', q.exists, subjectId);
+    add('actor_owner', q.owner, actorId);
+    add('actor_memberships', q.memberships, actorId);
+    const statement = {
+      sql: columns.length === 0 ? 'SELECT 1 AS "one"' : `SELECT ${columns.map((c) => `${c.sql} AS "${c.name}"`).join(', ')}`,
+      bindings: columns.flatMap((c) => c.bindings),
+    };
+    const ownerRoles = this.map.authorization?.memberships.owner_roles ?? [];
+    const parse = (rows: readonly Record<string, unknown>[]): ForgetFacts => {
+      const r = rows[0] ?? {};
+      const actorMemberships = memberships(r.actor_memberships);
+      return {
+        subject: { isPlatformOwner: r.subject_owner === true, memberships: memberships(r.subject_memberships) },
+        actor: {
+          isPlatformOwner: r.actor_owner === true,
+          ownerOf: new Set(actorMemberships.filter((m) => ownerRoles.includes(m.role)).map((m) => m.organizationId)),
+        },
+        subjectExists: q.exists === undefined || r.subject_exists === true,
+        extra: extra.map((_, i) => r[`x${i}`]),
+      };
+    };
+    return { statement, parse };
+  }
 
   /** True when the data map names no subject table (a downstream schema): existence is not checked. */
   async subjectExists(db: Knex | Knex.Transaction, subjectId: string): Promise<boolean> {
@@ -49,4 +127,10 @@ export class FactsReader {
     )) as { rows: Array<{ org: string; role: string; label: string | null }> };
     return rows.rows.map((r) => ({ organizationId: r.org, role: r.role, label: r.label ?? r.org }));
   }
+}
+
+/** Memberships as forForget reads them (json: parsed by the driver, or text). */
+function memberships(v: unknown): Membership[] {
+  const list = (typeof v === 'string' ? JSON.parse(v) : (v ?? [])) as Array<{ org: string; role: string; label: string | null }>;
+  return list.map((x) => ({ organizationId: x.org, role: x.role, label: x.label ?? x.org }));
 }

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
 import { ConfigError } from '../errors.js';
-import type { TableRows } from '../store/ledger.js';
 import { type Category, type ColumnAction, type DataMap, forgetColumns, isKeep, keepsCategory, subjectLinks } from './data-map.js';
+import { type ForgetGroups, separateSteps } from './forget-groups.js';
 import { type ColumnTypes, quoteIdent, subjectPredicate } from './sql.js';
 
 /** Values a template may use: `anonymized-{timestamp}@deleted.local`. */
@@ -31,7 +31,7 @@ export function hmacPads(key: Buffer): { inner: Buffer; outer: Buffer } {
 type Binding = Knex.RawBinding | ((ctx: TemplateContext) => Knex.RawBinding);
 
 /** One statement of a forget: SQL with `?` for the values, built once per data map. */
-interface ForgetStep {
+export interface ForgetStep {
   readonly category: Category;
   readonly action: 'update' | 'delete';
   /** Reported in rows_affected even when it matched no rows (Lethe's own tables are not). */
@@ -41,7 +41,7 @@ interface ForgetStep {
 }
 
 /** The forget half of a data map, compiled once: the statements in the order they must run. */
-export interface ForgetPlan {
+export interface ForgetPlan extends ForgetGroups {
   readonly steps: readonly ForgetStep[];
   /** Categories in the order their statements run (for start-up logs and tests). */
   readonly order: readonly string[];
@@ -160,7 +160,8 @@ export function compileForget(map: DataMap, types: ColumnTypes, hashKey: Buffer 
     }
     return { category: c, action: 'update', set: sets.length === 0 ? undefined : { sql: sets.join(', '), bindings } };
   });
-  return { steps: steps.filter((s) => s.action === 'delete' || s.set !== undefined), order: order.map((c) => c.name) };
+  const kept = steps.filter((s) => s.action === 'delete' || s.set !== undefined);
+  return { steps: kept, order: order.map((c) => c.name), ...separateSteps(kept) };
 }
 
 /** knex's pg client reports rowCount; knex-pglite the driver's affectedRows. */
@@ -186,22 +187,4 @@ export function forgetStatements(
     const bound = (step.set?.bindings ?? []).map((b) => (typeof b === 'function' ? b(ctx) : b));
     return { step, sql, bindings: [...(step.action === 'delete' ? [] : bound), ...where.bindings] };
   });
-}
-
-/**
- * Applies a compiled forget inside the caller's transaction. Categories that share a table add
- * up; the result lists each table once per action, in the order the statements ran.
- */
-export async function applyForget(db: Knex.Transaction, plan: ForgetPlan, subjectId: string, ctx: TemplateContext): Promise<TableRows[]> {
-  const out: TableRows[] = [];
-  for (const { step, sql, bindings } of forgetStatements(plan, subjectId, ctx)) {
-    const c = step.category;
-    const rows = affectedRows(await db.raw(sql, bindings));
-    if (rows === 0 && step.reportWhenZero === false) continue;
-    const same = out.findIndex((o) => o.table === c.table && o.action === step.action);
-    const prev = out[same];
-    if (prev !== undefined) out[same] = { ...prev, rows: prev.rows + rows };
-    else out.push({ table: c.table, action: step.action, rows });
-  }
-  return out;
 }

@@ -8,6 +8,7 @@ import {
   type RequestState,
   ledger,
 } from '../store/ledger.js';
+import { recordConfirmations } from '../store/confirmations.js';
 import { writeAudit } from './audit.js';
 import { dueDate } from './due-date.js';
 import type { Principal } from './principal.js';
@@ -70,8 +71,14 @@ export class LedgerQueries extends EnginePart {
    * has confirmed a purge. A receipt for a request this ledger does not hold is ignored (another
    * installation may share the stream).
    */
-  async recordConfirmation(c: NewConfirmation): Promise<ConfirmationOutcome> {
-    return ledger.recordConfirmation(this.opts.receiptsKnex ?? this.knex, c, this.expected, this.now());
+  async recordConfirmations(receipts: readonly NewConfirmation[]): Promise<ConfirmationOutcome[]> {
+    const knex = this.opts.receiptsKnex ?? this.knex;
+    // Purge receipts a batch at a time; change receipts (far fewer) one at a time.
+    const purges = receipts.filter((r) => r.change !== true);
+    const outcomes = new Map<NewConfirmation, ConfirmationOutcome>();
+    (await recordConfirmations(knex, purges, this.expected, this.now())).forEach((o, i) => outcomes.set(purges[i] as NewConfirmation, o));
+    for (const r of receipts) if (r.change === true) outcomes.set(r, await ledger.recordChangeConfirmation(knex, r, this.expected, this.now()));
+    return receipts.map((r) => outcomes.get(r) ?? 'unknown-request');
   }
 
   /**

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
-import { type DataMap, mergeDataMaps, parseDataMap } from './data-map.js';
+import { type DataMap, mergeDataMaps, parseDataMap, subjectLinks } from './data-map.js';
 import { type ForgetPlan, compileForget } from './forget.js';
+import { groupSteps, readTableFacts } from './forget-groups.js';
 import { checkDataMapAgainstDatabase } from './schema-check.js';
 import type { ColumnTypes } from './sql.js';
 
@@ -116,9 +117,13 @@ export async function prepareServerDataMap(knex: Knex, map: DataMap, source: str
   const ownTypes = await checkDataMapAgainstDatabase(knex, ownMap, LETHE_TABLES_SOURCE);
   const own = compileForget(ownMap, ownTypes, undefined, LETHE_TABLES_SOURCE);
   const exported = { ...ownMap, categories: ownMap.categories.filter((c) => c.export !== undefined) };
+  const steps = [...platform.steps, ...own.steps.map((s) => ({ ...s, reportWhenZero: false }))];
+  // What a forget writes besides: the erasure record, the consents it withdraws, the audit entry, the outbox event, the ledger entry.
+  const trailing = ['lethe_erasures', 'lethe_consents', 'lethe_outbox', 'lethe_privacy_requests', ...(map.audit === undefined ? [] : [map.audit.table])];
+  const facts = await readTableFacts(knex, [...steps.flatMap((s) => [s.category.table, ...subjectLinks(s.category).map((l) => l.table)]), ...trailing]);
   return {
     dataMap: mergeDataMaps(map, exported, `${source} with ${LETHE_TABLES_SOURCE}`),
     columnTypes: new Map([...ownTypes, ...columnTypes]),
-    forgetPlan: { steps: [...platform.steps, ...own.steps.map((s) => ({ ...s, reportWhenZero: false }))], order: [...platform.order, ...own.order] },
+    forgetPlan: { steps, order: [...platform.order, ...own.order], ...groupSteps(steps, facts, trailing) },
   };
 }

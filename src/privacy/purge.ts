@@ -1,7 +1,9 @@
 import type { Knex } from 'knex';
 import type { TableRows } from '../store/ledger.js';
-import { type ForgetPlan, applyForget } from './forget.js';
+import type { ForgetPlan } from './forget.js';
+import { applyForget } from './forget-run.js';
 import { lockKey } from '../store/advisory-lock.js';
+import { sessionOf } from '../store/session.js';
 import { subjectLockKey } from './locks.js';
 
 export interface PurgeResult {
@@ -23,7 +25,7 @@ export async function purgeForRequest(knex: Knex, plan: ForgetPlan, input: { sub
       const rows = typeof prior.rows_affected === 'string' ? (JSON.parse(prior.rows_affected) as TableRows[]) : prior.rows_affected;
       return { rowsAffected: rows, replayed: true };
     }
-    const rowsAffected = await applyForget(trx, plan, input.subjectId, { timestamp: input.now.getTime(), requestId: input.requestId });
+    const rowsAffected = await applyForget(sessionOf(trx), plan, input.subjectId, { timestamp: input.now.getTime(), requestId: input.requestId });
     // The sidecar's own copies of the subject's choices go too: an erased subject's flags resurrect nothing.
     await trx('lethe_processing_flags').where({ subject_id: input.subjectId }).delete();
     await trx('lethe_rectified_fields').where({ subject_id: input.subjectId }).delete();

@@ -29,7 +29,7 @@ import { startGrpcServer } from './grpc-server.js';
 import { DatabaseHealth } from './database-health.js';
 import { PageTokens } from '../api/page-token.js';
 import { ServerEvents } from '../events/server-events.js';
-import type { RecordConfirmation } from '../events/receipt-consumer.js';
+import type { RecordConfirmations } from '../events/receipt-consumer.js';
 import { countPending } from '../store/outbox.js';
 import { startHealthServer } from '../metrics/health-server.js';
 import { ServerMetrics } from '../metrics/server-metrics.js';
@@ -152,7 +152,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
     if (ev.natsUrl === undefined) {
       logger.warn({ pendingEvents: await countPending(db.knex) }, 'no LETHE_NATS_URL: anonymization events wait in the outbox until NATS is configured');
     } else {
-      const recordConfirmation: RecordConfirmation = (c) => engine.recordConfirmation(c);
+      const recordConfirmations: RecordConfirmations = (receipts) => engine.recordConfirmations(receipts);
       events = await life.start(
         'NATS events',
         new ServerEvents(
@@ -161,7 +161,7 @@ export async function startLetheServer(config: ServerConfig, logger: Logger): Pr
             natsUrl: ev.natsUrl,
             tls: natsTls,
             stream: ev.stream,
-            recordConfirmation,
+            recordConfirmations,
             outboxRetentionMs: ev.outboxRetentionMs,
             changeValues: exportKey && { lookup: (id, service) => engine.pendingValues(id, service), signingKey: exportKey.signingKey },
           },

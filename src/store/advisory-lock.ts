@@ -11,6 +11,11 @@ export async function lockKey(trx: Knex.Transaction, key: string): Promise<void>
   await trx.raw(`SELECT pg_advisory_xact_lock(${LOCK_ID})`, [key]);
 }
 
+/** lockKey for several keys as one statement (to send with others), taken one after the other in the order given. */
+export function lockKeysStatement(keys: readonly string[]): { sql: string; bindings: string[] } {
+  return { sql: `SELECT ${keys.map((_, i) => `pg_advisory_xact_lock(${LOCK_ID}) AS "l${i}"`).join(', ')}`, bindings: [...keys] };
+}
+
 /** The shared form of lockKey: many holders at once, none while lockKey holds it. */
 export async function lockKeyShared(trx: Knex.Transaction, key: string): Promise<void> {
   await trx.raw(`SELECT pg_advisory_xact_lock_shared(${LOCK_ID})`, [key]);

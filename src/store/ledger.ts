@@ -33,6 +33,8 @@ export interface NewConfirmation {
   readonly status: 'purged' | 'failed' | 'applied' | 'skipped';
   readonly rowsAffected: readonly TableRows[];
   readonly purgedAt: Date;
+  /** A receipt of a change (rectification, processing choice) rather than of a purge. */
+  readonly change?: boolean;
   readonly error?: string | undefined;
 }
 
@@ -78,7 +80,7 @@ export interface PrivacyRequestRecord {
   readonly extensionReason: string | null;
 }
 
-interface Row {
+export interface Row {
   id: string;
   type: RequestType;
   subject_id: string;
@@ -104,9 +106,9 @@ interface StoredResult {
 
 const date = (v: Date | string | null | undefined): Date | null => (v === null || v === undefined ? null : new Date(v));
 
-const TABLE = 'lethe_privacy_requests';
+export const TABLE = 'lethe_privacy_requests';
 
-function toRecord(r: Row): PrivacyRequestRecord {
+export function toRecord(r: Row): PrivacyRequestRecord {
   const result = typeof r.result === 'string' ? (JSON.parse(r.result) as StoredResult) : r.result;
   return {
     id: r.id,
@@ -262,13 +264,6 @@ export const ledger = {
     return rows.map(toRecord);
   },
 
-  /** A scheduled forget carried out: its outcome, in the erasure's transaction. */
-  async carriedOut(trx: Knex.Transaction, id: string, state: RequestState, at: Date, rowsAffected: readonly TableRows[]): Promise<void> {
-    await trx(TABLE)
-      .where({ id })
-      .update({ state, completed_at: state === 'completed' ? at : null, result: JSON.stringify({ rows_affected: rowsAffected }) });
-  },
-
   async cancel(trx: Knex.Transaction, id: string, at: Date): Promise<void> {
     await trx(TABLE).where({ id }).update({ state: 'cancelled', completed_at: at });
   },
@@ -371,19 +366,16 @@ export const ledger = {
   },
 
   /**
-   * Records a downstream service's receipt. A forget in state `anonymized` becomes `completed`
-   * once every expected service has confirmed a purge; a change in state `applied` once every
-   * expected service has applied it (or had nothing to change), and `failed` when one could not.
-   * A rectification's pending values are cleared once it is settled. Unknown requests are ignored
+   * Records a downstream service's receipt of a change (rectification, processing choice; purge
+   * receipts: confirmations.ts). A change in state `applied` becomes `completed` once every
+   * expected service has applied it (or had nothing to change), and `failed` when one could not;
+   * a rectification's pending values are cleared once it is settled. Unknown requests are ignored
    * (another Lethe installation may share the stream); returns what happened, for logging.
    */
-  async recordConfirmation(knex: Knex, c: NewConfirmation, expectedServices: readonly string[], now: Date): Promise<ConfirmationOutcome> {
+  async recordChangeConfirmation(knex: Knex, c: NewConfirmation, expectedServices: readonly string[], now: Date): Promise<ConfirmationOutcome> {
     return knex.transaction(async (trx) => {
       const request = (await trx(TABLE).where({ id: c.requestId }).forUpdate().first()) as Row | undefined;
-      const change = request !== undefined && CHANGE_TYPES.includes(request.type);
-      if (request === undefined || (request.type !== 'forget' && !change)) return 'unknown-request';
-      // A purge receipt for a change, or a change receipt for a forget, belongs to another installation's request.
-      if (change ? c.status === 'purged' : c.status === 'applied' || c.status === 'skipped') return 'unknown-request';
+      if (request === undefined || !CHANGE_TYPES.includes(request.type) || c.status === 'purged') return 'unknown-request';
       await trx('lethe_confirmations')
         .insert({
           request_id: c.requestId,
@@ -396,19 +388,20 @@ export const ledger = {
         })
         .onConflict(['request_id', 'service'])
         .merge(['status', 'rows_affected', 'purged_at', 'received_at', 'error']);
-      if (request.state !== (change ? 'applied' : 'anonymized')) return 'recorded';
-      if (change && c.status === 'failed' && expectedServices.includes(c.service)) {
+      if (request.state !== 'applied') return 'recorded';
+      if (c.status === 'failed' && expectedServices.includes(c.service)) {
         await trx(TABLE)
           .where({ id: c.requestId })
           .update({ state: 'failed', error: `${c.service} could not apply the change: ${c.error ?? 'no reason given'}`.slice(0, 512) });
         await trx('lethe_rectifications').where({ request_id: c.requestId }).update({ pending_values: null });
         return 'recorded';
       }
-      const done = change ? ['applied', 'skipped'] : ['purged'];
-      const confirmed = new Set((await trx('lethe_confirmations').where({ request_id: c.requestId }).whereIn('status', done).pluck('service')) as string[]);
+      const confirmed = new Set(
+        (await trx('lethe_confirmations').where({ request_id: c.requestId }).whereIn('status', ['applied', 'skipped']).pluck('service')) as string[],
+      );
       if (!expectedServices.every((s) => confirmed.has(s))) return 'recorded';
       await trx(TABLE).where({ id: c.requestId }).update({ state: 'completed', completed_at: now });
-      if (change) await trx('lethe_rectifications').where({ request_id: c.requestId }).update({ pending_values: null });
+      await trx('lethe_rectifications').where({ request_id: c.requestId }).update({ pending_values: null });
       return 'completed';
     });
   },

@@ -10,8 +10,13 @@ export interface OutboxEvent {
 
 const TABLE = 'lethe_outbox';
 
-export async function enqueueEvent(trx: Knex.Transaction, event: OutboxEvent, now: Date): Promise<void> {
-  await trx(TABLE).insert({ id: event.id, subject: event.subject, payload: event.payload, created_at: now });
+/** An event enqueued as part of a larger statement (the forget's): an INSERT with `?` for its values. */
+export function enqueueEventPart(event: OutboxEvent, now: Date): { table: string; sql: string; bindings: Knex.RawBinding[] } {
+  return {
+    table: TABLE,
+    sql: `INSERT INTO "${TABLE}" ("id", "subject", "payload", "created_at") VALUES (?, ?, ?, ?)`,
+    bindings: [event.id, event.subject, event.payload, now],
+  };
 }
 
 /**

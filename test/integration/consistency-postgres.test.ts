@@ -50,6 +50,71 @@ describe.runIf(bin !== undefined)('consistency under concurrency (PostgreSQL)', 
     expect(await db.knex('lethe_privacy_requests').where({ idempotency_key: 'same-key' }).count<{ count: number }[]>('* as count')).toEqual([{ count: 1 }]);
   });
 
+  it('records receipts of one request that arrive at once: the last of them completes it, exactly once', async () => {
+    const dataMap = await loadDataMap(DEFAULT_DATA_MAP_PATH);
+    const { columnTypes, forgetPlan } = await prepareServerDataMap(db.knex, dataMap, 'test', undefined);
+    const services = ['orders', 'analytics', 'search'];
+    const waiting = new PrivacyEngine({ knex: db.knex, dataMap, columnTypes, forgetPlan, logger: silentLogger, expectedServices: services });
+    const users = Array.from({ length: 10 }, (_, i) => `receipt-user-${i}`);
+    await db.knex('users').insert(users.map((id) => ({ id, email: `${id}@example.com` })));
+    const one = (requestId: string, service: string, status: 'purged' | 'failed') => ({
+      requestId,
+      service,
+      status,
+      rowsAffected: [],
+      purgedAt: new Date(),
+      error: status === 'failed' ? 'disk full' : undefined,
+    });
+    const receipt = async (requestId: string, service: string, status: 'purged' | 'failed') =>
+      (await waiting.recordConfirmations([one(requestId, service, status)]))[0];
+    for (const userId of users.slice(0, 8)) {
+      const { requestId } = await waiting.forgetUser(platform, { userId, reason: 'GDPR Right to be Forgotten', idempotencyKey: `receipts-${userId}` });
+      // One service fails first and confirms later; its two receipts race the others'.
+      const outcomes = await Promise.all([
+        receipt(requestId, 'orders', 'purged'),
+        receipt(requestId, 'analytics', 'failed').then(async (first) => [first, await receipt(requestId, 'analytics', 'purged')]),
+        receipt(requestId, 'search', 'purged'),
+      ]);
+      expect(outcomes.flat().filter((o) => o === 'completed')).toHaveLength(1);
+      expect(await waiting.getRequest(platform, requestId)).toMatchObject({ state: 'completed', pending: [] });
+    }
+    // A purge confirmed, then the same service's failure: the request waits again for it.
+    const { requestId } = await waiting.forgetUser(platform, {
+      userId: 'owner-user-id-2',
+      reason: 'GDPR Right to be Forgotten',
+      idempotencyKey: 'receipts-replaced',
+    });
+    expect(await receipt(requestId, 'orders', 'purged')).toBe('recorded');
+    expect(await receipt(requestId, 'orders', 'failed')).toBe('recorded');
+    expect(await receipt(requestId, 'analytics', 'purged')).toBe('recorded');
+    expect(await receipt(requestId, 'search', 'purged')).toBe('recorded');
+    expect(await receipt(requestId, 'orders', 'purged')).toBe('completed');
+    expect(await receipt(requestId, 'orders', 'purged')).toBe('recorded');
+    expect(await receipt('00000000-0000-4000-8000-000000000000', 'orders', 'purged')).toBe('unknown-request');
+
+    // A batch: receipts of several requests, one service's failure then its purge, an unknown request.
+    const ids: string[] = [];
+    for (const userId of users.slice(8))
+      ids.push((await waiting.forgetUser(platform, { userId, reason: 'GDPR Right to be Forgotten', idempotencyKey: `batch-${userId}` })).requestId);
+    const [a = '', b = ''] = ids;
+    const outcomes = await waiting.recordConfirmations([
+      one(a, 'orders', 'purged'),
+      one(b, 'orders', 'purged'),
+      one(a, 'analytics', 'failed'),
+      one('00000000-0000-4000-8000-000000000000', 'orders', 'purged'),
+      one(a, 'search', 'purged'),
+      one(a, 'analytics', 'purged'),
+      one(b, 'analytics', 'failed'),
+    ]);
+    expect(outcomes).toEqual(['recorded', 'recorded', 'recorded', 'unknown-request', 'recorded', 'completed', 'recorded']);
+    expect(await waiting.getRequest(platform, a)).toMatchObject({ state: 'completed' });
+    expect(await waiting.getRequest(platform, b)).toMatchObject({ state: 'anonymized', pending: ['search'] });
+    expect((await waiting.getRequest(platform, b)).confirmations.map((c) => [c.service, c.status])).toEqual([
+      ['analytics', 'failed'],
+      ['orders', 'purged'],
+    ]);
+  });
+
   it('reads one snapshot: a forget committing mid-export does not half-anonymize the export', async () => {
     const events = slowEngine.exportUser(platform, { userId: 'user-id-123', reason: '' }, new AbortController().signal);
     const seen: ExportEvent[] = [];

@@ -174,6 +174,50 @@ categories:
     ]);
   });
 
+  it('runs apart what a foreign-key action or a trigger would see together: the counts of one statement after another', async () => {
+    const k = db.knex;
+    await k.raw(`CREATE TABLE gx_accounts (id text PRIMARY KEY, user_id text, label text)`);
+    await k.raw(`CREATE TABLE gx_tokens (id text PRIMARY KEY, account_id text REFERENCES gx_accounts (id) ON DELETE CASCADE, user_id text, note text)`);
+    await k.raw(`CREATE TABLE gx_notes (id text PRIMARY KEY, user_id text, body text, edits integer NOT NULL DEFAULT 0)`);
+    await k.raw(`CREATE FUNCTION gx_count_edit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.edits := OLD.edits + 1; RETURN NEW; END $$`);
+    await k.raw(`CREATE TRIGGER gx_notes_edit BEFORE UPDATE ON gx_notes FOR EACH ROW EXECUTE FUNCTION gx_count_edit()`);
+    await k('gx_accounts').insert([
+      { id: 'a1', user_id: 'gx-u1', label: 'Ada' },
+      { id: 'a2', user_id: 'gx-u2', label: 'Bob' },
+    ]);
+    await k('gx_tokens').insert([
+      { id: 't1', account_id: 'a1', user_id: 'gx-u1', note: 'x' },
+      { id: 't2', account_id: 'a1', user_id: 'gx-u1', note: 'y' },
+      { id: 't3', account_id: 'a2', user_id: 'gx-u2', note: 'z' },
+    ]);
+    await k('gx_notes').insert([{ id: 'n1', user_id: 'gx-u1', body: 'hello' }]);
+    const map = parseDataMap(
+      `
+categories:
+  - {name: accounts, table: gx_accounts, subject: {column: user_id}, forget: delete}
+  - {name: tokens, table: gx_tokens, subject: {column: user_id}, forget: {columns: {note: "null"}}}
+  - {name: notes, table: gx_notes, subject: {column: user_id}, forget: {columns: {body: "null"}}}
+`,
+      'cascade.yaml',
+    );
+    const { columnTypes, forgetPlan } = await prepareServerDataMap(k, map, 'cascade.yaml', undefined);
+    // The delete cascades into the tokens; the notes have a trigger; Lethe's own tables go together.
+    expect(forgetPlan.groups).toEqual([[0], [1], [2], [3, 4, 5]]);
+    const { PrivacyEngine } = await import('../../src/privacy/engine.js');
+    const { silentLogger } = await import('../support/engine-fixture.js');
+    const engine = new PrivacyEngine({ knex: k, dataMap: map, columnTypes, forgetPlan, logger: silentLogger });
+    const r = await engine.forgetUser({ id: 'svc', role: 'platform' }, { userId: 'gx-u1', reason: 'erasure', idempotencyKey: `cascade-${slug}` });
+    // Run one after another, the tokens' update finds the subject's tokens deleted by the cascade.
+    expect(r.rowsAffected).toEqual([
+      { table: 'gx_accounts', action: 'delete', rows: 1 },
+      { table: 'gx_tokens', action: 'update', rows: 0 },
+      { table: 'gx_notes', action: 'update', rows: 1 },
+    ]);
+    expect(await k('gx_tokens').pluck('id')).toEqual(['t3']);
+    expect(await k('gx_notes').select('body', 'edits')).toEqual([{ body: null, edits: 1 }]);
+    expect((await engine.getRequest({ id: 'svc', role: 'platform' }, r.requestId)).rowsAffected).toEqual(r.rowsAffected);
+  });
+
   it('checks the data map against the database at start-up, naming the bad key', async () => {
     const map = parseDataMap(
       `

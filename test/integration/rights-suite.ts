@@ -136,15 +136,20 @@ export function rightsSuite(name: string, open: () => Promise<Database>, close: 
         });
         expect(await confirming.pendingValues(id, 'billing')).toEqual({ kind: 'gone', reason: 'billing is not an expected service' });
 
-        const receipt = (service: string, status: 'applied' | 'skipped' | 'failed') =>
-          confirming.recordConfirmation({
-            requestId: id,
-            service,
-            status,
-            rowsAffected: [],
-            purgedAt: new Date(),
-            error: status === 'failed' ? 'SQLSTATE 23505' : undefined,
-          });
+        const receipt = async (service: string, status: 'applied' | 'skipped' | 'failed') =>
+          (
+            await confirming.recordConfirmations([
+              {
+                requestId: id,
+                service,
+                status,
+                rowsAffected: [],
+                purgedAt: new Date(),
+                error: status === 'failed' ? 'SQLSTATE 23505' : undefined,
+                change: true,
+              },
+            ])
+          )[0];
         expect(await receipt('orders', 'applied')).toBe('recorded');
         expect(await receipt('search', 'skipped')).toBe('completed');
         expect(await confirming.getRequest(platform, id)).toMatchObject({
@@ -163,14 +168,9 @@ export function rightsSuite(name: string, open: () => Promise<Database>, close: 
           idempotencyKey: 'wait-2',
         });
         const fid = failing.request?.id ?? '';
-        await confirming.recordConfirmation({
-          requestId: fid,
-          service: 'search',
-          status: 'failed',
-          rowsAffected: [],
-          purgedAt: new Date(),
-          error: 'SQLSTATE 23505',
-        });
+        await confirming.recordConfirmations([
+          { requestId: fid, service: 'search', status: 'failed', rowsAffected: [], purgedAt: new Date(), error: 'SQLSTATE 23505', change: true },
+        ]);
         expect(await confirming.getRequest(platform, fid)).toMatchObject({ state: 'failed', error: 'search could not apply the change: SQLSTATE 23505' });
         expect(await db.knex('lethe_rectifications').where({ request_id: fid }).first('pending_values')).toEqual({ pending_values: null });
       });

@@ -67,8 +67,14 @@ export interface PostgresCluster {
 
 let dbSeq = 0;
 
-/** `tls`: serve TLS (ssl=on) with this certificate and key; plaintext connections stay allowed. */
-export async function startPostgres(bin: string, options: { tls?: { certFile: string; keyFile: string } } = {}): Promise<PostgresCluster> {
+/**
+ * `tls`: serve TLS (ssl=on) with this certificate and key; plaintext connections stay allowed.
+ * `settings`: more server settings (`-c name=value`), e.g. pg_stat_statements for a profile.
+ */
+export async function startPostgres(
+  bin: string,
+  options: { tls?: { certFile: string; keyFile: string }; settings?: Readonly<Record<string, string>> } = {},
+): Promise<PostgresCluster> {
   const root = process.getuid?.() === 0;
   const dataDir = mkdtempSync(join(tmpdir(), 'lethe-pg-'));
   // initdb refuses to run as root: run the server as the postgres user then.
@@ -111,6 +117,7 @@ export async function startPostgres(bin: string, options: { tls?: { certFile: st
       '-c',
       'max_connections=200',
       ...tlsArgs,
+      ...Object.entries(options.settings ?? {}).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
     ]);
     child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     // A test run that dies must not leave a server behind.
