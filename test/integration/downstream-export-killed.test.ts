@@ -230,8 +230,8 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('a downstream sidec
     await checkPartialDocument(client, stored.requestId, JSON.parse(Buffer.concat(bytes).toString('utf8')) as Document);
   });
 
-  it('a new sidecar process in its place: the next export is whole', async () => {
-    await startOrdersProcess();
+  it('a new sidecar process in its place: the next export is whole, and the process exits promptly on SIGTERM after it', async () => {
+    const c = await startOrdersProcess();
     const client = await server.clientAs('platform-owner-id');
     const received = await receiveExport(client.exportUser({ userId: SUBJECT, reason: '' }), () => undefined);
     expect(received.partial).toBe(false);
@@ -239,5 +239,10 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('a downstream sidec
       { service: ORDERS_SERVICE, status: 'complete', records: ORDERS + 3 },
       { service: TRACKING, status: 'complete', records: 5 },
     ]);
+    // Nothing the export left (a timer of its COPY, say) holds the process up once it drained.
+    const signalledAt = Date.now();
+    c.child.kill('SIGTERM');
+    expect(await c.exited(30_000), c.output()).toEqual({ code: 0, signal: null });
+    expect(Date.now() - signalledAt).toBeLessThan(5_000);
   });
 });
