@@ -303,6 +303,11 @@ export class RssProbe {
     return this.peakKb / 1024 - this.baselineMb;
   }
 
+  /** The peak in MB (once stopped). */
+  get peakMb(): number {
+    return this.peakKb / 1024;
+  }
+
   private read(field: string): number {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${this.pid}/status`, 'utf8'));
     if (!m) throw new Error(`no ${field} in /proc/${this.pid}/status`);

@@ -1,5 +1,6 @@
 import { type CryptoKey, CompactEncrypt, type JWK, SignJWT, compactDecrypt, exportJWK, generateKeyPair, importJWK, jwtVerify } from 'jose';
 import { z } from 'zod';
+import { installBase64 } from '../runtime/base64.js';
 
 /**
  * The downstream export protocol between the server and a service's sidecars, on core NATS (no
@@ -16,6 +17,9 @@ import { z } from 'zod';
  * 3. Every chunk is a JWE (ECDH-ES with the one-time key, A256GCM): only the server that asked
  *    can read it, whoever else subscribes to the inbox and whatever NATS's transport.
  */
+
+// Every chunk is a JWE: jose's base64 in JavaScript would cost more than the encryption.
+installBase64();
 
 const EXPORT_ISSUER = 'lethe';
 const exportAudience = (service: string): string => `lethe-sidecar/${service}`;

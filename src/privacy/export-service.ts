@@ -151,14 +151,19 @@ export class ExportService extends EnginePart {
    */
   private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal, onStall: () => Promise<void>): AsyncGenerator<ExportEvent> {
     const trx = await this.openSnapshot({ readOnly: true });
-    const events = this.readSnapshot(trx, userId, requestId, signal);
+    // The export is whole only if the snapshot closed cleanly: a failed commit fails it.
+    const endSnapshot = async () => {
+      await trx.commit();
+    };
+    const events = this.readSnapshot(trx, userId, requestId, signal, { endSnapshot });
     let stalled = false;
     const release = async () => {
       stalled = true;
       // The reader is suspended at its yield: return() runs its clean-up (a COPY's socket is
-      // closed, which ends the query), then the rollback gives the connection back.
+      // closed, which ends the query), then the rollback gives the connection back (already
+      // given back once the server's own categories were read).
       await events.return(undefined).catch(() => undefined);
-      await trx.rollback().catch(() => undefined);
+      if (!trx.isCompleted()) await trx.rollback().catch(() => undefined);
       this.opts.logger.warn({ requestId, stallTimeoutMs: this.stallMs }, 'export stalled: the caller read nothing; its snapshot was released');
       await onStall();
     };
@@ -168,8 +173,6 @@ export class ExportService extends EnginePart {
         const next = await events.next();
         if (next.done === true) break;
         const event = next.value;
-        // The trailer says the export is whole: only once the snapshot closed cleanly.
-        if (event.kind === 'trailer') await trx.commit();
         timer = setTimeout(() => void release(), this.stallMs);
         yield event;
         clearTimeout(timer);
@@ -189,15 +192,18 @@ export class ExportService extends EnginePart {
   }
 
   /**
-   * The export itself, in the caller's snapshot: a header, batches, a trailer. `sink` receives
-   * the canonical document's text as it is assembled (the text the trailer's SHA-256 covers).
+   * The export itself: a header, batches, a trailer. The server's own categories come from the
+   * caller's snapshot; once they are read, `endSnapshot` runs, before any downstream service is
+   * asked, so that no transaction waits on the services (each may take up to its timeout per
+   * chunk). `sink` receives the canonical document's text as it is assembled (the text the
+   * trailer's SHA-256 covers).
    */
   async *readSnapshot(
     trx: Knex.Transaction,
     userId: string,
     requestId: string,
     signal: AbortSignal,
-    sink?: (text: string) => void,
+    opts: { endSnapshot: () => Promise<void>; sink?: (text: string) => void },
   ): AsyncGenerator<ExportEvent> {
     const categories = await this.reader.categories(trx, userId);
     const generatedAt = this.now();
@@ -205,13 +211,14 @@ export class ExportService extends EnginePart {
     const services = downstream?.services ?? [];
     yield { kind: 'header', userId, requestId, generatedAt, categories, services };
 
-    const doc = new ExportDocumentAssembler(categories, sink, services);
+    const doc = new ExportDocumentAssembler(categories, opts.sink, services);
     let total = 0;
     for await (const { category, records } of this.reader.batches(trx, userId, categories, signal)) {
       doc.add(category, records);
       total += records.length;
       yield { kind: 'batch', category, records };
     }
+    await opts.endSnapshot();
     const outcomes: DownstreamOutcome[] = [];
     for (const service of services) {
       for await (const e of downstream?.source.exportFrom(service, { subjectId: userId, requestId }, signal) ?? []) {

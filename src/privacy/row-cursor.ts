@@ -47,9 +47,21 @@ async function* copyRows(conn: pg.Client, sql: string, pageRows: number, signal:
   // pg's query_timeout would fail a COPY that outlasts it; 0 means "the connection's default",
   // so the longest timer Node has (24.8 days) stands for none.
   const copy = conn.query(Object.assign(copyTo(`COPY (${sql}) TO STDOUT`), { query_timeout: NO_READ_TIMEOUT_MS }));
+  // pg clears that timer only through the query's callback, which a COPY stream never calls: it
+  // is called once the COPY is over, or the timer would hold the stream (and the connection) in
+  // memory for those 24.8 days and keep the process from exiting after its shutdown.
+  const clearReadTimer = () => (copy as { callback?: () => void }).callback?.();
   let settled = false;
   // The listener also keeps an error that arrives after we stopped reading from being unhandled.
-  copy.on('end', () => (settled = true)).on('error', () => (settled = true));
+  copy
+    .on('end', () => {
+      settled = true;
+      clearReadTimer();
+    })
+    .on('error', () => {
+      settled = true;
+      clearReadTimer();
+    });
   const decoder = new StringDecoder('utf8');
   let tail = '';
   let page: string[] = [];
@@ -74,6 +86,7 @@ async function* copyRows(conn: pg.Client, sql: string, pageRows: number, signal:
     // ends the backend and its query; the caller's rollback then fails harmlessly and the pool
     // discards the connection.
     if (!settled) conn.connection.stream.destroy();
+    clearReadTimer();
   }
 }
 

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { DataLossError, FailedPreconditionError, InvalidArgumentError, type LetheError, NotFoundError } from '../errors.js';
-import { lockKeyShared, withAdvisoryLock } from '../store/advisory-lock.js';
+import { type LockConnection, withAdvisoryLock } from '../store/advisory-lock.js';
 import { type ArtifactRecord, artifacts } from '../store/artifacts.js';
 import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';
 import { type ArtifactCipher, WRONG_ARTIFACT_KEY } from './artifact-cipher.js';
@@ -75,8 +75,9 @@ export class StoredExports extends EnginePart {
   }
 
   /**
-   * On PostgreSQL a call holds two pooled connections: the key's lock (which also does the small
-   * reads, so no third one is needed meanwhile) and the snapshot.
+   * On PostgreSQL a call holds two pooled connections: the key's lock (a session-level lock,
+   * which also does the small reads and writes the chunks, each in a short transaction of its
+   * own) and the snapshot, only while the server's own categories are read.
    */
   private async storeExportLocked(
     actor: Principal,
@@ -87,17 +88,22 @@ export class StoredExports extends EnginePart {
       withAdvisoryLock(
         this.knex,
         idempotencyLock(key),
-        async (lockTrx) => {
-          const db = lockTrx ?? this.knex;
-          const prior = await ledger.byIdempotencyKey(db, key);
-          if (prior !== undefined) {
-            if (prior.type !== 'export' || prior.subjectId !== userId || prior.requester !== actor.id) throw new FailedPreconditionError(KEY_REUSED);
-            const stored = await artifacts.get(db, prior.id);
-            // Never the old bytes of a forgotten subject, nor a description that promises them.
-            if (stored?.state === 'erased') throw new FailedPreconditionError(ARTIFACT_KEY_ERASED);
-            if (stored !== undefined) return { requestId: prior.id, artifact: this.artifactView(stored, this.now()), replayed: true };
-          }
-          await this.exports.authorizeExportOf(actor, userId, db);
+        async (lock) => {
+          const onLock = <T>(fn: (db: Knex | Knex.Transaction) => Promise<T>): Promise<T> => (lock === undefined ? fn(this.knex) : lock.transaction(fn));
+          const found = await onLock(async (db) => {
+            const prior = await ledger.byIdempotencyKey(db, key);
+            if (prior !== undefined) {
+              if (prior.type !== 'export' || prior.subjectId !== userId || prior.requester !== actor.id) throw new FailedPreconditionError(KEY_REUSED);
+              const stored = await artifacts.get(db, prior.id);
+              // Never the old bytes of a forgotten subject, nor a description that promises them.
+              if (stored?.state === 'erased') throw new FailedPreconditionError(ARTIFACT_KEY_ERASED);
+              if (stored !== undefined) return { prior, replay: { requestId: prior.id, artifact: this.artifactView(stored, this.now()), replayed: true } };
+            }
+            await this.exports.authorizeExportOf(actor, userId, db);
+            return { prior, replay: undefined };
+          });
+          if (found.replay !== undefined) return found.replay;
+          const { prior } = found;
           let request: PrivacyRequestRecord;
           if (prior === undefined) {
             request = await this.exports.recordExport(actor, userId, reason, key, requestedBy);
@@ -108,8 +114,8 @@ export class StoredExports extends EnginePart {
           const requestId = request.id;
           // A forget of this subject waits until the artifact is stored, then erases it; a forget
           // that came first is in the snapshot. (PGlite's single connection serializes them anyway.)
-          if (lockTrx !== undefined) await lockKeyShared(lockTrx, subjectLockKey(userId));
-          const artifact = await this.exportToArtifact(request, lockTrx, signal);
+          await lock?.shareLock(subjectLockKey(userId));
+          const artifact = await this.exportToArtifact(request, lock, signal);
           this.opts.logger.info(
             { requestId, subjectId: userId, actor: actor.id, sizeBytes: artifact.sizeBytes, rerun: prior !== undefined },
             'export artifact stored',
@@ -122,53 +128,66 @@ export class StoredExports extends EnginePart {
   }
 
   /**
-   * The export in its snapshot, written encrypted as it is assembled. On PostgreSQL the chunks
-   * go through the connection that holds the key's lock (the snapshot's connection is busy
-   * streaming the rows with COPY); embedded PGlite has a single connection, so there they go
-   * into the snapshot's own transaction.
+   * The export, written encrypted as it is assembled.
+   *
+   * On PostgreSQL no transaction waits on the downstream services: the snapshot ends once the
+   * server's own categories are read, and each chunk is committed as it is written, on the lock's
+   * connection (the snapshot's is busy streaming rows with COPY). The chunks are sealed with a
+   * data key that exists only in this process until the last transaction stores it (wrapped)
+   * together with the description, the ledger's `completed` and the audit entry: an attempt that
+   * dies leaves ciphertext nobody can decrypt and no artifact; its chunks are deleted when it
+   * fails, when the next attempt starts, when the replica's death is noticed, or by a forget.
+   *
+   * Embedded PGlite has a single connection, which the snapshot holds: there everything goes
+   * into the snapshot's own transaction, committed at the end (there is no other connection for
+   * a forget to slip in on, nor a server to time an idle transaction out).
    */
-  private async exportToArtifact(request: PrivacyRequestRecord, lockTrx: Knex.Transaction | undefined, signal: AbortSignal): Promise<ArtifactRecord> {
+  private async exportToArtifact(request: PrivacyRequestRecord, lock: LockConnection | undefined, signal: AbortSignal): Promise<ArtifactRecord> {
     const { cipher, ttlMs, chunkBytes } = this.artifactOptions();
     const { id: requestId, subjectId: userId } = request;
-    const snapshot = await this.exports.openSnapshot({ readOnly: lockTrx !== undefined });
-    const target = lockTrx ?? snapshot;
+    const snapshot = await this.exports.openSnapshot({ readOnly: lock !== undefined });
+    const write = <T>(fn: (trx: Knex.Transaction) => Promise<T>): Promise<T> => (lock === undefined ? fn(snapshot) : lock.transaction(fn));
     let outcome: Outcome = { kind: 'failed', error: 'The export was interrupted before it was stored' };
     try {
-      await artifacts.deleteChunks(target, requestId);
+      await write((trx) => artifacts.deleteChunks(trx, requestId));
       const dataKey = cipher.newDataKey(requestId);
-      await artifacts.insertKey(target, requestId, dataKey.wrapped);
-      const writer = new ArtifactWriter(dataKey.cipher, requestId, (chunk) => artifacts.insertChunk(target, requestId, chunk), chunkBytes);
+      const writer = new ArtifactWriter(dataKey.cipher, requestId, (chunk) => write((trx) => artifacts.insertChunk(trx, requestId, chunk)), chunkBytes);
       let trailer: Extract<ExportEvent, { kind: 'trailer' }> | undefined;
-      for await (const event of this.exports.readSnapshot(snapshot, userId, requestId, signal, writer.sink)) {
+      const endSnapshot = async () => {
+        if (lock !== undefined) await snapshot.commit();
+      };
+      for await (const event of this.exports.readSnapshot(snapshot, userId, requestId, signal, { endSnapshot, sink: writer.sink })) {
         if (event.kind === 'trailer') trailer = event;
         await writer.flush();
       }
       if (trailer === undefined) throw new Error('the export ended without a trailer');
       const { sizeBytes, chunkCount } = await writer.finish();
-      // The last statements in the lock's transaction: nothing may fail after its row lock on the
-      // ledger entry, or recording the failure below would wait for that lock.
-      if (target !== snapshot) await snapshot.commit();
       const at = this.now();
-      const artifact = await artifacts.insert(target, {
-        requestId,
-        keyId: cipher.keyId,
-        sha256: trailer.sha256,
-        sizeBytes,
-        chunkCount,
-        counts: [...trailer.counts].map(([category, exported]) => ({ category, exported })),
-        totalRecords: trailer.totalRecords,
-        createdAt: at,
-        expiresAt: new Date(at.getTime() + ttlMs),
+      const stored = trailer;
+      const artifact = await write(async (trx) => {
+        await artifacts.insertKey(trx, requestId, dataKey.wrapped);
+        const a = await artifacts.insert(trx, {
+          requestId,
+          keyId: cipher.keyId,
+          sha256: stored.sha256,
+          sizeBytes,
+          chunkCount,
+          counts: [...stored.counts].map(([category, exported]) => ({ category, exported })),
+          totalRecords: stored.totalRecords,
+          createdAt: at,
+          expiresAt: new Date(at.getTime() + ttlMs),
+        });
+        await finishExport(trx, requestId, at, stored.downstream);
+        await writeAudit(trx, this.map, {
+          eventType: 'user_data_export_stored',
+          actorId: request.requester,
+          targetId: userId,
+          details: auditDetails(request),
+          timestamp: at,
+        });
+        return a;
       });
-      await finishExport(target, requestId, at, trailer.downstream);
-      await writeAudit(target, this.map, {
-        eventType: 'user_data_export_stored',
-        actorId: request.requester,
-        targetId: userId,
-        details: auditDetails(request),
-        timestamp: at,
-      });
-      if (target === snapshot) await snapshot.commit();
+      if (lock === undefined) await snapshot.commit();
       outcome = { kind: 'delivered' };
       return artifact;
     } catch (err) {
@@ -177,8 +196,12 @@ export class StoredExports extends EnginePart {
       throw failed.thrown;
     } finally {
       if (!snapshot.isCompleted()) await snapshot.rollback().catch(() => undefined);
-      // Outside the lock's transaction, which rolls back: the ledger and the audit keep the failure.
-      if (outcome.kind !== 'delivered') await this.recordOutcome(request, outcome, EXPORT_AUDIT);
+      if (outcome.kind !== 'delivered') {
+        // The chunks committed so far: undecryptable without the key, deleted all the same.
+        if (lock !== undefined) await lock.transaction((trx) => artifacts.deleteChunks(trx, requestId)).catch(() => undefined);
+        // The ledger and the audit keep the failure.
+        await this.recordOutcome(request, outcome, EXPORT_AUDIT);
+      }
     }
   }
 

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import ClientPgLite from 'knex-pglite';
+import type pg from 'pg';
 import { exponentialDelay, sleep } from '../runtime/backoff.js';
 import { CancelledError } from '../errors.js';
 
@@ -16,58 +17,78 @@ export function lockKeysStatement(keys: readonly string[]): { sql: string; bindi
   return { sql: `SELECT ${keys.map((_, i) => `pg_advisory_xact_lock(${LOCK_ID}) AS "l${i}"`).join(', ')}`, bindings: [...keys] };
 }
 
-/** The shared form of lockKey: many holders at once, none while lockKey holds it. */
-export async function lockKeyShared(trx: Knex.Transaction, key: string): Promise<void> {
-  await trx.raw(`SELECT pg_advisory_xact_lock_shared(${LOCK_ID})`, [key]);
+/**
+ * What holds a lock of withAdvisoryLock on PostgreSQL: a pooled connection with session-level
+ * advisory locks, outside any transaction between the caller's short ones (so never idle in a
+ * transaction, however long the caller works while holding it).
+ */
+export interface LockConnection {
+  /** Runs `fn` in a transaction of its own on the lock's connection, committed when `fn` succeeds. */
+  transaction<T>(fn: (trx: Knex.Transaction) => Promise<T>): Promise<T>;
+  /** Also holds the shared form of `key`'s lock (many holders at once, none while lockKey holds it), waited for, until the locks are released. */
+  shareLock(key: string): Promise<void>;
 }
 
 /**
- * A lock on a string key that holds across server replicas: on PostgreSQL an advisory lock
- * taken in a transaction of its own, held while `fn` runs and released when that transaction
- * ends (also when the process dies: the connection goes, so does the lock). `fn` receives that
- * transaction: what it writes there commits only if `fn` succeeds. Embedded PGlite has one
- * process and one connection, so an in-process lock is enough there and `fn` gets no
- * transaction (opening one would hold the only connection).
+ * A lock on a string key that holds across server replicas: on PostgreSQL a session-level
+ * advisory lock on a pooled connection of its own, held while `fn` runs and released when it
+ * returns or throws (also when the process dies: the connection goes, so does the lock). It is
+ * the same lock as lockKey's, so both exclude each other. `fn` receives the connection
+ * (LockConnection), which opens no transaction unless `fn` asks for one. Embedded PGlite has one
+ * process and one connection, so an in-process lock is enough there and `fn` gets undefined.
  *
  * Waiting polls, holding no connection between attempts, and stops when `signal` aborts: a
  * caller that gave up does not keep a connection while an earlier holder works for minutes.
  */
-export async function withAdvisoryLock<T>(
-  knex: Knex,
-  key: string,
-  fn: (lockTrx: Knex.Transaction | undefined) => Promise<T>,
-  signal?: AbortSignal,
-): Promise<T> {
+export async function withAdvisoryLock<T>(knex: Knex, key: string, fn: (lock: LockConnection | undefined) => Promise<T>, signal?: AbortSignal): Promise<T> {
   return withLocalLock(knex, key, signal, async () => {
     if (isEmbedded(knex)) return fn(undefined);
-    const trx = await lockInTransaction(knex, key, signal);
+    const pool = poolOf(knex);
+    const conn = await lockOnConnection(knex, key, signal);
     try {
-      const result = await fn(trx);
-      await trx.commit();
-      return result;
+      return await fn({
+        transaction: (body) => knex.transaction(body, { connection: conn }),
+        shareLock: async (other) => {
+          await knex.raw(`SELECT pg_advisory_lock_shared(${LOCK_ID})`, [other]).connection(conn);
+        },
+      });
     } finally {
-      if (!trx.isCompleted()) await trx.rollback().catch(() => undefined);
+      // The connection goes back to the pool holding no lock, or not at all.
+      await knex
+        .raw('SELECT pg_advisory_unlock_all()')
+        .connection(conn)
+        .catch(() => conn.end().catch(() => undefined));
+      await pool.releaseConnection(conn);
     }
   });
 }
+
+/** What withAdvisoryLock uses of knex's client: its pool (knex types the client as any). */
+interface Pool {
+  acquireConnection(): Promise<pg.Client>;
+  releaseConnection(conn: pg.Client): Promise<void>;
+}
+const poolOf = (knex: Knex): Pool => knex.client as Pool;
 
 /** Embedded PGlite: a single connection in a single process. */
 function isEmbedded(knex: Knex): boolean {
   return knex.client instanceof ClientPgLite;
 }
 
-async function lockInTransaction(knex: Knex, key: string, signal: AbortSignal | undefined): Promise<Knex.Transaction> {
+async function lockOnConnection(knex: Knex, key: string, signal: AbortSignal | undefined): Promise<pg.Client> {
+  const pool = poolOf(knex);
   for (let attempt = 0; ; attempt++) {
-    const trx = await knex.transaction();
+    const conn = await pool.acquireConnection();
     try {
-      // The same lock as privacy/locks.ts lockKey, so that both exclude each other.
-      const { rows } = (await trx.raw(`SELECT pg_try_advisory_xact_lock(${LOCK_ID}) AS locked`, [key])) as { rows: Array<{ locked: boolean }> };
-      if (rows[0]?.locked === true) return trx;
+      const { rows } = (await knex.raw(`SELECT pg_try_advisory_lock(${LOCK_ID}) AS locked`, [key]).connection(conn)) as { rows: Array<{ locked: boolean }> };
+      if (rows[0]?.locked === true) return conn;
     } catch (err) {
-      await trx.rollback().catch(() => undefined);
+      // Whether the lock was taken is unknown: the connection is not reused.
+      await conn.end().catch(() => undefined);
+      await pool.releaseConnection(conn);
       throw err;
     }
-    await trx.rollback();
+    await pool.releaseConnection(conn);
     await sleep(exponentialDelay(attempt, 20, 1_000), signal);
     throwIfAborted(signal);
   }

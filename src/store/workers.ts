@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { PrivacyRequestRecord } from './ledger.js';
 import { ledger } from './ledger.js';
+import { artifacts } from './artifacts.js';
 
 /** Server replicas and their heartbeats (migration 005). Times come from the database's clock, shared by every replica. */
 
@@ -20,7 +21,8 @@ export const workers = {
   /**
    * Marks failed every running request whose worker is not `self` and has not beaten within
    * `staleMs` (with `othersAreDead`, any worker but `self`: one process owns the database).
-   * Returns the requests it failed; forgets workers silent for a day.
+   * Returns the requests it failed; forgets workers silent for a day. A StoreExport that died
+   * leaves the chunks it had committed, sealed with a data key that was never stored: deleted here.
    */
   async failOrphans(knex: Knex, opts: { self: string; staleMs: number; othersAreDead: boolean; error: string }): Promise<PrivacyRequestRecord[]> {
     return knex.transaction(async (trx) => {
@@ -37,6 +39,7 @@ export const workers = {
       const failed: PrivacyRequestRecord[] = [];
       for (const id of ids) {
         await ledger.finish(trx, id, 'failed', new Date(), opts.error);
+        await artifacts.deleteChunks(trx, id);
         const r = await ledger.get(trx, id);
         if (r !== undefined) failed.push(r);
       }

@@ -7,7 +7,7 @@ import { mintLocalToken } from '../../src/auth/local-key.js';
 import { type ReceivedExport, receiveExport } from '../../src/client/export-receiver.js';
 import { sealExportRequest } from '../../src/events/export-protocol.js';
 import { exportRequestSubject } from '../../src/events/subjects.js';
-import { ConfirmationState, DownstreamStatus, RequestState } from '../../src/gen/lethe/privacy/v1/privacy.js';
+import { ArtifactState, ConfirmationState, DownstreamStatus, RequestState } from '../../src/gen/lethe/privacy/v1/privacy.js';
 import { type Database, openDatabase } from '../../src/store/database.js';
 import { ANALYTICS_SERVICE, ORDERS_SERVICE, createAnalyticsSchema, createOrdersSchema, seedAnalytics, seedOrders } from '../fixtures/downstream/index.js';
 import { type TestSidecar, startTestSidecar } from '../fixtures/downstream/sidecar.js';
@@ -39,6 +39,7 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('downstream service
   let nats: NatsServer;
   let orders: Database;
   let analytics: Database;
+  let identity: Database;
   let server: TestServer;
   let sidecars: TestSidecar[] = [];
   let nc: NatsConnection;
@@ -67,6 +68,7 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('downstream service
     cluster = await startPostgres(pgBin ?? '');
     nats = await startNatsServer(natsBin ?? '');
     const identityUrl = await cluster.createDatabase();
+    identity = await openDatabase({ kind: 'postgres', url: identityUrl });
     const ordersUrl = await cluster.createDatabase();
     const analyticsUrl = await cluster.createDatabase();
     orders = await openDatabase({ kind: 'postgres', url: ordersUrl });
@@ -102,6 +104,7 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('downstream service
     await server?.stop();
     await orders?.close();
     await analytics?.close();
+    await identity?.close();
     await nats?.destroy();
     await cluster?.destroy();
   });
@@ -237,6 +240,58 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('downstream service
       orders: { status: 'complete', records: 5 },
       search: { status: 'complete', records: 2 },
     });
+  });
+
+  it.each(['ExportUser', 'StoreExport'] as const)(
+    '%s: while a service is asked for its part, no transaction of the server is left open on its database',
+    async (call) => {
+      // Sessions of the server's database idle inside a transaction for a while (not a statement's
+      // gap), and the advisory locks held meanwhile: StoreExport's key (exclusive) and subject (shared).
+      const seen: Array<{ idle: string[]; locks: string[] }> = [];
+      useFake('answers-twice', async () => {
+        await new Promise((r) => setTimeout(r, 300));
+        const { rows: idle } = (await identity.knex.raw(
+          `SELECT state, left(query, 100) AS query FROM pg_stat_activity
+           WHERE datname = current_database() AND pid <> pg_backend_pid()
+             AND state LIKE 'idle in transaction%' AND clock_timestamp() - state_change > interval '200 milliseconds'`,
+        )) as { rows: Array<{ state: string; query: string }> };
+        const { rows: locks } = (await identity.knex.raw(
+          `SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY mode`,
+        )) as { rows: Array<{ mode: string }> };
+        seen.push({ idle: idle.map((r) => `${r.state}: ${r.query}`), locks: locks.map((l) => l.mode) });
+      });
+      const client = await server.clientAs('platform-owner-id');
+      if (call === 'ExportUser') {
+        expect((await exportOf('user-id-123')).received.partial).toBe(false);
+      } else {
+        const stored = await client.storeExport({ userId: 'user-id-123', reason: '', idempotencyKey: `no-open-transaction-${randomUUID()}`, requestedBy: '' });
+        const { request } = await client.getPrivacyRequest({ id: stored.requestId });
+        expect([request?.state, request?.error]).toEqual([RequestState.REQUEST_STATE_COMPLETED, '']);
+        expect(request?.confirmations.map((c) => c.state)).toEqual(Array(3).fill(ConfirmationState.CONFIRMATION_STATE_EXPORTED));
+      }
+      expect(seen).toEqual([{ idle: [], locks: call === 'StoreExport' ? ['ExclusiveLock', 'ShareLock'] : [] }]);
+    },
+  );
+
+  it('a forget of the subject while StoreExport waits on a service: the forget waits until the artifact is stored, then erases it', async () => {
+    const client = await server.clientAs('platform-owner-id');
+    const order: string[] = [];
+    let forgetting: Promise<unknown> | undefined;
+    useFake('answers-twice', async () => {
+      forgetting ??= client
+        .forgetUser({ userId: 'member-user-id-456', reason: 'GDPR Art. 17', idempotencyKey: `forget-${randomUUID()}`, requestedBy: '' })
+        .then(() => order.push('forgotten'));
+      await new Promise((r) => setTimeout(r, 500));
+    });
+    const stored = await client.storeExport({ userId: 'member-user-id-456', reason: '', idempotencyKey: `forget-race-${randomUUID()}`, requestedBy: '' });
+    order.push('stored');
+    await forgetting;
+    expect(order).toEqual(['stored', 'forgotten']);
+    expect(stored.artifact?.state).toBe(ArtifactState.ARTIFACT_STATE_AVAILABLE);
+    const { request } = await client.getPrivacyRequest({ id: stored.requestId });
+    expect(request?.artifact?.state).toBe(ArtifactState.ARTIFACT_STATE_ERASED);
+    expect(await identity.knex('lethe_export_artifact_chunks').where({ request_id: stored.requestId })).toEqual([]);
+    expect(await identity.knex('lethe_export_artifact_keys').where({ request_id: stored.requestId })).toEqual([]);
   });
 
   it('a sidecar answers only what the server signed: a forged request gets a refusal and no data', async () => {

@@ -78,6 +78,19 @@ describe.runIf(pgBin !== undefined)('requests interrupted by a crash (PostgreSQL
       { timeout: 20_000, interval: 100 },
     );
 
+    // Both exports wait for login_events (the StoreExport has cleared its earlier chunks by then).
+    await vi.waitFor(
+      async () => {
+        const waiting = await sql(
+          `SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%login_events%' AND pid <> pg_backend_pid()`,
+        );
+        expect(waiting).toHaveLength(2);
+      },
+      { timeout: 20_000, interval: 100 },
+    );
+    // What a StoreExport has committed when it dies: chunks, sealed with a key stored nowhere.
+    const storing = running.find((r) => r.idempotency_key === key)?.id;
+    await sql(`INSERT INTO lethe_export_artifact_chunks (request_id, seq, nonce, tag, ciphertext) VALUES ($1, 0, '\\x00', '\\x00', '\\x00')`, [storing]);
     a.process.kill('SIGKILL');
     const killedAt = Date.now();
     await blocker.query('ROLLBACK');
@@ -101,6 +114,7 @@ describe.runIf(pgBin !== undefined)('requests interrupted by a crash (PostgreSQL
     expect(recoveredInMs).toBeLessThan(30_000);
     console.info(`recovery: the surviving replica failed the interrupted requests ${recoveredInMs} ms after the kill`);
     for (const r of failed) expect(r.error).toMatch(INTERRUPTED);
+    expect(await sql(`SELECT seq FROM lethe_export_artifact_chunks WHERE request_id = $1`, [storing])).toEqual([]);
     const audits = await sql<{ event_type: string }>(`SELECT event_type FROM audit_log WHERE details->>'request_id' = ANY($1)`, [running.map((r) => r.id)]);
     expect(audits.map((x) => x.event_type)).toEqual(['user_data_export_failed', 'user_data_export_failed']);
 
