@@ -148,6 +148,11 @@ describe.runIf(pgBin !== undefined && natsBin !== undefined)('rectification and 
     expect(RequestState[done.state]).toBe('REQUEST_STATE_FAILED');
     expect(done.error).toBe('crm could not apply the change: The new value of email is already used by another record (contacts); nothing was changed');
     expect(await crm.knex('contacts').where({ user_id: SUBJECT }).pluck('contact_email')).toEqual(['while.down@example.net']);
+    // The request failed on crm's receipt; orders applies the change on its own schedule, and confirms it.
+    await waitFor('orders to confirm the change', async () => {
+      const r = (await person.getPrivacyRequest({ id: done.id })).request;
+      return r?.confirmations.some((c) => c.service === ORDERS_SERVICE && c.state === ConfirmationState.CONFIRMATION_STATE_APPLIED) ? r : undefined;
+    });
     expect(await orders.knex('orders').where({ user_id: SUBJECT }).pluck('email')).toEqual(['taken@example.org', 'taken@example.org']);
   });
 
