@@ -41,10 +41,13 @@ import { DOWNSTREAM, type DownstreamService, seedIdentity, userId } from './fano
  * receipt recorded in the ledger; stream times from JetStream, purge start from `purged_at`),
  * and a check that the stream holds exactly one anonymization event per forget request.
  *
- * Twenty forgets run first as a warm-up (their figures are not counted).
+ * Twenty forgets run first as a warm-up, one after the other (their figures are not counted).
  *
  * Flags: --rate N (default 100), --seconds N (default 30), --max-in-flight N (default 200),
- * --profile DIR (the server and the sidecars write V8 CPU profiles there when they stop).
+ * --profile DIR (the server and the sidecars write V8 CPU profiles there when they stop),
+ * --sidecar-concurrency N (LETHE_SIDECAR_CONCURRENCY of each sidecar; the sidecar's default when absent),
+ * --warmup-seconds N (after the twenty, N seconds more at RATE before the measured calls, so that
+ * every process's pools, prepared statements and JIT are warm: a steady state; default 0).
  */
 
 const WARMUP_FORGETS = 20;
@@ -58,9 +61,12 @@ export async function run(args: string[]): Promise<void> {
   const seconds = intFlag(args, '--seconds', 30);
   const maxInFlight = intFlag(args, '--max-in-flight', 200);
   const forgets = rate * seconds;
-  const users = WARMUP_FORGETS + forgets;
+  const warmupSeconds = args.includes('--warmup-seconds') ? intFlag(args, '--warmup-seconds', 1) : 0;
+  const warmup = WARMUP_FORGETS + warmupSeconds * rate;
+  const users = warmup + forgets;
   const at = args.indexOf('--profile');
   const nodeFlags = at >= 0 ? ['--cpu-prof', `--cpu-prof-dir=${args[at + 1] ?? '.'}`] : [];
+  const sidecarConcurrency = args.includes('--sidecar-concurrency') ? intFlag(args, '--sidecar-concurrency', 1) : undefined;
 
   const pgBin = requirePostgres();
   if (pgBin === undefined) throw new Error('PostgreSQL binaries not found: apt-get install -y postgresql, or set LETHE_PG_BIN');
@@ -83,7 +89,7 @@ export async function run(args: string[]): Promise<void> {
     const seedStart = performance.now();
     const server = await startServer(serverUrl, nats.url, dataDir, processes, nodeFlags);
     const downstreamRows = await Promise.all(DOWNSTREAM.map((s) => prepareDownstream(s, serviceUrls.get(s.name) ?? '', users)));
-    await Promise.all(DOWNSTREAM.map((s) => startSidecar(s, serviceUrls.get(s.name) ?? '', nats?.url ?? '', processes, nodeFlags)));
+    await Promise.all(DOWNSTREAM.map((s) => startSidecar(s, serviceUrls.get(s.name) ?? '', nats?.url ?? '', processes, nodeFlags, sidecarConcurrency)));
     ledgerDb = new pg.Client({ connectionString: serverUrl });
     await ledgerDb.connect();
     const identity = await openDatabase({ kind: 'postgres', url: serverUrl, poolMax: 1 });
@@ -96,6 +102,7 @@ export async function run(args: string[]): Promise<void> {
 
     // Warm-up: the server's pools and JIT, the sidecars' consumers.
     for (let i = 1; i <= WARMUP_FORGETS; i++) await client.forgetUser({ userId: userId(i), reason: 'benchmark warm-up', idempotencyKey: randomUUID() });
+    if (warmupSeconds > 0) await fire(client, { rate, count: warmupSeconds * rate, firstUser: WARMUP_FORGETS + 1, maxInFlight });
     await waitCompleted(ledgerDb, 60_000);
 
     const loadStart = loadavg()[0] ?? 0;
@@ -116,7 +123,7 @@ export async function run(args: string[]): Promise<void> {
     const cpuBefore = meters.map(([, read]) => read());
     const machineBefore = machineCpu();
     const cpuStart = performance.now();
-    const fired = await fire(client, { rate, count: forgets, firstUser: WARMUP_FORGETS + 1, maxInFlight });
+    const fired = await fire(client, { rate, count: forgets, firstUser: warmup + 1, maxInFlight });
     const loadEnd = loadavg()[0] ?? 0;
     const lastResponse = Date.now();
     const open = await waitCompleted(ledgerDb, COMPLETION_TIMEOUT_MS);
@@ -181,6 +188,8 @@ export async function run(args: string[]): Promise<void> {
       ['downstream_rows', String(downstreamRows.reduce((a, b) => a + b, 0))],
       ['setup_and_seed_s', seedSeconds.toFixed(1)],
       ['target_rate_per_s', String(rate)],
+      ['sidecar_concurrency', sidecarConcurrency === undefined ? 'default' : String(sidecarConcurrency)],
+      ['warmup_forgets', String(warmup)],
       ['schedule_lag_max_ms', fired.maxLagMs.toFixed(1)],
       ['in_flight_max', String(fired.maxInFlight)],
       ['forget_call_p50_ms', pct(fired.callMs, 0.5).toFixed(1)],
@@ -273,10 +282,18 @@ async function prepareDownstream(s: DownstreamService, url: string, users: numbe
   }
 }
 
-async function startSidecar(s: DownstreamService, databaseUrl: string, natsUrl: string, processes: LetheProcess[], nodeFlags: string[]): Promise<void> {
+async function startSidecar(
+  s: DownstreamService,
+  databaseUrl: string,
+  natsUrl: string,
+  processes: LetheProcess[],
+  nodeFlags: string[],
+  concurrency: number | undefined,
+): Promise<void> {
   const healthPort = await freePort();
   const env: Record<string, string> = { DATABASE_URL: databaseUrl, LETHE_NATS_URL: natsUrl, LETHE_LOG_LEVEL: 'warn' };
   if (s.usesHash) env.LETHE_HASH_KEY = FIXTURE_HASH_KEY;
+  if (concurrency !== undefined) env.LETHE_SIDECAR_CONCURRENCY = String(concurrency);
   const sidecar = new LetheProcess(
     s.name,
     ['sidecar', '--service', s.name, '--data-map', s.dataMap, '--health-listen', `127.0.0.1:${healthPort}`],

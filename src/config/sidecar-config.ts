@@ -88,7 +88,7 @@ const envSchema = z.object({
     .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL'),
   LETHE_NATS_URL: z.string({ message: 'required: the NATS server carrying the privacy events (nats://host:4222)' }).refine(isNatsUrl, NATS_URL_RULE),
   LETHE_NATS_STREAM: streamName,
-  LETHE_SIDECAR_CONCURRENCY: wholeNumber(1, 64, 4),
+  LETHE_SIDECAR_CONCURRENCY: wholeNumber(1, 64, 8),
   LETHE_SIDECAR_MAX_DELIVERIES: wholeNumber(1, 1000, 5),
   LETHE_SIDECAR_ACK_WAIT: z.string().default('30s'),
   LETHE_EXPORT_VERIFY_KEY_FILE: z.string().min(1).optional(),

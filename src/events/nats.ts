@@ -28,6 +28,8 @@ export async function connectNats(url: string, name: string, logger: Logger, tls
     maxReconnectAttempts: -1,
     reconnectTimeWait: 1_000,
     pingInterval: 10_000,
+    // No stack captured for every request and publish ahead of a failure that rarely comes: errors are logged by kind only.
+    noAsyncTraces: true,
   };
   let nc: NatsConnection;
   try {

@@ -14,8 +14,8 @@ import { ExportResponder } from './export-responder.js';
 import { natsTlsOptions } from '../tls/client-credentials.js';
 import { describeTlsFailure } from '../runtime/tls-errors.js';
 import { loadDataMap } from '../privacy/data-map.js';
-import { type ForgetPlan, compileForget } from '../privacy/forget.js';
-import { purgeForRequest } from '../privacy/purge.js';
+import type { ForgetPlan } from '../privacy/forget.js';
+import { preparePurgePlan, purgeForRequest } from '../privacy/purge.js';
 import { checkDataMapAgainstDatabase } from '../privacy/schema-check.js';
 import { type Database, openDatabase } from '../store/database.js';
 import { translateDatabaseError } from '../store/errors.js';
@@ -125,7 +125,7 @@ export class PurgeSidecar {
       try {
         await migrateSidecar(db.knex);
         columnTypes = await checkDataMapAgainstDatabase(db.knex, map, c.dataMapPath);
-        this.plan = compileForget(map, columnTypes, hashKey, c.dataMapPath);
+        this.plan = await preparePurgePlan(db.knex, map, columnTypes, hashKey, c.dataMapPath);
       } catch (err) {
         const tlsFailure = describeTlsFailure(err);
         if (tlsFailure !== undefined)

@@ -58,7 +58,7 @@ describeSidecar('the command and start-up', (suite) => {
       nats: b.server.url,
       stream: STREAM,
       consumer: 'analytics',
-      concurrency: 4,
+      concurrency: 8,
       maxDeliveries: 5,
     });
     expect((await fetch(`http://${String(running.health)}/readyz`)).status).toBe(200);

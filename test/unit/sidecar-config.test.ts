@@ -33,7 +33,7 @@ describe('loadSidecarConfig: defaults', () => {
   it('uses the LETHE_PRIVACY stream, 4 at a time, 5 deliveries, a 30 s ack wait and a 1 s retry base', () => {
     expect(DEFAULT_STREAM).toBe('LETHE_PRIVACY');
     expect(c.stream).toEqual({ name: 'LETHE_PRIVACY', replicas: 1, duplicateWindowMs: 120_000, maxAgeMs: 30 * 86_400_000 });
-    expect(c.concurrency).toBe(4);
+    expect(c.concurrency).toBe(8);
     expect(c.maxDeliveries).toBe(5);
     expect(c.ackWaitMs).toBe(30_000);
     expect(c.retryBaseMs).toBe(1_000);
