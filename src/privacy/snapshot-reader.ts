@@ -2,7 +2,8 @@ import type { Knex } from 'knex';
 import { type Category, type DataMap, documentKeyOf } from './data-map.js';
 import type { DocumentCategory } from './export-document.js';
 import { readJsonRows } from './row-cursor.js';
-import { type ColumnTypes, type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';
+import { CopyRowRenderer } from './copy-json.js';
+import { type ColumnTypes, type Fragment, countQuery, exportColumnsQuery, exportQuery, subjectColumnsAreText } from './sql.js';
 
 export interface SnapshotCategory extends DocumentCategory {
   /** The most records exported (0: no limit). */
@@ -68,10 +69,17 @@ export class SnapshotReader {
     const listed = new Set(categories.map((c) => c.name));
     for (const c of this.exported) {
       if (!listed.has(c.name)) continue;
-      for await (const rows of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.fetchRows, signal)) {
+      for await (const rows of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.fetchRows, signal, this.columnsQueryFor(c, subjectId))) {
         for (const records of this.splitBySize(rows)) yield { category: c.name, records };
       }
     }
+  }
+
+  /** The plain-columns form for COPY (only where the subject id can come from a setting). */
+  private columnsQueryFor(c: Category, subjectId: string): { query: Fragment; renderer: CopyRowRenderer } | undefined {
+    if (!subjectColumnsAreText(c, this.columnTypes)) return undefined;
+    const q = exportColumnsQuery(c, this.columnTypes, subjectId);
+    return { query: q.query, renderer: new CopyRowRenderer(q.names, q.kinds) };
   }
 
   private exportQueryFor(c: Category, subjectId: string): Fragment {
