@@ -7,6 +7,8 @@ import type { CopyRowRenderer } from './copy-json.js';
 import type { Fragment } from './sql.js';
 
 let cursorSeq = 0;
+/** The settings already made in each transaction (see readJsonRows). */
+const settingsMade = new WeakMap<Knex.Transaction, string>();
 const NO_READ_TIMEOUT_MS = 2 ** 31 - 1;
 
 /**
@@ -23,15 +25,21 @@ export async function* readJsonRows(
   signal: AbortSignal,
   columns?: { readonly query: Fragment; readonly renderer: CopyRowRenderer },
 ): AsyncGenerator<string[]> {
-  if (query.setting !== undefined) await trx.raw('SELECT set_config(?, ?, true)', [query.setting.name, query.setting.value]);
   // A transaction's client hands out the transaction's own connection.
   const conn: unknown = await (trx.client as { acquireConnection(): Promise<unknown> }).acquireConnection();
   // COPY takes no parameters: only a query that reads its values from settings can use it.
-  if (conn instanceof pg.Client && query.bindings.length === 0) {
-    // COPY runs at the pace of the client reading the export (backpressure), which may be slower
-    // than any statement timeout: this one statement runs without (the caller's deadline or
-    // cancellation still ends it).
-    await trx.raw("SELECT set_config('statement_timeout', '0', true)");
+  const copy = conn instanceof pg.Client && query.bindings.length === 0;
+  // COPY runs at the pace of the client reading the export (backpressure), which may be slower
+  // than any statement timeout: it runs without (the caller's deadline or cancellation still
+  // ends it). The settings last until the transaction ends: made once for all its categories.
+  const settings = [...(query.setting === undefined ? [] : [query.setting.name, query.setting.value]), ...(copy ? ['statement_timeout', '0'] : [])];
+  const key = settings.join('\0');
+  if (settings.length > 0 && settingsMade.get(trx) !== key) {
+    const calls = Array.from({ length: settings.length / 2 }, () => 'set_config(?, ?, true)');
+    await trx.raw(`SELECT ${calls.join(', ')}`, settings);
+    settingsMade.set(trx, key);
+  }
+  if (conn instanceof pg.Client && copy) {
     // With `columns`, PostgreSQL sends plain columns and Node renders the same JSON (copy-json.ts),
     // so that the two processes share the work.
     if (columns !== undefined && columns.query.bindings.length === 0) {

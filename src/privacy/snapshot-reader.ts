@@ -40,12 +40,21 @@ export class SnapshotReader {
 
   /** The exported categories in document order, with the subject's row count in each. */
   async categories(trx: Knex.Transaction, subjectId: string): Promise<SnapshotCategory[]> {
+    // Every count in one statement: one round trip however many categories there are.
+    const counts = this.exported.map((c) => countQuery(c, subjectId));
+    const row =
+      counts.length === 0
+        ? {}
+        : (
+            (await trx.raw(
+              `SELECT ${counts.map((q, i) => `(${q.sql}) AS "n${i}"`).join(', ')}`,
+              counts.flatMap((q) => q.bindings),
+            )) as { rows: Array<Record<string, number | string>> }
+          ).rows[0];
     const out: SnapshotCategory[] = [];
-    for (const c of this.exported) {
-      const q = countQuery(c, subjectId);
-      const res = (await trx.raw(q.sql, q.bindings)) as { rows: Array<{ n: number | string }> };
+    for (const [i, c] of this.exported.entries()) {
       const spec = c.export;
-      const totalCount = Number(res.rows[0]?.n ?? 0);
+      const totalCount = Number(row?.[`n${i}`] ?? 0);
       if (totalCount === 0 && spec?.omit_when_empty === true) continue;
       out.push({
         name: c.name,
