@@ -3,9 +3,12 @@ import type { Knex } from 'knex';
 import pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import { CancelledError } from '../errors.js';
+import type { CopyRowRenderer } from './copy-json.js';
 import type { Fragment } from './sql.js';
 
 let cursorSeq = 0;
+/** The settings already made in each transaction (see readJsonRows). */
+const settingsMade = new WeakMap<Knex.Transaction, string>();
 const NO_READ_TIMEOUT_MS = 2 ** 31 - 1;
 
 /**
@@ -15,17 +18,34 @@ const NO_READ_TIMEOUT_MS = 2 ** 31 - 1;
  * pages. On node-postgres the rows come through `COPY (query) TO STDOUT`, which streams without
  * a round trip per page (bench/RESULTS.md); elsewhere (PGlite) through a server-side cursor.
  */
-export async function* readJsonRows(trx: Knex.Transaction, query: Fragment, pageRows: number, signal: AbortSignal): AsyncGenerator<string[]> {
-  if (query.setting !== undefined) await trx.raw('SELECT set_config(?, ?, true)', [query.setting.name, query.setting.value]);
+export async function* readJsonRows(
+  trx: Knex.Transaction,
+  query: Fragment,
+  pageRows: number,
+  signal: AbortSignal,
+  columns?: { readonly query: Fragment; readonly renderer: CopyRowRenderer },
+): AsyncGenerator<string[]> {
   // A transaction's client hands out the transaction's own connection.
   const conn: unknown = await (trx.client as { acquireConnection(): Promise<unknown> }).acquireConnection();
   // COPY takes no parameters: only a query that reads its values from settings can use it.
-  if (conn instanceof pg.Client && query.bindings.length === 0) {
-    // COPY runs at the pace of the client reading the export (backpressure), which may be slower
-    // than any statement timeout: this one statement runs without (the caller's deadline or
-    // cancellation still ends it).
-    await trx.raw("SELECT set_config('statement_timeout', '0', true)");
-    yield* copyRows(conn, query.sql, pageRows, signal);
+  const copy = conn instanceof pg.Client && query.bindings.length === 0;
+  // COPY runs at the pace of the client reading the export (backpressure), which may be slower
+  // than any statement timeout: it runs without (the caller's deadline or cancellation still
+  // ends it). The settings last until the transaction ends: made once for all its categories.
+  const settings = [...(query.setting === undefined ? [] : [query.setting.name, query.setting.value]), ...(copy ? ['statement_timeout', '0'] : [])];
+  const key = settings.join('\0');
+  if (settings.length > 0 && settingsMade.get(trx) !== key) {
+    const calls = Array.from({ length: settings.length / 2 }, () => 'set_config(?, ?, true)');
+    await trx.raw(`SELECT ${calls.join(', ')}`, settings);
+    settingsMade.set(trx, key);
+  }
+  if (conn instanceof pg.Client && copy) {
+    // With `columns`, PostgreSQL sends plain columns and Node renders the same JSON (copy-json.ts),
+    // so that the two processes share the work.
+    if (columns !== undefined && columns.query.bindings.length === 0) {
+      const renderer = columns.renderer;
+      yield* copyRows(conn, columns.query.sql, pageRows, signal, (line) => renderer.render(line));
+    } else yield* copyRows(conn, query.sql, pageRows, signal, unescapeJsonLine);
   } else yield* cursorRows(trx, query, pageRows, signal);
 }
 
@@ -43,7 +63,10 @@ async function* cursorRows(trx: Knex.Transaction, query: Fragment, fetchRows: nu
   await trx.raw(`CLOSE "${name}"`);
 }
 
-async function* copyRows(conn: pg.Client, sql: string, pageRows: number, signal: AbortSignal): AsyncGenerator<string[]> {
+// COPY's text format escapes only backslashes in a JSON text: it holds no raw tab or newline.
+const unescapeJsonLine = (line: string): string => (line.includes('\\') ? line.replaceAll('\\\\', '\\') : line);
+
+async function* copyRows(conn: pg.Client, sql: string, pageRows: number, signal: AbortSignal, toRecord: (line: string) => string): AsyncGenerator<string[]> {
   // pg's query_timeout would fail a COPY that outlasts it; 0 means "the connection's default",
   // so the longest timer Node has (24.8 days) stands for none.
   const copy = conn.query(Object.assign(copyTo(`COPY (${sql}) TO STDOUT`), { query_timeout: NO_READ_TIMEOUT_MS }));
@@ -70,8 +93,7 @@ async function* copyRows(conn: pg.Client, sql: string, pageRows: number, signal:
       const lines = (tail + decoder.write(chunk)).split('\n');
       tail = lines.pop() ?? '';
       for (const line of lines) {
-        // COPY's text format escapes only backslashes here: JSON texts hold no raw tab or newline.
-        page.push(line.includes('\\') ? line.replaceAll('\\\\', '\\') : line);
+        page.push(toRecord(line));
         if (page.length >= pageRows) {
           throwIfAborted(signal);
           yield page;

@@ -2,7 +2,8 @@ import type { Knex } from 'knex';
 import { type Category, type DataMap, documentKeyOf } from './data-map.js';
 import type { DocumentCategory } from './export-document.js';
 import { readJsonRows } from './row-cursor.js';
-import { type ColumnTypes, type Fragment, countQuery, exportQuery, subjectColumnsAreText } from './sql.js';
+import { CopyRowRenderer } from './copy-json.js';
+import { type ColumnTypes, type Fragment, countQuery, exportColumnsQuery, exportQuery, subjectColumnsAreText } from './sql.js';
 
 export interface SnapshotCategory extends DocumentCategory {
   /** The most records exported (0: no limit). */
@@ -39,12 +40,21 @@ export class SnapshotReader {
 
   /** The exported categories in document order, with the subject's row count in each. */
   async categories(trx: Knex.Transaction, subjectId: string): Promise<SnapshotCategory[]> {
+    // Every count in one statement: one round trip however many categories there are.
+    const counts = this.exported.map((c) => countQuery(c, subjectId));
+    const row =
+      counts.length === 0
+        ? {}
+        : (
+            (await trx.raw(
+              `SELECT ${counts.map((q, i) => `(${q.sql}) AS "n${i}"`).join(', ')}`,
+              counts.flatMap((q) => q.bindings),
+            )) as { rows: Array<Record<string, number | string>> }
+          ).rows[0];
     const out: SnapshotCategory[] = [];
-    for (const c of this.exported) {
-      const q = countQuery(c, subjectId);
-      const res = (await trx.raw(q.sql, q.bindings)) as { rows: Array<{ n: number | string }> };
+    for (const [i, c] of this.exported.entries()) {
       const spec = c.export;
-      const totalCount = Number(res.rows[0]?.n ?? 0);
+      const totalCount = Number(row?.[`n${i}`] ?? 0);
       if (totalCount === 0 && spec?.omit_when_empty === true) continue;
       out.push({
         name: c.name,
@@ -68,10 +78,17 @@ export class SnapshotReader {
     const listed = new Set(categories.map((c) => c.name));
     for (const c of this.exported) {
       if (!listed.has(c.name)) continue;
-      for await (const rows of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.fetchRows, signal)) {
+      for await (const rows of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.fetchRows, signal, this.columnsQueryFor(c, subjectId))) {
         for (const records of this.splitBySize(rows)) yield { category: c.name, records };
       }
     }
+  }
+
+  /** The plain-columns form for COPY (only where the subject id can come from a setting). */
+  private columnsQueryFor(c: Category, subjectId: string): { query: Fragment; renderer: CopyRowRenderer } | undefined {
+    if (!subjectColumnsAreText(c, this.columnTypes)) return undefined;
+    const q = exportColumnsQuery(c, this.columnTypes, subjectId);
+    return { query: q.query, renderer: new CopyRowRenderer(q.names, q.kinds) };
   }
 
   private exportQueryFor(c: Category, subjectId: string): Fragment {

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { type ColumnKind, columnKind } from './copy-json.js';
 import type { Category, SubjectRelation } from './data-map.js';
 import { type ColumnAction, forgetColumns, joinAlias, splitColumnRef, subjectLinks } from './data-map.js';
 
@@ -104,34 +105,65 @@ function fromClause(category: Category): string {
   return `${quoteIdent(category.table)} AS "${ROOT}"${joins}`;
 }
 
-/**
- * One JSON text per row, rendered by PostgreSQL: row_to_json over a LATERAL projection keeps
- * the data map's field order and no insignificant whitespace, and lets ORDER BY use columns
- * that are not exported.
- */
-export function exportQuery(category: Category, types: ColumnTypes, subjectId: string, options: { subjectFromSetting?: boolean } = {}): Fragment {
+/** The FROM, WHERE, ORDER BY and LIMIT of a category's export, shared by both forms of the query. */
+function exportTail(category: Category, subjectId: string, fromSetting: boolean): { sql: string; where: Fragment } {
   const spec = category.export;
   if (spec === undefined) throw new Error(`category ${category.name} is not exported`);
-  const projection = spec.fields
-    .map((f) => {
-      const r = resolveRef(category, f.column);
-      const expr = exportExpression(qualified(r.qualifier, r.column), types.get(r.table)?.get(r.column));
-      return `${expr} AS ${quoteIdent(f.name)}`;
-    })
-    .join(', ');
-  const fromSetting = options.subjectFromSetting === true;
   const where = subjectPredicate(category.subject, ROOT, subjectId, fromSetting);
   const order = spec.order_by.map((o) => {
     const r = resolveRef(category, o.column);
     return `${qualified(r.qualifier, r.column)} ${o.direction === 'desc' ? 'DESC' : 'ASC'}`;
   });
   const limit = spec.limit === undefined ? '' : ` LIMIT ${spec.limit}`;
+  return { sql: ` WHERE ${where.sql}${order.length > 0 ? ` ORDER BY ${order.join(', ')}` : ''}${limit}`, where };
+}
+
+/** Each exported field's SQL expression (timestamps formatted) and information_schema type. */
+function exportFields(category: Category, types: ColumnTypes): Array<{ name: string; expr: string; dataType: string | undefined }> {
+  return (category.export?.fields ?? []).map((f) => {
+    const r = resolveRef(category, f.column);
+    const dataType = types.get(r.table)?.get(r.column);
+    return { name: f.name, expr: exportExpression(qualified(r.qualifier, r.column), dataType), dataType };
+  });
+}
+
+const subjectSetting = (fromSetting: boolean, subjectId: string) => (fromSetting ? { setting: { name: SUBJECT_SETTING, value: subjectId } } : {});
+
+/**
+ * One JSON text per row, rendered by PostgreSQL: row_to_json over a LATERAL projection keeps
+ * the data map's field order and no insignificant whitespace, and lets ORDER BY use columns
+ * that are not exported.
+ */
+export function exportQuery(category: Category, types: ColumnTypes, subjectId: string, options: { subjectFromSetting?: boolean } = {}): Fragment {
+  const projection = exportFields(category, types)
+    .map((f) => `${f.expr} AS ${quoteIdent(f.name)}`)
+    .join(', ');
+  const fromSetting = options.subjectFromSetting === true;
+  const tail = exportTail(category, subjectId, fromSetting);
   return {
-    sql:
-      `SELECT row_to_json("x")::text AS "j" FROM ${fromClause(category)}, LATERAL (SELECT ${projection}) AS "x"` +
-      ` WHERE ${where.sql}${order.length > 0 ? ` ORDER BY ${order.join(', ')}` : ''}${limit}`,
-    bindings: where.bindings,
-    ...(fromSetting ? { setting: { name: SUBJECT_SETTING, value: subjectId } } : {}),
+    sql: `SELECT row_to_json("x")::text AS "j" FROM ${fromClause(category)}, LATERAL (SELECT ${projection}) AS "x"${tail.sql}`,
+    bindings: tail.where.bindings,
+    ...subjectSetting(fromSetting, subjectId),
+  };
+}
+
+/**
+ * The same rows as exportQuery, as plain columns for COPY's text format, for Node to render
+ * the JSON (copy-json.ts): a column whose type Node does not render comes as to_json's text.
+ */
+export function exportColumnsQuery(category: Category, types: ColumnTypes, subjectId: string): { query: Fragment; names: string[]; kinds: ColumnKind[] } {
+  const fields = exportFields(category, types);
+  const kinds = fields.map((f) => columnKind(f.dataType));
+  const projection = fields.map((f, i) => (kinds[i] === 'rendered' ? `to_json(${f.expr})::text` : f.expr)).join(', ');
+  const tail = exportTail(category, subjectId, true);
+  return {
+    query: {
+      sql: `SELECT ${projection.length > 0 ? projection : 'NULL'} FROM ${fromClause(category)}${tail.sql}`,
+      bindings: tail.where.bindings,
+      ...subjectSetting(true, subjectId),
+    },
+    names: fields.map((f) => f.name),
+    kinds,
   };
 }
 
