@@ -1,6 +1,5 @@
-import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
-import { type NewRequest, type PrivacyRequestRecord, type RequestState, type Row, TABLE, toRecord } from './ledger.js';
+import { type NewRequest, type PrivacyRequestRecord, type RequestState, type Row, TABLE, requestColumns, toRecord } from './ledger.js';
 
 /**
  * The ledger's reads and writes as parts of a larger statement (a forget reads its facts in one
@@ -47,22 +46,7 @@ export const ledgerSql = {
 
   /** ledger.insert as a statement part; `rowsAffected` is SQL for the jsonb array of rows affected. */
   insert(req: NewRequest, rowsAffected: string): Part {
-    const values: Record<(typeof COLUMNS)[number], Knex.RawBinding> = {
-      id: req.id ?? randomUUID(),
-      type: req.type,
-      subject_id: req.subjectId,
-      requester: req.requester,
-      requested_by: req.requestedBy ?? null,
-      reason: req.reason,
-      state: req.state,
-      idempotency_key: req.idempotencyKey ?? null,
-      received_at: req.receivedAt,
-      due_at: req.dueAt,
-      completed_at: req.completedAt ?? null,
-      error: null,
-      worker_id: req.workerId ?? null,
-      scheduled_for: req.scheduledFor ?? null,
-    };
+    const values: Record<(typeof COLUMNS)[number], Knex.RawBinding> = requestColumns(req);
     let sql = insertSql.get(rowsAffected);
     if (sql === undefined) {
       sql = `${INSERT}jsonb_build_object('rows_affected', ${rowsAffected}))`;

@@ -208,29 +208,35 @@ export interface ListFilter {
   readonly confirmationTimeoutMs: number;
 }
 
+/** A new request's columns but its result (the forget's statement writes that in SQL: ledger-sql.ts). */
+export function requestColumns(req: NewRequest) {
+  return {
+    id: req.id ?? randomUUID(),
+    type: req.type,
+    subject_id: req.subjectId,
+    requester: req.requester,
+    requested_by: req.requestedBy ?? null,
+    reason: req.reason,
+    state: req.state,
+    idempotency_key: req.idempotencyKey ?? null,
+    received_at: req.receivedAt,
+    due_at: req.dueAt,
+    completed_at: req.completedAt ?? null,
+    error: null,
+    worker_id: req.workerId ?? null,
+    scheduled_for: req.scheduledFor ?? null,
+  };
+}
+
 function storedResult(req: NewRequest): StoredResult {
   return req.details === undefined ? { rows_affected: [...(req.rowsAffected ?? [])] } : { rows_affected: [...(req.rowsAffected ?? [])], details: req.details };
 }
 
 export const ledger = {
   async insert(db: Knex | Knex.Transaction, req: NewRequest): Promise<PrivacyRequestRecord> {
-    const row = {
-      id: req.id ?? randomUUID(),
-      type: req.type,
-      subject_id: req.subjectId,
-      requester: req.requester,
-      requested_by: req.requestedBy ?? null,
-      reason: req.reason,
-      state: req.state,
-      idempotency_key: req.idempotencyKey ?? null,
-      received_at: req.receivedAt,
-      due_at: req.dueAt,
-      completed_at: req.completedAt ?? null,
-      error: null,
-      result: JSON.stringify(storedResult(req)),
-    };
-    await db(TABLE).insert({ ...row, worker_id: req.workerId ?? null, scheduled_for: req.scheduledFor ?? null });
-    return toRecord({ ...row, scheduled_for: req.scheduledFor ?? null, result: storedResult(req) });
+    const row = { ...requestColumns(req), result: JSON.stringify(storedResult(req)) };
+    await db(TABLE).insert(row);
+    return toRecord({ ...row, result: storedResult(req) });
   },
 
   async finish(db: Knex | Knex.Transaction, id: string, state: 'completed' | 'failed', at: Date, error?: string): Promise<void> {
