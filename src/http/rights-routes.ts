@@ -1,13 +1,9 @@
-import { randomUUID } from 'node:crypto';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { ConsentRecord, PrivacyEngine, ProcessingBasis } from '../privacy/engine.js';
 import { requestJson } from './request-json.js';
+import { errors, idempotencyHeader, idempotencyKey, userParams } from './route-parts.js';
 
-const errorBody = { type: 'object', properties: { error: { type: 'string' } }, required: ['error'] } as const;
-const errors = { 400: errorBody, 401: errorBody, 403: errorBody, 404: errorBody, 409: errorBody, 429: errorBody, 503: errorBody } as const;
-const userParams = { type: 'object', properties: { user_id: { type: 'string' } }, required: ['user_id'] } as const;
 const anyObject = { type: 'object', additionalProperties: true } as const;
-const idempotencyHeader = { type: 'object', properties: { 'idempotency-key': { type: 'string' } } } as const;
 const purposesBody = {
   type: 'object',
   properties: {
@@ -146,11 +142,6 @@ export function rightsRoutes(app: FastifyInstance, engine: PrivacyEngine): void 
       return { withdrawn: r.withdrawn.map(consentJson), purposes: r.purposes, request: r.request === undefined ? null : requestJson(r.request) };
     },
   );
-}
-
-function idempotencyKey(request: FastifyRequest): string {
-  const key = request.headers['idempotency-key'];
-  return typeof key === 'string' ? key : randomUUID();
 }
 
 function consentJson(c: ConsentRecord): Record<string, unknown> {

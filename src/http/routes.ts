@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
@@ -11,14 +10,12 @@ import { OPEN_STATES, type RequestState } from '../store/ledger.js';
 import type { PageTokens } from '../api/page-token.js';
 import { listRequestsPage } from '../api/request-pages.js';
 import { requestJson } from './request-json.js';
+import { errors, idempotencyHeader, idempotencyKey, userParams } from './route-parts.js';
 
 /** The reason recorded when the reference's DELETE comes without a body, as it does. */
 const DEFAULT_FORGET_REASON = 'GDPR Art. 17 erasure request (privacy API)';
 const STATES: readonly RequestState[] = [...OPEN_STATES, 'completed', 'failed', 'cancelled'];
 
-const errorBody = { type: 'object', properties: { error: { type: 'string' } }, required: ['error'] } as const;
-const errors = { 400: errorBody, 401: errorBody, 403: errorBody, 404: errorBody, 409: errorBody, 429: errorBody, 503: errorBody } as const;
-const userParams = { type: 'object', properties: { user_id: { type: 'string' } }, required: ['user_id'] } as const;
 const idParams = { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] } as const;
 const requestObject = { type: 'object', additionalProperties: true, description: 'A ledger entry (the gRPC PrivacyRequest in snake_case)' } as const;
 
@@ -64,18 +61,17 @@ export function privacyRoutes(app: FastifyInstance, engine: PrivacyEngine, pageT
         summary: 'Anonymize a user, preserving audit logs (GDPR Art. 17)',
         description: 'A person asking for their own erasure gets 202: it is scheduled after a grace period and can be cancelled.',
         params: userParams,
-        headers: { type: 'object', properties: { 'idempotency-key': { type: 'string' } } },
+        headers: idempotencyHeader,
         body: { type: ['object', 'null'], properties: { reason: { type: 'string' } }, additionalProperties: false },
         response: { 200: { type: 'object', additionalProperties: true }, 202: { type: 'object', additionalProperties: true }, ...errors },
       },
     },
     async (request, reply) => {
-      const key = request.headers['idempotency-key'];
       const r = await engine.forgetUser(request.principal, {
         userId: request.params.user_id,
         reason: request.body?.reason ?? DEFAULT_FORGET_REASON,
         // Without a key a repeated DELETE is still safe: an anonymized subject is left as it is.
-        idempotencyKey: typeof key === 'string' ? key : randomUUID(),
+        idempotencyKey: idempotencyKey(request),
       });
       const body = { success: true, message: r.message, user_id: r.userId, request_id: r.requestId, rows_affected: r.rowsAffected };
       if (r.scheduledFor !== undefined) return reply.code(202).send({ ...body, scheduled: true, scheduled_for: r.scheduledFor.toISOString() });
