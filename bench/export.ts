@@ -14,7 +14,7 @@ import { checkDataMapAgainstDatabase } from '../src/privacy/schema-check.js';
 import { exportQuery } from '../src/privacy/sql.js';
 import { openDatabase } from '../src/store/database.js';
 import { freePort, requirePostgres, startPostgres } from '../test/support/postgres.js';
-import { clusterProfileSettings, serverProfileArgs, writeCpuProfileSummary, writeStatementStats } from './profile.js';
+import { clusterProfileSettings, resetStatementStats, serverProfileArgs, writeCpuProfileSummary, writeStatementStats } from './profile.js';
 
 /**
  * The export benchmark: one subject with ROWS login events in a throwaway PostgreSQL, exported
@@ -45,12 +45,13 @@ export async function run(args: string[]): Promise<void> {
 
   const bin = requirePostgres();
   if (bin === undefined) throw new Error('PostgreSQL binaries not found: apt-get install -y postgresql, or set LETHE_PG_BIN');
-  const cluster = await startPostgres(bin);
+  const cluster = await startPostgres(bin, { settings: clusterProfileSettings() });
   const dataDir = mkdtempSync(join(tmpdir(), 'lethe-bench-'));
   let server: ChildProcess | undefined;
+  let url: string | undefined;
   try {
-    const url = await cluster.createDatabase('lethe_bench');
-    const started = await startServer(url, dataDir);
+    url = await cluster.createDatabase('lethe_bench');
+    const started = await startServer(url, dataDir, {}, serverProfileArgs());
     server = started.child;
     const pid = started.child.pid ?? 0;
     const address = `127.0.0.1:${started.port}`;
@@ -58,6 +59,7 @@ export async function run(args: string[]): Promise<void> {
     const seedStart = performance.now();
     await seed(url, rows);
     const seedSeconds = (performance.now() - seedStart) / 1000;
+    await resetStatementStats(url);
 
     const psql = join(bin, 'psql');
     const version = execFileSync(psql, ['--version'], { encoding: 'utf8' }).trim();
@@ -105,7 +107,9 @@ export async function run(args: string[]): Promise<void> {
     ];
     for (const [name, value] of lines) console.log(`${name}: ${value}`);
   } finally {
+    if (url !== undefined) await writeStatementStats(url);
     if (server !== undefined) await stopServer(server);
+    writeCpuProfileSummary();
     await cluster.destroy();
     rmSync(dataDir, { recursive: true, force: true });
   }

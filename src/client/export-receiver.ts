@@ -56,7 +56,7 @@ export async function receiveExport(
       if (header !== undefined) throw new IncompleteExportError('the server sent two headers');
       header = part.value;
       expected = expectedRecords(header.categories);
-      doc = new ExportDocumentAssembler(header.categories.map(fromCategoryMessage), (chunk) => pending.push(chunk), header.downstreamServices);
+      doc = new ExportDocumentAssembler(header.categories.map(fromCategoryMessage), (chunk) => pending.push(chunk.toString()), header.downstreamServices);
     } else if (doc === undefined) {
       throw new IncompleteExportError('data arrived before the header');
     } else if (part.$case === 'section') {

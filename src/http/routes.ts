@@ -165,14 +165,18 @@ async function* documentText(
   header: Extract<ExportEvent, { kind: 'header' }>,
   events: AsyncIterator<ExportEvent>,
   onDigest: (sha256: string) => void,
-): AsyncGenerator<string> {
-  let pending: string[] = [];
-  const assembler = new ExportDocumentAssembler(header.categories, (text) => pending.push(text), header.services);
+): AsyncGenerator<Buffer> {
+  let pending: Buffer[] = [];
+  const assembler = new ExportDocumentAssembler(
+    header.categories,
+    (text) => pending.push(typeof text === 'string' ? Buffer.from(text) : text),
+    header.services,
+  );
   for (let next = await events.next(); next.done !== true; next = await events.next()) {
     const done = assembler.apply(next.value);
     if (done !== undefined) onDigest(done.sha256);
     if (pending.length > 0) {
-      yield pending.join('');
+      yield Buffer.concat(pending);
       pending = [];
     }
   }

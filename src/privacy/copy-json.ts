@@ -1,3 +1,5 @@
+import type { JsonRecordsBuilder } from './json-records.js';
+
 /**
  * Renders rows read with `COPY … TO STDOUT` (text format) as the JSON texts PostgreSQL's
  * row_to_json would give for the same values, byte for byte. Only column kinds whose rendering
@@ -69,28 +71,102 @@ function jsonValue(kind: ColumnKind, field: string): string {
   }
 }
 
-/** Renders one COPY text line (without its newline) of the fields `names`, in order, as a JSON object. */
-export class CopyRowRenderer {
-  private readonly keys: readonly string[];
+const KIND_CODES: Record<ColumnKind, number> = { string: 0, number: 1, boolean: 2, json: 3, rendered: 4 };
+const [STRING, NUMBER, BOOLEAN] = [0, 1, 2];
+const TAB = 0x09;
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const utf8 = (s: string): Buffer => Buffer.from(s, 'utf8');
+const [NULL_BYTES, TRUE_BYTES, FALSE_BYTES] = [utf8('null'), utf8('true'), utf8('false')];
 
-  constructor(
-    names: readonly string[],
-    private readonly kinds: readonly ColumnKind[],
-  ) {
-    this.keys = names.map((n, i) => `${i === 0 ? '{' : ','}${JSON.stringify(n)}:`);
+/**
+ * Renders COPY text lines of the fields `names`, in order, as JSON objects, straight from the
+ * COPY bytes into a JsonRecordsBuilder. A field that needs no escaping (most) is copied as it
+ * is while it is scanned; any other goes through the string rules above.
+ */
+export class CopyRowRenderer {
+  private readonly keys: readonly Buffer[];
+  private readonly kinds: Uint8Array;
+  private readonly kindNames: readonly ColumnKind[];
+  /** The most bytes a line's fast path adds to it: keys, quotes, `true` for `t`, `null` for `\N`. */
+  private readonly overhead: number;
+
+  constructor(names: readonly string[], kinds: readonly ColumnKind[]) {
+    this.keys = names.map((n, i) => utf8(`${i === 0 ? '{' : ','}${JSON.stringify(n)}:`));
+    this.kindNames = names.map((_, i) => kinds[i] ?? 'rendered');
+    this.kinds = Uint8Array.from(this.kindNames, (k) => KIND_CODES[k]);
+    this.overhead = this.keys.reduce((n, k) => n + k.length + 4, 2);
   }
 
-  render(line: string): string {
+  /** Renders the line in bytes [from, to) of `src` (without its newline) as one record of `out`. */
+  renderInto(src: Buffer, from: number, to: number, out: JsonRecordsBuilder): void {
     const keys = this.keys;
-    const kinds = this.kinds;
-    let out = '';
-    let start = 0;
-    for (let i = 0; i < keys.length; i++) {
-      let end = i === keys.length - 1 ? line.length : line.indexOf('\t', start);
-      if (end < 0) end = line.length;
-      out += keys[i] + jsonValue(kinds[i] ?? 'rendered', line.slice(start, end));
-      start = end + 1;
+    const last = keys.length - 1;
+    out.begin();
+    if (last < 0) {
+      out.pushString('{}');
+      out.end();
+      return;
     }
-    return keys.length === 0 ? '{}' : `${out}}`;
+    let buf = out.reserve(to - from + this.overhead);
+    let at = out.at;
+    let p = from;
+    for (let i = 0; i <= last; i++) {
+      const key = keys[i] as Buffer;
+      for (let k = 0; k < key.length; k++) buf[at++] = key[k] as number;
+      const kind = this.kinds[i] as number;
+      const start = p;
+      const mark = at;
+      // Copies the field up to the next tab (the last one to the line's end) while looking for
+      // what the fast path cannot take: anything to escape in a string, any COPY escape.
+      let plain = true;
+      if (kind === STRING) {
+        buf[at++] = QUOTE;
+        for (; p < to; p++) {
+          const b = src[p] as number;
+          if (b === TAB && i < last) break;
+          if (b < 0x20 || b === QUOTE || b === BACKSLASH) plain = false;
+          buf[at++] = b;
+        }
+        buf[at++] = QUOTE;
+      } else {
+        for (; p < to; p++) {
+          const b = src[p] as number;
+          if (b === TAB && i < last) break;
+          if (b === BACKSLASH) plain = false;
+          buf[at++] = b;
+        }
+        if (plain && kind === BOOLEAN) {
+          at = mark;
+          const value = src[start] === 0x74 ? TRUE_BYTES : FALSE_BYTES;
+          for (let k = 0; k < value.length; k++) buf[at++] = value[k] as number;
+        } else if (plain && kind === NUMBER) {
+          // row_to_json quotes what is not a JSON number: NaN, Infinity, -Infinity.
+          const c = src[src[start] === 0x2d ? start + 1 : start] as number;
+          if (c < 0x30 || c > 0x39) {
+            at = mark;
+            buf[at++] = QUOTE;
+            for (let k = start; k < p; k++) buf[at++] = src[k] as number;
+            buf[at++] = QUOTE;
+          }
+        }
+      }
+      if (!plain) {
+        out.at = mark;
+        this.renderSlow(src, start, p, i, out);
+        buf = out.reserve(to - p + this.overhead);
+        at = out.at;
+      }
+      p++;
+    }
+    buf[at++] = 0x7d;
+    out.at = at;
+    out.end();
+  }
+
+  /** A field with a backslash (NULL included) or, in a string, anything JSON escapes. */
+  private renderSlow(src: Buffer, start: number, end: number, i: number, out: JsonRecordsBuilder): void {
+    if (end - start === 2 && src[start] === BACKSLASH && src[start + 1] === 0x4e) out.pushRange(NULL_BYTES, 0, 4);
+    else out.pushString(jsonValue(this.kindNames[i] ?? 'rendered', src.toString('utf8', start, end)));
   }
 }

@@ -48,8 +48,8 @@ export interface EngineOptions {
   readonly selfErasureGraceMs?: number;
   /** An ExportUser caller that takes nothing for this long loses the export (default 30 s). */
   readonly exportStallTimeoutMs?: number;
-  /** Upper bound on the characters of records in one batch message. */
-  readonly exportBatchChars?: number;
+  /** Upper bound on the bytes of records' JSON text in one batch message. */
+  readonly exportBatchBytes?: number;
   readonly now?: () => Date;
   /** The CloudEvents `source` of anonymization events. */
   readonly eventSource?: string;

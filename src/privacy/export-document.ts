@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import { JsonRecords } from './json-records.js';
 
 /**
  * The canonical export document, assembled from the stream's header, sections and batches. The
@@ -36,9 +37,15 @@ export interface DownstreamOutcome {
 /** The export stream's events as far as the document is concerned (ExportEvent fits). */
 export type DocumentEvent =
   | { readonly kind: 'section'; readonly service: string; readonly categories: readonly DocumentCategory[] }
-  | { readonly kind: 'batch'; readonly category: string; readonly records: readonly string[]; readonly service?: string | undefined }
+  | { readonly kind: 'batch'; readonly category: string; readonly records: Records; readonly service?: string | undefined }
   | { readonly kind: 'trailer'; readonly downstream: readonly DownstreamOutcome[] }
   | { readonly kind: 'header' | 'progress' };
+
+/** A batch's records: as the server renders them, or as strings (a client's, a downstream service's). */
+export type Records = JsonRecords | readonly string[];
+
+/** A piece of the document's text. */
+export type DocumentText = string | Buffer;
 
 export interface AssembledDocument {
   readonly sha256: string;
@@ -59,17 +66,17 @@ export class ExportDocumentAssembler {
 
   constructor(
     categories: readonly DocumentCategory[],
-    private readonly sink?: (chunk: string) => void,
+    private readonly sink?: (chunk: DocumentText) => void,
     /** The downstream services asked, in document order (the header's). */
     private readonly services: readonly string[] = [],
   ) {
     this.emit('{');
     this.top = new ObjectWriter((t) => this.emit(t));
-    this.own = new CategoryWriter(categories, this.top);
+    this.own = new CategoryWriter(categories, this.top, this.textOf);
   }
 
   /** Appends a batch; batches of one category must be contiguous and in header order. */
-  add(category: string, records: readonly string[], service?: string): void {
+  add(category: string, records: Records, service?: string): void {
     this.assertOpen();
     if (service === undefined || service === '') {
       if (this.nextService > 0) throw new Error(`record batch for category '${category}' after the downstream sections began`);
@@ -88,7 +95,7 @@ export class ExportDocumentAssembler {
     this.openDownstream();
     this.skipTo(at);
     const obj = this.sectionObject(service);
-    this.section = { service, writer: new CategoryWriter(categories, obj) };
+    this.section = { service, writer: new CategoryWriter(categories, obj, this.textOf) };
     this.nextService = at + 1;
   }
 
@@ -152,7 +159,19 @@ export class ExportDocumentAssembler {
     if (this.result !== undefined) throw new Error('export document already finished');
   }
 
-  private emit(chunk: string): void {
+  /**
+   * Without a sink the text is only hashed, at once: it is joined in a buffer used again for
+   * every batch. A sink may keep what it is given, so it gets a buffer of its own.
+   */
+  private readonly textOf = (records: JsonRecords): Buffer => {
+    if (this.sink !== undefined) return records.joined();
+    const text = records.joinInto(this.scratch);
+    if (text.buffer !== this.scratch.buffer) this.scratch = Buffer.allocUnsafe(text.length * 2);
+    return text;
+  };
+  private scratch = Buffer.alloc(0);
+
+  private emit(chunk: DocumentText): void {
     this.hash.update(chunk);
     this.sink?.(chunk);
   }
@@ -173,7 +192,7 @@ function downstreamExportMember(services: readonly string[], outcomes: readonly 
 class ObjectWriter {
   private needComma = false;
 
-  constructor(readonly emit: (text: string) => void) {}
+  constructor(readonly emit: (text: DocumentText) => void) {}
 
   member(text: string): void {
     this.emit(this.needComma ? `,${text}` : text);
@@ -192,11 +211,13 @@ class CategoryWriter {
   constructor(
     private readonly categories: readonly DocumentCategory[],
     private readonly out: ObjectWriter,
+    /** A batch's text: the records joined by `,`. */
+    private readonly textOf: (records: JsonRecords) => Buffer,
   ) {
     for (const c of categories) this.counts.set(c.name, 0);
   }
 
-  add(category: string, records: readonly string[]): void {
+  add(category: string, records: Records): void {
     if (this.closed) throw new Error(`record batch for category '${category}' after its part of the document was closed`);
     this.advanceTo(category);
     const c = this.categories[this.index];
@@ -204,11 +225,13 @@ class CategoryWriter {
     if (records.length === 0) return;
     if (c.shape === 'list') {
       // One hash update per batch, not per record: this runs for every exported row.
-      this.out.emit(this.firstInCategory ? records.join(',') : `,${records.join(',')}`);
+      if (!this.firstInCategory) this.out.emit(',');
+      this.out.emit(records instanceof JsonRecords ? this.textOf(records) : records.join(','));
       this.firstInCategory = false;
     } else {
       if (this.counts.get(c.name) !== 0 || records.length > 1) throw new Error(`category ${c.name} has shape object but more than one record`);
-      const members = (records[0] ?? '').trim().slice(1, -1);
+      const first = records instanceof JsonRecords ? records.strings()[0] : records[0];
+      const members = (first ?? '').trim().slice(1, -1);
       if (members.length > 0) this.out.member(members);
     }
     this.counts.set(c.name, (this.counts.get(c.name) ?? 0) + records.length);

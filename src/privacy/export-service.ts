@@ -4,7 +4,8 @@ import { workers } from '../store/workers.js';
 import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';
 import { writeAudit } from './audit.js';
 import { authorizeExport } from './authorization.js';
-import { ExportDocumentAssembler } from './export-document.js';
+import { type DocumentText, ExportDocumentAssembler } from './export-document.js';
+import { JsonRecords } from './json-records.js';
 import type { Principal } from './principal.js';
 import { type SnapshotCategory, SnapshotReader } from './snapshot-reader.js';
 import type { DownstreamOutcome } from './downstream.js';
@@ -30,7 +31,7 @@ export type ExportEvent =
   /** A downstream service's part begins: its categories, by its own data map. */
   | { readonly kind: 'section'; readonly service: string; readonly categories: readonly SnapshotCategory[] }
   /** `service` is absent for the server's own categories. */
-  | { readonly kind: 'batch'; readonly category: string; readonly records: string[]; readonly service?: string }
+  | { readonly kind: 'batch'; readonly category: string; readonly records: JsonRecords; readonly service?: string }
   | { readonly kind: 'progress'; readonly outcome: DownstreamOutcome }
   | {
       readonly kind: 'trailer';
@@ -50,7 +51,7 @@ export class ExportService extends EnginePart {
 
   constructor(opts: EngineOptions) {
     super(opts);
-    this.reader = new SnapshotReader(opts.dataMap, opts.columnTypes, { fetchRows: opts.exportFetchRows, batchChars: opts.exportBatchChars });
+    this.reader = new SnapshotReader(opts.dataMap, opts.columnTypes, { fetchRows: opts.exportFetchRows, batchBytes: opts.exportBatchBytes });
     this.stallMs = opts.exportStallTimeoutMs ?? 30_000;
   }
 
@@ -208,7 +209,7 @@ export class ExportService extends EnginePart {
     userId: string,
     requestId: string,
     signal: AbortSignal,
-    opts: { endSnapshot: () => Promise<void>; sink?: (text: string) => void },
+    opts: { endSnapshot: () => Promise<void>; sink?: (text: DocumentText) => void },
   ): AsyncGenerator<ExportEvent> {
     const categories = await this.reader.categories(trx, userId);
     const generatedAt = this.now();
@@ -231,9 +232,10 @@ export class ExportService extends EnginePart {
           doc.startSection(service, e.categories);
           yield { kind: 'section', service, categories: e.categories };
         } else if (e.kind === 'batch') {
-          doc.add(e.category, e.records, service);
-          total += e.records.length;
-          yield { kind: 'batch', category: e.category, records: e.records, service };
+          const records = JsonRecords.fromStrings(e.records);
+          doc.add(e.category, records, service);
+          total += records.length;
+          yield { kind: 'batch', category: e.category, records, service };
         } else {
           outcomes.push(e.outcome);
           yield { kind: 'progress', outcome: e.outcome };

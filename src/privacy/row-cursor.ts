@@ -1,9 +1,9 @@
-import { StringDecoder } from 'node:string_decoder';
 import type { Knex } from 'knex';
 import pg from 'pg';
-import { to as copyTo } from 'pg-copy-streams';
 import { CancelledError } from '../errors.js';
+import { CopyOutQuery } from '../store/copy-out.js';
 import type { CopyRowRenderer } from './copy-json.js';
+import { type JsonRecords, JsonRecordsBuilder } from './json-records.js';
 import type { Fragment } from './sql.js';
 
 let cursorSeq = 0;
@@ -11,20 +11,29 @@ let cursorSeq = 0;
 const settingsMade = new WeakMap<Knex.Transaction, string>();
 const NO_READ_TIMEOUT_MS = 2 ** 31 - 1;
 
+/** When a page of records is handed on: whichever comes first. */
+export interface PageLimits {
+  readonly rows: number;
+  /** Bytes of JSON text (default 128 KiB: well below gRPC's 4 MB default and NATS's 1 MB). */
+  readonly bytes?: number;
+}
+
+const DEFAULT_PAGE_BYTES = 128 * 1024;
+
 /**
- * Reads a query's single text column `j` inside the caller's transaction, in pages of
- * `pageRows`. Only one page is in memory; the next is read when the consumer asks for it, so a
- * slow client slows the query instead of filling memory, and a cancelled call stops between
+ * Reads a query's single text column `j` (a JSON record) inside the caller's transaction, in
+ * pages (`limits`). Only one page is in memory; the next is read when the consumer asks for it,
+ * so a slow client slows the query instead of filling memory, and a cancelled call stops between
  * pages. On node-postgres the rows come through `COPY (query) TO STDOUT`, which streams without
  * a round trip per page (bench/RESULTS.md); elsewhere (PGlite) through a server-side cursor.
  */
 export async function* readJsonRows(
   trx: Knex.Transaction,
   query: Fragment,
-  pageRows: number,
+  limits: PageLimits,
   signal: AbortSignal,
   columns?: { readonly query: Fragment; readonly renderer: CopyRowRenderer },
-): AsyncGenerator<string[]> {
+): AsyncGenerator<JsonRecords> {
   // A transaction's client hands out the transaction's own connection.
   const conn: unknown = await (trx.client as { acquireConnection(): Promise<unknown> }).acquireConnection();
   // COPY takes no parameters: only a query that reads its values from settings can use it.
@@ -39,40 +48,85 @@ export async function* readJsonRows(
     await trx.raw(`SELECT ${calls.join(', ')}`, settings);
     settingsMade.set(trx, key);
   }
+  const pages = new Pages(limits);
   if (conn instanceof pg.Client && copy) {
     // With `columns`, PostgreSQL sends plain columns and Node renders the same JSON (copy-json.ts),
     // so that the two processes share the work.
     if (columns !== undefined && columns.query.bindings.length === 0) {
       const renderer = columns.renderer;
-      yield* copyRows(conn, columns.query.sql, pageRows, signal, (line) => renderer.render(line));
-    } else yield* copyRows(conn, query.sql, pageRows, signal, unescapeJsonLine);
-  } else yield* cursorRows(trx, query, pageRows, signal);
+      yield* copyRows(conn, columns.query.sql, pages, signal, (line, from, to, out) => renderer.renderInto(line, from, to, out));
+    } else yield* copyRows(conn, query.sql, pages, signal, copyJsonLine);
+  } else yield* cursorRows(trx, query, pages, signal);
 }
 
-async function* cursorRows(trx: Knex.Transaction, query: Fragment, fetchRows: number, signal: AbortSignal): AsyncGenerator<string[]> {
+/** Records collected into pages by the limits. */
+class Pages {
+  readonly builder = new JsonRecordsBuilder();
+  private readonly bytes: number;
+
+  constructor(readonly limits: PageLimits) {
+    this.bytes = limits.bytes ?? DEFAULT_PAGE_BYTES;
+  }
+
+  get full(): boolean {
+    return this.builder.length >= this.limits.rows || this.builder.bytes >= this.bytes;
+  }
+
+  get empty(): boolean {
+    return this.builder.length === 0;
+  }
+
+  take(): JsonRecords {
+    return this.builder.take();
+  }
+}
+
+async function* cursorRows(trx: Knex.Transaction, query: Fragment, pages: Pages, signal: AbortSignal): AsyncGenerator<JsonRecords> {
   const name = `lethe_export_${++cursorSeq}`;
+  const fetchRows = pages.limits.rows;
+  const out = pages.builder;
   await trx.raw(`DECLARE "${name}" NO SCROLL CURSOR FOR ${query.sql}`, query.bindings);
   for (;;) {
     throwIfAborted(signal);
     const result = (await trx.raw(`FETCH FORWARD ${fetchRows} FROM "${name}"`)) as { rows: Array<{ j: string }> };
     const rows = result.rows;
-    if (rows.length === 0) break;
-    yield rows.map((r) => r.j);
+    for (const r of rows) {
+      out.begin();
+      out.pushString(r.j);
+      out.end();
+      if (pages.full) yield pages.take();
+    }
     if (rows.length < fetchRows) break;
   }
+  if (!pages.empty) yield pages.take();
   await trx.raw(`CLOSE "${name}"`);
 }
 
 // COPY's text format escapes only backslashes in a JSON text: it holds no raw tab or newline.
-const unescapeJsonLine = (line: string): string => (line.includes('\\') ? line.replaceAll('\\\\', '\\') : line);
+function copyJsonLine(src: Buffer, from: number, to: number, out: JsonRecordsBuilder): void {
+  out.begin();
+  if (src.subarray(from, to).includes(0x5c)) out.pushString(src.toString('utf8', from, to).replaceAll('\\\\', '\\'));
+  else out.pushRange(src, from, to);
+  out.end();
+}
 
-async function* copyRows(conn: pg.Client, sql: string, pageRows: number, signal: AbortSignal, toRecord: (line: string) => string): AsyncGenerator<string[]> {
+type RenderLine = (src: Buffer, from: number, to: number, out: JsonRecordsBuilder) => void;
+
+async function* copyRows(conn: pg.Client, sql: string, pages: Pages, signal: AbortSignal, render: RenderLine): AsyncGenerator<JsonRecords> {
+  const out = pages.builder;
+  const copy = new CopyOutQuery<JsonRecords>(`COPY (${sql}) TO STDOUT`, {
+    row(src, from, to) {
+      render(src, from, to, out);
+      return pages.full ? pages.take() : undefined;
+    },
+    rest: () => (pages.empty ? undefined : pages.take()),
+  });
   // pg's query_timeout would fail a COPY that outlasts it; 0 means "the connection's default",
   // so the longest timer Node has (24.8 days) stands for none.
-  const copy = conn.query(Object.assign(copyTo(`COPY (${sql}) TO STDOUT`), { query_timeout: NO_READ_TIMEOUT_MS }));
-  // pg clears that timer only through the query's callback, which a COPY stream never calls: it
-  // is called once the COPY is over, or the timer would hold the stream (and the connection) in
-  // memory for those 24.8 days and keep the process from exiting after its shutdown.
+  conn.query(Object.assign(copy, { query_timeout: NO_READ_TIMEOUT_MS }));
+  // pg clears that timer only through the query's callback, which it never calls for a COPY:
+  // it is called once the COPY is over, or the timer would hold the stream (and the connection)
+  // in memory for those 24.8 days and keep the process from exiting after its shutdown.
   const clearReadTimer = () => (copy as { callback?: () => void }).callback?.();
   let settled = false;
   // The listener also keeps an error that arrives after we stopped reading from being unhandled.
@@ -85,24 +139,12 @@ async function* copyRows(conn: pg.Client, sql: string, pageRows: number, signal:
       settled = true;
       clearReadTimer();
     });
-  const decoder = new StringDecoder('utf8');
-  let tail = '';
-  let page: string[] = [];
   try {
-    for await (const chunk of copy as AsyncIterable<Buffer>) {
-      const lines = (tail + decoder.write(chunk)).split('\n');
-      tail = lines.pop() ?? '';
-      for (const line of lines) {
-        page.push(toRecord(line));
-        if (page.length >= pageRows) {
-          throwIfAborted(signal);
-          yield page;
-          page = [];
-        }
-      }
+    for await (const page of copy as AsyncIterable<JsonRecords>) {
+      throwIfAborted(signal);
+      yield page;
     }
     throwIfAborted(signal);
-    if (page.length > 0) yield page;
   } finally {
     // Stopped early: the server would go on sending the rest of the COPY. Closing the socket
     // ends the backend and its query; the caller's rollback then fails harmlessly and the pool

@@ -1,7 +1,8 @@
 import type { Knex } from 'knex';
 import { type Category, type DataMap, documentKeyOf } from './data-map.js';
 import type { DocumentCategory } from './export-document.js';
-import { readJsonRows } from './row-cursor.js';
+import type { JsonRecords } from './json-records.js';
+import { type PageLimits, readJsonRows } from './row-cursor.js';
 import { CopyRowRenderer } from './copy-json.js';
 import { type ColumnTypes, type Fragment, countQuery, exportColumnsQuery, exportQuery, subjectColumnsAreText } from './sql.js';
 
@@ -13,8 +14,8 @@ export interface SnapshotCategory extends DocumentCategory {
 export interface SnapshotReaderOptions {
   /** Rows read from PostgreSQL at a time. */
   readonly fetchRows?: number;
-  /** A batch closes once its records reach this many characters. */
-  readonly batchChars?: number;
+  /** A batch closes once its records' JSON text reaches this many bytes. */
+  readonly batchBytes?: number;
 }
 
 /**
@@ -25,8 +26,7 @@ export interface SnapshotReaderOptions {
  */
 export class SnapshotReader {
   private readonly exported: readonly Category[];
-  private readonly fetchRows: number;
-  private readonly batchChars: number;
+  private readonly limits: PageLimits;
 
   constructor(
     map: DataMap,
@@ -34,8 +34,7 @@ export class SnapshotReader {
     opts: SnapshotReaderOptions = {},
   ) {
     this.exported = map.categories.filter((c) => c.export !== undefined);
-    this.fetchRows = opts.fetchRows ?? 2000;
-    this.batchChars = opts.batchChars ?? 128 * 1024;
+    this.limits = { rows: opts.fetchRows ?? 2000, bytes: opts.batchBytes };
   }
 
   /** The exported categories in document order, with the subject's row count in each. */
@@ -74,12 +73,12 @@ export class SnapshotReader {
     subjectId: string,
     categories: readonly SnapshotCategory[],
     signal: AbortSignal,
-  ): AsyncGenerator<{ category: string; records: string[] }> {
+  ): AsyncGenerator<{ category: string; records: JsonRecords }> {
     const listed = new Set(categories.map((c) => c.name));
     for (const c of this.exported) {
       if (!listed.has(c.name)) continue;
-      for await (const rows of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.fetchRows, signal, this.columnsQueryFor(c, subjectId))) {
-        for (const records of this.splitBySize(rows)) yield { category: c.name, records };
+      for await (const records of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.limits, signal, this.columnsQueryFor(c, subjectId))) {
+        yield { category: c.name, records };
       }
     }
   }
@@ -93,20 +92,5 @@ export class SnapshotReader {
 
   private exportQueryFor(c: Category, subjectId: string): Fragment {
     return exportQuery(c, this.columnTypes, subjectId, { subjectFromSetting: subjectColumnsAreText(c, this.columnTypes) });
-  }
-
-  /** Keeps each batch well below gRPC's 4 MB default (and NATS's 1 MB) while carrying many rows. */
-  private *splitBySize(rows: string[]): Generator<string[]> {
-    let start = 0;
-    let chars = 0;
-    for (let i = 0; i < rows.length; i++) {
-      chars += rows[i]?.length ?? 0;
-      if (chars >= this.batchChars) {
-        yield rows.slice(start, i + 1);
-        start = i + 1;
-        chars = 0;
-      }
-    }
-    if (start < rows.length) yield start === 0 ? rows : rows.slice(start);
   }
 }

@@ -11,6 +11,7 @@ import { PrivacyServiceDefinition } from '../gen/lethe/privacy/v1/privacy.js';
 import type { PrivacyEngine } from '../privacy/engine.js';
 import type { ServerMetrics } from '../metrics/server-metrics.js';
 import { authentication, errorsAndLogging, exportRecordCounting } from './middleware.js';
+import { acceptPreEncoded } from './pre-encoded.js';
 import type { PageTokens } from '../api/page-token.js';
 import { privacyService } from './privacy-service.js';
 import { RequestSchemas, guardGrpcJsService, guardTsProtoService, refuseUndecodable } from './request-guard.js';
@@ -83,7 +84,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServ
   const server: Server = createServer(channelOptions(opts.limits)).use(errorsAndLogging(opts.logger, opts.metrics)).use(refuseUndecodable(opts.logger));
   const authenticated = server.with(authentication(opts.verify));
   (opts.metrics === undefined ? authenticated : authenticated.with(exportRecordCounting(opts.metrics))).add(
-    guardTsProtoService(PrivacyServiceDefinition, { schemas, maxRequestBytes: opts.limits.maxReceiveMessageBytes }),
+    acceptPreEncoded(guardTsProtoService(PrivacyServiceDefinition, { schemas, maxRequestBytes: opts.limits.maxReceiveMessageBytes })),
     privacyService(opts.engine, opts.pageTokens),
   );
   server.add(guardTsProtoService(HealthDefinition, small), HealthServiceImpl(health));

@@ -1,5 +1,5 @@
 import type { CallContext } from 'nice-grpc';
-import { toCategoryMessage, toOutcomeMessage } from '../api/export-messages.js';
+import { encodeBatchResponse, toCategoryMessage, toOutcomeMessage } from '../api/export-messages.js';
 import {
   type DeepPartial,
   type ExportUserRequest,
@@ -26,6 +26,7 @@ import type { PageTokens } from '../api/page-token.js';
 import { listRequestsPage } from '../api/request-pages.js';
 import { fromStateMessage, toArtifactMessage, toMessage } from '../api/request-messages.js';
 import { rightsHandlers } from './rights-service.js';
+import { preEncoded } from './pre-encoded.js';
 
 /** The gRPC front end: translates messages to engine calls and back, nothing more. */
 
@@ -128,7 +129,7 @@ function toExportMessage(event: ExportEvent): DeepPartial<ExportUserResponse> {
     case 'section':
       return { part: { $case: 'section', value: { service: event.service, categories: event.categories.map(toCategoryMessage) } } };
     case 'batch':
-      return { part: { $case: 'batch', value: { category: event.category, records: event.records, service: event.service ?? '' } } };
+      return preEncoded(encodeBatchResponse(event.category, event.records, event.service ?? ''));
     case 'progress':
       return { part: { $case: 'progress', value: toOutcomeMessage(event.outcome) } };
     case 'trailer':

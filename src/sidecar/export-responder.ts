@@ -105,7 +105,7 @@ export class ExportResponder implements Runnable {
       const categories = await o.reader.categories(trx, request.subjectId);
       await send({ kind: 'header', categories });
       for await (const batch of o.reader.batches(trx, request.subjectId, categories, this.stopping.signal)) {
-        await send({ kind: 'batch', ...batch });
+        await send({ kind: 'batch', category: batch.category, records: [...batch.records.strings()] });
         records += batch.records.length;
       }
       await send({ kind: 'end', records });

@@ -114,7 +114,7 @@ describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeout
       let rows = 0;
       const started = performance.now();
       await db.knex.transaction(async (trx) => {
-        for await (const page of readJsonRows(trx, query, 1_000, new AbortController().signal)) {
+        for await (const page of readJsonRows(trx, query, { rows: 1_000 }, new AbortController().signal)) {
           rows += page.length;
           if (rows <= 3_000) await new Promise((r) => setTimeout(r, 400));
         }

@@ -120,7 +120,11 @@ describe.runIf(bin !== undefined)('the export rendered in Node matches row_to_js
       await trx.raw(`SET LOCAL TimeZone = '${zone}'`);
       const out: string[] = [];
       const categories = await reader.categories(trx, 'subject');
-      for await (const b of reader.batches(trx, 'subject', categories, new AbortController().signal)) out.push(...b.records);
+      for await (const b of reader.batches(trx, 'subject', categories, new AbortController().signal)) {
+        // The bytes the document and the gRPC messages are made of, and the records decoded from them.
+        expect(b.records.joined().toString()).toBe(b.records.strings().join(','));
+        out.push(...b.records.strings());
+      }
       return out;
     });
     expect(Buffer.from(actual.join('\n'))).toEqual(Buffer.from(expected.join('\n')));

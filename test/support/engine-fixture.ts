@@ -38,8 +38,8 @@ export async function collectExport(events: AsyncIterable<ExportEvent>): Promise
   const chunks: string[] = [];
   const seen: ExportEvent[] = [];
   for await (const e of events) {
-    seen.push(e.kind === 'batch' ? { ...e, records: [...e.records] } : e);
-    if (e.kind === 'header') assembler = new ExportDocumentAssembler(e.categories, (c) => chunks.push(c), e.services);
+    seen.push(e);
+    if (e.kind === 'header') assembler = new ExportDocumentAssembler(e.categories, (c) => chunks.push(c.toString()), e.services);
     else assembler?.apply(e);
   }
   const text = chunks.join('');

@@ -28,7 +28,7 @@ const EXPECTED =
 /** Feeds batches and returns the emitted text with what finish() reported. */
 function assemble(header: readonly DocumentCategory[], batches: ReadonlyArray<readonly [string, readonly string[]]>) {
   const chunks: string[] = [];
-  const assembler = new ExportDocumentAssembler(header, (c) => chunks.push(c));
+  const assembler = new ExportDocumentAssembler(header, (c) => chunks.push(c.toString()));
   for (const [category, records] of batches) assembler.add(category, records);
   const result = assembler.finish();
   return { text: chunks.join(''), ...result };
