@@ -38,6 +38,8 @@ export async function writeStatementStats(url: string): Promise<void> {
   const d = dir();
   if (d === undefined) return;
   const rows = await onClient(url, async (c) => {
+    // A bench that did not reset the counts reports them since the server started.
+    await c.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
     const r = await c.query<{ calls: string; total_ms: number; mean_ms: number; rows: string; query: string }>(
       `SELECT calls, total_exec_time AS total_ms, mean_exec_time AS mean_ms, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) AS query
        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 30`,

@@ -4,9 +4,11 @@ import type { Logger } from 'pino';
 import { FailedPreconditionError, LetheError, errorSummary } from '../errors.js';
 import type { ArtifactRecord } from '../store/artifacts.js';
 import { translateDatabaseError } from '../store/errors.js';
-import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';
+import { type DownstreamExportPart, type PrivacyRequestRecord, downstreamExportsInsert, ledger } from '../store/ledger.js';
+import { ledgerSql } from '../store/ledger-sql.js';
+import { inSession } from '../store/session.js';
 import type { ArtifactCipher } from './artifact-cipher.js';
-import { type AuditEventType, writeAudit } from './audit.js';
+import { type AuditEventType, auditPart } from './audit.js';
 import type { DataMap } from './data-map.js';
 import { ARTIFACT_ERASED, artifactExpired } from './export-artifacts.js';
 import { FactsReader } from './facts.js';
@@ -103,18 +105,26 @@ export abstract class EnginePart {
     downstream: readonly DownstreamOutcome[] = [],
   ): Promise<void> {
     const at = this.now();
-    const details = auditDetails(r);
-    await this.knex
-      .transaction(async (trx) => {
-        if (ledgerToo) {
-          if (outcome.kind === 'delivered') await finishExport(trx, r.id, at, downstream);
-          else await ledger.finish(trx, r.id, 'failed', at, outcome.error);
-        }
-        await writeAudit(trx, this.map, { eventType: events[outcome.kind], actorId: r.requester, targetId: r.subjectId, details, timestamp: at });
-      })
-      .catch((err: unknown) => {
-        this.opts.logger.warn({ requestId: r.id, err: errorSummary(err) }, 'could not record the outcome of a request');
-      });
+    const statements: Array<{ sql: string; bindings: readonly Knex.RawBinding[] }> = [];
+    if (ledgerToo) {
+      if (outcome.kind !== 'delivered') statements.push(ledgerSql.finish(r.id, 'failed', at, outcome.error));
+      else {
+        statements.push(ledgerSql.finish(r.id, 'completed', at, partialNote(downstream)));
+        if (downstream.length > 0) statements.push(downstreamExportsInsert(this.knex, r.id, downstreamParts(downstream), at).toSQL());
+      }
+    }
+    const audit = auditPart(this.map, {
+      eventType: events[outcome.kind],
+      actorId: r.requester,
+      targetId: r.subjectId,
+      details: auditDetails(r),
+      timestamp: at,
+    });
+    if (audit !== undefined) statements.push(audit);
+    // One transaction, sent in one round trip.
+    await inSession(this.knex, (s) => s.run(statements, { commit: true })).catch((err: unknown) => {
+      this.opts.logger.warn({ requestId: r.id, err: errorSummary(err) }, 'could not record the outcome of a request');
+    });
   }
 
   /** Platform principals and platform owners read the whole ledger; others what they made or are the subject of. */
@@ -171,12 +181,11 @@ export function unavailableArtifact(a: ArtifactView): LetheError {
  */
 export async function finishExport(trx: Knex.Transaction, requestId: string, at: Date, downstream: readonly DownstreamOutcome[]): Promise<void> {
   await ledger.finish(trx, requestId, 'completed', at, partialNote(downstream));
-  await ledger.recordDownstreamExports(
-    trx,
-    requestId,
-    downstream.map((d) => ({ service: d.service, status: d.status === 'complete' ? 'exported' : d.status, error: d.error })),
-    at,
-  );
+  await ledger.recordDownstreamExports(trx, requestId, downstreamParts(downstream), at);
+}
+
+function downstreamParts(downstream: readonly DownstreamOutcome[]): DownstreamExportPart[] {
+  return downstream.map((d) => ({ service: d.service, status: d.status === 'complete' ? 'exported' : d.status, error: d.error }));
 }
 
 /** The ledger's note on a delivered export that lacks some downstream part; undefined when whole. */

@@ -88,7 +88,7 @@ export class Erasure extends EnginePart {
   ): Promise<ForgetResult | typeof IN_KNEX_TRANSACTION> {
     const self = actor.role === 'user' && actor.id === userId;
     // The actor's own facts matter only to someone who is neither the subject nor a platform principal.
-    const read = this.facts.forForget(userId, self || actor.role === 'platform' ? undefined : actor.id, [
+    const read = this.facts.forDecision(userId, self || actor.role === 'platform' ? undefined : actor.id, [
       ledgerSql.byIdempotencyKey(key),
       erasedColumn(userId),
     ]);

@@ -105,14 +105,13 @@ export class ExportService extends EnginePart {
    * gets the same answer whether or not it exists (a missing subject has no memberships).
    */
   async authorizeExportOf(actor: Principal, userId: string, db: Knex | Knex.Transaction = this.knex): Promise<void> {
-    // Read together (their round trips overlap), decided in that order.
-    const [subject, actorFacts, exists] = await Promise.all([
-      this.facts.subject(db, userId),
-      this.facts.actor(db, actor.id),
-      this.facts.subjectExists(db, userId),
-    ]);
-    authorizeExport(actor, userId, subject, actorFacts);
-    if (!exists) throw new NotFoundError(USER_NOT_FOUND);
+    // Read in one statement, decided in that order.
+    const read = this.facts.forDecision(userId, actor.id, []);
+    const facts = read.parse(
+      ((await db.raw(read.statement.sql, read.statement.bindings as Knex.RawBinding[])) as { rows: Array<Record<string, unknown>> }).rows,
+    );
+    authorizeExport(actor, userId, facts.subject, facts.actor);
+    if (!facts.subjectExists) throw new NotFoundError(USER_NOT_FOUND);
   }
 
   /** One of the export slots, or RESOURCE_EXHAUSTED at once; the returned function gives it back. */
@@ -211,7 +210,8 @@ export class ExportService extends EnginePart {
     signal: AbortSignal,
     opts: { endSnapshot: () => Promise<void>; sink?: (text: DocumentText) => void },
   ): AsyncGenerator<ExportEvent> {
-    const categories = await this.reader.categories(trx, userId);
+    const contents = await this.reader.contents(trx, userId);
+    const categories = contents.categories;
     const generatedAt = this.now();
     const downstream = this.opts.downstream;
     const services = downstream?.services ?? [];
@@ -219,7 +219,7 @@ export class ExportService extends EnginePart {
 
     const doc = new ExportDocumentAssembler(categories, opts.sink, services);
     let total = 0;
-    for await (const { category, records } of this.reader.batches(trx, userId, categories, signal)) {
+    for await (const { category, records } of this.reader.batches(trx, userId, contents, signal)) {
       doc.add(category, records);
       total += records.length;
       yield { kind: 'batch', category, records };

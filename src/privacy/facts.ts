@@ -5,7 +5,7 @@ import { qualified, quoteIdent } from './sql.js';
 
 type Authorization = NonNullable<DataMap['authorization']>;
 
-/** A scalar SQL expression with `?` for its values, read beside the facts (see forForget). */
+/** A scalar SQL expression with `?` for its values, read beside the facts (see forDecision). */
 export interface Column {
   readonly sql: string;
   readonly bindings: readonly Knex.RawBinding[];
@@ -46,12 +46,12 @@ export class FactsReader {
   }
 
   /**
-   * Everything a forget decides on, as one statement (to send with others): the subject's facts,
+   * Everything a forget or an export decides on, as one statement: the subject's facts,
    * the actor's (none without `actorId`: the rules do not look at them), whether the subject
    * exists (read as the methods below read them), and the caller's `extra` columns. `parse`
    * reads its row.
    */
-  forForget(
+  forDecision(
     subjectId: string,
     actorId: string | undefined,
     extra: readonly Column[],
@@ -129,7 +129,7 @@ export class FactsReader {
   }
 }
 
-/** Memberships as forForget reads them (json: parsed by the driver, or text). */
+/** Memberships as forDecision reads them (json: parsed by the driver, or text). */
 function memberships(v: unknown): Membership[] {
   const list = (typeof v === 'string' ? JSON.parse(v) : (v ?? [])) as Array<{ org: string; role: string; label: string | null }>;
   return list.map((x) => ({ organizationId: x.org, role: x.role, label: x.label ?? x.org }));

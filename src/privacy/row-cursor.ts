@@ -79,27 +79,39 @@ class Pages {
   take(): JsonRecords {
     return this.builder.take();
   }
+
+  /** Adds records given as text; yields each page they fill. */
+  *add(records: readonly string[]): Generator<JsonRecords> {
+    const out = this.builder;
+    for (const r of records) {
+      out.begin();
+      out.pushString(r);
+      out.end();
+      if (this.full) yield this.take();
+    }
+  }
 }
 
 async function* cursorRows(trx: Knex.Transaction, query: Fragment, pages: Pages, signal: AbortSignal): AsyncGenerator<JsonRecords> {
   const name = `lethe_export_${++cursorSeq}`;
   const fetchRows = pages.limits.rows;
-  const out = pages.builder;
   await trx.raw(`DECLARE "${name}" NO SCROLL CURSOR FOR ${query.sql}`, query.bindings);
   for (;;) {
     throwIfAborted(signal);
     const result = (await trx.raw(`FETCH FORWARD ${fetchRows} FROM "${name}"`)) as { rows: Array<{ j: string }> };
     const rows = result.rows;
-    for (const r of rows) {
-      out.begin();
-      out.pushString(r.j);
-      out.end();
-      if (pages.full) yield pages.take();
-    }
+    yield* pages.add(rows.map((r) => r.j));
     if (rows.length < fetchRows) break;
   }
   if (!pages.empty) yield pages.take();
   await trx.raw(`CLOSE "${name}"`);
+}
+
+/** Records already read (as text), in pages by the limits. */
+export function* pagesOf(records: readonly string[], limits: PageLimits): Generator<JsonRecords> {
+  const pages = new Pages(limits);
+  yield* pages.add(records);
+  if (!pages.empty) yield pages.take();
 }
 
 // COPY's text format escapes only backslashes in a JSON text: it holds no raw tab or newline.
@@ -154,6 +166,6 @@ async function* copyRows(conn: pg.Client, sql: string, pages: Pages, signal: Abo
   }
 }
 
-function throwIfAborted(signal: AbortSignal): void {
+export function throwIfAborted(signal: AbortSignal): void {
   if (signal.aborted) throw new CancelledError('The export was cancelled');
 }

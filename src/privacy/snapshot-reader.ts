@@ -1,8 +1,9 @@
 import type { Knex } from 'knex';
+import { queryPrepared } from '../store/session.js';
 import { type Category, type DataMap, documentKeyOf } from './data-map.js';
 import type { DocumentCategory } from './export-document.js';
 import type { JsonRecords } from './json-records.js';
-import { type PageLimits, readJsonRows } from './row-cursor.js';
+import { type PageLimits, pagesOf, readJsonRows, throwIfAborted } from './row-cursor.js';
 import { CopyRowRenderer } from './copy-json.js';
 import { type ColumnTypes, type Fragment, countQuery, exportColumnsQuery, exportQuery, subjectColumnsAreText } from './sql.js';
 
@@ -16,7 +17,25 @@ export interface SnapshotReaderOptions {
   readonly fetchRows?: number;
   /** A batch closes once its records' JSON text reaches this many bytes. */
   readonly batchBytes?: number;
+  /** Categories exporting at most this many rows are read with the counts (default SMALL_CATEGORY_ROWS). */
+  readonly smallCategoryRows?: number;
 }
+
+/** What a snapshot holds for a subject: the categories, and the records of the small ones, read with them. */
+export interface SnapshotContents {
+  /** The exported categories in document order, with the subject's row count in each. */
+  readonly categories: readonly SnapshotCategory[];
+  /** Records of the small categories (SMALL_CATEGORY_ROWS), by category. */
+  readonly small: ReadonlyMap<string, readonly string[]>;
+}
+
+/**
+ * A category exporting at most this many rows is read with the counts, in the same statement
+ * (PostgreSQL renders its records); a larger one is streamed after (COPY or a cursor). A typical
+ * person's export is then one statement instead of one per category (bench/RESULTS.md).
+ */
+const SMALL_CATEGORY_ROWS = 500;
+const RECORD_SEPARATOR = '\x1e';
 
 /**
  * Reads what a data map exports about a subject, inside the caller's snapshot: the categories
@@ -27,6 +46,7 @@ export interface SnapshotReaderOptions {
 export class SnapshotReader {
   private readonly exported: readonly Category[];
   private readonly limits: PageLimits;
+  private readonly smallRows: number;
 
   constructor(
     map: DataMap,
@@ -35,27 +55,36 @@ export class SnapshotReader {
   ) {
     this.exported = map.categories.filter((c) => c.export !== undefined);
     this.limits = { rows: opts.fetchRows ?? 2000, bytes: opts.batchBytes };
+    this.smallRows = opts.smallCategoryRows ?? SMALL_CATEGORY_ROWS;
   }
 
-  /** The exported categories in document order, with the subject's row count in each. */
-  async categories(trx: Knex.Transaction, subjectId: string): Promise<SnapshotCategory[]> {
-    // Every count in one statement: one round trip however many categories there are.
+  /** The categories and their counts, and the small categories' records: one statement, one round trip. */
+  async contents(trx: Knex.Transaction, subjectId: string): Promise<SnapshotContents> {
+    if (this.exported.length === 0) return { categories: [], small: new Map() };
     const counts = this.exported.map((c) => countQuery(c, subjectId));
-    const row =
-      counts.length === 0
-        ? {}
-        : (
-            (await trx.raw(
-              `SELECT ${counts.map((q, i) => `(${q.sql}) AS "n${i}"`).join(', ')}`,
-              counts.flatMap((q) => q.bindings),
-            )) as { rows: Array<Record<string, number | string>> }
-          ).rows[0];
-    const out: SnapshotCategory[] = [];
+    const records = this.exported.map((c) => exportQuery(c, this.columnTypes, subjectId));
+    // An uncorrelated subquery runs only when its CASE branch is taken (PostgreSQL evaluates it
+    // on first use): a large category's records are not read here. string_agg keeps the order
+    // the export query sorts its rows in; the records are joined by RS (0x1e), which no JSON
+    // text holds unescaped (a text array would cost a slow parse of its own).
+    const small = this.exported.map((c, i) => {
+      const limit = c.export?.limit ?? 0;
+      const rows = limit > 0 ? `least("n${i}", ${limit})` : `"n${i}"`;
+      return `CASE WHEN ${rows} <= ${this.smallRows} THEN (SELECT coalesce(string_agg("q"."j", chr(30)), '') FROM (${records[i]?.sql}) AS "q") END AS "r${i}"`;
+    });
+    // The same text for every subject: prepared once per connection.
+    const rows = await queryPrepared(trx, {
+      sql: `SELECT "c".*, ${small.join(', ')} FROM (SELECT ${counts.map((q, i) => `(${q.sql}) AS "n${i}"`).join(', ')}) AS "c"`,
+      bindings: [...counts.flatMap((q) => q.bindings), ...records.flatMap((q) => q.bindings)],
+    });
+    const row = rows[0] ?? {};
+    const categories: SnapshotCategory[] = [];
+    const read = new Map<string, readonly string[]>();
     for (const [i, c] of this.exported.entries()) {
       const spec = c.export;
-      const totalCount = Number(row?.[`n${i}`] ?? 0);
+      const totalCount = Number(row[`n${i}`] ?? 0);
       if (totalCount === 0 && spec?.omit_when_empty === true) continue;
-      out.push({
+      categories.push({
         name: c.name,
         documentKey: spec?.shape === 'object' ? '' : documentKeyOf(c),
         shape: spec?.shape ?? 'list',
@@ -63,26 +92,33 @@ export class SnapshotReader {
         totalCount,
         limit: spec?.limit ?? 0,
       });
+      const r = row[`r${i}`];
+      if (typeof r === 'string') read.set(c.name, r === '' ? [] : r.split(RECORD_SEPARATOR));
     }
-    return out;
+    return { categories, small: read };
   }
 
-  /** The records of `categories` (from categories()), category after category, in batches; one page in memory at a time. */
+  /** The records of `contents`' categories, category after category, in batches; one page in memory at a time. */
   async *batches(
     trx: Knex.Transaction,
     subjectId: string,
-    categories: readonly SnapshotCategory[],
+    contents: SnapshotContents,
     signal: AbortSignal,
   ): AsyncGenerator<{ category: string; records: JsonRecords }> {
-    const listed = new Set(categories.map((c) => c.name));
+    const listed = new Set(contents.categories.map((c) => c.name));
     for (const c of this.exported) {
       if (!listed.has(c.name)) continue;
-      for await (const records of readJsonRows(trx, this.exportQueryFor(c, subjectId), this.limits, signal, this.columnsQueryFor(c, subjectId))) {
+      const small = contents.small.get(c.name);
+      const pages =
+        small !== undefined
+          ? pagesOf(small, this.limits)
+          : readJsonRows(trx, this.exportQueryFor(c, subjectId), this.limits, signal, this.columnsQueryFor(c, subjectId));
+      for await (const records of pages) {
+        throwIfAborted(signal);
         yield { category: c.name, records };
       }
     }
   }
-
   /** The plain-columns form for COPY (only where the subject id can come from a setting). */
   private columnsQueryFor(c: Category, subjectId: string): { query: Fragment; renderer: CopyRowRenderer } | undefined {
     if (!subjectColumnsAreText(c, this.columnTypes)) return undefined;

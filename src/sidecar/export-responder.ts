@@ -102,9 +102,9 @@ export class ExportResponder implements Runnable {
     const trx = await o.knex.transaction();
     try {
       await trx.raw('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
-      const categories = await o.reader.categories(trx, request.subjectId);
-      await send({ kind: 'header', categories });
-      for await (const batch of o.reader.batches(trx, request.subjectId, categories, this.stopping.signal)) {
+      const contents = await o.reader.contents(trx, request.subjectId);
+      await send({ kind: 'header', categories: [...contents.categories] });
+      for await (const batch of o.reader.batches(trx, request.subjectId, contents, this.stopping.signal)) {
         await send({ kind: 'batch', category: batch.category, records: [...batch.records.strings()] });
         records += batch.records.length;
       }

@@ -55,6 +55,15 @@ export const ledgerSql = {
     return { table: TABLE, sql, bindings: COLUMNS.map((c) => values[c]) };
   },
 
+  /** ledger.finish as a statement part. */
+  finish(id: string, state: 'completed' | 'failed', at: Date, error?: string): Part {
+    return {
+      table: TABLE,
+      sql: `UPDATE "${TABLE}" SET "state" = ?, "completed_at" = ?, "error" = ? WHERE "id" = ?`,
+      bindings: [state, state === 'completed' ? at : null, error ?? null, id],
+    };
+  },
+
   /** ledger.carriedOut as a statement part. */
   carriedOut(id: string, state: RequestState, at: Date, rowsAffected: string): Part {
     return {

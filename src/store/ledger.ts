@@ -348,27 +348,9 @@ export const ledger = {
   },
 
   /** Records what each downstream service contributed to an export (its part, or why not). */
-  async recordDownstreamExports(
-    trx: Knex.Transaction,
-    requestId: string,
-    parts: ReadonlyArray<{ service: string; status: 'exported' | 'timed_out' | 'failed'; error?: string | undefined }>,
-    at: Date,
-  ): Promise<void> {
+  async recordDownstreamExports(trx: Knex.Transaction, requestId: string, parts: readonly DownstreamExportPart[], at: Date): Promise<void> {
     if (parts.length === 0) return;
-    await trx('lethe_confirmations')
-      .insert(
-        parts.map((p) => ({
-          request_id: requestId,
-          service: p.service,
-          status: p.status,
-          rows_affected: JSON.stringify([]),
-          purged_at: at,
-          received_at: at,
-          error: p.error ?? null,
-        })),
-      )
-      .onConflict(['request_id', 'service'])
-      .merge(['status', 'purged_at', 'received_at', 'error']);
+    await downstreamExportsInsert(trx, requestId, parts, at);
   },
 
   /**
@@ -412,3 +394,27 @@ export const ledger = {
     });
   },
 };
+
+export interface DownstreamExportPart {
+  readonly service: string;
+  readonly status: 'exported' | 'timed_out' | 'failed';
+  readonly error?: string | undefined;
+}
+
+/** The statement of recordDownstreamExports (a query builder: awaited, or sent as SQL with others). */
+export function downstreamExportsInsert(db: Knex | Knex.Transaction, requestId: string, parts: readonly DownstreamExportPart[], at: Date): Knex.QueryBuilder {
+  return db('lethe_confirmations')
+    .insert(
+      parts.map((p) => ({
+        request_id: requestId,
+        service: p.service,
+        status: p.status,
+        rows_affected: JSON.stringify([]),
+        purged_at: at,
+        received_at: at,
+        error: p.error ?? null,
+      })),
+    )
+    .onConflict(['request_id', 'service'])
+    .merge(['status', 'purged_at', 'received_at', 'error']);
+}

@@ -55,6 +55,18 @@ export function sessionOf(trx: Knex.Transaction): Session {
 }
 
 /**
+ * One statement in the caller's transaction, as a named prepared statement on PostgreSQL (parsed
+ * and planned once per connection, and its text sent once): for a statement run on every call
+ * whose text is long, such as an export's. Embedded PGlite runs it as it is.
+ */
+export async function queryPrepared(trx: Knex.Transaction, s: Statement): Promise<Rows> {
+  if (embedded(trx)) return ((await trx.raw(s.sql, s.bindings as Knex.RawBinding[])) as { rows: Rows }).rows;
+  // A transaction's client hands out the transaction's own connection.
+  const conn = (await (trx.client as { acquireConnection(): Promise<unknown> }).acquireConnection()) as pg.Client;
+  return (await conn.query(prepared(s))).rows as Rows;
+}
+
+/**
  * Runs `fn` in a transaction: pipelined on PostgreSQL unless `pipelined` is false (then, as on
  * PGlite, a knex transaction whose `trx` the session carries). Commits when `fn` returns (unless
  * it committed with its last statements), rolls back when it throws.
