@@ -6,6 +6,7 @@ import { connectPrivacyService } from '../src/client/privacy-client.js';
 import { loadDemoData } from '../src/store/demo-data.js';
 import { openDatabase } from '../src/store/database.js';
 import { withServerOnPostgres } from './export.js';
+import { cpuMeters, postmasterPid } from './fanout/cpu.js';
 import { intFlag } from './flags.js';
 
 /**
@@ -25,7 +26,7 @@ const WARMUP_EXPORTS = 50;
 export async function run(args: string[]): Promise<void> {
   const clients = intFlag(args, '--clients', 16);
   const seconds = intFlag(args, '--seconds', 10);
-  await withServerOnPostgres({ LETHE_DATA_MAP: DATA_MAP, LETHE_MAX_CONCURRENT_EXPORTS: String(clients) }, async ({ url, dataDir, address }) => {
+  await withServerOnPostgres({ LETHE_DATA_MAP: DATA_MAP, LETHE_MAX_CONCURRENT_EXPORTS: String(clients) }, async ({ url, dataDir, address, serverPid, clusterDataDir }) => {
     const db = await openDatabase({ kind: 'postgres', url, poolMax: 1 });
     await loadDemoData(db.knex).finally(() => db.close());
     const token = await mintLocalToken(dataDir, SUBJECT, 3600);
@@ -45,6 +46,7 @@ export async function run(args: string[]): Promise<void> {
       const latencies: number[] = [];
       let errors = 0;
       const load = loadavg()[0] ?? 0;
+      const meters = cpuMeters(serverPid, postmasterPid(clusterDataDir));
       const t0 = performance.now();
       const until = t0 + seconds * 1000;
       await Promise.all(
@@ -59,6 +61,7 @@ export async function run(args: string[]): Promise<void> {
         }),
       );
       const elapsed = (performance.now() - t0) / 1000;
+      const cpu = meters.read();
       latencies.sort((a, b) => a - b);
       const pct = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))] ?? 0;
       const lines: Array<[string, string]> = [
@@ -69,6 +72,8 @@ export async function run(args: string[]): Promise<void> {
         ['export_errors', String(errors)],
         ['typical_export_p50_ms', pct(50).toFixed(1)],
         ['typical_export_p99_ms', pct(99).toFixed(1)],
+        ...cpu.perProcess.map(([name, seconds]): [string, string] => [`cpu_ms_per_export_${name}`, ((1000 * seconds) / Math.max(1, latencies.length)).toFixed(2)]),
+        ['machine_cpu_busy_pct', cpu.machineBusyPct.toFixed(0)],
         ['typical_exports_per_s', (latencies.length / elapsed).toFixed(0)],
       ];
       for (const [name, value] of lines) console.log(`${name}: ${value}`);

@@ -10,7 +10,7 @@ import { forgetStatements } from '../src/privacy/forget.js';
 import { prepareServerDataMap } from '../src/privacy/lethe-tables.js';
 import { openDatabase } from '../src/store/database.js';
 import { withServerOnPostgres } from './export.js';
-import { cpuSeconds, machineCpu, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
+import { cpuMeters, postmasterPid } from './fanout/cpu.js';
 import { seedIdentity, userId } from './fanout/services.js';
 import { intFlag } from './flags.js';
 import { resetStatementStats } from './profile.js';
@@ -151,32 +151,6 @@ async function timed(fn: () => Promise<void>): Promise<number> {
   const t0 = performance.now();
   await fn();
   return performance.now() - t0;
-}
-
-/** CPU used from now until read(): the server, PostgreSQL (the postmaster and its backends), this process, the machine. */
-function cpuMeters(serverPid: number, pgPid: number): { read(): { perProcess: Array<[string, number]>; machineBusyPct: number } } {
-  const meters: Array<[string, () => number]> = [
-    ['server', () => cpuSeconds(serverPid)],
-    ['postgres', () => treeCpuSeconds(pgPid)],
-    [
-      'bench',
-      () => {
-        const u = process.cpuUsage();
-        return (u.user + u.system) / 1e6;
-      },
-    ],
-  ];
-  const before = meters.map(([, read]) => read());
-  const machineBefore = machineCpu();
-  return {
-    read() {
-      const after = machineCpu();
-      return {
-        perProcess: meters.map(([name, read], i) => [name, read() - (before[i] ?? 0)]),
-        machineBusyPct: (100 * (after.busy - machineBefore.busy)) / (after.total - machineBefore.total),
-      };
-    },
-  };
 }
 
 function median(values: readonly number[]): number {

@@ -57,3 +57,29 @@ export function machineCpu(): { busy: number; total: number } {
   const total = f.reduce((a, b) => a + b, 0);
   return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
 }
+
+/** CPU used from now until read(): the server, PostgreSQL (the postmaster and its backends), this process, the machine. */
+export function cpuMeters(serverPid: number, pgPid: number): { read(): { perProcess: Array<[string, number]>; machineBusyPct: number } } {
+  const meters: Array<[string, () => number]> = [
+    ['server', () => cpuSeconds(serverPid)],
+    ['postgres', () => treeCpuSeconds(pgPid)],
+    [
+      'bench',
+      () => {
+        const u = process.cpuUsage();
+        return (u.user + u.system) / 1e6;
+      },
+    ],
+  ];
+  const before = meters.map(([, read]) => read());
+  const machineBefore = machineCpu();
+  return {
+    read() {
+      const after = machineCpu();
+      return {
+        perProcess: meters.map(([name, read], i) => [name, read() - (before[i] ?? 0)]),
+        machineBusyPct: (100 * (after.busy - machineBefore.busy)) / (after.total - machineBefore.total),
+      };
+    },
+  };
+}

@@ -90,11 +90,11 @@ describe('subjectPredicate', () => {
 });
 
 describe('exportQuery', () => {
-  it('builds the memberships query with its join, LATERAL projection and ORDER BY', () => {
+  it('builds the memberships query with its join, its projection rendered per row kept, and ORDER BY', () => {
     expect(exportQuery(category('memberships'), NO_TYPES, 'u-1')).toEqual({
       sql:
-        'SELECT row_to_json("x")::text AS "j" FROM "memberships" AS "t" LEFT JOIN "organizations" AS "organizations" ON "organizations"."id" = "t"."organization_id", ' +
-        'LATERAL (SELECT "t"."organization_id" AS "organization_id", "organizations"."slug" AS "organization_slug", "t"."role" AS "role", "t"."joined_at" AS "joined_at") AS "x" ' +
+        'SELECT (SELECT row_to_json("x")::text FROM (SELECT "t"."organization_id" AS "organization_id", "organizations"."slug" AS "organization_slug", "t"."role" AS "role", "t"."joined_at" AS "joined_at") AS "x") AS "j" ' +
+        'FROM "memberships" AS "t" LEFT JOIN "organizations" AS "organizations" ON "organizations"."id" = "t"."organization_id" ' +
         'WHERE "t"."user_id" = ? ORDER BY "t"."joined_at" ASC, "t"."organization_id" ASC',
       bindings: ['u-1'],
     });
@@ -108,7 +108,7 @@ describe('exportQuery', () => {
 
   it('leaves out ORDER BY and LIMIT when the map has none', () => {
     expect(exportQuery(transfers, NO_TYPES, 'u-1')).toEqual({
-      sql: 'SELECT row_to_json("x")::text AS "j" FROM "transfers" AS "t", LATERAL (SELECT "t"."id" AS "id") AS "x" WHERE ("t"."sender_id" = ? OR "t"."recipient_id" = ?)',
+      sql: 'SELECT (SELECT row_to_json("x")::text FROM (SELECT "t"."id" AS "id") AS "x") AS "j" FROM "transfers" AS "t" WHERE ("t"."sender_id" = ? OR "t"."recipient_id" = ?)',
       bindings: ['u-1', 'u-1'],
     });
   });
@@ -116,7 +116,7 @@ describe('exportQuery', () => {
   it('uses the via subquery for a schema-qualified table', () => {
     expect(exportQuery(invoices, NO_TYPES, 'u-1')).toEqual({
       sql:
-        'SELECT row_to_json("x")::text AS "j" FROM "billing"."invoices" AS "t", LATERAL (SELECT "t"."number" AS "number", "t"."issued_at" AS "issued_at") AS "x" ' +
+        'SELECT (SELECT row_to_json("x")::text FROM (SELECT "t"."number" AS "number", "t"."issued_at" AS "issued_at") AS "x") AS "j" FROM "billing"."invoices" AS "t" ' +
         'WHERE "t"."account_id" IN (SELECT "lethe_via"."id" FROM "billing"."accounts" AS "lethe_via" WHERE "lethe_via"."user_id" = ?) ORDER BY "t"."issued_at" DESC LIMIT 10',
       bindings: ['u-1'],
     });
