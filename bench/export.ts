@@ -14,6 +14,7 @@ import { checkDataMapAgainstDatabase } from '../src/privacy/schema-check.js';
 import { exportQuery } from '../src/privacy/sql.js';
 import { openDatabase } from '../src/store/database.js';
 import { freePort, requirePostgres, startPostgres } from '../test/support/postgres.js';
+import { cpuMeters, postmasterPid } from './fanout/cpu.js';
 import { clusterProfileSettings, resetStatementStats, serverProfileArgs, writeCpuProfileSummary, writeStatementStats } from './profile.js';
 
 /**
@@ -36,6 +37,8 @@ const WARMUP_SUBJECT = 'bench-warmup';
 const WARMUP_ROWS = 50_000;
 const DATA_MAP = fileURLToPath(new URL('./export-datamap.yaml', import.meta.url));
 const SERVER = fileURLToPath(new URL('./server-process.ts', import.meta.url));
+/** The Node flags the chart runs the server with (templates/server-deployment.yaml). */
+const SERVER_NODE_FLAGS = ['--initial-heap-size=256'];
 const COLUMNS = 'id, timestamp, ip_address, user_agent, provider, success, risk_score, risk_factors, geo_country, geo_city';
 
 export async function run(args: string[]): Promise<void> {
@@ -75,11 +78,12 @@ export async function run(args: string[]): Promise<void> {
 
     const load = loadavg()[0] ?? 0;
     const rss = new RssProbe(pid);
-    const cpuBefore = cpuSeconds(pid);
+    const meters = cpuMeters(pid, postmasterPid(cluster.dataDir));
     const exportStart = performance.now();
     await exportAndDiscard(address, token, SUBJECT, rows);
     const exportSeconds = (performance.now() - exportStart) / 1000;
-    const serverCpu = cpuSeconds(pid) - cpuBefore;
+    const cpu = meters.read();
+    const serverCpu = cpu.perProcess.find(([name]) => name === 'server')?.[1] ?? 0;
     const growthMb = rss.stop();
 
     const receiveStart = performance.now();
@@ -96,6 +100,7 @@ export async function run(args: string[]): Promise<void> {
       ['seed_s', seedSeconds.toFixed(1)],
       ['export_s', exportSeconds.toFixed(2)],
       ['server_cpu_s', serverCpu.toFixed(2)],
+      ...cpu.perProcess.filter(([name]) => name !== 'server').map(([name, seconds]): [string, string] => [`${name}_cpu_s`, seconds.toFixed(2)]),
       ['psql_copy_s', psqlSeconds.toFixed(2)],
       ['psql_copy_export_sql_rows_per_s', (rows / exportSqlSeconds).toFixed(0)],
       ['receive_export_rows_per_s', (rows / receiveSeconds).toFixed(0)],
@@ -150,7 +155,7 @@ export async function startServer(
   nodeArgs: readonly string[] = [],
 ): Promise<{ child: ChildProcess; port: number }> {
   const listen = `127.0.0.1:${await freePort()}`;
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', SERVER, '--listen', listen], {
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, ...nodeArgs, '--import', 'tsx', SERVER, '--listen', listen], {
     env: {
       ...process.env,
       DATABASE_URL: url,
@@ -266,12 +271,6 @@ async function receiveAndDiscard(address: string, token: string, expected: numbe
   } finally {
     close();
   }
-}
-
-/** User and system CPU time of a process, from /proc/<pid>/stat (in clock ticks of 1/100 s). */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /**

@@ -40,8 +40,12 @@ export async function* readJsonRows(
   const copy = conn instanceof pg.Client && query.bindings.length === 0;
   // COPY runs at the pace of the client reading the export (backpressure), which may be slower
   // than any statement timeout: it runs without (the caller's deadline or cancellation still
-  // ends it). The settings last until the transaction ends: made once for all its categories.
-  const settings = [...(query.setting === undefined ? [] : [query.setting.name, query.setting.value]), ...(copy ? ['statement_timeout', '0'] : [])];
+  // ends it). Plain columns' timestamps come as their text in UTC (sql.ts, exportColumnsQuery).
+  // The settings last until the transaction ends: made once for all its categories.
+  const settings = [
+    ...(query.setting === undefined ? [] : [query.setting.name, query.setting.value]),
+    ...(copy ? ['statement_timeout', '0', 'TimeZone', 'UTC', 'DateStyle', 'ISO'] : []),
+  ];
   const key = settings.join('\0');
   if (settings.length > 0 && settingsMade.get(trx) !== key) {
     const calls = Array.from({ length: settings.length / 2 }, () => 'set_config(?, ?, true)');

@@ -119,11 +119,12 @@ function exportTail(category: Category, subjectId: string, fromSetting: boolean)
 }
 
 /** Each exported field's SQL expression (timestamps formatted) and information_schema type. */
-function exportFields(category: Category, types: ColumnTypes): Array<{ name: string; expr: string; dataType: string | undefined }> {
+function exportFields(category: Category, types: ColumnTypes): Array<{ name: string; expr: string; ref: string; dataType: string | undefined }> {
   return (category.export?.fields ?? []).map((f) => {
     const r = resolveRef(category, f.column);
     const dataType = types.get(r.table)?.get(r.column);
-    return { name: f.name, expr: exportExpression(qualified(r.qualifier, r.column), dataType), dataType };
+    const ref = qualified(r.qualifier, r.column);
+    return { name: f.name, expr: exportExpression(ref, dataType), ref, dataType };
   });
 }
 
@@ -149,13 +150,30 @@ export function exportQuery(category: Category, types: ColumnTypes, subjectId: s
 }
 
 /**
+ * A timestamp of years 1 to 9999 comes as its standard text (the transaction's TimeZone is UTC
+ * and DateStyle ISO: see row-cursor.ts), which Node turns into the export's form far more cheaply
+ * than to_char; any other (BC, year 10000 and later, infinity) comes formatted by to_char.
+ */
+const TIMESTAMP_RANGE: Record<string, readonly [string, string]> = {
+  'timestamp with time zone': ["'0001-01-01 00:00:00+00'::timestamptz", "'10000-01-01 00:00:00+00'::timestamptz"],
+  'timestamp without time zone': ["'0001-01-01 00:00:00'::timestamp", "'10000-01-01 00:00:00'::timestamp"],
+};
+
+function columnExpression(f: { expr: string; ref: string; dataType: string | undefined }, kind: ColumnKind | undefined): string {
+  if (kind === 'rendered') return `to_json(${f.expr})::text`;
+  const range = kind === 'timestamp' ? TIMESTAMP_RANGE[f.dataType ?? ''] : undefined;
+  if (range === undefined) return f.expr;
+  return `CASE WHEN ${f.ref} >= ${range[0]} AND ${f.ref} < ${range[1]} THEN ${f.ref}::text ELSE ${f.expr} END`;
+}
+
+/**
  * The same rows as exportQuery, as plain columns for COPY's text format, for Node to render
  * the JSON (copy-json.ts): a column whose type Node does not render comes as to_json's text.
  */
 export function exportColumnsQuery(category: Category, types: ColumnTypes, subjectId: string): { query: Fragment; names: string[]; kinds: ColumnKind[] } {
   const fields = exportFields(category, types);
   const kinds = fields.map((f) => columnKind(f.dataType));
-  const projection = fields.map((f, i) => (kinds[i] === 'rendered' ? `to_json(${f.expr})::text` : f.expr)).join(', ');
+  const projection = fields.map((f, i) => columnExpression(f, kinds[i])).join(', ');
   const tail = exportTail(category, subjectId, true);
   return {
     query: {

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { withAdvisoryLock } from './advisory-lock.js';
 import * as identity001 from './migrations/identity/001-identity-schema.js';
+import * as identity002 from './migrations/identity/002-login-events-order.js';
 import * as lethe001 from './migrations/lethe/001-ledger.js';
 import * as lethe002 from './migrations/lethe/002-events.js';
 import * as lethe003 from './migrations/lethe/003-export-artifacts.js';
@@ -42,7 +43,7 @@ const LETHE = new StaticMigrationSource({
   '007-rights': lethe007,
 });
 const SIDECAR = new StaticMigrationSource({ '001-purges': sidecar001, '002-changes': sidecar002 });
-const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001 });
+const IDENTITY = new StaticMigrationSource({ '001-identity-schema': identity001, '002-login-events-order': identity002 });
 
 /**
  * knex's own migration lock makes a second replica migrating at the same moment fail ("Migration

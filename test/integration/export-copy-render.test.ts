@@ -61,6 +61,10 @@ const ROWS: Array<Record<string, string>> = [
     j: `'  [1,  2 ] '`,
   },
   { n: `'-Infinity'`, j: `'null'`, jb: `'null'`, s: `E'\\\\'`, v: `E'\\r\\n'` },
+  // The edges of the years whose text Node formats (1 to 9999), and just past them.
+  { ts: `'0001-01-01 00:00:00+00'`, tsn: `'9999-12-31 23:59:59.999999'` },
+  { ts: `'9999-12-31 23:59:59.5+00'`, tsn: `'0001-01-01 00:00:00'` },
+  { ts: `'0001-12-31 23:59:59+00 BC'`, tsn: `'10000-01-01 00:00:00'` },
   {},
 ];
 

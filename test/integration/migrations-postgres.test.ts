@@ -70,7 +70,7 @@ describe.runIf(bin !== undefined)('migrations on PostgreSQL, from several replic
     expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
     const k = dbs[0]?.knex;
     if (k === undefined) throw new Error('no database');
-    expect(await k('lethe_identity_migrations').pluck('name')).toEqual(['001-identity-schema']);
+    expect(await k('lethe_identity_migrations').orderBy('id').pluck('name')).toEqual(['001-identity-schema', '002-login-events-order']);
     expect(await k('lethe_sidecar_migrations').orderBy('id').pluck('name')).toEqual(['001-purges', '002-changes']);
   });
 });
