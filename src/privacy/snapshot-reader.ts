@@ -36,6 +36,8 @@ export interface SnapshotContents {
  */
 const SMALL_CATEGORY_ROWS = 500;
 const RECORD_SEPARATOR = '\x1e';
+/** Stands for the person's id in a statement built once for every person (no id holds a NUL). */
+const SUBJECT_MARK = '\0subject';
 
 /**
  * Reads what a data map exports about a subject, inside the caller's snapshot: the categories
@@ -47,6 +49,7 @@ export class SnapshotReader {
   private readonly exported: readonly Category[];
   private readonly limits: PageLimits;
   private readonly smallRows: number;
+  private contentsSql: { sql: string; bindings: readonly Knex.RawBinding[] } | undefined;
 
   constructor(
     map: DataMap,
@@ -61,22 +64,9 @@ export class SnapshotReader {
   /** The categories and their counts, and the small categories' records: one statement, one round trip. */
   async contents(trx: Knex.Transaction, subjectId: string): Promise<SnapshotContents> {
     if (this.exported.length === 0) return { categories: [], small: new Map() };
-    const counts = this.exported.map((c) => countQuery(c, subjectId));
-    const records = this.exported.map((c) => exportQuery(c, this.columnTypes, subjectId));
-    // An uncorrelated subquery runs only when its CASE branch is taken (PostgreSQL evaluates it
-    // on first use): a large category's records are not read here. string_agg keeps the order
-    // the export query sorts its rows in; the records are joined by RS (0x1e), which no JSON
-    // text holds unescaped (a text array would cost a slow parse of its own).
-    const small = this.exported.map((c, i) => {
-      const limit = c.export?.limit ?? 0;
-      const rows = limit > 0 ? `least("n${i}", ${limit})` : `"n${i}"`;
-      return `CASE WHEN ${rows} <= ${this.smallRows} THEN (SELECT coalesce(string_agg("q"."j", chr(30)), '') FROM (${records[i]?.sql}) AS "q") END AS "r${i}"`;
-    });
-    // The same text for every subject: prepared once per connection.
-    const rows = await queryPrepared(trx, {
-      sql: `SELECT "c".*, ${small.join(', ')} FROM (SELECT ${counts.map((q, i) => `(${q.sql}) AS "n${i}"`).join(', ')}) AS "c"`,
-      bindings: [...counts.flatMap((q) => q.bindings), ...records.flatMap((q) => q.bindings)],
-    });
+    const statement = this.contentsStatement();
+    // The same text for every subject (prepared once per connection).
+    const rows = await queryPrepared(trx, { sql: statement.sql, bindings: statement.bindings.map((b) => (b === SUBJECT_MARK ? subjectId : b)) });
     const row = rows[0] ?? {};
     const categories: SnapshotCategory[] = [];
     const read = new Map<string, readonly string[]>();
@@ -96,6 +86,27 @@ export class SnapshotReader {
       if (typeof r === 'string') read.set(c.name, r === '' ? [] : r.split(RECORD_SEPARATOR));
     }
     return { categories, small: read };
+  }
+
+  /** The statement of contents(), built once, with SUBJECT_MARK where the person's id goes. */
+  private contentsStatement(): { sql: string; bindings: readonly Knex.RawBinding[] } {
+    if (this.contentsSql !== undefined) return this.contentsSql;
+    const counts = this.exported.map((c) => countQuery(c, SUBJECT_MARK));
+    const records = this.exported.map((c) => exportQuery(c, this.columnTypes, SUBJECT_MARK));
+    // An uncorrelated subquery runs only when its CASE branch is taken (PostgreSQL evaluates it
+    // on first use): a large category's records are not read here. string_agg keeps the order
+    // the export query sorts its rows in; the records are joined by RS (0x1e), which no JSON
+    // text holds unescaped (a text array would cost a slow parse of its own).
+    const small = this.exported.map((c, i) => {
+      const limit = c.export?.limit ?? 0;
+      const rows = limit > 0 ? `least("n${i}", ${limit})` : `"n${i}"`;
+      return `CASE WHEN ${rows} <= ${this.smallRows} THEN (SELECT coalesce(string_agg("q"."j", chr(30)), '') FROM (${records[i]?.sql}) AS "q") END AS "r${i}"`;
+    });
+    this.contentsSql = {
+      sql: `SELECT "c".*, ${small.join(', ')} FROM (SELECT ${counts.map((q, i) => `(${q.sql}) AS "n${i}"`).join(', ')}) AS "c"`,
+      bindings: [...counts.flatMap((q) => q.bindings), ...records.flatMap((q) => q.bindings)],
+    };
+    return this.contentsSql;
   }
 
   /** The records of `contents`' categories, category after category, in batches; one page in memory at a time. */
