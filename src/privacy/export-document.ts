@@ -166,7 +166,7 @@ export class ExportDocumentAssembler {
   private readonly textOf = (records: JsonRecords): Buffer => {
     if (this.sink !== undefined) return records.joined();
     const text = records.joinInto(this.scratch);
-    if (text.buffer !== this.scratch.buffer) this.scratch = Buffer.allocUnsafe(text.length * 2);
+    if (text.buffer !== this.scratch.buffer) this.scratch = Buffer.allocUnsafeSlow(text.length * 2);
     return text;
   };
   private scratch = Buffer.alloc(0);
