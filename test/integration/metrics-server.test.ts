@@ -85,14 +85,35 @@ describe.runIf(bin !== undefined)('server metrics (LETHE_METRICS_LISTEN) on Post
 
   it('counts an export stream the caller abandoned as CANCELLED, not OK', async () => {
     const before = sample((await scrape(metricsPort)).body, 'lethe_grpc_requests_total', { method: EXPORT, code: 'CANCELLED' }) ?? 0;
-    const self = await t.clientAs('user-id-123');
-    const abort = new AbortController();
-    const stream = self.exportUser({ userId: 'user-id-123', reason: '' }, { signal: abort.signal });
-    await expect(
-      (async () => {
-        for await (const _ of stream) abort.abort();
-      })(),
-    ).rejects.toThrow();
+    // The export waits on a lock the test holds on a table it reads, so that the caller gives up
+    // while it runs (a typical export is otherwise read and sent in one go).
+    const blocker = new pg.Client({ connectionString: url });
+    await blocker.connect();
+    await blocker.query('BEGIN');
+    await blocker.query('LOCK TABLE login_events IN ACCESS EXCLUSIVE MODE');
+    try {
+      const self = await t.clientAs('user-id-123');
+      const abort = new AbortController();
+      const consumed = (async () => {
+        for await (const _ of self.exportUser({ userId: 'user-id-123', reason: '' }, { signal: abort.signal })) {
+          // nothing arrives before the abort
+        }
+      })();
+      consumed.catch(() => undefined);
+      await expect
+        .poll(
+          async () => (await blocker.query(`SELECT count(*)::int AS n FROM pg_locks WHERE relation = 'login_events'::regclass AND NOT granted`)).rows[0]?.n,
+          {
+            timeout: 5_000,
+          },
+        )
+        .toBe(1);
+      abort.abort();
+      await expect(consumed).rejects.toThrow();
+    } finally {
+      await blocker.query('ROLLBACK');
+      await blocker.end();
+    }
     await expect
       .poll(async () => sample((await scrape(metricsPort)).body, 'lethe_grpc_requests_total', { method: EXPORT, code: 'CANCELLED' }), { timeout: 5_000 })
       .toBe(before + 1);
