@@ -14,11 +14,16 @@ const NO_READ_TIMEOUT_MS = 2 ** 31 - 1;
 /** When a page of records is handed on: whichever comes first. */
 export interface PageLimits {
   readonly rows: number;
-  /** Bytes of JSON text (default 128 KiB: well below gRPC's 4 MB default and NATS's 1 MB). */
+  /** Bytes of JSON text (default 64 KiB). */
   readonly bytes?: number;
 }
 
-const DEFAULT_PAGE_BYTES = 128 * 1024;
+/**
+ * Pages, and so gRPC messages, of 64 KiB: a 1M-row export took 1.4 s of server CPU with them
+ * against 2.5 s with 128 KiB and 2.2 s with 96 KiB (bench/RESULTS.md, export). The buffers of
+ * the larger sizes, and grpc-js's copy of each, cost far more to allocate and free.
+ */
+const DEFAULT_PAGE_BYTES = 64 * 1024;
 
 /**
  * Reads a query's single text column `j` (a JSON record) inside the caller's transaction, in

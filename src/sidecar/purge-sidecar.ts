@@ -30,6 +30,9 @@ import { type HealthServer, startHealthServer } from '../metrics/health-server.j
 import { failedReceipt, publishReceipt, purgedReceipt, safeErrorSummary } from './receipts.js';
 import { SidecarMetrics } from '../metrics/sidecar-metrics.js';
 
+/** Records per export chunk a sidecar sends, in bytes of JSON text (NATS takes 1 MB). */
+const CHUNK_BYTES = 128 * 1024;
+
 type State = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
 /** How long to wait for the stream to store a receipt. */
@@ -151,7 +154,9 @@ export class PurgeSidecar {
           new ExportResponder({
             nc,
             knex: db.knex,
-            reader: new SnapshotReader(map, columnTypes),
+            // Larger chunks than the server's gRPC batches: each one is sealed and acknowledged
+            // on its own (bench/RESULTS.md, downstream-export).
+            reader: new SnapshotReader(map, columnTypes, { batchBytes: CHUNK_BYTES }),
             service: c.service,
             verifyKey,
             concurrency: c.exports.concurrency,
