@@ -4,9 +4,9 @@ import type { Logger } from 'pino';
 import { FailedPreconditionError, LetheError, errorSummary } from '../errors.js';
 import type { ArtifactRecord } from '../store/artifacts.js';
 import { translateDatabaseError } from '../store/errors.js';
-import { type DownstreamExportPart, type PrivacyRequestRecord, downstreamExportsInsert, ledger } from '../store/ledger.js';
+import { type DownstreamExportPart, type PrivacyRequestRecord, downstreamExportsInsert } from '../store/ledger.js';
 import { ledgerSql } from '../store/ledger-sql.js';
-import { inSession } from '../store/session.js';
+import { type Statement, inSession } from '../store/session.js';
 import type { ArtifactCipher } from './artifact-cipher.js';
 import { type AuditEventType, auditPart } from './audit.js';
 import type { DataMap } from './data-map.js';
@@ -105,13 +105,10 @@ export abstract class EnginePart {
     downstream: readonly DownstreamOutcome[] = [],
   ): Promise<void> {
     const at = this.now();
-    const statements: Array<{ sql: string; bindings: readonly Knex.RawBinding[] }> = [];
+    const statements: Statement[] = [];
     if (ledgerToo) {
       if (outcome.kind !== 'delivered') statements.push(ledgerSql.finish(r.id, 'failed', at, outcome.error));
-      else {
-        statements.push(ledgerSql.finish(r.id, 'completed', at, partialNote(downstream)));
-        if (downstream.length > 0) statements.push(downstreamExportsInsert(this.knex, r.id, downstreamParts(downstream), at).toSQL());
-      }
+      else statements.push(...deliveredExport(this.knex, r.id, at, downstream));
     }
     const audit = auditPart(this.map, {
       eventType: events[outcome.kind],
@@ -180,12 +177,19 @@ export function unavailableArtifact(a: ArtifactView): LetheError {
  * that lacks a part says so in its error.
  */
 export async function finishExport(trx: Knex.Transaction, requestId: string, at: Date, downstream: readonly DownstreamOutcome[]): Promise<void> {
-  await ledger.finish(trx, requestId, 'completed', at, partialNote(downstream));
-  await ledger.recordDownstreamExports(trx, requestId, downstreamParts(downstream), at);
+  for (const s of deliveredExport(trx, requestId, at, downstream)) await trx.raw(s.sql, s.bindings);
 }
 
-function downstreamParts(downstream: readonly DownstreamOutcome[]): DownstreamExportPart[] {
-  return downstream.map((d) => ({ service: d.service, status: d.status === 'complete' ? 'exported' : d.status, error: d.error }));
+/** finishExport's statements, to send with others. */
+function deliveredExport(db: Knex | Knex.Transaction, requestId: string, at: Date, downstream: readonly DownstreamOutcome[]): Statement[] {
+  const finish = ledgerSql.finish(requestId, 'completed', at, partialNote(downstream));
+  if (downstream.length === 0) return [finish];
+  const parts: DownstreamExportPart[] = downstream.map((d) => ({
+    service: d.service,
+    status: d.status === 'complete' ? 'exported' : d.status,
+    error: d.error,
+  }));
+  return [finish, downstreamExportsInsert(db, requestId, parts, at).toSQL()];
 }
 
 /** The ledger's note on a delivered export that lacks some downstream part; undefined when whole. */

@@ -57,11 +57,6 @@ export class JsonRecords {
     return n;
   }
 
-  /** Record i's bytes (a view). */
-  bytesOf(i: number): Buffer {
-    return this.buf.subarray(this.starts[i], this.ends[i]);
-  }
-
   /** The records as strings, decoded once when first asked for. */
   strings(): readonly string[] {
     this.decoded ??= Array.from({ length: this.length }, (_, i) => this.buf.toString('utf8', this.starts[i], this.ends[i]));
@@ -172,10 +167,6 @@ export class JsonRecordsBuilder {
       this.buf = grown;
     }
     return this.buf;
-  }
-
-  pushByte(b: number): void {
-    this.reserve(1)[this.at++] = b;
   }
 
   pushString(s: string): void {

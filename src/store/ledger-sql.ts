@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { type NewRequest, type PrivacyRequestRecord, type RequestState, type Row, TABLE, requestColumns, toRecord } from './ledger.js';
+import { type NewRequest, type PrivacyRequestRecord, type RequestState, type Row, TABLE, finishStatement, requestColumns, toRecord } from './ledger.js';
 
 /**
  * The ledger's reads and writes as parts of a larger statement (a forget reads its facts in one
@@ -57,11 +57,7 @@ export const ledgerSql = {
 
   /** ledger.finish as a statement part. */
   finish(id: string, state: 'completed' | 'failed', at: Date, error?: string): Part {
-    return {
-      table: TABLE,
-      sql: `UPDATE "${TABLE}" SET "state" = ?, "completed_at" = ?, "error" = ? WHERE "id" = ?`,
-      bindings: [state, state === 'completed' ? at : null, error ?? null, id],
-    };
+    return { table: TABLE, ...finishStatement(id, state, at, error) };
   },
 
   /** ledger.carriedOut as a statement part. */

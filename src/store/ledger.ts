@@ -232,6 +232,14 @@ function storedResult(req: NewRequest): StoredResult {
   return req.details === undefined ? { rows_affected: [...(req.rowsAffected ?? [])] } : { rows_affected: [...(req.rowsAffected ?? [])], details: req.details };
 }
 
+/** The UPDATE that closes a request: run alone by ledger.finish, or sent with others (ledger-sql.ts). */
+export function finishStatement(id: string, state: 'completed' | 'failed', at: Date, error?: string): { sql: string; bindings: Knex.RawBinding[] } {
+  return {
+    sql: `UPDATE "${TABLE}" SET "state" = ?, "completed_at" = ?, "error" = ? WHERE "id" = ?`,
+    bindings: [state, state === 'completed' ? at : null, error ?? null, id],
+  };
+}
+
 export const ledger = {
   async insert(db: Knex | Knex.Transaction, req: NewRequest): Promise<PrivacyRequestRecord> {
     const row = { ...requestColumns(req), result: JSON.stringify(storedResult(req)) };
@@ -240,9 +248,8 @@ export const ledger = {
   },
 
   async finish(db: Knex | Knex.Transaction, id: string, state: 'completed' | 'failed', at: Date, error?: string): Promise<void> {
-    await db(TABLE)
-      .where({ id })
-      .update({ state, completed_at: state === 'completed' ? at : null, error: error ?? null });
+    const s = finishStatement(id, state, at, error);
+    await db.raw(s.sql, s.bindings);
   },
 
   /** An export whose earlier attempt never finished runs again under the same id. */
@@ -347,12 +354,6 @@ export const ledger = {
     return withDetails(db, rows.map(toRecord));
   },
 
-  /** Records what each downstream service contributed to an export (its part, or why not). */
-  async recordDownstreamExports(trx: Knex.Transaction, requestId: string, parts: readonly DownstreamExportPart[], at: Date): Promise<void> {
-    if (parts.length === 0) return;
-    await downstreamExportsInsert(trx, requestId, parts, at);
-  },
-
   /**
    * Records a downstream service's receipt of a change (rectification, processing choice; purge
    * receipts: confirmations.ts). A change in state `applied` becomes `completed` once every
@@ -401,7 +402,7 @@ export interface DownstreamExportPart {
   readonly error?: string | undefined;
 }
 
-/** The statement of recordDownstreamExports (a query builder: awaited, or sent as SQL with others). */
+/** Records what each downstream service contributed to an export (its part, or why not); a query builder. */
 export function downstreamExportsInsert(db: Knex | Knex.Transaction, requestId: string, parts: readonly DownstreamExportPart[], at: Date): Knex.QueryBuilder {
   return db('lethe_confirmations')
     .insert(

@@ -20,7 +20,7 @@ import type pg from 'pg';
  */
 
 /** SQL with `?` for its values. */
-interface Statement {
+export interface Statement {
   readonly sql: string;
   readonly bindings: readonly Knex.RawBinding[];
 }
