@@ -94,7 +94,8 @@ export function ledgerStatus(obj: PrivacyRequestResource, entry: LedgerEntry, no
     requestId: entry.id,
     receivedAt: iso(entry.receivedAt),
     dueAt: iso(entry.dueAt),
-    startedAt: obj.status?.startedAt ?? now.toISOString(),
+    // Without a Running write first (a call that answered at once), it started when the server received it.
+    startedAt: obj.status?.startedAt ?? iso(entry.receivedAt) ?? now.toISOString(),
     completedAt: phase === 'Succeeded' || phase === 'Failed' ? (iso(entry.completedAt) ?? now.toISOString()) : undefined,
     conditions,
     downstream: downstream.length > 0 ? downstream : undefined,
