@@ -100,9 +100,17 @@ export abstract class EnginePart {
     r: PrivacyRequestRecord,
     outcome: Outcome,
     events: Readonly<Record<Outcome['kind'], AuditEventType>>,
-    ledgerToo = true,
-    /** An export's downstream parts, recorded beside it (a partial export says so in its error). */
-    downstream: readonly DownstreamOutcome[] = [],
+    {
+      ledgerToo = true,
+      downstream = [],
+      run = (statements) => inSession(this.knex, (s) => s.run(statements, { commit: true })),
+    }: {
+      readonly ledgerToo?: boolean;
+      /** An export's downstream parts, recorded beside it (a partial export says so in its error). */
+      readonly downstream?: readonly DownstreamOutcome[];
+      /** Runs the statements in a transaction of their own (by default on a pooled connection, in one round trip). */
+      readonly run?: (statements: readonly Statement[]) => Promise<unknown>;
+    } = {},
   ): Promise<void> {
     const at = this.now();
     const statements: Statement[] = [];
@@ -118,8 +126,7 @@ export abstract class EnginePart {
       timestamp: at,
     });
     if (audit !== undefined) statements.push(audit);
-    // One transaction, sent in one round trip.
-    await inSession(this.knex, (s) => s.run(statements, { commit: true })).catch((err: unknown) => {
+    await run(statements).catch((err: unknown) => {
       this.opts.logger.warn({ requestId: r.id, err: errorSummary(err) }, 'could not record the outcome of a request');
     });
   }

@@ -1,13 +1,15 @@
 import type { Knex } from 'knex';
 import { AbortedError, NotFoundError, ResourceExhaustedError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { workers } from '../store/workers.js';
-import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';
+import { type ExportSession, openExportSession } from '../store/export-session.js';
+import { type NewRequest, type PrivacyRequestRecord, insertStatement, ledger } from '../store/ledger.js';
+import { type Rows, type SnapshotQueries, type Statement, rowsOf } from '../store/session.js';
 import { writeAudit } from './audit.js';
 import { authorizeExport } from './authorization.js';
 import { type DocumentText, ExportDocumentAssembler } from './export-document.js';
 import { JsonRecords } from './json-records.js';
 import type { Principal } from './principal.js';
-import { type SnapshotCategory, SnapshotReader } from './snapshot-reader.js';
+import { type SnapshotCategory, type SnapshotContents, SnapshotReader } from './snapshot-reader.js';
 import type { DownstreamOutcome } from './downstream.js';
 import { received } from './due-date.js';
 import { checkReason, requireId } from './validation.js';
@@ -72,21 +74,36 @@ export class ExportService extends EnginePart {
   }
 
   private async *exportAuthorized(actor: Principal, userId: string, reason: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
-    const request = await this.db(async () => {
-      await this.authorizeExportOf(actor, userId);
-      return this.recordExport(actor, userId, reason, undefined, undefined);
-    });
+    const session = await this.db(() => openExportSession(this.knex));
+    try {
+      yield* this.exportIn(session, actor, userId, reason, signal);
+    } finally {
+      await session.release();
+    }
+  }
+
+  private async *exportIn(session: ExportSession, actor: Principal, userId: string, reason: string, signal: AbortSignal): AsyncGenerator<ExportEvent> {
+    await this.db(() => this.authorizeExportOf(actor, userId, (s) => session.read(s)));
+    // The ledger entry, committed before the snapshot reads anything, then the snapshot and its contents.
+    const { statement, record: request } = insertStatement(this.newExport(actor, userId, reason, undefined, undefined));
 
     // Stays as it is only when the consumer stops iterating (a cancelled call): not delivered.
     let outcome: Outcome = { kind: 'cancelled', error: 'The export was interrupted before it finished' };
-    // Once: a stalled export is recorded when its snapshot is released, not when (if) its caller returns.
+    // Once: a stalled export is recorded when its snapshot is released, not when (if) its caller
+    // returns. With the snapshot's COMMIT when it is still open (one round trip).
     let recorded: Promise<void> | undefined;
     let downstream: readonly DownstreamOutcome[] = [];
-    const record = (o: Outcome) => (recorded ??= this.recordOutcome(request, o, EXPORT_AUDIT, true, downstream));
+    const record = (o: Outcome) =>
+      (recorded ??= session.committedBefore
+        ? this.recordOutcome(request, o, EXPORT_AUDIT, { downstream, run: (statements) => session.finish(statements) })
+        : Promise.resolve());
     try {
+      const contents = this.reader.parseContents(await this.db(() => session.openSnapshot([statement], this.reader.contentsStatement(userId))));
       // The generator resumes after its last yield only once the trailer was handed on: the
       // document was delivered, and only then is the disclosure audited as done.
-      for await (const event of this.streamSnapshot(userId, request.id, signal, () => record({ kind: 'failed', error: stalledMessage(this.stallMs) }))) {
+      for await (const event of this.streamSnapshot(session, contents, userId, request.id, signal, () =>
+        record({ kind: 'failed', error: stalledMessage(this.stallMs) }),
+      )) {
         if (event.kind === 'trailer') downstream = event.downstream;
         yield event;
       }
@@ -104,14 +121,12 @@ export class ExportService extends EnginePart {
    * The rules first, then existence: a caller who could not export the subject if it existed
    * gets the same answer whether or not it exists (a missing subject has no memberships).
    */
-  async authorizeExportOf(actor: Principal, userId: string, db: Knex | Knex.Transaction = this.knex): Promise<void> {
+  async authorizeExportOf(actor: Principal, userId: string, read: (s: Statement) => Promise<Rows> = rowsOf(this.knex)): Promise<void> {
     // Read in one statement, decided in that order.
-    const read = this.facts.forDecision(userId, actor.id, []);
-    const facts = read.parse(
-      ((await db.raw(read.statement.sql, read.statement.bindings as Knex.RawBinding[])) as { rows: Array<Record<string, unknown>> }).rows,
-    );
-    authorizeExport(actor, userId, facts.subject, facts.actor);
-    if (!facts.subjectExists) throw new NotFoundError(USER_NOT_FOUND);
+    const facts = this.facts.forDecision(userId, actor.id, []);
+    const decided = facts.parse(await read(facts.statement));
+    authorizeExport(actor, userId, decided.subject, decided.actor);
+    if (!decided.subjectExists) throw new NotFoundError(USER_NOT_FOUND);
   }
 
   /** One of the export slots, or RESOURCE_EXHAUSTED at once; the returned function gives it back. */
@@ -137,7 +152,11 @@ export class ExportService extends EnginePart {
     idempotencyKey: string | undefined,
     requestedBy: string | undefined,
   ): Promise<PrivacyRequestRecord> {
-    return ledger.insert(this.knex, {
+    return ledger.insert(this.knex, this.newExport(actor, userId, reason, idempotencyKey, requestedBy));
+  }
+
+  private newExport(actor: Principal, userId: string, reason: string, idempotencyKey: string | undefined, requestedBy: string | undefined): NewRequest {
+    return {
       type: 'export',
       subjectId: userId,
       requester: actor.id,
@@ -147,7 +166,7 @@ export class ExportService extends EnginePart {
       idempotencyKey,
       ...received(this.now()),
       workerId: this.opts.workerId,
-    });
+    };
   }
 
   /**
@@ -155,23 +174,29 @@ export class ExportService extends EnginePart {
    * exportStallTimeoutMs does not keep the snapshot's pooled connection: the read is stopped and
    * the transaction rolled back at once, while the stream waits, and the call ends ABORTED.
    */
-  private async *streamSnapshot(userId: string, requestId: string, signal: AbortSignal, onStall: () => Promise<void>): AsyncGenerator<ExportEvent> {
-    const trx = await this.openSnapshot({ readOnly: true });
-    // The export is whole only if the snapshot closed cleanly: a failed commit fails it.
-    const endSnapshot = async () => {
-      await trx.commit();
-    };
-    const events = this.readSnapshot(trx, userId, requestId, signal, { endSnapshot });
+  private async *streamSnapshot(
+    session: ExportSession,
+    contents: SnapshotContents,
+    userId: string,
+    requestId: string,
+    signal: AbortSignal,
+    onStall: () => Promise<void>,
+  ): AsyncGenerator<ExportEvent> {
+    // Without downstream services the snapshot stays open until the outcome is recorded, and
+    // commits with it (a READ ONLY snapshot's COMMIT cannot undo what it read); with them it ends
+    // before they are asked.
+    const endSnapshot = this.opts.downstream === undefined || this.opts.downstream.services.length === 0 ? async () => {} : () => session.endSnapshot();
+    const events = this.readSnapshot(session.snapshot, userId, requestId, signal, { endSnapshot, contents });
     let stalled = false;
     const release = async () => {
       stalled = true;
       // The reader is suspended at its yield: return() runs its clean-up (a COPY's socket is
-      // closed, which ends the query), then the rollback gives the connection back (already
-      // given back once the server's own categories were read).
+      // closed, which ends the query); then onStall ends the snapshot and records the failure
+      // (on another connection if that one was closed), which gives the connection back.
       await events.return(undefined).catch(() => undefined);
-      if (!trx.isCompleted()) await trx.rollback().catch(() => undefined);
       this.opts.logger.warn({ requestId, stallTimeoutMs: this.stallMs }, 'export stalled: the caller read nothing; its snapshot was released');
       await onStall();
+      await session.release();
     };
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -186,7 +211,6 @@ export class ExportService extends EnginePart {
       }
     } finally {
       clearTimeout(timer);
-      if (!trx.isCompleted()) await trx.rollback().catch(() => undefined);
     }
   }
 
@@ -204,13 +228,13 @@ export class ExportService extends EnginePart {
    * trailer's SHA-256 covers).
    */
   async *readSnapshot(
-    trx: Knex.Transaction,
+    snapshot: SnapshotQueries,
     userId: string,
     requestId: string,
     signal: AbortSignal,
-    opts: { endSnapshot: () => Promise<void>; sink?: (text: DocumentText) => void },
+    opts: { endSnapshot: () => Promise<void>; sink?: (text: DocumentText) => void; contents?: SnapshotContents },
   ): AsyncGenerator<ExportEvent> {
-    const contents = await this.reader.contents(trx, userId);
+    const contents = opts.contents ?? (await this.reader.contents(snapshot, userId));
     const categories = contents.categories;
     const generatedAt = this.now();
     const downstream = this.opts.downstream;
@@ -219,7 +243,7 @@ export class ExportService extends EnginePart {
 
     const doc = new ExportDocumentAssembler(categories, opts.sink, services);
     let total = 0;
-    for await (const { category, records } of this.reader.batches(trx, userId, contents, signal)) {
+    for await (const { category, records } of this.reader.batches(snapshot, userId, contents, signal)) {
       doc.add(category, records);
       total += records.length;
       yield { kind: 'batch', category, records };

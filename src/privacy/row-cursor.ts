@@ -1,14 +1,14 @@
-import type { Knex } from 'knex';
 import pg from 'pg';
 import { CancelledError } from '../errors.js';
 import { CopyOutQuery } from '../store/copy-out.js';
+import type { SnapshotQueries } from '../store/session.js';
 import type { CopyRowRenderer } from './copy-json.js';
 import { type JsonRecords, JsonRecordsBuilder } from './json-records.js';
 import type { Fragment } from './sql.js';
 
 let cursorSeq = 0;
-/** The settings already made in each transaction (see readJsonRows). */
-const settingsMade = new WeakMap<Knex.Transaction, string>();
+/** The settings already made in each snapshot (see readJsonRows). */
+const settingsMade = new WeakMap<SnapshotQueries, string>();
 const NO_READ_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** When a page of records is handed on: whichever comes first. */
@@ -33,14 +33,13 @@ const DEFAULT_PAGE_BYTES = 64 * 1024;
  * a round trip per page (bench/RESULTS.md); elsewhere (PGlite) through a server-side cursor.
  */
 export async function* readJsonRows(
-  trx: Knex.Transaction,
+  snapshot: SnapshotQueries,
   query: Fragment,
   limits: PageLimits,
   signal: AbortSignal,
   columns?: { readonly query: Fragment; readonly renderer: CopyRowRenderer },
 ): AsyncGenerator<JsonRecords> {
-  // A transaction's client hands out the transaction's own connection.
-  const conn: unknown = await (trx.client as { acquireConnection(): Promise<unknown> }).acquireConnection();
+  const conn = await snapshot.connection();
   // COPY takes no parameters: only a query that reads its values from settings can use it.
   const copy = conn instanceof pg.Client && query.bindings.length === 0;
   // COPY runs at the pace of the client reading the export (backpressure), which may be slower
@@ -52,10 +51,10 @@ export async function* readJsonRows(
     ...(copy ? ['statement_timeout', '0', 'TimeZone', 'UTC', 'DateStyle', 'ISO'] : []),
   ];
   const key = settings.join('\0');
-  if (settings.length > 0 && settingsMade.get(trx) !== key) {
+  if (settings.length > 0 && settingsMade.get(snapshot) !== key) {
     const calls = Array.from({ length: settings.length / 2 }, () => 'set_config(?, ?, true)');
-    await trx.raw(`SELECT ${calls.join(', ')}`, settings);
-    settingsMade.set(trx, key);
+    await snapshot.raw({ sql: `SELECT ${calls.join(', ')}`, bindings: settings });
+    settingsMade.set(snapshot, key);
   }
   const pages = new Pages(limits);
   if (conn instanceof pg.Client && copy) {
@@ -65,7 +64,7 @@ export async function* readJsonRows(
       const renderer = columns.renderer;
       yield* copyRows(conn, columns.query.sql, pages, signal, (line, from, to, out) => renderer.renderInto(line, from, to, out));
     } else yield* copyRows(conn, query.sql, pages, signal, copyJsonLine);
-  } else yield* cursorRows(trx, query, pages, signal);
+  } else yield* cursorRows(snapshot, query, pages, signal);
 }
 
 /** Records collected into pages by the limits. */
@@ -101,19 +100,18 @@ class Pages {
   }
 }
 
-async function* cursorRows(trx: Knex.Transaction, query: Fragment, pages: Pages, signal: AbortSignal): AsyncGenerator<JsonRecords> {
+async function* cursorRows(snapshot: SnapshotQueries, query: Fragment, pages: Pages, signal: AbortSignal): AsyncGenerator<JsonRecords> {
   const name = `lethe_export_${++cursorSeq}`;
   const fetchRows = pages.limits.rows;
-  await trx.raw(`DECLARE "${name}" NO SCROLL CURSOR FOR ${query.sql}`, query.bindings);
+  await snapshot.raw({ sql: `DECLARE "${name}" NO SCROLL CURSOR FOR ${query.sql}`, bindings: query.bindings });
   for (;;) {
     throwIfAborted(signal);
-    const result = (await trx.raw(`FETCH FORWARD ${fetchRows} FROM "${name}"`)) as { rows: Array<{ j: string }> };
-    const rows = result.rows;
+    const rows = (await snapshot.raw({ sql: `FETCH FORWARD ${fetchRows} FROM "${name}"`, bindings: [] })) as Array<{ j: string }>;
     yield* pages.add(rows.map((r) => r.j));
     if (rows.length < fetchRows) break;
   }
   if (!pages.empty) yield pages.take();
-  await trx.raw(`CLOSE "${name}"`);
+  await snapshot.raw({ sql: `CLOSE "${name}"`, bindings: [] });
 }
 
 /** Records already read (as text), in pages by the limits. */

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { queryPrepared } from '../store/session.js';
+import type { SnapshotQueries, Statement } from '../store/session.js';
 import { type Category, type DataMap, documentKeyOf } from './data-map.js';
 import type { DocumentCategory } from './export-document.js';
 import type { JsonRecords } from './json-records.js';
@@ -62,11 +62,23 @@ export class SnapshotReader {
   }
 
   /** The categories and their counts, and the small categories' records: one statement, one round trip. */
-  async contents(trx: Knex.Transaction, subjectId: string): Promise<SnapshotContents> {
-    if (this.exported.length === 0) return { categories: [], small: new Map() };
-    const statement = this.contentsStatement();
-    // The same text for every subject (prepared once per connection).
-    const rows = await queryPrepared(trx, { sql: statement.sql, bindings: statement.bindings.map((b) => (b === SUBJECT_MARK ? subjectId : b)) });
+  async contents(snapshot: SnapshotQueries, subjectId: string): Promise<SnapshotContents> {
+    const statement = this.contentsStatement(subjectId);
+    return this.parseContents(statement === undefined ? [] : await snapshot.prepared(statement));
+  }
+
+  /**
+   * The statement of contents() (to send with others: run it prepared), undefined when nothing is
+   * exported. The same text for every subject.
+   */
+  contentsStatement(subjectId: string): Statement | undefined {
+    if (this.exported.length === 0) return undefined;
+    const statement = this.contentsTemplate();
+    return { sql: statement.sql, bindings: statement.bindings.map((b) => (b === SUBJECT_MARK ? subjectId : b)) };
+  }
+
+  /** contents() from the rows of its statement. */
+  parseContents(rows: ReadonlyArray<Record<string, unknown>>): SnapshotContents {
     const row = rows[0] ?? {};
     const categories: SnapshotCategory[] = [];
     const read = new Map<string, readonly string[]>();
@@ -89,7 +101,7 @@ export class SnapshotReader {
   }
 
   /** The statement of contents(), built once, with SUBJECT_MARK where the person's id goes. */
-  private contentsStatement(): { sql: string; bindings: readonly Knex.RawBinding[] } {
+  private contentsTemplate(): { sql: string; bindings: readonly Knex.RawBinding[] } {
     if (this.contentsSql !== undefined) return this.contentsSql;
     const counts = this.exported.map((c) => countQuery(c, SUBJECT_MARK));
     const records = this.exported.map((c) => exportQuery(c, this.columnTypes, SUBJECT_MARK));
@@ -111,7 +123,7 @@ export class SnapshotReader {
 
   /** The records of `contents`' categories, category after category, in batches; one page in memory at a time. */
   async *batches(
-    trx: Knex.Transaction,
+    snapshot: SnapshotQueries,
     subjectId: string,
     contents: SnapshotContents,
     signal: AbortSignal,
@@ -123,7 +135,7 @@ export class SnapshotReader {
       const pages =
         small !== undefined
           ? pagesOf(small, this.limits)
-          : readJsonRows(trx, this.exportQueryFor(c, subjectId), this.limits, signal, this.columnsQueryFor(c, subjectId));
+          : readJsonRows(snapshot, this.exportQueryFor(c, subjectId), this.limits, signal, this.columnsQueryFor(c, subjectId));
       for await (const records of pages) {
         throwIfAborted(signal);
         yield { category: c.name, records };

@@ -3,6 +3,7 @@ import { DataLossError, FailedPreconditionError, InvalidArgumentError, type Leth
 import { type LockConnection, withAdvisoryLock } from '../store/advisory-lock.js';
 import { type ArtifactRecord, artifacts } from '../store/artifacts.js';
 import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';
+import { queriesOf, rowsOf } from '../store/session.js';
 import { type ArtifactCipher, WRONG_ARTIFACT_KEY } from './artifact-cipher.js';
 import { writeAudit } from './audit.js';
 import { ARTIFACT_KEY_ERASED, ArtifactWriter, readArtifact } from './export-artifacts.js';
@@ -99,7 +100,7 @@ export class StoredExports extends EnginePart {
               if (stored?.state === 'erased') throw new FailedPreconditionError(ARTIFACT_KEY_ERASED);
               if (stored !== undefined) return { prior, replay: { requestId: prior.id, artifact: this.artifactView(stored, this.now()), replayed: true } };
             }
-            await this.exports.authorizeExportOf(actor, userId, db);
+            await this.exports.authorizeExportOf(actor, userId, rowsOf(db));
             return { prior, replay: undefined };
           });
           if (found.replay !== undefined) return found.replay;
@@ -156,7 +157,7 @@ export class StoredExports extends EnginePart {
       const endSnapshot = async () => {
         if (lock !== undefined) await snapshot.commit();
       };
-      for await (const event of this.exports.readSnapshot(snapshot, userId, requestId, signal, { endSnapshot, sink: writer.sink })) {
+      for await (const event of this.exports.readSnapshot(queriesOf(snapshot), userId, requestId, signal, { endSnapshot, sink: writer.sink })) {
         if (event.kind === 'trailer') trailer = event;
         await writer.flush();
       }
@@ -238,7 +239,7 @@ export class StoredExports extends EnginePart {
       outcome = failed;
       throw failed.thrown;
     } finally {
-      await this.recordOutcome(r, outcome, ARTIFACT_READ_AUDIT, false);
+      await this.recordOutcome(r, outcome, ARTIFACT_READ_AUDIT, { ledgerToo: false });
     }
   }
 

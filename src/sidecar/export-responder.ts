@@ -7,6 +7,7 @@ import { type ExportChunkBody, decodeChunkReply, encodeReply, openExportRequest,
 import { exportQueueGroup, exportRequestSubject } from '../events/subjects.js';
 import type { Runnable } from '../runtime/lifecycle.js';
 import { Slots } from '../runtime/slots.js';
+import { queriesOf } from '../store/session.js';
 import type { SnapshotReader } from '../privacy/snapshot-reader.js';
 import { safeErrorSummary } from './receipts.js';
 
@@ -102,9 +103,10 @@ export class ExportResponder implements Runnable {
     const trx = await o.knex.transaction();
     try {
       await trx.raw('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
-      const contents = await o.reader.contents(trx, request.subjectId);
+      const snapshot = queriesOf(trx);
+      const contents = await o.reader.contents(snapshot, request.subjectId);
       await send({ kind: 'header', categories: [...contents.categories] });
-      for await (const batch of o.reader.batches(trx, request.subjectId, contents, this.stopping.signal)) {
+      for await (const batch of o.reader.batches(snapshot, request.subjectId, contents, this.stopping.signal)) {
         await send({ kind: 'batch', category: batch.category, records: [...batch.records.strings()] });
         records += batch.records.length;
       }

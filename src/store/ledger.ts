@@ -232,6 +232,19 @@ function storedResult(req: NewRequest): StoredResult {
   return req.details === undefined ? { rows_affected: [...(req.rowsAffected ?? [])] } : { rows_affected: [...(req.rowsAffected ?? [])], details: req.details };
 }
 
+/** The INSERT of ledger.insert (to send with other statements), and the entry it writes. */
+export function insertStatement(req: NewRequest): { statement: { sql: string; bindings: Knex.RawBinding[] }; record: PrivacyRequestRecord } {
+  const row = { ...requestColumns(req), result: JSON.stringify(storedResult(req)) };
+  const columns = Object.keys(row);
+  return {
+    statement: {
+      sql: `INSERT INTO "${TABLE}" (${columns.map((c) => `"${c}"`).join(', ')}) VALUES (${columns.map(() => '?').join(', ')})`,
+      bindings: Object.values(row),
+    },
+    record: toRecord({ ...row, result: storedResult(req) }),
+  };
+}
+
 /** The UPDATE that closes a request: run alone by ledger.finish, or sent with others (ledger-sql.ts). */
 export function finishStatement(id: string, state: 'completed' | 'failed', at: Date, error?: string): { sql: string; bindings: Knex.RawBinding[] } {
   return {
@@ -242,9 +255,9 @@ export function finishStatement(id: string, state: 'completed' | 'failed', at: D
 
 export const ledger = {
   async insert(db: Knex | Knex.Transaction, req: NewRequest): Promise<PrivacyRequestRecord> {
-    const row = { ...requestColumns(req), result: JSON.stringify(storedResult(req)) };
-    await db(TABLE).insert(row);
-    return toRecord({ ...row, result: storedResult(req) });
+    const { statement, record } = insertStatement(req);
+    await db.raw(statement.sql, statement.bindings);
+    return record;
   },
 
   async finish(db: Knex | Knex.Transaction, id: string, state: 'completed' | 'failed', at: Date, error?: string): Promise<void> {

@@ -25,7 +25,13 @@ export interface Statement {
   readonly bindings: readonly Knex.RawBinding[];
 }
 
-type Rows = Array<Record<string, unknown>>;
+export type Rows = Array<Record<string, unknown>>;
+
+/** A statement run as it is, through knex or in a knex transaction. */
+export const rowsOf =
+  (db: Knex | Knex.Transaction) =>
+  async (s: Statement): Promise<Rows> =>
+    ((await db.raw(s.sql, s.bindings as Knex.RawBinding[])) as { rows: Rows }).rows;
 
 export interface Session {
   /**
@@ -48,22 +54,39 @@ export function sessionOf(trx: Knex.Transaction): Session {
     trx,
     async run(statements) {
       const out: Rows[] = [];
-      for (const s of statements) out.push(((await trx.raw(s.sql, s.bindings as Knex.RawBinding[])) as { rows: Rows }).rows);
+      for (const s of statements) out.push(await rowsOf(trx)(s));
       return out;
     },
   };
 }
 
-/**
- * One statement in the caller's transaction, as a named prepared statement on PostgreSQL (parsed
- * and planned once per connection, and its text sent once): for a statement run on every call
- * whose text is long, such as an export's. Embedded PGlite runs it as it is.
- */
-export async function queryPrepared(trx: Knex.Transaction, s: Statement): Promise<Rows> {
-  if (embedded(trx)) return ((await trx.raw(s.sql, s.bindings as Knex.RawBinding[])) as { rows: Rows }).rows;
+/** What an export's readers need of its snapshot's transaction (snapshot-reader.ts, row-cursor.ts). */
+export interface SnapshotQueries {
+  /** A statement run as it is. */
+  raw(s: Statement): Promise<Rows>;
+  /**
+   * A named prepared statement on PostgreSQL (parsed and planned once per connection, and its
+   * text sent once): for a statement run on every call whose text is long, such as an export's.
+   * Embedded PGlite runs it as it is.
+   */
+  prepared(s: Statement): Promise<Rows>;
+  /** The transaction's connection (a pg.Client on PostgreSQL: COPY reads from its socket). */
+  connection(): Promise<unknown>;
+}
+
+/** A knex transaction as a snapshot's queries. */
+export function queriesOf(trx: Knex.Transaction): SnapshotQueries {
+  const raw = rowsOf(trx);
   // A transaction's client hands out the transaction's own connection.
-  const conn = (await (trx.client as { acquireConnection(): Promise<unknown> }).acquireConnection()) as pg.Client;
-  return (await conn.query(prepared(s))).rows as Rows;
+  const connection = () => (trx.client as { acquireConnection(): Promise<unknown> }).acquireConnection();
+  return {
+    raw,
+    connection,
+    async prepared(s) {
+      if (embedded(trx)) return raw(s);
+      return ((await connection()) as pg.Client).query(prepared(s)).then((r) => r.rows as Rows);
+    },
+  };
 }
 
 /**
@@ -96,17 +119,7 @@ class PipelinedSession implements Session {
   async run(statements: readonly Statement[], options: { readonly commit?: boolean } = {}): Promise<Rows[]> {
     if (this.state === 'done') throw new Error('the transaction has ended');
     const begin: pg.QueryConfig[] = [];
-    if (this.state === 'idle') {
-      const now = Date.now();
-      const p = plans.get(this.conn) ?? { madeAt: now, used: 0, life: PLAN_LIFE_FIRST };
-      p.used++;
-      if (p.used > p.life || now - p.madeAt >= PLAN_LIFE_MS) {
-        begin.push({ text: 'DISCARD PLANS' });
-        Object.assign(p, { madeAt: now, used: 0, life: Math.min(2 * p.life, PLAN_LIFE_MAX) });
-      }
-      plans.set(this.conn, p);
-      begin.push({ text: 'BEGIN' });
-    }
+    if (this.state === 'idle') begin.push(...beginOn(this.conn, 'BEGIN'));
     const commit = options.commit === true ? [{ text: 'COMMIT' }] : [];
     this.state = options.commit === true ? 'done' : 'open';
     const results = await pipeline(this.conn, [...begin, ...statements.map(prepared), ...commit]);
@@ -123,6 +136,110 @@ class PipelinedSession implements Session {
     const [r] = await pipeline(this.conn, [{ text: how }]);
     if (r?.status === 'rejected') throw r.reason;
   }
+}
+
+/** A step of a pinned connection's round trip: a statement (prepared), or a transaction's control sent as it is. */
+export type Step = Statement | { readonly control: 'BEGIN' | 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY' | 'COMMIT' };
+
+/**
+ * One pooled PostgreSQL connection held across round trips that each send several steps at once,
+ * transactions opened and closed among them: an export sends its ledger entry (committed on its
+ * own) with its snapshot's BEGIN and first read, and later the snapshot's COMMIT with the
+ * transaction that records the outcome. `acquire` answers undefined on embedded PGlite.
+ */
+export class PinnedConnection {
+  private inTransaction = false;
+  private released = false;
+
+  static async acquire(knex: Knex): Promise<PinnedConnection | undefined> {
+    if (embedded(knex)) return undefined;
+    return new PinnedConnection(knex, (await knex.client.acquireConnection()) as pg.Client);
+  }
+
+  private constructor(
+    private readonly knex: Knex,
+    private readonly conn: pg.Client,
+  ) {}
+
+  /** Still held, and its socket open (a COPY stopped part-way closes it). */
+  get usable(): boolean {
+    return !this.released && this.open;
+  }
+
+  private get open(): boolean {
+    const c = this.conn as unknown as { _ending?: boolean; connection: { stream: { destroyed: boolean } } };
+    return c._ending !== true && !c.connection.stream.destroyed;
+  }
+
+  /** Sends the steps at once and returns each statement's rows (a control step's are empty); throws the first failure. */
+  async send(steps: readonly Step[]): Promise<Rows[]> {
+    const results = await this.sendSettled(steps);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    return results.map((r) => (r.status === 'fulfilled' ? r.value : []));
+  }
+
+  /** Sends the steps at once and returns how each ended. */
+  async sendSettled(steps: readonly Step[]): Promise<Array<PromiseSettledResult<Rows>>> {
+    if (this.released) throw new Error('the connection was given back');
+    const queries: pg.QueryConfig[] = [];
+    const index: number[] = [];
+    for (const step of steps) {
+      index.push(queries.length);
+      if (!('control' in step)) queries.push(prepared(step));
+      else if (step.control === 'COMMIT') queries.push({ text: step.control });
+      else queries.push(...beginOn(this.conn, step.control));
+      if ('control' in step) this.inTransaction = step.control !== 'COMMIT';
+    }
+    const results = await pipeline(this.conn, queries);
+    // Perhaps left open or aborted: release() rolls it back.
+    if (results.some((r) => r.status === 'rejected')) this.inTransaction = true;
+    return index.map((i): PromiseSettledResult<Rows> => {
+      const r = results[i];
+      if (r === undefined || r.status === 'rejected') return { status: 'rejected', reason: r?.reason };
+      return { status: 'fulfilled', value: (r.value.rows ?? []) as Rows };
+    });
+  }
+
+  /** The open transaction's queries, for a snapshot's readers. */
+  queries(): SnapshotQueries {
+    const conn = this.conn;
+    return {
+      raw: async (s) => (await conn.query({ text: numbered(s.sql), values: s.bindings as unknown[] })).rows as Rows,
+      prepared: async (s) => (await conn.query(prepared(s))).rows as Rows,
+      connection: async () => conn,
+    };
+  }
+
+  /** Rolls back a transaction left open, and gives the connection back to the pool. */
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    try {
+      if (this.inTransaction && this.open) await this.conn.query('ROLLBACK');
+    } catch {
+      // Broken: dropped below.
+    } finally {
+      // The pool learns of a closed socket only from its 'end' event, which may come after the
+      // next acquire: marked here (as knex marks it then), the pool drops it instead of handing it out.
+      if (!this.open) (this.conn as unknown as { __knex__disposed?: string }).__knex__disposed ??= 'closed by Lethe';
+      await this.knex.client.releaseConnection(this.conn);
+    }
+  }
+}
+
+/**
+ * BEGIN, after DISCARD PLANS when this connection's plans are due to be made again (see the top
+ * of this file).
+ */
+function beginOn(conn: pg.Client, begin: string): pg.QueryConfig[] {
+  const now = Date.now();
+  const p = plans.get(conn) ?? { madeAt: now, used: 0, life: PLAN_LIFE_FIRST };
+  plans.set(conn, p);
+  p.used++;
+  if (p.used <= p.life && now - p.madeAt < PLAN_LIFE_MS) return [{ text: begin }];
+  Object.assign(p, { madeAt: now, used: 0, life: Math.min(2 * p.life, PLAN_LIFE_MAX) });
+  return [{ text: 'DISCARD PLANS' }, { text: begin }];
 }
 
 /**
@@ -159,11 +276,15 @@ function prepared(s: Statement): pg.QueryConfig {
   let t = texts.get(s.sql);
   if (t === undefined) {
     if (texts.size >= MAX_TEXTS) texts.clear();
-    let n = 0;
-    t = { name: `lethe_${createHash('sha256').update(s.sql).digest('hex').slice(0, 32)}`, text: s.sql.replace(/\?/g, () => `$${++n}`) };
+    t = { name: `lethe_${createHash('sha256').update(s.sql).digest('hex').slice(0, 32)}`, text: numbered(s.sql) };
     texts.set(s.sql, t);
   }
   return { name: t.name, text: t.text, values: s.bindings as unknown[] };
+}
+
+function numbered(sql: string): string {
+  let n = 0;
+  return sql.replace(/\?/g, () => `$${++n}`);
 }
 
 function embedded(knex: Knex | Knex.Transaction): boolean {

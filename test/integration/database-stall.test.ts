@@ -6,6 +6,7 @@ import { UnavailableError } from '../../src/errors.js';
 import { LIVENESS_SERVICE } from '../../src/server/grpc-server.js';
 import { DEFAULT_DATABASE_TIMEOUTS, openDatabase } from '../../src/store/database.js';
 import { translateDatabaseError } from '../../src/store/errors.js';
+import { queriesOf } from '../../src/store/session.js';
 import { readJsonRows } from '../../src/privacy/row-cursor.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
 import { status } from '../support/grpc-status.js';
@@ -114,7 +115,7 @@ describe.runIf(bin !== undefined)('a stalled database (SIGSTOP), default timeout
       let rows = 0;
       const started = performance.now();
       await db.knex.transaction(async (trx) => {
-        for await (const page of readJsonRows(trx, query, { rows: 1_000 }, new AbortController().signal)) {
+        for await (const page of readJsonRows(queriesOf(trx), query, { rows: 1_000 }, new AbortController().signal)) {
           rows += page.length;
           if (rows <= 3_000) await new Promise((r) => setTimeout(r, 400));
         }

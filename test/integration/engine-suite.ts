@@ -1,11 +1,11 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from '../../src/errors.js';
-import { FORGET_MESSAGE, type PrivacyEngine } from '../../src/privacy/engine.js';
+import { type ExportEvent, FORGET_MESSAGE, type PrivacyEngine } from '../../src/privacy/engine.js';
 import type { Principal } from '../../src/privacy/principal.js';
 import type { Database } from '../../src/store/database.js';
 import { ledger } from '../../src/store/ledger.js';
-import { collectExport, demoEngine, never } from '../support/engine-fixture.js';
+import { collectExport, demoEngine, engineOn, never } from '../support/engine-fixture.js';
 import { DOCUMENT_KEYS, EXPECTED_NEWEST_LOGIN, EXPECTED_USER_123 } from '../support/expected-export.js';
 import { engineDataMapTests } from './engine-suite-data-maps.js';
 
@@ -93,6 +93,35 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
         .where({ event_type: 'user_data_exported', target_id: 'member-user-id-456' })
         .count<{ count: number }[]>('* as count');
       expect(Number(after[0]?.count) - Number(before[0]?.count)).toBe(1);
+    });
+
+    it('records an export its caller stopped, or stopped reading, as failed, and gives its connection back', async () => {
+      const stalling = await engineOn(db, { exportStallTimeoutMs: 300 });
+      const entry = async (requestId: string) =>
+        db.knex('lethe_privacy_requests').where({ id: requestId }).first<{ state: string; error: string | null }>('state', 'error');
+      const headerOf = async (events: AsyncIterator<ExportEvent>) => {
+        const first = await events.next();
+        if (first.done === true || first.value.kind !== 'header') throw new Error('no header');
+        return first.value.requestId;
+      };
+
+      const cancelled = engine.exportUser(user('user-id-123'), { userId: 'user-id-123', reason: '' }, never)[Symbol.asyncIterator]();
+      const cancelledId = await headerOf(cancelled);
+      await cancelled.return?.(undefined);
+      expect(await entry(cancelledId)).toEqual({ state: 'failed', error: 'The export was interrupted before it finished' });
+
+      const stalled = stalling.exportUser(user('user-id-123'), { userId: 'user-id-123', reason: '' }, never)[Symbol.asyncIterator]();
+      const stalledId = await headerOf(stalled);
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      expect(await entry(stalledId)).toEqual({
+        state: 'failed',
+        error: 'The export was stopped: the caller read nothing for 0.3s; read the stream as it comes, or run the export again',
+      });
+      await expect(stalled.next()).rejects.toThrow('The export was stopped');
+
+      // The connections were given back: on PGlite, the only one.
+      const { doc } = await collectExport(engine.exportUser(user('user-id-123'), { userId: 'user-id-123', reason: '' }, never));
+      expect(doc).toMatchObject({ user_id: 'user-id-123' });
     });
 
     it('refuses an export the rules do not allow, and a user that does not exist', async () => {

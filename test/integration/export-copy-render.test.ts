@@ -4,6 +4,7 @@ import { checkDataMapAgainstDatabase } from '../../src/privacy/schema-check.js';
 import { SnapshotReader } from '../../src/privacy/snapshot-reader.js';
 import { type ColumnTypes, exportQuery } from '../../src/privacy/sql.js';
 import { type Database, openDatabase } from '../../src/store/database.js';
+import { queriesOf } from '../../src/store/session.js';
 import { type PostgresCluster, requirePostgres, startPostgres } from '../support/postgres.js';
 
 /**
@@ -129,9 +130,10 @@ describe.runIf(bin !== undefined)('the export rendered in Node matches row_to_js
     const actual = await db.knex.transaction(async (trx) => {
       await trx.raw(`SET LOCAL TimeZone = '${zone}'`);
       const out: string[] = [];
-      const contents = await reader.contents(trx, 'subject');
+      const snapshot = queriesOf(trx);
+      const contents = await reader.contents(snapshot, 'subject');
       expect(contents.small.has(category.name)).toBe(smallCategoryRows === undefined);
-      for await (const b of reader.batches(trx, 'subject', contents, new AbortController().signal)) {
+      for await (const b of reader.batches(snapshot, 'subject', contents, new AbortController().signal)) {
         // The bytes the document and the gRPC messages are made of, and the records decoded from them.
         expect(b.records.joined().toString()).toBe(b.records.strings().join(','));
         out.push(...b.records.strings());

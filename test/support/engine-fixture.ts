@@ -13,13 +13,24 @@ export const silentLogger = pino({ level: 'silent' });
 export const never = new AbortController().signal;
 
 /** Migrates, loads the demo data and builds an engine over the default data map. */
-export async function demoEngine(
-  db: Database,
-  options: { dataMap?: DataMap; hashKey?: Buffer; artifacts?: ArtifactOptions; now?: () => Date; expectedServices?: readonly string[] } = {},
-): Promise<PrivacyEngine> {
+export async function demoEngine(db: Database, options: EngineFixtureOptions = {}): Promise<PrivacyEngine> {
   await migrateLethe(db.knex);
   await migrateIdentitySchema(db.knex);
   await loadDemoData(db.knex);
+  return engineOn(db, options);
+}
+
+interface EngineFixtureOptions {
+  dataMap?: DataMap;
+  hashKey?: Buffer;
+  artifacts?: ArtifactOptions;
+  now?: () => Date;
+  expectedServices?: readonly string[];
+  exportStallTimeoutMs?: number;
+}
+
+/** Another engine over a database demoEngine prepared. */
+export async function engineOn(db: Database, options: EngineFixtureOptions = {}): Promise<PrivacyEngine> {
   const dataMap = options.dataMap ?? (await loadDataMap(DEFAULT_DATA_MAP_PATH));
   const prepared = await prepareServerDataMap(db.knex, dataMap, 'test', options.hashKey);
   return new PrivacyEngine({
@@ -29,6 +40,7 @@ export async function demoEngine(
     artifacts: options.artifacts,
     now: options.now,
     expectedServices: options.expectedServices,
+    exportStallTimeoutMs: options.exportStallTimeoutMs,
   });
 }
 

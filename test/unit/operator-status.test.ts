@@ -62,7 +62,6 @@ describe('status derivation', () => {
     expect(s.conditions?.[0]).toMatchObject({ type: 'Ready', status: 'False', reason: 'Running', observedGeneration: 1 });
   });
 
-
   it('a request that finished before any Running write started when the server received it, not when its status was written', () => {
     const s = ledgerStatus(resource('Forget'), entry({ receivedAt: t0, completedAt: new Date(t0.getTime() + 5) }), t1);
     expect(s).toMatchObject({ phase: 'Succeeded', startedAt: t0.toISOString(), completedAt: new Date(t0.getTime() + 5).toISOString() });
