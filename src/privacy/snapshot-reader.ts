@@ -114,8 +114,9 @@ export class SnapshotReader {
       const rows = limit > 0 ? `least("n${i}", ${limit})` : `"n${i}"`;
       return `CASE WHEN ${rows} <= ${this.smallRows} THEN (SELECT coalesce(string_agg("q"."j", chr(30)), '') FROM (${records[i]?.sql}) AS "q") END AS "r${i}"`;
     });
+    // OFFSET 0 keeps the counts a subquery of their own: pulled up, each CASE would count again.
     this.contentsSql = {
-      sql: `SELECT "c".*, ${small.join(', ')} FROM (SELECT ${counts.map((q, i) => `(${q.sql}) AS "n${i}"`).join(', ')}) AS "c"`,
+      sql: `SELECT "c".*, ${small.join(', ')} FROM (SELECT ${counts.map((q, i) => `(${q.sql}) AS "n${i}"`).join(', ')} OFFSET 0) AS "c"`,
       bindings: [...counts.flatMap((q) => q.bindings), ...records.flatMap((q) => q.bindings)],
     };
     return this.contentsSql;
