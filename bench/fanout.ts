@@ -14,7 +14,7 @@ import { FIXTURE_HASH_KEY } from '../test/fixtures/downstream/index.js';
 import { requireNatsServer, startNatsServer, type NatsServer } from '../test/support/nats.js';
 import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../test/support/postgres.js';
 import { natsClient } from '../test/support/streams.js';
-import { cpuSeconds, findPid, machineCpu, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
+import { benchCpuSeconds, cpuMetersOf, cpuSeconds, findPid, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
 import { LetheProcess, grpcServing } from './fanout/processes.js';
 import { intFlag } from './flags.js';
 import { type StreamEvent, readStream } from './fanout/stream.js';
@@ -108,29 +108,19 @@ export async function run(args: string[]): Promise<void> {
     const loadStart = loadavg()[0] ?? 0;
     const pgPid = postmasterPid(cluster.dataDir);
     const natsPid = findPid([natsBin, '-p', String(nats.port), '-js']);
-    const meters: Array<[string, () => number]> = [
+    const meters = cpuMetersOf([
       ...processes.map((p): [string, () => number] => [p.name, () => cpuSeconds(p.pid)]),
       ['postgres', () => treeCpuSeconds(pgPid)],
       ['nats', () => (natsPid === 0 ? Number.NaN : cpuSeconds(natsPid))],
-      [
-        'bench',
-        () => {
-          const u = process.cpuUsage();
-          return (u.user + u.system) / 1e6;
-        },
-      ],
-    ];
-    const cpuBefore = meters.map(([, read]) => read());
-    const machineBefore = machineCpu();
+      ['bench', benchCpuSeconds],
+    ]);
     const cpuStart = performance.now();
     const fired = await fire(client, { rate, count: forgets, firstUser: warmup + 1, maxInFlight });
     const loadEnd = loadavg()[0] ?? 0;
     const lastResponse = Date.now();
     const open = await waitCompleted(ledgerDb, COMPLETION_TIMEOUT_MS);
     const drainSeconds = (Date.now() - lastResponse) / 1000;
-    const cpu = meters.map(([name, read], i) => [name, read() - (cpuBefore[i] ?? 0)] as const);
-    const machineAfter = machineCpu();
-    const busyPct = (100 * (machineAfter.busy - machineBefore.busy)) / (machineAfter.total - machineBefore.total);
+    const { perProcess: cpu, machineBusyPct: busyPct } = meters.read();
     const windowSeconds = (performance.now() - cpuStart) / 1000;
     if (open > 0) console.error(`fanout: ${open} forget(s) still not completed after ${COMPLETION_TIMEOUT_MS / 1000} s`);
 

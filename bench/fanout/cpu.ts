@@ -52,25 +52,22 @@ export function findPid(parts: readonly string[]): number {
 }
 
 /** The machine's busy and total CPU ticks, from /proc/stat (iowait counts as idle). */
-export function machineCpu(): { busy: number; total: number } {
+function machineCpu(): { busy: number; total: number } {
   const f = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
   const total = f.reduce((a, b) => a + b, 0);
   return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
 }
 
-/** CPU used from now until read(): the server, PostgreSQL (the postmaster and its backends), this process, the machine. */
-export function cpuMeters(serverPid: number, pgPid: number): { read(): { perProcess: Array<[string, number]>; machineBusyPct: number } } {
-  const meters: Array<[string, () => number]> = [
-    ['server', () => cpuSeconds(serverPid)],
-    ['postgres', () => treeCpuSeconds(pgPid)],
-    [
-      'bench',
-      () => {
-        const u = process.cpuUsage();
-        return (u.user + u.system) / 1e6;
-      },
-    ],
-  ];
+/** CPU seconds this (the bench) process used. */
+export function benchCpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
+/** CPU used from now until read(): by each named reader's process, and the machine's busy share. */
+export function cpuMetersOf(meters: ReadonlyArray<readonly [string, () => number]>): {
+  read(): { perProcess: Array<[string, number]>; machineBusyPct: number };
+} {
   const before = meters.map(([, read]) => read());
   const machineBefore = machineCpu();
   return {
@@ -82,4 +79,13 @@ export function cpuMeters(serverPid: number, pgPid: number): { read(): { perProc
       };
     },
   };
+}
+
+/** cpuMetersOf the server, PostgreSQL (the postmaster and its backends) and this process. */
+export function cpuMeters(serverPid: number, pgPid: number): ReturnType<typeof cpuMetersOf> {
+  return cpuMetersOf([
+    ['server', () => cpuSeconds(serverPid)],
+    ['postgres', () => treeCpuSeconds(pgPid)],
+    ['bench', benchCpuSeconds],
+  ]);
 }
