@@ -1,4 +1,3 @@
-import type { Knex } from 'knex';
 import { AbortedError, NotFoundError, ResourceExhaustedError, USER_NOT_FOUND, errorSummary } from '../errors.js';
 import { workers } from '../store/workers.js';
 import { type ExportSession, openExportSession } from '../store/export-session.js';
@@ -212,12 +211,6 @@ export class ExportService extends EnginePart {
     } finally {
       clearTimeout(timer);
     }
-  }
-
-  /** One REPEATABLE READ snapshot: everything an export reads comes from it. */
-  async openSnapshot(opts: { readOnly: boolean }): Promise<Knex.Transaction> {
-    // The mode goes with BEGIN itself (one round trip, not two).
-    return this.knex.transaction(undefined, { isolationLevel: 'repeatable read', readOnly: opts.readOnly });
   }
 
   /**

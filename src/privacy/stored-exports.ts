@@ -3,6 +3,7 @@ import { DataLossError, FailedPreconditionError, InvalidArgumentError, type Leth
 import { type LockConnection, withAdvisoryLock } from '../store/advisory-lock.js';
 import { type ArtifactRecord, artifacts } from '../store/artifacts.js';
 import { type PrivacyRequestRecord, ledger } from '../store/ledger.js';
+import { snapshotTransaction } from '../store/export-session.js';
 import { queriesOf, rowsOf } from '../store/session.js';
 import { type ArtifactCipher, WRONG_ARTIFACT_KEY } from './artifact-cipher.js';
 import { writeAudit } from './audit.js';
@@ -146,7 +147,8 @@ export class StoredExports extends EnginePart {
   private async exportToArtifact(request: PrivacyRequestRecord, lock: LockConnection | undefined, signal: AbortSignal): Promise<ArtifactRecord> {
     const { cipher, ttlMs, chunkBytes } = this.artifactOptions();
     const { id: requestId, subjectId: userId } = request;
-    const snapshot = await this.exports.openSnapshot({ readOnly: lock !== undefined });
+    // Everything the export reads comes from this snapshot.
+    const snapshot = await snapshotTransaction(this.knex, { readOnly: lock !== undefined });
     const write = <T>(fn: (trx: Knex.Transaction) => Promise<T>): Promise<T> => (lock === undefined ? fn(snapshot) : lock.transaction(fn));
     let outcome: Outcome = { kind: 'failed', error: 'The export was interrupted before it was stored' };
     try {

@@ -7,6 +7,7 @@ import { type ExportChunkBody, decodeChunkReply, encodeReply, openExportRequest,
 import { exportQueueGroup, exportRequestSubject } from '../events/subjects.js';
 import type { Runnable } from '../runtime/lifecycle.js';
 import { Slots } from '../runtime/slots.js';
+import { snapshotTransaction } from '../store/export-session.js';
 import { queriesOf } from '../store/session.js';
 import type { SnapshotReader } from '../privacy/snapshot-reader.js';
 import { safeErrorSummary } from './receipts.js';
@@ -100,9 +101,8 @@ export class ExportResponder implements Runnable {
     };
     const started = performance.now();
     let records = 0;
-    const trx = await o.knex.transaction();
+    const trx = await snapshotTransaction(o.knex, { readOnly: true });
     try {
-      await trx.raw('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
       const snapshot = queriesOf(trx);
       const contents = await o.reader.contents(snapshot, request.subjectId);
       await send({ kind: 'header', categories: [...contents.categories] });

@@ -29,6 +29,11 @@ export interface ExportSession {
   release(): Promise<void>;
 }
 
+/** A REPEATABLE READ snapshot as a knex transaction, its mode sent with BEGIN (one round trip). */
+export function snapshotTransaction(knex: Knex, opts: { readonly readOnly: boolean }): Promise<Knex.Transaction> {
+  return knex.transaction(undefined, { isolationLevel: 'repeatable read', readOnly: opts.readOnly });
+}
+
 export async function openExportSession(knex: Knex): Promise<ExportSession> {
   const pinned = await PinnedConnection.acquire(knex);
   return pinned === undefined ? new KnexExportSession(knex) : new PinnedExportSession(knex, pinned);
@@ -115,7 +120,7 @@ class KnexExportSession implements ExportSession {
   async openSnapshot(before: readonly Statement[], first: Statement | undefined): Promise<Rows> {
     for (const s of before) await this.read(s);
     this.committedBefore = true;
-    this.trx = await this.knex.transaction(undefined, { isolationLevel: 'repeatable read', readOnly: true });
+    this.trx = await snapshotTransaction(this.knex, { readOnly: true });
     this.queries = queriesOf(this.trx);
     return first === undefined ? [] : this.queries.prepared(first);
   }
