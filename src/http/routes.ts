@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { parseDuration } from '../config/common.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { ExportEvent, PrivacyEngine } from '../privacy/engine.js';
-import { ExportDocumentAssembler } from '../privacy/export-document.js';
+import { ExportDocumentAssembler, documentBytes } from '../privacy/export-document.js';
 import type { Principal } from '../privacy/principal.js';
 import { OPEN_STATES, type RequestState } from '../store/ledger.js';
 import type { PageTokens } from '../api/page-token.js';
@@ -167,11 +167,7 @@ async function* documentText(
   onDigest: (sha256: string) => void,
 ): AsyncGenerator<Buffer> {
   let pending: Buffer[] = [];
-  const assembler = new ExportDocumentAssembler(
-    header.categories,
-    (text) => pending.push(typeof text === 'string' ? Buffer.from(text) : text),
-    header.services,
-  );
+  const assembler = new ExportDocumentAssembler(header.categories, (text) => pending.push(documentBytes(text)), header.services);
   for (let next = await events.next(); next.done !== true; next = await events.next()) {
     const done = assembler.apply(next.value);
     if (done !== undefined) onDigest(done.sha256);

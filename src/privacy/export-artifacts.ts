@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { ArtifactRecord } from '../store/artifacts.js';
 import { type ArtifactCipher, type SealedChunk, damagedArtifact } from './artifact-cipher.js';
-import type { DocumentText } from './export-document.js';
+import { type DocumentText, documentBytes } from './export-document.js';
 
 /** Plaintext bytes per encrypted chunk. */
 const ARTIFACT_CHUNK_BYTES = 256 * 1024;
@@ -30,7 +30,7 @@ export class ArtifactWriter {
 
   /** The assembler's sink. It is called synchronously, so it only buffers; `flush` writes. */
   readonly sink = (text: DocumentText): void => {
-    const b = typeof text === 'string' ? Buffer.from(text, 'utf8') : text;
+    const b = documentBytes(text);
     this.pending.push(b);
     this.pendingBytes += b.length;
     this.size += b.length;

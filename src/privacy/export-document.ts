@@ -47,6 +47,9 @@ export type Records = JsonRecords | readonly string[];
 /** A piece of the document's text. */
 export type DocumentText = string | Buffer;
 
+/** A piece of the document's text as UTF-8 bytes. */
+export const documentBytes = (text: DocumentText): Buffer => (typeof text === 'string' ? Buffer.from(text, 'utf8') : text);
+
 export interface AssembledDocument {
   readonly sha256: string;
   /** Records per category of the server's own data map. */
