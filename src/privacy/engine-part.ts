@@ -6,7 +6,7 @@ import type { ArtifactRecord } from '../store/artifacts.js';
 import { translateDatabaseError } from '../store/errors.js';
 import { type DownstreamExportPart, type PrivacyRequestRecord, downstreamExportsInsert } from '../store/ledger.js';
 import { ledgerSql } from '../store/ledger-sql.js';
-import { type Statement, inSession } from '../store/session.js';
+import { type Statement, inOneTransaction } from '../store/session.js';
 import type { ArtifactCipher } from './artifact-cipher.js';
 import { type AuditEventType, auditPart } from './audit.js';
 import type { DataMap } from './data-map.js';
@@ -103,7 +103,7 @@ export abstract class EnginePart {
     {
       ledgerToo = true,
       downstream = [],
-      run = (statements) => inSession(this.knex, (s) => s.run(statements, { commit: true })),
+      run = (statements) => inOneTransaction(this.knex, statements),
     }: {
       readonly ledgerToo?: boolean;
       /** An export's downstream parts, recorded beside it (a partial export says so in its error). */

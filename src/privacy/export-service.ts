@@ -2,7 +2,7 @@ import { AbortedError, NotFoundError, ResourceExhaustedError, USER_NOT_FOUND, er
 import { workers } from '../store/workers.js';
 import { type ExportSession, openExportSession } from '../store/export-session.js';
 import { type NewRequest, type PrivacyRequestRecord, insertStatement, ledger } from '../store/ledger.js';
-import { type Rows, type SnapshotQueries, type Statement, rowsOf } from '../store/session.js';
+import type { Rows, SnapshotQueries, Statement } from '../store/session.js';
 import { writeAudit } from './audit.js';
 import { authorizeExport } from './authorization.js';
 import { type DocumentText, ExportDocumentAssembler } from './export-document.js';
@@ -120,7 +120,7 @@ export class ExportService extends EnginePart {
    * The rules first, then existence: a caller who could not export the subject if it existed
    * gets the same answer whether or not it exists (a missing subject has no memberships).
    */
-  async authorizeExportOf(actor: Principal, userId: string, read: (s: Statement) => Promise<Rows> = rowsOf(this.knex)): Promise<void> {
+  async authorizeExportOf(actor: Principal, userId: string, read: (s: Statement) => Promise<Rows>): Promise<void> {
     // Read in one statement, decided in that order.
     const facts = this.facts.forDecision(userId, actor.id, []);
     const decided = facts.parse(await read(facts.statement));
@@ -184,7 +184,7 @@ export class ExportService extends EnginePart {
     // Without downstream services the snapshot stays open until the outcome is recorded, and
     // commits with it (a READ ONLY snapshot's COMMIT cannot undo what it read); with them it ends
     // before they are asked.
-    const endSnapshot = this.opts.downstream === undefined || this.opts.downstream.services.length === 0 ? async () => {} : () => session.endSnapshot();
+    const endSnapshot = (this.opts.downstream?.services.length ?? 0) === 0 ? async () => {} : () => session.endSnapshot();
     const events = this.readSnapshot(session.snapshot, userId, requestId, signal, { endSnapshot, contents });
     let stalled = false;
     const release = async () => {

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { PinnedConnection, type Rows, type SnapshotQueries, type Statement, type Step, inSession, queriesOf, rowsOf } from './session.js';
+import { PinnedConnection, type Rows, type SnapshotQueries, type Statement, type Step, inOneTransaction, queriesOf, rowsOf } from './session.js';
 
 /**
  * Where one export's statements go, in as few round trips as their order allows. On PostgreSQL one
@@ -85,7 +85,7 @@ class PinnedExportSession implements ExportSession {
     // Once the connection is gone (given back, or closed by a COPY stopped part-way), on another.
     if (!this.conn.usable) {
       await this.conn.release();
-      if (after.length > 0) await inSession(this.knex, (s) => s.run(after, { commit: true }));
+      if (after.length > 0) await inOneTransaction(this.knex, after);
       return;
     }
     const steps: Step[] = [
@@ -136,7 +136,7 @@ class KnexExportSession implements ExportSession {
 
   async finish(after: readonly Statement[]): Promise<void> {
     await this.endSnapshot();
-    if (after.length > 0) await inSession(this.knex, (s) => s.run(after, { commit: true }));
+    if (after.length > 0) await inOneTransaction(this.knex, after);
   }
 
   async release(): Promise<void> {

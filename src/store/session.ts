@@ -110,6 +110,11 @@ export async function inSession<T>(knex: Knex, fn: (s: Session) => Promise<T>, o
   }
 }
 
+/** The statements as one transaction of their own (one round trip on PostgreSQL); each one's rows. */
+export function inOneTransaction(knex: Knex, statements: readonly Statement[]): Promise<Rows[]> {
+  return inSession(knex, (s) => s.run(statements, { commit: true }));
+}
+
 class PipelinedSession implements Session {
   readonly trx = undefined;
   private state: 'idle' | 'open' | 'done' = 'idle';
