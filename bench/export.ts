@@ -37,8 +37,13 @@ const WARMUP_SUBJECT = 'bench-warmup';
 const WARMUP_ROWS = 50_000;
 const DATA_MAP = fileURLToPath(new URL('./export-datamap.yaml', import.meta.url));
 const SERVER = fileURLToPath(new URL('./server-process.ts', import.meta.url));
-/** The Node flags the chart runs the server with (templates/server-deployment.yaml). */
-const SERVER_NODE_FLAGS = ['--initial-heap-size=256'];
+/**
+ * The Node flags the chart runs the server with (templates/server-deployment.yaml), then any in
+ * LETHE_BENCH_SERVER_NODE_FLAGS (space-separated, e.g. `--trace-gc`: the server's stdout after
+ * `ready` goes to the bench's stderr).
+ */
+const SERVER_NODE_FLAGS = ['--initial-heap-size=256', '--external-memory-accounted-in-global-limit'];
+const extraServerFlags = (): string[] => (process.env.LETHE_BENCH_SERVER_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 const COLUMNS = 'id, timestamp, ip_address, user_agent, provider, success, risk_score, risk_factors, geo_country, geo_city';
 
 export async function run(args: string[]): Promise<void> {
@@ -155,7 +160,7 @@ export async function startServer(
   nodeArgs: readonly string[] = [],
 ): Promise<{ child: ChildProcess; port: number }> {
   const listen = `127.0.0.1:${await freePort()}`;
-  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, ...nodeArgs, '--import', 'tsx', SERVER, '--listen', listen], {
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, ...extraServerFlags(), ...nodeArgs, '--import', 'tsx', SERVER, '--listen', listen], {
     env: {
       ...process.env,
       DATABASE_URL: url,
@@ -171,11 +176,16 @@ export async function startServer(
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
   const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`the server exited with ${code} before it listened`))));
   const ready = (async () => {
+    let port: number | undefined;
     for await (const line of lines) {
       const m = /^ready (\d+)$/.exec(line);
-      if (m) return Number(m[1]);
+      if (m === null) continue;
+      port = Number(m[1]);
+      break;
     }
-    throw new Error('the server closed its stdout before it listened');
+    if (port === undefined) throw new Error('the server closed its stdout before it listened');
+    child.stdout?.pipe(process.stderr, { end: false });
+    return port;
   })();
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
