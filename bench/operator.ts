@@ -2,11 +2,12 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CustomObjectsApi } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { mintLocalToken } from '../src/auth/local-key.js';
 import { connectPrivacyService } from '../src/client/privacy-client.js';
-import { GROUP, PLURAL, VERSION, splitKey } from '../src/operator/privacy-request.js';
+import { EventRecorder } from '../src/operator/event-recorder.js';
+import { GROUP, PLURAL, type PrivacyRequestResource, type PrivacyRequestStatus, VERSION, splitKey } from '../src/operator/privacy-request.js';
 import { PrivacyRequestCache } from '../src/operator/watch-cache.js';
 import { loadKubeConfig } from '../src/kube/kube-config.js';
 import { openDatabase } from '../src/store/database.js';
@@ -29,12 +30,19 @@ import { seedIdentity, userId } from './fanout/services.js';
  * Before the figures: the CPU seconds each process used from the first create until the last
  * Succeeded (the API server's share explains most of the ratio on a small machine).
  *
+ * Then the API server's floor: in a namespace the operator does not watch, the same number of
+ * resources created the same way, each given a Succeeded status (one status write, as the
+ * operator writes for a request answered at once) and one Event as soon as its create returns,
+ * with no Lethe call at all. `apiserver_floor_seconds` is what any operator needs on this
+ * machine before it does any work, and `floor_ratio` sets it against the direct path.
+ *
  * Flags: --count N (default 1000), --concurrency N (the operator's workers and the direct
  * calls in flight; default 4, the operator's default).
  */
 
 const PRINCIPAL = 'bench-operator';
 const NAMESPACE = 'bench';
+const FLOOR_NAMESPACE = 'bench-floor';
 const CREATES_IN_FLIGHT = 64;
 
 export async function run(args: string[]): Promise<void> {
@@ -126,26 +134,8 @@ export async function run(args: string[]): Promise<void> {
       },
     });
     await watcher.start();
-    let created = 0;
     const operatorStart = performance.now();
-    await Promise.all(
-      Array.from({ length: CREATES_IN_FLIGHT }, async () => {
-        for (let i = created++; i < count; i = created++) {
-          await api.createNamespacedCustomObject({
-            group: GROUP,
-            version: VERSION,
-            namespace: NAMESPACE,
-            plural: PLURAL,
-            body: {
-              apiVersion: `${GROUP}/${VERSION}`,
-              kind: 'PrivacyRequest',
-              metadata: { name: `forget-${i + 1}` },
-              spec: { type: 'Forget', subjectId: userId(i + 1), reason: 'benchmark', requestedBy: 'bench' },
-            },
-          });
-        }
-      }),
-    );
+    await createRequests(api, NAMESPACE, count);
     const createSeconds = (performance.now() - operatorStart) / 1000;
     const outcome = await new Promise<{ succeeded: number; failed: number }>((resolve) => {
       const tally = () => {
@@ -172,15 +162,43 @@ export async function run(args: string[]): Promise<void> {
         `after 600 s the watch saw ${outcome.succeeded} of ${count} Succeeded; the API server lists ${JSON.stringify(Object.fromEntries(byPhase))}`,
       );
     }
-    const cpu = meters.map(([name, read], i) => `${name} ${(read() - (cpuBefore[i] ?? 0)).toFixed(1)}`).join(', ');
+    const cpuSince = (before: number[]) => meters.map(([name, read], i) => `${name} ${(read() - (before[i] ?? 0)).toFixed(1)}`).join(', ');
+    const cpu = cpuSince(cpuBefore);
+
+    const [done] = (
+      (await api.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NAMESPACE, plural: PLURAL, limit: 1 })) as {
+        items: PrivacyRequestResource[];
+      }
+    ).items;
+    if (done?.status === undefined) throw new Error('no Succeeded PrivacyRequest to copy a status from');
+    await mustKubectl(kubectl, ['create', 'namespace', FLOOR_NAMESPACE]);
+    const events = new EventRecorder(kc.makeApiClient(CoreV1Api), 'bench', pino({ level: 'warn' }, pino.destination(2)));
+    const floorCpuBefore = meters.map(([, read]) => read());
+    const floorStart = performance.now();
+    await createRequests(api, FLOOR_NAMESPACE, count, async (created) => {
+      const updated = (await api.replaceNamespacedCustomObjectStatus({
+        group: GROUP,
+        version: VERSION,
+        plural: PLURAL,
+        namespace: FLOOR_NAMESPACE,
+        name: created.metadata.name ?? '',
+        body: { ...created, status: done.status as PrivacyRequestStatus },
+      })) as PrivacyRequestResource;
+      await events.record(updated, 'Normal', 'Erased', 'benchmark: the status the operator writes, without the operator');
+    });
+    const floorSeconds = (performance.now() - floorStart) / 1000;
+    const floorCpu = cpuSince(floorCpuBefore);
 
     console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}`);
     console.log(`operator phase CPU seconds: ${cpu}`);
+    console.log(`floor phase CPU seconds: ${floorCpu}`);
     console.log(`creates_seconds: ${createSeconds.toFixed(2)}`);
     console.log(`resources: ${count}`);
     console.log(`concurrency: ${concurrency}`);
     console.log(`operator_seconds: ${operatorSeconds.toFixed(2)}`);
     console.log(`direct_grpc_seconds: ${directSeconds.toFixed(2)}`);
+    console.log(`apiserver_floor_seconds: ${floorSeconds.toFixed(2)}`);
+    console.log(`floor_ratio: ${(floorSeconds / directSeconds).toFixed(2)}`);
     console.log(`ratio: ${(operatorSeconds / directSeconds).toFixed(2)}`);
   } finally {
     for (const p of processes.reverse()) await p.stop();
@@ -188,4 +206,33 @@ export async function run(args: string[]): Promise<void> {
     await cluster?.stop();
     rmSync(dataDir, { recursive: true, force: true });
   }
+}
+
+/** Creates `count` Forget PrivacyRequests, CREATES_IN_FLIGHT at a time; `then` runs for each as its create returns. */
+async function createRequests(
+  api: CustomObjectsApi,
+  namespace: string,
+  count: number,
+  then?: (created: PrivacyRequestResource) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: CREATES_IN_FLIGHT }, async () => {
+      for (let i = next++; i < count; i = next++) {
+        const created = (await api.createNamespacedCustomObject({
+          group: GROUP,
+          version: VERSION,
+          namespace,
+          plural: PLURAL,
+          body: {
+            apiVersion: `${GROUP}/${VERSION}`,
+            kind: 'PrivacyRequest',
+            metadata: { name: `forget-${i + 1}` },
+            spec: { type: 'Forget', subjectId: userId(i + 1), reason: 'benchmark', requestedBy: 'bench' },
+          },
+        })) as PrivacyRequestResource;
+        await then?.(created);
+      }
+    }),
+  );
 }
