@@ -7,14 +7,14 @@ import { pino } from 'pino';
 import { mintLocalToken } from '../src/auth/local-key.js';
 import { connectPrivacyService } from '../src/client/privacy-client.js';
 import { EventRecorder } from '../src/operator/event-recorder.js';
-import { GROUP, PLURAL, type PrivacyRequestResource, type PrivacyRequestStatus, VERSION, splitKey } from '../src/operator/privacy-request.js';
+import { GROUP, PLURAL, type PrivacyRequestResource, VERSION, splitKey } from '../src/operator/privacy-request.js';
 import { PrivacyRequestCache } from '../src/operator/watch-cache.js';
 import { loadKubeConfig } from '../src/kube/kube-config.js';
 import { openDatabase } from '../src/store/database.js';
 import { type KubeApiServer, requireKubeAssets, startKubeApiServer } from '../test/support/kube-apiserver.js';
 import { installCrd, kubectlFor, mustKubectl } from '../test/support/kubectl.js';
 import { type PostgresCluster, freePort, requirePostgres, startPostgres } from '../test/support/postgres.js';
-import { cpuSeconds, findPid, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
+import { cpuMetersOf, cpuSeconds, findPid, postmasterPid, treeCpuSeconds } from './fanout/cpu.js';
 import { LetheProcess, grpcServing } from './fanout/processes.js';
 import { intFlag } from './flags.js';
 import { seedIdentity, userId } from './fanout/services.js';
@@ -116,7 +116,7 @@ export async function run(args: string[]): Promise<void> {
       ['server', () => cpuSeconds(server.pid)],
       ['postgres', () => treeCpuSeconds(postmasterPid(cluster?.dataDir ?? ''))],
     ];
-    const cpuBefore = meters.map(([, read]) => read());
+    const operatorCpu = cpuMetersOf(meters);
     const kc = loadKubeConfig({ source: 'kubeconfig', path: kube.kubeconfigPath });
     const api = kc.makeApiClient(CustomObjectsApi);
     // Completion is observed through the operator's own watch cache (re-listing, restarting):
@@ -162,18 +162,23 @@ export async function run(args: string[]): Promise<void> {
         `after 600 s the watch saw ${outcome.succeeded} of ${count} Succeeded; the API server lists ${JSON.stringify(Object.fromEntries(byPhase))}`,
       );
     }
-    const cpuSince = (before: number[]) => meters.map(([name, read], i) => `${name} ${(read() - (before[i] ?? 0)).toFixed(1)}`).join(', ');
-    const cpu = cpuSince(cpuBefore);
+    const cpuText = (meter: ReturnType<typeof cpuMetersOf>) =>
+      meter
+        .read()
+        .perProcess.map(([name, seconds]) => `${name} ${seconds.toFixed(1)}`)
+        .join(', ');
+    const cpu = cpuText(operatorCpu);
 
     const [done] = (
       (await api.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NAMESPACE, plural: PLURAL, limit: 1 })) as {
         items: PrivacyRequestResource[];
       }
     ).items;
-    if (done?.status === undefined) throw new Error('no Succeeded PrivacyRequest to copy a status from');
+    const status = done?.status;
+    if (status === undefined) throw new Error('no Succeeded PrivacyRequest to copy a status from');
     await mustKubectl(kubectl, ['create', 'namespace', FLOOR_NAMESPACE]);
     const events = new EventRecorder(kc.makeApiClient(CoreV1Api), 'bench', pino({ level: 'warn' }, pino.destination(2)));
-    const floorCpuBefore = meters.map(([, read]) => read());
+    const floorMeter = cpuMetersOf(meters);
     const floorStart = performance.now();
     await createRequests(api, FLOOR_NAMESPACE, count, async (created) => {
       const updated = (await api.replaceNamespacedCustomObjectStatus({
@@ -182,12 +187,12 @@ export async function run(args: string[]): Promise<void> {
         plural: PLURAL,
         namespace: FLOOR_NAMESPACE,
         name: created.metadata.name ?? '',
-        body: { ...created, status: done.status as PrivacyRequestStatus },
+        body: { ...created, status },
       })) as PrivacyRequestResource;
       await events.record(updated, 'Normal', 'Erased', 'benchmark: the status the operator writes, without the operator');
     });
     const floorSeconds = (performance.now() - floorStart) / 1000;
-    const floorCpu = cpuSince(floorCpuBefore);
+    const floorCpu = cpuText(floorMeter);
 
     console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}`);
     console.log(`operator phase CPU seconds: ${cpu}`);
