@@ -153,16 +153,14 @@ export async function withServerOnPostgres<T>(
   }
 }
 
-export async function startServer(
+export function startServer(
   url: string,
   dataDir: string,
   env: Record<string, string> = {},
   nodeArgs: readonly string[] = [],
 ): Promise<{ child: ChildProcess; port: number }> {
-  const listen = `127.0.0.1:${await freePort()}`;
-  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, ...extraServerFlags(), ...nodeArgs, '--import', 'tsx', SERVER, '--listen', listen], {
+  return startReadyProcess(SERVER, {
     env: {
-      ...process.env,
       DATABASE_URL: url,
       LETHE_ARTIFACT_KEY: randomBytes(32).toString('hex'),
       LETHE_DATA_DIR: dataDir,
@@ -171,8 +169,21 @@ export async function startServer(
       LETHE_LOG_LEVEL: 'error',
       ...env,
     },
-    stdio: ['ignore', 'pipe', 'inherit'],
+    nodeArgs,
   });
+}
+
+/**
+ * A TypeScript server `script` in a process of its own, run with the server's Node flags and
+ * `--listen 127.0.0.1:<free port>`; answers once it printed `ready <port>`.
+ */
+export async function startReadyProcess(
+  script: string,
+  opts: { readonly env: Record<string, string>; readonly nodeArgs?: readonly string[] },
+): Promise<{ child: ChildProcess; port: number }> {
+  const listen = `127.0.0.1:${await freePort()}`;
+  const args = [...SERVER_NODE_FLAGS, ...extraServerFlags(), ...(opts.nodeArgs ?? []), '--import', 'tsx', script, '--listen', listen];
+  const child = spawn(process.execPath, args, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
   const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`the server exited with ${code} before it listened`))));
   const ready = (async () => {
