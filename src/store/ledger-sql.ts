@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { type NewRequest, type PrivacyRequestRecord, type RequestState, type Row, TABLE, finishStatement, requestColumns, toRecord } from './ledger.js';
+import { type NewRequest, type PrivacyRequestRecord, type RequestState, type Row, TABLE, finishStatement, requestInsert, toRecord } from './ledger.js';
 
 /**
  * The ledger's reads and writes as parts of a larger statement (a forget reads its facts in one
@@ -11,27 +11,6 @@ interface Part {
   readonly sql: string;
   readonly bindings: readonly Knex.RawBinding[];
 }
-
-const COLUMNS = [
-  'id',
-  'type',
-  'subject_id',
-  'requester',
-  'requested_by',
-  'reason',
-  'state',
-  'idempotency_key',
-  'received_at',
-  'due_at',
-  'completed_at',
-  'error',
-  'worker_id',
-  'scheduled_for',
-] as const;
-const INSERT = `INSERT INTO "${TABLE}" (${[...COLUMNS, 'result'].map((c) => `"${c}"`).join(', ')}) VALUES (${COLUMNS.map(() => '?').join(', ')}, `;
-
-/** The INSERT per SQL of rows affected (one in practice), so that its text is the same string each time. */
-const insertSql = new Map<string, string>();
 
 export const ledgerSql = {
   /** A scalar subquery: the request with this idempotency key as JSON, or NULL (read it with `record`). */
@@ -46,13 +25,7 @@ export const ledgerSql = {
 
   /** ledger.insert as a statement part; `rowsAffected` is SQL for the jsonb array of rows affected. */
   insert(req: NewRequest, rowsAffected: string): Part {
-    const values: Record<(typeof COLUMNS)[number], Knex.RawBinding> = requestColumns(req);
-    let sql = insertSql.get(rowsAffected);
-    if (sql === undefined) {
-      sql = `${INSERT}jsonb_build_object('rows_affected', ${rowsAffected}))`;
-      insertSql.set(rowsAffected, sql);
-    }
-    return { table: TABLE, sql, bindings: COLUMNS.map((c) => values[c]) };
+    return { table: TABLE, ...requestInsert(req, `jsonb_build_object('rows_affected', ${rowsAffected})`).statement };
   },
 
   /** ledger.finish as a statement part. */

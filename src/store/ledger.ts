@@ -208,8 +208,26 @@ export interface ListFilter {
   readonly confirmationTimeoutMs: number;
 }
 
+/** The ledger's columns but `result`, in the order of requestInsert's values. */
+const REQUEST_COLUMNS = [
+  'id',
+  'type',
+  'subject_id',
+  'requester',
+  'requested_by',
+  'reason',
+  'state',
+  'idempotency_key',
+  'received_at',
+  'due_at',
+  'completed_at',
+  'error',
+  'worker_id',
+  'scheduled_for',
+] as const;
+
 /** A new request's columns but its result (the forget's statement writes that in SQL: ledger-sql.ts). */
-export function requestColumns(req: NewRequest) {
+function requestColumns(req: NewRequest) {
   return {
     id: req.id ?? randomUUID(),
     type: req.type,
@@ -225,24 +243,40 @@ export function requestColumns(req: NewRequest) {
     error: null,
     worker_id: req.workerId ?? null,
     scheduled_for: req.scheduledFor ?? null,
-  };
+  } satisfies Record<(typeof REQUEST_COLUMNS)[number], Knex.RawBinding>;
+}
+
+/** The INSERT per SQL of its result, so that each one's text is the same string every time. */
+const insertSql = new Map<string, string>();
+
+/**
+ * The INSERT of a new request whose `result` is the SQL `resultSql` (`?` when it is bound: its
+ * value then follows the columns' in `extra`). Also a part of the forget's statement (ledger-sql.ts).
+ */
+export function requestInsert(
+  req: NewRequest,
+  resultSql: string,
+  extra: readonly Knex.RawBinding[] = [],
+): { row: ReturnType<typeof requestColumns>; statement: { sql: string; bindings: Knex.RawBinding[] } } {
+  let sql = insertSql.get(resultSql);
+  if (sql === undefined) {
+    const columns = [...REQUEST_COLUMNS, 'result'].map((c) => `"${c}"`).join(', ');
+    sql = `INSERT INTO "${TABLE}" (${columns}) VALUES (${REQUEST_COLUMNS.map(() => '?').join(', ')}, ${resultSql})`;
+    insertSql.set(resultSql, sql);
+  }
+  const row = requestColumns(req);
+  return { row, statement: { sql, bindings: [...REQUEST_COLUMNS.map((c) => row[c]), ...extra] } };
 }
 
 function storedResult(req: NewRequest): StoredResult {
   return req.details === undefined ? { rows_affected: [...(req.rowsAffected ?? [])] } : { rows_affected: [...(req.rowsAffected ?? [])], details: req.details };
 }
 
-/** The INSERT of ledger.insert (to send with other statements), and the entry it writes. */
+/** The INSERT of a new request, and the request as it will read once it is run. */
 export function insertStatement(req: NewRequest): { statement: { sql: string; bindings: Knex.RawBinding[] }; record: PrivacyRequestRecord } {
-  const row = { ...requestColumns(req), result: JSON.stringify(storedResult(req)) };
-  const columns = Object.keys(row);
-  return {
-    statement: {
-      sql: `INSERT INTO "${TABLE}" (${columns.map((c) => `"${c}"`).join(', ')}) VALUES (${columns.map(() => '?').join(', ')})`,
-      bindings: Object.values(row),
-    },
-    record: toRecord({ ...row, result: storedResult(req) }),
-  };
+  const result = storedResult(req);
+  const { row, statement } = requestInsert(req, '?', [JSON.stringify(result)]);
+  return { statement, record: toRecord({ ...row, result }) };
 }
 
 /** The UPDATE that closes a request: run alone by ledger.finish, or sent with others (ledger-sql.ts). */
