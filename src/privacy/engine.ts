@@ -150,6 +150,11 @@ export class PrivacyEngine {
     return this.ledger.getRequest(actor, id);
   }
 
+  /** A forget's ledger entry for its caller: as the forget wrote it when it has it, else read back (a replay, a scheduling). */
+  async forgetRequest(actor: Principal, r: ForgetResult): Promise<PrivacyRequestView> {
+    return r.written === undefined ? this.ledger.getRequest(actor, r.requestId) : this.ledger.writtenView(r.written);
+  }
+
   listRequests(actor: Principal, input: Parameters<LedgerQueries['listRequests']>[1]): Promise<PrivacyRequestView[]> {
     return this.ledger.listRequests(actor, input);
   }

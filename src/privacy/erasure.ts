@@ -6,7 +6,7 @@ import { ANONYMIZED_SUBJECT } from '../events/subjects.js';
 import { lockKey, lockKeysStatement } from '../store/advisory-lock.js';
 import { type Session, inSession, sessionOf } from '../store/session.js';
 import { enqueueEventPart } from '../store/outbox.js';
-import { type PrivacyRequestRecord, type TableRows, ledger } from '../store/ledger.js';
+import { type PrivacyRequestRecord, type TableRows, insertedRecord, ledger } from '../store/ledger.js';
 import { ledgerSql } from '../store/ledger-sql.js';
 import { auditPart, writeAudit } from './audit.js';
 import type { Column } from './facts.js';
@@ -30,6 +30,8 @@ export interface ForgetResult {
   readonly replayed: boolean;
   /** A person's own erasure: when it will run (nothing was changed yet). */
   readonly scheduledFor?: Date | undefined;
+  /** The ledger entry as this call wrote it, when it anonymized (no receipt can be in it yet). */
+  readonly written?: PrivacyRequestRecord | undefined;
 }
 
 interface ErasureInput {
@@ -112,24 +114,21 @@ export class Erasure extends EnginePart {
 
     const requestId = randomUUID();
     const waiting = this.expected.length > 0;
-    const entry = (rowsAffected: string) =>
-      ledgerSql.insert(
-        {
-          id: requestId,
-          type: 'forget',
-          subjectId: userId,
-          requester: actor.id,
-          requestedBy,
-          reason,
-          state: waiting ? 'anonymized' : 'completed',
-          idempotencyKey: key,
-          ...received(at),
-          completedAt: waiting ? undefined : at,
-        },
-        rowsAffected,
-      );
-    const rowsAffected = await this.erase(s, { requestId, userId, actorId: actor.id, reason, requestedBy, at }, facts.extra[1] === true, entry);
-    return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false };
+    const entry = {
+      id: requestId,
+      type: 'forget',
+      subjectId: userId,
+      requester: actor.id,
+      requestedBy,
+      reason,
+      state: waiting ? 'anonymized' : 'completed',
+      idempotencyKey: key,
+      ...received(at),
+      completedAt: waiting ? undefined : at,
+    } as const;
+    const erasure = { requestId, userId, actorId: actor.id, reason, requestedBy, at };
+    const rowsAffected = await this.erase(s, erasure, facts.extra[1] === true, (sql) => ledgerSql.insert(entry, sql));
+    return { userId, requestId, message: FORGET_MESSAGE, rowsAffected, replayed: false, written: insertedRecord({ ...entry, rowsAffected }) };
   }
 
   /**

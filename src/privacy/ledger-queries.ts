@@ -113,6 +113,11 @@ export class LedgerQueries extends EnginePart {
     return this.getRequest(actor, input.id);
   }
 
+  /** A request as the caller who just wrote it sees it, from what it wrote (no read). */
+  writtenView(r: PrivacyRequestRecord): PrivacyRequestView {
+    return this.view(r, this.now());
+  }
+
   private view(r: PrivacyRequestRecord, now: Date): PrivacyRequestView {
     const open = OPEN_STATES.includes(r.state);
     const overdue = open && (r.dueAt.getTime() < now.getTime() || (confirming(r) && r.receivedAt.getTime() + this.confirmationTimeoutMs < now.getTime()));

@@ -54,7 +54,7 @@ export function privacyService(engine: PrivacyEngine, pageTokens: PageTokens): P
         replayed: r.replayed,
         scheduled: r.scheduledFor !== undefined,
         scheduledFor: r.scheduledFor,
-        request: request.includeRequest ? toMessage(await engine.getRequest(context.principal, r.requestId)) : undefined,
+        request: request.includeRequest ? toMessage(await engine.forgetRequest(context.principal, r)) : undefined,
       };
     },
 

@@ -279,6 +279,11 @@ export function insertStatement(req: NewRequest): { statement: { sql: string; bi
   return { statement, record: toRecord({ ...row, result }) };
 }
 
+/** A request as it reads once inserted (with its id, as inserted), before any receipt or artifact. */
+export function insertedRecord(req: NewRequest & { readonly id: string }): PrivacyRequestRecord {
+  return toRecord({ ...requestColumns(req), result: storedResult(req) });
+}
+
 /** The UPDATE that closes a request: run alone by ledger.finish, or sent with others (ledger-sql.ts). */
 export function finishStatement(id: string, state: 'completed' | 'failed', at: Date, error?: string): { sql: string; bindings: Knex.RawBinding[] } {
   return {

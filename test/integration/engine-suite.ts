@@ -217,10 +217,28 @@ export function engineSuite(name: string, open: () => Promise<Database>, close: 
         expect(r.rowsAffected).toEqual(first.rowsAffected);
       });
 
+      it('answers with the ledger entry as GetPrivacyRequest reads it, without reading it back', async () => {
+        expect(first.written).toBeDefined();
+        const read = await engine.getRequest(user('owner-user-id-2'), first.requestId);
+        expect(await engine.forgetRequest(user('owner-user-id-2'), first)).toEqual(read);
+        // Waiting for downstream services: the same entry, every service pending.
+        const confirming = await engineOn(db, { expectedServices: ['orders', 'search'] });
+        await db.knex('users').insert({ id: `waiting-${slug}`, email: `waiting-${slug}@example.com` });
+        const waiting = await confirming.forgetUser(user('platform-owner-id'), {
+          userId: `waiting-${slug}`,
+          reason,
+          idempotencyKey: `forget-waiting-${slug}`,
+          requestedBy: 'console-user',
+        });
+        const answered = await confirming.forgetRequest(user('platform-owner-id'), waiting);
+        expect(answered).toMatchObject({ state: 'anonymized', pending: ['orders', 'search'], requestedBy: 'console-user' });
+        expect(answered).toEqual(await confirming.getRequest(user('platform-owner-id'), waiting.requestId));
+      });
+
       it('replays a retried call with the same idempotency key and changes nothing', async () => {
         const email = ((await db.knex('users').where({ id: 'user-id-123' }).first()) as { email: string }).email;
         const again = await engine.forgetUser(user('owner-user-id-2'), { userId: 'user-id-123', reason, idempotencyKey: `forget-123-${slug}` });
-        expect(again).toEqual({ ...first, replayed: true });
+        expect(again).toEqual({ ...first, replayed: true, written: undefined });
         expect(((await db.knex('users').where({ id: 'user-id-123' }).first()) as { email: string }).email).toBe(email);
       });
 
