@@ -86,10 +86,12 @@ export async function run(args: string[]): Promise<void> {
     const grpc = connectPrivacyService(`127.0.0.1:${port}`, token);
     for (let i = 0; i < 10; i++) await grpc.client.getPrivacyRequest({ id: randomUUID() }).catch(() => undefined);
     let next = 0;
-    const directMeter = cpuMetersOf([
+    // What the forgets themselves cost, in both phases: the server and PostgreSQL.
+    const letheMeters: Array<[string, () => number]> = [
       ['server', () => cpuSeconds(server.pid)],
       ['postgres', () => treeCpuSeconds(postmasterPid(cluster?.dataDir ?? ''))],
-    ]);
+    ];
+    const directMeter = cpuMetersOf(letheMeters);
     const directStart = performance.now();
     await Promise.all(
       Array.from({ length: concurrency }, async () => {
@@ -122,8 +124,7 @@ export async function run(args: string[]): Promise<void> {
       ['kube-apiserver', () => cpuSeconds(apiServerPid)],
       ['etcd', () => cpuSeconds(etcdPid)],
       ['operator', () => cpuSeconds(operator.pid)],
-      ['server', () => cpuSeconds(server.pid)],
-      ['postgres', () => treeCpuSeconds(postmasterPid(cluster?.dataDir ?? ''))],
+      ...letheMeters,
     ];
     const operatorCpu = cpuMetersOf(meters);
     const kc = loadKubeConfig({ source: 'kubeconfig', path: kube.kubeconfigPath });
